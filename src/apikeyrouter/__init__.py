@@ -1,0 +1,52 @@
+"""apikeyrouter: route LLM traffic across many API keys, on an actor runtime built on trio."""
+
+from apikeyrouter.errors import (
+    ActorCrashed,
+    ActorError,
+    ActorStopped,
+    ApiKeyRouterError,
+    BudgetExceeded,
+    ConfigError,
+    InvalidRequest,
+    MailboxFull,
+    MalformedResponse,
+    NoKeyAvailable,
+    RouterNotRunning,
+    RoutingError,
+    StreamInterrupted,
+    SupervisorEscalation,
+    UnknownKey,
+    UnknownModel,
+    UnknownProvider,
+    UpstreamError,
+)
+from apikeyrouter.intent import ChatMessage, RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
+from apikeyrouter.secret import Secret
+
+__all__ = [
+    "ActorCrashed",
+    "ActorError",
+    "ActorStopped",
+    "ApiKeyRouterError",
+    "BudgetExceeded",
+    "ChatMessage",
+    "ConfigError",
+    "InvalidRequest",
+    "MailboxFull",
+    "MalformedResponse",
+    "NoKeyAvailable",
+    "RequestIntent",
+    "ResponseMetadata",
+    "RouterNotRunning",
+    "RoutingError",
+    "Secret",
+    "StreamChunk",
+    "StreamInterrupted",
+    "SupervisorEscalation",
+    "SystemResponse",
+    "UnknownKey",
+    "UnknownModel",
+    "UnknownProvider",
+    "UpstreamError",
+    "Usage",
+]

@@ -1,0 +1,3 @@
+from apikeyrouter.cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""The `ProviderAdapter` interface: everything provider-specific lives behind it.
+
+The core never sees a provider's wire format. An adapter:
+- builds its own `httpx.AsyncClient` (`make_client`), whose lifetime its owner (a ProviderActor) manages;
+- executes a `RequestIntent` with a `Secret`, non-streaming (`complete`) or streaming (`open_stream`);
+- raises `UpstreamError` (with a `FailureClass`) for every failure, never a bare httpx error;
+- reads quota signals from response headers into a `QuotaSignal`;
+- declares its capabilities and estimates cost before the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
+
+import attrs
+import httpx
+
+from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse, Usage
+from apikeyrouter.secret import Secret
+
+__all__ = [
+    "AdapterResult",
+    "AdapterStream",
+    "Capabilities",
+    "CostEstimate",
+    "ProviderAdapter",
+    "QuotaSignal",
+]
+
+
+@attrs.frozen
+class QuotaSignal:
+    """What a response's headers said about the key's quota. Resets are seconds from receipt."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self == QuotaSignal()
+
+
+@attrs.frozen
+class Capabilities:
+    models: frozenset[str]  # empty = any model the provider accepts
+    streaming: bool = True
+    max_context: int | None = None
+
+    def supports(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+
+@attrs.frozen
+class CostEstimate:
+    input_tokens: int
+    max_output_tokens: int
+    worst_case_cost: Decimal  # input at the input price + max_output at the output price
+
+
+@attrs.frozen
+class AdapterResult:
+    response: SystemResponse
+    signal: QuotaSignal
+
+
+class AdapterStream(Protocol):
+    """An open streamed response. `signal` is known from the headers before the first chunk."""
+
+    signal: QuotaSignal
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]: ...
+
+    @property
+    def usage(self) -> Usage | None:
+        """Usage seen so far (final once the stream ends; partial if it was cut)."""
+        ...
+
+
+@runtime_checkable
+class ProviderAdapter(Protocol):
+    kind: str  # "openai" | "anthropic" | "generic"
+    capabilities: Capabilities
+
+    def make_client(self) -> httpx.AsyncClient: ...
+
+    async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult: ...
+
+    def open_stream(
+        self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret
+    ) -> AbstractAsyncContextManager[AdapterStream]: ...
+
+    def estimate(self, intent: RequestIntent) -> CostEstimate: ...
+
+    def cost(self, model: str, usage: Usage) -> Decimal: ...

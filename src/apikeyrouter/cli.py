@@ -1,0 +1,11 @@
+"""The `apikeyrouter` command line (click)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+@click.version_option(package_name="apikeyrouter")
+def main() -> None:
+    """apikeyrouter: route LLM traffic across many API keys."""

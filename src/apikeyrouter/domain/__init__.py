@@ -1,0 +1,1 @@
+"""Pure rules: functions of (state, event, now). No I/O, no trio."""
