@@ -1,0 +1,357 @@
+"""The actor kernel: `Actor`, `ActorRef`, `Reply` (one-shot reply slot) and `ActorSnapshot`.
+
+An actor is a task that alone owns its state and reads a bounded mailbox (a trio memory channel).
+It is started with `ref = await nursery.start(actor.run)`. Others talk to it through its `ActorRef`:
+
+- `await ref.tell(msg)` waits for mailbox space; `ref.tell_nowait(msg)` raises `MailboxFull` instead.
+- `await ref.ask(lambda reply: Msg(..., reply_to=reply))` sends a message carrying a one-shot `Reply`
+  and waits for the answer. The caller owns the deadline (`with trio.fail_after(...)`).
+
+Failure semantics (the promise every other module relies on):
+- expected failures are reply *values*;
+- an exception while handling a message is the actor's crash: the asker of that message gets
+  `ActorCrashed`, the exception propagates to the supervisor;
+- when the actor stops or crashes, every queued ask and every ask still in progress (a `Reply` not yet
+  answered, e.g. handed to a background task) is answered with `ActorStopped` / `ActorCrashed`,
+  so no ask ever hangs because its actor died;
+- a reply to a caller that has gone away is dropped quietly.
+
+A `ActorRef` is a stable address: when a supervisor restarts a child, the new instance binds the same
+ref, so holders of the ref talk to the new instance without being told.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, Generic, TypeVar
+
+import attrs
+import trio
+
+from apikeyrouter.errors import ActorCrashed, ActorStopped, MailboxFull
+
+__all__ = ["Actor", "ActorRef", "ActorSnapshot", "Reply", "TreeNode"]
+
+T = TypeVar("T")
+M = TypeVar("M")
+
+_UNSET: Any = object()
+
+
+class Reply(Generic[T]):
+    """A one-shot reply slot. The first `send`/`fail` wins; later ones are ignored.
+
+    Cheaper than a memory channel (one `trio.Event`), and safe to answer after the asker left:
+    nobody waits on the event any more, and the value is simply dropped.
+    """
+
+    __slots__ = ("_error", "_event", "_owner", "_value")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._value: Any = _UNSET
+        self._error: BaseException | None = None
+        self._owner: set[Reply[Any]] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def send(self, value: T) -> None:
+        if self._event.is_set():
+            return
+        self._value = value
+        self._settle()
+
+    def fail(self, error: BaseException) -> None:
+        if self._event.is_set():
+            return
+        self._error = error
+        self._settle()
+
+    def _settle(self) -> None:
+        if self._owner is not None:
+            self._owner.discard(self)
+            self._owner = None
+        self._event.set()
+
+    async def wait(self) -> T:
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
+        value: T = self._value
+        return value
+
+    def __repr__(self) -> str:
+        return f"Reply(done={self.done})"
+
+
+@attrs.frozen
+class ActorSnapshot:
+    """What anyone may know about an actor at one moment. `state` is the actor's own frozen summary."""
+
+    name: str
+    kind: str
+    status: str
+    mailbox_depth: int
+    mailbox_capacity: int
+    handled: int
+    restarts: int
+    state: Any = None
+    last_crash: str | None = None
+
+
+@attrs.frozen
+class TreeNode:
+    """One node of a running supervision tree, as shown by `which_children()`, `/state` and `inspect`."""
+
+    name: str
+    kind: str
+    status: str
+    restarts: int
+    mailbox_depth: int | None = None
+    mailbox_capacity: int | None = None
+    children: tuple[TreeNode, ...] = ()
+    state: Any = None
+    last_crash: str | None = None
+
+
+class ActorRef(Generic[M]):
+    """The address of an actor: stable across restarts of the actor behind it."""
+
+    __slots__ = ("_actor", "_send", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._send: trio.MemorySendChannel[M] | None = None
+        self._actor: Actor[M] | None = None
+
+    def _bind(self, actor: Actor[M], send: trio.MemorySendChannel[M]) -> None:
+        self._actor = actor
+        self._send = send
+
+    @property
+    def alive(self) -> bool:
+        return self._actor is not None and self._actor.status == "running"
+
+    async def tell(self, msg: M) -> None:
+        send = self._send
+        if send is None:
+            raise ActorStopped(self.name, "is not running")
+        try:
+            await send.send(msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ActorStopped(self.name) from None
+
+    def tell_nowait(self, msg: M) -> None:
+        send = self._send
+        if send is None:
+            raise ActorStopped(self.name, "is not running")
+        try:
+            send.send_nowait(msg)
+        except trio.WouldBlock:
+            raise MailboxFull(self.name, self.capacity) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ActorStopped(self.name) from None
+
+    async def ask(self, make: Callable[[Reply[T]], M]) -> T:
+        reply: Reply[T] = Reply()
+        await self.tell(make(reply))
+        return await reply.wait()
+
+    def ask_nowait(self, make: Callable[[Reply[T]], M]) -> Reply[T]:
+        """Send an ask without waiting for mailbox space; `await reply.wait()` later."""
+        reply: Reply[T] = Reply()
+        self.tell_nowait(make(reply))
+        return reply
+
+    @property
+    def capacity(self) -> int:
+        return self._actor.mailbox_capacity if self._actor is not None else 0
+
+    def snapshot(self) -> ActorSnapshot:
+        if self._actor is None:
+            return ActorSnapshot(self.name, "actor", "unbound", 0, 0, 0, 0)
+        return self._actor.snapshot()
+
+    def __repr__(self) -> str:
+        return f"ActorRef({self.name!r})"
+
+
+def _reply_of(msg: object) -> Reply[Any] | None:
+    reply = getattr(msg, "reply_to", None)
+    return reply if isinstance(reply, Reply) else None
+
+
+class Actor(Generic[M]):
+    """Base class. Subclasses implement `receive` (dispatch with `match` + `assert_never`).
+
+    `receive` is a plain `def` when it only changes state (each transition is then atomic); it may
+    be `async def` when it must await, but it must never await upstream I/O: long work goes to
+    `self.nursery` (a nursery that lives as long as the actor).
+    """
+
+    kind: ClassVar[str] = "actor"
+
+    def __init__(self, name: str, *, mailbox: int = 64) -> None:
+        if not (isinstance(mailbox, int) and 0 < mailbox < math.inf):
+            raise ValueError("an actor's mailbox must be bounded: a positive integer capacity")
+        self.name = name
+        self.mailbox_capacity = mailbox
+        self.status = "new"
+        self.handled = 0
+        self.restarts = 0
+        self.last_crash: str | None = None
+        self.ref: ActorRef[M] = ActorRef(name)
+        self._recv: trio.MemoryReceiveChannel[M] | None = None
+        self._pending: set[Reply[Any]] = set()
+        self._loop_scope: trio.CancelScope | None = None
+        self._stop_requested = False
+        self._nursery: trio.Nursery | None = None
+
+    # -- hooks for subclasses -------------------------------------------------------------------------
+
+    def receive(self, msg: M) -> Awaitable[None] | None:
+        raise NotImplementedError
+
+    async def pre_start(self) -> None:
+        """Runs before the ref is handed out. `self.restarts > 0` means this is a restart: restore state."""
+
+    async def post_stop(self) -> None:
+        """Graceful cleanup after the mailbox stops being read (runs under the supervisor's grace)."""
+
+    def state_summary(self) -> Any:
+        """A frozen value describing the actor's own state, for snapshots."""
+        return None
+
+    # -- kernel ---------------------------------------------------------------------------------------
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RuntimeError(f"actor {self.name} is not running")
+        return self._nursery
+
+    def adopt(self, previous: Actor[M]) -> None:
+        """Take over a previous instance's address and restart count (used by supervisors)."""
+        self.ref = previous.ref
+        self.restarts = previous.restarts + 1
+        self.last_crash = previous.last_crash
+
+    def stop(self) -> None:
+        """Ask the actor to finish: stop reading the mailbox, answer queued asks with `ActorStopped`,
+        run `post_stop`, and let background work in `self.nursery` finish (its supervisor cancels it
+        when the grace runs out; asks it leaves unanswered then get `ActorStopped`)."""
+        self._stop_requested = True
+        if self._loop_scope is not None:
+            self._loop_scope.cancel(reason=f"actor {self.name} asked to stop")
+
+    def snapshot(self) -> ActorSnapshot:
+        depth = self._recv.statistics().current_buffer_used if self._recv is not None else 0
+        return ActorSnapshot(
+            name=self.name,
+            kind=self.kind,
+            status=self.status,
+            mailbox_depth=depth,
+            mailbox_capacity=self.mailbox_capacity,
+            handled=self.handled,
+            restarts=self.restarts,
+            state=self.state_summary(),
+            last_crash=self.last_crash,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[ActorRef[M]] = trio.TASK_STATUS_IGNORED) -> None:
+        send, recv = trio.open_memory_channel[M](self.mailbox_capacity)
+        self._recv = recv
+        self.status = "starting"
+        crash: Exception | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self.pre_start()
+                self.ref._bind(self, send)
+                self.status = "running"
+                task_status.started(self.ref)
+                try:
+                    await self._loop(recv)
+                except Exception as exc:
+                    # Raised below, outside the nursery, so supervisors see the exception itself
+                    # rather than an ExceptionGroup around it.
+                    crash = exc
+                    self.last_crash = f"{type(exc).__name__}: {exc}"
+                    self.status = "crashed"
+                    self._close(send, recv, crash)
+                    nursery.cancel_scope.cancel(reason=f"actor {self.name} crashed")
+                else:
+                    self.status = "stopping"
+                    self._close(send, recv, None)
+                    await self.post_stop()
+        finally:
+            if crash is None:
+                # Cancelled from outside, or post_stop failed: still never leave an ask hanging.
+                self._close(send, recv, None)
+                self.status = "stopped"
+            # Background work has finished or been cancelled: whatever it did not answer is answered now.
+            self._fail_pending(crash)
+            self._nursery = None
+        if crash is not None:
+            raise crash
+
+    async def _loop(self, recv: trio.MemoryReceiveChannel[M]) -> None:
+        with trio.CancelScope() as scope:
+            self._loop_scope = scope
+            if self._stop_requested:
+                return
+            pending = self._pending
+            async for msg in recv:
+                reply = _reply_of(msg)
+                try:
+                    result = self.receive(msg)
+                    if result is not None:
+                        await result
+                except Exception as exc:
+                    if reply is not None:
+                        reply.fail(ActorCrashed(self.name, exc))
+                    raise
+                self.handled += 1
+                if reply is not None and not reply.done:
+                    # Answered later (by a background task): tracked so a stop or crash still answers it.
+                    reply._owner = pending
+                    pending.add(reply)
+
+    def _close(
+        self, send: trio.MemorySendChannel[M], recv: trio.MemoryReceiveChannel[M], crash: BaseException | None
+    ) -> None:
+        """Stop accepting messages and answer every queued ask (asks in progress may still finish)."""
+        self._loop_scope = None
+        error: Exception = ActorCrashed(self.name, crash) if crash is not None else ActorStopped(self.name)
+        send.close()
+        while True:
+            try:
+                msg = recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            reply = _reply_of(msg)
+            if reply is not None:
+                reply.fail(error)
+        recv.close()
+
+    def _fail_pending(self, crash: BaseException | None) -> None:
+        error: Exception = ActorCrashed(self.name, crash) if crash is not None else ActorStopped(self.name)
+        for reply in list(self._pending):
+            reply.fail(error)
+        self._pending.clear()
+
+    def tree(self) -> TreeNode:
+        snap = self.snapshot()
+        return TreeNode(
+            name=snap.name,
+            kind=snap.kind,
+            status=snap.status,
+            restarts=snap.restarts,
+            mailbox_depth=snap.mailbox_depth,
+            mailbox_capacity=snap.mailbox_capacity,
+            state=snap.state,
+            last_crash=snap.last_crash,
+        )

@@ -1,0 +1,36 @@
+"""Supervisor control protocol: what a supervisor's own loop receives."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+from apikeyrouter.actors.base import Reply
+
+if TYPE_CHECKING:
+    from apikeyrouter.supervisors.spec import Child, ChildSpec
+
+__all__ = ["AddChild", "ChildExited", "RemoveChild", "SupervisorCommand"]
+
+
+@attrs.frozen
+class AddChild:
+    spec: ChildSpec
+    reply_to: Reply[Child]
+
+
+@attrs.frozen
+class RemoveChild:
+    child_id: str
+    reply_to: Reply[bool]
+
+
+@attrs.frozen
+class ChildExited:
+    child_id: str
+    instance: Child
+    reason: Exception | None  # None: a normal exit
+
+
+SupervisorCommand = AddChild | RemoveChild | ChildExited

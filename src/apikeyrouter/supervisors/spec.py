@@ -1,0 +1,86 @@
+"""Supervision policy as data (OTP semantics), and the restart-intensity rule as a pure function."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from apikeyrouter.actors.base import TreeNode
+
+__all__ = [
+    "Child",
+    "ChildSpec",
+    "Restart",
+    "Strategy",
+    "SupervisorSpec",
+    "TreeNode",
+    "add_restart",
+]
+
+
+class Restart(enum.Enum):
+    PERMANENT = "permanent"  # always restarted, even after a normal exit
+    TRANSIENT = "transient"  # restarted only after a crash
+    TEMPORARY = "temporary"  # never restarted
+
+
+class Strategy(enum.Enum):
+    ONE_FOR_ONE = "one_for_one"  # restart only the child that exited
+    ONE_FOR_ALL = "one_for_all"  # stop every other child, restart all
+    REST_FOR_ONE = "rest_for_one"  # stop the children started after it, restart it and them
+
+
+class Child(Protocol):
+    """Anything a supervisor can run: an `Actor` or another `Supervisor`."""
+
+    name: str
+    restarts: int
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = ...) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def adopt(self, previous: Any) -> None: ...
+
+    def tree(self) -> TreeNode: ...
+
+
+@attrs.frozen
+class ChildSpec:
+    """How to run one child.
+
+    `start` builds a fresh instance (called again on every restart). `on_restart`, if given, is called
+    with the new instance and its restart count before it starts: the place to restore state.
+    `shutdown` is the grace in seconds a stopping child gets before it is cancelled.
+    """
+
+    id: str
+    start: Callable[[], Child]
+    restart: Restart = Restart.PERMANENT
+    shutdown: float = 5.0
+    on_restart: Callable[[Child, int], None] | None = None
+
+
+@attrs.frozen
+class SupervisorSpec:
+    """More than `intensity` restarts within `period` seconds: the supervisor gives up and escalates."""
+
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    intensity: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    period: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+
+
+def add_restart(
+    stamps: tuple[float, ...], now: float, *, intensity: int, period: float
+) -> tuple[tuple[float, ...], bool]:
+    """Record a restart at `now`; return the kept stamps and whether the intensity is exceeded.
+
+    Stamps older than `period` are forgotten (OTP's `add_restart`): only restarts inside the sliding
+    window `(now - period, now]` count, and more than `intensity` of them means give up.
+    """
+    kept = (*(t for t in stamps if now - t < period), now)
+    return kept, len(kept) > intensity
