@@ -1,0 +1,119 @@
+"""The surface the proxy and the debug channel use to talk to a running router.
+
+`ApiKeyRouter` implements `RouterAPI`. Keeping the proxy and the debug channel behind this protocol
+lets them be tested against a small fake, and keeps the JSON shapes in one place:
+
+key entry (`keys()` items, `/state`, `/keys`, debug `keys`):
+    {"id", "provider", "fingerprint", "lifecycle", "lifecycle_until", "lifecycle_reason",
+     "capacity", "capacity_left_pct", "prediction": {"seconds_to_exhaustion", "confidence"},
+     "breaker", "breaker_until", "in_flight", "max_in_flight", "success_rate", "latency_ms",
+     "spend", "requests", "models", "metadata", "limits": {...}}
+    (`*_until` are trio times, plus `*_until_wall` ISO-8601 UTC strings for humans; money as strings)
+tree node (`tree_to_json`): {"name", "kind", "status", "restarts", "mailbox": {"depth", "capacity"} | None,
+     "children": [...], "last_crash"}
+transition: {"key", "from", "to", "reason", "at", "at_wall", "until"}
+decision: {"id", "at", "request_id", "model", "objective", "chosen", "candidates": [{"key", "score",
+     "breakdown"}], "excluded": {key_id: reason}, "excluded_total", "explanation"}
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import attrs
+
+from apikeyrouter.actors.base import TreeNode
+from apikeyrouter.events import EventBus
+from apikeyrouter.intent import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse
+
+__all__ = ["APIKey", "RoutedStream", "RouterAPI", "tree_to_json"]
+
+
+@attrs.frozen
+class APIKey:
+    """A registered key as its owner sees it: a stable id and a fingerprint, never the secret."""
+
+    id: str
+    provider: str
+    fingerprint: str
+    metadata: Mapping[str, str] = attrs.field(factory=dict)
+
+
+class RoutedStream(Protocol):
+    """An open routed stream. `metadata` is known before the first chunk (key chosen, headers in)."""
+
+    metadata: ResponseMetadata
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]: ...
+
+
+class RouterAPI(Protocol):
+    events: EventBus
+
+    async def route(
+        self,
+        intent: RequestIntent | Mapping[str, Any],
+        *,
+        objective: str | Mapping[str, float] | None = None,
+        client: str | None = None,
+    ) -> SystemResponse: ...
+
+    def stream(
+        self,
+        intent: RequestIntent | Mapping[str, Any],
+        *,
+        objective: str | Mapping[str, float] | None = None,
+        client: str | None = None,
+    ) -> AbstractAsyncContextManager[RoutedStream]: ...
+
+    def models(self) -> list[str]: ...
+
+    def ready(self) -> bool: ...
+
+    def keys(self) -> list[dict[str, Any]]: ...
+
+    def key(self, key_id: str) -> dict[str, Any] | None: ...
+
+    def transitions(self, key_id: str, limit: int = 50) -> list[dict[str, Any]]: ...
+
+    def decisions(self, limit: int = 20) -> list[dict[str, Any]]: ...
+
+    def decision(self, decision_id: str) -> dict[str, Any] | None: ...
+
+    def tree(self) -> TreeNode: ...
+
+    def get_state_summary(self) -> dict[str, Any]: ...
+
+    async def register_key(
+        self,
+        secret: str,
+        provider: str,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        key_id: str | None = None,
+        limits: Mapping[str, int] | None = None,
+        models: list[str] | None = None,
+    ) -> APIKey: ...
+
+    async def revoke_key(self, key_id: str, reason: str = "revoked by operator") -> None: ...
+
+    async def rotate_key(self, key_id: str, new_secret: str) -> None: ...
+
+    async def update_key_state(self, key_id: str, state: str, reason: str = "") -> None: ...
+
+
+def tree_to_json(node: TreeNode) -> dict[str, Any]:
+    mailbox = (
+        {"depth": node.mailbox_depth, "capacity": node.mailbox_capacity} if node.mailbox_capacity is not None else None
+    )
+    return {
+        "name": node.name,
+        "kind": node.kind,
+        "status": node.status,
+        "restarts": node.restarts,
+        "mailbox": mailbox,
+        "last_crash": node.last_crash,
+        "children": [tree_to_json(c) for c in node.children],
+    }
