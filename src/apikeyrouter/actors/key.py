@@ -1,0 +1,482 @@
+"""`KeyActor`: one per API key. Alone owns the key's lifecycle, quota windows, breaker, stats and spend.
+
+Every handler is a plain `def` (an atomic transition): it calls the pure rules in `domain/`, stores the
+new durable record (so a restart restores it), publishes a frozen `KeySnapshot` to the board, and emits
+events. The only background work is one timer that wakes the actor when a bench or breaker cooldown
+ends, so that transition is published when it happens rather than when somebody next looks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any, assert_never
+
+import attrs
+import structlog
+import trio
+
+from apikeyrouter.actors.base import Actor
+from apikeyrouter.actors.board import SnapshotBoard
+from apikeyrouter.domain import circuit, lifecycle, quota, stats
+from apikeyrouter.domain.circuit import Breaker, BreakerConfig, BreakerEvent, BreakerState
+from apikeyrouter.domain.failures import DEFAULT_ACTIONS, FailureAction, FailureClass, KeyEffect
+from apikeyrouter.domain.lifecycle import KeyState, Lifecycle, LifecycleEvent, Transition, TransitionRefused
+from apikeyrouter.domain.quota import Capacity, Prediction, Quota, QuotaConfig, QuotaReservation
+from apikeyrouter.domain.stats import Stats, StatsConfig
+from apikeyrouter.events import EventBus
+from apikeyrouter.messages.key import (
+    Granted,
+    InjectCrash,
+    KeyCommand,
+    Operate,
+    Outcome,
+    Refused,
+    Release,
+    Reserve,
+    Settle,
+    Snapshot,
+)
+from apikeyrouter.secret import Secret
+from apikeyrouter.store.memory import StateStore
+
+__all__ = ["KeyActor", "KeyConfig", "KeyRecord", "KeySnapshot"]
+
+log = structlog.get_logger("apikeyrouter.key")
+
+_ZERO = Decimal(0)
+
+
+@attrs.frozen
+class KeyConfig:
+    id: str
+    provider: str
+    models: frozenset[str] = frozenset()  # empty: whatever the provider serves
+    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    quota: QuotaConfig = attrs.field(factory=QuotaConfig)
+    breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
+    stats: StatsConfig = attrs.field(factory=StatsConfig)
+    max_in_flight: int | None = None
+    budget: Decimal | None = None  # hard cap on this key's total spend
+    failures: Mapping[FailureClass, FailureAction] = attrs.field(factory=lambda: dict(DEFAULT_ACTIONS))
+    default_throttle_s: float = 30.0  # a 429 without Retry-After or reset headers benches this long
+    exhausted_cooldown_s: float = 3600.0  # quota gone with no window reset known
+
+
+@attrs.frozen
+class KeyRecord:
+    """The durable part of a key's state: what a restart restores."""
+
+    lifecycle: Lifecycle
+    quota: Quota
+    breaker: Breaker
+    stats: Stats
+    spend: Decimal
+    secret: Secret
+
+
+@attrs.frozen
+class KeySnapshot:
+    """What the router scores and the debug channel shows. Never holds key material."""
+
+    id: str
+    provider: str
+    fingerprint: str
+    models: frozenset[str]
+    metadata: Mapping[str, str]
+    lifecycle: Lifecycle
+    breaker: Breaker
+    capacity: Capacity
+    prediction: Prediction
+    stats: Stats
+    in_flight: int
+    max_in_flight: int | None
+    spend: Decimal
+    reserved_cost: Decimal
+    budget: Decimal | None
+    usage: Mapping[str, tuple[int, int | None]]
+    at: float
+    restarts: int = 0
+
+    def available_at(self, now: float) -> float | None:
+        """When this key may next take a request (now if it can), None if only an operator can help."""
+        when = self.lifecycle.available_at(now)
+        if when is None:
+            return None
+        b = self.breaker
+        if b.state is BreakerState.OPEN and b.open_until is not None:
+            when = max(when, b.open_until)
+        elif b.state is BreakerState.HALF_OPEN and b.probe_deadline is not None and now < b.probe_deadline:
+            when = max(when, b.probe_deadline)
+        if self.capacity.state is quota.CapacityState.EXHAUSTED:
+            q_at = self.quota_available_at
+            if q_at is not None:
+                when = max(when, q_at)
+        return when
+
+    quota_available_at: float | None = None
+
+
+@attrs.define
+class _Lease:
+    quota: QuotaReservation
+    probe: int | None
+    cost: Decimal
+    until: float
+    request_id: str
+
+
+class KeyActor(Actor[KeyCommand]):
+    kind = "key"
+
+    def __init__(
+        self,
+        config: KeyConfig,
+        secret: Secret,
+        *,
+        store: StateStore,
+        board: SnapshotBoard,
+        events: EventBus,
+        wall_offset: float = 0.0,
+        mailbox: int = 256,
+    ) -> None:
+        super().__init__(f"key:{config.id}", mailbox=mailbox)
+        self.config = config
+        self._initial_secret = secret
+        self._store = store
+        self._board = board
+        self._events = events
+        self._wall_offset = wall_offset
+        self._record: KeyRecord | None = None
+        self._leases: dict[int, _Lease] = {}
+        self._next_id = 0
+        self._reserved_cost = _ZERO
+        self._timer_at = math.inf
+        self._timer_scope: trio.CancelScope | None = None
+
+    @property
+    def key_id(self) -> str:
+        return self.config.id
+
+    @property
+    def store_key(self) -> str:
+        return f"key:{self.config.id}"
+
+    # -- lifecycle of the actor -----------------------------------------------------------------------
+
+    async def pre_start(self) -> None:
+        now = trio.current_time()
+        restored = self._store.load(self.store_key)
+        if isinstance(restored, KeyRecord):
+            self._record = restored
+            if self.restarts:
+                log.info("key_restored", key=self.key_id, lifecycle=restored.lifecycle.state.value)
+        else:
+            self._record = KeyRecord(
+                lifecycle=Lifecycle(since=now),
+                quota=quota.new_quota(self.config.quota, now),
+                breaker=Breaker(),
+                stats=Stats(),
+                spend=_ZERO,
+                secret=self._initial_secret,
+            )
+            self._store.save(self.store_key, self._record)
+        self._publish(now)
+
+    def state_summary(self) -> KeySnapshot | None:
+        return self._board.keys.get(self.key_id)
+
+    @property
+    def record(self) -> KeyRecord:
+        assert self._record is not None, "KeyActor used before it started"
+        return self._record
+
+    # -- messages -------------------------------------------------------------------------------------
+
+    def receive(self, msg: KeyCommand) -> None:
+        match msg:
+            case Reserve():
+                msg.reply_to.send(self._reserve(msg))
+            case Settle(reservation_id=rid, outcome=outcome):
+                self._settle(rid, outcome)
+            case Release(reservation_id=rid, reason=reason):
+                self._release(rid, reason)
+            case Operate():
+                msg.reply_to.send(self._operate(msg))
+            case Snapshot(reply_to=reply):
+                now = trio.current_time()
+                self._publish(now)
+                reply.send(self._board.keys[self.key_id])
+            case InjectCrash(reason=reason):
+                raise RuntimeError(reason)
+            case _:
+                assert_never(msg)
+
+    def _reserve(self, req: Reserve) -> Granted | Refused:
+        now = trio.current_time()
+        rec = self.record
+        self._expire_leases(now)
+        lc, lc_events = lifecycle.effective(rec.lifecycle, now)
+        if lc_events:
+            self._commit(now, lifecycle_=lc, lc_events=lc_events)
+            rec = self.record
+        if lc.state is not KeyState.ACTIVE:
+            return Refused(self.key_id, self._lifecycle_reason(lc), lc.available_at(now))
+        cfg = self.config
+        if cfg.models and req.model not in cfg.models:
+            return Refused(self.key_id, f"does not serve model {req.model}")
+        if cfg.max_in_flight is not None and len(self._leases) >= cfg.max_in_flight:
+            return Refused(self.key_id, f"in-flight limit {cfg.max_in_flight} reached")
+        if cfg.budget is not None and rec.spend + self._reserved_cost + req.worst_case_cost > cfg.budget:
+            return Refused(self.key_id, f"budget {cfg.budget} would be exceeded")
+        refusal = quota.can_reserve(rec.quota, req.tokens, now)
+        if refusal is not None:
+            return Refused(self.key_id, f"{refusal.window}: {refusal.reason}", refusal.retry_at)
+        breaker, admitted, b_events = circuit.try_acquire(rec.breaker, cfg.breaker, now)
+        if not admitted:
+            self._commit(now, breaker=breaker, b_events=b_events)
+            reason = (
+                f"breaker open until {self._wall(breaker.open_until)}"
+                if breaker.state is BreakerState.OPEN
+                else "breaker half-open: its one probe is in flight"
+            )
+            retry = breaker.open_until if breaker.state is BreakerState.OPEN else breaker.probe_deadline
+            return Refused(self.key_id, reason, retry)
+        q, reservation = quota.reserve(rec.quota, req.tokens, now)
+        if not isinstance(reservation, QuotaReservation):  # can_reserve said yes a moment ago
+            return Refused(self.key_id, reservation.reason, reservation.retry_at)
+        probe = breaker.probe_id if breaker.state is BreakerState.HALF_OPEN else None
+        self._next_id += 1
+        rid = self._next_id
+        self._leases[rid] = _Lease(reservation, probe, req.worst_case_cost, req.lease_until, req.request_id)
+        self._reserved_cost += req.worst_case_cost
+        self._commit(now, quota_=q, breaker=breaker, b_events=b_events)
+        return Granted(self.key_id, rid, rec.secret, probe)
+
+    def _settle(self, rid: int, outcome: Outcome) -> None:
+        lease = self._leases.pop(rid, None)
+        if lease is None:
+            return  # released already, expired, or from before a restart: nothing is held
+        now = trio.current_time()
+        rec = self.record
+        cfg = self.config
+        self._reserved_cost -= lease.cost
+        tokens = outcome.usage.total_tokens if outcome.usage is not None else 0
+        q = quota.settle(rec.quota, lease.quota, tokens, now)
+        if outcome.signal is not None and not outcome.signal.empty:
+            q = quota.apply_signal(q, outcome.signal, now)
+        failure = outcome.failure
+        action = cfg.failures[failure] if failure is not None else None
+        if failure is not None and outcome.provider_degraded and action is not None and action.counts_for_breaker:
+            breaker, b_events = circuit.release(rec.breaker, cfg.breaker, now=now, probe=lease.probe)
+        else:
+            breaker, b_events = circuit.record(
+                rec.breaker, cfg.breaker, failure, now=now, probe=lease.probe, table=cfg.failures
+            )
+        st = rec.stats
+        if action is None or not action.caller_fault:
+            st = stats.record(st, cfg.stats, success=failure is None, latency_s=outcome.latency_s, now=now)
+        lc: Lifecycle = rec.lifecycle
+        lc_events: list[LifecycleEvent] = []
+        if failure is not None and action is not None and action.key_effect is not KeyEffect.NONE:
+            until = self._bench_until(action.key_effect, outcome, q, now)
+            reason = f"{failure.value}" + (f": {outcome.message}" if outcome.message else "")
+            if outcome.retry_after is not None:
+                reason += f" (Retry-After {outcome.retry_after:g}s)"
+            lc, lc_events = lifecycle.apply_effect(
+                rec.lifecycle, action.key_effect, until=until, reason=reason, now=now
+            )
+        self._commit(
+            now,
+            quota_=q,
+            breaker=breaker,
+            b_events=b_events,
+            stats_=st,
+            lifecycle_=lc,
+            lc_events=lc_events,
+            spend=rec.spend + outcome.cost,
+        )
+
+    def _bench_until(self, effect: KeyEffect, outcome: Outcome, q: Quota, now: float) -> float:
+        if outcome.retry_after is not None and outcome.retry_after > 0:
+            return now + outcome.retry_after
+        signal = outcome.signal
+        if signal is not None:
+            resets = [r for r in (signal.reset_requests_s, signal.reset_tokens_s) if r is not None and r > 0]
+            if signal.retry_after_s:
+                resets.append(signal.retry_after_s)
+            if resets:
+                return now + max(resets)
+        if effect is KeyEffect.EXHAUST:
+            reset = quota.earliest_reset(q, now)
+            return reset if reset is not None and reset > now else now + self.config.exhausted_cooldown_s
+        return now + self.config.default_throttle_s
+
+    def _release(self, rid: int, reason: str) -> None:
+        lease = self._leases.pop(rid, None)
+        if lease is None:
+            return
+        now = trio.current_time()
+        rec = self.record
+        self._reserved_cost -= lease.cost
+        q = quota.release(rec.quota, lease.quota, now)
+        breaker, b_events = circuit.release(rec.breaker, self.config.breaker, now=now, probe=lease.probe)
+        self._commit(now, quota_=q, breaker=breaker, b_events=b_events)
+
+    def _expire_leases(self, now: float) -> None:
+        """A safety net: a reservation whose caller vanished without settling is released at its lease end."""
+        expired = [rid for rid, lease in self._leases.items() if lease.until <= now]
+        for rid in expired:
+            log.warning("reservation_expired", key=self.key_id, request_id=self._leases[rid].request_id)
+            self._release(rid, "lease expired")
+
+    def _operate(self, msg: Operate) -> str | None:
+        now = trio.current_time()
+        rec = self.record
+        lc = rec.lifecycle
+        secret = rec.secret
+        match msg.action:
+            case "disable":
+                lc, events = lifecycle.disable(lc, reason=msg.reason, now=now)
+            case "enable":
+                lc, events = lifecycle.enable(lc, reason=msg.reason, now=now)
+            case "revoke":
+                lc, events = lifecycle.revoke(lc, reason=msg.reason, now=now)
+            case "rotate":
+                lc, events = lifecycle.rotate(lc, reason=msg.reason, now=now)
+                if msg.secret is not None and lifecycle.refusal(events) is None:
+                    secret = msg.secret
+            case _:
+                assert_never(msg.action)
+        refused = lifecycle.refusal(events)
+        self._commit(now, lifecycle_=lc, lc_events=events, secret=secret)
+        return refused.why if refused is not None else None
+
+    # -- committing state -----------------------------------------------------------------------------
+
+    def _commit(
+        self,
+        now: float,
+        *,
+        lifecycle_: Lifecycle | None = None,
+        lc_events: list[LifecycleEvent] | None = None,
+        quota_: Quota | None = None,
+        breaker: Breaker | None = None,
+        b_events: list[BreakerEvent] | None = None,
+        stats_: Stats | None = None,
+        spend: Decimal | None = None,
+        secret: Secret | None = None,
+    ) -> None:
+        rec = self.record
+        changes: dict[str, Any] = {}
+        if lifecycle_ is not None:
+            changes["lifecycle"] = lifecycle_
+        if quota_ is not None:
+            changes["quota"] = quota_
+        if breaker is not None:
+            changes["breaker"] = breaker
+        if stats_ is not None:
+            changes["stats"] = stats_
+        if spend is not None:
+            changes["spend"] = spend
+        if secret is not None and secret is not rec.secret:
+            changes["secret"] = secret
+        if changes:
+            self._record = attrs.evolve(rec, **changes)
+            self._store.save(self.store_key, self._record)
+        for ev in lc_events or ():
+            self._emit_lifecycle(ev)
+        for bev in b_events or ():
+            self._emit_breaker(bev)
+        self._publish(now)
+        self._arm_timer(now)
+
+    def _emit_lifecycle(self, ev: LifecycleEvent) -> None:
+        if isinstance(ev, Transition):
+            data = {
+                "key": self.key_id,
+                "from": ev.from_state.value,
+                "to": ev.to_state.value,
+                "reason": ev.reason,
+                "at": ev.at,
+                "at_wall": self._wall(ev.at),
+                "until": ev.until,
+                "cause": ev.cause.value,
+            }
+            self._events.publish("key.transition", data, at=ev.at)
+            log.info("key_transition", **data)
+        elif isinstance(ev, TransitionRefused):
+            log.info("key_transition_refused", key=self.key_id, to=ev.to_state.value, why=ev.why)
+
+    def _emit_breaker(self, ev: BreakerEvent) -> None:
+        name = type(ev).__name__
+        data: dict[str, Any] = {"key": self.key_id, "event": name, **attrs.asdict(ev)}
+        self._events.publish("key.breaker", data, at=ev.at)
+        log.info("key_breaker", **data)
+
+    def _publish(self, now: float) -> None:
+        rec = self.record
+        q = rec.quota
+        self._board.publish_key(
+            KeySnapshot(
+                id=self.key_id,
+                provider=self.config.provider,
+                fingerprint=rec.secret.fingerprint,
+                models=self.config.models,
+                metadata=self.config.metadata,
+                lifecycle=rec.lifecycle,
+                breaker=rec.breaker,
+                capacity=quota.capacity(q, now),
+                prediction=quota.predict(q, now),
+                stats=rec.stats,
+                in_flight=len(self._leases),
+                max_in_flight=self.config.max_in_flight,
+                spend=rec.spend,
+                reserved_cost=self._reserved_cost,
+                budget=self.config.budget,
+                usage=quota.usage(q, now),
+                at=now,
+                restarts=self.restarts,
+                quota_available_at=quota.available_at(q, 0, now),
+            )
+        )
+
+    def _arm_timer(self, now: float) -> None:
+        """Wake up when a bench or a breaker cooldown ends, so the transition is published on time."""
+        rec = self.record
+        candidates = [t for t in (rec.lifecycle.until, rec.breaker.open_until, rec.breaker.probe_deadline) if t]
+        future = [t for t in candidates if t > now]
+        if not future:
+            return
+        at = min(future)
+        if at >= self._timer_at and self._timer_scope is not None:
+            return
+        if self._timer_scope is not None:
+            self._timer_scope.cancel()
+        self._timer_at = at
+        if self._nursery is not None:
+            self._nursery.start_soon(self._timer, at)
+
+    async def _timer(self, at: float) -> None:
+        with trio.CancelScope() as scope:
+            self._timer_scope = scope
+            await trio.sleep_until(at)
+            self._timer_scope = None
+            self._timer_at = math.inf
+            now = trio.current_time()
+            rec = self.record
+            lc, lc_events = lifecycle.effective(rec.lifecycle, now)
+            breaker, b_events = circuit.effective(rec.breaker, self.config.breaker, now)
+            self._commit(now, lifecycle_=lc, lc_events=lc_events, breaker=breaker, b_events=b_events)
+
+    def _lifecycle_reason(self, lc: Lifecycle) -> str:
+        if lc.state.timed and lc.until is not None:
+            return f"{lc.state.value} until {self._wall(lc.until)} ({lc.reason})"
+        return f"{lc.state.value} ({lc.reason})" if lc.reason else lc.state.value
+
+    def _wall(self, t: float | None) -> str:
+        if t is None:
+            return "?"
+        return time.strftime("%H:%M:%S", time.gmtime(t + self._wall_offset))

@@ -1,0 +1,112 @@
+"""KeyActor protocol: reserve / settle / release a request's share of a key, operator commands, snapshots."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING, Literal
+
+import attrs
+
+from apikeyrouter.actors.base import Reply
+from apikeyrouter.adapters.base import QuotaSignal
+from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.intent import Usage
+from apikeyrouter.secret import Secret
+
+if TYPE_CHECKING:
+    from apikeyrouter.actors.key import KeySnapshot
+
+__all__ = [
+    "Granted",
+    "InjectCrash",
+    "KeyCommand",
+    "Operate",
+    "Outcome",
+    "Refused",
+    "Release",
+    "Reserve",
+    "Settle",
+    "Snapshot",
+]
+
+
+@attrs.frozen
+class Reserve:
+    """Ask for an in-flight slot, `tokens` of quota and `worst_case_cost` of budget, until `lease_until`."""
+
+    request_id: str
+    model: str
+    tokens: int
+    worst_case_cost: Decimal
+    lease_until: float
+    reply_to: Reply[Granted | Refused]
+
+
+@attrs.frozen
+class Granted:
+    key_id: str
+    reservation_id: int
+    secret: Secret  # the key material, handed to the dispatch task for this one call
+    probe: int | None  # the half-open probe id, when this call is the breaker's probe
+
+
+@attrs.frozen
+class Refused:
+    """The key's state changed since the router's snapshot; take the next candidate."""
+
+    key_id: str
+    reason: str
+    retry_at: float | None = None
+
+
+@attrs.frozen
+class Outcome:
+    """What happened upstream. `failure` None means success."""
+
+    failure: FailureClass | None
+    usage: Usage | None = None
+    cost: Decimal = Decimal(0)
+    latency_s: float | None = None
+    signal: QuotaSignal | None = None
+    retry_after: float | None = None
+    message: str = ""
+    provider_degraded: bool = False  # the provider as a whole is failing: don't blame this key's breaker
+
+
+@attrs.frozen
+class Settle:
+    reservation_id: int
+    outcome: Outcome
+
+
+@attrs.frozen
+class Release:
+    """The call never produced an outcome (the caller was cancelled before sending, or gave up)."""
+
+    reservation_id: int
+    reason: str = "cancelled"
+
+
+@attrs.frozen
+class Operate:
+    """Operator command. `secret` only for rotate. Replies with None or the refusal's reason."""
+
+    action: Literal["disable", "enable", "revoke", "rotate"]
+    reason: str
+    reply_to: Reply[str | None]
+    secret: Secret | None = None
+
+
+@attrs.frozen
+class Snapshot:
+    reply_to: Reply[KeySnapshot]
+
+
+@attrs.frozen
+class InjectCrash:
+    """Chaos/testing: make the actor crash (its supervisor restarts it with its stored state)."""
+
+    reason: str = "injected crash"
+
+
+KeyCommand = Reserve | Settle | Release | Operate | Snapshot | InjectCrash
