@@ -10,7 +10,9 @@ from pathlib import Path
 
 import attrs
 import pytest
+from click.testing import CliRunner
 
+from apikeyrouter.cli import main
 from apikeyrouter.config import (
     ConfigDiff,
     ObjectiveWeights,
@@ -626,3 +628,54 @@ def test_invalid_toml(tmp_path: Path) -> None:
         load_config(path, {})
     assert str(info.value).startswith(f"{path}: invalid TOML: ")
     assert ADMIN not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------- check-config
+
+
+def test_check_config_ok() -> None:
+    result = CliRunner().invoke(main, ["check-config", str(EXAMPLE)], env=EXAMPLE_ENV)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "config OK: 3 providers, 4 keys\n"
+        "http: 127.0.0.1:8080\n"
+        "debug channel: unix socket /run/user/1000/apikeyrouter-8080.sock\n"
+    )
+    assert result.stderr == ""
+
+
+def test_check_config_reports_each_error_and_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "router.toml"
+    path.write_text(PROVIDER + KEY + 'rmp = 5\n[server]\nport = "80"\n' + f'admin_token = "{ADMIN}"\n')
+    result = CliRunner().invoke(main, ["check-config", str(path)], env={"OPENAI_KEY_1": OA1})
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "error: invalid value for type, expected int @ config.server.port\n"
+        "error: extra fields found (rmp) @ config.keys[0]\n"
+    )
+    assert ADMIN not in result.output and OA1 not in result.output
+
+
+def test_check_config_refuses_an_open_bind_without_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "router.toml"
+    path.write_text('[server]\nhost = "0.0.0.0"\n')
+    result = CliRunner().invoke(main, ["check-config", str(path)], env={})
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: refusing to listen on 0.0.0.0:8080 without a client token")
+
+
+def test_check_config_warns_about_inline_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "router.toml"
+    path.write_text(PROVIDER + f'[[keys]]\nid = "oa-1"\nprovider = "openai"\nsecret = "{OA1}"\n')
+    result = CliRunner().invoke(main, ["check-config", str(path)], env={})
+    assert result.exit_code == 0
+    assert result.stderr == f"warning: key oa-1 has its secret inline in {path}; prefer secret_env\n"
+    assert OA1 not in result.output
+
+
+def test_check_config_missing_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["check-config", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 1
+    assert "No such file or directory" in result.stderr
+    assert "Traceback" not in result.output
