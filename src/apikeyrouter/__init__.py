@@ -1,5 +1,6 @@
 """apikeyrouter: route LLM traffic across many API keys, on an actor runtime built on trio."""
 
+from apikeyrouter.config import RouterConfig, default_config, load_config, parse_config
 from apikeyrouter.errors import (
     ActorCrashed,
     ActorError,
@@ -37,6 +38,7 @@ __all__ = [
     "NoKeyAvailable",
     "RequestIntent",
     "ResponseMetadata",
+    "RouterConfig",
     "RouterNotRunning",
     "RoutingError",
     "Secret",
@@ -49,4 +51,7 @@ __all__ = [
     "UnknownProvider",
     "UpstreamError",
     "Usage",
+    "default_config",
+    "load_config",
+    "parse_config",
 ]
