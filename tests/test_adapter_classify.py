@@ -29,14 +29,20 @@ CASES = [
     (ErrorInfo(502, None, None, "Bad gateway"), F.SERVER_ERROR),
     # Anthropic
     (ErrorInfo(529, "overloaded_error", None, "Overloaded"), F.OVERLOADED),
-    (ErrorInfo(429, "rate_limit_error", None, "Number of request tokens has exceeded your per-minute rate limit"),
-     F.RATE_LIMITED),
+    (
+        ErrorInfo(429, "rate_limit_error", None, "Number of request tokens has exceeded your per-minute rate limit"),
+        F.RATE_LIMITED,
+    ),
     (ErrorInfo(401, "authentication_error", None, "invalid x-api-key"), F.AUTH_INVALID),
     (ErrorInfo(403, "permission_error", None, "Your API key does not have permission"), F.PERMISSION),
-    (ErrorInfo(400, "invalid_request_error", None, "prompt is too long: 215000 tokens > 200000 maximum"),
-     F.CONTEXT_LENGTH),
-    (ErrorInfo(400, "invalid_request_error", None, "Your credit balance is too low to access the Anthropic API."),
-     F.QUOTA_EXHAUSTED),
+    (
+        ErrorInfo(400, "invalid_request_error", None, "prompt is too long: 215000 tokens > 200000 maximum"),
+        F.CONTEXT_LENGTH,
+    ),
+    (
+        ErrorInfo(400, "invalid_request_error", None, "Your credit balance is too low to access the Anthropic API."),
+        F.QUOTA_EXHAUSTED,
+    ),
     (ErrorInfo(402, "billing_error", None, "payment issue"), F.QUOTA_EXHAUSTED),
     (ErrorInfo(500, "api_error", None, "Internal server error"), F.SERVER_ERROR),
     (ErrorInfo(None, "overloaded_error", None, "Overloaded"), F.OVERLOADED),  # a mid-stream error event

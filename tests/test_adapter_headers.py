@@ -65,9 +65,7 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after({"retry-after": "2", "retry-after-ms": "1250"}) == 1.25
     # an HTTP date is converted against the response's own Date header
     assert (
-        parse_retry_after(
-            {"retry-after": "Wed, 21 Oct 2015 07:28:30 GMT", "date": "Wed, 21 Oct 2015 07:28:00 GMT"}
-        )
+        parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:30 GMT", "date": "Wed, 21 Oct 2015 07:28:00 GMT"})
         == 30.0
     )
     # ... and without a Date header it is unknown, not computed against our clock

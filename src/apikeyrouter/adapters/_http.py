@@ -279,8 +279,9 @@ class HTTPAdapterBase:
             signal=signal,
         )
 
-    def malformed(self, what: str, secret: Secret, *, status: int | None = None,
-                  signal: QuotaSignal | None = None) -> MalformedResponse:
+    def malformed(
+        self, what: str, secret: Secret, *, status: int | None = None, signal: QuotaSignal | None = None
+    ) -> MalformedResponse:
         return MalformedResponse(
             f"{self.provider}: malformed response: {scrub(what, secret)}",
             failure=FailureClass.SERVER_ERROR,
@@ -332,8 +333,9 @@ class HTTPAdapterBase:
         body = parse_json(raw)
         if not isinstance(body, Mapping):
             snippet = raw[:200].decode("utf-8", errors="replace")
-            raise self.malformed(f"expected a JSON object, got {snippet!r}", secret,
-                                 status=response.status_code, signal=signal)
+            raise self.malformed(
+                f"expected a JSON object, got {snippet!r}", secret, status=response.status_code, signal=signal
+            )
         return body
 
 

@@ -61,8 +61,15 @@ class SSEStream:
     def note_delta(self) -> None:
         self._deltas += 1
 
-    def interrupted(self, message: str, failure: FailureClass, *, status: int | None = None,
-                    code: str | None = None, error_type: str | None = None) -> StreamInterrupted:
+    def interrupted(
+        self,
+        message: str,
+        failure: FailureClass,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        error_type: str | None = None,
+    ) -> StreamInterrupted:
         return StreamInterrupted(
             f"{self.adapter.provider}: stream interrupted: {scrub(message, self._secret)}",
             failure=failure,

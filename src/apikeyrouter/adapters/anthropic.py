@@ -132,15 +132,20 @@ class AnthropicAdapter(HTTPAdapterBase):
 
     async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult:
         async with self.exchange(
-            client, "POST", f"{self.base_url}/messages", secret=secret, headers=self._auth(secret),
+            client,
+            "POST",
+            f"{self.base_url}/messages",
+            secret=secret,
+            headers=self._auth(secret),
             json_body=self.body(intent, stream=False),
         ) as response:
             signal = self.signal_from(response.headers)
             data = await self.read_json(response, secret, signal)
         return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
 
-    def normalise(self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret,
-                  signal: QuotaSignal) -> SystemResponse:
+    def normalise(
+        self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret, signal: QuotaSignal
+    ) -> SystemResponse:
         if data.get("type") == "error":
             # A 200 carrying an error body: classify it like the status-code path would.
             etype, code, message = error_fields(data, b"")
@@ -151,14 +156,16 @@ class AnthropicAdapter(HTTPAdapterBase):
         blocks = data.get("content")
         if not isinstance(blocks, list):
             raise self.malformed("the message has no content array", secret, signal=signal)
-        texts = [b["text"] for b in blocks if isinstance(b, Mapping) and b.get("type") == "text"
-                 and isinstance(b.get("text"), str)]
+        texts = [
+            b["text"]
+            for b in blocks
+            if isinstance(b, Mapping) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        ]
         usage_raw = data.get("usage")
         usage = _usage(usage_raw)
         if usage is None:
             raise self.malformed("the message has no usage", secret, signal=signal)
-        raw: dict[str, Any] = {k: data[k] for k in ("id", "type", "role", "stop_reason", "stop_sequence")
-                               if k in data}
+        raw: dict[str, Any] = {k: data[k] for k in ("id", "type", "role", "stop_reason", "stop_sequence") if k in data}
         raw["usage"] = usage_raw
         tool_uses = [b for b in blocks if isinstance(b, Mapping) and b.get("type") == "tool_use"]
         if tool_uses:
@@ -178,15 +185,22 @@ class AnthropicAdapter(HTTPAdapterBase):
     ) -> AsyncIterator[_AnthropicStream]:
         estimated = self.estimate(intent).input_tokens
         async with self.exchange(
-            client, "POST", f"{self.base_url}/messages", secret=secret,
+            client,
+            "POST",
+            f"{self.base_url}/messages",
+            secret=secret,
             headers={**self._auth(secret), "accept": "text/event-stream"},
             json_body=self.body(intent, stream=True),
         ) as response:
             signal = self.signal_from(response.headers)
             ctype = response.headers.get("content-type", "")
             if "text/event-stream" not in ctype:
-                raise self.malformed(f"expected an event stream, got content-type {ctype!r}", secret,
-                                     status=response.status_code, signal=signal)
+                raise self.malformed(
+                    f"expected an event stream, got content-type {ctype!r}",
+                    secret,
+                    status=response.status_code,
+                    signal=signal,
+                )
             yield _AnthropicStream(self, response, secret, model=intent.model, estimated_input=estimated)
 
 

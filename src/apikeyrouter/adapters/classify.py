@@ -153,8 +153,18 @@ def classify(info: ErrorInfo, rules: Sequence[ClassifyRule] = DEFAULT_RULES) -> 
     return _FALLBACK
 
 
-_RULE_FIELDS = {"failure", "status", "statuses", "error_type", "error_types", "code", "codes", "markers",
-                "provider", "name"}
+_RULE_FIELDS = {
+    "failure",
+    "status",
+    "statuses",
+    "error_type",
+    "error_types",
+    "code",
+    "codes",
+    "markers",
+    "provider",
+    "name",
+}
 
 
 def rule_from_mapping(raw: Mapping[str, Any], *, path: str = "classify") -> ClassifyRule:

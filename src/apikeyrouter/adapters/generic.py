@@ -112,15 +112,20 @@ class GenericHTTPAdapter(HTTPAdapterBase):
         headers = {self.auth_header: self.auth_format.format(key=secret.reveal()), "accept": "application/json"}
         body = self.body_builder(intent)
         async with self.exchange(
-            client, self.method, self.url, secret=secret, headers=headers,
+            client,
+            self.method,
+            self.url,
+            secret=secret,
+            headers=headers,
             json_body=None if self.method in ("GET", "HEAD", "DELETE") else body,
         ) as response:
             signal = self.signal_from(response.headers)
             data = await self.read_json(response, secret, signal)
         return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
 
-    def normalise(self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret,
-                  signal: QuotaSignal) -> SystemResponse:
+    def normalise(
+        self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret, signal: QuotaSignal
+    ) -> SystemResponse:
         if self.content_path is None:
             content = ""
         else:

@@ -182,9 +182,7 @@ def parse_anthropic_headers(headers: Headers, *, wall_now: _dt.datetime | None =
         if remaining is None and limit is None:
             continue
         candidate = (limit, remaining, reset(f"{prefix}{family}-reset"))
-        if best == (None, None, None) or (
-            remaining is not None and (best[1] is None or remaining < best[1])
-        ):
+        if best == (None, None, None) or (remaining is not None and (best[1] is None or remaining < best[1])):
             best = candidate
     return QuotaSignal(
         limit_requests=_int(h.get(f"{prefix}requests-limit")),

@@ -85,15 +85,20 @@ class OpenAIAdapter(HTTPAdapterBase):
 
     async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult:
         async with self.exchange(
-            client, "POST", f"{self.base_url}/chat/completions", secret=secret, headers=self._auth(secret),
+            client,
+            "POST",
+            f"{self.base_url}/chat/completions",
+            secret=secret,
+            headers=self._auth(secret),
             json_body=self.body(intent, stream=False),
         ) as response:
             signal = self.signal_from(response.headers)
             data = await self.read_json(response, secret, signal)
         return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
 
-    def normalise(self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret,
-                  signal: QuotaSignal) -> SystemResponse:
+    def normalise(
+        self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret, signal: QuotaSignal
+    ) -> SystemResponse:
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
             raise self.malformed("no choices in the completion", secret, signal=signal)
@@ -131,15 +136,22 @@ class OpenAIAdapter(HTTPAdapterBase):
     ) -> AsyncIterator[_OpenAIStream]:
         estimated = self.estimate(intent).input_tokens
         async with self.exchange(
-            client, "POST", f"{self.base_url}/chat/completions", secret=secret,
+            client,
+            "POST",
+            f"{self.base_url}/chat/completions",
+            secret=secret,
             headers={**self._auth(secret), "accept": "text/event-stream"},
             json_body=self.body(intent, stream=True),
         ) as response:
             signal = self.signal_from(response.headers)
             ctype = response.headers.get("content-type", "")
             if "text/event-stream" not in ctype:
-                raise self.malformed(f"expected an event stream, got content-type {ctype!r}", secret,
-                                     status=response.status_code, signal=signal)
+                raise self.malformed(
+                    f"expected an event stream, got content-type {ctype!r}",
+                    secret,
+                    status=response.status_code,
+                    signal=signal,
+                )
             yield _OpenAIStream(self, response, secret, model=intent.model, estimated_input=estimated)
 
     async def list_models(self, client: httpx.AsyncClient, secret: Secret) -> list[str]:
@@ -174,8 +186,7 @@ class _OpenAIStream(SSEStream):
             return []
         data = parse_json(event.data)
         if not isinstance(data, Mapping):
-            raise self.interrupted(f"undecodable stream event {event.data[:120]!r}",
-                                   failure=FailureClass.SERVER_ERROR)
+            raise self.interrupted(f"undecodable stream event {event.data[:120]!r}", failure=FailureClass.SERVER_ERROR)
         if "error" in data:
             etype, code, message = error_fields(data, event.data.encode())
             info = ErrorInfo(status=None, error_type=etype, code=code, message=message, provider="openai")
@@ -204,4 +215,3 @@ class _OpenAIStream(SSEStream):
             self.note_usage(usage.input_tokens, usage.output_tokens)
             chunks.append(StreamChunk(usage=usage, model=model))
         return chunks
-
