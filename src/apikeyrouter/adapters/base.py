@@ -63,6 +63,8 @@ class CostEstimate:
     input_tokens: int
     max_output_tokens: int
     worst_case_cost: Decimal  # input at the input price + max_output at the output price
+    price_known: bool = True  # False: no price for the model, worst_case_cost is 0 (not "free")
+    exact_tokens: bool = True  # False: input_tokens is an estimate (no tokenizer for the model)
 
 
 @attrs.frozen

@@ -1,0 +1,361 @@
+"""What every HTTP adapter shares: the client recipe, error translation, scrubbing, SSE decoding.
+
+Error translation happens once, here: an `httpx` exception becomes an `UpstreamError` (TIMEOUT or
+CONNECTION) raised `from` it; an error status becomes an `UpstreamError` classified by the rule table.
+Messages that came from upstream are scrubbed of anything that looks like key material before they are
+stored on an exception, because exceptions end up in logs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import attrs
+import httpx
+
+from apikeyrouter.adapters.base import CostEstimate, QuotaSignal
+from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
+from apikeyrouter.adapters.pricing import ModelPrice, PriceTable
+from apikeyrouter.adapters.tokens import count_chat
+from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.errors import MalformedResponse, StreamInterrupted, UpstreamError
+from apikeyrouter.intent import RequestIntent, Usage
+from apikeyrouter.secret import Secret
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_TIMEOUT",
+    "HTTPAdapterBase",
+    "SSEDecoder",
+    "SSEEvent",
+    "dig",
+    "scrub",
+]
+
+# Connect fast or fail over; reads are long because a non-streamed completion may think for a minute
+# before its first byte. Callers bound the whole call with their own deadline (trio.fail_after).
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=120.0, write=30.0, pool=10.0)
+DEFAULT_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=30.0)
+
+_ERROR_BODY_LIMIT = 64 * 1024
+_MESSAGE_LIMIT = 500
+_KEYLIKE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-\*\.]{3,}|\bBearer\s+\S+", re.IGNORECASE)
+
+
+def scrub(text: str, secret: Secret | None = None) -> str:
+    """Remove the key (if given) and anything key-shaped (`sk-...`, `Bearer ...`) from upstream text."""
+    if secret is not None:
+        value = secret.reveal()
+        if value in text:
+            text = text.replace(value, "[redacted]")
+    text = _KEYLIKE.sub("[redacted]", text)
+    if len(text) > _MESSAGE_LIMIT:
+        text = text[:_MESSAGE_LIMIT] + "..."
+    return text
+
+
+def dig(data: Any, path: str) -> Any:
+    """`dig(body, "choices.0.message.content")`; None when any step is missing."""
+    current = data
+    for part in path.split("."):
+        if isinstance(current, Mapping):
+            current = current.get(part)
+        elif isinstance(current, list) and part.lstrip("-").isdigit():
+            index = int(part)
+            if not -len(current) <= index < len(current):
+                return None
+            current = current[index]
+        else:
+            return None
+        if current is None:
+            return None
+    return current
+
+
+@attrs.frozen
+class SSEEvent:
+    event: str  # "message" when the server sent no `event:` field
+    data: str
+
+
+class SSEDecoder:
+    """Incremental server-sent-events decoder, indifferent to where the network split the bytes.
+
+    Lines end in LF, CRLF or CR. A trailing CR is held back until the next chunk shows whether an LF
+    follows. Lines are decoded as UTF-8 only once complete, so a multi-byte character split across
+    chunks is reassembled first (line terminators never occur inside a UTF-8 sequence).
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        self._buffer += chunk
+        events: list[SSEEvent] = []
+        buf = self._buffer
+        start = 0
+        n = len(buf)
+        while start < n:
+            lf = buf.find(b"\n", start)
+            cr = buf.find(b"\r", start, lf if lf >= 0 else n)
+            if cr >= 0:
+                if cr == n - 1:
+                    break  # maybe half of a CRLF
+                end, nxt = cr, cr + (2 if buf[cr + 1 : cr + 2] == b"\n" else 1)
+            elif lf >= 0:
+                end, nxt = lf, lf + 1
+            else:
+                break
+            self._line(buf[start:end], events)
+            start = nxt
+        self._buffer = buf[start:]
+        return events
+
+    def flush(self) -> list[SSEEvent]:
+        """End of stream: a final line without terminator counts; an undispatched event is dropped (per spec)."""
+        events: list[SSEEvent] = []
+        if self._buffer:
+            tail, self._buffer = self._buffer.rstrip(b"\r"), b""
+            self._line(tail, events)
+        self._event, self._data = "", []
+        return events
+
+    def _line(self, raw: bytes, events: list[SSEEvent]) -> None:
+        if not raw:
+            if self._data:
+                events.append(SSEEvent(self._event or "message", "\n".join(self._data)))
+            self._event, self._data = "", []
+            return
+        line = raw.decode("utf-8", errors="replace")
+        if line.startswith(":"):
+            return
+        field, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+
+
+def parse_json(text: bytes | str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def error_fields(body: Any, raw: bytes) -> tuple[str | None, str | None, str]:
+    """(type, code, message) from OpenAI- or Anthropic-shaped error bodies, or the raw text."""
+    err = body.get("error") if isinstance(body, Mapping) else None
+    if isinstance(err, Mapping):
+        etype = err.get("type")
+        code = err.get("code")
+        message = err.get("message")
+        return (
+            etype if isinstance(etype, str) else None,
+            str(code) if isinstance(code, str | int) and not isinstance(code, bool) else None,
+            message if isinstance(message, str) else json.dumps(err)[:_MESSAGE_LIMIT],
+        )
+    if isinstance(err, str):
+        return None, None, err
+    if isinstance(body, Mapping) and isinstance(body.get("message"), str):
+        return None, None, body["message"]
+    return None, None, raw.decode("utf-8", errors="replace").strip()
+
+
+class HTTPAdapterBase:
+    """Client recipe, cost and error plumbing shared by the concrete adapters."""
+
+    kind: str = "http"
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        timeout: httpx.Timeout | None = None,
+        limits: httpx.Limits | None = None,
+        headers: Mapping[str, str] | None = None,
+        prices: Mapping[str, ModelPrice | tuple[str, str]] | None = None,
+        rules: Sequence[ClassifyRule] = DEFAULT_RULES,
+        default_max_output: int = 4096,
+    ) -> None:
+        self.provider = provider
+        self.timeout = timeout or DEFAULT_TIMEOUT
+        self.limits = limits or DEFAULT_LIMITS
+        self.extra_headers = dict(headers or {})
+        self.prices = PriceTable(prices)
+        self.rules = tuple(rules)
+        self.default_max_output = default_max_output
+
+    def make_client(self) -> httpx.AsyncClient:
+        # trust_env=False: no proxy or netrc picked up from the environment behind the operator's back.
+        return httpx.AsyncClient(
+            timeout=self.timeout,
+            limits=self.limits,
+            trust_env=False,
+            http1=True,
+            http2=False,
+            follow_redirects=False,
+        )
+
+    # -- cost ------------------------------------------------------------------------------------------
+
+    def max_output(self, intent: RequestIntent) -> int:
+        return intent.max_tokens or self.default_max_output
+
+    def estimate(self, intent: RequestIntent) -> CostEstimate:
+        counted = count_chat(intent.messages, intent.model)
+        max_out = self.max_output(intent)
+        priced = self.prices.priced(intent.model, counted.tokens, max_out)
+        return CostEstimate(
+            input_tokens=counted.tokens,
+            max_output_tokens=max_out,
+            worst_case_cost=priced.amount,
+            price_known=priced.known,
+            exact_tokens=counted.exact,
+        )
+
+    def cost(self, model: str, usage: Usage) -> Decimal:
+        """Actual cost of `usage`; 0 for a model without a price (see `price_known`)."""
+        return self.prices.cost(model, usage)
+
+    def price_known(self, model: str) -> bool:
+        return self.prices.match(model) is not None
+
+    # -- errors ----------------------------------------------------------------------------------------
+
+    def signal_from(self, headers: httpx.Headers) -> QuotaSignal:
+        return QuotaSignal()
+
+    def error_info(self, status: int, body: Any, raw: bytes) -> ErrorInfo:
+        etype, code, message = error_fields(body, raw)
+        return ErrorInfo(status=status, error_type=etype, code=code, message=message, provider=self.kind)
+
+    def status_error(self, response: httpx.Response, raw: bytes, secret: Secret) -> UpstreamError:
+        info = self.error_info(response.status_code, parse_json(raw), raw)
+        failure = classify(info, self.rules)
+        signal = self.signal_from(response.headers)
+        message = scrub(info.message or f"HTTP {response.status_code}", secret)
+        return UpstreamError(
+            f"{self.provider} answered {response.status_code} ({failure.value}): {message}",
+            failure=failure,
+            status=response.status_code,
+            provider=self.provider,
+            retry_after=signal.retry_after_s,
+            code=info.code,
+            error_type=info.error_type,
+            signal=signal,
+        )
+
+    def transport_error(
+        self, exc: httpx.HTTPError, secret: Secret, *, streaming: bool = False, signal: QuotaSignal | None = None
+    ) -> UpstreamError:
+        cls: type[UpstreamError] = StreamInterrupted if streaming else UpstreamError
+        if isinstance(exc, httpx.TimeoutException):
+            failure = FailureClass.TIMEOUT
+        elif isinstance(exc, httpx.DecodingError):
+            return MalformedResponse(
+                f"{self.provider}: undecodable body: {scrub(str(exc), secret)}",
+                failure=FailureClass.SERVER_ERROR,
+                provider=self.provider,
+                signal=signal,
+            )
+        else:
+            failure = FailureClass.CONNECTION
+        detail = scrub(str(exc), secret) or type(exc).__name__
+        what = "stream broke" if streaming else "request failed"
+        return cls(
+            f"{self.provider}: {what}: {type(exc).__name__}: {detail}",
+            failure=failure,
+            provider=self.provider,
+            signal=signal,
+        )
+
+    def malformed(
+        self, what: str, secret: Secret, *, status: int | None = None, signal: QuotaSignal | None = None
+    ) -> MalformedResponse:
+        return MalformedResponse(
+            f"{self.provider}: malformed response: {scrub(what, secret)}",
+            failure=FailureClass.SERVER_ERROR,
+            status=status,
+            provider=self.provider,
+            signal=signal,
+        )
+
+    # -- the exchange ----------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def exchange(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: str,
+        *,
+        secret: Secret,
+        headers: Mapping[str, str],
+        json_body: Any = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Send and yield the open response with a 2xx status; raise a classified error otherwise.
+
+        The response is always opened in streaming mode and closed on exit, so a trio cancellation at any
+        point (waiting for headers, reading the body, mid-stream) closes the connection: the upstream
+        sees the request aborted instead of finishing it for nobody.
+        """
+        request = client.build_request(method, url, headers={**self.extra_headers, **headers}, json=json_body)
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self.transport_error(exc, secret) from exc
+        try:
+            if response.status_code >= 300:
+                try:
+                    raw = await _read_bounded(response, _ERROR_BODY_LIMIT)
+                except httpx.HTTPError as exc:
+                    raise self.transport_error(exc, secret, signal=self.signal_from(response.headers)) from exc
+                raise self.status_error(response, raw, secret)
+            yield response
+        finally:
+            await response.aclose()
+
+    async def read_json(self, response: httpx.Response, secret: Secret, signal: QuotaSignal) -> Mapping[str, Any]:
+        try:
+            raw = await response.aread()
+        except httpx.HTTPError as exc:
+            raise self.transport_error(exc, secret, signal=signal) from exc
+        body = parse_json(raw)
+        if not isinstance(body, Mapping):
+            snippet = raw[:200].decode("utf-8", errors="replace")
+            raise self.malformed(
+                f"expected a JSON object, got {snippet!r}", secret, status=response.status_code, signal=signal
+            )
+        return body
+
+
+async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.aiter_bytes():
+        parts.append(part)
+        size += len(part)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
+
+
+def usage_from(data: Any, input_path: str, output_path: str) -> Usage | None:
+    i = dig(data, input_path)
+    o = dig(data, output_path)
+    if not isinstance(i, int) and not isinstance(o, int):
+        return None
+    return Usage(input_tokens=i if isinstance(i, int) else 0, output_tokens=o if isinstance(o, int) else 0)
+
+
+Builder = Callable[[RequestIntent], Any]

