@@ -74,7 +74,7 @@ def test_an_overrun_is_recorded_and_reported() -> None:
 
 _ids = [f"r{i}" for i in range(8)]
 _scopes = ["global", "provider:p", "key:k", "client:c"]
-_op = st.one_of(
+_op: st.SearchStrategy[tuple[str, str, list[str], int]] = st.one_of(
     st.tuples(
         st.just("reserve"), st.sampled_from(_ids), st.lists(st.sampled_from(_scopes), max_size=4), st.integers(0, 40)
     ),

@@ -1,0 +1,300 @@
+"""`KeyIndex`: the router's ranked view of every key, so a decision never scans all keys.
+
+Layout::
+
+    bucket per model ─┬─ eligible keys, one sorted list per objective in use   (top-k = a slice)
+                      ├─ benched keys, grouped by kind ("throttled", "quota", ...)  (summaries)
+                      └─ wake heap: (until, seq, key) for benched keys that recover by themselves
+
+- `update(view)` re-evaluates one key (eligibility at `view.at`, score per objective) and moves it
+  between eligible and benched in each bucket it belongs to: O(B·O·log n) comparisons plus a list
+  insert (a C memmove), B = buckets of the key, O = objectives in use.
+- `top(model, objective, now, k)` first wakes benched keys whose `until` has passed (a heap peek when
+  none are due), then returns the first `k` of the objective's sorted list: O(k) per decision.
+- A model's bucket is created the first time it is asked for or declared by a key. Keys with an empty
+  model set serve any model and join every bucket.
+- Sorted lists per objective are built on first use (O(n log n) once) and kept up to date after
+  that. Named objectives stay; at most `max_custom` custom `Weights` are kept, least recently used
+  evicted.
+
+Ranking equals `scoring.rank` (the full scan) on the same views — that is the reference model the
+property tests check. Scores are those of each key's latest view; time only affects eligibility
+(lazily, through the wake heap), so an idle key keeps the score of its last snapshot.
+
+Mutable by design: the index is the RouterActor's private working structure, changed only from its
+receive loop. Its inputs and outputs are frozen values.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import OrderedDict
+
+import attrs
+
+from apikeyrouter.domain.scoring import (
+    OBJECTIVES,
+    Excluded,
+    KeyView,
+    ScoringConfig,
+    Weights,
+    eligibility,
+    rank_key,
+    weights_for,
+)
+
+__all__ = ["ExclusionSummary", "KeyIndex"]
+
+_Rank = tuple[int, int, str, float]
+
+
+@attrs.frozen
+class ExclusionSummary:
+    """Why keys for a model are not candidates, bounded whatever the key count."""
+
+    model: str
+    eligible: int
+    excluded: int
+    by_kind: tuple[tuple[str, int], ...]  # (kind, count), largest first
+    examples: tuple[str, ...]  # a few reasons, one per kind first
+    not_serving: int  # registered keys that do not serve this model at all
+
+
+class _Order:
+    __slots__ = ("rank_of", "ranks")
+
+    def __init__(self) -> None:
+        self.ranks: list[_Rank] = []
+        self.rank_of: dict[str, _Rank] = {}
+
+    def discard(self, key_id: str) -> None:
+        old = self.rank_of.pop(key_id, None)
+        if old is not None:
+            del self.ranks[bisect.bisect_left(self.ranks, old)]
+
+    def put(self, key_id: str, rank: _Rank) -> None:
+        old = self.rank_of.get(key_id)
+        if old == rank:
+            return
+        if old is not None:
+            del self.ranks[bisect.bisect_left(self.ranks, old)]
+        bisect.insort(self.ranks, rank)
+        self.rank_of[key_id] = rank
+
+
+class _Bucket:
+    __slots__ = ("benched", "eligible", "heap", "members", "model", "orders")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.members: set[str] = set()
+        self.eligible: set[str] = set()
+        self.orders: OrderedDict[Weights, _Order] = OrderedDict()
+        self.benched: dict[str, dict[str, Excluded]] = {}  # kind -> key -> exclusion
+        self.heap: list[tuple[float, int, str]] = []
+
+
+class KeyIndex:
+    def __init__(self, cfg: ScoringConfig | None = None, *, wall_offset: float = 0.0, max_custom: int = 8) -> None:
+        self._cfg = cfg or ScoringConfig()
+        self.wall_offset = wall_offset
+        self._max_custom = max_custom
+        self._views: dict[str, KeyView] = {}
+        self._excluded: dict[str, Excluded | None] = {}
+        self._seq: dict[str, int] = {}
+        self._declared: dict[str, dict[str, None]] = {}  # model -> keys that name it (ordered sets)
+        self._wild: dict[str, None] = {}  # keys that serve any model
+        self._buckets: dict[str, _Bucket] = {}
+        self._next_seq = 0
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._views
+
+    def view(self, key_id: str) -> KeyView | None:
+        return self._views.get(key_id)
+
+    # -- updates -------------------------------------------------------------------------------
+
+    def update(self, view: KeyView) -> None:
+        """Insert or replace a key's view; eligibility is judged as of `view.at`."""
+        old = self._views.get(view.key_id)
+        moved = old is None or old.models != view.models
+        if old is not None and moved:
+            self._forget_membership(old)
+        self._views[view.key_id] = view
+        for model in view.models:
+            self._bucket(model)  # before the key is declared: a new bucket starts from placed keys only
+        if moved:
+            for model in view.models:
+                self._declared.setdefault(model, {})[view.key_id] = None
+            if not view.models:
+                self._wild[view.key_id] = None
+        self._place(view, view.at)
+
+    def remove(self, key_id: str) -> None:
+        """Forget a key (revoked and drained, or deregistered). Unknown ids are ignored."""
+        view = self._views.pop(key_id, None)
+        if view is None:
+            return
+        self._forget_membership(view)
+        self._excluded.pop(key_id, None)
+        self._seq.pop(key_id, None)
+
+    def _forget_membership(self, view: KeyView) -> None:
+        key_id = view.key_id
+        if view.models:
+            for model in view.models:
+                declared = self._declared.get(model)
+                if declared is not None:
+                    declared.pop(key_id, None)
+        else:
+            self._wild.pop(key_id, None)
+        for bucket in self._buckets_of(view):
+            self._drop_from(bucket, key_id)
+            bucket.members.discard(key_id)
+
+    def _buckets_of(self, view: KeyView) -> list[_Bucket]:
+        if view.models:
+            return [self._buckets[m] for m in view.models if m in self._buckets]
+        return list(self._buckets.values())
+
+    def _drop_from(self, bucket: _Bucket, key_id: str) -> None:
+        bucket.eligible.discard(key_id)
+        for order in bucket.orders.values():
+            order.discard(key_id)
+        old = self._excluded.get(key_id)
+        if old is not None:
+            kind = bucket.benched.get(old.kind)
+            if kind is not None:
+                kind.pop(key_id, None)
+                if not kind:
+                    del bucket.benched[old.kind]
+
+    def _place(self, view: KeyView, now: float) -> None:
+        """(Re)file one key in every bucket it belongs to, as of `now`."""
+        key_id = view.key_id
+        excluded = eligibility(view, None, now, wall_offset=self.wall_offset)
+        self._next_seq += 1
+        seq = self._next_seq
+        buckets = self._buckets_of(view)
+        for bucket in buckets:
+            self._drop_from(bucket, key_id)  # uses the previous exclusion's kind
+        self._excluded[key_id] = excluded
+        self._seq[key_id] = seq
+        for bucket in buckets:
+            bucket.members.add(key_id)
+            if excluded is None:
+                bucket.eligible.add(key_id)
+                for weights, order in bucket.orders.items():
+                    order.put(key_id, rank_key(view, bucket.model, weights, self._cfg))
+            else:
+                bucket.benched.setdefault(excluded.kind, {})[key_id] = excluded
+                if excluded.until is not None:
+                    heapq.heappush(bucket.heap, (excluded.until, seq, key_id))
+                    if len(bucket.heap) > 64 + 4 * len(bucket.members):
+                        self._compact(bucket)
+
+    def _compact(self, bucket: _Bucket) -> None:
+        bucket.heap = [e for e in bucket.heap if self._seq.get(e[2]) == e[1] and e[2] in bucket.members]
+        heapq.heapify(bucket.heap)
+
+    # -- buckets -------------------------------------------------------------------------------
+
+    def _bucket(self, model: str) -> _Bucket:
+        bucket = self._buckets.get(model)
+        if bucket is not None:
+            return bucket
+        bucket = _Bucket(model)
+        self._buckets[model] = bucket
+        for key_id in (*self._declared.get(model, ()), *self._wild):
+            excluded = self._excluded[key_id]
+            bucket.members.add(key_id)
+            if excluded is None:
+                bucket.eligible.add(key_id)
+            else:
+                bucket.benched.setdefault(excluded.kind, {})[key_id] = excluded
+                if excluded.until is not None:
+                    bucket.heap.append((excluded.until, self._seq[key_id], key_id))
+        heapq.heapify(bucket.heap)
+        return bucket
+
+    def _wake(self, bucket: _Bucket, now: float) -> None:
+        # `bucket.heap` is re-read each pass: re-placing a key may push to it or compact it.
+        while bucket.heap and bucket.heap[0][0] <= now:
+            _, seq, key_id = heapq.heappop(bucket.heap)
+            if self._seq.get(key_id) == seq and key_id in bucket.members:
+                self._place(self._views[key_id], now)
+
+    def _order(self, bucket: _Bucket, weights: Weights) -> _Order:
+        order = bucket.orders.get(weights)
+        if order is not None:
+            bucket.orders.move_to_end(weights)
+            return order
+        order = _Order()
+        for key_id in bucket.eligible:
+            order.rank_of[key_id] = rank_key(self._views[key_id], bucket.model, weights, self._cfg)
+        order.ranks = sorted(order.rank_of.values())
+        bucket.orders[weights] = order
+        custom = [w for w in bucket.orders if w not in _NAMED]
+        while len(custom) > self._max_custom:
+            del bucket.orders[custom.pop(0)]
+        return order
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def top(self, model: str, objective: str | Weights, now: float, k: int = 3) -> list[tuple[str, float]]:
+        """The best `k` eligible keys for `model` at `now`: [(key id, score)], best first."""
+        weights = weights_for(objective)
+        bucket = self._bucket(model)
+        self._wake(bucket, now)
+        return [(key_id, value) for _, _, key_id, value in self._order(bucket, weights).ranks[:k]]
+
+    def excluded_summary(self, model: str, now: float, limit: int = 5) -> ExclusionSummary:
+        """Counts by kind and up to `limit` example reasons (one per kind first) — never a full list."""
+        bucket = self._bucket(model)
+        self._wake(bucket, now)
+        kinds = sorted(bucket.benched.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        # Round-robin over kinds so each kind shows an example before any shows two: O(limit).
+        iters = [iter(members.values()) for _, members in kinds]
+        examples: list[str] = []
+        while iters and len(examples) < limit:
+            for it in list(iters):
+                ex = next(it, None)
+                if ex is None:
+                    iters.remove(it)
+                elif len(examples) < limit:
+                    examples.append(ex.reason)
+        excluded = sum(len(m) for m in bucket.benched.values())
+        return ExclusionSummary(
+            model=model,
+            eligible=len(bucket.eligible),
+            excluded=excluded,
+            by_kind=tuple((kind, len(m)) for kind, m in kinds),
+            examples=tuple(examples),
+            not_serving=len(self._views) - len(bucket.members),
+        )
+
+    def earliest_available(self, model: str, now: float) -> float | None:
+        """`now` if a key is eligible; else the soonest a benched key recovers by itself; None if none will."""
+        bucket = self._bucket(model)
+        self._wake(bucket, now)
+        if bucket.eligible:
+            return now
+        heap = bucket.heap
+        while heap and not (self._seq.get(heap[0][2]) == heap[0][1] and heap[0][2] in bucket.members):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def exclusion(self, key_id: str, model: str, now: float) -> Excluded | None:
+        """Why one key is not a candidate for `model` at `now` (None if it is)."""
+        view = self._views.get(key_id)
+        if view is None:
+            return Excluded(key_id, "unknown", f"{key_id}: not registered", None)
+        return eligibility(view, model, now, wall_offset=self.wall_offset)
+
+
+_NAMED = frozenset(OBJECTIVES.values())

@@ -1,0 +1,118 @@
+"""From the pure states a key owns to what the router reads, and from a failure to a bench time.
+
+`key_view` flattens a key's lifecycle, quota, breaker and stats — each made effective at `now` — into
+the frozen `scoring.KeyView` that the key actor publishes and the router's `KeyIndex` ranks. Keeping
+the mapping here (not in the actor) means the rules that decide what "exhausted until" or "breaker
+until" mean for routing are tested with the machines that produce them.
+
+`bench_until` answers "a failure of this kind happened: until when is the key out?" for the
+lifecycle's THROTTLE/EXHAUST effects, preferring what the provider said over our own guesses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from apikeyrouter.adapters.base import QuotaSignal
+from apikeyrouter.domain import circuit, lifecycle, quota
+from apikeyrouter.domain.circuit import Breaker, BreakerConfig, BreakerState
+from apikeyrouter.domain.cost import ModelPrice
+from apikeyrouter.domain.failures import KeyEffect
+from apikeyrouter.domain.lifecycle import Lifecycle
+from apikeyrouter.domain.quota import CapacityState, Quota
+from apikeyrouter.domain.scoring import KeyView
+from apikeyrouter.domain.stats import Stats
+
+__all__ = ["bench_until", "key_view"]
+
+
+def key_view(
+    *,
+    key_id: str,
+    provider: str,
+    lc: Lifecycle,
+    q: Quota,
+    breaker: Breaker,
+    breaker_cfg: BreakerConfig,
+    stats: Stats,
+    now: float,
+    models: frozenset[str] = frozenset(),
+    prices: Mapping[str, ModelPrice] | None = None,
+    default_price: ModelPrice | None = None,
+    in_flight: int = 0,
+    in_flight_limit: int | None = None,
+    retry_after_s: float | None = None,
+    quality: float = 0.5,
+) -> KeyView:
+    """The key's view as of `now`. `retry_after_s` is the Retry-After behind a current throttle, if any."""
+    lc, _ = lifecycle.effective(lc, now)
+    b, _ = circuit.effective(breaker, breaker_cfg, now)
+    q = quota.effective(q, now)
+    cap = quota.capacity(q, now)
+    if b.state is BreakerState.OPEN:
+        breaker_until = b.open_until
+    elif b.state is BreakerState.HALF_OPEN:
+        breaker_until = b.probe_deadline
+    else:
+        breaker_until = None
+    retry_at = quota.available_at(q, 1, now) if cap.state is CapacityState.EXHAUSTED else None
+    n_requests, _ = q.rate.decayed(q.config.rate_tau_s, now)
+    return KeyView(
+        key_id=key_id,
+        provider=provider,
+        models=models,
+        prices=dict(prices or {}),
+        default_price=default_price,
+        lifecycle=lc.state,
+        lifecycle_until=lc.until,
+        lifecycle_reason=lc.reason,
+        retry_after_s=retry_after_s if lc.state is lifecycle.KeyState.THROTTLED else None,
+        breaker=b.state,
+        breaker_until=breaker_until,
+        probe_in_flight=b.probe_in_flight,
+        in_flight=in_flight,
+        in_flight_limit=in_flight_limit,
+        capacity=cap.state,
+        capacity_left=cap.fraction_left,
+        capacity_window=cap.tightest,
+        capacity_retry_at=retry_at,
+        prediction=quota.predict(q, now),
+        success_ewma=stats.success_ewma,
+        latency_ewma_s=stats.latency_ewma_s,
+        recent_requests=n_requests,
+        served=stats.requests,
+        quality=quality,
+        at=now,
+    )
+
+
+def bench_until(
+    effect: KeyEffect,
+    *,
+    signal: QuotaSignal | None,
+    q: Quota,
+    now: float,
+    default_cooldown_s: float = 30.0,
+) -> float | None:
+    """Until when a THROTTLE or EXHAUST effect benches the key (None for the other effects).
+
+    THROTTLE: the provider's Retry-After, else the soonest learned reset in the signal, else
+    `default_cooldown_s`. EXHAUST: the latest of the signal's resets and the quota's own
+    `available_at` for a minimal request, else `default_cooldown_s` (the provider said "quota gone"
+    without saying until when; the next attempt after the cooldown will learn more).
+    """
+    if effect not in (KeyEffect.THROTTLE, KeyEffect.EXHAUST):
+        return None
+    s = signal or QuotaSignal()
+    resets = [r for r in (s.reset_requests_s, s.reset_tokens_s) if r is not None and r > 0]
+    if effect is KeyEffect.THROTTLE:
+        if s.retry_after_s is not None and s.retry_after_s > 0:
+            return now + s.retry_after_s
+        return now + (min(resets) if resets else default_cooldown_s)
+    candidates = [now + r for r in resets]
+    if s.retry_after_s is not None and s.retry_after_s > 0:
+        candidates.append(now + s.retry_after_s)
+    own = quota.available_at(q, 1, now)
+    if own is not None and own > now:
+        candidates.append(own)
+    return max(candidates) if candidates else now + default_cooldown_s

@@ -1,0 +1,72 @@
+"""The key view the router reads, built from the machines' own states, and bench times from failures."""
+
+from __future__ import annotations
+
+from apikeyrouter.adapters.base import QuotaSignal
+from apikeyrouter.domain import circuit, lifecycle, quota, stats
+from apikeyrouter.domain.circuit import Breaker, BreakerConfig, BreakerState
+from apikeyrouter.domain.failures import KeyEffect
+from apikeyrouter.domain.index import KeyIndex
+from apikeyrouter.domain.lifecycle import KeyState, Lifecycle
+from apikeyrouter.domain.quota import CapacityState, QuotaConfig, QuotaReservation
+from apikeyrouter.domain.scoring import KeyView
+from apikeyrouter.domain.view import bench_until, key_view
+
+CFG = BreakerConfig(failure_threshold=1, cooldown=10.0, probe_timeout=5.0)
+
+
+def _view(lc: Lifecycle, q: quota.Quota, b: Breaker, now: float, retry_after_s: float | None = None) -> KeyView:
+    return key_view(
+        key_id="k1",
+        provider="openai",
+        lc=lc,
+        q=q,
+        breaker=b,
+        breaker_cfg=CFG,
+        stats=stats.Stats(),
+        now=now,
+        retry_after_s=retry_after_s,
+    )
+
+
+def test_a_429_benches_the_key_in_the_index_until_retry_after() -> None:
+    q = quota.new_quota(QuotaConfig(), now=0.0)
+    signal = QuotaSignal(retry_after_s=30.0)
+    until = bench_until(KeyEffect.THROTTLE, signal=signal, q=q, now=100.0)
+    assert until == 130.0
+    lc, _ = lifecycle.throttle(Lifecycle(), until=until, reason="429", now=100.0)
+    q = quota.apply_signal(q, signal, 100.0)
+    v = _view(lc, q, Breaker(), 100.0, retry_after_s=30.0)
+    assert (v.lifecycle, v.lifecycle_until, v.retry_after_s, v.capacity) == (
+        KeyState.THROTTLED,
+        130.0,
+        30.0,
+        CapacityState.EXHAUSTED,
+    )
+    index = KeyIndex()
+    index.update(v)
+    assert index.top("m", "reliability", 129.0) == []
+    assert index.earliest_available("m", 129.0) == 130.0
+    assert [k for k, _ in index.top("m", "reliability", 130.0)] == ["k1"]
+
+
+def test_breaker_and_quota_times_reach_the_view() -> None:
+    q = quota.new_quota(QuotaConfig(rpm=1), now=0.0)
+    q, res = quota.reserve(q, 0, 0.0)
+    assert isinstance(res, QuotaReservation)
+    b, _ = circuit.on_result(Breaker(), CFG, failed=True, now=1.0)
+    v = _view(Lifecycle(), q, b, 2.0)
+    assert (v.breaker, v.breaker_until) == (BreakerState.OPEN, 11.0)
+    assert (v.capacity, v.capacity_window, v.capacity_retry_at) == (CapacityState.EXHAUSTED, "rpm", 65.0)
+    b, admitted, _ = circuit.try_acquire(b, CFG, 12.0)
+    v = _view(Lifecycle(), q, b, 12.0)
+    assert admitted and v.probe_in_flight and v.breaker_until == 17.0
+
+
+def test_exhaustion_waits_for_the_latest_reset_it_knows() -> None:
+    q = quota.new_quota(QuotaConfig(), now=0.0)
+    s = QuotaSignal(remaining_tokens=0, reset_tokens_s=90.0, reset_requests_s=5.0)
+    assert bench_until(KeyEffect.EXHAUST, signal=s, q=q, now=10.0) == 100.0
+    assert bench_until(KeyEffect.EXHAUST, signal=None, q=q, now=10.0) == 40.0
+    assert bench_until(KeyEffect.THROTTLE, signal=s, q=q, now=10.0) == 15.0
+    assert bench_until(KeyEffect.NONE, signal=s, q=q, now=10.0) is None
