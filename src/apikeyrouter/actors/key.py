@@ -20,12 +20,14 @@ import trio
 
 from apikeyrouter.actors.base import Actor
 from apikeyrouter.actors.board import SnapshotBoard
+from apikeyrouter.adapters.base import QuotaSignal
 from apikeyrouter.domain import circuit, lifecycle, quota, stats
 from apikeyrouter.domain.circuit import Breaker, BreakerConfig, BreakerEvent, BreakerState
 from apikeyrouter.domain.failures import DEFAULT_ACTIONS, FailureAction, FailureClass, KeyEffect
 from apikeyrouter.domain.lifecycle import KeyState, Lifecycle, LifecycleEvent, Transition, TransitionRefused
 from apikeyrouter.domain.quota import Capacity, Prediction, Quota, QuotaConfig, QuotaReservation
 from apikeyrouter.domain.stats import Stats, StatsConfig
+from apikeyrouter.domain.view import bench_until
 from apikeyrouter.events import EventBus
 from apikeyrouter.messages.key import (
     Granted,
@@ -98,6 +100,9 @@ class KeySnapshot:
     budget: Decimal | None
     usage: Mapping[str, tuple[int, int | None]]
     at: float
+    quota: Quota
+    breaker_config: BreakerConfig
+    retry_after_s: float | None = None  # the provider's Retry-After behind the current throttle
     restarts: int = 0
 
     def available_at(self, now: float) -> float | None:
@@ -105,18 +110,13 @@ class KeySnapshot:
         when = self.lifecycle.available_at(now)
         if when is None:
             return None
-        b = self.breaker
+        b, _ = circuit.effective(self.breaker, self.breaker_config, now)
         if b.state is BreakerState.OPEN and b.open_until is not None:
             when = max(when, b.open_until)
-        elif b.state is BreakerState.HALF_OPEN and b.probe_deadline is not None and now < b.probe_deadline:
-            when = max(when, b.probe_deadline)
-        if self.capacity.state is quota.CapacityState.EXHAUSTED:
-            q_at = self.quota_available_at
-            if q_at is not None:
-                when = max(when, q_at)
-        return when
-
-    quota_available_at: float | None = None
+        q_at = quota.available_at(self.quota, 1, now)
+        if q_at is None:
+            return None
+        return max(when, q_at)
 
 
 @attrs.define
@@ -155,6 +155,7 @@ class KeyActor(Actor[KeyCommand]):
         self._reserved_cost = _ZERO
         self._timer_at = math.inf
         self._timer_scope: trio.CancelScope | None = None
+        self._retry_after: float | None = None
 
     @property
     def key_id(self) -> str:
@@ -198,7 +199,11 @@ class KeyActor(Actor[KeyCommand]):
     def receive(self, msg: KeyCommand) -> None:
         match msg:
             case Reserve():
-                msg.reply_to.send(self._reserve(msg))
+                answer = self._reserve(msg)
+                if isinstance(answer, Refused):
+                    # The router's view was stale (that is why it asked): publish the current one.
+                    self._publish(trio.current_time())
+                msg.reply_to.send(answer)
             case Settle(reservation_id=rid, outcome=outcome):
                 self._settle(rid, outcome)
             case Release(reservation_id=rid, reason=reason):
@@ -283,8 +288,7 @@ class KeyActor(Actor[KeyCommand]):
         if failure is not None and action is not None and action.key_effect is not KeyEffect.NONE:
             until = self._bench_until(action.key_effect, outcome, q, now)
             reason = f"{failure.value}" + (f": {outcome.message}" if outcome.message else "")
-            if outcome.retry_after is not None:
-                reason += f" (Retry-After {outcome.retry_after:g}s)"
+            self._retry_after = outcome.retry_after
             lc, lc_events = lifecycle.apply_effect(
                 rec.lifecycle, action.key_effect, until=until, reason=reason, now=now
             )
@@ -300,19 +304,12 @@ class KeyActor(Actor[KeyCommand]):
         )
 
     def _bench_until(self, effect: KeyEffect, outcome: Outcome, q: Quota, now: float) -> float:
-        if outcome.retry_after is not None and outcome.retry_after > 0:
-            return now + outcome.retry_after
-        signal = outcome.signal
-        if signal is not None:
-            resets = [r for r in (signal.reset_requests_s, signal.reset_tokens_s) if r is not None and r > 0]
-            if signal.retry_after_s:
-                resets.append(signal.retry_after_s)
-            if resets:
-                return now + max(resets)
-        if effect is KeyEffect.EXHAUST:
-            reset = quota.earliest_reset(q, now)
-            return reset if reset is not None and reset > now else now + self.config.exhausted_cooldown_s
-        return now + self.config.default_throttle_s
+        signal = outcome.signal or QuotaSignal()
+        if outcome.retry_after is not None and signal.retry_after_s is None:
+            signal = attrs.evolve(signal, retry_after_s=outcome.retry_after)
+        cooldown = self.config.exhausted_cooldown_s if effect is KeyEffect.EXHAUST else self.config.default_throttle_s
+        until = bench_until(effect, signal=signal, q=q, now=now, default_cooldown_s=cooldown)
+        return until if until is not None else now + cooldown
 
     def _release(self, rid: int, reason: str) -> None:
         lease = self._leases.pop(rid, None)
@@ -438,8 +435,10 @@ class KeyActor(Actor[KeyCommand]):
                 budget=self.config.budget,
                 usage=quota.usage(q, now),
                 at=now,
+                quota=q,
+                breaker_config=self.config.breaker,
+                retry_after_s=self._retry_after if rec.lifecycle.state is KeyState.THROTTLED else None,
                 restarts=self.restarts,
-                quota_available_at=quota.available_at(q, 0, now),
             )
         )
 

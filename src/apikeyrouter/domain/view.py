@@ -61,7 +61,7 @@ def key_view(
         key_id=key_id,
         provider=provider,
         models=models,
-        prices=dict(prices or {}),
+        prices=prices if prices is not None else {},  # may be a lazy table: not copied
         default_price=default_price,
         lifecycle=lc.state,
         lifecycle_until=lc.until,

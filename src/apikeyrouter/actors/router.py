@@ -1,0 +1,298 @@
+"""`RouterActor`: decisions only. It never awaits upstream I/O; its receive loop is plain `def`.
+
+It keeps a `KeyIndex` (domain/index.py) fed from the snapshots key actors publish on the board: each
+decision first re-indexes only the keys changed since the last one, then takes the top candidates, so
+a decision costs the same with 10 keys or 10,000. Each `RoutingDecision` carries the ranked candidates
+with their score breakdowns and, for keys left out, why (bounded: counts by kind plus examples).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, assert_never
+
+import attrs
+import structlog
+import trio
+
+from apikeyrouter.actors.base import Actor
+from apikeyrouter.actors.board import SnapshotBoard
+from apikeyrouter.actors.key import KeySnapshot
+from apikeyrouter.domain.cost import ModelPrice
+from apikeyrouter.domain.index import KeyIndex
+from apikeyrouter.domain.scoring import KeyView, ScoringConfig, render_time, score, weights_for
+from apikeyrouter.domain.view import key_view
+from apikeyrouter.events import EventBus
+from apikeyrouter.messages.router import Decide, GetDecision, RecentDecisions, RouterCommand
+
+__all__ = ["Candidate", "RouterActor", "RoutingDecision"]
+
+log = structlog.get_logger("apikeyrouter.router")
+
+PriceLookup = Callable[[str, str], ModelPrice | None]  # (provider, model) -> price
+
+QUALITY_TIERS = {"low": 0.25, "basic": 0.25, "standard": 0.5, "high": 0.75, "premium": 1.0}
+
+
+@attrs.frozen
+class Candidate:
+    key_id: str
+    provider: str
+    score: float
+    breakdown: str
+
+
+@attrs.frozen
+class RoutingDecision:
+    id: str
+    request_id: str
+    at: float
+    model: str
+    objective: str
+    candidates: tuple[Candidate, ...]
+    excluded: Mapping[str, str]  # key id -> reason (keys tried by this request, plus examples)
+    excluded_total: int
+    excluded_by_kind: tuple[tuple[str, int], ...]
+    retry_at: float | None  # no candidate: when one may recover by itself (None: never / unknown)
+    serving: int  # keys that serve the model at all
+    explanation: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "request_id": self.request_id,
+            "at": self.at,
+            "model": self.model,
+            "objective": self.objective,
+            "chosen": self.candidates[0].key_id if self.candidates else None,
+            "candidates": [
+                {"key": c.key_id, "score": round(c.score, 4), "breakdown": c.breakdown} for c in self.candidates
+            ],
+            "excluded": dict(self.excluded),
+            "excluded_total": self.excluded_total,
+            "excluded_by_kind": dict(self.excluded_by_kind),
+            "retry_at": self.retry_at,
+            "explanation": self.explanation,
+        }
+
+
+class _Prices(Mapping[str, ModelPrice]):
+    """A provider's price table seen as a mapping, looked up lazily (keys that serve any model)."""
+
+    __slots__ = ("_lookup", "_provider")
+
+    def __init__(self, provider: str, lookup: PriceLookup) -> None:
+        self._provider = provider
+        self._lookup = lookup
+
+    def __getitem__(self, model: str) -> ModelPrice:
+        price = self._lookup(self._provider, model)
+        if price is None:
+            raise KeyError(model)
+        return price
+
+    def get(self, model: str, default: Any = None) -> Any:
+        price = self._lookup(self._provider, model)
+        return default if price is None else price
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def _quality(metadata: Mapping[str, str]) -> float:
+    raw = metadata.get("quality")
+    if raw is None:
+        return 0.5
+    if raw in QUALITY_TIERS:
+        return QUALITY_TIERS[raw]
+    try:
+        return min(1.0, max(0.0, float(raw)))
+    except ValueError:
+        return 0.5
+
+
+def view_of(snap: KeySnapshot, prices: Mapping[str, ModelPrice], degraded: bool) -> KeyView:
+    """The scoring view of a key snapshot. A degraded provider halves its keys' reliability."""
+    view = key_view(
+        key_id=snap.id,
+        provider=snap.provider,
+        lc=snap.lifecycle,
+        q=snap.quota,
+        breaker=snap.breaker,
+        breaker_cfg=snap.breaker_config,
+        stats=snap.stats,
+        now=snap.at,
+        models=snap.models,
+        prices=prices,
+        in_flight=snap.in_flight,
+        in_flight_limit=snap.max_in_flight,
+        retry_after_s=snap.retry_after_s,
+        quality=_quality(snap.metadata),
+    )
+    return attrs.evolve(view, success_ewma=view.success_ewma * 0.5) if degraded else view
+
+
+class RouterActor(Actor[RouterCommand]):
+    kind = "router"
+
+    def __init__(
+        self,
+        *,
+        board: SnapshotBoard,
+        events: EventBus,
+        prices: PriceLookup,
+        scoring: ScoringConfig | None = None,
+        wall_offset: float = 0.0,
+        retention: int = 1000,
+        mailbox: int = 1024,
+    ) -> None:
+        super().__init__("router", mailbox=mailbox)
+        self._board = board
+        self._events = events
+        self._price_lookup = prices
+        self._scoring = scoring or ScoringConfig()
+        self._wall_offset = wall_offset
+        self._index = KeyIndex(self._scoring, wall_offset=wall_offset)
+        self._decisions: OrderedDict[str, RoutingDecision] = OrderedDict()
+        self._retention = retention
+        self._ids = itertools.count(1)
+        self._prices: dict[str, _Prices] = {}
+        self.decided = 0
+
+    async def pre_start(self) -> None:
+        # A restarted router rebuilds its index from every published snapshot.
+        self._board.drain()
+        for snap in list(self._board.keys.values()):
+            self._index_key(snap)
+
+    def state_summary(self) -> dict[str, int]:
+        return {"keys_indexed": len(self._index), "decisions": self.decided, "retained": len(self._decisions)}
+
+    def receive(self, msg: RouterCommand) -> None:
+        match msg:
+            case Decide():
+                msg.reply_to.send(self.decide(msg))
+            case GetDecision(decision_id=did, reply_to=reply):
+                reply.send(self._decisions.get(did))
+            case RecentDecisions(limit=limit, reply_to=reply):
+                reply.send(self.recent(limit))
+            case _:
+                assert_never(msg)
+
+    def recent(self, limit: int) -> list[RoutingDecision]:
+        """The latest retained decisions, oldest first (a read of frozen values)."""
+        return list(self._decisions.values())[-limit:] if limit > 0 else []
+
+    def lookup(self, decision_id: str) -> RoutingDecision | None:
+        return self._decisions.get(decision_id)
+
+    # -- deciding -------------------------------------------------------------------------------------
+
+    def _index_key(self, snap: KeySnapshot) -> None:
+        prices = self._prices.get(snap.provider)
+        if prices is None:
+            prices = self._prices[snap.provider] = _Prices(snap.provider, self._price_lookup)
+        provider = self._board.providers.get(snap.provider)
+        self._index.update(view_of(snap, prices, provider is not None and provider.degraded))
+
+    def _refresh(self) -> None:
+        dirty, removed = self._board.drain()
+        for key_id in removed:
+            self._index.remove(key_id)
+        keys = self._board.keys
+        for key_id in dirty:
+            snap = keys.get(key_id)
+            if snap is not None:
+                self._index_key(snap)
+
+    def decide(self, msg: Decide) -> RoutingDecision:
+        now = trio.current_time()
+        self._refresh()
+        model = msg.model
+        objective = msg.objective
+        weights = weights_for(objective)
+        index = self._index
+        ranked = index.top(model, weights, now, msg.k + len(msg.exclude))
+        candidates: list[Candidate] = []
+        excluded: dict[str, str] = {}
+        for key_id, value in ranked:
+            if key_id in msg.exclude:
+                excluded[key_id] = f"{key_id}: already tried by this request"
+                continue
+            if len(candidates) >= msg.k:
+                break
+            view = index.view(key_id)
+            assert view is not None
+            breakdown = score(view, model, weights, self._scoring).explain()
+            candidates.append(Candidate(key_id, view.provider, value, breakdown))
+        summary = index.excluded_summary(model, now, limit=5)
+        tried_but_eligible = 0
+        for key_id in msg.exclude:
+            ex = index.exclusion(key_id, model, now)
+            if ex is None:
+                tried_but_eligible += 1
+                excluded[key_id] = f"{key_id}: already tried by this request"
+            else:
+                excluded[key_id] = ex.reason
+        for example in summary.examples:
+            key_id = example.split(":", 1)[0]
+            excluded.setdefault(key_id, example)
+        retry_at = None if candidates else index.earliest_available(model, now)
+        serving = summary.eligible + summary.excluded
+        objective_name = objective if isinstance(objective, str) else "custom"
+        decision = RoutingDecision(
+            id=f"dec-{next(self._ids)}",
+            request_id=msg.request_id,
+            at=now,
+            model=model,
+            objective=objective_name,
+            candidates=tuple(candidates),
+            excluded=excluded,
+            excluded_total=summary.excluded + tried_but_eligible,
+            excluded_by_kind=summary.by_kind,
+            retry_at=retry_at,
+            serving=serving,
+            explanation=self._explain(
+                model, objective_name, candidates, excluded, summary.excluded + tried_but_eligible, retry_at, serving
+            ),
+        )
+        self._remember(decision)
+        self.decided += 1
+        return decision
+
+    def _explain(
+        self,
+        model: str,
+        objective: str,
+        candidates: list[Candidate],
+        excluded: Mapping[str, str],
+        excluded_total: int,
+        retry_at: float | None,
+        serving: int,
+    ) -> str:
+        parts: list[str] = []
+        if candidates:
+            best = candidates[0]
+            parts.append(f"chose {best.key_id} for {model} by {objective}: score {best.breakdown}")
+            if len(candidates) > 1:
+                parts.append("then " + ", ".join(f"{c.key_id} ({c.score:.3f})" for c in candidates[1:]))
+        elif serving == 0:
+            parts.append(f"no key serves {model}")
+        else:
+            when = f"; earliest recovery {render_time(retry_at, self._wall_offset)}" if retry_at is not None else ""
+            parts.append(f"no key can serve {model} now{when}")
+        if excluded:
+            more = excluded_total - len(excluded)
+            tail = f" (+{more} more)" if more > 0 else ""
+            parts.append("excluded: " + "; ".join(excluded.values()) + tail)
+        return ". ".join(parts)
+
+    def _remember(self, decision: RoutingDecision) -> None:
+        self._decisions[decision.id] = decision
+        while len(self._decisions) > self._retention:
+            self._decisions.popitem(last=False)
