@@ -270,11 +270,17 @@ class ApiKeyRouter:
             raise ActorStopped(f"provider:{provider_id}", "is restarting")
         return actor
 
+    def _keys_sup(self, provider_id: str) -> Supervisor:
+        sup = self._provider_sup(provider_id).child("keys")
+        if not isinstance(sup, Supervisor):
+            raise ActorStopped(f"provider:{provider_id}/keys", "is restarting")
+        return sup
+
     def _key(self, key_id: str) -> KeyActor:
         provider = self._key_provider.get(key_id)
         if provider is None:
             raise UnknownKey(key_id)
-        actor = self._provider_sup(provider).child(f"key:{key_id}")
+        actor = self._keys_sup(provider).child(f"key:{key_id}")
         if not isinstance(actor, KeyActor):
             raise ActorStopped(f"key:{key_id}", "is restarting")
         return actor
@@ -292,9 +298,11 @@ class ApiKeyRouter:
             raise ValueError(f"provider {provider_id!r} is already registered")
         self._check("register_provider")
         self._adapters[provider_id] = adapter
-        board, events = self.board, self.events
+        board, events, grace = self.board, self.events, self.config.server.grace_period
 
         def make_subtree() -> Supervisor:
+            # rest_for_one: a provider crash restarts its keys (they use its client); a key crash
+            # restarts that key alone (the keys supervisor is one_for_one).
             return Supervisor(
                 f"provider:{provider_id}",
                 SupervisorSpec(Strategy.REST_FOR_ONE, intensity=5, period=30),
@@ -302,8 +310,13 @@ class ApiKeyRouter:
                     ChildSpec(
                         "provider",
                         lambda: ProviderActor(provider_id, adapter, board=board, events=events),
-                        shutdown=self.config.server.grace_period,
-                    )
+                        shutdown=grace,
+                    ),
+                    ChildSpec(
+                        "keys",
+                        lambda: Supervisor("keys", SupervisorSpec(Strategy.ONE_FOR_ONE, intensity=10, period=30)),
+                        shutdown=grace,
+                    ),
                 ],
             )
 
@@ -365,7 +378,7 @@ class ApiKeyRouter:
             shutdown=self.config.server.grace_period,
         )
         try:
-            await self._provider_sup(provider).add_child(spec)
+            await self._keys_sup(provider).add_child(spec)
         except BaseException:
             del self._key_provider[key_id]
             raise
@@ -380,7 +393,7 @@ class ApiKeyRouter:
         provider = self._key_provider.get(key_id)
         if provider is None:
             raise UnknownKey(key_id)
-        await self._provider_sup(provider).remove_child(f"key:{key_id}")
+        await self._keys_sup(provider).remove_child(f"key:{key_id}")
         del self._key_provider[key_id]
         self._key_meta.pop(key_id, None)
         self.board.remove_key(key_id)
@@ -449,6 +462,7 @@ class ApiKeyRouter:
     ) -> _Attempt:
         """Decide and reserve: returns the granted attempt, waits for a recovery, or raises."""
         refused: set[str] = set()
+        refusals: list[str] = []
         while True:
             decision = await self._decide(request_id, intent.model, objective, tried | refused)
             for cand in decision.candidates:
@@ -475,8 +489,13 @@ class ApiKeyRouter:
                     continue
                 if isinstance(reply, Refused):
                     refused.add(cand.key_id)
+                    refusals.append(f"{cand.key_id}: {reply.reason}")
                     log.debug("reserve_refused", request_id=request_id, key=cand.key_id, reason=reply.reason)
                     continue
+                if refusals:
+                    # The decision ranked on snapshots; say which keys refused when asked to reserve.
+                    note = ". refused at reservation: " + "; ".join(refusals)
+                    decision = attrs.evolve(decision, explanation=decision.explanation + note)
                 return _Attempt(cand.key_id, provider, reply, decision)
             if decision.candidates:
                 continue  # every candidate refused (their state moved on): decide again without them

@@ -409,7 +409,7 @@ class KeyActor(Actor[KeyCommand]):
 
     def _emit_breaker(self, ev: BreakerEvent) -> None:
         name = type(ev).__name__
-        data: dict[str, Any] = {"key": self.key_id, "event": name, **attrs.asdict(ev)}
+        data: dict[str, Any] = {"key": self.key_id, "change": name, **attrs.asdict(ev)}
         self._events.publish("key.breaker", data, at=ev.at)
         log.info("key_breaker", **data)
 

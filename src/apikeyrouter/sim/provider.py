@@ -169,6 +169,11 @@ class SimProvider:
         self._counter += 1
         return b"req_sim%010d" % self._counter
 
+    def set_behavior(self, key: str, behavior: KeyBehavior) -> None:
+        """Change how `key` behaves from now on (failure scenarios: a key that recovers, a key that breaks).
+        Its rate-limit windows start afresh."""
+        self._keys[key] = _KeyState(key, behavior)
+
     def _state(self, key: str) -> _KeyState:
         st = self._keys.get(key)
         if st is None:
@@ -249,21 +254,25 @@ class SimProvider:
 
     def _limit_headers(self, st: _KeyState, anthropic: bool, now: float) -> tuple[Header, ...]:
         b = st.behavior
+        # Real providers' limit headers are per minute; a window shortened for tests reports the
+        # per-minute equivalent, so clients that read limits as per-minute stay right.
+        scale = 60.0 / b.window_s
+        rpm, tpm = round(b.rpm * scale), round(b.tpm * scale)
         rem_r, rem_t = st.requests.remaining(now), st.tokens.remaining(now)
         reset_r, reset_t = st.requests.full_reset(now), st.tokens.full_reset(now)
         if anthropic:
             wall = self._wall()
             return (
-                (b"anthropic-ratelimit-requests-limit", b"%d" % b.rpm),
+                (b"anthropic-ratelimit-requests-limit", b"%d" % rpm),
                 (b"anthropic-ratelimit-requests-remaining", b"%d" % rem_r),
                 (b"anthropic-ratelimit-requests-reset", _rfc3339(wall + reset_r)),
-                (b"anthropic-ratelimit-tokens-limit", b"%d" % b.tpm),
+                (b"anthropic-ratelimit-tokens-limit", b"%d" % tpm),
                 (b"anthropic-ratelimit-tokens-remaining", b"%d" % rem_t),
                 (b"anthropic-ratelimit-tokens-reset", _rfc3339(wall + reset_t)),
             )
         return (
-            (b"x-ratelimit-limit-requests", b"%d" % b.rpm),
-            (b"x-ratelimit-limit-tokens", b"%d" % b.tpm),
+            (b"x-ratelimit-limit-requests", b"%d" % rpm),
+            (b"x-ratelimit-limit-tokens", b"%d" % tpm),
             (b"x-ratelimit-remaining-requests", b"%d" % rem_r),
             (b"x-ratelimit-remaining-tokens", b"%d" % rem_t),
             (b"x-ratelimit-reset-requests", format_duration(reset_r).encode()),
