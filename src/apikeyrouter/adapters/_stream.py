@@ -91,7 +91,9 @@ class SSEStream:
             return None
         return Usage(
             input_tokens=self._input_tokens if self._input_tokens is not None else self._estimated_input,
-            output_tokens=self._output_tokens if self._output_tokens is not None else self._deltas,
+            # Every text delta carries at least one token, so the deltas seen bound the count from below
+            # when the provider's own number is missing or stale (Anthropic's message_start says 1).
+            output_tokens=max(self._output_tokens or 0, self._deltas),
         )
 
     def __aiter__(self) -> SSEStream:
