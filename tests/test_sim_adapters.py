@@ -59,7 +59,9 @@ async def test_streaming_arrives_incrementally(nursery: trio.Nursery, provider: 
     assert len(arrivals) >= 6
     # Each piece arrived on its own, ~25 ms apart, not all at once at the end.
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert min(gaps) > 0.01 and arrivals[-1] - arrivals[0] > 0.025 * (len(arrivals) - 2)
+    # (Tolerant of a loaded machine batching a few reads together, but never of all-at-the-end.)
+    assert sum(g > 0.01 for g in gaps) >= len(gaps) // 2
+    assert arrivals[-1] - arrivals[0] > 0.025 * (len(arrivals) - 2)
     assert usage is not None and usage.output_tokens == len(arrivals) == count_text(text, "o200k_base")
     assert sim.provider.stats("sk-s").completed == 1
 
