@@ -64,3 +64,9 @@ __all__ = [
     "scrub",
     "warm",
 ]
+
+
+def _conforms() -> None:
+    """Never called: makes mypy check that every adapter satisfies the ProviderAdapter protocol."""
+    adapters: list[ProviderAdapter] = [OpenAIAdapter(), AnthropicAdapter(), GenericHTTPAdapter(url="http://x")]
+    del adapters

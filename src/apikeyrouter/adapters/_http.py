@@ -44,7 +44,7 @@ DEFAULT_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32, 
 
 _ERROR_BODY_LIMIT = 64 * 1024
 _MESSAGE_LIMIT = 500
-_KEYLIKE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-\*\.]{3,}|\bBearer\s+\S+", re.IGNORECASE)
+_KEYLIKE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-\*]{3,}|\bBearer\s+\S+", re.IGNORECASE)
 
 
 def scrub(text: str, secret: Secret | None = None) -> str:

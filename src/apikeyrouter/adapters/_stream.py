@@ -15,7 +15,7 @@ import httpx
 from apikeyrouter.adapters._http import HTTPAdapterBase, SSEDecoder, SSEEvent, scrub
 from apikeyrouter.adapters.base import QuotaSignal
 from apikeyrouter.domain.failures import FailureClass
-from apikeyrouter.errors import StreamInterrupted
+from apikeyrouter.errors import StreamInterrupted, UpstreamError
 from apikeyrouter.intent import StreamChunk, Usage
 from apikeyrouter.secret import Secret
 
@@ -46,6 +46,7 @@ class SSEStream:
         self._deltas = 0
         self.finished = False  # the provider's end marker was seen
         self._eof = False
+        self._failure: UpstreamError | None = None
 
     # -- what subclasses report ------------------------------------------------------------------------
 
@@ -90,14 +91,22 @@ class SSEStream:
             return None
         return Usage(
             input_tokens=self._input_tokens if self._input_tokens is not None else self._estimated_input,
-            output_tokens=self._output_tokens if self._output_tokens is not None else self._deltas,
+            # Every text delta carries at least one token, so the deltas seen bound the count from below
+            # when the provider's own number is missing or stale (Anthropic's message_start says 1).
+            output_tokens=max(self._output_tokens or 0, self._deltas),
         )
 
     def __aiter__(self) -> SSEStream:
         return self
 
     async def __anext__(self) -> StreamChunk:
+        # Chunks decoded before a failure are delivered first; the failure is raised once they are drained,
+        # so the caller sees (and accounts for) every byte that did arrive.
         while not self._pending:
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                self._eof = True
+                raise failure
             if self._eof:
                 raise StopAsyncIteration
             try:
@@ -107,15 +116,23 @@ class SSEStream:
                 events = self._decoder.flush()
             except httpx.HTTPError as exc:
                 self._eof = True
-                raise self.adapter.transport_error(exc, self._secret, streaming=True, signal=self.signal) from exc
+                err = self.adapter.transport_error(exc, self._secret, streaming=True, signal=self.signal)
+                err.__cause__ = exc
+                self._failure = err
+                continue
             else:
                 events = self._decoder.feed(raw)
             for event in events:
                 if self.finished:
                     break
-                self._pending.extend(self.on_event(event))
-            if self._eof and not self.finished:
-                raise self.interrupted("the stream ended without its end marker", FailureClass.CONNECTION)
+                try:
+                    self._pending.extend(self.on_event(event))
+                except StreamInterrupted as exc:
+                    self._failure = exc
+                    self._eof = True
+                    break
             if self.finished:
                 self._eof = True
+            elif self._eof and self._failure is None:
+                self._failure = self.interrupted("the stream ended without its end marker", FailureClass.CONNECTION)
         return self._pending.popleft()

@@ -107,12 +107,16 @@ def _fields(raw: Any, path: str, base: KeyBehavior, *, allow_key: bool) -> tuple
         elif name == "behavior" and value not in BEHAVIORS:
             raise ConfigError(f"expected one of {', '.join(BEHAVIORS)}, got {value!r} @ {where}", path=where)
         values[name] = value
+    merged = attrs.evolve(base, **values)
+    if merged.error_rate + merged.timeout_rate + merged.reset_rate > 1:
+        # The three are exclusive slices of one random draw per request.
+        raise ConfigError(f"error_rate + timeout_rate + reset_rate must add up to at most 1 @ {path}", path=path)
     key: str | None = None
     if allow_key:
         key = raw.get("key")
         if not isinstance(key, str) or not key:
             raise ConfigError(f"each [[keys]] entry needs a non-empty string `key` @ {path}.key", path=f"{path}.key")
-    return attrs.evolve(base, **values), key
+    return merged, key
 
 
 def parse_sim_config(raw: Mapping[str, Any], *, path: str = "sim") -> SimConfig:

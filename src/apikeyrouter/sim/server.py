@@ -125,7 +125,12 @@ class SimServer:
         async def watch(work: trio.CancelScope) -> None:
             nonlocal gone
             while True:
-                data = await stream.receive_some(_READ)
+                try:
+                    data = await stream.receive_some(_READ)
+                except trio.ClosedResourceError:
+                    return  # we closed it ourselves (a cut stream)
+                except trio.BrokenResourceError:
+                    data = b""  # reset by the peer: gone just the same
                 if not data:
                     gone = True
                     work.cancel()
