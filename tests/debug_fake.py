@@ -263,3 +263,14 @@ def threaded_fake(path: str | None = None, **debug_options: Any) -> Iterator[Thr
     path = path or os.path.join(short_socket_dir(), "debug.sock")
     with ThreadedFake(path, **debug_options) as served:
         yield served
+
+
+async def eventually(predicate: Any) -> None:
+    """Wait (at most 5 s) until `predicate()` holds. Polling on purpose: these are counters without events."""
+    with trio.fail_after(5):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.005)
+
+
+def exists(path: str) -> bool:
+    return os.path.exists(path)

@@ -77,10 +77,11 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def default_socket_path(port: int | None = None) -> Path:
+def default_socket_path(port: int | None = None, *, create: bool = True) -> Path:
     """The debug socket path a process serving on `port` (or, without a port, this pid) uses by default.
 
-    May create `/tmp/apikeyrouter-<uid>/` (mode 0700) as a side effect; see the module docstring.
+    Creates `/tmp/apikeyrouter-<uid>/` (mode 0700) when that is the place and `create` is true (servers);
+    clients pass `create=False`. See the module docstring.
     """
     if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
         raise ValueError(f"port must be an integer in 1..65535, not {port!r}")
@@ -88,7 +89,7 @@ def default_socket_path(port: int | None = None) -> Path:
     xdg = _xdg_dir()
     if xdg is not None:
         return xdg / f"apikeyrouter-{name}.sock"
-    return ensure_private_dir(_tmp_dir()) / f"{name}.sock"
+    return (ensure_private_dir(_tmp_dir()) if create else _tmp_dir()) / f"{name}.sock"
 
 
 def candidate_socket_dirs() -> list[tuple[Path, str]]:

@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -141,7 +142,7 @@ def _lifecycle(key: Mapping[str, Any], now: float | None) -> Text:
     text = _styled(key.get("lifecycle"), _LIFECYCLE)
     until = _until(key.get("lifecycle_until"), key.get("lifecycle_until_wall"), now)
     if until and key.get("lifecycle") != "active":
-        text.append(f" {until}")
+        text.append(f"\n{until}")
     return text
 
 
@@ -149,7 +150,7 @@ def _capacity(key: Mapping[str, Any]) -> Text:
     text = _styled(key.get("capacity"), _CAPACITY)
     left = _num(key.get("capacity_left_pct"))
     if left is not None:
-        text.append(f" {left:.0f}% left")
+        text.append(f" {left:.0f}%")
     return text
 
 
@@ -160,15 +161,17 @@ def _prediction(key: Mapping[str, Any]) -> str:
     secs, conf = _num(pred.get("seconds_to_exhaustion")), _num(pred.get("confidence"))
     if secs is None:
         return DASH
-    return f"~{fmt_duration(secs)}" + (f" ({conf * 100:.0f}% conf.)" if conf is not None else "")
+    return f"~{fmt_duration(secs)}" + (f" ({conf * 100:.0f}%)" if conf is not None else "")
 
 
 def _breaker(key: Mapping[str, Any], now: float | None) -> Text:
+    """'open (30s)': open, half-open probe in 30s."""
     text = _styled(key.get("breaker"), _BREAKER)
     if key.get("breaker") == "open":
-        until = _until(key.get("breaker_until"), key.get("breaker_until_wall"), now)
-        if until:
-            text.append(f" {until}")
+        # Relative only: the breaker's half-open probe is seconds away, a wall time adds little.
+        t = _num(key.get("breaker_until"))
+        if t is not None and now is not None:
+            text.append(f" ({fmt_duration(t - now)})" if t > now else " (probe due)")
     return text
 
 
@@ -198,11 +201,18 @@ def _spend(key: Mapping[str, Any]) -> str:
 
 
 def keys_table(keys: Sequence[Mapping[str, Any]], now: float | None = None) -> Table:
-    table = Table(title=f"keys ({len(keys)})", title_justify="left", expand=False, pad_edge=False)
-    for column in ("id", "provider", "lifecycle", "capacity", "exhaustion", "breaker", "in-flight", "success"):
-        table.add_column(column, overflow="fold")
-    table.add_column("latency", justify="right")
-    table.add_column("spend", justify="right")
+    table = Table(
+        title=f"keys ({len(keys)})", title_justify="left", box=box.SIMPLE_HEAD, padding=0, show_edge=False
+    )
+    # Short cells never wrap; the lifecycle and breaker cells (with their "until") take what is left.
+    table.add_column("id", no_wrap=True, overflow="ellipsis", max_width=32)
+    table.add_column("provider", no_wrap=True, overflow="ellipsis", max_width=16)
+    table.add_column("lifecycle", overflow="fold", min_width=16)
+    table.add_column("capacity", no_wrap=True)
+    table.add_column("exhaustion", no_wrap=True)
+    table.add_column("breaker", overflow="fold", min_width=8)
+    for column in ("in-flight", "success", "latency", "spend"):
+        table.add_column(column, justify="right", no_wrap=True)
     for key in keys:
         table.add_row(
             Text(str(key.get("id", "?")), "bold"),
@@ -257,7 +267,9 @@ def key_view(key: Mapping[str, Any], transitions: Sequence[Mapping[str, Any]], n
             facts.add_row(name, Text(", ".join(map(str, value))))
         else:
             facts.add_row(name, Text(str(value)))
-    history = Table(title=f"recent transitions ({len(transitions)})", title_justify="left", pad_edge=False)
+    history = Table(
+        title=f"recent transitions ({len(transitions)})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
     for column in ("when", "from", "to", "reason", "until"):
         history.add_column(column, overflow="fold")
     for tr in transitions:
@@ -267,7 +279,7 @@ def key_view(key: Mapping[str, Any], transitions: Sequence[Mapping[str, Any]], n
             _styled(tr.get("from"), _LIFECYCLE),
             _styled(tr.get("to"), _LIFECYCLE),
             Text(str(tr.get("reason") or DASH)),
-            Text(_until(tr.get("until"), tr.get("until_wall"), None) or DASH),
+            Text(_until(tr.get("until"), tr.get("until_wall"), now) or DASH),
         )
     return Group(facts, Text(""), history)
 
@@ -295,7 +307,9 @@ def _excluded(decision: Mapping[str, Any]) -> str:
 
 
 def decisions_view(decisions: Sequence[Mapping[str, Any]], now: float | None = None) -> Table:
-    table = Table(title=f"routing decisions ({len(decisions)})", title_justify="left", pad_edge=False)
+    table = Table(
+        title=f"routing decisions ({len(decisions)})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
     for column in ("when", "id", "model", "objective", "chosen", "top candidates", "excluded", "explanation"):
         table.add_column(column, overflow="fold")
     for d in decisions:

@@ -280,10 +280,16 @@ class DebugServer(Actor[DebugCommand]):
                 except BadRequest as exc:
                     response = error_response(exc.code, str(exc), exc.op)
                 else:
-                    if request.op == "subscribe":
-                        await self._subscribe(stream, reader, request)
-                        return
-                    response = self._answer(request)
+                    if request.op != "subscribe":
+                        response = self._answer(request)
+                    else:
+                        try:
+                            kinds = _event_kinds(request)
+                        except BadArgument as exc:
+                            response = error_response(ErrorCode.BAD_ARGUMENT, str(exc), "subscribe")
+                        else:
+                            await self._subscribe(stream, reader, kinds)
+                            return
             if not await self._send(stream, response):
                 return
 
@@ -355,13 +361,7 @@ class DebugServer(Actor[DebugCommand]):
     def _op_decisions(self, req: Request) -> Any:
         return to_jsonable(self.router.decisions(int_arg(req, "limit", default=20)))
 
-    async def _subscribe(self, stream: trio.SocketStream, reader: LineReader, request: Request) -> None:
-        try:
-            # The bus matches a kind exactly or by its first segment: "key", "key." and "key.*" all mean "key.…".
-            kinds = [k.removesuffix("*").removesuffix(".") or k for k in strs_arg(request, "events")]
-        except BadArgument as exc:
-            await self._send(stream, error_response(ErrorCode.BAD_ARGUMENT, str(exc), "subscribe"))
-            return
+    async def _subscribe(self, stream: trio.SocketStream, reader: LineReader, kinds: list[str]) -> None:
         sub = self.router.events.subscribe(kinds or None, capacity=self.subscriber_queue)
         self._subscribers += 1
         try:
@@ -397,6 +397,11 @@ class DebugServer(Actor[DebugCommand]):
 
 class _NotFound(Exception):
     pass
+
+
+def _event_kinds(request: Request) -> list[str]:
+    # The bus matches a kind exactly or by its first segment: "key", "key." and "key.*" all mean "key.…".
+    return [k.removesuffix("*").removesuffix(".") or k for k in strs_arg(request, "events")]
 
 
 @contextlib.asynccontextmanager
