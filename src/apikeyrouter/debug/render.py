@@ -201,9 +201,7 @@ def _spend(key: Mapping[str, Any]) -> str:
 
 
 def keys_table(keys: Sequence[Mapping[str, Any]], now: float | None = None) -> Table:
-    table = Table(
-        title=f"keys ({len(keys)})", title_justify="left", box=box.SIMPLE_HEAD, padding=0, show_edge=False
-    )
+    table = Table(title=f"keys ({len(keys)})", title_justify="left", box=box.SIMPLE_HEAD, padding=0, show_edge=False)
     # Short cells never wrap; the lifecycle and breaker cells (with their "until") take what is left.
     table.add_column("id", no_wrap=True, overflow="ellipsis", max_width=32)
     table.add_column("provider", no_wrap=True, overflow="ellipsis", max_width=16)
@@ -306,25 +304,31 @@ def _excluded(decision: Mapping[str, Any]) -> str:
     return shown + (f" (+{more} more)" if more > 0 else "")
 
 
-def decisions_view(decisions: Sequence[Mapping[str, Any]], now: float | None = None) -> Table:
-    table = Table(
-        title=f"routing decisions ({len(decisions)})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
-    )
-    for column in ("when", "id", "model", "objective", "chosen", "top candidates", "excluded", "explanation"):
-        table.add_column(column, overflow="fold")
+def decisions_view(decisions: Sequence[Mapping[str, Any]], now: float | None = None) -> Group:
+    """One block per decision (newest last): what was asked, what was chosen, and why, in full width.
+
+    A table would squeeze the explanation into a narrow column; it is the point of this view.
+    """
+    blocks: list[RenderableType] = [Text(f"routing decisions ({len(decisions)})", "bold")]
     for d in decisions:
+        head = Text()
+        head.append(str(d.get("id", DASH)), "bold")
+        head.append(f"  {_ago(d.get('at'), now)}", "dim")
+        for name in ("request_id", "model", "objective"):
+            if d.get(name):
+                head.append(f"  {name.removesuffix('_id')}=", "dim")
+                head.append(str(d[name]))
         chosen = d.get("chosen")
-        table.add_row(
-            Text(_ago(d.get("at"), now)),
-            Text(str(d.get("id", DASH))),
-            Text(str(d.get("model") or DASH)),
-            Text(str(d.get("objective") or DASH)),
-            Text(str(chosen), "bold green") if chosen else Text("none", "bold red"),
-            Text(_candidates(d)),
-            Text(_excluded(d)),
-            Text(str(d.get("explanation") or DASH)),
-        )
-    return table
+        head.append("  → ")
+        head.append(str(chosen) if chosen else "no key", "bold green" if chosen else "bold red")
+        body = Table.grid(padding=(0, 1))
+        body.add_column(style="dim", no_wrap=True)
+        body.add_column(overflow="fold")
+        body.add_row("  why", Text(str(d.get("explanation") or DASH)))
+        body.add_row("  candidates", Text(_candidates(d)))
+        body.add_row("  excluded", Text(_excluded(d)))
+        blocks.extend([Text(""), head, body])
+    return Group(*blocks)
 
 
 def event_text(event: Mapping[str, Any]) -> Text:
