@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, assert_never
 
+import attrs
 import structlog
 import trio
 
@@ -269,29 +270,31 @@ class DebugServer(Actor[DebugCommand]):
                 return
             if line is None:
                 return
-            if isinstance(line, LineTooLong):
-                response = error_response(ErrorCode.LINE_TOO_LONG, f"request lines are limited to {line.limit} bytes")
-            elif not line.strip():
+            if not isinstance(line, LineTooLong) and not line.strip():
                 continue  # blank lines are harmless (handy with `socat` or `nc`)
-            else:
-                self._requests_total += 1
-                try:
-                    request = parse_request(line)
-                except BadRequest as exc:
-                    response = error_response(exc.code, str(exc), exc.op)
-                else:
-                    if request.op != "subscribe":
-                        response = self._answer(request)
-                    else:
-                        try:
-                            kinds = _event_kinds(request)
-                        except BadArgument as exc:
-                            response = error_response(ErrorCode.BAD_ARGUMENT, str(exc), "subscribe")
-                        else:
-                            await self._subscribe(stream, reader, kinds)
-                            return
-            if not await self._send(stream, response):
+            outcome = self._respond(line)
+            if isinstance(outcome, _Subscribe):
+                await self._subscribe(stream, reader, outcome.kinds)
                 return
+            if not await self._send(stream, outcome):
+                return
+
+    def _respond(self, line: bytes | LineTooLong) -> dict[str, Any] | _Subscribe:
+        """The answer to one request line, or, for a valid `subscribe`, the switch to streaming."""
+        if isinstance(line, LineTooLong):
+            return error_response(ErrorCode.LINE_TOO_LONG, f"request lines are limited to {line.limit} bytes")
+        self._requests_total += 1
+        try:
+            request = parse_request(line)
+        except BadRequest as exc:
+            return error_response(exc.code, str(exc), exc.op)
+        if request.op != "subscribe":
+            return self._answer(request)
+        try:
+            # The bus matches a kind exactly or by its first segment: "key", "key." and "key.*" all mean "key.…".
+            return _Subscribe([k.removesuffix("*").removesuffix(".") or k for k in strs_arg(request, "events")])
+        except BadArgument as exc:
+            return error_response(ErrorCode.BAD_ARGUMENT, str(exc), "subscribe")
 
     def _answer(self, request: Request) -> dict[str, Any]:
         handler = self._handlers().get(request.op)
@@ -399,9 +402,9 @@ class _NotFound(Exception):
     pass
 
 
-def _event_kinds(request: Request) -> list[str]:
-    # The bus matches a kind exactly or by its first segment: "key", "key." and "key.*" all mean "key.…".
-    return [k.removesuffix("*").removesuffix(".") or k for k in strs_arg(request, "events")]
+@attrs.frozen
+class _Subscribe:
+    kinds: list[str]
 
 
 @contextlib.asynccontextmanager
