@@ -5,6 +5,7 @@ Unix sockets need real I/O, so these tests use the real clock and short timeouts
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -415,3 +416,22 @@ async def test_client_errors_say_what_is_wrong(path: str, monkeypatch: pytest.Mo
         await connect(path)
     assert err.value.reason == "forbidden"
     assert "owner-only" in str(err.value)
+
+
+async def test_running_out_of_file_descriptors_is_waited_out_not_a_crash(
+    path: str, served: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures = [OSError(errno.EMFILE, "Too many open files")] * 2
+    real_accept = trio.SocketListener.accept
+
+    async def flaky_accept(self: trio.SocketListener) -> trio.SocketStream:
+        if failures:
+            raise failures.pop()
+        return await real_accept(self)
+
+    monkeypatch.setattr(trio.SocketListener, "accept", flaky_accept)
+    # The accept loop is already waiting in the real accept: the next two calls fail.
+    assert (await call(path, "ping"))["pong"]
+    assert (await call(path, "ping"))["pong"]
+    assert not failures
+    assert served.debug is not None and served.debug.status == "running" and served.debug.restarts == 0

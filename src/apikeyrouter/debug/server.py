@@ -20,6 +20,7 @@ also replaces a stale socket atomically. A socket someone still listens on is ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import stat
@@ -55,6 +56,9 @@ from apikeyrouter.messages.debug import DebugCommand, DebugServerStatus, GetDebu
 __all__ = ["OPS", "DebugServer", "open_debug_channel"]
 
 log = structlog.get_logger("apikeyrouter.debug")
+
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_BACKOFF = 0.1
 
 OPS: dict[str, str] = {
     "ping": "liveness and server counters",
@@ -219,7 +223,16 @@ class DebugServer(Actor[DebugCommand]):
         assert self._sock is not None
         listener = trio.SocketListener(self._sock)
         while True:
-            stream = await listener.accept()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                # Out of file descriptors or memory: a pressure to wait out, not a crash that would burn
+                # the supervisor's restart intensity (and a restart would not free anything).
+                log.warning("debug_accept_failed", error=str(exc), retry_in=_ACCEPT_BACKOFF)
+                await trio.sleep(_ACCEPT_BACKOFF)
+                continue
             self._connections_total += 1
             if self._clients >= self.max_clients:
                 self._refused_busy += 1
