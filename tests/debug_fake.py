@@ -7,6 +7,7 @@ fake's root supervisor, as it will be in the real application.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -260,9 +261,16 @@ class ThreadedFake:
 
 @contextmanager
 def threaded_fake(path: str | None = None, **debug_options: Any) -> Iterator[ThreadedFake]:
-    path = path or os.path.join(short_socket_dir(), "debug.sock")
-    with ThreadedFake(path, **debug_options) as served:
-        yield served
+    directory = None
+    if path is None:
+        directory = short_socket_dir()
+        path = os.path.join(directory, "debug.sock")
+    try:
+        with ThreadedFake(path, **debug_options) as served:
+            yield served
+    finally:
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 async def eventually(predicate: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,13 +106,15 @@ def test_nothing_listening_is_a_clear_message_not_a_traceback(tmp_path: Path) ->
     )
     assert "Traceback" not in result.output
 
-    stale = os.path.join(short_socket_dir(), "stale.sock")
+    directory = short_socket_dir()
+    stale = os.path.join(directory, "stale.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(stale)
     sock.close()
     result = inspect("decisions", "--socket", stale)
     assert result.exit_code == 1
     assert "nothing is listening at" in result.stderr and len(result.stderr.splitlines()) == 1
+    shutil.rmtree(directory)
 
 
 def test_permission_denied_is_a_clear_message(served: ThreadedFake, monkeypatch: pytest.MonkeyPatch) -> None:

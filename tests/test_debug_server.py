@@ -8,10 +8,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -45,8 +46,10 @@ from tests.kernel_actors import CrashNow
 
 
 @pytest.fixture
-def path() -> str:
-    return os.path.join(short_socket_dir(), "debug.sock")
+def path() -> Iterator[str]:
+    directory = short_socket_dir()
+    yield os.path.join(directory, "debug.sock")
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def write_file(path: str, text: str) -> None:
