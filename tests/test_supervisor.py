@@ -19,9 +19,7 @@ from tests.kernel_actors import Add, Counter, CounterMsg, CrashNow, Exit, Get
 ONE_FOR_ONE, ONE_FOR_ALL, REST_FOR_ONE = Strategy.ONE_FOR_ONE, Strategy.ONE_FOR_ALL, Strategy.REST_FOR_ONE
 
 
-def counters(
-    log: list[str], names: str = "abc", restart: Restart = Restart.PERMANENT, **kw: object
-) -> list[ChildSpec]:
+def counters(log: list[str], names: str = "abc", restart: Restart = Restart.PERMANENT, **kw: object) -> list[ChildSpec]:
     def factory(name: str) -> Callable[[], Child]:
         return lambda: Counter(name, log=log, **kw)  # type: ignore[arg-type]
 

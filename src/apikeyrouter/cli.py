@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from apikeyrouter.config import bind_allowed, load_config
+from apikeyrouter.debug.commands import inspect
 from apikeyrouter.errors import ConfigError
 
 
@@ -73,3 +74,6 @@ def sim(port: int, host: str, config_path: Path | None) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(run)
+
+
+main.add_command(inspect)

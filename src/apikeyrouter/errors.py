@@ -14,6 +14,10 @@
     │   ├── UnknownKey / UnknownProvider
     │   └── BudgetExceeded          a hard budget would be overspent
     ├── InvalidRequest              the caller's request is malformed (never sent upstream)
+    ├── DebugChannelError           the debug channel's Unix socket could not be bound or used
+    │   ├── DebugChannelUnavailable nothing listens at the socket, or permissions forbid connecting
+    │   ├── DebugSocketInUse        a live process already listens where we were asked to bind
+    │   └── DebugRequestError       the server answered with an error object (`code` says which)
     └── UpstreamError               the provider answered with (or failed with) a classified failure
         ├── MalformedResponse       the provider's body could not be understood
         └── StreamInterrupted       a stream broke after bytes reached the caller
@@ -37,6 +41,10 @@ __all__ = [
     "ApiKeyRouterError",
     "BudgetExceeded",
     "ConfigError",
+    "DebugChannelError",
+    "DebugChannelUnavailable",
+    "DebugRequestError",
+    "DebugSocketInUse",
     "InvalidRequest",
     "MailboxFull",
     "MalformedResponse",
@@ -203,3 +211,37 @@ class MalformedResponse(UpstreamError):
 
 class StreamInterrupted(UpstreamError):
     pass
+
+
+class DebugChannelError(ApiKeyRouterError):
+    """The debug channel could not be set up or used. `path` is the socket path involved."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class DebugChannelUnavailable(DebugChannelError):
+    """No process listens at `path`, or we may not connect to it. `reason`: missing, refused, forbidden, ..."""
+
+    def __init__(self, message: str, *, path: str, reason: str) -> None:
+        super().__init__(message, path=path)
+        self.reason = reason
+
+
+class DebugSocketInUse(DebugChannelError):
+    """A live process already listens at `path`: we refuse to take its socket away."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"another process is already serving a debug channel at {path}; stop it or choose another socket path",
+            path=path,
+        )
+
+
+class DebugRequestError(DebugChannelError):
+    """The debug server answered `{"ok": false, "error": {"code", "message"}}` (or something unreadable)."""
+
+    def __init__(self, message: str, *, path: str, code: str) -> None:
+        super().__init__(message, path=path)
+        self.code = code
