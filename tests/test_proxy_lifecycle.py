@@ -42,7 +42,7 @@ async def test_client_disconnect_cancels_a_non_streaming_route() -> None:
             with trio.fail_after(5):
                 await router.route_cancelled.wait()
             await trio.testing.wait_all_tasks_blocked()
-        in_flight = proxy.app.metrics.in_flight._value.get()
+        in_flight = proxy.app.metrics.registry.get_sample_value("apikeyrouter_http_requests_in_flight")
     assert [e["status"] for e in logs if e["event"] == "http_request"] == [499]
     assert in_flight == 0
 
