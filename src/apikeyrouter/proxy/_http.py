@@ -1,0 +1,206 @@
+"""ASGI primitives for the proxy: parse a request once, read a bounded body, send JSON and errors.
+
+Hand-written rather than a framework because this is the hot path: one pass over the headers, no
+per-request objects beyond `Request`, and responses built as bytes directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+__all__ = [
+    "BodyTooLarge",
+    "ClientGone",
+    "Exchange",
+    "HTTPError",
+    "Receive",
+    "Request",
+    "Scope",
+    "Send",
+    "error_body",
+    "json_bytes",
+    "read_body",
+    "send_error",
+    "send_json",
+    "send_response",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+_JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def json_bytes(value: Any) -> bytes:
+    return _dumps(value).encode()
+
+
+class HTTPError(Exception):
+    """An answer in the OpenAI error shape, raised anywhere in a handler and sent by the dispatcher."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = list(headers)
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+
+def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class Request:
+    """The parts of an ASGI scope the proxy uses, read in one pass over the headers."""
+
+    __slots__ = (
+        "authorization",
+        "content_length",
+        "deadline_header",
+        "method",
+        "objective_header",
+        "path",
+        "request_id",
+    )
+
+    def __init__(self, scope: Scope) -> None:
+        self.method: str = scope["method"]
+        path: str = scope["path"]
+        if len(path) > 1 and path[-1] == "/":
+            path = path.rstrip("/") or "/"
+        self.path = path
+        self.authorization: bytes | None = None
+        self.content_length: int | None = None
+        self.deadline_header: bytes | None = None
+        self.objective_header: bytes | None = None
+        self.request_id: str | None = None
+        for name, value in scope["headers"]:
+            # Servers hand header names over lower-cased (ASGI spec).
+            if name == b"authorization":
+                self.authorization = value
+            elif name == b"content-length":
+                try:
+                    self.content_length = int(value)
+                except ValueError:
+                    self.content_length = None
+            elif name == b"x-request-id":
+                self.request_id = _clean_request_id(value)
+            elif name == b"x-apikeyrouter-deadline":
+                self.deadline_header = value
+            elif name == b"x-apikeyrouter-objective":
+                self.objective_header = value
+
+    def bearer(self) -> str | None:
+        raw = self.authorization
+        if raw is None or len(raw) < 8 or raw[:7].lower() != b"bearer ":
+            return None
+        token = raw[7:].strip()
+        return token.decode("latin-1") if token else None
+
+
+def _clean_request_id(value: bytes) -> str | None:
+    # A caller-supplied id is echoed back and logged: keep it short and printable.
+    if not value or len(value) > 128 or not all(0x21 <= b <= 0x7E for b in value):
+        return None
+    return value.decode("ascii")
+
+
+class Exchange:
+    """One request's progress, filled in as it is served; the dispatcher logs and counts it at the end."""
+
+    __slots__ = (
+        "attempts",
+        "client",
+        "decision_id",
+        "disconnected",
+        "key_id",
+        "request",
+        "request_id",
+        "route",
+        "started",
+        "status",
+        "stream_error",
+    )
+
+    def __init__(self, request: Request, route: str, request_id: str) -> None:
+        self.request = request
+        self.route = route
+        self.request_id = request_id
+        self.status = 500
+        self.started = False  # response headers sent: from here on, errors can only end the body
+        self.disconnected = False
+        self.key_id: str | None = None
+        self.attempts: int | None = None
+        self.decision_id: str | None = None
+        self.client: str | None = None
+        self.stream_error: str | None = None
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+    """The whole request body, refusing more than `limit` bytes (before reading when declared)."""
+    if declared is not None and declared > limit:
+        raise BodyTooLarge
+    message = await receive()
+    if message["type"] != "http.request":
+        raise ClientGone
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise BodyTooLarge
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def send_response(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, value: Any, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    headers = [*_JSON_HEADERS, *extra]
+    await send_response(send, status, json_bytes(value), headers)
+
+
+async def send_error(send: Send, error: HTTPError, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    await send_json(send, error.status, error.body(), [*error.headers, *extra])

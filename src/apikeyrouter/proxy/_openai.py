@@ -1,0 +1,93 @@
+"""OpenAI wire shapes the proxy answers with: `chat.completion`, `chat.completion.chunk` (SSE), model lists."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from apikeyrouter.intent import StreamChunk, SystemResponse, Usage
+from apikeyrouter.proxy._http import json_bytes
+
+__all__ = [
+    "DONE_EVENT",
+    "chunk_event",
+    "completion_json",
+    "error_event",
+    "models_json",
+    "usage_event",
+    "usage_json",
+]
+
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def usage_json(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
+
+
+def completion_json(response: SystemResponse, completion_id: str, created: int) -> dict[str, Any]:
+    raw = response.raw
+    body: dict[str, Any] = {
+        "id": raw.get("id") or completion_id,
+        "object": "chat.completion",
+        "created": raw.get("created") or created,
+        "model": response.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": response.content},
+                "finish_reason": response.finish_reason,
+            }
+        ],
+        "usage": usage_json(response.usage),
+    }
+    fingerprint = raw.get("system_fingerprint")
+    if fingerprint is not None:
+        body["system_fingerprint"] = fingerprint
+    return body
+
+
+def _sse(value: Mapping[str, Any]) -> bytes:
+    return b"data: " + json_bytes(value) + b"\n\n"
+
+
+def chunk_event(chunk: StreamChunk, completion_id: str, created: int, model: str, *, first: bool) -> bytes:
+    delta: dict[str, str] = {"role": "assistant", "content": chunk.delta} if first else {"content": chunk.delta}
+    return _sse(
+        {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": chunk.finish_reason}],
+        }
+    )
+
+
+def usage_event(usage: Usage, completion_id: str, created: int, model: str) -> bytes:
+    # The shape OpenAI sends for `stream_options.include_usage`: no choices, only usage.
+    return _sse(
+        {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage_json(usage),
+        }
+    )
+
+
+def error_event(error: Mapping[str, Any]) -> bytes:
+    return _sse(error)
+
+
+def models_json(models: list[str], owned_by: str = "apikeyrouter") -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"id": m, "object": "model", "created": 0, "owned_by": owned_by} for m in models],
+    }

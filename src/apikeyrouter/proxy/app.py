@@ -1,0 +1,524 @@
+"""`ProxyApp`: the OpenAI-compatible proxy and management API as one lean ASGI 3 application.
+
+Routing is a dict lookup on the path (plus three parametrised shapes), auth a constant-time comparison
+against every configured token, and each inference request runs the router call in a nursery next to a
+task watching for `http.disconnect`: hypercorn does not cancel a handler whose client went away, so we do,
+and cancelling the route cancels the upstream call and releases its reservation.
+
+Deadlines: `request_deadline` (lowered per request by `x-apikeyrouter-deadline`) bounds a non-streaming
+request end to end and a stream until its headers go out (key chosen, upstream answering); the router sees
+it as trio's effective deadline. After that a stream may run as long as chunks keep coming, at most
+`stream_idle_timeout` apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import structlog
+import trio
+
+from apikeyrouter.api import RouterAPI
+from apikeyrouter.errors import UpstreamError
+from apikeyrouter.intent import RequestIntent, Usage
+from apikeyrouter.proxy._errors import http_error_for, unwrap
+from apikeyrouter.proxy._http import (
+    BodyTooLarge,
+    ClientGone,
+    Exchange,
+    HTTPError,
+    Receive,
+    Request,
+    Scope,
+    Send,
+    error_body,
+    json_bytes,
+    read_body,
+    send_error,
+    send_json,
+    send_response,
+)
+from apikeyrouter.proxy._openai import DONE_EVENT, chunk_event, completion_json, error_event, models_json, usage_event
+from apikeyrouter.proxy.admin import AdminAPI
+from apikeyrouter.proxy.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
+from apikeyrouter.secret import Secret
+
+__all__ = ["ProxyApp"]
+
+log = structlog.get_logger("apikeyrouter.proxy")
+
+Handler = Callable[[Exchange, Receive, Send, str], Awaitable[None]]
+
+CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the answer"
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_WWW_AUTH = [(b"www-authenticate", b'Bearer realm="apikeyrouter"')]
+
+
+class ProxyApp:
+    """The proxy's ASGI application. Serve it with `serve_proxy` (hypercorn's trio worker).
+
+    client_tokens: bearer tokens accepted for inference; empty means inference is open (serve only on loopback).
+    admin_token: bearer token for management endpoints; None disables them (403).
+    max_body_bytes: larger request bodies get 413 (checked against Content-Length before reading).
+    request_deadline: seconds a request may take (see the module docstring for streams).
+    stream_idle_timeout: seconds a stream may go without a chunk before it is ended with an error event.
+    metrics_require_admin: put /metrics behind the admin token (it shows key ids and states, never secrets).
+    log_requests: one structlog event per request (method, path, status, latency, key, attempts, ids).
+    """
+
+    def __init__(
+        self,
+        router: RouterAPI,
+        *,
+        client_tokens: Sequence[Secret] = (),
+        admin_token: Secret | None = None,
+        max_body_bytes: int = 4 * 1024 * 1024,
+        request_deadline: float = 120.0,
+        stream_idle_timeout: float = 120.0,
+        metrics_require_admin: bool = False,
+        log_requests: bool = True,
+        metrics: ProxyMetrics | None = None,
+    ) -> None:
+        if max_body_bytes < 1 or not request_deadline > 0 or not stream_idle_timeout > 0:
+            raise ValueError("max_body_bytes, request_deadline and stream_idle_timeout must be positive")
+        self.router = router
+        self.client_tokens = tuple(client_tokens)
+        self.admin_token = admin_token
+        self.max_body_bytes = max_body_bytes
+        self.request_deadline = float(request_deadline)
+        self.stream_idle_timeout = float(stream_idle_timeout)
+        self.metrics_require_admin = metrics_require_admin
+        self.log_requests = log_requests
+        self.metrics = metrics if metrics is not None else ProxyMetrics(router.keys)
+        self.admin = AdminAPI(router)
+        self._static: dict[str, dict[str, Handler]] = {
+            "/v1/chat/completions": {"POST": self._chat},
+            "/v1/models": {"GET": self._models},
+            "/health": {"GET": self._health},
+            "/health/ready": {"GET": self._ready},
+            "/metrics": {"GET": self._metrics},
+            "/state": {"GET": self._state},
+            "/keys": {"GET": self._list_keys, "POST": self._add_key},
+            "/decisions": {"GET": self._list_decisions},
+        }
+        self._key_routes: dict[str, dict[str, Handler]] = {
+            "": {"GET": self._get_key, "DELETE": self._revoke_key},
+            "rotate": {"POST": self._rotate_key},
+            "state": {"POST": self._set_key_state},
+        }
+        self._decision_route: dict[str, Handler] = {"GET": self._get_decision}
+
+    # -- ASGI entry -----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    def _resolve(self, path: str) -> tuple[str, dict[str, Handler] | None, str]:
+        """(route template for metrics and logs, handlers by method, path parameter)."""
+        methods = self._static.get(path)
+        if methods is not None:
+            return path, methods, ""
+        parts = path.split("/")
+        if len(parts) in (3, 4) and parts[1] == "keys" and parts[2]:
+            action = parts[3] if len(parts) == 4 else ""
+            methods = self._key_routes.get(action)
+            if methods is not None:
+                return ("/keys/{id}/" + action if action else "/keys/{id}"), methods, parts[2]
+        if len(parts) == 3 and parts[1] == "decisions" and parts[2]:
+            return "/decisions/{id}", self._decision_route, parts[2]
+        return "other", None, ""
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = trio.current_time()
+        request = Request(scope)
+        route, methods, param = self._resolve(request.path)
+        ex = Exchange(request, route, request.request_id or os.urandom(12).hex())
+        try:
+            if methods is None:
+                raise HTTPError(404, f"no route {request.method} {request.path}", code="not_found")
+            handler = methods.get(request.method)
+            if handler is None:
+                allow = ", ".join(sorted(methods)).encode()
+                raise HTTPError(
+                    405,
+                    f"method {request.method} not allowed on {request.path} (allowed: {allow.decode()})",
+                    code="method_not_allowed",
+                    headers=[(b"allow", allow)],
+                )
+            await handler(ex, receive, send, param)
+        except ClientGone:
+            ex.disconnected = True
+        except Exception as exc:
+            await self._fail(ex, send, exc)
+        finally:
+            if ex.disconnected:
+                ex.status = CLIENT_CLOSED
+            elapsed = trio.current_time() - start
+            self.metrics.observe(route, ex.status, elapsed)
+            if self.log_requests:
+                self._log(ex, elapsed)
+
+    async def _fail(self, ex: Exchange, send: Send, exc: Exception) -> None:
+        inner = unwrap(exc)
+        error = http_error_for(inner)
+        if isinstance(inner, UpstreamError):
+            self.metrics.failed(inner.failure.value)
+        if error.status >= 500 and not isinstance(inner, HTTPError | UpstreamError):
+            log.error("request_failed", request_id=ex.request_id, path=ex.request.path, exc_info=inner)
+        if ex.started:
+            return  # the answer is under way; nothing more can be said in HTTP
+        ex.status = error.status
+        extra = [(b"x-request-id", ex.request_id.encode())]
+        if isinstance(inner, UpstreamError) and inner.key_id:
+            extra.append((b"x-apikeyrouter-key-id", inner.key_id.encode()))
+        if error.status == 401:
+            extra += _WWW_AUTH
+        ex.started = True
+        await send_error(send, error, extra)
+
+    def _log(self, ex: Exchange, elapsed: float) -> None:
+        log.info(
+            "http_request",
+            method=ex.request.method,
+            path=ex.request.path,
+            route=ex.route,
+            status=ex.status,
+            latency_ms=round(elapsed * 1000, 3),
+            request_id=ex.request_id,
+            key_id=ex.key_id,
+            attempts=ex.attempts,
+            decision_id=ex.decision_id,
+            client=ex.client,
+            stream_error=ex.stream_error,
+        )
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    async def _reply(self, ex: Exchange, send: Send, status: int, value: Any) -> None:
+        ex.status = status
+        ex.started = True
+        await send_json(send, status, value, [(b"x-request-id", ex.request_id.encode())])
+
+    def _authorize_client(self, ex: Exchange) -> None:
+        if not self.client_tokens:
+            return
+        token = ex.request.bearer()
+        if token is None:
+            raise HTTPError(
+                401,
+                "missing API key: send 'Authorization: Bearer <client token>'",
+                code="invalid_api_key",
+            )
+        matched: Secret | None = None
+        # Compare against every token, whatever matched, so timing says nothing about which one did.
+        for secret in self.client_tokens:
+            if secret.matches(token) and matched is None:
+                matched = secret
+        if matched is None:
+            raise HTTPError(401, "incorrect API key provided", code="invalid_api_key")
+        ex.client = matched.fingerprint
+
+    def _authorize_admin(self, ex: Exchange) -> None:
+        if self.admin_token is None:
+            raise HTTPError(
+                403,
+                "management endpoints are disabled: no admin token is configured "
+                "(set server.admin_token or server.admin_token_env)",
+                type="permission_error",
+                code="admin_disabled",
+            )
+        token = ex.request.bearer()
+        if token is None or not self.admin_token.matches(token):
+            raise HTTPError(
+                401, "admin token required: send 'Authorization: Bearer <admin token>'", code="invalid_admin_token"
+            )
+
+    async def _json_body(self, ex: Exchange, receive: Receive, *, optional: bool = False) -> Any:
+        try:
+            raw = await read_body(receive, self.max_body_bytes, ex.request.content_length)
+        except BodyTooLarge:
+            raise HTTPError(
+                413, f"request body is larger than {self.max_body_bytes} bytes", code="request_too_large"
+            ) from None
+        if not raw.strip():
+            if optional:
+                return None
+            raise HTTPError(400, "request body is empty: expected a JSON object")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+
+    def _deadline(self, request: Request) -> float:
+        raw = request.deadline_header
+        if raw is None:
+            return self.request_deadline
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not (value > 0 and math.isfinite(value)):
+            raise HTTPError(
+                400,
+                "x-apikeyrouter-deadline must be a positive number of seconds",
+                param="x-apikeyrouter-deadline",
+            )
+        return min(value, self.request_deadline)
+
+    def _metadata_headers(self, ex: Exchange, metadata: Any) -> list[tuple[bytes, bytes]]:
+        headers = [(b"x-request-id", ex.request_id.encode())]
+        if metadata is not None:
+            ex.key_id = metadata.key_used
+            ex.attempts = metadata.attempts
+            ex.decision_id = metadata.decision_id
+            headers += [
+                (b"x-apikeyrouter-key-id", metadata.key_used.encode()),
+                (b"x-apikeyrouter-attempts", str(metadata.attempts).encode()),
+                (b"x-apikeyrouter-decision-id", metadata.decision_id.encode()),
+            ]
+            self.metrics.served(metadata.key_used, metadata.provider, metadata.attempts)
+        return headers
+
+    # -- inference ------------------------------------------------------------------------------------
+
+    async def _chat(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        self._authorize_client(ex)
+        body = await self._json_body(ex, receive)
+        intent = RequestIntent.from_openai(body)
+        deadline = self._deadline(ex.request)
+        objective = ex.request.objective_header.decode("latin-1") if ex.request.objective_header else None
+        in_flight = self.metrics.in_flight
+        in_flight.inc()
+        try:
+            if intent.stream:
+                options = intent.extra.get("stream_options")
+                include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+                error = await self._stream(ex, receive, send, intent, objective, deadline, include_usage)
+            else:
+                error = await self._complete(ex, receive, send, intent, objective, deadline)
+        finally:
+            in_flight.dec()
+        if error is not None:
+            raise error
+
+    async def _complete(
+        self, ex: Exchange, receive: Receive, send: Send, intent: RequestIntent, objective: str | None, deadline: float
+    ) -> BaseException | None:
+        response = None
+        error: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, ex)
+            with trio.move_on_after(deadline) as timer:
+                try:
+                    response = await self.router.route(intent, objective=objective, client=ex.client)
+                except Exception as exc:
+                    error = exc
+            nursery.cancel_scope.cancel(reason="request answered")
+        if ex.disconnected:
+            return None
+        if error is not None:
+            return error
+        if timer.cancelled_caught or response is None:
+            return _deadline_error(deadline)
+        headers = self._metadata_headers(ex, response.metadata)
+        headers.append((b"content-type", b"application/json"))
+        body = completion_json(response, "chatcmpl-" + ex.request_id, int(time.time()))
+        ex.status = 200
+        ex.started = True
+        await send_response(send, 200, json_bytes(body), headers)
+        return None
+
+    async def _stream(
+        self,
+        ex: Exchange,
+        receive: Receive,
+        send: Send,
+        intent: RequestIntent,
+        objective: str | None,
+        deadline: float,
+        include_usage: bool,
+    ) -> BaseException | None:
+        outcome: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, ex)
+            outcome = await self._pump(ex, send, intent, objective, deadline, include_usage)
+            nursery.cancel_scope.cancel(reason="stream finished")
+        return None if ex.disconnected else outcome
+
+    async def _pump(
+        self,
+        ex: Exchange,
+        send: Send,
+        intent: RequestIntent,
+        objective: str | None,
+        deadline: float,
+        include_usage: bool,
+    ) -> BaseException | None:
+        """Open the routed stream and relay it as SSE. Returns an error to answer with if no header went out."""
+        completion_id = "chatcmpl-" + ex.request_id
+        created = int(time.time())
+        model = intent.model
+        usage: Usage | None = None
+        first = True
+        idle = self.stream_idle_timeout
+        with trio.CancelScope(deadline=trio.current_time() + deadline) as timer:
+            try:
+                async with self.router.stream(intent, objective=objective, client=ex.client) as routed:
+                    headers = [*_SSE_HEADERS, *self._metadata_headers(ex, routed.metadata)]
+                    timer.deadline = trio.current_time() + idle
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
+                    ex.status = 200
+                    ex.started = True
+                    async for chunk in routed:
+                        if chunk.usage is not None:
+                            usage = chunk.usage
+                        if chunk.model:
+                            model = chunk.model
+                        if first or chunk.delta or chunk.finish_reason is not None:
+                            event = chunk_event(chunk, completion_id, created, model, first=first)
+                            await send({"type": "http.response.body", "body": event, "more_body": True})
+                            first = False
+                        timer.deadline = trio.current_time() + idle
+            except Exception as exc:
+                if not ex.started:
+                    return exc
+                inner = unwrap(exc)
+                if isinstance(inner, UpstreamError):
+                    self.metrics.failed(inner.failure.value)
+                else:
+                    log.error("stream_failed", request_id=ex.request_id, exc_info=inner)
+                await self._end_stream(ex, send, http_error_for(inner))
+                return None
+            except trio.Cancelled:
+                if ex.started and not ex.disconnected and not timer.cancel_called:
+                    # Cancelled from outside (the server's shutdown grace ran out): say so before the end.
+                    with trio.move_on_after(1.0) as cleanup:
+                        cleanup.shield = True
+                        error = HTTPError(
+                            503, "the server is shutting down", type="service_unavailable", code="server_shutdown"
+                        )
+                        await self._end_stream(ex, send, error)
+                raise
+        if timer.cancelled_caught:
+            if not ex.started:
+                return _deadline_error(deadline)
+            await self._end_stream(
+                ex,
+                send,
+                HTTPError(504, f"the upstream sent nothing for {idle:g}s", type="timeout_error", code="stream_idle"),
+            )
+            return None
+        tail = DONE_EVENT
+        if include_usage and usage is not None:
+            tail = usage_event(usage, completion_id, created, model) + tail
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        return None
+
+    async def _end_stream(self, ex: Exchange, send: Send, error: HTTPError) -> None:
+        ex.stream_error = error.code or error.type
+        body = error_event(error_body(error.message, type=error.type, param=error.param, code=error.code))
+        try:
+            await send({"type": "http.response.body", "body": body + DONE_EVENT, "more_body": False})
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            ex.disconnected = True
+
+    async def _models(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        self._authorize_client(ex)
+        await self._reply(ex, send, 200, models_json(self.router.models()))
+
+    # -- health and metrics ---------------------------------------------------------------------------
+
+    async def _health(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        await self._reply(ex, send, 200, {"status": "ok"})
+
+    async def _ready(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        if self.router.ready():
+            await self._reply(ex, send, 200, {"status": "ready"})
+            return
+        raise HTTPError(503, "no key can serve requests right now", type="service_unavailable", code="not_ready")
+
+    async def _metrics(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        if self.metrics_require_admin:
+            self._authorize_admin(ex)
+        ex.status = 200
+        ex.started = True
+        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"x-request-id", ex.request_id.encode())]
+        await send_response(send, 200, self.metrics.render(), headers)
+
+    # -- management -----------------------------------------------------------------------------------
+
+    async def _state(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        self._authorize_admin(ex)
+        await self._reply(ex, send, *self.admin.state())
+
+    async def _list_keys(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        self._authorize_admin(ex)
+        await self._reply(ex, send, *self.admin.list_keys())
+
+    async def _add_key(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        self._authorize_admin(ex)
+        body = await self._json_body(ex, receive)
+        await self._reply(ex, send, *await self.admin.add_key(body))
+
+    async def _get_key(self, ex: Exchange, receive: Receive, send: Send, key_id: str) -> None:
+        self._authorize_admin(ex)
+        await self._reply(ex, send, *self.admin.get_key(key_id))
+
+    async def _revoke_key(self, ex: Exchange, receive: Receive, send: Send, key_id: str) -> None:
+        self._authorize_admin(ex)
+        body = await self._json_body(ex, receive, optional=True)
+        await self._reply(ex, send, *await self.admin.revoke_key(key_id, body))
+
+    async def _rotate_key(self, ex: Exchange, receive: Receive, send: Send, key_id: str) -> None:
+        self._authorize_admin(ex)
+        body = await self._json_body(ex, receive)
+        await self._reply(ex, send, *await self.admin.rotate_key(key_id, body))
+
+    async def _set_key_state(self, ex: Exchange, receive: Receive, send: Send, key_id: str) -> None:
+        self._authorize_admin(ex)
+        body = await self._json_body(ex, receive)
+        await self._reply(ex, send, *await self.admin.set_key_state(key_id, body))
+
+    async def _list_decisions(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        self._authorize_admin(ex)
+        await self._reply(ex, send, *self.admin.list_decisions(20))
+
+    async def _get_decision(self, ex: Exchange, receive: Receive, send: Send, decision_id: str) -> None:
+        self._authorize_admin(ex)
+        await self._reply(ex, send, *self.admin.get_decision(decision_id))
+
+
+async def _watch_disconnect(receive: Receive, scope: trio.CancelScope, ex: Exchange) -> None:
+    """Cancel `scope` when the client goes away (the body has been read: only `http.disconnect` remains)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            ex.disconnected = True
+            scope.cancel(reason="client disconnected")
+            return
+
+
+def _deadline_error(deadline: float) -> HTTPError:
+    return HTTPError(
+        504, f"no answer within the request deadline ({deadline:g}s)", type="timeout_error", code="deadline_exceeded"
+    )

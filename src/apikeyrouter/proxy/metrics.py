@@ -1,0 +1,179 @@
+"""Prometheus metrics for the proxy, in a registry of its own (no process-global state).
+
+Hot-path series (updated per request; label children are cached so an update is a dict hit and an add):
+
+    apikeyrouter_http_requests_total{route, status}            counter
+    apikeyrouter_http_request_duration_seconds{route}          histogram
+    apikeyrouter_http_requests_in_flight                       gauge (inference requests)
+    apikeyrouter_upstream_attempts_total                       counter (attempts of answered requests)
+    apikeyrouter_requests_served_total{key, provider}          counter
+    apikeyrouter_request_failures_total{failure_class}         counter (final upstream failure of a request)
+
+Per-key state, read from `router.keys()` only when scraped (zero cost on the hot path):
+
+    apikeyrouter_key_lifecycle{key, provider, state}           1 for the current state, 0 for the others
+    apikeyrouter_key_breaker{key, provider, state}             same, for the circuit breaker
+    apikeyrouter_key_capacity{key, provider, state}            same, for the capacity level
+    apikeyrouter_key_in_flight{key, provider}                  gauge
+    apikeyrouter_key_capacity_left_ratio{key, provider}        gauge, 0..1
+    apikeyrouter_key_success_ratio{key, provider}              gauge, 0..1
+    apikeyrouter_key_latency_seconds{key, provider}            gauge
+    apikeyrouter_key_spend{key, provider}                      gauge, in the pricing currency
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["CONTENT_TYPE_LATEST", "ProxyMetrics"]
+
+LIFECYCLE_STATES = ("active", "throttled", "exhausted", "invalid", "disabled", "revoked")
+BREAKER_STATES = ("closed", "open", "half_open")
+CAPACITY_STATES = ("abundant", "constrained", "critical", "exhausted")
+
+# LLM calls span milliseconds (errors, cache hits) to minutes (long generations).
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class ProxyMetrics:
+    def __init__(self, keys: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self._requests = Counter(
+            "apikeyrouter_http_requests",
+            "HTTP requests answered, by route and status.",
+            ("route", "status"),
+            registry=r,
+        )
+        self._duration = Histogram(
+            "apikeyrouter_http_request_duration_seconds",
+            "Time from request to the end of the response, by route.",
+            ("route",),
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "apikeyrouter_http_requests_in_flight", "Inference requests being served now.", registry=r
+        )
+        self._attempts = Counter(
+            "apikeyrouter_upstream_attempts", "Upstream attempts made for answered requests.", registry=r
+        )
+        self._served = Counter(
+            "apikeyrouter_requests_served",
+            "Requests answered, by the key that served them.",
+            ("key", "provider"),
+            registry=r,
+        )
+        self._failures = Counter(
+            "apikeyrouter_request_failures",
+            "Requests that failed upstream, by the failure class of their last attempt.",
+            ("failure_class",),
+            registry=r,
+        )
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._duration_children: dict[str, Any] = {}
+        self._served_children: dict[tuple[str, str], Any] = {}
+        if keys is not None:
+            r.register(_KeyStateCollector(keys))
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        child = self._request_children.get((route, status))
+        if child is None:
+            child = self._request_children[(route, status)] = self._requests.labels(route, str(status))
+        child.inc()
+        hist = self._duration_children.get(route)
+        if hist is None:
+            hist = self._duration_children[route] = self._duration.labels(route)
+        hist.observe(seconds)
+
+    def served(self, key: str, provider: str, attempts: int) -> None:
+        child = self._served_children.get((key, provider))
+        if child is None:
+            child = self._served_children[(key, provider)] = self._served.labels(key, provider)
+        child.inc()
+        self._attempts.inc(attempts)
+
+    def failed(self, failure_class: str) -> None:
+        self._failures.labels(failure_class).inc()
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+
+class _KeyStateCollector:
+    def __init__(self, keys: Callable[[], list[dict[str, Any]]]) -> None:
+        self._keys = keys
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        entries = self._keys()
+        labels = ["key", "provider"]
+        enums = {
+            "lifecycle": (
+                GaugeMetricFamily(
+                    "apikeyrouter_key_lifecycle",
+                    "Lifecycle state of each key (1 = current).",
+                    labels=[*labels, "state"],
+                ),
+                LIFECYCLE_STATES,
+            ),
+            "breaker": (
+                GaugeMetricFamily(
+                    "apikeyrouter_key_breaker",
+                    "Circuit breaker state of each key (1 = current).",
+                    labels=[*labels, "state"],
+                ),
+                BREAKER_STATES,
+            ),
+            "capacity": (
+                GaugeMetricFamily(
+                    "apikeyrouter_key_capacity", "Capacity level of each key (1 = current).", labels=[*labels, "state"]
+                ),
+                CAPACITY_STATES,
+            ),
+        }
+        numbers = {
+            "in_flight": GaugeMetricFamily("apikeyrouter_key_in_flight", "Requests in flight per key.", labels=labels),
+            "capacity_left_pct": GaugeMetricFamily(
+                "apikeyrouter_key_capacity_left_ratio", "Share of the tightest quota window left.", labels=labels
+            ),
+            "success_rate": GaugeMetricFamily(
+                "apikeyrouter_key_success_ratio", "Recent success rate per key.", labels=labels
+            ),
+            "latency_ms": GaugeMetricFamily(
+                "apikeyrouter_key_latency_seconds", "Recent upstream latency per key.", labels=labels
+            ),
+            "spend": GaugeMetricFamily("apikeyrouter_key_spend", "Spend in the current period per key.", labels=labels),
+        }
+        scale = {"capacity_left_pct": 0.01, "latency_ms": 0.001}
+        for entry in entries:
+            ident = [str(entry.get("id", "")), str(entry.get("provider", ""))]
+            for field, (family, states) in enums.items():
+                current = entry.get(field)
+                for state in states:
+                    family.add_metric([*ident, state], 1.0 if current == state else 0.0)
+                if current is not None and current not in states:
+                    family.add_metric([*ident, str(current)], 1.0)
+            for field, family in numbers.items():
+                value = _number(entry.get(field))
+                if value is not None:
+                    family.add_metric(ident, value * scale.get(field, 1.0))
+        for family, _ in enums.values():
+            yield family
+        yield from numbers.values()
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)  # money arrives as a Decimal string
+    except (TypeError, ValueError):
+        return None
