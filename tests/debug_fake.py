@@ -276,7 +276,7 @@ def threaded_fake(path: str | None = None, **debug_options: Any) -> Iterator[Thr
 async def eventually(predicate: Any) -> None:
     """Wait (at most 5 s) until `predicate()` holds. Polling on purpose: these are counters without events."""
     with trio.fail_after(5):
-        while not predicate():  # noqa: ASYNC110
+        while not predicate():
             await trio.sleep(0.005)
 
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import httpx
 import pytest
-from adapter_mocks import json_response, mock_client, split_every, sse_response
 
 from apikeyrouter.adapters import AnthropicAdapter
 from apikeyrouter.domain.failures import FailureClass as F
 from apikeyrouter.errors import InvalidRequest, MalformedResponse, StreamInterrupted, UpstreamError
 from apikeyrouter.intent import ChatMessage, RequestIntent, Usage
 from apikeyrouter.secret import Secret
+from tests.adapter_mocks import json_response, mock_client, split_every, sse_response
 
 KEY = Secret("sk-ant-api03-TESTKEYabcdefghijklmnop")
 adapter = AnthropicAdapter(base_url="https://anthropic.example.test/v1")

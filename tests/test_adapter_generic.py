@@ -7,13 +7,13 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from adapter_mocks import json_response, mock_client
 
 from apikeyrouter.adapters import GenericHTTPAdapter, ProviderAdapter
 from apikeyrouter.domain.failures import FailureClass as F
 from apikeyrouter.errors import MalformedResponse, UpstreamError
 from apikeyrouter.intent import ChatMessage, RequestIntent, Usage
 from apikeyrouter.secret import Secret
+from tests.adapter_mocks import json_response, mock_client
 
 KEY = Secret("tr-SECRETVALUE-123")
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import httpx
 import pytest
-from adapter_mocks import json_response, make_intent, mock_client, split_every, sse_response
 
 from apikeyrouter.adapters import OpenAIAdapter, QuotaSignal
 from apikeyrouter.domain.failures import FailureClass as F
 from apikeyrouter.errors import MalformedResponse, StreamInterrupted, UpstreamError
 from apikeyrouter.intent import RequestIntent, Usage
 from apikeyrouter.secret import Secret
+from tests.adapter_mocks import json_response, make_intent, mock_client, split_every, sse_response
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ import httpx
 import pytest
 import structlog
 import trio
-from adapter_mocks import json_response, mock_client
-from sim_helpers import start_sim
 
 from apikeyrouter.adapters import AnthropicAdapter, GenericHTTPAdapter, OpenAIAdapter, scrub
 from apikeyrouter.errors import UpstreamError
 from apikeyrouter.intent import ChatMessage, RequestIntent
 from apikeyrouter.secret import Secret
+from tests.adapter_mocks import json_response, mock_client
+from tests.sim_helpers import start_sim
 
 RAW = "sk-live-SUPERSECRET-0123456789"
 KEY = Secret(RAW)

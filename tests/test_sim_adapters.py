@@ -7,7 +7,6 @@ import itertools
 import httpx
 import pytest
 import trio
-from sim_helpers import start_sim
 
 from apikeyrouter.adapters import AnthropicAdapter, OpenAIAdapter, count_chat, count_text
 from apikeyrouter.domain.failures import FailureClass as F
@@ -15,6 +14,7 @@ from apikeyrouter.errors import StreamInterrupted, UpstreamError
 from apikeyrouter.intent import ChatMessage, RequestIntent
 from apikeyrouter.secret import Secret
 from apikeyrouter.sim import SimProvider
+from tests.sim_helpers import start_sim
 
 GPT = RequestIntent(model="gpt-4o-mini", messages=(ChatMessage("user", "Tell me about routers."),), max_tokens=40)
 CLAUDE = RequestIntent(model="claude-haiku-4-5", messages=(ChatMessage("user", "Tell me about routers."),))
@@ -118,7 +118,7 @@ async def test_rate_limit_headers_parse_to_the_right_numbers(nursery: trio.Nurse
         for _ in range(3):
             result = await adapter.complete(client, intent, _key("sk-tight"))
             remaining.append(result.signal.remaining_requests)
-            assert result.signal.limit_requests == 3
+            assert result.signal.limit_requests == 6  # per minute: 3 per 30 s window
             assert result.signal.reset_requests_s is not None and 29 <= result.signal.reset_requests_s <= 32
         assert remaining == [2, 1, 0]
         with pytest.raises(UpstreamError) as info:

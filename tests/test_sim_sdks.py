@@ -6,9 +6,9 @@ import anthropic
 import openai
 import pytest
 import trio
-from sim_helpers import start_sim
 
 from apikeyrouter.adapters import count_text
+from tests.sim_helpers import start_sim
 
 CONFIG = {"keys": [{"key": "sk-sim-tight", "rpm": 1, "window_s": 30}, {"key": "sk-sim-invalid", "behavior": "invalid"}]}
 MESSAGES = [{"role": "user", "content": "hello from the sdk"}]
@@ -49,7 +49,7 @@ async def test_openai_sdk(nursery: trio.Nursery) -> None:
         err = info.value
         assert err.status_code == 429 and err.code == "rate_limit_exceeded"
         assert 28 <= int(err.response.headers["retry-after"]) <= 30
-        assert err.response.headers["x-ratelimit-limit-requests"] == "1"
+        assert err.response.headers["x-ratelimit-limit-requests"] == "2"  # 1 per 30 s = 2 per minute
 
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(api_key="sk-sim-invalid", base_url=f"{base}/v1", max_retries=0).models.list()

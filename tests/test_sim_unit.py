@@ -131,7 +131,8 @@ def test_rate_limit_with_virtual_time() -> None:
     first = chat(sim, "k")
     assert first.status == 200
     h = headers_of(first)
-    assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) == ("2", "1")
+    # 2 per 10 s window, reported per minute like the real providers
+    assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) == ("12", "1")
     assert h["x-ratelimit-reset-requests"] == "10s"
     clock.now += 4
     assert chat(sim, "k").status == 200
