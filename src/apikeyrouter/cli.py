@@ -76,4 +76,63 @@ def sim(port: int, host: str, config_path: Path | None) -> None:
         trio.run(run)
 
 
+@main.command()
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="router.toml"
+)
+def serve(config_path: Path) -> None:
+    """Run the supervision tree and the OpenAI-compatible proxy described by a config file."""
+    import trio
+
+    from apikeyrouter.logs import configure_logging
+    from apikeyrouter.standalone import Started, describe, run_standalone
+
+    try:
+        config = load_config(config_path)
+        if (refusal := bind_allowed(config)) is not None:
+            raise ConfigError(refusal, path="config.server.host")
+    except ConfigError as exc:
+        for line in exc.errors:
+            click.echo(f"error: {line}", err=True)
+        raise SystemExit(1) from None
+    for warning in config.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    configure_logging(config.logging.level, config.logging.format)
+
+    def announce(started: Started) -> None:
+        for line in describe(started, config):
+            click.echo(line)
+        sys.stdout.flush()
+
+    try:
+        trio.run(lambda: run_standalone(config, config_path=config_path, on_started=announce))
+    except OSError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Proxy port.")
+def demo(port: int) -> None:
+    """Start the simulated provider and the proxy with simulated keys (tight, invalid, flaky, healthy)."""
+    import trio
+
+    from apikeyrouter.demo import instructions, run_demo
+    from apikeyrouter.logs import configure_logging
+    from apikeyrouter.standalone import Started
+
+    configure_logging("warning", "console")
+
+    def announce(started: Started, config_path: Path) -> None:
+        for line in instructions(started, config_path):
+            click.echo(line)
+        sys.stdout.flush()
+
+    try:
+        trio.run(lambda: run_demo(port, on_started=announce))
+    except OSError as exc:
+        click.echo(f"error: {exc} (is port {port} taken? try --port 0)", err=True)
+        raise SystemExit(1) from None
+
+
 main.add_command(inspect)

@@ -291,6 +291,85 @@ class ApiKeyRouter:
             raise ActorStopped("router", "is restarting")
         return actor.ref
 
+    async def add_service(self, spec: ChildSpec) -> Any:
+        """Run another child under the root supervisor (the standalone process adds the proxy and the
+        debug channel this way); it is stopped, in reverse order, before the router and the providers."""
+        return await self._check("add_service").add_child(spec)
+
+    async def apply_config(self, new: RouterConfig) -> dict[str, list[str]]:
+        """Bring the running router to `new` (a SIGHUP reload): providers and keys added, removed or
+        changed at run time. Requests in flight are not dropped: a removed key's calls finish upstream
+        (their settlement is simply ignored). Returns what changed, by id."""
+        from apikeyrouter.adapters.factory import adapter_from_config
+        from apikeyrouter.config import diff_keys, diff_providers
+
+        self._check("apply_config")
+        old = self.config
+        keys = diff_keys(old, new)
+        providers = diff_providers(old, new)
+        report: dict[str, list[str]] = {
+            "keys_added": [],
+            "keys_removed": [],
+            "keys_changed": [],
+            "providers_added": [],
+            "providers_removed": [],
+            "providers_changed": [],
+        }
+        changed_providers = {p.id for p in providers.changed}
+        removed_providers = {p.id for p in providers.removed} | changed_providers
+        for kcfg in keys.removed:
+            await self.remove_key(kcfg.id)
+            report["keys_removed"].append(kcfg.id)
+        # A changed provider is replaced whole: its keys are re-registered under the new adapter.
+        moved = [k for k in old.keys if k.provider in removed_providers and k.id in self._key_provider]
+        for kcfg in moved:
+            await self.remove_key(kcfg.id)
+        for pid in removed_providers:
+            await self.remove_provider(pid)
+            report["providers_removed" if pid not in changed_providers else "providers_changed"].append(pid)
+        self.config = new
+        self.objective = self._objective(new.routing.objective)
+        self.max_attempts = new.routing.max_attempts
+        self.wait_for_reset = new.routing.wait_for_reset
+        for pcfg in new.providers:
+            if pcfg.id not in self._adapters:
+                await self.register_provider(pcfg.id, adapter_from_config(pcfg))
+                if pcfg.id not in changed_providers:
+                    report["providers_added"].append(pcfg.id)
+        changed_keys = {k.id for k in keys.changed}
+        moved_ids = {k.id for k in moved}
+        for kcfg in new.keys:
+            if kcfg.id in changed_keys and kcfg.id in self._key_provider:
+                await self.remove_key(kcfg.id)
+            if kcfg.id in self._key_provider:
+                continue  # unchanged
+            if kcfg.id in changed_keys:
+                report["keys_changed"].append(kcfg.id)
+            elif kcfg.id not in moved_ids:
+                report["keys_added"].append(kcfg.id)
+            # A re-registered key restores its stored record (lifecycle, windows, breaker).
+            await self._register(kcfg.id, kcfg.secret, kcfg.provider, self._key_settings(kcfg))
+            if self._stored_secret_differs(kcfg.id, kcfg.secret):
+                await self._operate(kcfg.id, "rotate", "key material from reloaded config", kcfg.secret)
+            if not kcfg.enabled:
+                await self.update_key_state(kcfg.id, "disabled", reason="disabled in config")
+        self.events.publish("config.reloaded", {k: v for k, v in report.items() if v})
+        log.info("config_reloaded", **{k: v for k, v in report.items() if v})
+        return report
+
+    def _stored_secret_differs(self, key_id: str, secret: Secret) -> bool:
+        record = self.store.load(f"key:{key_id}")
+        current = getattr(record, "secret", None)
+        return isinstance(current, Secret) and current != secret
+
+    async def remove_provider(self, provider_id: str) -> None:
+        """Stop a provider's subtree (its keys first) and forget it."""
+        for key_id in [k for k, p in self._key_provider.items() if p == provider_id]:
+            await self.remove_key(key_id)
+        await self._providers().remove_child(f"provider:{provider_id}")
+        self._adapters.pop(provider_id, None)
+        self.board.providers.pop(provider_id, None)
+
     # -- registration ---------------------------------------------------------------------------------
 
     async def register_provider(self, provider_id: str, adapter: ProviderAdapter) -> None:
@@ -369,6 +448,12 @@ class ApiKeyRouter:
     async def _register(self, key_id: str, secret: Secret, provider: str, settings: KeyConfig) -> APIKey:
         if key_id in self._key_provider:
             raise ValueError(f"key {key_id!r} is already registered")
+        adapter = self._adapters.get(provider)
+        if adapter is None:
+            raise UnknownProvider(provider)
+        if not settings.models and adapter.capabilities.models:
+            # A key serves what its provider declares unless the key itself says less.
+            settings = attrs.evolve(settings, models=adapter.capabilities.models)
         self._key_provider[key_id] = provider
         store, board, events, offset = self.store, self.board, self.events, self._wall_offset
         spec = ChildSpec(

@@ -171,6 +171,10 @@ class KeyActor(Actor[KeyCommand]):
         now = trio.current_time()
         restored = self._store.load(self.store_key)
         if isinstance(restored, KeyRecord):
+            if restored.quota.config != self.config.quota:
+                # Re-registered with new limits (a config reload): keep the counts, apply the limits.
+                restored = attrs.evolve(restored, quota=attrs.evolve(restored.quota, config=self.config.quota))
+                self._store.save(self.store_key, restored)
             self._record = restored
             if self.restarts:
                 log.info("key_restored", key=self.key_id, lifecycle=restored.lifecycle.state.value)

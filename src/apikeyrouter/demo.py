@@ -1,0 +1,162 @@
+"""`apikeyrouter demo`: the simulated provider and the standalone process together, with a few simulated
+keys that misbehave on purpose (one tight-rpm, one invalid, one flaky, one healthy, plus a Claude key),
+so a newcomer sees failover, breakers and the debug channel with no real key and no network."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from apikeyrouter.config import RouterConfig, load_config
+from apikeyrouter.sim import SimServer, parse_sim_config
+from apikeyrouter.standalone import Started, run_standalone
+
+__all__ = ["DEMO_ENV", "demo_config_text", "run_demo"]
+
+CLIENT_TOKEN = "sk-client-demo"
+ADMIN_TOKEN = "admin-demo"
+
+# The simulator accepts any key; these names choose each key's behaviour in SIM_CONFIG.
+DEMO_ENV = {
+    "DEMO_KEY_TIGHT": "sk-sim-tight",
+    "DEMO_KEY_INVALID": "sk-sim-invalid",
+    "DEMO_KEY_FLAKY": "sk-sim-flaky",
+    "DEMO_KEY_HEALTHY": "sk-sim-healthy",
+    "DEMO_KEY_CLAUDE": "sk-ant-sim-claude",
+    "DEMO_CLIENT_TOKEN": CLIENT_TOKEN,
+    "DEMO_ADMIN_TOKEN": ADMIN_TOKEN,
+}
+
+SIM_CONFIG = {
+    "defaults": {"rpm": 600, "latency_ms": 20},
+    "keys": [
+        {"key": "sk-sim-tight", "rpm": 3},
+        {"key": "sk-sim-invalid", "behavior": "invalid"},
+        {"key": "sk-sim-flaky", "error_rate": 0.5, "seed": 42},
+    ],
+}
+
+
+def demo_config_text(sim_url: str, port: int, socket: Path) -> str:
+    return f"""# Written by `apikeyrouter demo`: simulated keys in front of the simulated provider at {sim_url}.
+[server]
+host = "127.0.0.1"
+port = {port}
+client_tokens_env = "DEMO_CLIENT_TOKEN"
+admin_token_env = "DEMO_ADMIN_TOKEN"
+grace_period = 5.0
+
+[routing]
+objective = "reliability"
+max_attempts = 3
+
+[breaker]
+failure_threshold = 3
+cooldown = 10.0
+
+[[providers]]
+id = "openai-sim"
+kind = "openai"
+base_url = "{sim_url}/v1"
+models = ["gpt-4o-mini", "gpt-4o"]
+
+[[providers]]
+id = "anthropic-sim"
+kind = "anthropic"
+base_url = "{sim_url}/v1"
+models = ["claude-3-5-haiku-latest", "claude-sonnet-4-5"]
+
+[[keys]]
+id = "tight"
+provider = "openai-sim"
+secret_env = "DEMO_KEY_TIGHT"
+metadata = {{ quality = "premium", note = "3 requests per minute at the provider" }}
+
+[[keys]]
+id = "invalid"
+provider = "openai-sim"
+secret_env = "DEMO_KEY_INVALID"
+
+[[keys]]
+id = "flaky"
+provider = "openai-sim"
+secret_env = "DEMO_KEY_FLAKY"
+
+[[keys]]
+id = "healthy"
+provider = "openai-sim"
+secret_env = "DEMO_KEY_HEALTHY"
+
+[[keys]]
+id = "claude"
+provider = "anthropic-sim"
+secret_env = "DEMO_KEY_CLAUDE"
+
+[debug]
+socket = "{socket}"
+"""
+
+
+def instructions(started: Started, config_path: Path) -> list[str]:
+    url = started.url
+    return [
+        f"apikeyrouter demo: the proxy listens on {url} in front of a simulated provider.",
+        f"config: {config_path}  (edit it and send SIGHUP to reload)",
+        "",
+        "Call it with curl:",
+        f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {CLIENT_TOKEN}' \\",
+        "    -H 'Content-Type: application/json' -i \\",
+        '    -d \'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello!"}]}\'',
+        "",
+        "or with the openai SDK:",
+        f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='{CLIENT_TOKEN}'); "
+        "print(c.chat.completions.create(model='gpt-4o-mini', "
+        "messages=[{'role': 'user', 'content': 'Hi'}]).choices[0].message.content)\"",
+        "",
+        "Watch the keys live (throttled, invalid, breaker open...):",
+        f"  apikeyrouter inspect --socket {started.debug_socket} --watch",
+        f"  curl -s {url}/state -H 'Authorization: Bearer {ADMIN_TOKEN}'",
+        "",
+        "Ctrl-C stops it.",
+    ]
+
+
+async def run_demo(
+    port: int,
+    *,
+    workdir: Path | None = None,
+    on_started: Callable[[Started, Path], None] | None = None,
+    handle_signals: bool = True,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    directory = workdir or Path(tempfile.mkdtemp(prefix="apikeyrouter-demo-"))
+    sim = SimServer(parse_sim_config(SIM_CONFIG))
+    async with trio.open_nursery() as nursery:
+        sim_port = await nursery.start(sim.serve, "127.0.0.1", 0)
+        config_path = directory / "router.toml"
+        config_path.write_text(demo_config_text(f"http://127.0.0.1:{sim_port}", port, directory / "debug.sock"))
+        config: RouterConfig = load_config(config_path, DEMO_ENV)
+
+        def started(s: Started) -> None:
+            if on_started is not None:
+                on_started(s, config_path)
+
+        async def standalone(*, task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await run_standalone(
+                    config,
+                    config_path=config_path,
+                    env=DEMO_ENV,
+                    on_started=started,
+                    handle_signals=handle_signals,
+                    stop=stop,
+                    task_status=task_status,
+                )
+            finally:
+                nursery.cancel_scope.cancel(reason="the demo has stopped")  # the simulator goes too
+
+        task_status.started(await nursery.start(standalone))

@@ -1,0 +1,155 @@
+"""The standalone supervisor process: `apikeyrouter serve` and `apikeyrouter demo`.
+
+    root (one_for_one)
+    ├── providers → provider:<id> (rest_for_one) → provider actor, keys (one_for_one) → key:<id> …
+    ├── router
+    ├── proxy        hypercorn-trio serving the OpenAI-compatible ASGI app
+    └── debug        the debug channel on a Unix socket (temporary: a socket problem never escalates)
+
+Signals: SIGTERM/SIGINT stop accepting connections, let requests in flight (streams included) finish
+within `server.grace_period`, then stop the tree in reverse order and exit 0; a second one exits at
+once. SIGHUP reloads the config file: keys and providers added, removed or changed at run time; an
+invalid file is rejected with its errors and the running config stays.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import attrs
+import structlog
+import trio
+
+from apikeyrouter.config import RouterConfig, bind_allowed, load_config
+from apikeyrouter.debug.server import DebugServer
+from apikeyrouter.errors import ConfigError
+from apikeyrouter.proxy.app import ProxyApp
+from apikeyrouter.proxy.server import Listening, ProxyServer
+from apikeyrouter.runtime import ApiKeyRouter
+from apikeyrouter.supervisors import ChildSpec, Restart
+
+__all__ = ["Started", "run_standalone"]
+
+log = structlog.get_logger("apikeyrouter.serve")
+
+
+@attrs.frozen
+class Started:
+    """What a running standalone process tells whoever started it."""
+
+    url: str
+    port: int
+    debug_socket: str | None
+    router: ApiKeyRouter
+
+
+async def run_standalone(
+    config: RouterConfig,
+    *,
+    config_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    on_started: Callable[[Started], None] | None = None,
+    task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED,
+    handle_signals: bool = True,
+    stop: trio.Event | None = None,
+) -> None:
+    """Run the whole process until a signal (or `stop`) ends it. Config errors were caught by the caller."""
+    refusal = bind_allowed(config)
+    if refusal is not None:
+        raise ConfigError(refusal, path="config.server.host")
+    stop = stop or trio.Event()
+    with trio.CancelScope() as everything:
+        async with trio.open_nursery() as nursery:
+            signals_seen = 0
+
+            async def on_signals() -> None:
+                nonlocal signals_seen
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+                    async for signum in received:
+                        if signum == signal.SIGHUP:
+                            nursery.start_soon(reload, router)
+                            continue
+                        signals_seen += 1
+                        if signals_seen == 1:
+                            log.info(
+                                "shutdown_requested",
+                                signal=signal.Signals(signum).name,
+                                grace=config.server.grace_period,
+                            )
+                            stop.set()
+                        else:
+                            log.warning("shutdown_forced", signal=signal.Signals(signum).name)
+                            everything.cancel(reason="second signal")
+
+            reload_lock = trio.Lock()
+
+            async def reload(router: ApiKeyRouter) -> None:
+                async with reload_lock:
+                    if config_path is None:
+                        log.warning("reload_ignored", reason="no config file to reload")
+                        return
+                    try:
+                        new = load_config(config_path, env)
+                        refused = bind_allowed(new)
+                        if refused is not None:
+                            raise ConfigError(refused, path="config.server.host")
+                    except ConfigError as exc:
+                        log.error("reload_rejected", errors=list(exc.errors), config=str(config_path))
+                        return
+                    if (new.server.host, new.server.port) != (router.config.server.host, router.config.server.port):
+                        log.warning("reload_partial", reason="server.host/port changes need a restart")
+                    await router.apply_config(new)
+
+            async with ApiKeyRouter(config) as router:
+                if handle_signals:
+                    nursery.start_soon(on_signals)
+                server = config.server
+                app = ProxyApp(
+                    router,
+                    client_tokens=server.client_tokens,
+                    admin_token=server.admin_token,
+                    max_body_bytes=server.max_body_bytes,
+                    request_deadline=server.request_deadline,
+                )
+                grace = server.grace_period
+                proxy = await router.add_service(
+                    ChildSpec(
+                        "proxy", lambda: ProxyServer(app, server.host, server.port, grace=grace), shutdown=grace + 5
+                    )
+                )
+                assert isinstance(proxy, ProxyServer) and proxy.listening is not None
+                listening: Listening = proxy.listening
+                socket_path: str | None = None
+                if config.debug.enabled:
+                    path = str(config.debug.socket)
+                    await router.add_service(
+                        ChildSpec("debug", lambda: DebugServer(router, path), restart=Restart.TEMPORARY, shutdown=2)
+                    )
+                    socket_path = path
+                started = Started(listening.url, listening.port, socket_path, router)
+                log.info(
+                    "serving",
+                    url=listening.url,
+                    debug_socket=socket_path,
+                    providers=len(config.providers),
+                    keys=len(config.keys),
+                    config=config.source,
+                )
+                if on_started is not None:
+                    on_started(started)
+                task_status.started(started)
+                await stop.wait()
+                log.info("stopping", in_flight=sum(k["in_flight"] for k in router.keys()))
+            log.info("stopped")
+            nursery.cancel_scope.cancel(reason="the router has stopped")
+
+
+def describe(started: Started, config: RouterConfig) -> list[str]:
+    """Lines `serve` prints on stdout once it listens."""
+    lines = [f"apikeyrouter listening on {started.url}  (OpenAI-compatible: {started.url}/v1)"]
+    if started.debug_socket:
+        lines.append(f"debug channel: {started.debug_socket}  (apikeyrouter inspect --socket {started.debug_socket})")
+    lines.append(f"{len(config.providers)} providers, {len(config.keys)} keys; objective {config.routing.objective}")
+    return lines
