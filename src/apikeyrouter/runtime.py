@@ -175,10 +175,14 @@ class ApiKeyRouter:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
-        self._running = False
         assert self._root is not None and self._nursery_cm is not None
+        # Stopping runs in reverse order: services (proxy, debug) drain first while the router and the
+        # keys still work for the requests they let finish; then the router, then the providers.
         self._root.stop()
-        return await self._nursery_cm.__aexit__(exc_type, exc, tb)
+        try:
+            return await self._nursery_cm.__aexit__(exc_type, exc, tb)
+        finally:
+            self._running = False
 
     def _make_router(self) -> RouterActor:
         return RouterActor(
@@ -617,7 +621,7 @@ class ApiKeyRouter:
                 with trio.move_on_after(5) as cs:
                     cs.shield = True
                     await ref.tell(msg)
-        except (ActorStopped, UnknownKey, UnknownProvider):
+        except (ActorStopped, UnknownKey, UnknownProvider, RouterNotRunning):
             pass  # the key is gone (or restarting): its reservation went with it
 
     async def _release(self, key_id: str, rid: int, reason: str) -> None:
@@ -630,7 +634,7 @@ class ApiKeyRouter:
                 with trio.move_on_after(5) as cs:
                     cs.shield = True
                     await ref.tell(msg)
-        except (ActorStopped, UnknownKey, UnknownProvider):
+        except (ActorStopped, UnknownKey, UnknownProvider, RouterNotRunning):
             pass
 
     def _outcome_of(self, exc: UpstreamError, provider: str, latency: float) -> Outcome:
