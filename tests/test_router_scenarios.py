@@ -159,9 +159,7 @@ async def test_all_keys_limited_beyond_the_deadline_fails_at_once() -> None:
 
 
 async def test_cancelled_caller_aborts_upstream_and_releases_the_reservation() -> None:
-    async with routing_env(
-        [("slow", "sk-sim-slow", {})], sim_keys=[{"key": "sk-sim-slow", "latency_ms": 5000}]
-    ) as env:
+    async with routing_env([("slow", "sk-sim-slow", {})], sim_keys=[{"key": "sk-sim-slow", "latency_ms": 5000}]) as env:
         with trio.move_on_after(0.3) as scope:
             await env.router.route(chat("never mind"))
         assert scope.cancelled_caught

@@ -50,13 +50,17 @@ async def test_openai_sdk_through_serve_with_failover_auth_and_503(tmp_path: Pat
         anonymous = openai.OpenAI(base_url=f"{served.url}/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError) as auth:
             await trio.to_thread.run_sync(
-                lambda: anonymous.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+                lambda: anonymous.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+                )
             )
         assert auth.value.status_code == 401
 
         with pytest.raises(openai.NotFoundError):
             await trio.to_thread.run_sync(
-                lambda: client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+                lambda: client.chat.completions.create(
+                    model="no-such-model", messages=[{"role": "user", "content": "x"}]
+                )
             )
 
         await trio.to_thread.run_sync(chat)  # good's third request in its window: now 0 remaining
