@@ -8,6 +8,7 @@ ends, so that transition is published when it happens rather than when somebody 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from apikeyrouter.domain.lifecycle import KeyState, Lifecycle, LifecycleEvent, T
 from apikeyrouter.domain.quota import Capacity, Prediction, Quota, QuotaConfig, QuotaReservation
 from apikeyrouter.domain.stats import Stats, StatsConfig
 from apikeyrouter.domain.view import bench_until
+from apikeyrouter.errors import ActorStopped, MailboxFull
 from apikeyrouter.events import EventBus
 from apikeyrouter.messages.key import (
     Granted,
@@ -40,6 +42,7 @@ from apikeyrouter.messages.key import (
     Reserve,
     Settle,
     Snapshot,
+    Wake,
 )
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import StateStore
@@ -190,6 +193,11 @@ class KeyActor(Actor[KeyCommand]):
             self._store.save(self.store_key, self._record)
         self._publish(now)
 
+    async def post_stop(self) -> None:
+        # The wake-up timer is not work in flight: without this a stop would wait out a throttle.
+        if self._timer_scope is not None:
+            self._timer_scope.cancel()
+
     def state_summary(self) -> KeySnapshot | None:
         return self._board.keys.get(self.key_id)
 
@@ -218,6 +226,8 @@ class KeyActor(Actor[KeyCommand]):
                 now = trio.current_time()
                 self._publish(now)
                 reply.send(self._board.keys[self.key_id])
+            case Wake():
+                self._wake()
             case InjectCrash(reason=reason):
                 raise RuntimeError(reason)
             case _:
@@ -451,7 +461,7 @@ class KeyActor(Actor[KeyCommand]):
         rec = self.record
         candidates = [t for t in (rec.lifecycle.until, rec.breaker.open_until, rec.breaker.probe_deadline) if t]
         future = [t for t in candidates if t > now]
-        if not future:
+        if not future or self._nursery is None:
             return
         at = min(future)
         if at >= self._timer_at and self._timer_scope is not None:
@@ -459,20 +469,25 @@ class KeyActor(Actor[KeyCommand]):
         if self._timer_scope is not None:
             self._timer_scope.cancel()
         self._timer_at = at
-        if self._nursery is not None:
-            self._nursery.start_soon(self._timer, at)
+        self._timer_scope = scope = trio.CancelScope()
+        self._nursery.start_soon(self._timer, at, scope)
 
-    async def _timer(self, at: float) -> None:
-        with trio.CancelScope() as scope:
-            self._timer_scope = scope
+    async def _timer(self, at: float, scope: trio.CancelScope) -> None:
+        with scope:
             await trio.sleep_until(at)
-            self._timer_scope = None
-            self._timer_at = math.inf
-            now = trio.current_time()
-            rec = self.record
-            lc, lc_events = lifecycle.effective(rec.lifecycle, now)
-            breaker, b_events = circuit.effective(rec.breaker, self.config.breaker, now)
-            self._commit(now, lifecycle_=lc, lc_events=lc_events, breaker=breaker, b_events=b_events)
+            if self._timer_scope is scope:
+                self._timer_scope = None
+                self._timer_at = math.inf
+            # The transition itself happens in the receive loop, like every other change.
+            with contextlib.suppress(MailboxFull, ActorStopped):
+                self.ref.tell_nowait(Wake())
+
+    def _wake(self) -> None:
+        now = trio.current_time()
+        rec = self.record
+        lc, lc_events = lifecycle.effective(rec.lifecycle, now)
+        breaker, b_events = circuit.effective(rec.breaker, self.config.breaker, now)
+        self._commit(now, lifecycle_=lc, lc_events=lc_events, breaker=breaker, b_events=b_events)
 
     def _lifecycle_reason(self, lc: Lifecycle) -> str:
         if lc.state.timed and lc.until is not None:

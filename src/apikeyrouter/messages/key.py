@@ -27,6 +27,7 @@ __all__ = [
     "Reserve",
     "Settle",
     "Snapshot",
+    "Wake",
 ]
 
 
@@ -103,10 +104,15 @@ class Snapshot:
 
 
 @attrs.frozen
+class Wake:
+    """Internal: a bench or breaker cooldown has ended; apply the transition now (sent by the key's timer)."""
+
+
+@attrs.frozen
 class InjectCrash:
     """Chaos/testing: make the actor crash (its supervisor restarts it with its stored state)."""
 
     reason: str = "injected crash"
 
 
-KeyCommand = Reserve | Settle | Release | Operate | Snapshot | InjectCrash
+KeyCommand = Reserve | Settle | Release | Operate | Snapshot | Wake | InjectCrash

@@ -1,0 +1,140 @@
+"""KeyActor on its own (no HTTP): reservations, outcomes, timers and restarts, with exact virtual times."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import trio
+import trio.testing
+
+from apikeyrouter.actors.base import ActorRef
+from apikeyrouter.actors.board import SnapshotBoard
+from apikeyrouter.actors.key import KeyActor, KeyConfig
+from apikeyrouter.domain.circuit import BreakerConfig
+from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.domain.lifecycle import KeyState
+from apikeyrouter.domain.quota import QuotaConfig
+from apikeyrouter.events import EventBus
+from apikeyrouter.messages.key import Granted, InjectCrash, KeyCommand, Outcome, Refused, Release, Reserve, Settle
+from apikeyrouter.secret import Secret
+from apikeyrouter.store.memory import MemoryStore
+from apikeyrouter.supervisors import ChildSpec, Supervisor
+
+D = Decimal
+
+
+class Harness:
+    def __init__(self, config: KeyConfig) -> None:
+        self.board = SnapshotBoard()
+        self.events = EventBus()
+        self.store = MemoryStore()
+        self.config = config
+
+    def make(self) -> KeyActor:
+        return KeyActor(
+            self.config, Secret("sk-test-key-material"), store=self.store, board=self.board, events=self.events
+        )
+
+
+async def reserve(
+    ref: ActorRef[KeyCommand], tokens: int = 10, cost: str = "0", lease: float = 1e9
+) -> Granted | Refused:
+    answer: Granted | Refused = await ref.ask(lambda r: Reserve("req", "m", tokens, D(cost), lease, r))
+    return answer
+
+
+async def test_throttle_ends_on_time_without_any_request(autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(KeyConfig(id="k", provider="p"))
+    sub = h.events.subscribe(["key.transition"])
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(h.make().run)
+        grant = await reserve(ref)
+        assert isinstance(grant, Granted)
+        await ref.tell(Settle(grant.reservation_id, Outcome(FailureClass.RATE_LIMITED, retry_after=30)))
+        await trio.sleep(31)
+        seen = [sub._recv.receive_nowait() for _ in range(2)]
+        assert [(e.data["from"], e.data["to"], e.at) for e in seen] == [
+            ("active", "throttled", 0),
+            ("throttled", "active", 30),
+        ]
+        assert h.board.keys["k"].lifecycle.state is KeyState.ACTIVE
+        nursery.cancel_scope.cancel()
+
+
+async def test_refusals_carry_reasons_and_release_returns_everything(autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(KeyConfig(id="k", provider="p", quota=QuotaConfig(rpm=2), max_in_flight=1, budget=D("1.00")))
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(h.make().run)
+        first = await reserve(ref, cost="0.60")
+        assert isinstance(first, Granted)
+        busy = await reserve(ref)
+        assert isinstance(busy, Refused) and "in-flight limit" in busy.reason
+        await ref.tell(Release(first.reservation_id))
+        over = await reserve(ref, cost="1.01")
+        assert isinstance(over, Refused) and "budget" in over.reason
+        again = await reserve(ref, cost="0.60")
+        assert isinstance(again, Granted)
+        await ref.tell(Settle(again.reservation_id, Outcome(None, cost=D("0.25"))))
+        third = await reserve(ref)  # rpm=2: one released (not counted), one settled (counted)
+        assert isinstance(third, Granted)
+        await ref.tell(Settle(third.reservation_id, Outcome(None)))
+        limited = await reserve(ref)
+        assert isinstance(limited, Refused) and limited.retry_at is not None and limited.retry_at > 0
+        snap = h.board.keys["k"]
+        assert (snap.in_flight, snap.spend, snap.reserved_cost) == (0, D("0.25"), D(0))
+        nursery.cancel_scope.cancel()
+
+
+async def test_lease_expiry_reclaims_a_reservation_nobody_settled(autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(KeyConfig(id="k", provider="p", max_in_flight=1))
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(h.make().run)
+        assert isinstance(await reserve(ref, lease=5), Granted)
+        assert isinstance(await reserve(ref), Refused)
+        await trio.sleep(6)
+        assert isinstance(await reserve(ref), Granted)
+        nursery.cancel_scope.cancel()
+
+
+async def test_breaker_counts_only_server_side_failures(autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(KeyConfig(id="k", provider="p", breaker=BreakerConfig(failure_threshold=2, cooldown=10)))
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(h.make().run)
+        for failure in (FailureClass.BAD_REQUEST, FailureClass.CONTEXT_LENGTH, FailureClass.SERVER_ERROR):
+            grant = await reserve(ref)
+            assert isinstance(grant, Granted)
+            await ref.tell(Settle(grant.reservation_id, Outcome(failure)))
+        assert h.board.keys["k"].breaker.state.value == "closed"
+        grant = await reserve(ref)
+        assert isinstance(grant, Granted)
+        await ref.tell(Settle(grant.reservation_id, Outcome(FailureClass.TIMEOUT)))
+        refused = await reserve(ref)
+        assert isinstance(refused, Refused) and "breaker open" in refused.reason and refused.retry_at == 10
+        nursery.cancel_scope.cancel()
+
+
+async def test_crash_restores_the_throttled_state(autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(KeyConfig(id="k", provider="p"))
+    sup = Supervisor("keys", children=[ChildSpec("key:k", h.make)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        actor = sup.child("key:k")
+        assert isinstance(actor, KeyActor)
+        ref = actor.ref
+        grant = await reserve(ref)
+        assert isinstance(grant, Granted)
+        await ref.tell(Settle(grant.reservation_id, Outcome(FailureClass.RATE_LIMITED, retry_after=60)))
+        await ref.tell(InjectCrash())
+        await trio.testing.wait_all_tasks_blocked()
+        restarted = sup.child("key:k")
+        assert restarted is not actor and isinstance(restarted, KeyActor) and restarted.restarts == 1
+        refused = await reserve(ref)  # the same ref reaches the new instance, still throttled
+        assert isinstance(refused, Refused) and refused.reason.startswith("throttled until")
+        assert refused.retry_at == 60
+        nursery.cancel_scope.cancel()
+
+
+def test_secret_never_in_snapshot_or_reprs() -> None:
+    h = Harness(KeyConfig(id="k", provider="p"))
+    actor = h.make()
+    assert "sk-test-key-material" not in repr(actor.config) + repr(actor._initial_secret)
