@@ -30,12 +30,14 @@ import trio
 
 from apikeyrouter.actors.base import ActorRef, TreeNode
 from apikeyrouter.actors.board import SnapshotBoard
+from apikeyrouter.actors.budget import BudgetActor, month_specs
 from apikeyrouter.actors.key import KeyActor, KeyConfig, KeySnapshot
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.actors.router import RouterActor, RoutingDecision
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.api import APIKey, tree_to_json
 from apikeyrouter.config import RouterConfig, default_config
+from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.circuit import BreakerConfig
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import FailureClass
@@ -44,6 +46,7 @@ from apikeyrouter.domain.quota import QuotaConfig
 from apikeyrouter.domain.scoring import ScoringConfig, Weights, render_time, weights_for
 from apikeyrouter.errors import (
     ActorStopped,
+    BudgetExceeded,
     InvalidRequest,
     MailboxFull,
     NoKeyAvailable,
@@ -56,6 +59,7 @@ from apikeyrouter.errors import (
 )
 from apikeyrouter.events import EventBus
 from apikeyrouter.intent import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
+from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, SetBudget
 from apikeyrouter.messages.key import Granted, KeyCommand, Operate, Outcome, Refused, Release, Reserve, Settle
 from apikeyrouter.messages.router import Decide, GetDecision, RecentDecisions
 from apikeyrouter.secret import Secret
@@ -86,6 +90,7 @@ class _Attempt:
     provider: str
     grant: Granted
     decision: RoutingDecision
+    hold_id: str
 
 
 class RoutedStreamHandle:
@@ -140,6 +145,8 @@ class ApiKeyRouter:
         self._nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._root: Supervisor | None = None
         self._wall_offset = 0.0
+        self._nursery: trio.Nursery | None = None
+        self._budget_specs: list[BudgetSpec] = month_specs(self.config)
 
     # -- lifetime -------------------------------------------------------------------------------------
 
@@ -156,11 +163,12 @@ class ApiKeyRouter:
                     lambda: Supervisor("providers", SupervisorSpec(Strategy.ONE_FOR_ONE, intensity=10, period=60)),
                     shutdown=grace,
                 ),
+                ChildSpec("budgets", self._make_budgets, shutdown=1.0),
                 ChildSpec("router", self._make_router, shutdown=1.0),
             ],
         )
         self._nursery_cm = trio.open_nursery()
-        nursery = await self._nursery_cm.__aenter__()
+        nursery = self._nursery = await self._nursery_cm.__aenter__()
         try:
             await nursery.start(self._root.run)
             self._running = True
@@ -183,6 +191,36 @@ class ApiKeyRouter:
             return await self._nursery_cm.__aexit__(exc_type, exc, tb)
         finally:
             self._running = False
+
+    def _make_budgets(self) -> BudgetActor:
+        return BudgetActor(self._budget_specs, store=self.store, events=self.events)
+
+    def _budget_ref(self) -> ActorRef[BudgetCommand]:
+        actor = self._check("route").child("budgets")
+        if not isinstance(actor, BudgetActor):
+            raise ActorStopped("budgets", "is restarting")
+        return actor.ref
+
+    async def _hold(self, hold_id: str, provider: str, key_id: str, amount: Decimal) -> str | None:
+        """Hold the worst case on every budget that applies; None when held, else why not."""
+        if not self._budget_specs:
+            return None
+        ids = ("global", f"provider:{provider}", f"key:{key_id}")
+        refused: str | None = await self._budget_ref().ask(lambda r: Hold(hold_id, ids, amount, r))
+        return refused
+
+    def _unhold(self, hold_id: str, actual: Decimal | None) -> None:
+        """Charge the actual cost (or free the hold). Never waits: a full mailbox falls back to a task."""
+        if not self._budget_specs:
+            return
+        msg: BudgetCommand = Free(hold_id) if actual is None else Charge(hold_id, actual)
+        try:
+            self._budget_ref().tell_nowait(msg)
+        except MailboxFull:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._budget_ref().tell, msg)
+        except (ActorStopped, RouterNotRunning):
+            pass
 
     def _make_router(self) -> RouterActor:
         return RouterActor(
@@ -447,7 +485,12 @@ class ApiKeyRouter:
             failures=dict(cfg.failures),
             default_throttle_s=cfg.routing.default_retry_after,
         )
-        return await self._register(kid, material, provider, settings)
+        api_key = await self._register(kid, material, provider, settings)
+        if budget is not None:
+            spec = BudgetSpec(f"key:{kid}", Decimal(budget), 30 * 86_400.0)
+            self._budget_specs.append(spec)
+            await self._budget_ref().tell(SetBudget(spec))
+        return api_key
 
     async def _register(self, key_id: str, secret: Secret, provider: str, settings: KeyConfig) -> APIKey:
         if key_id in self._key_provider:
@@ -552,6 +595,7 @@ class ApiKeyRouter:
         """Decide and reserve: returns the granted attempt, waits for a recovery, or raises."""
         refused: set[str] = set()
         refusals: list[str] = []
+        budget_refusals: list[str] = []
         while True:
             decision = await self._decide(request_id, intent.model, objective, tried | refused)
             for cand in decision.candidates:
@@ -561,6 +605,13 @@ class ApiKeyRouter:
                 now = trio.current_time()
                 deadline = trio.current_effective_deadline()
                 lease_until = min(deadline, now + lease_s) + 5.0
+                hold_id = f"{request_id}:{next(self._ids)}"
+                over_budget = await self._hold(hold_id, provider, cand.key_id, est.worst_case_cost)
+                if over_budget is not None:
+                    refused.add(cand.key_id)
+                    budget_refusals.append(over_budget)
+                    refusals.append(f"{cand.key_id}: {over_budget}")
+                    continue
                 try:
                     ref = self._key(cand.key_id).ref
                     reply = await ref.ask(
@@ -574,9 +625,14 @@ class ApiKeyRouter:
                         )
                     )
                 except ActorStopped:
+                    self._unhold(hold_id, None)
                     refused.add(cand.key_id)
                     continue
+                except BaseException:
+                    self._unhold(hold_id, None)
+                    raise
                 if isinstance(reply, Refused):
+                    self._unhold(hold_id, None)
                     refused.add(cand.key_id)
                     refusals.append(f"{cand.key_id}: {reply.reason}")
                     log.debug("reserve_refused", request_id=request_id, key=cand.key_id, reason=reply.reason)
@@ -585,11 +641,13 @@ class ApiKeyRouter:
                     # The decision ranked on snapshots; say which keys refused when asked to reserve.
                     note = ". refused at reservation: " + "; ".join(refusals)
                     decision = attrs.evolve(decision, explanation=decision.explanation + note)
-                return _Attempt(cand.key_id, provider, reply, decision)
+                return _Attempt(cand.key_id, provider, reply, decision, hold_id)
             if decision.candidates:
                 continue  # every candidate refused (their state moved on): decide again without them
             if decision.serving == 0:
                 raise UnknownModel(intent.model)
+            if budget_refusals and last_error is None:
+                raise BudgetExceeded("; ".join(dict.fromkeys(budget_refusals)), budget=budget_refusals[0].split(":")[0])
             if last_error is not None and (attempts >= self.max_attempts or (not refused and not decision.retry_at)):
                 raise last_error
             retry_at = decision.retry_at
@@ -697,6 +755,7 @@ class ApiKeyRouter:
                 result = await self._provider(attempt.provider).complete(req, attempt.grant.secret, attempt.key_id)
             except UpstreamError as exc:
                 latency = trio.current_time() - call_start
+                self._unhold(attempt.hold_id, None)
                 await self._settle(
                     attempt.key_id, attempt.grant.reservation_id, self._outcome_of(exc, attempt.provider, latency)
                 )
@@ -707,12 +766,14 @@ class ApiKeyRouter:
                     raise
                 continue
             except BaseException:
+                self._unhold(attempt.hold_id, None)
                 with trio.CancelScope(shield=True):
                     await self._release(attempt.key_id, attempt.grant.reservation_id, "cancelled")
                 raise
             latency = trio.current_time() - call_start
             response = result.response
             cost = provider.cost(req.model, response.usage)
+            self._unhold(attempt.hold_id, cost)
             await self._settle(
                 attempt.key_id,
                 attempt.grant.reservation_id,
@@ -780,6 +841,7 @@ class ApiKeyRouter:
                         )
                     )
                     latency = trio.current_time() - call_start
+                    self._unhold(attempt.hold_id, None)
                     await self._settle(
                         attempt.key_id, attempt.grant.reservation_id, self._outcome_of(exc, attempt.provider, latency)
                     )
@@ -790,6 +852,7 @@ class ApiKeyRouter:
                         raise exc from None
                     continue
                 except BaseException:
+                    self._unhold(attempt.hold_id, None)
                     with trio.CancelScope(shield=True):
                         await self._release(attempt.key_id, attempt.grant.reservation_id, "cancelled")
                     raise
@@ -804,6 +867,7 @@ class ApiKeyRouter:
                 except BaseException:
                     # The caller left mid-stream: the provider saw the request, so settle what was used.
                     usage = upstream.usage or Usage()
+                    self._unhold(attempt.hold_id, adapter.cost(req.model, usage))
                     with trio.CancelScope(shield=True):
                         await self._settle(
                             attempt.key_id,
@@ -821,6 +885,7 @@ class ApiKeyRouter:
                     if not settled:
                         usage = upstream.usage or Usage()
                         cost = adapter.cost(req.model, usage)
+                        self._unhold(attempt.hold_id, cost)
                         latency = trio.current_time() - call_start
                         outcome = (
                             Outcome(None, usage=usage, cost=cost, latency_s=latency, signal=upstream.signal)

@@ -64,7 +64,7 @@ class KeyConfig:
     breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
     stats: StatsConfig = attrs.field(factory=StatsConfig)
     max_in_flight: int | None = None
-    budget: Decimal | None = None  # hard cap on this key's total spend
+    budget: Decimal | None = None  # shown in snapshots; enforced per 30 days by the BudgetActor
     failures: Mapping[FailureClass, FailureAction] = attrs.field(factory=lambda: dict(DEFAULT_ACTIONS))
     default_throttle_s: float = 30.0  # a 429 without Retry-After or reset headers benches this long
     exhausted_cooldown_s: float = 3600.0  # quota gone with no window reset known
@@ -248,8 +248,6 @@ class KeyActor(Actor[KeyCommand]):
             return Refused(self.key_id, f"does not serve model {req.model}")
         if cfg.max_in_flight is not None and len(self._leases) >= cfg.max_in_flight:
             return Refused(self.key_id, f"in-flight limit {cfg.max_in_flight} reached")
-        if cfg.budget is not None and rec.spend + self._reserved_cost + req.worst_case_cost > cfg.budget:
-            return Refused(self.key_id, f"budget {cfg.budget} would be exceeded")
         refusal = quota.can_reserve(rec.quota, req.tokens, now)
         if refusal is not None:
             return Refused(self.key_id, f"{refusal.window}: {refusal.reason}", refusal.retry_at)

@@ -1,0 +1,106 @@
+"""`BudgetActor`: alone owns the money ledger (global, per-provider and per-key hard budgets).
+
+Every hold is one atomic transition of the pure ledger (domain/budget.py): the check and the hold
+happen together, so no number of concurrent requests can overspend a budget. The ledger is stored
+after each change, so a restarted actor keeps what was spent and what is held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any, assert_never
+
+import structlog
+import trio
+
+from apikeyrouter.actors.base import Actor
+from apikeyrouter.domain import budget
+from apikeyrouter.domain.budget import BudgetOverrun, BudgetSpec, Ledger
+from apikeyrouter.events import EventBus
+from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, SetBudget
+from apikeyrouter.store.memory import StateStore
+
+__all__ = ["BudgetActor"]
+
+log = structlog.get_logger("apikeyrouter.budget")
+
+_STORE_KEY = "budgets"
+
+
+class BudgetActor(Actor[BudgetCommand]):
+    kind = "budget"
+
+    def __init__(self, specs: Iterable[BudgetSpec], *, store: StateStore, events: EventBus) -> None:
+        super().__init__("budgets", mailbox=1024)
+        self._specs = tuple(specs)
+        self._store = store
+        self._events = events
+        self._ledger: Ledger | None = None
+
+    async def pre_start(self) -> None:
+        now = trio.current_time()
+        restored = self._store.load(_STORE_KEY)
+        ledger = restored if isinstance(restored, Ledger) else budget.new_ledger((), now)
+        for spec in self._specs:  # the configured limits win over stored ones
+            ledger = budget.set_budget(ledger, spec, now)
+        self._ledger = ledger
+        self._store.save(_STORE_KEY, ledger)
+
+    @property
+    def ledger(self) -> Ledger:
+        assert self._ledger is not None, "BudgetActor used before it started"
+        return self._ledger
+
+    def state_summary(self) -> dict[str, Any]:
+        now = trio.current_time()
+        out: dict[str, Any] = {}
+        for bid in sorted(self.ledger.budgets):
+            st = budget.status(self.ledger, bid, now)
+            if st is not None:
+                out[bid] = {"limit": str(st.spec.limit), "spent": str(st.spent), "reserved": str(st.reserved)}
+        return out
+
+    def receive(self, msg: BudgetCommand) -> None:
+        now = trio.current_time()
+        match msg:
+            case Hold(hold_id=hold_id, budgets=ids, worst_case=amount, reply_to=reply):
+                ledger, events = budget.reserve(self.ledger, hold_id, ids, amount, now)
+                refused = budget.refusal(events)
+                self._commit(ledger)
+                reply.send(refused.message if refused is not None else None)
+            case Charge(hold_id=hold_id, actual=actual):
+                ledger, events = budget.settle(self.ledger, hold_id, actual, now)
+                for ev in events:
+                    if isinstance(ev, BudgetOverrun):
+                        log.warning("budget_overrun", budget=ev.budget, over_by=str(ev.over_by), hold=ev.hold_id)
+                        self._events.publish("budget.overrun", {"budget": ev.budget, "over_by": str(ev.over_by)})
+                self._commit(ledger)
+            case Free(hold_id=hold_id):
+                ledger, _ = budget.release(self.ledger, hold_id, now)
+                self._commit(ledger)
+            case SetBudget(spec=spec):
+                self._specs = (*(s for s in self._specs if s.id != spec.id), spec)
+                self._commit(budget.set_budget(self.ledger, spec, now))
+            case _:
+                assert_never(msg)
+
+    def _commit(self, ledger: Ledger) -> None:
+        if ledger is not self._ledger:
+            self._ledger = ledger
+            self._store.save(_STORE_KEY, ledger)
+
+
+def month_specs(config: Any) -> list[BudgetSpec]:
+    """Budget specs from a RouterConfig: `global`, `provider:<id>` and `key:<id>` (a month is 30 days)."""
+    periods = {"day": 86_400.0, "month": 30 * 86_400.0}
+    specs: list[BudgetSpec] = []
+    if config.budgets.global_ is not None:
+        b = config.budgets.global_
+        specs.append(BudgetSpec("global", Decimal(b.limit), periods[b.period]))
+    for pid, b in config.budgets.providers.items():
+        specs.append(BudgetSpec(f"provider:{pid}", Decimal(b.limit), periods[b.period]))
+    for key in config.keys:
+        if key.budget is not None:
+            specs.append(BudgetSpec(f"key:{key.id}", Decimal(key.budget), periods["month"]))
+    return specs

@@ -1,0 +1,43 @@
+"""BudgetActor protocol: hold a request's worst case against every budget that applies, then charge or free it."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import attrs
+
+from apikeyrouter.actors.base import Reply
+from apikeyrouter.domain.budget import BudgetSpec
+
+__all__ = ["BudgetCommand", "Charge", "Free", "Hold", "SetBudget"]
+
+
+@attrs.frozen
+class Hold:
+    """Reply: None when held on every budget, else the refusal's message."""
+
+    hold_id: str
+    budgets: tuple[str, ...]
+    worst_case: Decimal
+    reply_to: Reply[str | None]
+
+
+@attrs.frozen
+class Charge:
+    hold_id: str
+    actual: Decimal
+
+
+@attrs.frozen
+class Free:
+    hold_id: str
+
+
+@attrs.frozen
+class SetBudget:
+    """Add or change a budget at run time (a key registered with its own budget)."""
+
+    spec: BudgetSpec
+
+
+BudgetCommand = Hold | Charge | Free | SetBudget

@@ -1,0 +1,57 @@
+"""Exact budgets under concurrency: a hard budget is never overspent, whatever runs at once."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import trio
+
+from apikeyrouter import BudgetExceeded
+from apikeyrouter.actors.budget import BudgetActor
+from tests.routing_env import chat, routing_env, settle_down
+
+LIMIT = Decimal("0.0001")
+
+
+async def test_global_budget_is_never_overspent_by_concurrent_requests() -> None:
+    async with routing_env(
+        [(f"k{i}", f"sk-sim-{i}", {}) for i in range(4)],
+        config={"budgets": {"global": {"limit": str(LIMIT), "period": "day"}}},
+    ) as env:
+        served: list[Decimal] = []
+        refused: list[str] = []
+
+        async def one(i: int) -> None:
+            try:
+                response = await env.router.route(chat(f"request {i}"))
+            except BudgetExceeded as exc:
+                refused.append(str(exc))
+            else:
+                assert response.metadata is not None
+                served.append(response.metadata.cost)
+
+        for _ in range(3):  # waves: later ones see what earlier ones really spent
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    nursery.start_soon(one, i)
+            await settle_down(env.router)
+        actor = env.router._check("test").child("budgets")
+        assert isinstance(actor, BudgetActor)
+        state = actor.state_summary()["global"]
+        assert Decimal(state["spent"]) == sum(served)
+        assert Decimal(state["spent"]) <= LIMIT and Decimal(state["reserved"]) == 0
+        assert served and refused  # some fit, the rest were refused rather than overspending
+        assert "budget global" in refused[0]
+
+
+async def test_key_budget_moves_traffic_to_other_keys() -> None:
+    async with routing_env(
+        [
+            ("capped", "sk-sim-capped", {"budget": Decimal("0.00003"), "metadata": {"quality": "premium"}}),
+            ("open", "sk-sim-open", {}),
+        ],
+        config={"routing": {"objective": "quality"}},
+    ) as env:
+        used = [(await env.router.route(chat(f"n{i}"))).metadata.key_used for i in range(6)]  # type: ignore[union-attr]
+        assert used[0] == "capped" and used[-1] == "open"
+        assert "capped" not in used[used.index("open") :]
