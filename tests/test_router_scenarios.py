@@ -181,6 +181,7 @@ async def test_key_actor_crash_restarts_with_its_state_and_siblings_unaffected()
         await env.router.route(chat("one"))
         before = env.router.key("tight")
         assert before is not None and before["lifecycle"] == "throttled"
+        crashes = env.router.events.subscribe(["supervisor"])
         await env.router._key("tight").ref.tell(InjectCrash("chaos test"))
         with trio.fail_after(2):
             while (env.router.key("tight") or {}).get("restarts") != 1:
@@ -190,6 +191,9 @@ async def test_key_actor_crash_restarts_with_its_state_and_siblings_unaffected()
         assert after["lifecycle"] == "throttled" and after["lifecycle_until"] == before["lifecycle_until"]
         good = env.router.key("good")
         assert good is not None and good["restarts"] == 0
+        seen = [crashes._recv.receive_nowait() for _ in range(2)]
+        assert [e.kind for e in seen] == ["supervisor.child_crashed", "supervisor.child_restarted"]
+        assert seen[0].data["child"] == "key:tight" and seen[0].data["reason"] == "RuntimeError: chaos test"
         assert (await env.router.route(chat("three"))).metadata.key_used == "good"
 
 

@@ -157,10 +157,15 @@ class ApiKeyRouter:
         self._root = Supervisor(
             "root",
             SupervisorSpec(Strategy.ONE_FOR_ONE, intensity=10, period=60),
-            [
+            on_event=self._supervisor_event,
+            children=[
                 ChildSpec(
                     "providers",
-                    lambda: Supervisor("providers", SupervisorSpec(Strategy.ONE_FOR_ONE, intensity=10, period=60)),
+                    lambda: Supervisor(
+                        "providers",
+                        SupervisorSpec(Strategy.ONE_FOR_ONE, intensity=10, period=60),
+                        on_event=self._supervisor_event,
+                    ),
                     shutdown=grace,
                 ),
                 ChildSpec("budgets", self._make_budgets, shutdown=1.0),
@@ -191,6 +196,9 @@ class ApiKeyRouter:
             return await self._nursery_cm.__aexit__(exc_type, exc, tb)
         finally:
             self._running = False
+
+    def _supervisor_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        self.events.publish(kind, data)
 
     def _make_budgets(self) -> BudgetActor:
         return BudgetActor(self._budget_specs, store=self.store, events=self.events)
@@ -420,6 +428,7 @@ class ApiKeyRouter:
         self._check("register_provider")
         self._adapters[provider_id] = adapter
         board, events, grace = self.board, self.events, self.config.server.grace_period
+        on_event = self._supervisor_event
 
         def make_subtree() -> Supervisor:
             # rest_for_one: a provider crash restarts its keys (they use its client); a key crash
@@ -427,7 +436,8 @@ class ApiKeyRouter:
             return Supervisor(
                 f"provider:{provider_id}",
                 SupervisorSpec(Strategy.REST_FOR_ONE, intensity=5, period=30),
-                [
+                on_event=on_event,
+                children=[
                     ChildSpec(
                         "provider",
                         lambda: ProviderActor(provider_id, adapter, board=board, events=events),
@@ -435,7 +445,9 @@ class ApiKeyRouter:
                     ),
                     ChildSpec(
                         "keys",
-                        lambda: Supervisor("keys", SupervisorSpec(Strategy.ONE_FOR_ONE, intensity=10, period=30)),
+                        lambda: Supervisor(
+                            "keys", SupervisorSpec(Strategy.ONE_FOR_ONE, intensity=10, period=30), on_event=on_event
+                        ),
                         shutdown=grace,
                     ),
                 ],

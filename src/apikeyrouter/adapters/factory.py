@@ -33,8 +33,10 @@ def adapter_from_config(cfg: ProviderConfig) -> ProviderAdapter:
                 provider=cfg.id,
             )
         case "anthropic":
+            base = cfg.base_url.rstrip("/")
             return AnthropicAdapter(
-                base_url=cfg.base_url,
+                # Anthropic documents https://api.anthropic.com; its Messages API lives under /v1.
+                base_url=base if base.endswith("/v1") else base + "/v1",
                 anthropic_version=cfg.anthropic_version or "2023-06-01",
                 models=cfg.models,
                 timeout=timeout,

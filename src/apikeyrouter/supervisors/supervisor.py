@@ -11,7 +11,7 @@ restart never races an operator removing the same child.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import structlog
@@ -65,7 +65,16 @@ def _describe(exc: BaseException) -> str:
 class Supervisor:
     kind: ClassVar[str] = "supervisor"
 
-    def __init__(self, name: str, spec: SupervisorSpec | None = None, children: Sequence[ChildSpec] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: SupervisorSpec | None = None,
+        children: Sequence[ChildSpec] = (),
+        *,
+        on_event: Callable[[str, Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        """`on_event(kind, data)` is told of crashes, restarts and escalations (the router publishes them
+        on its event bus, so the debug channel shows them); it must not block or raise."""
         ids = [c.id for c in children]
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate child ids under supervisor {name}: {ids}")
@@ -81,12 +90,18 @@ class Supervisor:
         self._loop_scope: trio.CancelScope | None = None
         self._stop_requested = False
         self._nursery: trio.Nursery | None = None
+        self._on_event = on_event
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self._on_event is not None:
+            self._on_event(kind, {"supervisor": self.name, **data})
 
     # -- public API -----------------------------------------------------------------------------------
 
     def adopt(self, previous: Supervisor) -> None:
         """A restarted supervisor keeps its predecessor's children, including those added at run time."""
         self._specs = list(previous._specs)
+        self._on_event = self._on_event or previous._on_event
         self.restarts = previous.restarts + 1
         self.last_crash = previous.last_crash
 
@@ -110,9 +125,7 @@ class Supervisor:
         return slot.instance if slot is not None else None
 
     def which_children(self) -> list[ChildInfo]:
-        return [
-            ChildInfo(cid, s.status, s.restarts, s.spec.restart, s.instance) for cid, s in self._slots.items()
-        ]
+        return [ChildInfo(cid, s.status, s.restarts, s.spec.restart, s.instance) for cid, s in self._slots.items()]
 
     def tree(self) -> TreeNode:
         children = tuple(s.instance.tree() for s in self._slots.values() if s.instance is not None)
@@ -271,14 +284,16 @@ class Supervisor:
         spec = slot.spec
         if crashed:
             assert event.reason is not None
+            reason = _describe(event.reason)
             log.warning(
                 "child_crashed",
                 supervisor=self.name,
                 child=spec.id,
-                reason=_describe(event.reason),
+                reason=reason,
                 restarts=slot.restarts,
                 restart_type=spec.restart.value,
             )
+            self._emit("supervisor.child_crashed", child=spec.id, reason=reason, restarts=slot.restarts)
         else:
             log.info("child_exited", supervisor=self.name, child=spec.id, restart_type=spec.restart.value)
         restart = spec.restart is Restart.PERMANENT or (spec.restart is Restart.TRANSIENT and crashed)
@@ -304,6 +319,7 @@ class Supervisor:
                     intensity=self.spec.intensity,
                     period=self.spec.period,
                 )
+                self._emit("supervisor.escalated", child=child_id, intensity=self.spec.intensity)
                 raise SupervisorEscalation(self.name, child_id, self.spec.intensity, self.spec.period)
             ids = list(self._slots)
             idx = ids.index(child_id)
@@ -340,6 +356,7 @@ class Supervisor:
         if slot.spec.on_restart is not None:
             slot.spec.on_restart(instance, slot.restarts)
         log.info("child_restarted", supervisor=self.name, child=slot.spec.id, restarts=slot.restarts)
+        self._emit("supervisor.child_restarted", child=slot.spec.id, restarts=slot.restarts)
         try:
             await self._start_instance(slot, instance)
         except Exception:
