@@ -77,15 +77,21 @@ async def test_client_disconnect_cancels_the_upstream_call(tmp_path: Path) -> No
         tmp_path,
         [("slow", "K_SLOW", "")],
         secrets={"K_SLOW": "sk-sim-slow"},
-        sim_keys=[{"key": "sk-sim-slow", "latency_ms": 1500}],
+        sim_keys=[{"key": "sk-sim-slow", "latency_ms": 5000}],
     ) as served:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(0.4)) as http:
-            with pytest.raises(httpx.ReadTimeout):
+        async with httpx.AsyncClient(timeout=10) as http, trio.open_nursery() as nursery:
+
+            async def call() -> None:
                 await http.post(
                     f"{served.url}/v1/chat/completions",
                     headers=served.client_headers,
                     json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "slow"}]},
                 )
+
+            nursery.start_soon(call)
+            with trio.fail_after(5):  # the request has reached the simulator...
+                await served.sim.wait_for(lambda sim: sim.stats("sk-sim-slow").requests == 1)
+            nursery.cancel_scope.cancel()  # ...and now the client goes away
         with trio.fail_after(5):
             await served.sim.wait_for(lambda sim: sim.stats("sk-sim-slow").disconnects == 1)
         async with httpx.AsyncClient() as http:

@@ -1,0 +1,484 @@
+"""A request, end to end: decide, hold the budget, reserve the key, call upstream, settle.
+
+`Dispatch` is the request half of `ApiKeyRouter` (a mixin; the other half, in runtime.py, owns the tree
+and the registrations). Everything here runs in the caller's task, so the caller's deadline and
+cancellation bound the whole request: ask the router actor for a decision, hold the worst-case cost on
+the budgets, ask the best key to reserve (it may refuse: take the next), run the upstream call through
+the provider actor, then settle the outcome with the key and the budget. Every path (success, failure,
+cancellation) settles or releases what it holds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from decimal import Decimal
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from apikeyrouter.actors.base import ActorRef
+from apikeyrouter.actors.budget import BudgetActor
+from apikeyrouter.actors.key import KeyActor
+from apikeyrouter.actors.provider import ProviderActor
+from apikeyrouter.actors.router import RoutingDecision
+from apikeyrouter.adapters.base import ProviderAdapter
+from apikeyrouter.config import RouterConfig
+from apikeyrouter.domain.budget import BudgetSpec
+from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.domain.scoring import Weights, render_time
+from apikeyrouter.errors import (
+    ActorStopped,
+    BudgetExceeded,
+    MailboxFull,
+    NoKeyAvailable,
+    RouterNotRunning,
+    StreamInterrupted,
+    UnknownKey,
+    UnknownModel,
+    UnknownProvider,
+    UpstreamError,
+)
+from apikeyrouter.events import EventBus
+from apikeyrouter.intent import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
+from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold
+from apikeyrouter.messages.key import Granted, KeyCommand, Outcome, Refused, Release, Reserve, Settle
+from apikeyrouter.messages.router import Decide
+from apikeyrouter.supervisors import Supervisor
+
+__all__ = ["Dispatch", "RoutedStreamHandle"]
+
+log = structlog.get_logger("apikeyrouter.dispatch")
+
+_ZERO = Decimal(0)
+_MAX_LEASE_S = 600.0  # a reservation whose caller vanished is reclaimed after this (streams: x6)
+
+
+@attrs.frozen
+class _Attempt:
+    key_id: str
+    provider: str
+    grant: Granted
+    decision: RoutingDecision
+    hold_id: str
+
+
+class RoutedStreamHandle:
+    """An open routed stream: `metadata` (key, attempts, decision) is known before the first chunk;
+    `final_metadata` adds the settled cost once the stream has ended."""
+
+    def __init__(self, metadata: ResponseMetadata, first: StreamChunk, rest: AsyncIterator[StreamChunk]) -> None:
+        self.metadata = metadata
+        self.final_metadata: ResponseMetadata | None = None
+        self._first: StreamChunk | None = first
+        self._rest = rest
+
+    async def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        while True:
+            try:
+                chunk = await self._rest.__anext__()
+            except StopAsyncIteration:
+                return
+            yield chunk
+
+
+class Dispatch:
+    """The request half of `ApiKeyRouter`; runtime.py provides the attributes and lookups declared here."""
+
+    config: RouterConfig
+    objective: str | Weights
+    max_attempts: int
+    wait_for_reset: bool
+    events: EventBus
+    _adapters: dict[str, ProviderAdapter]
+    _ids: itertools.count[int]
+    _wall_offset: float
+    _budget_specs: list[BudgetSpec]
+    _nursery: trio.Nursery | None
+
+    def _check(self, operation: str) -> Supervisor:
+        raise NotImplementedError
+
+    def _key(self, key_id: str) -> KeyActor:
+        raise NotImplementedError
+
+    def _provider(self, provider_id: str) -> ProviderActor:
+        raise NotImplementedError
+
+    def _router_ref(self) -> ActorRef[Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _objective(objective: str | Weights | Mapping[str, float] | Any) -> str | Weights:
+        raise NotImplementedError
+
+    def _budget_ref(self) -> ActorRef[BudgetCommand]:
+        actor = self._check("route").child("budgets")
+        if not isinstance(actor, BudgetActor):
+            raise ActorStopped("budgets", "is restarting")
+        return actor.ref
+
+    async def _hold(self, hold_id: str, provider: str, key_id: str, amount: Decimal) -> str | None:
+        """Hold the worst case on every budget that applies; None when held, else why not."""
+        if not self._budget_specs:
+            return None
+        ids = ("global", f"provider:{provider}", f"key:{key_id}")
+        refused: str | None = await self._budget_ref().ask(lambda r: Hold(hold_id, ids, amount, r))
+        return refused
+
+    def _unhold(self, hold_id: str, actual: Decimal | None) -> None:
+        """Charge the actual cost (or free the hold). Never waits: a full mailbox falls back to a task."""
+        if not self._budget_specs:
+            return
+        msg: BudgetCommand = Free(hold_id) if actual is None else Charge(hold_id, actual)
+        try:
+            self._budget_ref().tell_nowait(msg)
+        except MailboxFull:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._budget_ref().tell, msg)
+        except (ActorStopped, RouterNotRunning):
+            pass
+
+    def _intent(self, intent: RequestIntent | Mapping[str, Any]) -> RequestIntent:
+        return intent if isinstance(intent, RequestIntent) else RequestIntent.from_openai(intent)
+
+    async def _decide(
+        self, request_id: str, model: str, objective: str | Weights, exclude: set[str]
+    ) -> RoutingDecision:
+        ref = self._router_ref()
+        decision: RoutingDecision = await ref.ask(lambda r: Decide(request_id, model, objective, frozenset(exclude), r))
+        return decision
+
+    async def _acquire(
+        self,
+        request_id: str,
+        intent: RequestIntent,
+        objective: str | Weights,
+        tried: set[str],
+        attempts: int,
+        last_error: UpstreamError | None,
+        lease_s: float,
+    ) -> _Attempt:
+        """Decide and reserve: returns the granted attempt, waits for a recovery, or raises."""
+        refused: set[str] = set()
+        refusals: list[str] = []
+        budget_refusals: list[str] = []
+        while True:
+            decision = await self._decide(request_id, intent.model, objective, tried | refused)
+            for cand in decision.candidates:
+                provider = cand.provider
+                adapter = self._adapters[provider]
+                est = adapter.estimate(intent)
+                now = trio.current_time()
+                deadline = trio.current_effective_deadline()
+                lease_until = min(deadline, now + lease_s) + 5.0
+                hold_id = f"{request_id}:{next(self._ids)}"
+                over_budget = await self._hold(hold_id, provider, cand.key_id, est.worst_case_cost)
+                if over_budget is not None:
+                    refused.add(cand.key_id)
+                    budget_refusals.append(over_budget)
+                    refusals.append(f"{cand.key_id}: {over_budget}")
+                    continue
+                try:
+                    ref = self._key(cand.key_id).ref
+                    reply = await ref.ask(
+                        lambda r, est=est, lease_until=lease_until: Reserve(  # type: ignore[misc]
+                            request_id,
+                            intent.model,
+                            est.input_tokens + est.max_output_tokens,
+                            est.worst_case_cost,
+                            lease_until,
+                            r,
+                        )
+                    )
+                except ActorStopped:
+                    self._unhold(hold_id, None)
+                    refused.add(cand.key_id)
+                    continue
+                except BaseException:
+                    self._unhold(hold_id, None)
+                    raise
+                if isinstance(reply, Refused):
+                    self._unhold(hold_id, None)
+                    refused.add(cand.key_id)
+                    refusals.append(f"{cand.key_id}: {reply.reason}")
+                    log.debug("reserve_refused", request_id=request_id, key=cand.key_id, reason=reply.reason)
+                    continue
+                if refusals:
+                    # The decision ranked on snapshots; say which keys refused when asked to reserve.
+                    note = ". refused at reservation: " + "; ".join(refusals)
+                    decision = attrs.evolve(decision, explanation=decision.explanation + note)
+                return _Attempt(cand.key_id, provider, reply, decision, hold_id)
+            if decision.candidates:
+                continue  # every candidate refused (their state moved on): decide again without them
+            if decision.serving == 0:
+                raise UnknownModel(intent.model)
+            if budget_refusals and last_error is None:
+                raise BudgetExceeded("; ".join(dict.fromkeys(budget_refusals)), budget=budget_refusals[0].split(":")[0])
+            if last_error is not None and (attempts >= self.max_attempts or (not refused and not decision.retry_at)):
+                raise last_error
+            retry_at = decision.retry_at
+            deadline = trio.current_effective_deadline()
+            if self.wait_for_reset and retry_at is not None and retry_at <= deadline and attempts < self.max_attempts:
+                log.info("waiting_for_key", request_id=request_id, until=render_time(retry_at, self._wall_offset))
+                await trio.sleep_until(retry_at)
+                tried.clear()
+                refused.clear()
+                continue
+            now = trio.current_time()
+            when = (
+                "" if retry_at is None else f"; the earliest key recovers at {render_time(retry_at, self._wall_offset)}"
+            )
+            raise NoKeyAvailable(
+                f"no key can serve {intent.model} before the deadline{when}",
+                retry_at=retry_at,
+                retry_after=None if retry_at is None else max(0.0, retry_at - now),
+                reasons=dict(decision.excluded),
+            )
+
+    async def _settle(self, key_id: str, rid: int, outcome: Outcome) -> None:
+        await self._tell_key(key_id, Settle(rid, outcome))
+
+    async def _release(self, key_id: str, rid: int, reason: str) -> None:
+        await self._tell_key(key_id, Release(rid, reason))
+
+    async def _tell_key(self, key_id: str, msg: KeyCommand) -> None:
+        """Hand a settlement to its key. Callers shield it on cancellation paths; a full mailbox gets
+        a bounded wait, and a key that is gone (or restarting) took its reservation with it."""
+        try:
+            ref = self._key(key_id).ref
+            try:
+                ref.tell_nowait(msg)
+            except MailboxFull:
+                with trio.move_on_after(5) as cs:
+                    cs.shield = True
+                    await ref.tell(msg)
+        except (ActorStopped, UnknownKey, UnknownProvider, RouterNotRunning):
+            pass
+
+    def _outcome_of(self, exc: UpstreamError, provider: str, latency: float) -> Outcome:
+        degraded = False
+        with suppress(ActorStopped, UnknownProvider):
+            degraded = self._provider(provider).degraded
+        return Outcome(
+            failure=exc.failure,
+            latency_s=latency,
+            signal=exc.signal,
+            retry_after=exc.retry_after,
+            message=exc.message[:200],
+            provider_degraded=degraded,
+        )
+
+    def _metadata(
+        self, attempt: _Attempt, request_id: str, attempts: int, cost: Decimal, latency: float
+    ) -> ResponseMetadata:
+        return ResponseMetadata(
+            key_used=attempt.key_id,
+            provider=attempt.provider,
+            cost=cost,
+            attempts=attempts,
+            latency_s=latency,
+            decision_id=attempt.decision.id,
+            decision=attempt.decision,
+            request_id=request_id,
+        )
+
+    def _retryable(self, exc: UpstreamError, attempts: int) -> bool:
+        action = self.config.failures[exc.failure]
+        return action.retry_other_key and attempts < self.max_attempts
+
+    async def route(
+        self,
+        intent: RequestIntent | Mapping[str, Any],
+        *,
+        objective: str | Weights | Mapping[str, float] | None = None,
+        client: str | None = None,
+    ) -> SystemResponse:
+        """Send one chat request through the best key now, failing over as needed.
+
+        The deadline is the caller's: wrap the call in `trio.fail_after(...)`. Raises `NoKeyAvailable`,
+        `UnknownModel`, `InvalidRequest`, or the last `UpstreamError`.
+        """
+        self._check("route")
+        req = self._intent(intent)
+        goal = self.objective if objective is None else self._objective(objective)
+        request_id = f"req-{next(self._ids)}"
+        start = trio.current_time()
+        tried: set[str] = set()
+        attempts = 0
+        last_error: UpstreamError | None = None
+        while True:
+            attempt = await self._acquire(request_id, req, goal, tried, attempts, last_error, _MAX_LEASE_S)
+            attempts += 1
+            provider = self._adapters[attempt.provider]
+            call_start = trio.current_time()
+            try:
+                result = await self._provider(attempt.provider).complete(req, attempt.grant.secret, attempt.key_id)
+            except UpstreamError as exc:
+                latency = trio.current_time() - call_start
+                self._unhold(attempt.hold_id, None)
+                await self._settle(
+                    attempt.key_id, attempt.grant.reservation_id, self._outcome_of(exc, attempt.provider, latency)
+                )
+                self._record_attempt(request_id, attempt, attempts, exc.failure, latency)
+                tried.add(attempt.key_id)
+                last_error = exc
+                if not self._retryable(exc, attempts):
+                    raise
+                continue
+            except BaseException:
+                self._unhold(attempt.hold_id, None)
+                with trio.CancelScope(shield=True):
+                    await self._release(attempt.key_id, attempt.grant.reservation_id, "cancelled")
+                raise
+            latency = trio.current_time() - call_start
+            response = result.response
+            cost = provider.cost(req.model, response.usage)
+            self._unhold(attempt.hold_id, cost)
+            await self._settle(
+                attempt.key_id,
+                attempt.grant.reservation_id,
+                Outcome(None, usage=response.usage, cost=cost, latency_s=latency, signal=result.signal),
+            )
+            self._record_attempt(request_id, attempt, attempts, None, latency)
+            meta = self._metadata(attempt, request_id, attempts, cost, trio.current_time() - start)
+            return attrs.evolve(response, metadata=meta)
+
+    def _record_attempt(
+        self, request_id: str, attempt: _Attempt, n: int, failure: FailureClass | None, latency: float
+    ) -> None:
+        data = {
+            "request_id": request_id,
+            "key": attempt.key_id,
+            "provider": attempt.provider,
+            "attempt": n,
+            "decision_id": attempt.decision.id,
+            "outcome": "success" if failure is None else failure.value,
+            "latency_ms": round(latency * 1000, 3),
+        }
+        self.events.publish("request.attempt", data)
+        if failure is not None:
+            log.info("attempt_failed", **data)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        intent: RequestIntent | Mapping[str, Any],
+        *,
+        objective: str | Weights | Mapping[str, float] | None = None,
+        client: str | None = None,
+    ) -> AsyncIterator[RoutedStreamHandle]:
+        """Open a routed stream. Failover happens only before the first chunk is handed over; after it,
+        an upstream failure raises `StreamInterrupted` from the iteration, and the usage seen is settled."""
+        self._check("stream")
+        req = self._intent(intent)
+        goal = self.objective if objective is None else self._objective(objective)
+        request_id = f"req-{next(self._ids)}"
+        start = trio.current_time()
+        tried: set[str] = set()
+        attempts = 0
+        last_error: UpstreamError | None = None
+        while True:
+            attempt = await self._acquire(request_id, req, goal, tried, attempts, last_error, _MAX_LEASE_S * 6)
+            attempts += 1
+            adapter = self._adapters[attempt.provider]
+            call_start = trio.current_time()
+            settled = False
+            async with AsyncExitStack() as stack:
+                try:
+                    upstream = await stack.enter_async_context(
+                        self._provider(attempt.provider).stream(req, attempt.grant.secret, attempt.key_id)
+                    )
+                    chunks = upstream.__aiter__()
+                    first = await chunks.__anext__()
+                except (UpstreamError, StopAsyncIteration) as err:
+                    exc = (
+                        err
+                        if isinstance(err, UpstreamError)
+                        else StreamInterrupted(
+                            "stream ended before any chunk",
+                            failure=FailureClass.SERVER_ERROR,
+                            provider=attempt.provider,
+                        )
+                    )
+                    latency = trio.current_time() - call_start
+                    self._unhold(attempt.hold_id, None)
+                    await self._settle(
+                        attempt.key_id, attempt.grant.reservation_id, self._outcome_of(exc, attempt.provider, latency)
+                    )
+                    self._record_attempt(request_id, attempt, attempts, exc.failure, latency)
+                    tried.add(attempt.key_id)
+                    last_error = exc
+                    if not self._retryable(exc, attempts):
+                        raise exc from None
+                    continue
+                except BaseException:
+                    self._unhold(attempt.hold_id, None)
+                    with trio.CancelScope(shield=True):
+                        await self._release(attempt.key_id, attempt.grant.reservation_id, "cancelled")
+                    raise
+                meta = self._metadata(attempt, request_id, attempts, _ZERO, trio.current_time() - start)
+                handle = RoutedStreamHandle(meta, first, chunks)
+                failure: UpstreamError | None = None
+                try:
+                    yield handle
+                except UpstreamError as exc:
+                    failure = exc
+                    raise
+                except BaseException:
+                    # The caller left mid-stream: the provider saw the request, so settle what was used.
+                    usage = upstream.usage or Usage()
+                    self._unhold(attempt.hold_id, adapter.cost(req.model, usage))
+                    with trio.CancelScope(shield=True):
+                        await self._settle(
+                            attempt.key_id,
+                            attempt.grant.reservation_id,
+                            Outcome(
+                                None,
+                                usage=usage,
+                                cost=adapter.cost(req.model, usage),
+                                latency_s=trio.current_time() - call_start,
+                            ),
+                        )
+                    settled = True
+                    raise
+                finally:
+                    if not settled:
+                        usage = upstream.usage or Usage()
+                        cost = adapter.cost(req.model, usage)
+                        self._unhold(attempt.hold_id, cost)
+                        latency = trio.current_time() - call_start
+                        outcome = (
+                            Outcome(None, usage=usage, cost=cost, latency_s=latency, signal=upstream.signal)
+                            if failure is None
+                            else attrs.evolve(
+                                self._outcome_of(failure, attempt.provider, latency), usage=usage, cost=cost
+                            )
+                        )
+                        with trio.CancelScope(shield=True):
+                            await self._settle(attempt.key_id, attempt.grant.reservation_id, outcome)
+                        self._record_attempt(
+                            request_id, attempt, attempts, None if failure is None else failure.failure, latency
+                        )
+                        handle.final_metadata = attrs.evolve(meta, cost=cost, latency_s=trio.current_time() - start)
+                return
+
+    async def route_stream(
+        self,
+        intent: RequestIntent | Mapping[str, Any],
+        *,
+        objective: str | Weights | Mapping[str, float] | None = None,
+        client: str | None = None,
+    ) -> AsyncIterator[StreamChunk]:
+        """`async for chunk in router.route_stream(...)`: the simple form of `stream()`."""
+        async with self.stream(intent, objective=objective, client=client) as handle:
+            async for chunk in handle:
+                yield chunk
+
+    # -- state ----------------------------------------------------------------------------------------
