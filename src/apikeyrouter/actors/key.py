@@ -454,16 +454,25 @@ class KeyActor(Actor[KeyCommand]):
             return
         if self._timer_scope is not None:
             self._timer_scope.cancel()
-        self._timer_at = at
         if self._nursery is not None:
-            self._nursery.start_soon(self._timer, at)
-
-    async def _timer(self, at: float) -> None:
-        with trio.CancelScope() as scope:
+            # The scope exists before the task runs, so a re-arm or a stop in the meantime cancels it.
+            scope = trio.CancelScope()
             self._timer_scope = scope
+            self._timer_at = at
+            self._nursery.start_soon(self._timer, at, scope)
+
+    async def post_stop(self) -> None:
+        # The wake-up timer is not work to finish (a stopped key publishes nothing more); left running,
+        # it would hold the actor's nursery open until the supervisor's grace ran out.
+        if self._timer_scope is not None:
+            self._timer_scope.cancel(reason=f"{self.name} stopped")
+
+    async def _timer(self, at: float, scope: trio.CancelScope) -> None:
+        with scope:
             await trio.sleep_until(at)
-            self._timer_scope = None
-            self._timer_at = math.inf
+            if self._timer_scope is scope:
+                self._timer_scope = None
+                self._timer_at = math.inf
             now = trio.current_time()
             rec = self.record
             lc, lc_events = lifecycle.effective(rec.lifecycle, now)
