@@ -43,6 +43,7 @@ from apikeyrouter.domain.lifecycle import KeyState
 from apikeyrouter.domain.quota import QuotaConfig
 from apikeyrouter.domain.scoring import ScoringConfig, Weights, render_time, weights_for
 from apikeyrouter.errors import (
+    ActorError,
     ActorStopped,
     InvalidRequest,
     MailboxFull,
@@ -523,16 +524,15 @@ class ApiKeyRouter:
             )
 
     async def _settle(self, key_id: str, rid: int, outcome: Outcome) -> None:
-        msg = Settle(rid, outcome)
+        # Wait until the key has taken the outcome in, so the caller's next request is decided on the key
+        # as it is after this call: a snapshot still showing this call in flight excludes a key at its
+        # in-flight limit. Shielded and bounded: the accounting must land even for a caller being cancelled.
         try:
-            ref = self._key(key_id).ref
-            try:
-                ref.tell_nowait(msg)
-            except MailboxFull:
-                with trio.move_on_after(5) as cs:
-                    cs.shield = True
-                    await ref.tell(msg)
-        except (ActorStopped, UnknownKey, UnknownProvider):
+            ref: ActorRef[KeyCommand] = self._key(key_id).ref
+            with trio.move_on_after(5) as cs:
+                cs.shield = True
+                await ref.ask(lambda r: Settle(rid, outcome, r))
+        except (ActorError, UnknownKey, UnknownProvider):
             pass  # the key is gone (or restarting): its reservation went with it
 
     async def _release(self, key_id: str, rid: int, reason: str) -> None:
