@@ -22,12 +22,14 @@ from apikeyrouter.errors import (
     UpstreamError,
 )
 from apikeyrouter.intent import ChatMessage, RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
+from apikeyrouter.runtime import ApiKeyRouter, open_router
 from apikeyrouter.secret import Secret
 
 __all__ = [
     "ActorCrashed",
     "ActorError",
     "ActorStopped",
+    "ApiKeyRouter",
     "ApiKeyRouterError",
     "BudgetExceeded",
     "ChatMessage",
@@ -53,5 +55,6 @@ __all__ = [
     "Usage",
     "default_config",
     "load_config",
+    "open_router",
     "parse_config",
 ]

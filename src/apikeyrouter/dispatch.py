@@ -31,6 +31,7 @@ from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.scoring import Weights, render_time
 from apikeyrouter.errors import (
+    ActorError,
     ActorStopped,
     BudgetExceeded,
     MailboxFull,
@@ -243,7 +244,16 @@ class Dispatch:
             )
 
     async def _settle(self, key_id: str, rid: int, outcome: Outcome) -> None:
-        await self._tell_key(key_id, Settle(rid, outcome))
+        # Wait until the key has taken the outcome in, so the caller's next request is decided on the key
+        # as it is after this call (a snapshot still showing this call in flight would exclude a key at
+        # its in-flight limit). Shielded and bounded: the accounting lands even for a cancelled caller.
+        try:
+            ref: ActorRef[KeyCommand] = self._key(key_id).ref
+            with trio.move_on_after(5) as cs:
+                cs.shield = True
+                await ref.ask(lambda r: Settle(rid, outcome, r))
+        except (ActorError, UnknownKey, UnknownProvider, RouterNotRunning):
+            pass  # the key is gone (or restarting): its reservation went with it
 
     async def _release(self, key_id: str, rid: int, reason: str) -> None:
         await self._tell_key(key_id, Release(rid, reason))

@@ -217,13 +217,17 @@ class ApiKeyRouter(Dispatch):
 
     @staticmethod
     def _objective(objective: str | Weights | Mapping[str, float] | Any) -> str | Weights:
-        if isinstance(objective, str | Weights):
-            weights_for(objective)  # validates the name
-            return objective
-        if isinstance(objective, Mapping):
-            return Weights(**{k: float(v) for k, v in objective.items()})
-        if attrs.has(type(objective)):
-            return Weights(**attrs.asdict(objective))
+        # A bad objective is the caller's mistake (e.g. the proxy's objective header): InvalidRequest.
+        try:
+            if isinstance(objective, str | Weights):
+                weights_for(objective)  # validates the name
+                return objective
+            if isinstance(objective, Mapping):
+                return Weights(**{k: float(v) for k, v in objective.items()})
+            if attrs.has(type(objective)):
+                return Weights(**attrs.asdict(objective))
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequest(f"invalid objective: {exc}", param="objective") from exc
         raise InvalidRequest(f"objective must be a name or weights, got {type(objective).__name__}", param="objective")
 
     def _check(self, operation: str) -> Supervisor:

@@ -216,8 +216,10 @@ class KeyActor(Actor[KeyCommand]):
                     # The router's view was stale (that is why it asked): publish the current one.
                     self._publish(trio.current_time())
                 msg.reply_to.send(answer)
-            case Settle(reservation_id=rid, outcome=outcome):
+            case Settle(reservation_id=rid, outcome=outcome, reply_to=reply):
                 self._settle(rid, outcome)
+                if reply is not None:
+                    reply.send(None)
             case Release(reservation_id=rid, reason=reason):
                 self._release(rid, reason)
             case Operate():

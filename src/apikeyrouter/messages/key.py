@@ -76,8 +76,13 @@ class Outcome:
 
 @attrs.frozen
 class Settle:
+    """Account for a finished call. `reply_to`, when given, is answered once the outcome is in the
+    key's state (and its snapshot published): a caller that waits for it has its next request decided
+    on the key as it is after this call, not on a snapshot still showing this call in flight."""
+
     reservation_id: int
     outcome: Outcome
+    reply_to: Reply[None] | None = None
 
 
 @attrs.frozen
