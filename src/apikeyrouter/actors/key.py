@@ -301,7 +301,8 @@ class KeyActor(Actor[KeyCommand]):
         lc_events: list[LifecycleEvent] = []
         if failure is not None and action is not None and action.key_effect is not KeyEffect.NONE:
             until = self._bench_until(action.key_effect, outcome, q, now)
-            reason = f"{failure.value}" + (f": {outcome.message}" if outcome.message else "")
+            detail = outcome.message if len(outcome.message) <= 100 else outcome.message[:99] + "…"
+            reason = f"{failure.value}" + (f": {detail}" if detail else "")
             self._retry_after = outcome.retry_after
             lc, lc_events = lifecycle.apply_effect(
                 rec.lifecycle, action.key_effect, until=until, reason=reason, now=now
