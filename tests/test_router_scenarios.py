@@ -219,3 +219,30 @@ async def test_500_concurrent_routes_over_20_keys_leak_nothing_and_respect_limit
         per_key = {k: results.count(k) for k in set(results)}
         assert max(per_key.values()) <= 30
         assert sum(env.sim.stats(f"sk-sim-{i:02d}").requests for i in range(20)) == 500
+
+
+async def test_requests_wait_for_a_free_in_flight_slot_within_the_deadline() -> None:
+    async with routing_env(
+        [("solo", "sk-sim-solo", {"max_in_flight": 1})], sim_keys=[{"key": "sk-sim-solo", "latency_ms": 100}]
+    ) as env:
+        used: list[str] = []
+
+        async def one(i: int) -> None:
+            with trio.fail_after(5):
+                response = await env.router.route(chat(f"queued {i}"))
+            assert response.metadata is not None
+            used.append(response.metadata.key_used)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(one, i)
+        assert used == ["solo"] * 3
+        assert env.sim.stats("sk-sim-solo").requests == 3
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(env.router.route, chat("hog"))
+            await trio.sleep(0.02)
+            start = trio.current_time()
+            with pytest.raises(trio.TooSlowError), trio.fail_after(0.03):
+                await env.router.route(chat("late"))  # the slot frees after the caller's deadline
+            assert trio.current_time() - start < 0.06  # it waited for the deadline, no longer
+        await settle_down(env.router)

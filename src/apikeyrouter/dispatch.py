@@ -21,6 +21,7 @@ import structlog
 import trio
 
 from apikeyrouter.actors.base import ActorRef
+from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.budget import BudgetActor
 from apikeyrouter.actors.key import KeyActor
 from apikeyrouter.actors.provider import ProviderActor
@@ -55,6 +56,7 @@ __all__ = ["Dispatch", "RoutedStreamHandle"]
 log = structlog.get_logger("apikeyrouter.dispatch")
 
 _ZERO = Decimal(0)
+_MAX_CHANGE_WAITS = 50  # bounded: a request never spins on keys that keep refusing
 _MAX_LEASE_S = 600.0  # a reservation whose caller vanished is reclaimed after this (streams: x6)
 
 
@@ -97,6 +99,7 @@ class Dispatch:
     max_attempts: int
     wait_for_reset: bool
     events: EventBus
+    board: SnapshotBoard
     _adapters: dict[str, ProviderAdapter]
     _ids: itertools.count[int]
     _wall_offset: float
@@ -170,6 +173,7 @@ class Dispatch:
         refused: set[str] = set()
         refusals: list[str] = []
         budget_refusals: list[str] = []
+        waits_for_change = 0
         while True:
             decision = await self._decide(request_id, intent.model, objective, tried | refused)
             for cand in decision.candidates:
@@ -226,13 +230,23 @@ class Dispatch:
                 raise last_error
             retry_at = decision.retry_at
             deadline = trio.current_effective_deadline()
-            if self.wait_for_reset and retry_at is not None and retry_at <= deadline and attempts < self.max_attempts:
+            now = trio.current_time()
+            may_wait = self.wait_for_reset and attempts < self.max_attempts
+            if may_wait and retry_at is not None and now < retry_at <= deadline:
                 log.info("waiting_for_key", request_id=request_id, until=render_time(retry_at, self._wall_offset))
                 await trio.sleep_until(retry_at)
                 tried.clear()
                 refused.clear()
                 continue
-            now = trio.current_time()
+            busy = dict(decision.excluded_by_kind).get("in_flight", 0) > 0 or (retry_at is not None and retry_at <= now)
+            if may_wait and busy and deadline > now and waits_for_change < _MAX_CHANGE_WAITS:
+                # Keys at their in-flight limit (or refusing on a fresher state than the index saw) free
+                # up without a known time: wait for the next published change, within the deadline.
+                waits_for_change += 1
+                with trio.move_on_at(min(deadline, now + 1.0)):
+                    await self.board.wait_changed()
+                refused.clear()
+                continue
             when = (
                 "" if retry_at is None else f"; the earliest key recovers at {render_time(retry_at, self._wall_offset)}"
             )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import trio
+
 if TYPE_CHECKING:
     from apikeyrouter.actors.key import KeySnapshot
     from apikeyrouter.actors.provider import ProviderSnapshot
@@ -23,11 +25,24 @@ class SnapshotBoard:
         self._dirty: set[str] = set()
         self._removed: set[str] = set()
         self.provider_version = 0
+        self._changed: trio.Event | None = None
+
+    async def wait_changed(self) -> None:
+        """Until the next snapshot is published (callers bound it with a deadline)."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def publish_key(self, snapshot: KeySnapshot) -> None:
         self.keys[snapshot.id] = snapshot
         self._dirty.add(snapshot.id)
         self._removed.discard(snapshot.id)
+        self._notify()
 
     def remove_key(self, key_id: str) -> None:
         self.keys.pop(key_id, None)
