@@ -149,8 +149,14 @@ class Dispatch:
         except (ActorStopped, RouterNotRunning):
             pass
 
-    def _intent(self, intent: RequestIntent | Mapping[str, Any]) -> RequestIntent:
-        return intent if isinstance(intent, RequestIntent) else RequestIntent.from_openai(intent)
+    def _begin(
+        self, operation: str, intent: RequestIntent | Mapping[str, Any], objective: Any
+    ) -> tuple[RequestIntent, str | Weights, str]:
+        """Check the router runs, validate the request and objective, and name the request."""
+        self._check(operation)
+        req = intent if isinstance(intent, RequestIntent) else RequestIntent.from_openai(intent)
+        goal = self.objective if objective is None else self._objective(objective)
+        return req, goal, f"req-{next(self._ids)}"
 
     async def _decide(
         self, request_id: str, model: str, objective: str | Weights, exclude: set[str]
@@ -329,10 +335,7 @@ class Dispatch:
         The deadline is the caller's: wrap the call in `trio.fail_after(...)`. Raises `NoKeyAvailable`,
         `UnknownModel`, `InvalidRequest`, or the last `UpstreamError`.
         """
-        self._check("route")
-        req = self._intent(intent)
-        goal = self.objective if objective is None else self._objective(objective)
-        request_id = f"req-{next(self._ids)}"
+        req, goal, request_id = self._begin("route", intent, objective)
         start = trio.current_time()
         tried: set[str] = set()
         attempts = 0
@@ -400,10 +403,7 @@ class Dispatch:
     ) -> AsyncIterator[RoutedStreamHandle]:
         """Open a routed stream. Failover happens only before the first chunk is handed over; after it,
         an upstream failure raises `StreamInterrupted` from the iteration, and the usage seen is settled."""
-        self._check("stream")
-        req = self._intent(intent)
-        goal = self.objective if objective is None else self._objective(objective)
-        request_id = f"req-{next(self._ids)}"
+        req, goal, request_id = self._begin("stream", intent, objective)
         start = trio.current_time()
         tried: set[str] = set()
         attempts = 0

@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import httpx
@@ -26,6 +26,8 @@ from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.errors import MalformedResponse, StreamInterrupted, UpstreamError
 from apikeyrouter.intent import RequestIntent, Usage
 from apikeyrouter.secret import Secret
+
+_S = TypeVar("_S")
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -324,6 +326,31 @@ class HTTPAdapterBase:
             yield response
         finally:
             await response.aclose()
+
+    @asynccontextmanager
+    async def event_stream(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        *,
+        secret: Secret,
+        headers: Mapping[str, str],
+        json_body: Any,
+        make: Callable[[httpx.Response], _S],
+    ) -> AsyncIterator[_S]:
+        """POST for a server-sent event stream; `make` wraps the open response (a 2xx `text/event-stream`)."""
+        async with self.exchange(
+            client, "POST", url, secret=secret, headers={**headers, "accept": "text/event-stream"}, json_body=json_body
+        ) as response:
+            ctype = response.headers.get("content-type", "")
+            if "text/event-stream" not in ctype:
+                raise self.malformed(
+                    f"expected an event stream, got content-type {ctype!r}",
+                    secret,
+                    status=response.status_code,
+                    signal=self.signal_from(response.headers),
+                )
+            yield make(response)
 
     async def read_json(self, response: httpx.Response, secret: Secret, signal: QuotaSignal) -> Mapping[str, Any]:
         try:

@@ -184,24 +184,17 @@ class AnthropicAdapter(HTTPAdapterBase):
         self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret
     ) -> AsyncIterator[_AnthropicStream]:
         estimated = self.estimate(intent).input_tokens
-        async with self.exchange(
+        async with self.event_stream(
             client,
-            "POST",
             f"{self.base_url}/messages",
             secret=secret,
-            headers={**self._auth(secret), "accept": "text/event-stream"},
+            headers=self._auth(secret),
             json_body=self.body(intent, stream=True),
-        ) as response:
-            signal = self.signal_from(response.headers)
-            ctype = response.headers.get("content-type", "")
-            if "text/event-stream" not in ctype:
-                raise self.malformed(
-                    f"expected an event stream, got content-type {ctype!r}",
-                    secret,
-                    status=response.status_code,
-                    signal=signal,
-                )
-            yield _AnthropicStream(self, response, secret, model=intent.model, estimated_input=estimated)
+            make=lambda response: _AnthropicStream(
+                self, response, secret, model=intent.model, estimated_input=estimated
+            ),
+        ) as stream:
+            yield stream
 
 
 def _usage(raw: Any) -> Usage | None:

@@ -135,24 +135,15 @@ class OpenAIAdapter(HTTPAdapterBase):
         self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret
     ) -> AsyncIterator[_OpenAIStream]:
         estimated = self.estimate(intent).input_tokens
-        async with self.exchange(
+        async with self.event_stream(
             client,
-            "POST",
             f"{self.base_url}/chat/completions",
             secret=secret,
-            headers={**self._auth(secret), "accept": "text/event-stream"},
+            headers=self._auth(secret),
             json_body=self.body(intent, stream=True),
-        ) as response:
-            signal = self.signal_from(response.headers)
-            ctype = response.headers.get("content-type", "")
-            if "text/event-stream" not in ctype:
-                raise self.malformed(
-                    f"expected an event stream, got content-type {ctype!r}",
-                    secret,
-                    status=response.status_code,
-                    signal=signal,
-                )
-            yield _OpenAIStream(self, response, secret, model=intent.model, estimated_input=estimated)
+            make=lambda response: _OpenAIStream(self, response, secret, model=intent.model, estimated_input=estimated),
+        ) as stream:
+            yield stream
 
     async def list_models(self, client: httpx.AsyncClient, secret: Secret) -> list[str]:
         async with self.exchange(
