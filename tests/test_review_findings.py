@@ -1,0 +1,88 @@
+"""Review findings: each test fails on main and shows one bug."""
+
+from __future__ import annotations
+
+import trio
+
+from apikeyrouter import NoKeyAvailable
+from apikeyrouter.errors import ApiKeyRouterError
+from tests.routing_env import chat, routing_env
+
+
+async def test_request_larger_than_tpm_fails_fast_instead_of_spinning() -> None:
+    # The key's tpm is smaller than this request's worst case (input + max_tokens): the key refuses at
+    # reservation with retry_at=None, but the index (which checks a 1-token request) still ranks it
+    # eligible, so decide() returns retry_at=now and _acquire "waits" for now, clears `refused`, asks
+    # the same key again ... forever. It should fail at once (NoKeyAvailable / a typed error).
+    async with routing_env([("small", "sk-sim-small", {"limits": {"tpm": 100}})]) as env:
+        decisions_before = env.router._check("t").child("router").decided  # type: ignore[union-attr]
+        with trio.move_on_after(2) as cs:
+            try:
+                await env.router.route(chat("hi", max_tokens=500))
+            except ApiKeyRouterError:
+                pass
+        decided = env.router._check("t").child("router").decided - decisions_before  # type: ignore[union-attr]
+        assert not cs.cancelled_caught, f"route() spun for 2 s: {decided} decisions for one request"
+
+
+async def test_cancel_while_asking_for_hold_or_reserve_leaks_nothing() -> None:
+    # A caller cancelled after its Hold/Reserve was queued but before the actor answered leaves the
+    # budget hold (no lease at all: held forever) and the key lease (up to 605 s, and for a key with
+    # max_in_flight the router then excludes it as "at in-flight limit" with no retry time, so no
+    # Reserve ever comes to expire the lease: the key is lost for good).
+    from decimal import Decimal
+
+    from apikeyrouter.actors.budget import BudgetActor
+
+    async with routing_env(
+        [("k", "sk-sim-k", {})],
+        config={"budgets": {"global": {"limit": "100", "period": "day"}}},
+    ) as env:
+        async def one(ticks: int) -> None:
+            with trio.CancelScope() as cs:
+                async def cancel_after() -> None:
+                    for _ in range(ticks):
+                        await trio.lowlevel.checkpoint()
+                    cs.cancel()
+
+                async with trio.open_nursery() as n:
+                    n.start_soon(cancel_after)
+                    try:
+                        await env.router.route(chat("hi"))
+                    finally:
+                        n.cancel_scope.cancel()
+
+        for ticks in range(0, 12):
+            await one(ticks)
+        await trio.sleep(0.2)
+        actor = env.router._check("t").child("budgets")
+        assert isinstance(actor, BudgetActor)
+        reserved = Decimal(actor.state_summary()["global"]["reserved"])
+        in_flight = [k["in_flight"] for k in env.router.keys()]
+        assert reserved == 0 and in_flight == [0], f"leaked: budget reserved {reserved}, key in_flight {in_flight}"
+
+
+async def test_a_leaked_lease_on_a_max_in_flight_key_loses_the_key_for_good() -> None:
+    async with routing_env([("k", "sk-sim-k", {"max_in_flight": 1})]) as env:
+        for ticks in range(0, 12):
+            with trio.CancelScope() as cs:
+                async def cancel_after(ticks: int = ticks) -> None:
+                    for _ in range(ticks):
+                        await trio.lowlevel.checkpoint()
+                    cs.cancel()
+
+                async with trio.open_nursery() as n:
+                    n.start_soon(cancel_after)
+                    try:
+                        await env.router.route(chat("hi"))
+                    finally:
+                        n.cancel_scope.cancel()
+            await trio.sleep(0.05)
+            if env.router.keys()[0]["in_flight"]:
+                break
+        await trio.sleep(0.5)
+        # Nothing is running now; the one key should serve. On main: NoKeyAvailable
+        # ("k: at in-flight limit (1/1)") for the next 605 s, and in fact forever.
+        with trio.fail_after(5):
+            response = await env.router.route(chat("after"))
+        assert response.metadata is not None and response.metadata.key_used == "k"
