@@ -86,3 +86,29 @@ async def test_a_leaked_lease_on_a_max_in_flight_key_loses_the_key_for_good() ->
         with trio.fail_after(5):
             response = await env.router.route(chat("after"))
         assert response.metadata is not None and response.metadata.key_used == "k"
+
+
+async def test_reservation_ids_restart_at_1_after_a_key_restart_so_old_settlements_hit_new_leases() -> None:
+    # KeyActor._next_id starts at 0 in every instance. A request in flight across a key restart holds
+    # rid 1 of the old instance; the first request after the restart also gets rid 1. When the old one
+    # settles it pops the new request's lease: in_flight drops to 0 while that request still runs, so a
+    # max_in_flight=1 key takes a second concurrent request (and the outcome lands on the wrong lease).
+    from apikeyrouter.messages.key import InjectCrash
+
+    async with routing_env(
+        [("k", "sk-sim-k", {"max_in_flight": 1})], sim_defaults={"latency_ms": 300}
+    ) as env:
+        async def one(text: str) -> None:
+            with trio.fail_after(10):
+                await env.router.route(chat(text))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(one, "a")  # rid 1 of the first instance
+            await trio.sleep(0.1)
+            await env.router._key("k").ref.tell(InjectCrash("test"))
+            await trio.sleep(0.05)  # restarted: in_flight 0, _next_id 0
+            n.start_soon(one, "b")  # rid 1 of the new instance
+            await trio.sleep(0.2)  # "a" has settled rid 1 by now: that was b's lease
+            snap = env.router.key("k")
+            assert snap is not None
+            assert snap["in_flight"] == 1, f"b is still in flight but the key shows in_flight={snap['in_flight']}"
