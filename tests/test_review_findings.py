@@ -112,3 +112,31 @@ async def test_reservation_ids_restart_at_1_after_a_key_restart_so_old_settlemen
             snap = env.router.key("k")
             assert snap is not None
             assert snap["in_flight"] == 1, f"b is still in flight but the key shows in_flight={snap['in_flight']}"
+
+
+async def test_a_budget_added_by_a_reload_is_enforced() -> None:
+    # apply_config never recomputes _budget_specs nor tells the BudgetActor: budgets (global, provider,
+    # or a key's own `budget`) added or lowered by a SIGHUP are silently not enforced.
+    from apikeyrouter import BudgetExceeded
+    from apikeyrouter.config import parse_config
+    from apikeyrouter.runtime import ApiKeyRouter
+    from apikeyrouter.sim import SimServer, parse_sim_config
+
+    sim = SimServer(parse_sim_config({}))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(sim.serve, "127.0.0.1", 0)
+        base = {
+            "providers": [{"id": "sim", "kind": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}],
+            "keys": [{"id": "k", "provider": "sim", "secret": "sk-sim-k"}],
+        }
+        async with ApiKeyRouter(parse_config(base, env={})) as router:
+            await router.route(chat("before"))
+            tight = {**base, "budgets": {"global": {"limit": "0", "period": "day"}}}
+            await router.apply_config(parse_config(tight, env={}))
+            try:
+                await router.route(chat("after"))
+            except BudgetExceeded:
+                pass
+            else:
+                raise AssertionError("a zero global budget from the reloaded config was not enforced")
+        nursery.cancel_scope.cancel()
