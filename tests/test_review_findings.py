@@ -140,3 +140,31 @@ async def test_a_budget_added_by_a_reload_is_enforced() -> None:
             else:
                 raise AssertionError("a zero global budget from the reloaded config was not enforced")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_caller_leaving_mid_stream_is_charged_for_what_it_used() -> None:
+    # dispatch.stream()'s caller-left branch reads `upstream.usage` before the provider task has
+    # stored the stream's usage (that happens when the upstream context exits, after the settle),
+    # so it settles Usage() = 0 tokens and cost 0: the budget and the key's token window never see it.
+    from decimal import Decimal
+
+    from apikeyrouter.actors.budget import BudgetActor
+
+    async with routing_env(
+        [("k", "sk-sim-k", {})],
+        config={"budgets": {"global": {"limit": "100", "period": "day"}}},
+    ) as env:
+        long = chat("tell me a long story " * 20, max_tokens=400)
+        with trio.CancelScope() as cs:
+            async with env.router.stream(long) as handle:
+                seen = 0
+                async for _chunk in handle:
+                    seen += 1
+                    if seen == 5:
+                        cs.cancel()  # the client disconnects
+                        await trio.lowlevel.checkpoint()
+        await trio.sleep(0.2)
+        actor = env.router._check("t").child("budgets")
+        assert isinstance(actor, BudgetActor)
+        spent = Decimal(actor.state_summary()["global"]["spent"])
+        assert spent > 0, "the input tokens and 5 chunks the provider billed were settled as cost 0"
