@@ -1,4 +1,4 @@
-"""Review findings: each test fails on main and shows one bug."""
+"""Regressions found in review: cancellation during asks, refusals the index cannot see, restarts, reloads."""
 
 from __future__ import annotations
 
