@@ -173,3 +173,27 @@ async def test_sighup_adds_and_removes_keys_and_rejects_a_bad_config(tmp_path: P
             rejected = [json.loads(line) for line in served.stderr.decode().splitlines() if "reload_rejected" in line]
             assert any("rmp" in err for err in rejected[0]["errors"])
         assert ADMIN not in served.stderr.decode() and "sk-sim-" not in served.stderr.decode()
+
+
+async def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
+    async with serve_env(
+        tmp_path,
+        [("k", "K_1", "")],
+        secrets={"K_1": "sk-sim-1"},
+        sim_keys=[{"key": "sk-sim-1", "chunk_delay_ms": 1000}],  # a stream that would outlast the grace
+    ) as served:
+        async with httpx.AsyncClient(timeout=10) as http:
+            body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "slow"}]}
+            async with http.stream(
+                "POST", f"{served.url}/v1/chat/completions", headers=served.client_headers, json=body
+            ) as response:
+                lines = response.aiter_lines()
+                await lines.__anext__()  # the stream is open (kept open: not closing the iterator)
+                served.signal(signal.SIGTERM)
+                await trio.sleep(0.3)
+                assert served.process.returncode is None, served.stderr.decode()[-3000:]  # draining
+                served.signal(signal.SIGTERM)
+                with trio.fail_after(2):
+                    code = await served.process.wait()
+        assert code == 1
+        assert "shutdown_forced" in served.stderr.decode()

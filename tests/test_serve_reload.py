@@ -14,19 +14,23 @@ from tests.serve_env import router_toml, serve_env
 async def test_a_reload_that_apply_config_refuses_does_not_kill_the_server(tmp_path: Path) -> None:
     # standalone.reload() catches only ConfigError from load_config; anything apply_config raises
     # (here InvalidRequest: rotating a revoked key) escapes into the process nursery and the server dies.
-    async with serve_env(
-        tmp_path, [("one", "K_1", ""), ("two", "K_2", "")], secrets={"K_1": "sk-sim-1", "K_2": "sk-sim-2", "K_9": "sk-sim-9"}
-    ) as served:
-        async with httpx.AsyncClient() as http:
-            r = await http.delete(f"{served.url}/keys/one", headers=served.admin_headers)
-            assert r.status_code == 200
-            # The operator replaces the revoked key's material in the config and reloads.
-            served.config_path.write_text(router_toml(served.sim_url, [("one", "K_9", ""), ("two", "K_2", "")]))
-            served.signal(signal.SIGHUP)
-            await trio.sleep(1.5)
-            assert served.process.returncode is None, served.stderr.decode()[-1500:]
-            r = await http.get(f"{served.url}/health")
-            assert r.status_code == 200
+    async with (
+        serve_env(
+            tmp_path,
+            [("one", "K_1", ""), ("two", "K_2", "")],
+            secrets={"K_1": "sk-sim-1", "K_2": "sk-sim-2", "K_9": "sk-sim-9"},
+        ) as served,
+        httpx.AsyncClient() as http,
+    ):
+        r = await http.delete(f"{served.url}/keys/one", headers=served.admin_headers)
+        assert r.status_code == 200
+        # The operator replaces the revoked key's material in the config and reloads.
+        served.config_path.write_text(router_toml(served.sim_url, [("one", "K_9", ""), ("two", "K_2", "")]))
+        served.signal(signal.SIGHUP)
+        await trio.sleep(1.5)
+        assert served.process.returncode is None, served.stderr.decode()[-1500:]
+        r = await http.get(f"{served.url}/health")
+        assert r.status_code == 200
 
 
 async def test_a_reload_applies_new_client_tokens(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ cancellation) settles or releases what it holds.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from decimal import Decimal
@@ -24,9 +25,9 @@ from apikeyrouter.actors.base import ActorRef
 from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.budget import BudgetActor
 from apikeyrouter.actors.key import KeyActor
-from apikeyrouter.actors.provider import ProviderActor
+from apikeyrouter.actors.provider import ForwardedStream, ProviderActor
 from apikeyrouter.actors.router import RoutingDecision
-from apikeyrouter.adapters.base import ProviderAdapter
+from apikeyrouter.adapters.base import AdapterResult, ProviderAdapter
 from apikeyrouter.config import RouterConfig
 from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.failures import FailureClass
@@ -56,7 +57,7 @@ __all__ = ["Dispatch", "RoutedStreamHandle"]
 log = structlog.get_logger("apikeyrouter.dispatch")
 
 _ZERO = Decimal(0)
-_MAX_CHANGE_WAITS = 50  # bounded: a request never spins on keys that keep refusing
+_MAX_CHANGE_WAITS = 200  # bounded: a request never spins on keys that keep refusing
 _MAX_LEASE_S = 600.0  # a reservation whose caller vanished is reclaimed after this (streams: x6)
 
 
@@ -98,6 +99,7 @@ class Dispatch:
     objective: str | Weights
     max_attempts: int
     wait_for_reset: bool
+    max_wait: float
     events: EventBus
     board: SnapshotBoard
     _adapters: dict[str, ProviderAdapter]
@@ -133,7 +135,13 @@ class Dispatch:
         if not self._budget_specs:
             return None
         ids = ("global", f"provider:{provider}", f"key:{key_id}")
-        refused: str | None = await self._budget_ref().ask(lambda r: Hold(hold_id, ids, amount, r))
+        refused: str | None = "budget actor did not answer"
+        # Shielded (bounded) like a reservation: a cancelled caller must still learn it holds money.
+        with trio.move_on_after(5) as cs:
+            cs.shield = True
+            refused = await self._budget_ref().ask(lambda r: Hold(hold_id, ids, amount, r))
+        if cs.cancelled_caught:
+            self._unhold(hold_id, None)  # in case the hold landed after we stopped waiting
         return refused
 
     def _unhold(self, hold_id: str, actual: Decimal | None) -> None:
@@ -176,48 +184,37 @@ class Dispatch:
         lease_s: float,
     ) -> _Attempt:
         """Decide and reserve: returns the granted attempt, waits for a recovery, or raises."""
-        refused: set[str] = set()
+        refused: dict[str, float | None] = {}  # key -> when it said the request might fit (None: not by itself)
         refusals: list[str] = []
         budget_refusals: list[str] = []
+        busy_keys: set[str] = set()  # refused only because they were at their in-flight limit
         waits_for_change = 0
         while True:
-            decision = await self._decide(request_id, intent.model, objective, tried | refused)
+            decision = await self._decide(request_id, intent.model, objective, tried | set(refused))
             for cand in decision.candidates:
-                provider = cand.provider
-                adapter = self._adapters[provider]
+                adapter = self._adapters[cand.provider]
                 est = adapter.estimate(intent)
-                now = trio.current_time()
-                deadline = trio.current_effective_deadline()
-                lease_until = min(deadline, now + lease_s) + 5.0
                 hold_id = f"{request_id}:{next(self._ids)}"
-                over_budget = await self._hold(hold_id, provider, cand.key_id, est.worst_case_cost)
+                over_budget = await self._hold(hold_id, cand.provider, cand.key_id, est.worst_case_cost)
                 if over_budget is not None:
-                    refused.add(cand.key_id)
+                    refused[cand.key_id] = None
                     budget_refusals.append(over_budget)
                     refusals.append(f"{cand.key_id}: {over_budget}")
                     continue
-                try:
-                    ref = self._key(cand.key_id).ref
-                    reply = await ref.ask(
-                        lambda r, est=est, lease_until=lease_until: Reserve(  # type: ignore[misc]
-                            request_id,
-                            intent.model,
-                            est.input_tokens + est.max_output_tokens,
-                            est.worst_case_cost,
-                            lease_until,
-                            r,
-                        )
-                    )
-                except ActorStopped:
-                    self._unhold(hold_id, None)
-                    refused.add(cand.key_id)
-                    continue
-                except BaseException:
-                    self._unhold(hold_id, None)
-                    raise
+                now = trio.current_time()
+                lease_until = min(trio.current_effective_deadline(), now + lease_s) + 5.0
+                tokens = est.input_tokens + est.max_output_tokens
+                reply = await self._reserve(
+                    cand.key_id,
+                    lambda r, tokens=tokens, cost=est.worst_case_cost, lease=lease_until: Reserve(
+                        request_id, intent.model, tokens, cost, lease, r
+                    ),
+                )
                 if isinstance(reply, Refused):
                     self._unhold(hold_id, None)
-                    refused.add(cand.key_id)
+                    refused[cand.key_id] = reply.retry_at
+                    if reply.busy:
+                        busy_keys.add(cand.key_id)
                     refusals.append(f"{cand.key_id}: {reply.reason}")
                     log.debug("reserve_refused", request_id=request_id, key=cand.key_id, reason=reply.reason)
                     continue
@@ -225,43 +222,72 @@ class Dispatch:
                     # The decision ranked on snapshots; say which keys refused when asked to reserve.
                     note = ". refused at reservation: " + "; ".join(refusals)
                     decision = attrs.evolve(decision, explanation=decision.explanation + note)
-                return _Attempt(cand.key_id, provider, reply, decision, hold_id)
+                return _Attempt(cand.key_id, cand.provider, reply, decision, hold_id)
             if decision.candidates:
                 continue  # every candidate refused (their state moved on): decide again without them
             if decision.serving == 0:
                 raise UnknownModel(intent.model)
             if budget_refusals and last_error is None:
                 raise BudgetExceeded("; ".join(dict.fromkeys(budget_refusals)), budget=budget_refusals[0].split(":")[0])
-            if last_error is not None and (attempts >= self.max_attempts or (not refused and not decision.retry_at)):
+            if last_error is not None and attempts >= self.max_attempts:
                 raise last_error
-            retry_at = decision.retry_at
-            deadline = trio.current_effective_deadline()
             now = trio.current_time()
+            deadline = trio.current_effective_deadline()
+            # Without a deadline, never wait longer than max_wait for a key to come back.
+            horizon = deadline if deadline != math.inf else now + self.max_wait
+            times = [t for t in (decision.retry_at, *refused.values()) if t is not None and t > now]
+            retry_at = min(times) if times else None
             may_wait = self.wait_for_reset and attempts < self.max_attempts
-            if may_wait and retry_at is not None and now < retry_at <= deadline:
+            if may_wait and retry_at is not None and retry_at <= horizon:
                 log.info("waiting_for_key", request_id=request_id, until=render_time(retry_at, self._wall_offset))
                 await trio.sleep_until(retry_at)
                 tried.clear()
                 refused.clear()
                 continue
-            busy = dict(decision.excluded_by_kind).get("in_flight", 0) > 0 or (retry_at is not None and retry_at <= now)
-            if may_wait and busy and deadline > now and waits_for_change < _MAX_CHANGE_WAITS:
-                # Keys at their in-flight limit (or refusing on a fresher state than the index saw) free
-                # up without a known time: wait for the next published change, within the deadline.
+            busy = busy_keys or dict(decision.excluded_by_kind).get("in_flight", 0) > 0
+            if may_wait and busy and horizon > now and waits_for_change < _MAX_CHANGE_WAITS:
+                # Keys at their in-flight limit free up without a known time: wait for the next published
+                # change, within the deadline (bounded, so keys that keep refusing cannot make this spin).
                 waits_for_change += 1
-                with trio.move_on_at(min(deadline, now + 1.0)):
+                with trio.move_on_at(min(horizon, now + 1.0)):
                     await self.board.wait_changed()
-                refused.clear()
+                for key_id in busy_keys:
+                    refused.pop(key_id, None)
+                busy_keys.clear()
                 continue
+            if last_error is not None:
+                raise last_error
             when = (
                 "" if retry_at is None else f"; the earliest key recovers at {render_time(retry_at, self._wall_offset)}"
             )
+            reasons = dict(decision.excluded)
+            for text in refusals:
+                key_id, _, why = text.partition(": ")
+                reasons[key_id] = f"{key_id}: {why}"
             raise NoKeyAvailable(
                 f"no key can serve {intent.model} before the deadline{when}",
                 retry_at=retry_at,
                 retry_after=None if retry_at is None else max(0.0, retry_at - now),
-                reasons=dict(decision.excluded),
+                reasons=reasons,
             )
+
+    async def _reserve(self, key_id: str, make: Any) -> Granted | Refused:
+        """Ask a key to reserve. Shielded (bounded): once asked, the answer is always received, so a
+        caller cancelled meanwhile still learns of its grant and releases it, instead of leaking it."""
+        try:
+            ref: ActorRef[KeyCommand] = self._key(key_id).ref
+        except (ActorStopped, UnknownKey, UnknownProvider) as exc:
+            return Refused(key_id, f"unavailable ({exc})")
+        reply: Granted | Refused | None = None
+        with trio.move_on_after(5) as cs:
+            cs.shield = True
+            try:
+                reply = await ref.ask(make)
+            except ActorError as exc:
+                return Refused(key_id, f"unavailable ({exc})")
+        if reply is None:  # the key did not answer in time; a late grant expires with its lease
+            return Refused(key_id, "did not answer within 5 s")
+        return reply
 
     async def _settle(self, key_id: str, rid: int, outcome: Outcome) -> None:
         # Wait until the key has taken the outcome in, so the caller's next request is decided on the key
@@ -291,6 +317,33 @@ class Dispatch:
                     await ref.tell(msg)
         except (ActorStopped, UnknownKey, UnknownProvider, RouterNotRunning):
             pass
+
+    async def _complete(self, attempt: _Attempt, req: RequestIntent) -> AdapterResult:
+        try:
+            provider = self._provider(attempt.provider)
+            return await provider.complete(req, attempt.grant.secret, attempt.key_id)
+        except (ActorStopped, UnknownProvider) as exc:
+            raise self._provider_gone(attempt, exc) from exc
+
+    @asynccontextmanager
+    async def _open_stream(self, attempt: _Attempt, req: RequestIntent) -> AsyncIterator[ForwardedStream]:
+        try:
+            provider = self._provider(attempt.provider)
+            async with provider.stream(req, attempt.grant.secret, attempt.key_id) as upstream:
+                yield upstream
+        except (ActorStopped, UnknownProvider) as exc:
+            raise self._provider_gone(attempt, exc) from exc
+
+    @staticmethod
+    def _provider_gone(attempt: _Attempt, exc: Exception) -> UpstreamError:
+        """A provider actor restarting (or removed by a reload) mid-call: a connection failure, so the
+        request fails over like any other instead of surfacing a kernel error."""
+        return UpstreamError(
+            f"provider {attempt.provider} unavailable: {exc}",
+            failure=FailureClass.CONNECTION,
+            provider=attempt.provider,
+            key_id=attempt.key_id,
+        )
 
     def _outcome_of(self, exc: UpstreamError, provider: str, latency: float) -> Outcome:
         degraded = False
@@ -346,7 +399,7 @@ class Dispatch:
             provider = self._adapters[attempt.provider]
             call_start = trio.current_time()
             try:
-                result = await self._provider(attempt.provider).complete(req, attempt.grant.secret, attempt.key_id)
+                result = await self._complete(attempt, req)
             except UpstreamError as exc:
                 latency = trio.current_time() - call_start
                 self._unhold(attempt.hold_id, None)
@@ -416,9 +469,7 @@ class Dispatch:
             settled = False
             async with AsyncExitStack() as stack:
                 try:
-                    upstream = await stack.enter_async_context(
-                        self._provider(attempt.provider).stream(req, attempt.grant.secret, attempt.key_id)
-                    )
+                    upstream = await stack.enter_async_context(self._open_stream(attempt, req))
                     chunks = upstream.__aiter__()
                     first = await chunks.__anext__()
                 except (UpstreamError, StopAsyncIteration) as err:

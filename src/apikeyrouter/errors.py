@@ -98,8 +98,7 @@ class ActorCrashed(ActorError):
 class SupervisorEscalation(ApiKeyRouterError):
     def __init__(self, supervisor: str, child: str, restarts: int, period: float) -> None:
         super().__init__(
-            f"supervisor {supervisor} gave up: child {child} needed more than {restarts} restarts "
-            f"within {period:g}s"
+            f"supervisor {supervisor} gave up: child {child} needed more than {restarts} restarts within {period:g}s"
         )
         self.supervisor = supervisor
         self.child = child

@@ -60,9 +60,7 @@ class RequestIntent:
                 raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages[{i}]")
             role = m.get("role")
             if role not in _ROLES:
-                raise InvalidRequest(
-                    f"messages[{i}].role must be one of {sorted(_ROLES)}", param=f"messages[{i}].role"
-                )
+                raise InvalidRequest(f"messages[{i}].role must be one of {sorted(_ROLES)}", param=f"messages[{i}].role")
             content = m.get("content")
             if isinstance(content, list):
                 # OpenAI content parts: keep the text parts, in order.

@@ -51,7 +51,7 @@ from apikeyrouter.errors import (
     UnknownProvider,
 )
 from apikeyrouter.events import EventBus
-from apikeyrouter.messages.budget import SetBudget
+from apikeyrouter.messages.budget import SetBudget, SetBudgets
 from apikeyrouter.messages.key import KeyCommand, Operate
 from apikeyrouter.messages.router import GetDecision, RecentDecisions
 from apikeyrouter.secret import Secret
@@ -86,12 +86,15 @@ class ApiKeyRouter(Dispatch):
         max_attempts: int | None = None,
         events: EventBus | None = None,
         scoring: ScoringConfig | None = None,
+        max_wait: float = 60.0,
     ) -> None:
+        """`max_wait`: with no caller deadline, the longest a request waits for a key to recover."""
         self.config = config or default_config()
         routing = self.config.routing
         self.objective = self._objective(objective if objective is not None else routing.objective)
         self.max_attempts = max_attempts if max_attempts is not None else routing.max_attempts
         self.wait_for_reset = routing.wait_for_reset
+        self.max_wait = max_wait
         self.store: StateStore = store or MemoryStore()
         self.events = events or EventBus()
         self.board = SnapshotBoard()
@@ -106,6 +109,7 @@ class ApiKeyRouter(Dispatch):
         self._wall_offset = 0.0
         self._nursery: trio.Nursery | None = None
         self._budget_specs: list[BudgetSpec] = month_specs(self.config)
+        self._api_budgets: dict[str, BudgetSpec] = {}  # key budgets set through register_key
 
     # -- lifetime -------------------------------------------------------------------------------------
 
@@ -317,6 +321,10 @@ class ApiKeyRouter(Dispatch):
             await self.remove_provider(pid)
             report["providers_removed" if pid not in changed_providers else "providers_changed"].append(pid)
         self.config = new
+        specs = [*month_specs(new), *self._api_budgets.values()]
+        if specs or self._budget_specs:
+            self._budget_specs = specs
+            await self._budget_ref().tell(SetBudgets(tuple(specs)))
         self.objective = self._objective(new.routing.objective)
         self.max_attempts = new.routing.max_attempts
         self.wait_for_reset = new.routing.wait_for_reset
@@ -338,10 +346,15 @@ class ApiKeyRouter(Dispatch):
                 report["keys_added"].append(kcfg.id)
             # A re-registered key restores its stored record (lifecycle, windows, breaker).
             await self._register(kcfg.id, kcfg.secret, kcfg.provider, self._key_settings(kcfg))
-            if self._stored_secret_differs(kcfg.id, kcfg.secret):
-                await self._operate(kcfg.id, "rotate", "key material from reloaded config", kcfg.secret)
-            if not kcfg.enabled:
-                await self.update_key_state(kcfg.id, "disabled", reason="disabled in config")
+            try:
+                if self._stored_secret_differs(kcfg.id, kcfg.secret):
+                    await self._operate(kcfg.id, "rotate", "key material from reloaded config", kcfg.secret)
+                if not kcfg.enabled:
+                    await self.update_key_state(kcfg.id, "disabled", reason="disabled in config")
+            except InvalidRequest as exc:
+                # e.g. new material for a key an operator revoked: revoked stays revoked, the reload goes on.
+                report.setdefault("refused", []).append(f"{kcfg.id}: {exc}")
+                log.warning("reload_step_refused", key=kcfg.id, reason=str(exc))
         self.events.publish("config.reloaded", {k: v for k, v in report.items() if v})
         log.info("config_reloaded", **{k: v for k, v in report.items() if v})
         return report
@@ -439,6 +452,7 @@ class ApiKeyRouter(Dispatch):
         api_key = await self._register(kid, material, provider, settings)
         if budget is not None:
             spec = BudgetSpec(f"key:{kid}", Decimal(budget), 30 * 86_400.0)
+            self._api_budgets[kid] = spec
             self._budget_specs.append(spec)
             await self._budget_ref().tell(SetBudget(spec))
         return api_key

@@ -14,7 +14,9 @@ invalid file is rejected with its errors and the running config stays.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -60,90 +62,96 @@ async def run_standalone(
     if refusal is not None:
         raise ConfigError(refusal, path="config.server.host")
     stop = stop or trio.Event()
-    with trio.CancelScope() as everything:
-        async with trio.open_nursery() as nursery:
-            signals_seen = 0
+    async with trio.open_nursery() as nursery:
+        signals_seen = 0
 
-            async def on_signals() -> None:
-                nonlocal signals_seen
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
-                    async for signum in received:
-                        if signum == signal.SIGHUP:
-                            nursery.start_soon(reload, router)
-                            continue
-                        signals_seen += 1
-                        if signals_seen == 1:
-                            log.info(
-                                "shutdown_requested",
-                                signal=signal.Signals(signum).name,
-                                grace=config.server.grace_period,
-                            )
-                            stop.set()
-                        else:
-                            log.warning("shutdown_forced", signal=signal.Signals(signum).name)
-                            everything.cancel(reason="second signal")
+        async def on_signals() -> None:
+            nonlocal signals_seen
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+                async for signum in received:
+                    if signum == signal.SIGHUP:
+                        nursery.start_soon(reload, router)
+                        continue
+                    signals_seen += 1
+                    if signals_seen == 1:
+                        log.info(
+                            "shutdown_requested",
+                            signal=signal.Signals(signum).name,
+                            grace=config.server.grace_period,
+                        )
+                        stop.set()
+                    else:
+                        # At once means at once: children are shielded for their graceful stop, so
+                        # cancelling would still wait out the graces. The OS closes the sockets.
+                        log.warning("shutdown_forced", signal=signal.Signals(signum).name)
+                        sys.stderr.flush()
+                        os._exit(1)
 
-            reload_lock = trio.Lock()
+        reload_lock = trio.Lock()
 
-            async def reload(router: ApiKeyRouter) -> None:
-                async with reload_lock:
-                    if config_path is None:
-                        log.warning("reload_ignored", reason="no config file to reload")
-                        return
-                    try:
-                        new = load_config(config_path, env)
-                        refused = bind_allowed(new)
-                        if refused is not None:
-                            raise ConfigError(refused, path="config.server.host")
-                    except ConfigError as exc:
-                        log.error("reload_rejected", errors=list(exc.errors), config=str(config_path))
-                        return
-                    if (new.server.host, new.server.port) != (router.config.server.host, router.config.server.port):
-                        log.warning("reload_partial", reason="server.host/port changes need a restart")
+        async def reload(router: ApiKeyRouter) -> None:
+            async with reload_lock:
+                if config_path is None:
+                    log.warning("reload_ignored", reason="no config file to reload")
+                    return
+                try:
+                    new = load_config(config_path, env)
+                    refused = bind_allowed(new)
+                    if refused is not None:
+                        raise ConfigError(refused, path="config.server.host")
+                except ConfigError as exc:
+                    log.error("reload_rejected", errors=list(exc.errors), config=str(config_path))
+                    return
+                if (new.server.host, new.server.port) != (router.config.server.host, router.config.server.port):
+                    log.warning("reload_partial", reason="server.host/port changes need a restart")
+                # Tokens first: a token removed because it leaked stops working with this reload.
+                app.client_tokens = tuple(new.server.client_tokens)
+                app.admin_token = new.server.admin_token
+                try:
                     await router.apply_config(new)
+                except Exception as exc:  # the running process must outlive a reload that went wrong
+                    log.error("reload_failed", error=f"{type(exc).__name__}: {exc}", config=str(config_path))
 
-            async with ApiKeyRouter(config) as router:
-                if handle_signals:
-                    nursery.start_soon(on_signals)
-                server = config.server
-                app = ProxyApp(
-                    router,
-                    client_tokens=server.client_tokens,
-                    admin_token=server.admin_token,
-                    max_body_bytes=server.max_body_bytes,
-                    request_deadline=server.request_deadline,
+        async with ApiKeyRouter(config) as router:
+            server = config.server
+            app = ProxyApp(
+                router,
+                client_tokens=server.client_tokens,
+                admin_token=server.admin_token,
+                max_body_bytes=server.max_body_bytes,
+                request_deadline=server.request_deadline,
+            )
+            grace = server.grace_period
+            proxy = await router.add_service(
+                ChildSpec("proxy", lambda: ProxyServer(app, server.host, server.port, grace=grace), shutdown=grace + 5)
+            )
+            assert isinstance(proxy, ProxyServer) and proxy.listening is not None
+            listening: Listening = proxy.listening
+            socket_path: str | None = None
+            if config.debug.enabled:
+                path = str(config.debug.socket)
+                await router.add_service(
+                    ChildSpec("debug", lambda: DebugServer(router, path), restart=Restart.TEMPORARY, shutdown=2)
                 )
-                grace = server.grace_period
-                proxy = await router.add_service(
-                    ChildSpec(
-                        "proxy", lambda: ProxyServer(app, server.host, server.port, grace=grace), shutdown=grace + 5
-                    )
-                )
-                assert isinstance(proxy, ProxyServer) and proxy.listening is not None
-                listening: Listening = proxy.listening
-                socket_path: str | None = None
-                if config.debug.enabled:
-                    path = str(config.debug.socket)
-                    await router.add_service(
-                        ChildSpec("debug", lambda: DebugServer(router, path), restart=Restart.TEMPORARY, shutdown=2)
-                    )
-                    socket_path = path
-                started = Started(listening.url, listening.port, socket_path, router)
-                log.info(
-                    "serving",
-                    url=listening.url,
-                    debug_socket=socket_path,
-                    providers=len(config.providers),
-                    keys=len(config.keys),
-                    config=config.source,
-                )
-                if on_started is not None:
-                    on_started(started)
-                task_status.started(started)
-                await stop.wait()
-                log.info("stopping", in_flight=sum(k["in_flight"] for k in router.keys()))
-            log.info("stopped")
-            nursery.cancel_scope.cancel(reason="the router has stopped")
+                socket_path = path
+            if handle_signals:  # from here on reload() has what it needs (the app, the router)
+                nursery.start_soon(on_signals)
+            started = Started(listening.url, listening.port, socket_path, router)
+            log.info(
+                "serving",
+                url=listening.url,
+                debug_socket=socket_path,
+                providers=len(config.providers),
+                keys=len(config.keys),
+                config=config.source,
+            )
+            if on_started is not None:
+                on_started(started)
+            task_status.started(started)
+            await stop.wait()
+            log.info("stopping", in_flight=sum(k["in_flight"] for k in router.keys()))
+        log.info("stopped")
+        nursery.cancel_scope.cancel(reason="the router has stopped")
 
 
 def describe(started: Started, config: RouterConfig) -> list[str]:

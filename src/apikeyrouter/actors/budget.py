@@ -18,7 +18,7 @@ from apikeyrouter.actors.base import Actor
 from apikeyrouter.domain import budget
 from apikeyrouter.domain.budget import BudgetOverrun, BudgetSpec, Ledger
 from apikeyrouter.events import EventBus
-from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, SetBudget
+from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, SetBudget, SetBudgets
 from apikeyrouter.store.memory import StateStore
 
 __all__ = ["BudgetActor"]
@@ -78,6 +78,14 @@ class BudgetActor(Actor[BudgetCommand]):
                 self._commit(ledger)
             case Free(hold_id=hold_id):
                 ledger, _ = budget.release(self.ledger, hold_id, now)
+                self._commit(ledger)
+            case SetBudgets(specs=specs):
+                ledger = self.ledger
+                for bid in [b for b in ledger.budgets if b not in {sp.id for sp in specs}]:
+                    ledger = budget.remove_budget(ledger, bid)
+                for spec in specs:
+                    ledger = budget.set_budget(ledger, spec, now)
+                self._specs = specs
                 self._commit(ledger)
             case SetBudget(spec=spec):
                 self._specs = (*(s for s in self._specs if s.id != spec.id), spec)

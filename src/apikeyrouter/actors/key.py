@@ -172,6 +172,9 @@ class KeyActor(Actor[KeyCommand]):
 
     async def pre_start(self) -> None:
         now = trio.current_time()
+        # Reservation ids stay unique across restarts: a call granted by the previous instance that
+        # settles now must not match (and free) a lease this instance granted.
+        self._next_id = self.restarts << 32
         restored = self._store.load(self.store_key)
         if isinstance(restored, KeyRecord):
             if restored.quota.config != self.config.quota:
@@ -249,7 +252,7 @@ class KeyActor(Actor[KeyCommand]):
         if cfg.models and req.model not in cfg.models:
             return Refused(self.key_id, f"does not serve model {req.model}")
         if cfg.max_in_flight is not None and len(self._leases) >= cfg.max_in_flight:
-            return Refused(self.key_id, f"in-flight limit {cfg.max_in_flight} reached")
+            return Refused(self.key_id, f"in-flight limit {cfg.max_in_flight} reached", busy=True)
         refusal = quota.can_reserve(rec.quota, req.tokens, now)
         if refusal is not None:
             return Refused(self.key_id, f"{refusal.window}: {refusal.reason}", refusal.retry_at)
@@ -460,7 +463,8 @@ class KeyActor(Actor[KeyCommand]):
     def _arm_timer(self, now: float) -> None:
         """Wake up when a bench or a breaker cooldown ends, so the transition is published on time."""
         rec = self.record
-        candidates = [t for t in (rec.lifecycle.until, rec.breaker.open_until, rec.breaker.probe_deadline) if t]
+        leases = min((lease.until for lease in self._leases.values()), default=None)
+        candidates = [t for t in (rec.lifecycle.until, rec.breaker.open_until, rec.breaker.probe_deadline, leases) if t]
         future = [t for t in candidates if t > now]
         if not future or self._nursery is None:
             return
@@ -485,6 +489,7 @@ class KeyActor(Actor[KeyCommand]):
 
     def _wake(self) -> None:
         now = trio.current_time()
+        self._expire_leases(now)  # a key at its in-flight limit gets no Reserve to expire them otherwise
         rec = self.record
         lc, lc_events = lifecycle.effective(rec.lifecycle, now)
         breaker, b_events = circuit.effective(rec.breaker, self.config.breaker, now)

@@ -25,7 +25,7 @@ import trio
 
 from apikeyrouter.actors.base import Actor, Reply
 from apikeyrouter.actors.board import SnapshotBoard
-from apikeyrouter.adapters.base import AdapterResult, ProviderAdapter, QuotaSignal
+from apikeyrouter.adapters.base import AdapterResult, AdapterStream, ProviderAdapter, QuotaSignal
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.errors import ActorStopped, StreamInterrupted, UpstreamError
 from apikeyrouter.events import EventBus
@@ -63,9 +63,10 @@ class ProviderSnapshot:
 
 
 class _StreamState:
-    __slots__ = ("completed", "error", "usage")
+    __slots__ = ("completed", "error", "upstream", "usage")
 
     def __init__(self) -> None:
+        self.upstream: AdapterStream | None = None  # while open: its usage so far (partial)
         self.usage: Usage | None = None
         self.error: UpstreamError | None = None
         self.completed = False
@@ -84,7 +85,11 @@ class ForwardedStream:
 
     @property
     def usage(self) -> Usage | None:
-        return self._state.usage
+        """Usage so far: final once the stream has ended, else what the open upstream has seen."""
+        state = self._state
+        if state.usage is not None:
+            return state.usage
+        return state.upstream.usage if state.upstream is not None else None
 
     async def __aiter__(self) -> AsyncIterator[StreamChunk]:
         async for chunk in self._recv:
@@ -262,6 +267,7 @@ class ProviderActor(Actor[ProviderCommand]):
             with scope, send:
                 try:
                     async with self.adapter.open_stream(self.client, intent, secret) as upstream:
+                        state.upstream = upstream
                         opened.send(upstream.signal)
                         try:
                             async for chunk in upstream:

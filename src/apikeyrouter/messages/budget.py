@@ -9,7 +9,7 @@ import attrs
 from apikeyrouter.actors.base import Reply
 from apikeyrouter.domain.budget import BudgetSpec
 
-__all__ = ["BudgetCommand", "Charge", "Free", "Hold", "SetBudget"]
+__all__ = ["BudgetCommand", "Charge", "Free", "Hold", "SetBudget", "SetBudgets"]
 
 
 @attrs.frozen
@@ -40,4 +40,12 @@ class SetBudget:
     spec: BudgetSpec
 
 
-BudgetCommand = Hold | Charge | Free | SetBudget
+@attrs.frozen
+class SetBudgets:
+    """Replace the whole set of budgets (a config reload): new ones added, changed limits applied,
+    ones no longer configured removed. Spent and held amounts of kept budgets stay."""
+
+    specs: tuple[BudgetSpec, ...]
+
+
+BudgetCommand = Hold | Charge | Free | SetBudget | SetBudgets

@@ -58,6 +58,7 @@ class Refused:
     key_id: str
     reason: str
     retry_at: float | None = None
+    busy: bool = False  # at its in-flight limit: frees when a call ends, at no known time
 
 
 @attrs.frozen
