@@ -208,7 +208,8 @@ class ProviderActor(Actor[ProviderCommand]):
         try:
             return await reply.wait()
         finally:
-            scope.cancel(reason="the caller left")
+            if not reply.done:  # answered calls are over; cancelling them costs ~6 µs for nothing
+                scope.cancel(reason="the caller left")
 
     async def _call(
         self, scope: trio.CancelScope, reply: Reply[AdapterResult], intent: RequestIntent, secret: Secret, key_id: str
