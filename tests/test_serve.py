@@ -11,7 +11,7 @@ import openai
 import pytest
 import trio
 
-from tests.serve_env import ADMIN, CLIENT, router_toml, serve_env
+from tests.serve_env import ADMIN, CLIENT, Served, router_toml, serve_env
 
 PREMIUM = 'metadata = { quality = "premium" }'
 
@@ -113,17 +113,10 @@ async def test_sigterm_lets_a_stream_finish_then_exits_zero(tmp_path: Path) -> N
         sim_keys=[{"key": "sk-sim-1", "chunk_delay_ms": 60}],
     ) as served:
         lines: list[str] = []
-        async with httpx.AsyncClient(timeout=10) as http:
-            body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "long"}]}
-            async with http.stream(
-                "POST", f"{served.url}/v1/chat/completions", headers=served.client_headers, json=body
-            ) as response:
-                assert response.status_code == 200
-                async for line in response.aiter_lines():
-                    if line:
-                        lines.append(line)
-                    if len(lines) == 2:
-                        served.signal(signal.SIGTERM)  # mid-stream
+        try:
+            await _stream_through_sigterm(served, lines)
+        except httpx.HTTPError as exc:
+            raise AssertionError(f"stream cut: {exc}; serve log:\n{served.stderr.decode()[-6000:]}") from exc
         async with httpx.AsyncClient(timeout=2) as fresh:
             with pytest.raises(httpx.ConnectError):
                 await fresh.get(f"{served.url}/health")  # a new connection: no longer accepted
@@ -197,3 +190,18 @@ async def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
                     code = await served.process.wait()
         assert code == 1
         assert "shutdown_forced" in served.stderr.decode()
+
+
+async def _stream_through_sigterm(served: Served, lines: list[str]) -> None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "long"}]}
+        async with http.stream(
+            "POST", f"{served.url}/v1/chat/completions", headers=served.client_headers, json=body
+        ) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if not line:
+                    continue  # the blank line between events
+                lines.append(line)
+                if len(lines) == 2:
+                    served.signal(signal.SIGTERM)  # mid-stream, once (a second one would force an exit)

@@ -220,8 +220,8 @@ class Dispatch:
                     continue
                 if refusals:
                     # The decision ranked on snapshots; say which keys refused when asked to reserve.
-                    note = ". refused at reservation: " + "; ".join(refusals)
-                    decision = attrs.evolve(decision, explanation=decision.explanation + note)
+                    note = "refused at reservation: " + "; ".join(refusals)
+                    decision = attrs.evolve(decision, notes=(*decision.notes, note))
                 return _Attempt(cand.key_id, cand.provider, reply, decision, hold_id)
             if decision.candidates:
                 continue  # every candidate refused (their state moved on): decide again without them

@@ -9,6 +9,7 @@ ends, so that transition is published when it happens rather than when somebody 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Mapping
@@ -93,20 +94,32 @@ class KeySnapshot:
     metadata: Mapping[str, str]
     lifecycle: Lifecycle
     breaker: Breaker
-    capacity: Capacity
-    prediction: Prediction
     stats: Stats
     in_flight: int
     max_in_flight: int | None
     spend: Decimal
     reserved_cost: Decimal
     budget: Decimal | None
-    usage: Mapping[str, tuple[int, int | None]]
     at: float
     quota: Quota
     breaker_config: BreakerConfig
     retry_after_s: float | None = None  # the provider's Retry-After behind the current throttle
     restarts: int = 0
+
+    # The quota figures are computed when first read (once per snapshot), not on every publish: a
+    # key publishes on each reservation and settlement, and most snapshots are never read whole.
+
+    @functools.cached_property
+    def capacity(self) -> Capacity:
+        return quota.capacity(self.quota, self.at)
+
+    @functools.cached_property
+    def prediction(self) -> Prediction:
+        return quota.predict(self.quota, self.at)
+
+    @functools.cached_property
+    def usage(self) -> Mapping[str, tuple[int, int | None]]:
+        return quota.usage(self.quota, self.at)
 
     def available_at(self, now: float) -> float | None:
         """When this key may next take a request (now if it can), None if only an operator can help."""
@@ -443,15 +456,12 @@ class KeyActor(Actor[KeyCommand]):
                 metadata=self.config.metadata,
                 lifecycle=rec.lifecycle,
                 breaker=rec.breaker,
-                capacity=quota.capacity(q, now),
-                prediction=quota.predict(q, now),
                 stats=rec.stats,
                 in_flight=len(self._leases),
                 max_in_flight=self.config.max_in_flight,
                 spend=rec.spend,
                 reserved_cost=self._reserved_cost,
                 budget=self.config.budget,
-                usage=quota.usage(q, now),
                 at=now,
                 quota=q,
                 breaker_config=self.config.breaker,

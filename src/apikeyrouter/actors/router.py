@@ -8,6 +8,7 @@ with their score breakdowns and, for keys left out, why (bounded: counts by kind
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -22,7 +23,7 @@ from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.key import KeySnapshot
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.index import KeyIndex
-from apikeyrouter.domain.scoring import KeyView, ScoringConfig, render_time, score, weights_for
+from apikeyrouter.domain.scoring import KeyView, ScoringConfig, Weights, render_time, score, weights_for
 from apikeyrouter.domain.view import key_view
 from apikeyrouter.events import EventBus
 from apikeyrouter.messages.router import Decide, GetDecision, RecentDecisions, RouterCommand
@@ -41,7 +42,15 @@ class Candidate:
     key_id: str
     provider: str
     score: float
-    breakdown: str
+    # What the score came from, so its breakdown is rendered only when someone reads it.
+    view: KeyView = attrs.field(repr=False, eq=False)
+    model: str = attrs.field(repr=False, eq=False)
+    weights: Weights = attrs.field(repr=False, eq=False)
+    scoring: ScoringConfig = attrs.field(repr=False, eq=False)
+
+    @functools.cached_property
+    def breakdown(self) -> str:
+        return score(self.view, self.model, self.weights, self.scoring).explain()
 
 
 @attrs.frozen
@@ -57,7 +66,32 @@ class RoutingDecision:
     excluded_by_kind: tuple[tuple[str, int], ...]
     retry_at: float | None  # no candidate: when one may recover by itself (None: never / unknown)
     serving: int  # keys that serve the model at all
-    explanation: str
+    wall_offset: float = attrs.field(default=0.0, repr=False, eq=False)
+    notes: tuple[str, ...] = ()  # added after the decision (e.g. keys that refused at reservation)
+
+    @functools.cached_property
+    def explanation(self) -> str:
+        """Why: the chosen key's score breakdown, the runners-up, and every excluded key with its reason.
+        Built on first read: most decisions are never explained to anyone."""
+        parts: list[str] = []
+        model = self.model
+        if self.candidates:
+            best = self.candidates[0]
+            parts.append(f"chose {best.key_id} for {model} by {self.objective}: score {best.breakdown}")
+            if len(self.candidates) > 1:
+                parts.append("then " + ", ".join(f"{c.key_id} ({c.score:.3f})" for c in self.candidates[1:]))
+        elif self.serving == 0:
+            parts.append(f"no key serves {model}")
+        else:
+            retry = self.retry_at
+            when = f"; earliest recovery {render_time(retry, self.wall_offset)}" if retry is not None else ""
+            parts.append(f"no key can serve {model} now{when}")
+        if self.excluded:
+            more = self.excluded_total - len(self.excluded)
+            tail = f" (+{more} more)" if more > 0 else ""
+            parts.append("excluded: " + "; ".join(self.excluded.values()) + tail)
+        parts.extend(self.notes)
+        return ". ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -133,6 +167,8 @@ def view_of(snap: KeySnapshot, prices: Mapping[str, ModelPrice], degraded: bool)
         in_flight_limit=snap.max_in_flight,
         retry_after_s=snap.retry_after_s,
         quality=_quality(snap.metadata),
+        capacity=snap.capacity,
+        prediction=snap.prediction,
     )
     return attrs.evolve(view, success_ewma=view.success_ewma * 0.5) if degraded else view
 
@@ -228,8 +264,7 @@ class RouterActor(Actor[RouterCommand]):
                 break
             view = index.view(key_id)
             assert view is not None
-            breakdown = score(view, model, weights, self._scoring).explain()
-            candidates.append(Candidate(key_id, view.provider, value, breakdown))
+            candidates.append(Candidate(key_id, view.provider, value, view, model, weights, self._scoring))
         summary = index.excluded_summary(model, now, limit=5)
         tried_but_eligible = 0
         for key_id in msg.exclude:
@@ -257,40 +292,11 @@ class RouterActor(Actor[RouterCommand]):
             excluded_by_kind=summary.by_kind,
             retry_at=retry_at,
             serving=serving,
-            explanation=self._explain(
-                model, objective_name, candidates, excluded, summary.excluded + tried_but_eligible, retry_at, serving
-            ),
+            wall_offset=self._wall_offset,
         )
         self._remember(decision)
         self.decided += 1
         return decision
-
-    def _explain(
-        self,
-        model: str,
-        objective: str,
-        candidates: list[Candidate],
-        excluded: Mapping[str, str],
-        excluded_total: int,
-        retry_at: float | None,
-        serving: int,
-    ) -> str:
-        parts: list[str] = []
-        if candidates:
-            best = candidates[0]
-            parts.append(f"chose {best.key_id} for {model} by {objective}: score {best.breakdown}")
-            if len(candidates) > 1:
-                parts.append("then " + ", ".join(f"{c.key_id} ({c.score:.3f})" for c in candidates[1:]))
-        elif serving == 0:
-            parts.append(f"no key serves {model}")
-        else:
-            when = f"; earliest recovery {render_time(retry_at, self._wall_offset)}" if retry_at is not None else ""
-            parts.append(f"no key can serve {model} now{when}")
-        if excluded:
-            more = excluded_total - len(excluded)
-            tail = f" (+{more} more)" if more > 0 else ""
-            parts.append("excluded: " + "; ".join(excluded.values()) + tail)
-        return ". ".join(parts)
 
     def _remember(self, decision: RoutingDecision) -> None:
         self._decisions[decision.id] = decision

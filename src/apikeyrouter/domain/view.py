@@ -43,12 +43,16 @@ def key_view(
     in_flight_limit: int | None = None,
     retry_after_s: float | None = None,
     quality: float = 0.5,
+    capacity: quota.Capacity | None = None,
+    prediction: quota.Prediction | None = None,
 ) -> KeyView:
-    """The key's view as of `now`. `retry_after_s` is the Retry-After behind a current throttle, if any."""
+    """The key's view as of `now`. `retry_after_s` is the Retry-After behind a current throttle, if any.
+    `capacity` and `prediction`, when the caller already has them for this quota at `now`, are used as
+    they are (they are the costliest part of a view)."""
     lc, _ = lifecycle.effective(lc, now)
     b, _ = circuit.effective(breaker, breaker_cfg, now)
     q = quota.effective(q, now)
-    cap = quota.capacity(q, now)
+    cap = capacity if capacity is not None else quota.capacity(q, now)
     if b.state is BreakerState.OPEN:
         breaker_until = b.open_until
     elif b.state is BreakerState.HALF_OPEN:
@@ -76,7 +80,7 @@ def key_view(
         capacity_left=cap.fraction_left,
         capacity_window=cap.tightest,
         capacity_retry_at=retry_at,
-        prediction=quota.predict(q, now),
+        prediction=prediction if prediction is not None else quota.predict(q, now),
         success_ewma=stats.success_ewma,
         latency_ewma_s=stats.latency_ewma_s,
         recent_requests=n_requests,
