@@ -44,6 +44,7 @@ a full `tau`.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 
 import attrs
@@ -169,6 +170,11 @@ class Quota:
     epoch: int = 0
     rate: _Rate = _Rate()
 
+    @functools.cached_property
+    def fresh_until(self) -> float:
+        """Until this time no ring needs to slide (`effective` is then the identity, minus blocking)."""
+        return min((r.head + 1) * s.width for r, s in zip(self.rings, self.config.windows, strict=True))
+
 
 @attrs.frozen
 class QuotaReservation:
@@ -227,6 +233,8 @@ def _add(ring: _Ring, spec: WindowSpec, at: float, delta: int) -> _Ring:
 
 def effective(q: Quota, now: float) -> Quota:
     """The quota as of `now`: rings slid forward, an expired Retry-After block dropped."""
+    if now < q.fresh_until and (q.blocked_until is None or now < q.blocked_until):
+        return q  # the common case, checked in O(1): nothing to slide, nothing expired
     rings = tuple(_advance(r, s, now) for r, s in zip(q.rings, q.config.windows, strict=True))
     blocked = q.blocked_until if q.blocked_until is not None and now < q.blocked_until else None
     if rings == q.rings and blocked == q.blocked_until:
