@@ -100,6 +100,7 @@ class ApiKeyRouter(Dispatch):
         self.board = SnapshotBoard()
         self.scoring = scoring or ScoringConfig()
         self._adapters: dict[str, ProviderAdapter] = {}
+        self._price_cache: dict[tuple[str, str], ModelPrice | None] = {}
         self._key_provider: dict[str, str] = {}
         self._key_meta: dict[str, APIKey] = {}
         self._ids = itertools.count(1)
@@ -180,8 +181,13 @@ class ApiKeyRouter(Dispatch):
         )
 
     def _lookup_price(self, provider: str, model: str) -> ModelPrice | None:
-        adapter = self._adapters.get(provider)
-        return _price_of(adapter, model) if adapter is not None else None
+        # Cached per provider: the router asks for every re-indexed key. remove_provider clears it.
+        try:
+            return self._price_cache[provider, model]
+        except KeyError:
+            adapter = self._adapters.get(provider)
+            price = self._price_cache[provider, model] = _price_of(adapter, model) if adapter is not None else None
+            return price
 
     async def _load_config(self) -> None:
         from apikeyrouter.adapters.factory import adapter_from_config
@@ -370,6 +376,7 @@ class ApiKeyRouter(Dispatch):
             await self.remove_key(key_id)
         await self._providers().remove_child(f"provider:{provider_id}")
         self._adapters.pop(provider_id, None)
+        self._price_cache = {k: v for k, v in self._price_cache.items() if k[0] != provider_id}
         self.board.providers.pop(provider_id, None)
 
     # -- registration ---------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ class KeySnapshot:
 
     @functools.cached_property
     def capacity(self) -> Capacity:
-        return quota.capacity(self.quota, self.at)
+        return quota.capacity(self.quota, self.at, self.prediction)
 
     @functools.cached_property
     def prediction(self) -> Prediction:

@@ -450,8 +450,9 @@ def predict(q: Quota, now: float) -> Prediction:
     return Prediction(secs, exhausts, confidence, window)
 
 
-def capacity(q: Quota, now: float) -> Capacity:
-    """Capacity state as of `now` (module docstring), prediction included."""
+def capacity(q: Quota, now: float, prediction: Prediction | None = None) -> Capacity:
+    """Capacity state as of `now` (module docstring), prediction included (pass `predict(q, now)` if
+    you already have it)."""
     q = effective(q, now)
     cfg = q.config
     fractions = _fractions(q, now)
@@ -470,7 +471,7 @@ def capacity(q: Quota, now: float) -> Capacity:
     else:
         state = CapacityState.ABUNDANT
     if state in (CapacityState.ABUNDANT, CapacityState.CONSTRAINED):
-        p = predict(q, now)
+        p = prediction if prediction is not None else predict(q, now)
         if (
             p.exhausts_before_reset
             and p.seconds_to_exhaustion is not None
