@@ -307,7 +307,11 @@ BAD_CONFIGS = [
         PROVIDER.replace('"openai"\nbase', '"generic"\nbase') + '[providers.generic]\nauth_format = "Bearer"\n' + KEY,
         ("must contain {key}, where the key goes @ config.providers[0].generic.auth_format",),
     ),
-    ("sqlite without a path", '[store]\nkind = "sqlite"\n', ("the sqlite store needs a path @ config.store.path",)),
+    (
+        "sqlite is not available yet",
+        '[store]\nkind = "sqlite"\npath = "s.db"\n',
+        ('the sqlite store is not available yet; use kind = "memory" @ config.store.kind',),
+    ),
     (
         "socket path too long",
         f'[debug]\nsocket = "/{"s" * 120}.sock"\n',
@@ -422,8 +426,7 @@ def test_example_config_loads_with_every_section() -> None:
     )
     assert config.failures[FailureClass.RATE_LIMITED] == DEFAULT_ACTIONS[FailureClass.RATE_LIMITED]
     assert config.debug.socket == Path("/run/user/1000/apikeyrouter-8080.sock")
-    assert config.store.kind == "sqlite"
-    assert config.store.path == EXAMPLE.parent / "apikeyrouter-state.sqlite3"  # relative to the file
+    assert config.store.kind == "memory" and config.store.path is None
     assert config.warnings == ()
     assert bind_allowed(config) is None
 
@@ -527,10 +530,9 @@ def test_default_debug_socket_follows_port_and_runtime_dir() -> None:
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "router.toml"
-    path.write_text('[debug]\nsocket = "run/debug.sock"\n[store]\nkind = "sqlite"\npath = "state.db"\n')
+    path.write_text('[debug]\nsocket = "run/debug.sock"\n')
     config = load_config(path, {})
     assert config.debug.socket == tmp_path / "run" / "debug.sock"
-    assert config.store.path == tmp_path / "state.db"
     assert config.source == str(path)
 
 

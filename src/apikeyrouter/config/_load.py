@@ -250,8 +250,9 @@ class _Parser:
 
     def store(self, data: Mapping[str, Any]) -> StoreConfig:
         store = self.table(data, "store", StoreConfig) or StoreConfig()
-        if store.kind == "sqlite" and store.path is None:
-            self.error("the sqlite store needs a path", "config.store.path")
+        if store.kind == "sqlite":
+            # Named in the schema so configs written for it fail loudly instead of silently using memory.
+            self.error("the sqlite store is not available yet; use kind = \"memory\"", "config.store.kind")
         if store.kind == "memory" and store.path is not None:
             self.error("only the sqlite store uses a path", "config.store.path")
         if store.path is not None:
