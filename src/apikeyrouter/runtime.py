@@ -37,6 +37,7 @@ from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.adapters.tokens import warm as warm_tokenizers
 from apikeyrouter.api import APIKey, tree_to_json
 from apikeyrouter.config import RouterConfig, default_config
+from apikeyrouter.debug.server import DebugServer, open_debug_channel
 from apikeyrouter.dispatch import Dispatch, RoutedStreamHandle
 from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.circuit import BreakerConfig
@@ -602,6 +603,11 @@ class ApiKeyRouter(Dispatch):
         if self._root is None:
             return TreeNode(name="root", kind="supervisor", status="stopped", restarts=0)
         return self._root.tree()
+
+    def open_debug_channel(self, path: str | None = None) -> AbstractAsyncContextManager[DebugServer]:
+        """`async with router.open_debug_channel(path):` serves the debug channel (`apikeyrouter inspect`)
+        for this embedded router on a Unix socket (mode 0600) while the block runs."""
+        return open_debug_channel(self, path)
 
     def get_state_summary(self) -> dict[str, Any]:
         providers = [
