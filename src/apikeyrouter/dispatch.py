@@ -445,6 +445,10 @@ class Dispatch:
         self.events.publish("request.attempt", data)
         if failure is not None:
             log.info("attempt_failed", **data)
+        else:
+            # The decision's full explanation is one GET /decisions/{id} (or `inspect decisions`) away;
+            # rendering it for every request would cost more than the decision itself.
+            log.debug("attempt_succeeded", chosen_by=attempt.decision.objective, **data)
 
     @asynccontextmanager
     async def stream(
