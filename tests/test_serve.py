@@ -70,6 +70,9 @@ async def test_openai_sdk_through_serve_with_failover_auth_and_503(tmp_path: Pat
         retry_after = int(unavailable.value.response.headers["retry-after"])
         assert 1 <= retry_after <= 31
         assert served.sim.stats("sk-sim-invalid").requests == 1
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"{served.url}/metrics")).text
+        assert 'apikeyrouter_attempt_failures_total{failure_class="auth_invalid",key="bad"} 1.0' in metrics
 
 
 async def test_client_disconnect_cancels_the_upstream_call(tmp_path: Path) -> None:

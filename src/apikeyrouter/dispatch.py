@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from decimal import Decimal
 from typing import Any
@@ -107,6 +107,7 @@ class Dispatch:
     _wall_offset: float
     _budget_specs: list[BudgetSpec]
     _nursery: trio.Nursery | None
+    attempt_observers: list[Callable[[Mapping[str, Any]], None]]  # called for every attempt (metrics)
 
     def _check(self, operation: str) -> Supervisor:
         raise NotImplementedError
@@ -443,6 +444,8 @@ class Dispatch:
             "latency_ms": round(latency * 1000, 3),
         }
         self.events.publish("request.attempt", data)
+        for observe in self.attempt_observers:
+            observe(data)
         if failure is not None:
             log.info("attempt_failed", **data)
         else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
 from types import TracebackType
@@ -102,6 +102,7 @@ class ApiKeyRouter(Dispatch):
         self.scoring = scoring or ScoringConfig()
         self._adapters: dict[str, ProviderAdapter] = {}
         self._price_cache: dict[tuple[str, str], ModelPrice | None] = {}
+        self.attempt_observers: list[Callable[[Mapping[str, Any]], None]] = []
         self._key_provider: dict[str, str] = {}
         self._key_meta: dict[str, APIKey] = {}
         self._ids = itertools.count(1)

@@ -252,7 +252,7 @@ class _Parser:
         store = self.table(data, "store", StoreConfig) or StoreConfig()
         if store.kind == "sqlite":
             # Named in the schema so configs written for it fail loudly instead of silently using memory.
-            self.error("the sqlite store is not available yet; use kind = \"memory\"", "config.store.kind")
+            self.error('the sqlite store is not available yet; use kind = "memory"', "config.store.kind")
         if store.kind == "memory" and store.path is not None:
             self.error("only the sqlite store uses a path", "config.store.path")
         if store.path is not None:

@@ -100,6 +100,9 @@ class ProxyApp:
         self.metrics_require_admin = metrics_require_admin
         self.log_requests = log_requests
         self.metrics = metrics if metrics is not None else ProxyMetrics(router.keys)
+        observers = getattr(router, "attempt_observers", None)
+        if isinstance(observers, list):  # the real router reports every attempt, failovers included
+            observers.append(self.metrics.attempt)
         self.admin = AdminAPI(router)
         self._static: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat},

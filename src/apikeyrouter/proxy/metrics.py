@@ -23,7 +23,7 @@ Per-key state, read from `router.keys()` only when scraped (zero cost on the hot
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -75,6 +75,12 @@ class ProxyMetrics:
             ("failure_class",),
             registry=r,
         )
+        self._attempt_failures = Counter(
+            "apikeyrouter_attempt_failures",
+            "Upstream attempts that failed (each failover counts), by failure class and key.",
+            ("failure_class", "key"),
+            registry=r,
+        )
         self._request_children: dict[tuple[str, int], Any] = {}
         self._duration_children: dict[str, Any] = {}
         self._served_children: dict[tuple[str, str], Any] = {}
@@ -97,6 +103,12 @@ class ProxyMetrics:
             child = self._served_children[(key, provider)] = self._served.labels(key, provider)
         child.inc()
         self._attempts.inc(attempts)
+
+    def attempt(self, data: Mapping[str, Any]) -> None:
+        """Router attempt observer: count every failed attempt, failovers included."""
+        outcome = data.get("outcome")
+        if outcome and outcome != "success":
+            self._attempt_failures.labels(str(outcome), str(data.get("key", ""))).inc()
 
     def failed(self, failure_class: str) -> None:
         self._failures.labels(failure_class).inc()
