@@ -140,7 +140,11 @@ class Dispatch:
         # Shielded (bounded) like a reservation: a cancelled caller must still learn it holds money.
         with trio.move_on_after(5) as cs:
             cs.shield = True
-            refused = await self._budget_ref().ask(lambda r: Hold(hold_id, ids, amount, r))
+            try:
+                refused = await self._budget_ref().ask(lambda r: Hold(hold_id, ids, amount, r))
+            except (ActorError, RouterNotRunning) as exc:
+                # Fail closed: a hard budget is never overspent because its keeper was restarting.
+                return f"budgets unavailable ({exc})"
         if cs.cancelled_caught:
             self._unhold(hold_id, None)  # in case the hold landed after we stopped waiting
         return refused
@@ -193,7 +197,10 @@ class Dispatch:
         while True:
             decision = await self._decide(request_id, intent.model, objective, tried | set(refused))
             for cand in decision.candidates:
-                adapter = self._adapters[cand.provider]
+                adapter = self._adapters.get(cand.provider)
+                if adapter is None:  # its provider was removed (a reload) since the snapshot
+                    refused[cand.key_id] = None
+                    continue
                 est = adapter.estimate(intent)
                 hold_id = f"{request_id}:{next(self._ids)}"
                 over_budget = await self._hold(hold_id, cand.provider, cand.key_id, est.worst_case_cost)
