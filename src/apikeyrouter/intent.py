@@ -97,6 +97,11 @@ class RequestIntent:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidRequest("'stream' must be a boolean", param="stream")
+        for where, text in (("model", model), *((f"messages[{i}].content", m.content) for i, m in enumerate(messages))):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequest(f"{where} is not valid Unicode text (a lone surrogate)", param=where) from None
         known = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "stop", "stream"}
         extra = {k: v for k, v in body.items() if k not in known}
         return cls(

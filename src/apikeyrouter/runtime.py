@@ -36,7 +36,7 @@ from apikeyrouter.actors.router import RouterActor, RoutingDecision
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.adapters.tokens import warm as warm_tokenizers
 from apikeyrouter.api import APIKey, tree_to_json
-from apikeyrouter.config import RouterConfig, default_config
+from apikeyrouter.config import RouterConfig, default_config, valid_id
 from apikeyrouter.debug.server import DebugServer, open_debug_channel
 from apikeyrouter.dispatch import Dispatch, RoutedStreamHandle
 from apikeyrouter.domain.budget import BudgetSpec
@@ -435,6 +435,10 @@ class ApiKeyRouter(Dispatch):
             raise UnknownProvider(provider)
         material = secret if isinstance(secret, Secret) else Secret(secret)
         kid = key_id or f"{provider}-{material.fingerprint[3:11]}"
+        if not valid_id(kid):
+            raise InvalidRequest(
+                "a key id is 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit", param="id"
+            )
         limits = dict(limits or {})
         unknown = set(limits) - {"rpm", "tpm", "rpd", "tokens_per_month"}
         if unknown:
@@ -468,7 +472,7 @@ class ApiKeyRouter(Dispatch):
 
     async def _register(self, key_id: str, secret: Secret, provider: str, settings: KeyConfig) -> APIKey:
         if key_id in self._key_provider:
-            raise ValueError(f"key {key_id!r} is already registered")
+            raise InvalidRequest(f"key {key_id!r} is already registered", param="id")
         adapter = self._adapters.get(provider)
         if adapter is None:
             raise UnknownProvider(provider)

@@ -164,7 +164,7 @@ def error_fields(body: Any, raw: bytes) -> tuple[str | None, str | None, str]:
         return (
             etype if isinstance(etype, str) else None,
             str(code) if isinstance(code, str | int) and not isinstance(code, bool) else None,
-            message if isinstance(message, str) else json.dumps(err)[:_MESSAGE_LIMIT],
+            message if isinstance(message, str) else json.dumps(err),  # scrub() truncates, after redacting
         )
     if isinstance(err, str):
         return None, None, err

@@ -14,7 +14,14 @@ so no repr of a config can show them. docs/config.md is the reference for every 
 """
 
 from apikeyrouter.config._compare import ConfigDiff, config_fingerprint, config_to_dict, diff_keys, diff_providers
-from apikeyrouter.config._load import bind_allowed, default_config, default_debug_socket, load_config, parse_config
+from apikeyrouter.config._load import (
+    bind_allowed,
+    default_config,
+    default_debug_socket,
+    load_config,
+    parse_config,
+    valid_id,
+)
 from apikeyrouter.config._schema import (
     ENV_ADMIN_TOKEN,
     ENV_CLIENT_TOKENS,
@@ -75,4 +82,5 @@ __all__ = [
     "diff_providers",
     "load_config",
     "parse_config",
+    "valid_id",
 ]

@@ -51,6 +51,14 @@ _SECTIONS: Final = (
     "budgets", "failures", "debug", "store", "logging",
 )  # fmt: skip
 _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def valid_id(value: str) -> bool:
+    """Provider and key ids: 1-64 of letters, digits, `.`, `_`, `:`, `-`, starting with a letter or digit
+    (they appear in URLs, HTTP headers and logs)."""
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
 # Upper case only: a key pasted into `secret_env` by mistake then fails this check instead of being echoed
 # back in "environment variable ... is not set".
 _ENV_NAME_RE: Final = re.compile(r"[A-Z_][A-Z0-9_]*")

@@ -41,6 +41,8 @@ def parse_request(line: bytes) -> Request:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadRequest(ErrorCode.BAD_JSON, f"request is not JSON: {exc.msg} at column {exc.colno}") from None
+    except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
+        raise BadRequest(ErrorCode.BAD_JSON, f"request is not usable JSON: {exc}") from None
     except RecursionError:
         raise BadRequest(ErrorCode.BAD_JSON, "request is nested too deeply") from None
     if not isinstance(obj, dict):

@@ -38,7 +38,8 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def json_bytes(value: Any) -> bytes:
-    return _dumps(value).encode()
+    # Answers may echo client text: an unencodable character (a lone surrogate) never turns into a 500.
+    return _dumps(value).encode("utf-8", "backslashreplace")
 
 
 class HTTPError(Exception):

@@ -258,7 +258,11 @@ class ProxyApp:
 
     async def _json_body(self, ex: Exchange, receive: Receive, *, optional: bool = False) -> Any:
         try:
-            raw = await read_body(receive, self.max_body_bytes, ex.request.content_length)
+            # A client that stops sending its body must not hold this task: the body gets the deadline.
+            with trio.fail_after(self.request_deadline):
+                raw = await read_body(receive, self.max_body_bytes, ex.request.content_length)
+        except trio.TooSlowError:
+            raise HTTPError(408, "the request body did not arrive in time", code="request_timeout") from None
         except BodyTooLarge:
             raise HTTPError(
                 413, f"request body is larger than {self.max_body_bytes} bytes", code="request_too_large"
@@ -268,9 +272,17 @@ class ProxyApp:
                 return None
             raise HTTPError(400, "request body is empty: expected a JSON object")
         try:
-            return json.loads(raw)
+            body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise HTTPError(400, "request body is nested too deeply") from None
+        try:
+            # JSON admits lone UTF-16 surrogates ("\ud800") that no UTF-8 encoder will send on.
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise HTTPError(400, "request body contains text that is not valid Unicode (a lone surrogate)") from None
+        return body
 
     def _deadline(self, request: Request) -> float:
         raw = request.deadline_header
@@ -441,7 +453,10 @@ class ProxyApp:
         ex.stream_error = error.code or error.type
         body = error_event(error_body(error.message, type=error.type, param=error.param, code=error.code))
         try:
-            await send({"type": "http.response.body", "body": body + DONE_EVENT, "more_body": False})
+            with trio.move_on_after(5) as cs:  # a client that stopped reading cannot hold us here
+                await send({"type": "http.response.body", "body": body + DONE_EVENT, "more_body": False})
+            if cs.cancelled_caught:
+                ex.disconnected = True
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             ex.disconnected = True
 
