@@ -106,6 +106,8 @@ def serve(config_path: Path) -> None:
 
     try:
         trio.run(lambda: run_standalone(config, config_path=config_path, on_started=announce))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed (still starting)
+        raise SystemExit(130) from None
     except OSError as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
@@ -130,6 +132,8 @@ def demo(port: int) -> None:
 
     try:
         trio.run(lambda: run_demo(port, on_started=announce))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed (still starting)
+        raise SystemExit(130) from None
     except OSError as exc:
         click.echo(f"error: {exc} (is port {port} taken? try --port 0)", err=True)
         raise SystemExit(1) from None

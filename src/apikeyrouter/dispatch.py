@@ -409,13 +409,7 @@ class Dispatch:
             try:
                 result = await self._complete(attempt, req)
             except UpstreamError as exc:
-                latency = trio.current_time() - call_start
-                self._unhold(attempt.hold_id, None)
-                await self._settle(
-                    attempt.key_id, attempt.grant.reservation_id, self._outcome_of(exc, attempt.provider, latency)
-                )
-                self._record_attempt(request_id, attempt, attempts, exc.failure, latency)
-                tried.add(attempt.key_id)
+                await self._attempt_failed(request_id, attempt, attempts, exc, call_start, tried)
                 last_error = exc
                 if not self._retryable(exc, attempts):
                     raise
@@ -437,6 +431,19 @@ class Dispatch:
             self._record_attempt(request_id, attempt, attempts, None, latency)
             meta = self._metadata(attempt, request_id, attempts, cost, trio.current_time() - start)
             return attrs.evolve(response, metadata=meta)
+
+    async def _attempt_failed(
+        self, request_id: str, attempt: _Attempt, n: int, exc: UpstreamError, call_start: float, tried: set[str]
+    ) -> None:
+        """An attempt failed upstream: free its budget hold, settle the failure with the key (its breaker,
+        lifecycle and windows learn from it), record it, and keep the key out of this request's next tries."""
+        latency = trio.current_time() - call_start
+        self._unhold(attempt.hold_id, None)
+        await self._settle(
+            attempt.key_id, attempt.grant.reservation_id, self._outcome_of(exc, attempt.provider, latency)
+        )
+        self._record_attempt(request_id, attempt, n, exc.failure, latency)
+        tried.add(attempt.key_id)
 
     def _record_attempt(
         self, request_id: str, attempt: _Attempt, n: int, failure: FailureClass | None, latency: float
@@ -496,13 +503,7 @@ class Dispatch:
                             provider=attempt.provider,
                         )
                     )
-                    latency = trio.current_time() - call_start
-                    self._unhold(attempt.hold_id, None)
-                    await self._settle(
-                        attempt.key_id, attempt.grant.reservation_id, self._outcome_of(exc, attempt.provider, latency)
-                    )
-                    self._record_attempt(request_id, attempt, attempts, exc.failure, latency)
-                    tried.add(attempt.key_id)
+                    await self._attempt_failed(request_id, attempt, attempts, exc, call_start, tried)
                     last_error = exc
                     if not self._retryable(exc, attempts):
                         raise exc from None

@@ -65,9 +65,10 @@ async def run_standalone(
     async with trio.open_nursery() as nursery:
         signals_seen = 0
 
-        async def on_signals() -> None:
+        async def on_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             nonlocal signals_seen
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+                task_status.started()  # handlers are installed: only now may we say we are serving
                 async for signum in received:
                     if signum == signal.SIGHUP:
                         nursery.start_soon(reload, router)
@@ -135,7 +136,7 @@ async def run_standalone(
                 )
                 socket_path = path
             if handle_signals:  # from here on reload() has what it needs (the app, the router)
-                nursery.start_soon(on_signals)
+                await nursery.start(on_signals)
             started = Started(listening.url, listening.port, socket_path, router)
             log.info(
                 "serving",

@@ -18,13 +18,13 @@ from typing import Any, TypeVar
 import attrs
 import httpx
 
-from apikeyrouter.adapters.base import CostEstimate, QuotaSignal
+from apikeyrouter.adapters.base import AdapterResult, CostEstimate, QuotaSignal
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
 from apikeyrouter.adapters.pricing import ModelPrice, PriceTable
 from apikeyrouter.adapters.tokens import count_chat
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.errors import MalformedResponse, StreamInterrupted, UpstreamError
-from apikeyrouter.intent import RequestIntent, Usage
+from apikeyrouter.intent import RequestIntent, SystemResponse, Usage
 from apikeyrouter.secret import Secret
 
 _S = TypeVar("_S")
@@ -386,3 +386,35 @@ def usage_from(data: Any, input_path: str, output_path: str) -> Usage | None:
 
 
 Builder = Callable[[RequestIntent], Any]
+
+
+class JSONChatAdapter(HTTPAdapterBase):
+    """An adapter that POSTs a JSON chat body to `base_url + endpoint` and reads one JSON answer
+    (OpenAI, Anthropic). Subclasses say how to authenticate, what to send and how to read it back."""
+
+    endpoint: str = ""
+    base_url: str = ""
+
+    def _auth(self, secret: Secret) -> dict[str, str]:
+        raise NotImplementedError
+
+    def body(self, intent: RequestIntent, *, stream: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def normalise(
+        self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret, signal: QuotaSignal
+    ) -> SystemResponse:
+        raise NotImplementedError
+
+    async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult:
+        async with self.exchange(
+            client,
+            "POST",
+            f"{self.base_url}{self.endpoint}",
+            secret=secret,
+            headers=self._auth(secret),
+            json_body=self.body(intent, stream=False),
+        ) as response:
+            signal = self.signal_from(response.headers)
+            data = await self.read_json(response, secret, signal)
+        return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)

@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 
-from apikeyrouter.adapters._http import HTTPAdapterBase, SSEEvent, error_fields, parse_json
+from apikeyrouter.adapters._http import JSONChatAdapter, SSEEvent, error_fields, parse_json
 from apikeyrouter.adapters._stream import SSEStream
-from apikeyrouter.adapters.base import AdapterResult, Capabilities, QuotaSignal
+from apikeyrouter.adapters.base import Capabilities, QuotaSignal
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
 from apikeyrouter.adapters.headers import parse_anthropic_headers
 from apikeyrouter.adapters.pricing import ModelPrice
@@ -54,8 +54,9 @@ def _finish(reason: Any) -> str | None:
     return STOP_REASONS.get(reason, reason)
 
 
-class AnthropicAdapter(HTTPAdapterBase):
+class AnthropicAdapter(JSONChatAdapter):
     kind = "anthropic"
+    endpoint = "/messages"
 
     def __init__(
         self,
@@ -129,19 +130,6 @@ class AnthropicAdapter(HTTPAdapterBase):
         if stream:
             body["stream"] = True
         return body
-
-    async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult:
-        async with self.exchange(
-            client,
-            "POST",
-            f"{self.base_url}/messages",
-            secret=secret,
-            headers=self._auth(secret),
-            json_body=self.body(intent, stream=False),
-        ) as response:
-            signal = self.signal_from(response.headers)
-            data = await self.read_json(response, secret, signal)
-        return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
 
     def normalise(
         self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret, signal: QuotaSignal

@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
-from apikeyrouter.adapters._http import HTTPAdapterBase, SSEEvent, error_fields, parse_json
+from apikeyrouter.adapters._http import JSONChatAdapter, SSEEvent, error_fields, parse_json
 from apikeyrouter.adapters._stream import SSEStream
-from apikeyrouter.adapters.base import AdapterResult, Capabilities, QuotaSignal
+from apikeyrouter.adapters.base import Capabilities, QuotaSignal
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
 from apikeyrouter.adapters.headers import parse_openai_headers
 from apikeyrouter.adapters.pricing import ModelPrice
@@ -23,7 +23,7 @@ __all__ = ["OpenAIAdapter"]
 _RAW_FIELDS = ("id", "object", "created", "system_fingerprint", "service_tier")
 
 
-class OpenAIAdapter(HTTPAdapterBase):
+class OpenAIAdapter(JSONChatAdapter):
     """`POST {base_url}/chat/completions` with Bearer auth; `GET {base_url}/models`.
 
     `models` declares what this provider serves (empty: whatever the caller asks for). `extra` parameters
@@ -31,6 +31,7 @@ class OpenAIAdapter(HTTPAdapterBase):
     """
 
     kind = "openai"
+    endpoint = "/chat/completions"
 
     def __init__(
         self,
@@ -82,19 +83,6 @@ class OpenAIAdapter(HTTPAdapterBase):
         else:
             body.pop("stream_options", None)
         return body
-
-    async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult:
-        async with self.exchange(
-            client,
-            "POST",
-            f"{self.base_url}/chat/completions",
-            secret=secret,
-            headers=self._auth(secret),
-            json_body=self.body(intent, stream=False),
-        ) as response:
-            signal = self.signal_from(response.headers)
-            data = await self.read_json(response, secret, signal)
-        return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
 
     def normalise(
         self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret, signal: QuotaSignal
