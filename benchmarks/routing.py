@@ -46,7 +46,6 @@ import trio.testing
 from apikeyrouter.actors.base import ActorRef, Reply
 from apikeyrouter.actors.router import RouterActor, RoutingDecision, view_of
 from apikeyrouter.adapters import OpenAIAdapter
-from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.scoring import rank
 from apikeyrouter.messages.key import Granted, KeyCommand, Outcome, Release, Reserve, Settle
@@ -133,7 +132,7 @@ def pure_decides(actor: RouterActor, count: int) -> list[float]:
 def scan_seconds(router: ApiKeyRouter, adapter: OpenAIAdapter, repeats: int) -> tuple[float, str]:
     price = adapter.prices.price(MODEL)
     assert price is not None
-    prices = {MODEL: ModelPrice(input_per_m=price.input_per_mtok, output_per_m=price.output_per_mtok)}
+    prices = {MODEL: price}
     views = [view_of(snap, prices, False) for snap in router.board.keys.values()]
     now = trio.current_time()
     times = []

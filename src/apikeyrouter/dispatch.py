@@ -27,7 +27,7 @@ from apikeyrouter.actors.budget import BudgetActor
 from apikeyrouter.actors.key import KeyActor
 from apikeyrouter.actors.provider import ForwardedStream, ProviderActor
 from apikeyrouter.actors.router import RoutingDecision
-from apikeyrouter.adapters.base import AdapterResult, ProviderAdapter
+from apikeyrouter.adapters.base import AdapterResult, CostEstimate, ProviderAdapter
 from apikeyrouter.config import RouterConfig
 from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.failures import FailureClass
@@ -193,6 +193,7 @@ class Dispatch:
         refusals: list[str] = []
         budget_refusals: list[str] = []
         busy_keys: set[str] = set()  # refused only because they were at their in-flight limit
+        estimates: dict[str, CostEstimate] = {}
         waits_for_change = 0
         while True:
             decision = await self._decide(request_id, intent.model, objective, tried | set(refused))
@@ -201,7 +202,9 @@ class Dispatch:
                 if adapter is None:  # its provider was removed (a reload) since the snapshot
                     refused[cand.key_id] = None
                     continue
-                est = adapter.estimate(intent)
+                est = estimates.get(cand.provider)
+                if est is None:  # tokenizing is the costly part: once per provider, not per candidate
+                    est = estimates[cand.provider] = adapter.estimate(intent)
                 hold_id = f"{request_id}:{next(self._ids)}"
                 over_budget = await self._hold(hold_id, cand.provider, cand.key_id, est.worst_case_cost)
                 if over_budget is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
 from types import TracebackType
@@ -67,12 +67,8 @@ log = structlog.get_logger("apikeyrouter.runtime")
 
 def _price_of(adapter: ProviderAdapter, model: str) -> ModelPrice | None:
     table = getattr(adapter, "prices", None)
-    if table is None:
-        return None
-    price = table.price(model)
-    if price is None:
-        return None
-    return ModelPrice(input_per_m=price.input_per_mtok, output_per_m=price.output_per_mtok)
+    price = table.price(model) if table is not None else None
+    return price if isinstance(price, ModelPrice) else None
 
 
 class ApiKeyRouter(Dispatch):
@@ -202,17 +198,34 @@ class ApiKeyRouter(Dispatch):
                 await self.update_key_state(kcfg.id, "disabled", reason="disabled in config")
 
     def _key_settings(self, kcfg: Any) -> KeyConfig:
+        """Settings of a `[[keys]]` entry."""
+        limits = {"rpm": kcfg.rpm, "tpm": kcfg.tpm, "rpd": kcfg.rpd, "tokens_per_month": kcfg.tokens_per_month}
+        return self._settings(
+            kcfg.id, kcfg.provider, kcfg.models, kcfg.metadata, limits, kcfg.max_in_flight, kcfg.budget
+        )
+
+    def _settings(
+        self,
+        key_id: str,
+        provider: str,
+        models: Iterable[str],
+        metadata: Mapping[str, str],
+        limits: Mapping[str, int | None],
+        max_in_flight: int | None,
+        budget: Decimal | None,
+    ) -> KeyConfig:
+        """A key actor's settings: the key's own fields plus the router-wide capacity, breaker and failure rules."""
         cfg = self.config
         return KeyConfig(
-            id=kcfg.id,
-            provider=kcfg.provider,
-            models=frozenset(kcfg.models),
-            metadata=dict(kcfg.metadata),
+            id=key_id,
+            provider=provider,
+            models=frozenset(models),
+            metadata=dict(metadata),
             quota=QuotaConfig(
-                rpm=kcfg.rpm,
-                tpm=kcfg.tpm,
-                rpd=kcfg.rpd,
-                tokens_per_month=kcfg.tokens_per_month,
+                rpm=limits.get("rpm"),
+                tpm=limits.get("tpm"),
+                rpd=limits.get("rpd"),
+                tokens_per_month=limits.get("tokens_per_month"),
                 constrained_below=cfg.capacity.constrained,
                 critical_below=cfg.capacity.critical,
             ),
@@ -221,8 +234,8 @@ class ApiKeyRouter(Dispatch):
                 cooldown=cfg.breaker.cooldown,
                 probe_timeout=cfg.breaker.probe_deadline,
             ),
-            max_in_flight=kcfg.max_in_flight,
-            budget=kcfg.budget,
+            max_in_flight=max_in_flight,
+            budget=budget,
             failures=dict(cfg.failures),
             default_throttle_s=cfg.routing.default_retry_after,
         )
@@ -443,25 +456,7 @@ class ApiKeyRouter(Dispatch):
         unknown = set(limits) - {"rpm", "tpm", "rpd", "tokens_per_month"}
         if unknown:
             raise InvalidRequest(f"unknown limits: {sorted(unknown)}", param="limits")
-        cfg = self.config
-        settings = KeyConfig(
-            id=kid,
-            provider=provider,
-            models=frozenset(models or ()),
-            metadata=dict(metadata or {}),
-            quota=QuotaConfig(
-                constrained_below=cfg.capacity.constrained, critical_below=cfg.capacity.critical, **limits
-            ),
-            breaker=BreakerConfig(
-                failure_threshold=cfg.breaker.failure_threshold,
-                cooldown=cfg.breaker.cooldown,
-                probe_timeout=cfg.breaker.probe_deadline,
-            ),
-            max_in_flight=max_in_flight,
-            budget=budget,
-            failures=dict(cfg.failures),
-            default_throttle_s=cfg.routing.default_retry_after,
-        )
+        settings = self._settings(kid, provider, models or (), metadata or {}, limits, max_in_flight, budget)
         api_key = await self._register(kid, material, provider, settings)
         if budget is not None:
             spec = BudgetSpec(f"key:{kid}", Decimal(budget), 30 * 86_400.0)

@@ -19,24 +19,10 @@ from decimal import Decimal
 
 import attrs
 
+from apikeyrouter.domain.cost import ModelPrice, cost
 from apikeyrouter.intent import Usage
 
 __all__ = ["DEFAULT_PRICES", "ModelPrice", "PriceTable", "PricedCost"]
-
-_MTOK = Decimal(1_000_000)
-
-
-@attrs.frozen
-class ModelPrice:
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal
-
-    @classmethod
-    def of(cls, input_per_mtok: str | Decimal | int, output_per_mtok: str | Decimal | int) -> ModelPrice:
-        return cls(Decimal(input_per_mtok), Decimal(output_per_mtok))
-
-    def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
-        return (Decimal(input_tokens) * self.input_per_mtok + Decimal(output_tokens) * self.output_per_mtok) / _MTOK
 
 
 @attrs.frozen
@@ -46,8 +32,8 @@ class PricedCost:
     matched: str | None = None  # the table entry used
 
 
-def _p(i: str, o: str) -> ModelPrice:
-    return ModelPrice.of(i, o)
+def _p(i: str | Decimal | int, o: str | Decimal | int) -> ModelPrice:
+    return ModelPrice(Decimal(i), Decimal(o))
 
 
 DEFAULT_PRICES: Mapping[str, ModelPrice] = {
@@ -92,7 +78,7 @@ def _as_price(value: ModelPrice | tuple[str | Decimal | int, str | Decimal | int
     if isinstance(value, ModelPrice):
         return value
     i, o = value
-    return ModelPrice.of(i, o)
+    return _p(i, o)
 
 
 class PriceTable:
@@ -139,7 +125,8 @@ class PriceTable:
         entry = self.match(model)
         if entry is None:
             return PricedCost(Decimal(0), known=False)
-        return PricedCost(self._table[entry].cost(input_tokens, output_tokens), known=True, matched=entry)
+        amount = cost(self._table[entry], Usage(input_tokens, output_tokens))
+        return PricedCost(amount, known=True, matched=entry)
 
     def cost(self, model: str, usage: Usage) -> Decimal:
         return self.priced(model, usage.input_tokens, usage.output_tokens).amount
