@@ -108,6 +108,20 @@ BAD_CONFIGS = [
         "[breaker]\ncooldown = nan\n",
         ("invalid value for type, expected a finite float @ config.breaker.cooldown",),
     ),
+    (
+        # BreakerConfig and ModelPrice are the domain's own records: their checks still name the field.
+        "breaker out of range",
+        "[breaker]\nfailure_threshold = 0\nbackoff = 0.5\n",
+        (
+            "must be >= 1 (got 0) @ config.breaker.failure_threshold",
+            "must be >= 1 (got 0.5) @ config.breaker.backoff",
+        ),
+    ),
+    (
+        "negative price",
+        PROVIDER + '[providers.pricing."gpt-4o-mini"]\ninput = "-1"\noutput = "0.60"\n' + KEY,
+        ("must be >= 0 (got -1) @ config.providers[0].pricing['gpt-4o-mini'].input",),
+    ),
     ("host as a number", "[server]\nhost = 127\n", ("invalid value for type, expected str @ config.server.host",)),
     (
         "bool as a string",

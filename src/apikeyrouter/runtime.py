@@ -40,7 +40,6 @@ from apikeyrouter.config import RouterConfig, default_config, valid_id
 from apikeyrouter.debug.server import DebugServer, open_debug_channel
 from apikeyrouter.dispatch import Dispatch, RoutedStreamHandle
 from apikeyrouter.domain.budget import BudgetSpec
-from apikeyrouter.domain.circuit import BreakerConfig
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.quota import QuotaConfig
 from apikeyrouter.domain.scoring import ScoringConfig, Weights, weights_for
@@ -229,11 +228,7 @@ class ApiKeyRouter(Dispatch):
                 constrained_below=cfg.capacity.constrained,
                 critical_below=cfg.capacity.critical,
             ),
-            breaker=BreakerConfig(
-                failure_threshold=cfg.breaker.failure_threshold,
-                cooldown=cfg.breaker.cooldown,
-                probe_timeout=cfg.breaker.probe_deadline,
-            ),
+            breaker=cfg.breaker,
             max_in_flight=max_in_flight,
             budget=budget,
             failures=dict(cfg.failures),

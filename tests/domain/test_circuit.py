@@ -20,7 +20,7 @@ from apikeyrouter.domain.circuit import (
 )
 from apikeyrouter.domain.failures import FailureClass
 
-CFG = BreakerConfig(failure_threshold=3, cooldown=10.0, probe_timeout=5.0, backoff=2.0, max_cooldown=25.0)
+CFG = BreakerConfig(failure_threshold=3, cooldown=10.0, probe_deadline=5.0, backoff=2.0, max_cooldown=25.0)
 
 
 def test_record_predicate_follows_the_failure_table() -> None:
@@ -103,7 +103,7 @@ def test_at_most_one_probe_under_any_interleaving(steps: list[tuple[str, int]]) 
 
     The breaker may admit a probe only when the model has none live, and must refuse while one is.
     """
-    cfg = BreakerConfig(failure_threshold=2, cooldown=5.0, probe_timeout=3.0)
+    cfg = BreakerConfig(failure_threshold=2, cooldown=5.0, probe_deadline=3.0)
     b, now = Breaker(), 0.0
     held: list[int | None] = []  # probe ids (None = an ordinary call admitted while closed)
     live: tuple[int, float] | None = None  # (probe id, deadline) per the model
@@ -122,7 +122,7 @@ def test_at_most_one_probe_under_any_interleaving(steps: list[tuple[str, int]]) 
                 probe = b.probe_id if was_half_open else None
                 assert (probe is not None) == any(isinstance(e, ProbeAdmitted) for e in events)
                 if probe is not None:
-                    live = (probe, now + cfg.probe_timeout)
+                    live = (probe, now + cfg.probe_deadline)
                 held.append(probe)
         elif held:
             probe = held.pop(arg % len(held))

@@ -12,7 +12,7 @@ from apikeyrouter.domain.quota import CapacityState, QuotaConfig, QuotaReservati
 from apikeyrouter.domain.scoring import KeyView
 from apikeyrouter.domain.view import bench_until, key_view
 
-CFG = BreakerConfig(failure_threshold=1, cooldown=10.0, probe_timeout=5.0)
+CFG = BreakerConfig(failure_threshold=1, cooldown=10.0, probe_deadline=5.0)
 
 
 def _view(lc: Lifecycle, q: quota.Quota, b: Breaker, now: float, retry_after_s: float | None = None) -> KeyView:

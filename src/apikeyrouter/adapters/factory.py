@@ -8,7 +8,6 @@ from apikeyrouter.adapters.anthropic import AnthropicAdapter
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.adapters.generic import GenericHTTPAdapter
 from apikeyrouter.adapters.openai import OpenAIAdapter
-from apikeyrouter.adapters.pricing import ModelPrice
 from apikeyrouter.config import ProviderConfig
 
 __all__ = ["adapter_from_config"]
@@ -21,7 +20,7 @@ def adapter_from_config(cfg: ProviderConfig) -> ProviderAdapter:
         max_keepalive_connections=cfg.max_connections,
         keepalive_expiry=30.0,
     )
-    prices = {model: ModelPrice(p.input, p.output) for model, p in cfg.pricing.items()}
+    prices = dict(cfg.pricing)
     match cfg.kind:
         case "openai":
             return OpenAIAdapter(

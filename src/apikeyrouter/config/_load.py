@@ -93,7 +93,10 @@ class _Parser:
 
     def structure(self, raw: Mapping[str, Any], cls: type[T], path: str) -> T | None:
         try:
-            return converter.structure(dict(raw), cls)
+            # Records shared with the domain (BreakerConfig, ModelPrice) validate themselves; here their
+            # validators wait, so the checks below can name the exact field (`config.breaker.cooldown`).
+            with attrs.validators.disabled():
+                return converter.structure(dict(raw), cls)
         except Exception as exc:
             self.errors.extend(describe_errors(exc, path))
             return None
@@ -395,6 +398,8 @@ class _Parser:
         self.at_least(breaker.failure_threshold, 1, "config.breaker.failure_threshold")
         self.at_least(breaker.cooldown, 0, "config.breaker.cooldown", strict=True)
         self.at_least(breaker.probe_deadline, 0, "config.breaker.probe_deadline", strict=True)
+        self.at_least(breaker.backoff, 1, "config.breaker.backoff")
+        self.at_least(breaker.max_cooldown, 0, "config.breaker.max_cooldown", strict=True)
 
     def check_capacity(self, capacity: CapacityConfig) -> None:
         if not 0 < capacity.critical < capacity.constrained < 1:

@@ -16,6 +16,8 @@ import attrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from apikeyrouter.config._convert import Invalid, converter
+from apikeyrouter.domain.circuit import BreakerConfig
+from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import FailureAction, FailureClass, KeyEffect
 from apikeyrouter.secret import Secret
 
@@ -93,26 +95,11 @@ class RoutingConfig:
 
 
 @attrs.frozen
-class BreakerConfig:
-    failure_threshold: int = 5
-    cooldown: float = 30.0
-    probe_deadline: float = 10.0
-
-
-@attrs.frozen
 class CapacityConfig:
     """Fractions of quota left below which a key is constrained, then critical."""
 
     constrained: float = 0.5
     critical: float = 0.1
-
-
-@attrs.frozen
-class ModelPrice:
-    """Price per one million tokens, in the pricing table's currency (USD)."""
-
-    input: Decimal
-    output: Decimal
 
 
 @attrs.frozen

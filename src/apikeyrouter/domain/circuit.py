@@ -72,7 +72,7 @@ class Verdict(enum.Enum):
 class BreakerConfig:
     failure_threshold: int = attrs.field(default=5, validator=attrs.validators.ge(1))
     cooldown: float = attrs.field(default=30.0, validator=attrs.validators.gt(0.0))
-    probe_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0.0))
+    probe_deadline: float = attrs.field(default=10.0, validator=attrs.validators.gt(0.0))
     backoff: float = attrs.field(default=2.0, validator=attrs.validators.ge(1.0))
     max_cooldown: float = attrs.field(default=600.0, validator=attrs.validators.gt(0.0))
 
@@ -184,7 +184,7 @@ def try_acquire(b: Breaker, cfg: BreakerConfig, now: float) -> tuple[Breaker, bo
     if b.state is BreakerState.OPEN or b.probe_in_flight:
         return b, False, events
     probe_id = b.probe_id + 1
-    deadline = now + cfg.probe_timeout
+    deadline = now + cfg.probe_deadline
     b = attrs.evolve(b, probe_id=probe_id, probe_deadline=deadline)
     return b, True, [*events, ProbeAdmitted(at=now, probe_id=probe_id, deadline=deadline)]
 

@@ -34,17 +34,18 @@ def _non_negative(_inst: object, attribute: attrs.Attribute[Decimal], value: Dec
 
 @attrs.frozen
 class ModelPrice:
-    """USD (or any one currency) per one million tokens."""
+    """Price per one million tokens, in one currency (USD in the shipped table). Also the `[providers.pricing]`
+    record of the config file."""
 
-    input_per_m: Decimal = attrs.field(validator=_non_negative)
-    output_per_m: Decimal = attrs.field(validator=_non_negative)
+    input: Decimal = attrs.field(validator=_non_negative)
+    output: Decimal = attrs.field(validator=_non_negative)
 
 
 def cost(price: ModelPrice, usage: Usage) -> Decimal:
     """The exact cost of `usage` at `price`."""
     if usage.input_tokens < 0 or usage.output_tokens < 0:
         raise ValueError(f"token counts must be >= 0, got {usage}")
-    return (usage.input_tokens * price.input_per_m + usage.output_tokens * price.output_per_m) / PER_MILLION
+    return (usage.input_tokens * price.input + usage.output_tokens * price.output) / PER_MILLION
 
 
 def worst_case(
@@ -64,7 +65,7 @@ def worst_case(
     if input_margin < 0:
         raise ValueError("input_margin must be >= 0")
     padded = (Decimal(input_tokens) * (1 + input_margin)).to_integral_value(rounding="ROUND_CEILING")
-    return (padded * price.input_per_m + max_output_tokens * price.output_per_m) / PER_MILLION
+    return (padded * price.input + max_output_tokens * price.output) / PER_MILLION
 
 
 def blended_per_million(price: ModelPrice, *, output_share: float = 0.25) -> float:
@@ -75,4 +76,4 @@ def blended_per_million(price: ModelPrice, *, output_share: float = 0.25) -> flo
     """
     if not 0.0 <= output_share <= 1.0:
         raise ValueError("output_share must be within [0, 1]")
-    return float(price.input_per_m) * (1.0 - output_share) + float(price.output_per_m) * output_share
+    return float(price.input) * (1.0 - output_share) + float(price.output) * output_share
