@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import attrs
 
 from apikeyrouter.actors.base import TreeNode
-from apikeyrouter.events import EventBus
 from apikeyrouter.intent import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse
+from apikeyrouter.observe import EventBus
 
 __all__ = ["APIKey", "RoutedStream", "RouterAPI", "tree_to_json"]
 

@@ -25,8 +25,8 @@ from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.index import KeyIndex
 from apikeyrouter.domain.scoring import KeyView, ScoringConfig, Weights, render_time, score, weights_for
 from apikeyrouter.domain.view import key_view
-from apikeyrouter.events import EventBus
 from apikeyrouter.messages.router import Decide, GetDecision, RecentDecisions, RouterCommand
+from apikeyrouter.observe import EventBus
 
 __all__ = ["Candidate", "RouterActor", "RoutingDecision"]
 
