@@ -8,10 +8,12 @@ key entry (`keys()` items, `/state`, `/keys`, debug `keys`):
      "capacity", "capacity_left_pct", "prediction": {"seconds_to_exhaustion", "confidence"},
      "breaker", "breaker_until", "in_flight", "max_in_flight", "success_rate", "latency_ms",
      "spend", "requests", "models", "metadata", "limits": {...}}
-    (`*_until` are trio times, plus `*_until_wall` ISO-8601 UTC strings for humans; money as strings)
+    (`*_until` are trio times, plus `*_until_wall` strings for humans, `render_wall`: ISO-8601 UTC with
+    milliseconds; money as strings)
 tree node (`tree_to_json`): {"name", "kind", "status", "restarts", "mailbox": {"depth", "capacity"} | None,
      "children": [...], "last_crash"}
-transition: {"key", "from", "to", "reason", "at", "at_wall", "until"}
+transition: {"key", "from", "to", "reason", "cause", "at", "at_wall", "until", "until_wall"} (as in a
+    `key.transition` event: `observe.events.transition_fields`)
 decision: {"id", "at", "request_id", "model", "objective", "chosen", "candidates": [{"key", "score",
      "breakdown"}], "excluded": {key_id: reason}, "excluded_total", "explanation"}
 """
