@@ -202,8 +202,8 @@ class _InstantRouter:
     """Just enough of `RouterAPI` for `ProxyApp` to serve non-streaming chat with a canned answer."""
 
     def __init__(self) -> None:
-        from apikeyrouter.observe import EventBus
         from apikeyrouter.intent import ResponseMetadata, SystemResponse, Usage
+        from apikeyrouter.observe import EventBus
 
         self.events = EventBus()
         self.canned = SystemResponse(
