@@ -224,7 +224,7 @@ async def test_proxy_metrics_count_failed_attempts_through_the_typed_observer() 
     assert len(counted) == 2  # the successful attempt counted no failure
 
 
-async def test_keys_transitions_and_events_show_the_same_wall_time() -> None:
+async def test_keys_transitions_decisions_and_events_show_the_same_wall_time() -> None:
     async with routing_env(
         [("tight", "sk-sim-tight", {"metadata": {"quality": "premium"}}), ("good", "sk-sim-good", {})],
         sim_keys=[{"key": "sk-sim-tight", "rpm": 1}],
@@ -247,3 +247,5 @@ async def test_keys_transitions_and_events_show_the_same_wall_time() -> None:
         assert ISO_MS.fullmatch(until_wall)
         assert shown["until_wall"] == entry["lifecycle_until_wall"] == audited["until_wall"] == until_wall
         assert {k: v for k, v in shown.items() if k != "kind"} == audited  # one encoding for both
+        [decision] = env.router.decisions(1)
+        assert decision["at_wall"] == render_wall(decision["at"], offset)

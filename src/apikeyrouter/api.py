@@ -14,8 +14,8 @@ tree node (`tree_to_json`): {"name", "kind", "status", "restarts", "mailbox": {"
      "children": [...], "last_crash"}
 transition: {"key", "from", "to", "reason", "cause", "at", "at_wall", "until", "until_wall"} (as in a
     `key.transition` event: `observe.events.transition_fields`)
-decision: {"id", "at", "request_id", "model", "objective", "chosen", "candidates": [{"key", "score",
-     "breakdown"}], "excluded": {key_id: reason}, "excluded_total", "explanation"}
+decision: {"id", "at", "at_wall", "request_id", "model", "objective", "chosen", "candidates": [{"key", "score",
+     "breakdown"}], "excluded": {key_id: reason}, "excluded_total", "retry_at", "retry_at_wall", "explanation"}
 """
 
 from __future__ import annotations
