@@ -160,7 +160,7 @@ async def run_fixed_upstream(port: int) -> None:
 
 
 def _quiet_logging(level: str) -> None:
-    from apikeyrouter.logs import configure_logging
+    from apikeyrouter.observe.logs import configure_logging
 
     configure_logging(level, "json", stream=open(os.devnull, "w"))  # noqa: SIM115 (lives as long as the process)
 
@@ -202,8 +202,8 @@ class _InstantRouter:
     """Just enough of `RouterAPI` for `ProxyApp` to serve non-streaming chat with a canned answer."""
 
     def __init__(self) -> None:
-        from apikeyrouter.events import EventBus
         from apikeyrouter.intent import ResponseMetadata, SystemResponse, Usage
+        from apikeyrouter.observe import EventBus
 
         self.events = EventBus()
         self.canned = SystemResponse(

@@ -19,13 +19,29 @@ import trio
 from apikeyrouter.actors import ActorRef
 from apikeyrouter.actors.base import TreeNode
 from apikeyrouter.debug import DebugServer
-from apikeyrouter.events import EventBus
+from apikeyrouter.domain.circuit import BreakerHalfOpened
+from apikeyrouter.domain.lifecycle import Cause, KeyState, Transition
+from apikeyrouter.observe import EventBus, KeyBreakerChanged, KeyTransitioned, ProviderHealthChanged
 from apikeyrouter.supervisors import ChildSpec, Strategy, Supervisor, SupervisorSpec
 from tests.kernel_actors import Counter, CounterMsg
 
 # A secret-shaped string that must never leave the debug channel.
 LEAKY_SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4"
 THROTTLE_WALL = "2026-05-01T12:34:56Z"
+
+
+def transition(key: str, frm: str, to: str, reason: str = "429") -> KeyTransitioned:
+    """A `key.transition` event as a key actor publishes it, at the current trio time."""
+    at = trio.current_time()
+    return KeyTransitioned(key, Transition(KeyState(frm), KeyState(to), reason, at, Cause.FAILURE))
+
+
+def breaker_half_opened(key: str) -> KeyBreakerChanged:
+    return KeyBreakerChanged(key, BreakerHalfOpened(trio.current_time()))
+
+
+def provider_degraded(provider: str) -> ProviderHealthChanged:
+    return ProviderHealthChanged(provider, True, "5 server-side failures", trio.current_time())
 
 
 def canned_keys(now: float) -> dict[str, dict[str, Any]]:

@@ -19,8 +19,8 @@ import trio
 from apikeyrouter.actors.base import TreeNode
 from apikeyrouter.api import APIKey
 from apikeyrouter.errors import UnknownKey, UnknownModel, UnknownProvider
-from apikeyrouter.events import EventBus
 from apikeyrouter.intent import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
+from apikeyrouter.observe import EventBus
 from apikeyrouter.proxy import Listening, ProxyApp, serve_proxy
 from apikeyrouter.secret import Secret
 

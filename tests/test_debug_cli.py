@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 
 from apikeyrouter.cli import main
 from apikeyrouter.debug import commands
-from tests.debug_fake import LEAKY_SECRET, ThreadedFake, short_socket_dir, threaded_fake
+from tests.debug_fake import LEAKY_SECRET, ThreadedFake, provider_degraded, short_socket_dir, threaded_fake, transition
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -163,8 +163,9 @@ def test_events_follow_the_stream_and_ctrl_c_exits_cleanly(served: ThreadedFake)
         while served.run_sync(lambda: served.fake.events.subscriber_count) == 0:  # type: ignore[union-attr]
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.02)
-        served.run_sync(served.fake.events.publish, "router.decision", {"id": "skipped"})
-        served.run_sync(served.fake.events.publish, "key.transition", {"key": "openai-1", "to": "throttled"})
+        fake = served.fake
+        served.run_sync(lambda: fake.events.publish(provider_degraded("openai")))  # not a key event: skipped
+        served.run_sync(lambda: fake.events.publish(transition("openai-1", "active", "throttled")))
         assert proc.stdout is not None
         event = json.loads(proc.stdout.readline())
         assert (event["kind"], event["key"], event["to"]) == ("key.transition", "openai-1", "throttled")

@@ -33,14 +33,18 @@ from apikeyrouter.debug import (
     subscribe,
 )
 from apikeyrouter.debug.protocol import LineReader, to_jsonable
+from apikeyrouter.observe import SupervisorEscalated, render_wall
 from tests.debug_fake import (
     LEAKY_SECRET,
     THROTTLE_WALL,
     FakeRouter,
+    breaker_half_opened,
     eventually,
     exists,
+    provider_degraded,
     running_fake,
     short_socket_dir,
+    transition,
 )
 from tests.kernel_actors import CrashNow
 
@@ -262,23 +266,32 @@ async def test_subscribe_receives_events_as_they_are_published(path: str, served
     async with trio.open_nursery() as nursery:
         await nursery.start(follow)
         await eventually(lambda: served.events.subscriber_count > 0)
-        served.events.publish("router.decision", {"id": "d-3"})  # filtered out
-        served.events.publish("key.transition", {"key": "openai-1", "from": "active", "to": "throttled"})
-        served.events.publish("key.transition", {"key": "openai-1", "from": "throttled", "to": "active"})
+        served.events.publish(provider_degraded("openai"))  # filtered out
+        served.events.publish(transition("openai-1", "active", "throttled"))
+        served.events.publish(transition("openai-1", "throttled", "active"))
     assert [(e["kind"], e["to"]) for e in received] == [("key.transition", "throttled"), ("key.transition", "active")]
+    assert received[0]["at_wall"] == render_wall(received[0]["at"], served.events.wall_offset)
     await eventually(lambda: served.events.subscriber_count == 0)
 
 
 async def test_subscribe_acknowledges_and_filters_by_prefix_forms(path: str, served: FakeRouter) -> None:
     client = await raw(path)
-    ack = await client.ask(b'{"op": "subscribe", "events": ["key.*", "router.decision"]}')
+    ack = await client.ask(b'{"op": "subscribe", "events": ["key.*", "provider.health"]}')
     assert ack["ok"] and ack["op"] == "subscribe"
-    assert ack["data"] == {"events": ["key", "router.decision"], "queue": 256}
-    served.events.publish("request.attempt", {"n": 1})
-    served.events.publish("router.decision", {"id": "d"})
-    served.events.publish("key.breaker", {"key": "k"})
+    assert ack["data"] == {"events": ["key", "provider.health"], "queue": 256}
+    served.events.publish(SupervisorEscalated("root", "router", 10, trio.current_time()))
+    served.events.publish(provider_degraded("openai"))
+    served.events.publish(breaker_half_opened("openai-1"))
     kinds = [(await client.line() or {})["data"]["kind"] for _ in range(2)]
-    assert kinds == ["router.decision", "key.breaker"]
+    assert kinds == ["provider.health", "key.breaker"]
+
+
+async def test_subscribing_to_an_unknown_kind_is_refused_with_the_known_kinds(path: str, served: FakeRouter) -> None:
+    client = await raw(path)
+    answer = await client.ask(b'{"op": "subscribe", "events": ["key.transitions"]}')
+    assert answer["ok"] is False and answer["error"]["code"] == "bad_argument"
+    assert "key.transitions" in answer["error"]["message"] and "key.transition," in answer["error"]["message"]
+    assert served.events.subscriber_count == 0
 
 
 async def test_a_subscriber_that_falls_behind_is_told_and_dropped(path: str) -> None:
@@ -286,13 +299,13 @@ async def test_a_subscriber_that_falls_behind_is_told_and_dropped(path: str) -> 
         client = await raw(path)
         assert (await client.ask(b'{"op": "subscribe"}'))["ok"]
         for i in range(100):  # no checkpoint: the server cannot drain the queue in between
-            fake.events.publish("key.transition", {"i": i})
+            fake.events.publish(transition(f"key-{i}", "active", "throttled"))
         lines = []
         while (line := await client.line()) is not None:
             lines.append(line)
         # The queue's 8, plus possibly one handed straight to the server's waiting receive.
-        got = [ln["data"]["i"] for ln in lines[:-1]]
-        assert got in (list(range(8)), list(range(9)))
+        got = [ln["data"]["key"] for ln in lines[:-1]]
+        assert got in ([f"key-{i}" for i in range(8)], [f"key-{i}" for i in range(9)])
         assert lines[-1]["ok"] is False and lines[-1]["error"]["code"] == "lagged"
         assert fake.events.subscriber_count == 0
         assert fake.debug is not None and fake.debug.server_status().dropped_slow == 1
@@ -302,7 +315,7 @@ async def _publish(fake: FakeRouter, n: int) -> float:
     """Publish `n` events with a checkpoint after each, as when many tasks publish: the server runs in between."""
     start = time.perf_counter()
     for i in range(n):
-        fake.events.publish("key.transition", {"key": "openai-1", "i": i, "reason": "x" * 200})
+        fake.events.publish(transition("openai-1", "active", "throttled", reason=f"{i} " + "x" * 200))
         await trio.lowlevel.checkpoint()
     return time.perf_counter() - start
 

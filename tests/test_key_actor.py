@@ -14,8 +14,8 @@ from apikeyrouter.domain.circuit import BreakerConfig
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.lifecycle import KeyState
 from apikeyrouter.domain.quota import QuotaConfig
-from apikeyrouter.events import EventBus
 from apikeyrouter.messages.key import Granted, InjectCrash, KeyCommand, Outcome, Refused, Release, Reserve, Settle
+from apikeyrouter.observe import EventBus, KeyTransitioned
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import MemoryStore
 from apikeyrouter.supervisors import ChildSpec, Supervisor
@@ -52,10 +52,13 @@ async def test_throttle_ends_on_time_without_any_request(autojump_clock: trio.te
         assert isinstance(grant, Granted)
         await ref.tell(Settle(grant.reservation_id, Outcome(FailureClass.RATE_LIMITED, retry_after=30)))
         await trio.sleep(31)
-        seen = [sub._recv.receive_nowait() for _ in range(2)]
-        assert [(e.data["from"], e.data["to"], e.at) for e in seen] == [
-            ("active", "throttled", 0),
-            ("throttled", "active", 30),
+        seen = sub.pending()
+        assert all(isinstance(e, KeyTransitioned) and e.key == "k" for e in seen)
+        assert [
+            (e.transition.from_state, e.transition.to_state, e.at) for e in seen if isinstance(e, KeyTransitioned)
+        ] == [
+            (KeyState.ACTIVE, KeyState.THROTTLED, 0),
+            (KeyState.THROTTLED, KeyState.ACTIVE, 30),
         ]
         assert h.board.keys["k"].lifecycle.state is KeyState.ACTIVE
         nursery.cancel_scope.cancel()

@@ -7,7 +7,9 @@ import pytest
 import trio
 
 from apikeyrouter import NoKeyAvailable
+from apikeyrouter.domain.circuit import BreakerClosed, ProbeAdmitted
 from apikeyrouter.messages.key import InjectCrash
+from apikeyrouter.observe import KeyBreakerChanged, SupervisorChildCrashed, SupervisorChildRestarted
 from apikeyrouter.sim import KeyBehavior
 from tests.routing_env import Env, chat, routing_env, settle_down
 
@@ -101,7 +103,6 @@ async def test_breaker_opens_sends_exactly_one_probe_and_closes() -> None:
             "breaker": {"failure_threshold": 2, "cooldown": 0.3, "probe_deadline": 5.0},
         },
     ) as env:
-        probes: list[object] = []
         sub = env.router.events.subscribe(["key.breaker"], capacity=64)
         for i in range(3):
             assert (await env.router.route(chat(f"n{i}"))).metadata.key_used == "good"
@@ -118,13 +119,9 @@ async def test_breaker_opens_sends_exactly_one_probe_and_closes() -> None:
         await settle_down(env.router)
         flaky = env.router.key("flaky")
         assert flaky is not None and flaky["breaker"] == "closed"
-        while True:
-            try:
-                probes.append(sub._recv.receive_nowait().data["change"])
-            except trio.WouldBlock:
-                break
-        assert probes.count("ProbeAdmitted") == 1
-        assert probes[-1] == "BreakerClosed"
+        changes = [e.change for e in sub.pending() if isinstance(e, KeyBreakerChanged) and e.key == "flaky"]
+        assert [type(c) for c in changes].count(ProbeAdmitted) == 1
+        assert isinstance(changes[-1], BreakerClosed)
 
 
 async def test_all_keys_limited_waits_for_a_reset_inside_the_deadline() -> None:
@@ -191,9 +188,13 @@ async def test_key_actor_crash_restarts_with_its_state_and_siblings_unaffected()
         assert after["lifecycle"] == "throttled" and after["lifecycle_until"] == before["lifecycle_until"]
         good = env.router.key("good")
         assert good is not None and good["restarts"] == 0
-        seen = [crashes._recv.receive_nowait() for _ in range(2)]
-        assert [e.kind for e in seen] == ["supervisor.child_crashed", "supervisor.child_restarted"]
-        assert seen[0].data["child"] == "key:tight" and seen[0].data["reason"] == "RuntimeError: chaos test"
+        crashed, restarted = crashes.pending()
+        assert isinstance(crashed, SupervisorChildCrashed) and isinstance(restarted, SupervisorChildRestarted)
+        assert (crashed.child, crashed.reason, restarted.child) == (
+            "key:tight",
+            "RuntimeError: chaos test",
+            "key:tight",
+        )
         assert (await env.router.route(chat("three"))).metadata.key_used == "good"
 
 

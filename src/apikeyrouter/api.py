@@ -8,12 +8,14 @@ key entry (`keys()` items, `/state`, `/keys`, debug `keys`):
      "capacity", "capacity_left_pct", "prediction": {"seconds_to_exhaustion", "confidence"},
      "breaker", "breaker_until", "in_flight", "max_in_flight", "success_rate", "latency_ms",
      "spend", "requests", "models", "metadata", "limits": {...}}
-    (`*_until` are trio times, plus `*_until_wall` ISO-8601 UTC strings for humans; money as strings)
+    (`*_until` are trio times, plus `*_until_wall` strings for humans, `render_wall`: ISO-8601 UTC with
+    milliseconds; money as strings)
 tree node (`tree_to_json`): {"name", "kind", "status", "restarts", "mailbox": {"depth", "capacity"} | None,
      "children": [...], "last_crash"}
-transition: {"key", "from", "to", "reason", "at", "at_wall", "until"}
-decision: {"id", "at", "request_id", "model", "objective", "chosen", "candidates": [{"key", "score",
-     "breakdown"}], "excluded": {key_id: reason}, "excluded_total", "explanation"}
+transition: {"key", "from", "to", "reason", "cause", "at", "at_wall", "until", "until_wall"} (as in a
+    `key.transition` event: `observe.events.transition_fields`)
+decision: {"id", "at", "at_wall", "request_id", "model", "objective", "chosen", "candidates": [{"key", "score",
+     "breakdown"}], "excluded": {key_id: reason}, "excluded_total", "retry_at", "retry_at_wall", "explanation"}
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from typing import Any, Protocol
 import attrs
 
 from apikeyrouter.actors.base import TreeNode
-from apikeyrouter.events import EventBus
 from apikeyrouter.intent import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse
+from apikeyrouter.observe import EventBus
 
 __all__ = ["APIKey", "RoutedStream", "RouterAPI", "tree_to_json"]
 

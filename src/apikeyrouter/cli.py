@@ -84,7 +84,7 @@ def serve(config_path: Path) -> None:
     """Run the supervision tree and the OpenAI-compatible proxy described by a config file."""
     import trio
 
-    from apikeyrouter.logs import configure_logging
+    from apikeyrouter.observe.logs import configure_logging
     from apikeyrouter.standalone import Started, describe, run_standalone
 
     try:
@@ -120,7 +120,7 @@ def demo(port: int) -> None:
     import trio
 
     from apikeyrouter.demo import instructions, run_demo
-    from apikeyrouter.logs import configure_logging
+    from apikeyrouter.observe.logs import configure_logging
     from apikeyrouter.standalone import Started
 
     configure_logging("warning", "console")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from decimal import Decimal
 from typing import Any
@@ -45,11 +45,11 @@ from apikeyrouter.errors import (
     UnknownProvider,
     UpstreamError,
 )
-from apikeyrouter.events import EventBus
 from apikeyrouter.intent import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold
 from apikeyrouter.messages.key import Granted, KeyCommand, Outcome, Refused, Release, Reserve, Settle
 from apikeyrouter.messages.router import Decide
+from apikeyrouter.observe import EventBus, RequestAttempted
 from apikeyrouter.supervisors import Supervisor
 
 __all__ = ["Dispatch", "RoutedStreamHandle"]
@@ -107,7 +107,6 @@ class Dispatch:
     _wall_offset: float
     _budget_specs: list[BudgetSpec]
     _nursery: trio.Nursery | None
-    attempt_observers: list[Callable[[Mapping[str, Any]], None]]  # called for every attempt (metrics)
 
     def _check(self, operation: str) -> Supervisor:
         raise NotImplementedError
@@ -460,9 +459,10 @@ class Dispatch:
             "outcome": "success" if failure is None else failure.value,
             "latency_ms": round(latency * 1000, 3),
         }
-        self.events.publish("request.attempt", data)
-        for observe in self.attempt_observers:
-            observe(data)
+        event = RequestAttempted(
+            request_id, attempt.key_id, attempt.provider, n, attempt.decision.id, failure, latency, trio.current_time()
+        )
+        self.events.publish(event)
         if failure is not None:
             log.info("attempt_failed", **data)
         else:

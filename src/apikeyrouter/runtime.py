@@ -16,8 +16,7 @@ inside the deadline, and otherwise fails at once with `NoKeyAvailable(retry_at=.
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
 from types import TracebackType
@@ -50,10 +49,10 @@ from apikeyrouter.errors import (
     UnknownKey,
     UnknownProvider,
 )
-from apikeyrouter.events import EventBus
 from apikeyrouter.messages.budget import SetBudget, SetBudgets
 from apikeyrouter.messages.key import KeyCommand, Operate
 from apikeyrouter.messages.router import GetDecision, RecentDecisions
+from apikeyrouter.observe import ConfigReloaded, Event, EventBus, KeyRegistered
 from apikeyrouter.secret import Secret
 from apikeyrouter.state import key_json, transition_json
 from apikeyrouter.store.memory import MemoryStore, StateStore
@@ -97,7 +96,6 @@ class ApiKeyRouter(Dispatch):
         self.scoring = scoring or ScoringConfig()
         self._adapters: dict[str, ProviderAdapter] = {}
         self._price_cache: dict[tuple[str, str], ModelPrice | None] = {}
-        self.attempt_observers: list[Callable[[Mapping[str, Any]], None]] = []
         self._key_provider: dict[str, str] = {}
         self._key_meta: dict[str, APIKey] = {}
         self._ids = itertools.count(1)
@@ -113,7 +111,7 @@ class ApiKeyRouter(Dispatch):
 
     async def __aenter__(self) -> ApiKeyRouter:
         # Wall clock only to render times for humans; every rule runs on trio's clock.
-        self._wall_offset = time.time() - trio.current_time()
+        self._wall_offset = self.events.wall_offset
         grace = self.config.server.grace_period
         self._root = Supervisor(
             "root",
@@ -161,8 +159,8 @@ class ApiKeyRouter(Dispatch):
         finally:
             self._running = False
 
-    def _supervisor_event(self, kind: str, data: Mapping[str, Any]) -> None:
-        self.events.publish(kind, data)
+    def _supervisor_event(self, event: Event) -> None:
+        self.events.publish(event)
 
     def _make_budgets(self) -> BudgetActor:
         return BudgetActor(self._budget_specs, store=self.store, events=self.events)
@@ -371,7 +369,7 @@ class ApiKeyRouter(Dispatch):
                 # e.g. new material for a key an operator revoked: revoked stays revoked, the reload goes on.
                 report.setdefault("refused", []).append(f"{kcfg.id}: {exc}")
                 log.warning("reload_step_refused", key=kcfg.id, reason=str(exc))
-        self.events.publish("config.reloaded", {k: v for k, v in report.items() if v})
+        self.events.publish(ConfigReloaded(trio.current_time(), **report))
         log.info("config_reloaded", **{k: v for k, v in report.items() if v})
         return report
 
@@ -484,7 +482,7 @@ class ApiKeyRouter(Dispatch):
             raise
         api_key = APIKey(id=key_id, provider=provider, fingerprint=secret.fingerprint, metadata=dict(settings.metadata))
         self._key_meta[key_id] = api_key
-        self.events.publish("key.registered", {"key": key_id, "provider": provider})
+        self.events.publish(KeyRegistered(key_id, provider, trio.current_time()))
         log.info("key_registered", key=key_id, provider=provider, fingerprint=secret.fingerprint)
         return api_key
 

@@ -1,23 +1,22 @@
 """JSON views of key snapshots and transitions: the shapes `/state`, `/keys`, the debug channel and
-`inspect` show (see api.py). Never key material: ids and fingerprints only."""
+`inspect` show (see api.py). Never key material: ids and fingerprints only. Wall times are
+`render_wall` (ISO-8601 UTC with milliseconds), like every other rendered time."""
 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 from apikeyrouter.actors.key import KeySnapshot
 from apikeyrouter.domain.lifecycle import KeyState, Transition
+from apikeyrouter.observe.events import render_wall, transition_fields
 
 __all__ = ["key_json", "transition_json", "wall_iso"]
 
 
 def wall_iso(t: float | None, wall_offset: float) -> str | None:
-    """A trio time as an ISO-8601 UTC wall-clock string, for humans."""
-    if t is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t + wall_offset))
+    """A trio time as an ISO-8601 UTC wall-clock string, for humans (None stays None)."""
+    return None if t is None else render_wall(t, wall_offset)
 
 
 def key_json(snap: KeySnapshot, now: float, wall_offset: float) -> dict[str, Any]:
@@ -63,13 +62,5 @@ def key_json(snap: KeySnapshot, now: float, wall_offset: float) -> dict[str, Any
 
 
 def transition_json(key_id: str, t: Transition, wall_offset: float) -> dict[str, Any]:
-    return {
-        "key": key_id,
-        "from": t.from_state.value,
-        "to": t.to_state.value,
-        "reason": t.reason,
-        "at": t.at,
-        "at_wall": wall_iso(t.at, wall_offset),
-        "until": t.until,
-        "cause": t.cause.value,
-    }
+    """The same fields as a `key.transition` event (one encoding), without its `kind`."""
+    return transition_fields(key_id, t, wall_offset)

@@ -25,7 +25,7 @@ def test_throttled_key_is_benched_then_woken_lazily() -> None:
     )
     assert [k for k, _ in index.top("gpt", "reliability", 70.0, k=5)] == ["k1"]
     summary = index.excluded_summary("gpt", 70.0)
-    assert summary.examples == ("k2: throttled until 12:04:05 (Retry-After 30s)",)
+    assert summary.examples == ("k2: throttled until 1970-01-01T12:04:05.000Z (Retry-After 30s)",)
     assert (summary.eligible, summary.excluded, summary.by_kind) == (1, 1, (("throttled", 1),))
     # k2 has served less, so once awake it ranks first on the tie.
     assert [k for k, _ in index.top("gpt", "reliability", 100.0, k=5)] == ["k2", "k1"]

@@ -18,25 +18,20 @@ from apikeyrouter.domain.scoring import (
     Weights,
     eligibility,
     rank,
-    render_time,
     score,
     weights_for,
 )
 
-# Trio time 100.0 is 12:04:05 UTC on the wall.
+# Trio time 100.0 is 12:04:05 UTC on the wall (of 1970-01-01).
 WALL = 12 * 3600 + 4 * 60 + 5 - 100.0
 CHEAP = ModelPrice(Decimal("0.15"), Decimal("0.60"))
 DEAR = ModelPrice(Decimal("2.50"), Decimal("10.00"))
 
 
-def test_render_time_is_pure_wall_time() -> None:
-    assert render_time(100.0, WALL) == "12:04:05"
-
-
 def test_throttled_reason_names_the_wall_time_and_retry_after() -> None:
     v = KeyView("k2", "openai", lifecycle=KeyState.THROTTLED, lifecycle_until=100.0, retry_after_s=30.0)
     assert eligibility(v, "gpt-4o-mini", 70.0, wall_offset=WALL) == Excluded(
-        "k2", "throttled", "k2: throttled until 12:04:05 (Retry-After 30s)", 100.0
+        "k2", "throttled", "k2: throttled until 1970-01-01T12:04:05.000Z (Retry-After 30s)", 100.0
     )
     assert eligibility(v, "gpt-4o-mini", 100.0, wall_offset=WALL) is None
 
@@ -55,19 +50,19 @@ def test_throttled_reason_names_the_wall_time_and_retry_after() -> None:
         (
             KeyView("k1", "p", breaker=BreakerState.OPEN, breaker_until=100.0),
             "circuit_open",
-            "k1: circuit open until 12:04:05",
+            "k1: circuit open until 1970-01-01T12:04:05.000Z",
             100.0,
         ),
         (
             KeyView("k1", "p", breaker=BreakerState.HALF_OPEN, breaker_until=100.0, probe_in_flight=True),
             "probe",
-            "k1: circuit half-open, probe in flight until 12:04:05",
+            "k1: circuit half-open, probe in flight until 1970-01-01T12:04:05.000Z",
             100.0,
         ),
         (
             KeyView("k1", "p", capacity=CapacityState.EXHAUSTED, capacity_window="rpd", capacity_retry_at=100.0),
             "quota",
-            "k1: quota exhausted (rpd) until 12:04:05",
+            "k1: quota exhausted (rpd) until 1970-01-01T12:04:05.000Z",
             100.0,
         ),
         (KeyView("k1", "p", in_flight=8, in_flight_limit=8), "in_flight", "k1: at in-flight limit (8/8)", None),

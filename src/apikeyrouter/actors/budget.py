@@ -17,8 +17,8 @@ import trio
 from apikeyrouter.actors.base import Actor
 from apikeyrouter.domain import budget
 from apikeyrouter.domain.budget import BudgetOverrun, BudgetSpec, Ledger
-from apikeyrouter.events import EventBus
 from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, SetBudget, SetBudgets
+from apikeyrouter.observe import BudgetOverran, EventBus
 from apikeyrouter.store.memory import StateStore
 
 __all__ = ["BudgetActor"]
@@ -74,7 +74,7 @@ class BudgetActor(Actor[BudgetCommand]):
                 for ev in events:
                     if isinstance(ev, BudgetOverrun):
                         log.warning("budget_overrun", budget=ev.budget, over_by=str(ev.over_by), hold=ev.hold_id)
-                        self._events.publish("budget.overrun", {"budget": ev.budget, "over_by": str(ev.over_by)})
+                        self._events.publish(BudgetOverran(ev))
                 self._commit(ledger)
             case Free(hold_id=hold_id):
                 ledger, _ = budget.release(self.ledger, hold_id, now)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import time
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, assert_never
@@ -31,7 +30,6 @@ from apikeyrouter.domain.quota import Capacity, Prediction, Quota, QuotaConfig, 
 from apikeyrouter.domain.stats import Stats, StatsConfig
 from apikeyrouter.domain.view import bench_until
 from apikeyrouter.errors import ActorStopped, MailboxFull
-from apikeyrouter.events import EventBus
 from apikeyrouter.messages.key import (
     Granted,
     InjectCrash,
@@ -45,6 +43,7 @@ from apikeyrouter.messages.key import (
     Snapshot,
     Wake,
 )
+from apikeyrouter.observe import EventBus, KeyBreakerChanged, KeyTransitioned, event_json, render_wall
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import StateStore
 
@@ -423,26 +422,16 @@ class KeyActor(Actor[KeyCommand]):
 
     def _emit_lifecycle(self, ev: LifecycleEvent) -> None:
         if isinstance(ev, Transition):
-            data = {
-                "key": self.key_id,
-                "from": ev.from_state.value,
-                "to": ev.to_state.value,
-                "reason": ev.reason,
-                "at": ev.at,
-                "at_wall": self._wall(ev.at),
-                "until": ev.until,
-                "cause": ev.cause.value,
-            }
-            self._events.publish("key.transition", data, at=ev.at)
-            log.info("key_transition", **data)
+            event = KeyTransitioned(self.key_id, ev)
+            self._events.publish(event)
+            log.info("key_transition", **event_json(event, self._wall_offset))
         elif isinstance(ev, TransitionRefused):
             log.info("key_transition_refused", key=self.key_id, to=ev.to_state.value, why=ev.why)
 
     def _emit_breaker(self, ev: BreakerEvent) -> None:
-        name = type(ev).__name__
-        data: dict[str, Any] = {"key": self.key_id, "change": name, **attrs.asdict(ev)}
-        self._events.publish("key.breaker", data, at=ev.at)
-        log.info("key_breaker", **data)
+        event = KeyBreakerChanged(self.key_id, ev)
+        self._events.publish(event)
+        log.info("key_breaker", **event_json(event, self._wall_offset))
 
     def _publish(self, now: float) -> None:
         rec = self.record
@@ -511,6 +500,4 @@ class KeyActor(Actor[KeyCommand]):
         return f"{lc.state.value} ({lc.reason})" if lc.reason else lc.state.value
 
     def _wall(self, t: float | None) -> str:
-        if t is None:
-            return "?"
-        return time.strftime("%H:%M:%S", time.gmtime(t + self._wall_offset))
+        return "?" if t is None else render_wall(t, self._wall_offset)

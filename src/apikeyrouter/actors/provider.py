@@ -28,9 +28,9 @@ from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.adapters.base import AdapterResult, AdapterStream, ProviderAdapter, QuotaSignal
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.errors import ActorStopped, StreamInterrupted, UpstreamError
-from apikeyrouter.events import EventBus
 from apikeyrouter.intent import RequestIntent, StreamChunk, Usage
 from apikeyrouter.messages.provider import GetProviderSnapshot, ProviderCommand
+from apikeyrouter.observe import EventBus, ProviderHealthChanged
 from apikeyrouter.secret import Secret
 
 __all__ = ["ForwardedStream", "HealthConfig", "ProviderActor", "ProviderSnapshot"]
@@ -320,7 +320,7 @@ class ProviderActor(Actor[ProviderCommand]):
             if degraded
             else ""
         )
+        self._events.publish(ProviderHealthChanged(self.provider_id, degraded, self._degraded_reason, now))
         data = {"provider": self.provider_id, "degraded": degraded, "reason": self._degraded_reason}
-        self._events.publish("provider.health", data, at=now)
         log.warning("provider_health", **data) if degraded else log.info("provider_health", **data)
         self._publish()

@@ -23,10 +23,11 @@ from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.key import KeySnapshot
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.index import KeyIndex
-from apikeyrouter.domain.scoring import KeyView, ScoringConfig, Weights, render_time, score, weights_for
+from apikeyrouter.domain.scoring import KeyView, ScoringConfig, Weights, score, weights_for
 from apikeyrouter.domain.view import key_view
-from apikeyrouter.events import EventBus
+from apikeyrouter.domain.walltime import render_wall
 from apikeyrouter.messages.router import Decide, GetDecision, RecentDecisions, RouterCommand
+from apikeyrouter.observe import EventBus
 
 __all__ = ["Candidate", "RouterActor", "RoutingDecision"]
 
@@ -84,7 +85,7 @@ class RoutingDecision:
             parts.append(f"no key serves {model}")
         else:
             retry = self.retry_at
-            when = f"; earliest recovery {render_time(retry, self.wall_offset)}" if retry is not None else ""
+            when = f"; earliest recovery {render_wall(retry, self.wall_offset)}" if retry is not None else ""
             parts.append(f"no key can serve {model} now{when}")
         if self.excluded:
             more = self.excluded_total - len(self.excluded)
@@ -98,6 +99,7 @@ class RoutingDecision:
             "id": self.id,
             "request_id": self.request_id,
             "at": self.at,
+            "at_wall": render_wall(self.at, self.wall_offset),
             "model": self.model,
             "objective": self.objective,
             "chosen": self.candidates[0].key_id if self.candidates else None,
@@ -108,6 +110,7 @@ class RoutingDecision:
             "excluded_total": self.excluded_total,
             "excluded_by_kind": dict(self.excluded_by_kind),
             "retry_at": self.retry_at,
+            "retry_at_wall": None if self.retry_at is None else render_wall(self.retry_at, self.wall_offset),
             "explanation": self.explanation,
         }
 

@@ -18,6 +18,7 @@ import enum
 import json
 import math
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ import trio
 
 from apikeyrouter.actors.base import TreeNode
 from apikeyrouter.api import tree_to_json
+from apikeyrouter.domain.walltime import render_wall
 
 __all__ = [
     "MAX_LINE",
@@ -139,7 +141,7 @@ def find_node(root: TreeNode, ident: str) -> tuple[TreeNode, list[str]] | None:
 
 
 def _wall_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return render_wall(time.time(), 0.0)
 
 
 def ok_response(op: str, data: Any) -> dict[str, Any]:

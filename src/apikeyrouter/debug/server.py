@@ -50,8 +50,8 @@ from apikeyrouter.debug.protocol import (
 )
 from apikeyrouter.debug.requests import BadArgument, BadRequest, Request, int_arg, parse_request, str_arg, strs_arg
 from apikeyrouter.errors import DebugChannelError, DebugSocketInUse, UnknownKey
-from apikeyrouter.events import SubscriberLagged
 from apikeyrouter.messages.debug import DebugCommand, DebugServerStatus, GetDebugStatus
+from apikeyrouter.observe import KINDS, SubscriberLagged, event_json, unknown_kinds
 
 __all__ = ["OPS", "DebugServer", "open_debug_channel"]
 
@@ -305,9 +305,14 @@ class DebugServer(Actor[DebugCommand]):
             return self._answer(request)
         try:
             # The bus matches a kind exactly or by its first segment: "key", "key." and "key.*" all mean "key.…".
-            return _Subscribe([k.removesuffix("*").removesuffix(".") or k for k in strs_arg(request, "events")])
+            kinds = [k.removesuffix("*").removesuffix(".") or k for k in strs_arg(request, "events")]
         except BadArgument as exc:
             return error_response(ErrorCode.BAD_ARGUMENT, str(exc), "subscribe")
+        unknown = unknown_kinds(kinds)
+        if unknown:
+            known = ", ".join(sorted(KINDS))
+            return error_response(ErrorCode.BAD_ARGUMENT, f"unknown event kinds {unknown}; known: {known}", "subscribe")
+        return _Subscribe(kinds)
 
     def _answer(self, request: Request) -> dict[str, Any]:
         handler = self._handlers().get(request.op)
@@ -379,6 +384,7 @@ class DebugServer(Actor[DebugCommand]):
 
     async def _subscribe(self, stream: trio.SocketStream, reader: LineReader, kinds: list[str]) -> None:
         sub = self.router.events.subscribe(kinds or None, capacity=self.subscriber_queue)
+        wall_offset = self.router.events.wall_offset
         self._subscribers += 1
         try:
             ack = {"events": kinds or None, "queue": self.subscriber_queue}
@@ -388,7 +394,7 @@ class DebugServer(Actor[DebugCommand]):
                 nursery.start_soon(self._until_client_leaves, reader, nursery.cancel_scope)
                 try:
                     async for event in sub:
-                        if not await self._send(stream, ok_response("event", event.to_json())):
+                        if not await self._send(stream, ok_response("event", event_json(event, wall_offset))):
                             break
                 except SubscriberLagged as exc:
                     self._dropped_slow += 1

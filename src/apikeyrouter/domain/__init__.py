@@ -16,6 +16,7 @@ Modules:
     budget      hard budgets with idempotent reserve / settle / release
     scoring     KeyView, objectives and weights, eligibility with human reasons, score breakdown
     index       KeyIndex: per-model ranked index for top-k decisions without scanning
+    walltime    render_wall: the one rendering of a trio time for humans (ISO-8601 UTC, ms)
 
 Conventions shared by every module:
 - Time is `now: float`, trio clock seconds, always passed in. Timed states (throttle until t,

@@ -3,11 +3,10 @@
 A `KeyView` is what a key actor publishes (its snapshot, flattened for the router). Two questions:
 
 `eligibility(view, model, now, wall_offset=...)` — may this key serve now? `None` if yes, else an
-`Excluded` with a human reason ("k2: throttled until 12:04:05 (Retry-After 30s)") and `until`, the
-time it may become eligible by itself (None: only an event — an operator, a finished call — can).
+`Excluded` with a human reason ("k2: throttled until 2026-12-01T12:04:05.000Z (Retry-After 30s)") and
+`until`, the time it may become eligible by itself (None: only an event — an operator, a finished call — can).
 Timed states are read lazily against `now`, like the machines they come from. Clock times in reasons
-are UTC wall time computed as `now + wall_offset`: the caller supplies the offset once, so this
-stays pure.
+are `walltime.render_wall(t, wall_offset)`: the caller supplies the offset once, so this stays pure.
 
 `score(view, model, weights)` — how good is it? Each component is in [0, 1], higher is better, and
 depends on *this key's view only* — never on the other keys (no "share of the total", no min/max
@@ -33,7 +32,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 
 import attrs
 
@@ -41,6 +39,7 @@ from apikeyrouter.domain.circuit import BreakerState
 from apikeyrouter.domain.cost import ModelPrice, blended_per_million
 from apikeyrouter.domain.lifecycle import KeyState
 from apikeyrouter.domain.quota import CapacityState, Prediction
+from apikeyrouter.domain.walltime import render_wall
 
 __all__ = [
     "OBJECTIVES",
@@ -175,9 +174,8 @@ class Score:
         return f"{self.value:.3f} = {terms}"
 
 
-def render_time(t: float, wall_offset: float) -> str:
-    """Trio time `t` as a UTC wall clock time for humans (HH:MM:SS)."""
-    return datetime.fromtimestamp(t + wall_offset, UTC).strftime("%H:%M:%S")
+# `walltime.render_wall` itself (one rendering everywhere), under the name the request path imports.
+render_time = render_wall
 
 
 def _timed(view: KeyView, now: float, wall_offset: float) -> list[Excluded]:
@@ -188,17 +186,17 @@ def _timed(view: KeyView, now: float, wall_offset: float) -> list[Excluded]:
         why = f"Retry-After {view.retry_after_s:g}s" if view.retry_after_s is not None else view.lifecycle_reason
         tail = f" ({why})" if why else ""
         until = view.lifecycle_until
-        out.append(Excluded(k, what, f"{k}: {what} until {render_time(until, wall_offset)}{tail}", until))
+        out.append(Excluded(k, what, f"{k}: {what} until {render_wall(until, wall_offset)}{tail}", until))
     if view.breaker_until is not None and now < view.breaker_until:
         if view.breaker is BreakerState.OPEN:
-            text = f"{k}: circuit open until {render_time(view.breaker_until, wall_offset)}"
+            text = f"{k}: circuit open until {render_wall(view.breaker_until, wall_offset)}"
             out.append(Excluded(k, "circuit_open", text, view.breaker_until))
         elif view.breaker is BreakerState.HALF_OPEN and view.probe_in_flight:
-            text = f"{k}: circuit half-open, probe in flight until {render_time(view.breaker_until, wall_offset)}"
+            text = f"{k}: circuit half-open, probe in flight until {render_wall(view.breaker_until, wall_offset)}"
             out.append(Excluded(k, "probe", text, view.breaker_until))
     if view.capacity is CapacityState.EXHAUSTED and (view.capacity_retry_at is None or now < view.capacity_retry_at):
         window = f" ({view.capacity_window})" if view.capacity_window else ""
-        when = "" if view.capacity_retry_at is None else f" until {render_time(view.capacity_retry_at, wall_offset)}"
+        when = "" if view.capacity_retry_at is None else f" until {render_wall(view.capacity_retry_at, wall_offset)}"
         out.append(Excluded(k, "quota", f"{k}: quota exhausted{window}{when}", view.capacity_retry_at))
     return out
 

@@ -26,6 +26,8 @@ import trio
 from apikeyrouter.api import RouterAPI
 from apikeyrouter.errors import UpstreamError
 from apikeyrouter.intent import RequestIntent, Usage
+from apikeyrouter.observe import RequestAttempted
+from apikeyrouter.observe.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from apikeyrouter.proxy._errors import http_error_for, unwrap
 from apikeyrouter.proxy._http import (
     BodyTooLarge,
@@ -45,7 +47,6 @@ from apikeyrouter.proxy._http import (
 )
 from apikeyrouter.proxy._openai import DONE_EVENT, chunk_event, completion_json, error_event, models_json, usage_event
 from apikeyrouter.proxy.admin import AdminAPI
-from apikeyrouter.proxy.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from apikeyrouter.secret import Secret
 
 __all__ = ["ProxyApp"]
@@ -100,9 +101,8 @@ class ProxyApp:
         self.metrics_require_admin = metrics_require_admin
         self.log_requests = log_requests
         self.metrics = metrics if metrics is not None else ProxyMetrics(router.keys)
-        observers = getattr(router, "attempt_observers", None)
-        if isinstance(observers, list):  # the real router reports every attempt, failovers included
-            observers.append(self.metrics.attempt)
+        # Every attempt, failovers included, counted inline as the router publishes it (EventBus.observe).
+        router.events.observe(RequestAttempted, self.metrics.attempt)
         self.admin = AdminAPI(router)
         self._static: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat},

@@ -11,7 +11,7 @@ restart never races an operator removing the same child.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import structlog
@@ -20,6 +20,7 @@ import trio
 from apikeyrouter.actors.base import Reply
 from apikeyrouter.errors import ActorStopped, SupervisorEscalation
 from apikeyrouter.messages.system import AddChild, ChildExited, RemoveChild, SupervisorCommand
+from apikeyrouter.observe import Event, SupervisorChildCrashed, SupervisorChildRestarted, SupervisorEscalated
 from apikeyrouter.supervisors.spec import Child, ChildSpec, Restart, Strategy, SupervisorSpec, TreeNode, add_restart
 
 __all__ = ["ChildInfo", "Supervisor"]
@@ -71,9 +72,9 @@ class Supervisor:
         spec: SupervisorSpec | None = None,
         children: Sequence[ChildSpec] = (),
         *,
-        on_event: Callable[[str, Mapping[str, Any]], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
-        """`on_event(kind, data)` is told of crashes, restarts and escalations (the router publishes them
+        """`on_event(event)` is told of crashes, restarts and escalations (the router publishes them
         on its event bus, so the debug channel shows them); it must not block or raise."""
         ids = [c.id for c in children]
         if len(set(ids)) != len(ids):
@@ -92,9 +93,9 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._on_event = on_event
 
-    def _emit(self, kind: str, **data: Any) -> None:
+    def _emit(self, event: Event) -> None:
         if self._on_event is not None:
-            self._on_event(kind, {"supervisor": self.name, **data})
+            self._on_event(event)
 
     # -- public API -----------------------------------------------------------------------------------
 
@@ -293,7 +294,7 @@ class Supervisor:
                 restarts=slot.restarts,
                 restart_type=spec.restart.value,
             )
-            self._emit("supervisor.child_crashed", child=spec.id, reason=reason, restarts=slot.restarts)
+            self._emit(SupervisorChildCrashed(self.name, spec.id, reason, slot.restarts, trio.current_time()))
         else:
             log.info("child_exited", supervisor=self.name, child=spec.id, restart_type=spec.restart.value)
         restart = spec.restart is Restart.PERMANENT or (spec.restart is Restart.TRANSIENT and crashed)
@@ -319,7 +320,7 @@ class Supervisor:
                     intensity=self.spec.intensity,
                     period=self.spec.period,
                 )
-                self._emit("supervisor.escalated", child=child_id, intensity=self.spec.intensity)
+                self._emit(SupervisorEscalated(self.name, child_id, self.spec.intensity, trio.current_time()))
                 raise SupervisorEscalation(self.name, child_id, self.spec.intensity, self.spec.period)
             ids = list(self._slots)
             idx = ids.index(child_id)
@@ -356,7 +357,7 @@ class Supervisor:
         if slot.spec.on_restart is not None:
             slot.spec.on_restart(instance, slot.restarts)
         log.info("child_restarted", supervisor=self.name, child=slot.spec.id, restarts=slot.restarts)
-        self._emit("supervisor.child_restarted", child=slot.spec.id, restarts=slot.restarts)
+        self._emit(SupervisorChildRestarted(self.name, slot.spec.id, slot.restarts, trio.current_time()))
         try:
             await self._start_instance(slot, instance)
         except Exception:

@@ -1,5 +1,9 @@
 """Prometheus metrics for the proxy, in a registry of its own (no process-global state).
 
+Failed attempts are counted from the router's `RequestAttempted` events through an inline bus
+observer (`router.events.observe(RequestAttempted, metrics.attempt)`; see `EventBus.observe` for why
+inline): every attempt, failovers included, for one dict hit and an add.
+
 Hot-path series (updated per request; label children are cached so an update is a dict hit and an add):
 
     apikeyrouter_http_requests_total{route, status}            counter
@@ -8,6 +12,7 @@ Hot-path series (updated per request; label children are cached so an update is 
     apikeyrouter_upstream_attempts_total                       counter (attempts of answered requests)
     apikeyrouter_requests_served_total{key, provider}          counter
     apikeyrouter_request_failures_total{failure_class}         counter (final upstream failure of a request)
+    apikeyrouter_attempt_failures_total{failure_class, key}    counter (every failed attempt, failovers included)
 
 Per-key state, read from `router.keys()` only when scraped (zero cost on the hot path):
 
@@ -23,12 +28,14 @@ Per-key state, read from `router.keys()` only when scraped (zero cost on the hot
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from apikeyrouter.observe.events import RequestAttempted
 
 __all__ = ["CONTENT_TYPE_LATEST", "ProxyMetrics"]
 
@@ -84,6 +91,7 @@ class ProxyMetrics:
         self._request_children: dict[tuple[str, int], Any] = {}
         self._duration_children: dict[str, Any] = {}
         self._served_children: dict[tuple[str, str], Any] = {}
+        self._attempt_children: dict[tuple[str, str], Any] = {}
         if keys is not None:
             r.register(_KeyStateCollector(keys))
 
@@ -104,11 +112,15 @@ class ProxyMetrics:
         child.inc()
         self._attempts.inc(attempts)
 
-    def attempt(self, data: Mapping[str, Any]) -> None:
-        """Router attempt observer: count every failed attempt, failovers included."""
-        outcome = data.get("outcome")
-        if outcome and outcome != "success":
-            self._attempt_failures.labels(str(outcome), str(data.get("key", ""))).inc()
+    def attempt(self, event: RequestAttempted) -> None:
+        """The bus observer of `RequestAttempted` (called inline by the publisher): count failed attempts."""
+        if event.failure is None:
+            return
+        labels = (event.failure.value, event.key)
+        child = self._attempt_children.get(labels)
+        if child is None:
+            child = self._attempt_children[labels] = self._attempt_failures.labels(*labels)
+        child.inc()
 
     def failed(self, failure_class: str) -> None:
         self._failures.labels(failure_class).inc()
