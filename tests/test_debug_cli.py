@@ -180,7 +180,14 @@ def test_events_follow_the_stream_and_ctrl_c_exits_cleanly(served: ThreadedFake)
 def test_watch_refreshes_until_ctrl_c(served: ThreadedFake) -> None:
     proc = _spawn("--socket", served.path, "--watch", "--interval", "0.1")
     try:
-        time.sleep(1.0)
+        # Ctrl-C once the watcher has refreshed a few times (a fixed sleep raced the CLI's import on a busy machine).
+        assert served.fake is not None and served.fake.debug is not None
+        debug = served.fake.debug
+        before = served.run_sync(lambda: debug.server_status().requests_total)
+        deadline = time.monotonic() + 20
+        while served.run_sync(lambda: debug.server_status().requests_total) < before + 3:
+            assert time.monotonic() < deadline and proc.poll() is None, "the watcher never refreshed"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
     finally:
