@@ -24,7 +24,7 @@ import httpx
 from apikeyrouter.adapters._http import HTTPAdapterBase, dig
 from apikeyrouter.adapters.base import AdapterResult, Capabilities, QuotaSignal
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule
-from apikeyrouter.adapters.headers import parse_duration, parse_retry_after
+from apikeyrouter.adapters.headers import parse_count, parse_duration, parse_retry_after
 from apikeyrouter.adapters.pricing import ModelPrice
 from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse, Usage
 from apikeyrouter.secret import Secret
@@ -97,13 +97,7 @@ class GenericHTTPAdapter(HTTPAdapterBase):
             raw = headers.get(header)
             if raw is None:
                 continue
-            if field.endswith("_s"):
-                values[field] = parse_duration(raw)
-            else:
-                try:
-                    values[field] = max(0, int(float(raw)))
-                except ValueError:
-                    continue
+            values[field] = parse_duration(raw) if field.endswith("_s") else parse_count(raw)
         if "retry_after_s" not in values:
             values["retry_after_s"] = parse_retry_after(headers)
         return QuotaSignal(**values)

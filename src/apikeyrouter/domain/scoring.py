@@ -176,8 +176,12 @@ class Score:
 
 
 def render_time(t: float, wall_offset: float) -> str:
-    """Trio time `t` as a UTC wall clock time for humans (HH:MM:SS)."""
-    return datetime.fromtimestamp(t + wall_offset, UTC).strftime("%H:%M:%S")
+    """Trio time `t` as a UTC wall clock time for humans (HH:MM:SS). Never raises: an instant no calendar
+    can show (NaN, infinite, beyond year 9999) renders as a marker instead of taking its caller down."""
+    try:
+        return datetime.fromtimestamp(t + wall_offset, UTC).strftime("%H:%M:%S")
+    except (ValueError, OverflowError, OSError):
+        return "(an unrepresentable time)"
 
 
 def _timed(view: KeyView, now: float, wall_offset: float) -> list[Excluded]:

@@ -1,0 +1,163 @@
+"""A hostile or broken upstream: absurd quota headers, impossible usage, key material echoed back, bugs in
+request building. None of it may take the process down, corrupt accounting, or leak a secret."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from apikeyrouter.adapters import OpenAIAdapter, QuotaSignal, parse_duration, parse_openai_headers
+from apikeyrouter.adapters.headers import MAX_RESET_S, parse_anthropic_headers, parse_retry_after
+from apikeyrouter.config import parse_config
+from apikeyrouter.domain.scoring import render_time
+from apikeyrouter.errors import ApiKeyRouterError
+from apikeyrouter.runtime import ApiKeyRouter
+from tests.adapter_mocks import json_response, mock_client
+from tests.routing_env import chat
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+DAY = 86400.0
+
+
+def completion(content: str = "hi", usage: Any = None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12} if usage is None else usage,
+    }
+
+
+class MockedOpenAI(OpenAIAdapter):
+    """The real OpenAI adapter, its HTTP client on an in-process transport answering with `handler`."""
+
+    def __init__(self, handler: Handler, **kwargs: Any) -> None:
+        super().__init__(base_url="http://upstream.test/v1", **kwargs)
+        self.handler = handler
+
+    def make_client(self) -> httpx.AsyncClient:
+        return mock_client(self.handler)
+
+
+@asynccontextmanager
+async def mocked_router(handler: Handler, keys: dict[str, str], **adapter: Any) -> AsyncIterator[ApiKeyRouter]:
+    """A real router (supervision tree, actors) over one mocked OpenAI provider; `keys`: id -> secret."""
+    async with ApiKeyRouter(parse_config({}, env={})) as router:
+        await router.register_provider("openai", MockedOpenAI(handler, **adapter))
+        for key_id, secret in keys.items():
+            await router.register_key(secret, "openai", key_id=key_id)
+        yield router
+
+
+def secret_of(request: httpx.Request) -> str:
+    return request.headers["authorization"].removeprefix("Bearer ")
+
+
+# ------------------------------------------------------------------------------ absurd quota headers
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1000000000000s", MAX_RESET_S), ("1e300", MAX_RESET_S), ("99999999h", MAX_RESET_S), ("40d", MAX_RESET_S)],
+)
+def test_absurd_durations_are_clamped_to_31_days(text: str, seconds: float) -> None:
+    assert MAX_RESET_S == 31 * DAY
+    assert parse_duration(text) == seconds
+
+
+def test_absurd_retry_after_is_clamped_and_nonsense_is_unknown() -> None:
+    assert parse_retry_after({"retry-after": "1000000000000"}) == MAX_RESET_S
+    assert parse_retry_after({"retry-after-ms": "1e18"}) == MAX_RESET_S
+    far = {"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT", "date": "Thu, 01 May 2025 12:00:00 GMT"}
+    assert parse_retry_after(far) == MAX_RESET_S
+    for nonsense in ("nan", "inf", "-inf", "-1", "1e999"):
+        assert parse_retry_after({"retry-after": nonsense}) in (None, MAX_RESET_S), nonsense
+    assert parse_retry_after({"retry-after": "nan"}) is None
+    assert parse_retry_after({"retry-after": "-1"}) is None
+
+
+def test_absurd_openai_quota_headers_become_a_sane_signal() -> None:
+    sig = parse_openai_headers(
+        {
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "1000000000000s",
+            "x-ratelimit-limit-tokens": "1e40",  # not a count anyone has: unknown
+            "x-ratelimit-remaining-tokens": "-5",
+            "x-ratelimit-reset-tokens": "nan",
+            "retry-after": "1000000000000",
+        }
+    )
+    assert sig == QuotaSignal(remaining_requests=0, reset_requests_s=MAX_RESET_S, retry_after_s=MAX_RESET_S)
+
+
+def test_absurd_anthropic_resets_are_clamped() -> None:
+    sig = parse_anthropic_headers(
+        {
+            "date": "Thu, 01 May 2025 12:00:00 GMT",
+            "anthropic-ratelimit-requests-remaining": "0",
+            "anthropic-ratelimit-requests-reset": "9999-12-31T23:59:59Z",
+            "retry-after": "1e15",
+        }
+    )
+    assert (sig.remaining_requests, sig.reset_requests_s, sig.retry_after_s) == (0, MAX_RESET_S, MAX_RESET_S)
+
+
+@pytest.mark.parametrize("t", [1e12, 1e300, -1e12, math.inf, -math.inf, math.nan])
+def test_render_time_of_an_absurd_instant_is_a_safe_string(t: float) -> None:
+    text = render_time(t, 0.0)
+    assert isinstance(text, str) and text
+    assert render_time(3600.0 + 61.0, 0.0) == "01:01:01"  # sane values keep rendering as before
+
+
+def _poison_on(poisoned: str, poison: httpx.Response) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if secret_of(request) == poisoned:
+            return poison
+        return json_response(200, completion(), {"x-ratelimit-remaining-requests": "100"})
+
+    return handler
+
+
+POISONS = {
+    "200 with a reset in year 33715": json_response(
+        200,
+        completion(),
+        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1000000000000s"},
+    ),
+    "429 with Retry-After in year 33715": json_response(
+        429,
+        {"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}},
+        {"retry-after": "1000000000000"},
+    ),
+}
+
+
+@pytest.mark.parametrize("poison", list(POISONS), ids=list(POISONS))
+async def test_one_absurd_header_does_not_take_the_router_down(poison: str) -> None:
+    handler = _poison_on("sk-poisoned-key-1", POISONS[poison])
+    async with mocked_router(handler, {"poisoned": "sk-poisoned-key-1", "healthy": "sk-healthy-key-2"}) as router:
+        served: list[str] = []
+        for _ in range(30):
+            with trio.fail_after(5):
+                try:
+                    response = await router.route(chat("hi"))
+                except ApiKeyRouterError:
+                    continue  # the poisoned key's own 429 may surface; the process must not die
+            assert response.metadata is not None
+            served.append(response.metadata.key_used)
+        assert served.count("healthy") >= 28, served
+        poisoned = router.key("poisoned")
+        assert poisoned is not None
+        assert poisoned["lifecycle"] in ("throttled", "exhausted", "active")
+        state = router.get_state_summary()
+        assert state  # the state summary (which renders times for humans) still works
+        decisions = router.decisions(5)
+        assert decisions and all(isinstance(d.get("explanation", ""), str) for d in decisions)
