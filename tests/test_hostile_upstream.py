@@ -3,22 +3,29 @@ request building. None of it may take the process down, corrupt accounting, or l
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+import structlog.testing
 import trio
 
-from apikeyrouter.adapters import OpenAIAdapter, QuotaSignal, parse_duration, parse_openai_headers
+from apikeyrouter.adapters import AnthropicAdapter, OpenAIAdapter, QuotaSignal, parse_duration, parse_openai_headers
 from apikeyrouter.adapters.headers import MAX_RESET_S, parse_anthropic_headers, parse_retry_after
+from apikeyrouter.adapters.pricing import PriceTable
 from apikeyrouter.config import parse_config
+from apikeyrouter.domain.cost import ModelPrice, cost
 from apikeyrouter.domain.scoring import render_time
 from apikeyrouter.errors import ApiKeyRouterError
+from apikeyrouter.intent import ChatMessage, RequestIntent, Usage
 from apikeyrouter.runtime import ApiKeyRouter
-from tests.adapter_mocks import json_response, mock_client
+from apikeyrouter.secret import Secret
+from tests.adapter_mocks import json_response, mock_client, sse_response
 from tests.routing_env import chat
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -161,3 +168,115 @@ async def test_one_absurd_header_does_not_take_the_router_down(poison: str) -> N
         assert state  # the state summary (which renders times for humans) still works
         decisions = router.decisions(5)
         assert decisions and all(isinstance(d.get("explanation", ""), str) for d in decisions)
+
+
+# ------------------------------------------------------------------------------ impossible usage
+
+BAD_USAGE: list[tuple[Any, Any]] = [(-5, 3), (9, -1), (9.5, 3), ("9", 3), (9, 10**9), (True, 3), (9, None)]
+OA_INTENT = RequestIntent(model="gpt-4o-mini", messages=(ChatMessage("user", "Say hi"),), max_tokens=50)
+CLAUDE_INTENT = RequestIntent(model="claude-sonnet-4-5", messages=(ChatMessage("user", "Say hi"),), max_tokens=50)
+OA_KEY = Secret("sk-usage-canary-0000")
+
+
+def _worst_case(adapter: OpenAIAdapter | AnthropicAdapter, intent: RequestIntent) -> Usage:
+    est = adapter.estimate(intent)
+    return Usage(est.input_tokens, est.max_output_tokens, estimated=True)
+
+
+def _assert_bad_usage_logged(logs: list[dict[str, Any]], provider: str, model: str) -> None:
+    bad = [e for e in logs if e["event"] == "provider_bad_usage"]
+    assert len(bad) == 1, logs
+    assert bad[0]["provider"] == provider and bad[0]["model"] == model
+    assert "canary" not in repr(bad[0])
+
+
+@pytest.mark.parametrize(("i", "o"), BAD_USAGE)
+async def test_impossible_openai_usage_is_billed_as_the_worst_case(i: Any, o: Any) -> None:
+    adapter = OpenAIAdapter(base_url="http://upstream.test/v1")
+    usage = {"prompt_tokens": i, "completion_tokens": o}
+    async with mock_client(lambda r: json_response(200, completion(usage=usage))) as client:
+        with structlog.testing.capture_logs() as logs:
+            result = await adapter.complete(client, OA_INTENT, OA_KEY)
+    assert result.response.usage == _worst_case(adapter, OA_INTENT)
+    assert adapter.cost("gpt-4o-mini", result.response.usage) == adapter.estimate(OA_INTENT).worst_case_cost > 0
+    _assert_bad_usage_logged(logs, "openai", "gpt-4o-mini")
+
+
+@pytest.mark.parametrize(("i", "o"), BAD_USAGE)
+async def test_impossible_openai_stream_usage_is_billed_as_the_worst_case(i: Any, o: Any) -> None:
+    adapter = OpenAIAdapter(base_url="http://upstream.test/v1")
+    base = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini"}
+    events = [
+        {**base, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]},
+        {**base, "choices": [], "usage": {"prompt_tokens": i, "completion_tokens": o}},
+    ]
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    async with mock_client(lambda r: sse_response([body])) as client:
+        with structlog.testing.capture_logs() as logs:
+            async with adapter.open_stream(client, OA_INTENT, OA_KEY) as stream:
+                chunks = [c async for c in stream]
+    assert stream.usage == _worst_case(adapter, OA_INTENT)
+    assert all(c.usage is None or c.usage.input_tokens >= 0 for c in chunks)
+    _assert_bad_usage_logged(logs, "openai", "gpt-4o-mini")
+
+
+@pytest.mark.parametrize(("i", "o"), BAD_USAGE)
+async def test_impossible_anthropic_usage_is_billed_as_the_worst_case(i: Any, o: Any) -> None:
+    adapter = AnthropicAdapter(base_url="http://upstream.test/v1")
+    message = {
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "hi"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": i, "output_tokens": o},
+    }
+    async with mock_client(lambda r: json_response(200, message)) as client:
+        with structlog.testing.capture_logs() as logs:
+            result = await adapter.complete(client, CLAUDE_INTENT, OA_KEY)
+    assert result.response.usage == _worst_case(adapter, CLAUDE_INTENT)
+    _assert_bad_usage_logged(logs, "anthropic", "claude-sonnet-4-5")
+
+
+@pytest.mark.parametrize(("i", "o"), BAD_USAGE)
+async def test_impossible_anthropic_stream_usage_is_billed_as_the_worst_case(i: Any, o: Any) -> None:
+    adapter = AnthropicAdapter(base_url="http://upstream.test/v1")
+    events = [
+        (
+            "message_start",
+            {"type": "message_start", "message": {"model": "claude-sonnet-4-5", "usage": {"input_tokens": i}}},
+        ),
+        ("content_block_delta", {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "hi"}}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": o}},
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    body = b"".join(f"event: {n}\ndata: {json.dumps(d)}\n\n".encode() for n, d in events)
+    async with mock_client(lambda r: sse_response([body])) as client:
+        with structlog.testing.capture_logs() as logs:
+            async with adapter.open_stream(client, CLAUDE_INTENT, OA_KEY) as stream:
+                chunks = [c async for c in stream]
+    assert chunks and stream.usage == _worst_case(adapter, CLAUDE_INTENT)
+    _assert_bad_usage_logged(logs, "anthropic", "claude-sonnet-4-5")
+
+
+def test_a_price_table_never_charges_a_negative_amount() -> None:
+    table = PriceTable()
+    assert table.cost("gpt-4o-mini", Usage(-1_000_000, -5)) == Decimal(0)
+    assert table.cost("gpt-4o-mini", Usage(1_000_000, -1_000_000)) == Decimal("0.15")
+    with pytest.raises(ValueError, match=">= 0"):
+        cost(ModelPrice(Decimal(1), Decimal(1)), Usage(-1, 0))  # the domain refuses instead of going negative
+
+
+async def test_negative_usage_through_the_router_is_settled_at_the_worst_case() -> None:
+    usage = {"prompt_tokens": -1_000_000, "completion_tokens": -1_000_000}
+    handler = lambda r: json_response(200, completion(usage=usage))  # noqa: E731
+    async with mocked_router(handler, {"k": "sk-usage-canary-0001"}) as router:
+        for _ in range(3):
+            with trio.fail_after(5):
+                response = await router.route(chat("hi"))
+            assert response.metadata is not None and response.metadata.cost > 0
+        key = router.key("k")
+        assert key is not None and Decimal(key["spend"]) > 0 and key["in_flight"] == 0

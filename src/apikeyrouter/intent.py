@@ -119,6 +119,9 @@ class RequestIntent:
 class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
+    # True: not what the provider reported but our own figure (its report was missing or impossible; an
+    # impossible one is replaced by the request's worst case, so what was held is what is charged).
+    estimated: bool = attrs.field(default=False, kw_only=True)
 
     @property
     def total_tokens(self) -> int:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import attrs
 import httpx
+import structlog
 
 from apikeyrouter.adapters.base import AdapterResult, CostEstimate, QuotaSignal
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
@@ -29,14 +30,21 @@ from apikeyrouter.secret import Secret
 
 _S = TypeVar("_S")
 
+log = structlog.get_logger("apikeyrouter.adapters")
+
+# More tokens than any one call has ever used: a count above it is a broken report, not usage.
+MAX_USAGE_TOKENS = 10**8
+
 __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_TIMEOUT",
+    "MAX_USAGE_TOKENS",
     "HTTPAdapterBase",
     "SSEDecoder",
     "SSEEvent",
     "dig",
     "scrub",
+    "usage_count",
 ]
 
 # Connect fast or fail over; reads are long because a non-streamed completion may think for a minute
@@ -59,6 +67,29 @@ def scrub(text: str, secret: Secret | None = None) -> str:
     if len(text) > _MESSAGE_LIMIT:
         text = text[:_MESSAGE_LIMIT] + "..."
     return text
+
+
+def usage_count(value: Any) -> int | None:
+    """A token count a provider reported, if it is one: an int (not a bool) in `[0, MAX_USAGE_TOKENS]`."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_USAGE_TOKENS:
+        return value
+    return None
+
+
+def _shown(value: Any) -> Any:
+    # For the log: numbers as they came, anything else only by type (it is upstream text, unscrubbed).
+    return value if isinstance(value, int | float) else type(value).__name__
+
+
+def log_bad_usage(provider: str, model: str, input_tokens: Any, output_tokens: Any) -> None:
+    log.warning(
+        "provider_bad_usage",
+        provider=provider,
+        model=model,
+        input_tokens=_shown(input_tokens),
+        output_tokens=_shown(output_tokens),
+        billed="worst_case",
+    )
 
 
 def dig(data: Any, path: str) -> Any:
@@ -225,6 +256,19 @@ class HTTPAdapterBase:
             exact_tokens=counted.exact,
         )
 
+    def worst_case_usage(self, intent: RequestIntent) -> Usage:
+        """The usage `estimate` prices as the worst case (what the budget holds), flagged as estimated."""
+        return Usage(count_chat(intent.messages, intent.model).tokens, self.max_output(intent), estimated=True)
+
+    def reported_usage(self, intent: RequestIntent, input_tokens: Any, output_tokens: Any) -> Usage:
+        """The usage a provider reported, or, when either count is not a sane token count (negative, not an
+        integer, absurd), the worst case: it is logged (`provider_bad_usage`) and billed as held."""
+        i, o = usage_count(input_tokens), usage_count(output_tokens)
+        if i is not None and o is not None:
+            return Usage(i, o)
+        log_bad_usage(self.provider, intent.model, input_tokens, output_tokens)
+        return self.worst_case_usage(intent)
+
     def cost(self, model: str, usage: Usage) -> Decimal:
         """Actual cost of `usage`; 0 for a model without a price (see `price_known`)."""
         return self.prices.cost(model, usage)
@@ -375,14 +419,6 @@ async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
         if size >= limit:
             break
     return b"".join(parts)[:limit]
-
-
-def usage_from(data: Any, input_path: str, output_path: str) -> Usage | None:
-    i = dig(data, input_path)
-    o = dig(data, output_path)
-    if not isinstance(i, int) and not isinstance(o, int):
-        return None
-    return Usage(input_tokens=i if isinstance(i, int) else 0, output_tokens=o if isinstance(o, int) else 0)
 
 
 Builder = Callable[[RequestIntent], Any]

@@ -127,9 +127,10 @@ class GenericHTTPAdapter(HTTPAdapterBase):
             if found is None:
                 raise self.malformed(f"nothing at {self.content_path!r} in the answer", secret, signal=signal)
             content = found if isinstance(found, str) else json.dumps(found)
-        usage = Usage(
-            input_tokens=self._count(data, self.input_tokens_path),
-            output_tokens=self._count(data, self.output_tokens_path),
+        # A path that is configured but absent in this answer counts 0; a value there that is no token count
+        # (negative, fractional, absurd) makes the usage the worst case, logged.
+        usage = self.reported_usage(
+            intent, self._count(data, self.input_tokens_path), self._count(data, self.output_tokens_path)
         )
         model = dig(data, self.model_path) if self.model_path else None
         finish = dig(data, self.finish_reason_path) if self.finish_reason_path else None
@@ -142,11 +143,11 @@ class GenericHTTPAdapter(HTTPAdapterBase):
         )
 
     @staticmethod
-    def _count(data: Any, path: str | None) -> int:
+    def _count(data: Any, path: str | None) -> Any:
         if path is None:
             return 0
         value = dig(data, path)
-        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+        return 0 if value is None else value
 
     @asynccontextmanager
     async def open_stream(

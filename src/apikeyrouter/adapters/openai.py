@@ -15,7 +15,7 @@ from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInf
 from apikeyrouter.adapters.headers import parse_openai_headers
 from apikeyrouter.adapters.pricing import ModelPrice
 from apikeyrouter.domain.failures import FailureClass
-from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse, Usage
+from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse
 from apikeyrouter.secret import Secret
 
 __all__ = ["OpenAIAdapter"]
@@ -99,9 +99,10 @@ class OpenAIAdapter(JSONChatAdapter):
             content = ""
         if not isinstance(content, str):
             raise self.malformed("choices[0].message.content is not a string", secret, signal=signal)
-        usage = _usage(data.get("usage"))
-        if usage is None:
+        reported = data.get("usage")
+        if not isinstance(reported, Mapping):
             raise self.malformed("the completion has no usage", secret, signal=signal)
+        usage = self.reported_usage(intent, reported.get("prompt_tokens"), reported.get("completion_tokens"))
         raw: dict[str, Any] = {k: data[k] for k in _RAW_FIELDS if k in data}
         for extra in ("tool_calls", "refusal", "function_call"):
             if message.get(extra) is not None:
@@ -129,7 +130,14 @@ class OpenAIAdapter(JSONChatAdapter):
             secret=secret,
             headers=self._auth(secret),
             json_body=self.body(intent, stream=True),
-            make=lambda response: _OpenAIStream(self, response, secret, model=intent.model, estimated_input=estimated),
+            make=lambda response: _OpenAIStream(
+                self,
+                response,
+                secret,
+                model=intent.model,
+                estimated_input=estimated,
+                max_output=self.max_output(intent),
+            ),
         ) as stream:
             yield stream
 
@@ -143,15 +151,6 @@ class OpenAIAdapter(JSONChatAdapter):
         if not isinstance(items, list):
             raise self.malformed("models list has no data array", secret, signal=signal)
         return [m["id"] for m in items if isinstance(m, Mapping) and isinstance(m.get("id"), str)]
-
-
-def _usage(raw: Any) -> Usage | None:
-    if not isinstance(raw, Mapping):
-        return None
-    i, o = raw.get("prompt_tokens"), raw.get("completion_tokens")
-    if not isinstance(i, int) or not isinstance(o, int):
-        return None
-    return Usage(input_tokens=i, output_tokens=o)
 
 
 class _OpenAIStream(SSEStream):
@@ -172,7 +171,7 @@ class _OpenAIStream(SSEStream):
             raise self.interrupted(message, classify(info, self.adapter.rules), code=code, error_type=etype)
         model = data.get("model") if isinstance(data.get("model"), str) else None
         chunks: list[StreamChunk] = []
-        usage = _usage(data.get("usage"))
+        reported = data.get("usage")
         choices = data.get("choices")
         if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
             choice = choices[0]
@@ -190,7 +189,9 @@ class _OpenAIStream(SSEStream):
                         raw={"id": data.get("id")} if "id" in data else {},
                     )
                 )
-        if usage is not None:
-            self.note_usage(usage.input_tokens, usage.output_tokens)
-            chunks.append(StreamChunk(usage=usage, model=model))
+        if isinstance(reported, Mapping):
+            self.note_usage(
+                reported.get("prompt_tokens"), reported.get("completion_tokens"), need_input=True, need_output=True
+            )
+            chunks.append(StreamChunk(usage=self.usage, model=model))
         return chunks
