@@ -173,7 +173,8 @@ BAD_CONFIGS = [
         "[failures.overload]\nretry_other_key = false\n",
         (
             "unknown failure class 'overload', expected one of: rate_limited, quota_exhausted, auth_invalid, "
-            "permission, bad_request, context_length, content_policy, overloaded, server_error, timeout, connection "
+            "permission, bad_request, context_length, content_policy, overloaded, server_error, timeout, connection, "
+            "adapter_error "
             "@ config.failures",
         ),
     ),

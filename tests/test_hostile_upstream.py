@@ -10,19 +10,23 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import structlog.testing
 import trio
 
 from apikeyrouter.adapters import AnthropicAdapter, OpenAIAdapter, QuotaSignal, parse_duration, parse_openai_headers
+from apikeyrouter.adapters.generic import GenericHTTPAdapter
 from apikeyrouter.adapters.headers import MAX_RESET_S, parse_anthropic_headers, parse_retry_after
 from apikeyrouter.adapters.pricing import PriceTable
 from apikeyrouter.config import parse_config
 from apikeyrouter.domain.cost import ModelPrice, cost
+from apikeyrouter.domain.failures import DEFAULT_ACTIONS, FailureAction, FailureClass, KeyEffect
 from apikeyrouter.domain.scoring import render_time
-from apikeyrouter.errors import ApiKeyRouterError
+from apikeyrouter.errors import ApiKeyRouterError, UpstreamError
 from apikeyrouter.intent import ChatMessage, RequestIntent, Usage
+from apikeyrouter.proxy._errors import http_error_for
 from apikeyrouter.runtime import ApiKeyRouter
 from apikeyrouter.secret import Secret
 from tests.adapter_mocks import json_response, mock_client, sse_response
@@ -280,3 +284,81 @@ async def test_negative_usage_through_the_router_is_settled_at_the_worst_case() 
             assert response.metadata is not None and response.metadata.cost > 0
         key = router.key("k")
         assert key is not None and Decimal(key["spend"]) > 0 and key["in_flight"] == 0
+
+
+# ------------------------------------------------------------------------------ bugs while building a request
+
+
+def _raises_on_build(intent: RequestIntent) -> Any:
+    raise RuntimeError("body builder bug")
+
+
+ADAPTER_BUGS = {
+    "a header that is not ASCII": (
+        OpenAIAdapter(base_url="http://upstream.test/v1", headers={"x-team": "équipe"}),
+        OA_INTENT,
+    ),
+    "an extra that is not JSON": (
+        OpenAIAdapter(base_url="http://upstream.test/v1"),
+        attrs.evolve(OA_INTENT, extra={"seed": {1, 2}}),
+    ),
+    "a body builder that raises": (
+        GenericHTTPAdapter(url="http://upstream.test/run", body_builder=_raises_on_build),
+        OA_INTENT,
+    ),
+    "an anthropic header that is not ASCII": (
+        AnthropicAdapter(base_url="http://upstream.test/v1", anthropic_version="2023-06-01\u200b"),
+        CLAUDE_INTENT,
+    ),
+}
+
+
+@pytest.mark.parametrize("bug", list(ADAPTER_BUGS), ids=list(ADAPTER_BUGS))
+@pytest.mark.parametrize("streaming", [False, True], ids=["complete", "stream"])
+async def test_a_bug_while_building_a_request_is_a_typed_adapter_error(bug: str, streaming: bool) -> None:
+    adapter, intent = ADAPTER_BUGS[bug]
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return json_response(200, completion())
+
+    async with mock_client(handler) as client:
+        with pytest.raises(UpstreamError) as info:
+            if streaming:
+                async with adapter.open_stream(client, intent, OA_KEY) as stream:
+                    [c async for c in stream]
+            else:
+                await adapter.complete(client, intent, OA_KEY)
+    err = info.value
+    assert err.failure is FailureClass.ADAPTER_ERROR and err.provider == adapter.provider
+    assert "adapter error" in err.message and "canary" not in err.message
+    assert not sent
+
+
+def test_an_adapter_error_fails_over_and_counts_against_the_breaker() -> None:
+    assert DEFAULT_ACTIONS[FailureClass.ADAPTER_ERROR] == FailureAction(True, True, KeyEffect.NONE)
+    table = parse_config({"failures": {"adapter_error": {"counts_for_breaker": False}}}, env={}).failures
+    assert table[FailureClass.ADAPTER_ERROR] == FailureAction(True, False, KeyEffect.NONE)
+    error = http_error_for(UpstreamError("openai: adapter error: ...", failure=FailureClass.ADAPTER_ERROR))
+    assert (error.status, error.code) == (502, "adapter_error")
+
+
+async def test_a_broken_adapter_fails_requests_with_a_typed_error_and_releases_the_key() -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return json_response(200, completion())
+
+    async with mocked_router(
+        handler, {"k1": "sk-canary-k1-000", "k2": "sk-canary-k2-000"}, headers={"x-team": "é"}
+    ) as router:
+        for _ in range(3):
+            with trio.fail_after(5), pytest.raises(UpstreamError) as info:
+                await router.route(chat("hi"))
+            assert info.value.failure is FailureClass.ADAPTER_ERROR
+        assert not sent
+        for key_id in ("k1", "k2"):
+            key = router.key(key_id)
+            assert key is not None and key["in_flight"] == 0 and key["lifecycle"] == "active"

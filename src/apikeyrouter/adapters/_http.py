@@ -9,9 +9,11 @@ stored on an exception, because exceptions end up in logs.
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -24,7 +26,7 @@ from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInf
 from apikeyrouter.adapters.pricing import ModelPrice, PriceTable
 from apikeyrouter.adapters.tokens import count_chat
 from apikeyrouter.domain.failures import FailureClass
-from apikeyrouter.errors import MalformedResponse, StreamInterrupted, UpstreamError
+from apikeyrouter.errors import ApiKeyRouterError, MalformedResponse, StreamInterrupted, UpstreamError
 from apikeyrouter.intent import RequestIntent, SystemResponse, Usage
 from apikeyrouter.secret import Secret
 
@@ -325,6 +327,31 @@ class HTTPAdapterBase:
             signal=signal,
         )
 
+    def adapter_error(self, exc: Exception, secret: Secret) -> UpstreamError:
+        """An exception the adapter did not classify, as a typed ADAPTER_ERROR: the type, the scrubbed
+        message and where it was raised (file:line), never the values involved."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+        detail = scrub(str(exc), secret)
+        if isinstance(exc, UnicodeError):
+            detail = "text that cannot be encoded"  # its message quotes the offending character and position
+        return UpstreamError(
+            f"{self.provider}: adapter error: {type(exc).__name__}{where}: {detail}",
+            failure=FailureClass.ADAPTER_ERROR,
+            provider=self.provider,
+        )
+
+    @contextmanager
+    def guarded(self, secret: Secret) -> Iterator[None]:
+        """Building and sending a request: anything raised that is not already one of ours becomes an
+        ADAPTER_ERROR (`from None`: the original may hold the key material it failed to encode)."""
+        try:
+            yield
+        except ApiKeyRouterError:
+            raise
+        except Exception as exc:
+            raise self.adapter_error(exc, secret) from None
+
     def malformed(
         self, what: str, secret: Secret, *, status: int | None = None, signal: QuotaSignal | None = None
     ) -> MalformedResponse:
@@ -355,11 +382,14 @@ class HTTPAdapterBase:
         point (waiting for headers, reading the body, mid-stream) closes the connection: the upstream
         sees the request aborted instead of finishing it for nobody.
         """
-        request = client.build_request(method, url, headers={**self.extra_headers, **headers}, json=json_body)
+        with self.guarded(secret):
+            request = client.build_request(method, url, headers={**self.extra_headers, **headers}, json=json_body)
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise self.transport_error(exc, secret) from exc
+        except Exception as exc:
+            raise self.adapter_error(exc, secret) from None
         try:
             if response.status_code >= 300:
                 try:
@@ -443,14 +473,34 @@ class JSONChatAdapter(HTTPAdapterBase):
         raise NotImplementedError
 
     async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult:
+        with self.guarded(secret):
+            headers, body = self._auth(secret), self.body(intent, stream=False)
         async with self.exchange(
-            client,
-            "POST",
-            f"{self.base_url}{self.endpoint}",
-            secret=secret,
-            headers=self._auth(secret),
-            json_body=self.body(intent, stream=False),
+            client, "POST", f"{self.base_url}{self.endpoint}", secret=secret, headers=headers, json_body=body
         ) as response:
-            signal = self.signal_from(response.headers)
+            with self.guarded(secret):
+                signal = self.signal_from(response.headers)
             data = await self.read_json(response, secret, signal)
-        return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
+        with self.guarded(secret):
+            return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
+
+    @asynccontextmanager
+    async def chat_stream(
+        self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret, make: Callable[..., _S]
+    ) -> AsyncIterator[_S]:
+        """Open the streamed form of `complete`; `make(self, response, secret, model=, estimated_input=,
+        max_output=)` wraps the open event stream (an `SSEStream` subclass)."""
+        with self.guarded(secret):
+            headers, body = self._auth(secret), self.body(intent, stream=True)
+            estimated, max_output = self.estimate(intent).input_tokens, self.max_output(intent)
+
+        def wrap(response: httpx.Response) -> _S:
+            with self.guarded(secret):
+                return make(
+                    self, response, secret, model=intent.model, estimated_input=estimated, max_output=max_output
+                )
+
+        async with self.event_stream(
+            client, f"{self.base_url}{self.endpoint}", secret=secret, headers=headers, json_body=body, make=wrap
+        ) as stream:
+            yield stream

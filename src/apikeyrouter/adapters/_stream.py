@@ -157,6 +157,13 @@ class SSEStream:
                     self._failure = exc
                     self._eof = True
                     break
+                except Exception as exc:  # a bug reading the event: typed, so the request path can settle
+                    err = self.adapter.adapter_error(exc, self._secret)
+                    self._failure = StreamInterrupted(
+                        err.message, failure=err.failure, provider=err.provider, signal=self.signal
+                    )
+                    self._eof = True
+                    break
             if self.finished:
                 self._eof = True
             elif self._eof and self._failure is None:

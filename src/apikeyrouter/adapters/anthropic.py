@@ -17,8 +17,8 @@ usage is `input_tokens`/`output_tokens` (cache token counts stay in `raw["usage"
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -167,27 +167,10 @@ class AnthropicAdapter(JSONChatAdapter):
             raw=raw,
         )
 
-    @asynccontextmanager
-    async def open_stream(
+    def open_stream(
         self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret
-    ) -> AsyncIterator[_AnthropicStream]:
-        estimated = self.estimate(intent).input_tokens
-        async with self.event_stream(
-            client,
-            f"{self.base_url}/messages",
-            secret=secret,
-            headers=self._auth(secret),
-            json_body=self.body(intent, stream=True),
-            make=lambda response: _AnthropicStream(
-                self,
-                response,
-                secret,
-                model=intent.model,
-                estimated_input=estimated,
-                max_output=self.max_output(intent),
-            ),
-        ) as stream:
-            yield stream
+    ) -> AbstractAsyncContextManager[_AnthropicStream]:
+        return self.chat_stream(client, intent, secret, _AnthropicStream)
 
 
 class _AnthropicStream(SSEStream):

@@ -103,8 +103,9 @@ class GenericHTTPAdapter(HTTPAdapterBase):
         return QuotaSignal(**values)
 
     async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult:
-        headers = {self.auth_header: self.auth_format.format(key=secret.reveal()), "accept": "application/json"}
-        body = self.body_builder(intent)
+        with self.guarded(secret):
+            headers = {self.auth_header: self.auth_format.format(key=secret.reveal()), "accept": "application/json"}
+            body = self.body_builder(intent)
         async with self.exchange(
             client,
             self.method,
@@ -113,9 +114,11 @@ class GenericHTTPAdapter(HTTPAdapterBase):
             headers=headers,
             json_body=None if self.method in ("GET", "HEAD", "DELETE") else body,
         ) as response:
-            signal = self.signal_from(response.headers)
+            with self.guarded(secret):
+                signal = self.signal_from(response.headers)
             data = await self.read_json(response, secret, signal)
-        return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
+        with self.guarded(secret):
+            return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
 
     def normalise(
         self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret, signal: QuotaSignal

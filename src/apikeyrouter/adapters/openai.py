@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -119,27 +119,10 @@ class OpenAIAdapter(JSONChatAdapter):
             raw=raw,
         )
 
-    @asynccontextmanager
-    async def open_stream(
+    def open_stream(
         self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret
-    ) -> AsyncIterator[_OpenAIStream]:
-        estimated = self.estimate(intent).input_tokens
-        async with self.event_stream(
-            client,
-            f"{self.base_url}/chat/completions",
-            secret=secret,
-            headers=self._auth(secret),
-            json_body=self.body(intent, stream=True),
-            make=lambda response: _OpenAIStream(
-                self,
-                response,
-                secret,
-                model=intent.model,
-                estimated_input=estimated,
-                max_output=self.max_output(intent),
-            ),
-        ) as stream:
-            yield stream
+    ) -> AbstractAsyncContextManager[_OpenAIStream]:
+        return self.chat_stream(client, intent, secret, _OpenAIStream)
 
     async def list_models(self, client: httpx.AsyncClient, secret: Secret) -> list[str]:
         async with self.exchange(
