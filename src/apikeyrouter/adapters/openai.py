@@ -15,6 +15,7 @@ from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInf
 from apikeyrouter.adapters.headers import parse_openai_headers
 from apikeyrouter.adapters.pricing import ModelPrice
 from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.errors import InvalidRequest
 from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse
 from apikeyrouter.secret import Secret
 
@@ -77,7 +78,10 @@ class OpenAIAdapter(JSONChatAdapter):
             body["stop"] = list(intent.stop)
         body["stream"] = stream
         if stream:
-            options = dict(body.get("stream_options") or {})
+            given = body.get("stream_options") or {}
+            if not isinstance(given, Mapping):  # a RequestIntent built by hand, not by from_openai
+                raise InvalidRequest("'stream_options' must be an object", param="stream_options")
+            options = dict(given)
             options["include_usage"] = True  # otherwise a streamed call reports no usage to bill
             body["stream_options"] = options
         else:
