@@ -16,7 +16,14 @@ import pytest
 import structlog.testing
 import trio
 
-from apikeyrouter.adapters import AnthropicAdapter, OpenAIAdapter, QuotaSignal, parse_duration, parse_openai_headers
+from apikeyrouter.adapters import (
+    AnthropicAdapter,
+    OpenAIAdapter,
+    QuotaSignal,
+    parse_duration,
+    parse_openai_headers,
+    scrub,
+)
 from apikeyrouter.adapters.generic import GenericHTTPAdapter
 from apikeyrouter.adapters.headers import MAX_RESET_S, parse_anthropic_headers, parse_retry_after
 from apikeyrouter.adapters.pricing import PriceTable
@@ -362,3 +369,92 @@ async def test_a_broken_adapter_fails_requests_with_a_typed_error_and_releases_t
         for key_id in ("k1", "k2"):
             key = router.key(key_id)
             assert key is not None and key["in_flight"] == 0 and key["lifecycle"] == "active"
+
+
+# ------------------------------------------------------------------------------ key material echoed back
+
+PLAIN = "Qz7xK9mWv2Lp4Rt8Yh3Nc6Bd"  # a key without any well-known prefix
+PREFIXED = "sk-proj-Jf5Wq8Ze2Hs9Ua4Mk7Xc"
+
+
+def _no_piece_of(secret: str, text: str, n: int = 4) -> None:
+    pieces = {secret[i : i + n] for i in range(len(secret) - n + 1)}
+    leaked = sorted(p for p in pieces if p in text)
+    assert not leaked, f"{leaked} of the secret in {text!r}"
+
+
+@pytest.mark.parametrize("raw", [PLAIN, PREFIXED], ids=["plain", "sk-"])
+def test_scrub_removes_every_form_of_the_key(raw: str) -> None:
+    secret = Secret(raw)
+    masked = f"{raw[:4]}****{raw[-4:]}"
+    forms = [
+        raw,  # the whole key
+        raw[5:17],  # any 6 or more of its characters in a row
+        raw[-6:],
+        masked,  # the masked forms providers print
+        f"{raw[:4]}...{raw[-4:]}",
+        f"{raw[:3]}{'*' * 20}{raw[-4:]}",
+    ]
+    for form in forms:
+        text = scrub(f"Incorrect API key provided: {form}. You can find your API key at https://x.test.", secret)
+        _no_piece_of(raw, text)
+        assert text.startswith("Incorrect API key provided: [redacted]"), text
+        assert text.endswith("You can find your API key at https://x.test."), text
+
+
+def test_scrub_removes_token_shaped_runs_of_other_keys() -> None:
+    other = "k3Jd8Hf2Lq9Zm4Xv7Bn1Cw6R"  # not this request's key, but a key all the same
+    for text in (
+        f"key {other} is disabled",
+        "key abcd****wxyz is disabled",
+        "key sk-ant-api03-Xy****Zw is disabled",
+        "use sk-abc12 instead",
+    ):
+        scrubbed = scrub(text, Secret("sk-unrelated-0000"))
+        assert ("[redacted]" in scrubbed and "is disabled" in scrubbed) or "instead" in scrubbed, scrubbed
+        assert other not in scrubbed and "****" not in scrubbed and "abcd" not in scrubbed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The model `gpt-4o-mini-2024-07-18` does not exist or you do not have access to it.",
+        "The model claude-3-5-sonnet-20241022 is overloaded; retry later.",
+        "Rate limit reached for gpt-4o in organization org-abc on requests per min (RPM): Limit 500, Used 500.",
+        "This model's maximum context length is 128000 tokens; you asked for 130000.",
+        "request 123e4567-e89b-12d3-a456-426614174000 failed",
+    ],
+)
+def test_scrub_keeps_ordinary_upstream_text(text: str) -> None:
+    assert scrub(text, Secret(PLAIN)) == text
+
+
+@pytest.mark.parametrize("raw", [PLAIN, PREFIXED], ids=["plain", "sk-"])
+async def test_a_401_echoing_a_masked_key_leaves_no_piece_of_it_in_state(raw: str) -> None:
+    masked = f"{raw[:4]}****{raw[-4:]}"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        message = f"Incorrect API key provided: {masked}. Key {raw[2:14]} is not valid."
+        body = {"error": {"message": message, "type": f"auth-{raw[:8]}", "code": f"invalid_api_key-{raw[-9:]}"}}
+        return json_response(401, body)
+
+    async with mocked_router(handler, {"k": raw}) as router:
+        with structlog.testing.capture_logs() as logs, trio.fail_after(5), pytest.raises(ApiKeyRouterError) as info:
+            await router.route(chat("hi"))
+        await trio.sleep(0.05)
+        key = router.key("k")
+        assert key is not None and key["lifecycle"] == "invalid"
+        shown = [
+            json.dumps(key),
+            json.dumps(router.get_state_summary(), default=str),
+            json.dumps(router.transitions("k"), default=str),
+            repr(logs),
+            str(info.value),
+            repr(info.value),
+        ]
+        err = info.value
+        if isinstance(err, UpstreamError):
+            shown += [str(err.code), str(err.error_type), err.message]
+    for text in shown:
+        _no_piece_of(raw, text)
+    assert "Incorrect API key provided: [redacted]" in key["lifecycle_reason"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -28,7 +27,7 @@ from apikeyrouter.adapters.tokens import count_chat
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.errors import ApiKeyRouterError, MalformedResponse, StreamInterrupted, UpstreamError
 from apikeyrouter.intent import RequestIntent, SystemResponse, Usage
-from apikeyrouter.secret import Secret
+from apikeyrouter.secret import Secret, redact
 
 _S = TypeVar("_S")
 
@@ -56,19 +55,21 @@ DEFAULT_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32, 
 
 _ERROR_BODY_LIMIT = 64 * 1024
 _MESSAGE_LIMIT = 500
-_KEYLIKE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-\*]{3,}|\bBearer\s+\S+", re.IGNORECASE)
 
 
 def scrub(text: str, secret: Secret | None = None) -> str:
-    """Remove the key (if given) and anything key-shaped (`sk-...`, `Bearer ...`) from upstream text."""
-    if secret is not None:
-        value = secret.reveal()
-        if value in text:
-            text = text.replace(value, "[redacted]")
-    text = _KEYLIKE.sub("[redacted]", text)
+    """Upstream text made safe to store, log or return: every piece of the key (if given) and anything
+    key-shaped removed (`secret.redact`), then cut to a bounded length. Every upstream message, error
+    code and type goes through here before it lands on an exception."""
+    text = redact(text, secret)
     if len(text) > _MESSAGE_LIMIT:
         text = text[:_MESSAGE_LIMIT] + "..."
     return text
+
+
+def _scrub_label(value: str | None, secret: Secret | None) -> str | None:
+    """An upstream error code or type: short identifiers, but upstream text all the same."""
+    return None if value is None else scrub(value, secret)[:100]
 
 
 def usage_count(value: Any) -> int | None:
@@ -298,8 +299,8 @@ class HTTPAdapterBase:
             status=response.status_code,
             provider=self.provider,
             retry_after=signal.retry_after_s,
-            code=info.code,
-            error_type=info.error_type,
+            code=_scrub_label(info.code, secret),
+            error_type=_scrub_label(info.error_type, secret),
             signal=signal,
         )
 

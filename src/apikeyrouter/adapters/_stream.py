@@ -97,8 +97,8 @@ class SSEStream:
             failure=failure,
             status=status,
             provider=self.adapter.provider,
-            code=code,
-            error_type=error_type,
+            code=None if code is None else scrub(code, self._secret)[:100],
+            error_type=None if error_type is None else scrub(error_type, self._secret)[:100],
             signal=self.signal,
             retry_after=self.signal.retry_after_s,
         )
