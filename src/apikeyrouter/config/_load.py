@@ -44,7 +44,14 @@ from apikeyrouter.domain.failures import DEFAULT_ACTIONS, FailureAction, Failure
 from apikeyrouter.errors import ConfigError
 from apikeyrouter.secret import Secret, secret_problem
 
-__all__ = ["bind_allowed", "default_config", "default_debug_socket", "load_config", "parse_config"]
+__all__ = [
+    "bind_allowed",
+    "default_config",
+    "default_debug_socket",
+    "load_config",
+    "parse_config",
+    "private_socket_dir",
+]
 
 _SECTIONS: Final = (
     "server", "routing", "breaker", "capacity", "providers", "keys",
@@ -465,16 +472,27 @@ class _Parser:
             self.at_least(budget.limit, 0, f"{path}.limit")
 
 
-def default_debug_socket(port: int, env: Mapping[str, str]) -> Path:
-    """`$XDG_RUNTIME_DIR/apikeyrouter-<port>.sock`, else `/tmp/apikeyrouter-<uid>-<port>.sock`.
+def private_socket_dir() -> Path:
+    """`/tmp/apikeyrouter-<uid>`: the per-user directory (mode 0700, created by the debug server) that holds
+    default sockets when there is no usable `XDG_RUNTIME_DIR`. Literal `/tmp`: `serve` and `inspect` run from
+    different shells and must agree."""
+    return Path("/tmp") / f"apikeyrouter-{os.getuid()}"
 
-    With port 0 (a free port picked at bind time) the process id stands in for the port.
+
+def default_debug_socket(port: int | None, env: Mapping[str, str], *, private_dir: Path | None = None) -> Path:
+    """The default debug socket; the one rule `serve` (through the config) and `inspect` and
+    `debug.default_socket_path` (through this function) share.
+
+    `<name>` is the port, or the process id when there is none (None or 0, a port picked at bind time):
+    `$XDG_RUNTIME_DIR/apikeyrouter-<name>.sock` when that is a directory we may write to (per-user, 0700),
+    else `<private_dir>/<name>.sock`, `private_dir` defaulting to `private_socket_dir()`. Never a socket
+    directly in the world-writable `/tmp`. Creates nothing.
     """
-    tag = str(port) if port else f"pid{os.getpid()}"
+    name = str(port) if port else str(os.getpid())
     runtime_dir = env.get("XDG_RUNTIME_DIR")
-    if runtime_dir:
-        return Path(runtime_dir) / f"apikeyrouter-{tag}.sock"
-    return Path(f"/tmp/apikeyrouter-{os.getuid()}-{tag}.sock")
+    if runtime_dir and os.path.isdir(runtime_dir) and os.access(runtime_dir, os.W_OK | os.X_OK):
+        return Path(runtime_dir) / f"apikeyrouter-{name}.sock"
+    return (private_dir if private_dir is not None else private_socket_dir()) / f"{name}.sock"
 
 
 def parse_config(
