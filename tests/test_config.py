@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import re
+import shutil
+import tempfile
 import tomllib
 from decimal import Decimal
 from pathlib import Path
@@ -33,6 +37,10 @@ from apikeyrouter.secret import Secret
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "router.toml"
 
+# A real per-user runtime directory: the default socket goes there only when it exists and is writable.
+RUNTIME_DIR = tempfile.mkdtemp(prefix="xdg-runtime-")
+atexit.register(shutil.rmtree, RUNTIME_DIR, ignore_errors=True)
+
 # Values that must never appear in any output.
 OA1, OA2, AN1, LOCAL = "sk-oa1-SECRETVALUE-aaaa", "sk-oa2-SECRETVALUE-bbbb", "sk-ant-SECRETVALUE-cccc", "local-SECRET"
 CLIENTS, ADMIN = "client-tok-SECRET-1,client-tok-SECRET-2", "admin-tok-SECRET"
@@ -43,7 +51,7 @@ EXAMPLE_ENV = {
     "LOCAL_KEY": LOCAL,
     "APIKEYROUTER_CLIENTS": CLIENTS,
     "APIKEYROUTER_ADMIN": ADMIN,
-    "XDG_RUNTIME_DIR": "/run/user/1000",
+    "XDG_RUNTIME_DIR": RUNTIME_DIR,
 }
 ALL_SECRETS = (OA1, OA2, AN1, LOCAL, ADMIN, *CLIENTS.split(","))
 
@@ -187,7 +195,8 @@ BAD_CONFIGS = [
         "[failures.overload]\nretry_other_key = false\n",
         (
             "unknown failure class 'overload', expected one of: rate_limited, quota_exhausted, auth_invalid, "
-            "permission, bad_request, context_length, content_policy, overloaded, server_error, timeout, connection "
+            "permission, bad_request, context_length, content_policy, overloaded, server_error, timeout, connection, "
+            "adapter_error "
             "@ config.failures",
         ),
     ),
@@ -439,7 +448,7 @@ def test_example_config_loads_with_every_section() -> None:
         retry_other_key=True, counts_for_breaker=False, key_effect=KeyEffect.THROTTLE
     )
     assert config.failures[FailureClass.RATE_LIMITED] == DEFAULT_ACTIONS[FailureClass.RATE_LIMITED]
-    assert config.debug.socket == Path("/run/user/1000/apikeyrouter-8080.sock")
+    assert config.debug.socket == Path(RUNTIME_DIR) / "apikeyrouter-8080.sock"
     assert config.store.kind == "memory" and config.store.path is None
     assert config.warnings == ()
     assert bind_allowed(config) is None
@@ -534,12 +543,13 @@ def test_empty_override_means_unset() -> None:
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8080)
 
 
-def test_default_debug_socket_follows_port_and_runtime_dir() -> None:
-    assert parse("[server]\nport = 9000\n", {"XDG_RUNTIME_DIR": "/run/user/7"}).debug.socket == Path(
-        "/run/user/7/apikeyrouter-9000.sock"
+def test_default_debug_socket_follows_port_and_runtime_dir(tmp_path: Path) -> None:
+    assert parse("[server]\nport = 9000\n", {"XDG_RUNTIME_DIR": str(tmp_path)}).debug.socket == (
+        tmp_path / "apikeyrouter-9000.sock"
     )
-    socket = parse("", {"APIKEYROUTER_PORT": "9001"}).debug.socket
-    assert re.fullmatch(r"/tmp/apikeyrouter-\d+-9001\.sock", str(socket))
+    # no runtime directory (or one that does not exist): the private per-user directory, never /tmp itself
+    for env in ({"APIKEYROUTER_PORT": "9001"}, {"APIKEYROUTER_PORT": "9001", "XDG_RUNTIME_DIR": "/run/user/7"}):
+        assert parse("", env).debug.socket == Path(f"/tmp/apikeyrouter-{os.getuid()}/9001.sock")
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
@@ -655,7 +665,7 @@ def test_check_config_ok() -> None:
     assert result.stdout == (
         "config OK: 3 providers, 4 keys\n"
         "http: 127.0.0.1:8080\n"
-        "debug channel: unix socket /run/user/1000/apikeyrouter-8080.sock\n"
+        f"debug channel: unix socket {RUNTIME_DIR}/apikeyrouter-8080.sock\n"
     )
     assert result.stderr == ""
 

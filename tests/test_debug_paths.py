@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from apikeyrouter.config import parse_config
 from apikeyrouter.debug import DebugChannelError, default_socket_path, probe_socket
 from apikeyrouter.debug import paths as paths_module
 from apikeyrouter.debug.paths import ensure_private_dir
+from apikeyrouter.debug.server import DebugServer
 
 
 def test_xdg_runtime_dir_when_set_and_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,3 +97,43 @@ def test_probe_tells_live_stale_missing_and_not_a_socket(tmp_path: Path) -> None
         for p in (live_path, stale_path):
             p.unlink(missing_ok=True)
         base.rmdir()
+
+
+@pytest.mark.parametrize("xdg", [None, "/nonexistent/xdg", "tmp"], ids=["unset", "missing", "writable"])
+def test_the_config_default_is_the_debug_default(
+    xdg: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `serve` takes its socket from the config, `inspect` from default_socket_path: one rule must decide both,
+    # and never a socket directly in the world-writable /tmp.
+    env = {} if xdg is None else {"XDG_RUNTIME_DIR": str(tmp_path) if xdg == "tmp" else xdg}
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    configured = parse_config({"server": {"port": 9001}}, env=env).debug.socket
+    assert configured == default_socket_path(9001, create=False)
+    if xdg == "tmp":
+        assert configured == tmp_path / "apikeyrouter-9001.sock"
+    else:
+        assert configured == Path(f"/tmp/apikeyrouter-{os.getuid()}/9001.sock")
+    assert configured.parent != Path("/tmp")
+
+
+def test_a_free_port_config_uses_the_pid_like_the_debug_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    assert parse_config({"server": {"port": 0}}, env={}).debug.socket == default_socket_path(create=False)
+
+
+async def test_the_server_creates_the_private_directory_of_a_default_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    private = tmp_path / f"apikeyrouter-{os.getuid()}"
+    monkeypatch.setattr(paths_module, "_tmp_dir", lambda: private)
+    path = default_socket_path(4343, create=False)  # what a config names: nothing created yet
+    assert not private.exists()
+    server = DebugServer(object(), path)  # type: ignore[arg-type]
+    server.bind()
+    try:
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700 and probe_socket(path) == "live"
+    finally:
+        server.close_socket()

@@ -23,8 +23,11 @@ def main() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def check_config(file: Path) -> None:
     """Validate FILE as `serve` would (secrets from the environment included), without starting anything."""
+    from apikeyrouter.adapters.factory import build_adapters
+
     try:
         config = load_config(file)
+        build_adapters(config)  # the adapters `serve` would build, by the same factory
     except ConfigError as exc:
         for line in exc.errors:
             click.echo(f"error: {line}", err=True)
@@ -84,11 +87,13 @@ def serve(config_path: Path) -> None:
     """Run the supervision tree and the OpenAI-compatible proxy described by a config file."""
     import trio
 
+    from apikeyrouter.adapters.factory import build_adapters
     from apikeyrouter.observe.logs import configure_logging
     from apikeyrouter.standalone import Started, describe, run_standalone
 
     try:
         config = load_config(config_path)
+        build_adapters(config)  # refuse here, in one line, what would otherwise fail after "listening on"
         if (refusal := bind_allowed(config)) is not None:
             raise ConfigError(refusal, path="config.server.host")
     except ConfigError as exc:

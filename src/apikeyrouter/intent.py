@@ -6,7 +6,8 @@ adapters translate it to their provider and normalise the answer back to a `Syst
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -45,44 +46,19 @@ class RequestIntent:
 
     @classmethod
     def from_openai(cls, body: Mapping[str, Any]) -> RequestIntent:
-        """Validate an OpenAI chat-completions body; raises `InvalidRequest` naming the problem."""
+        """Validate an OpenAI chat-completions body; raises `InvalidRequest` naming the problem.
+
+        Every field read here or by an adapter is type-checked (`_PASSTHROUGH` lists the optional ones
+        passed on in `extra`); fields we do not know pass through untouched for the provider to judge."""
         if not isinstance(body, Mapping):
             raise InvalidRequest("request body must be a JSON object")
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
-        raw_messages = body.get("messages")
-        if not isinstance(raw_messages, list) or not raw_messages:
-            raise InvalidRequest("'messages' is required and must be a non-empty array", param="messages")
-        messages: list[ChatMessage] = []
-        for i, m in enumerate(raw_messages):
-            if not isinstance(m, Mapping):
-                raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages[{i}]")
-            role = m.get("role")
-            if role not in _ROLES:
-                raise InvalidRequest(f"messages[{i}].role must be one of {sorted(_ROLES)}", param=f"messages[{i}].role")
-            content = m.get("content")
-            if isinstance(content, list):
-                # OpenAI content parts: keep the text parts, in order.
-                texts = [p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text"]
-                content = "".join(t for t in texts if isinstance(t, str))
-            if content is None:
-                content = ""
-            if not isinstance(content, str):
-                raise InvalidRequest(
-                    f"messages[{i}].content must be a string or an array of text parts",
-                    param=f"messages[{i}].content",
-                )
-            messages.append(ChatMessage(role=str(role), content=content))
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        if max_tokens is not None and (
-            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-        ):
-            raise InvalidRequest("'max_tokens' must be a positive integer", param="max_tokens")
+        messages = _messages(body.get("messages"))
+        max_tokens = _max_tokens(body)
         temperature = body.get("temperature")
-        if temperature is not None and (
-            isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2
-        ):
+        if temperature is not None and not (_is_number(temperature) and 0 <= temperature <= 2):
             raise InvalidRequest("'temperature' must be a number between 0 and 2", param="temperature")
         stop = body.get("stop")
         stops: tuple[str, ...]
@@ -104,6 +80,7 @@ class RequestIntent:
                 raise InvalidRequest(f"{where} is not valid Unicode text (a lone surrogate)", param=where) from None
         known = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "stop", "stream"}
         extra = {k: v for k, v in body.items() if k not in known}
+        _check_passthrough(extra)
         return cls(
             model=model,
             messages=tuple(messages),
@@ -115,10 +92,107 @@ class RequestIntent:
         )
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+# Optional fields that the router or an adapter reads, or that OpenAI defines with one type: (check, what).
+_PASSTHROUGH: Mapping[str, tuple[Callable[[Any], bool], str]] = {
+    "stream_options": (lambda v: isinstance(v, Mapping), "an object"),
+    "tools": (lambda v: isinstance(v, list), "an array of objects"),
+    "tool_choice": (lambda v: isinstance(v, str | Mapping), "a string or an object"),
+    "top_p": (_is_number, "a number"),
+    "top_k": (_is_int, "an integer"),
+    "metadata": (lambda v: isinstance(v, Mapping), "an object"),
+    "user": (lambda v: isinstance(v, str), "a string"),
+    "n": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "seed": (_is_int, "an integer"),
+    "presence_penalty": (_is_number, "a number"),
+    "frequency_penalty": (_is_number, "a number"),
+    "response_format": (lambda v: isinstance(v, Mapping), "an object"),
+    "logprobs": (lambda v: isinstance(v, bool), "a boolean"),
+    "top_logprobs": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "parallel_tool_calls": (lambda v: isinstance(v, bool), "a boolean"),
+    "logit_bias": (lambda v: isinstance(v, Mapping), "an object"),
+}
+
+
+def _check_passthrough(extra: Mapping[str, Any]) -> None:
+    for name, (check, what) in _PASSTHROUGH.items():
+        value = extra.get(name)
+        if value is not None and not check(value):
+            raise InvalidRequest(f"'{name}' must be {what}", param=name)
+    tools = extra.get("tools")
+    if isinstance(tools, list):
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, Mapping):
+                raise InvalidRequest(f"tools[{i}] must be an object", param=f"tools[{i}]")
+    options = extra.get("stream_options")
+    usage = options.get("include_usage") if isinstance(options, Mapping) else None
+    if usage is not None and not isinstance(usage, bool):
+        raise InvalidRequest("'stream_options.include_usage' must be a boolean", param="stream_options.include_usage")
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    """`max_completion_tokens` (OpenAI's current name) wins over `max_tokens`; the error names the one given."""
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    value = body.get(name)
+    if value is not None and not (_is_int(value) and value >= 1):
+        raise InvalidRequest(f"'{name}' must be a positive integer", param=name)
+    return value
+
+
+def _messages(raw: Any) -> list[ChatMessage]:
+    if not isinstance(raw, list) or not raw:
+        raise InvalidRequest("'messages' is required and must be a non-empty array", param="messages")
+    messages: list[ChatMessage] = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, Mapping):
+            raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages[{i}]")
+        role = m.get("role")
+        if role not in _ROLES:
+            raise InvalidRequest(f"messages[{i}].role must be one of {sorted(_ROLES)}", param=f"messages[{i}].role")
+        content = m.get("content")
+        if isinstance(content, list):
+            content = _text_parts(content, f"messages[{i}].content")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise InvalidRequest(
+                f"messages[{i}].content must be a string or an array of text parts", param=f"messages[{i}].content"
+            )
+        messages.append(ChatMessage(role=str(role), content=content))
+    return messages
+
+
+def _text_parts(parts: list[Any], where: str) -> str:
+    """OpenAI content parts: the text parts' text, in order; other kinds (images, audio) are not carried."""
+    texts: list[str] = []
+    for j, part in enumerate(parts):
+        if not isinstance(part, Mapping):
+            raise InvalidRequest(f"{where}[{j}] must be an object", param=f"{where}[{j}]")
+        kind = part.get("type")
+        if not isinstance(kind, str):
+            raise InvalidRequest(f"{where}[{j}].type must be a string", param=f"{where}[{j}].type")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise InvalidRequest(f"{where}[{j}].text must be a string", param=f"{where}[{j}].text")
+            texts.append(text)
+    return "".join(texts)
+
+
 @attrs.frozen
 class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
+    # True: not what the provider reported but our own figure (its report was missing or impossible; an
+    # impossible one is replaced by the request's worst case, so what was held is what is charged).
+    estimated: bool = attrs.field(default=False, kw_only=True)
 
     @property
     def total_tokens(self) -> int:

@@ -44,7 +44,7 @@ from apikeyrouter.messages.key import (
     Wake,
 )
 from apikeyrouter.observe import EventBus, KeyBreakerChanged, KeyTransitioned, event_json, render_wall
-from apikeyrouter.secret import Secret
+from apikeyrouter.secret import Secret, redact
 from apikeyrouter.store.memory import StateStore
 
 __all__ = ["KeyActor", "KeyConfig", "KeyRecord", "KeySnapshot"]
@@ -316,7 +316,8 @@ class KeyActor(Actor[KeyCommand]):
         lc_events: list[LifecycleEvent] = []
         if failure is not None and action is not None and action.key_effect is not KeyEffect.NONE:
             until = self._bench_until(action.key_effect, outcome, q, now)
-            detail = outcome.message if len(outcome.message) <= 100 else outcome.message[:99] + "…"
+            message = redact(outcome.message, rec.secret)  # adapters scrub too; custom ones may not
+            detail = message if len(message) <= 100 else message[:99] + "…"
             reason = f"{failure.value}" + (f": {detail}" if detail else "")
             self._retry_after = outcome.retry_after
             lc, lc_events = lifecycle.apply_effect(

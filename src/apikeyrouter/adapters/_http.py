@@ -9,34 +9,43 @@ stored on an exception, because exceptions end up in logs.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+import os
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import attrs
 import httpx
+import structlog
 
 from apikeyrouter.adapters.base import AdapterResult, CostEstimate, QuotaSignal
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
 from apikeyrouter.adapters.pricing import ModelPrice, PriceTable
 from apikeyrouter.adapters.tokens import count_chat
 from apikeyrouter.domain.failures import FailureClass
-from apikeyrouter.errors import MalformedResponse, StreamInterrupted, UpstreamError
+from apikeyrouter.errors import ApiKeyRouterError, MalformedResponse, StreamInterrupted, UpstreamError
 from apikeyrouter.intent import RequestIntent, SystemResponse, Usage
-from apikeyrouter.secret import Secret
+from apikeyrouter.secret import Secret, redact
 
 _S = TypeVar("_S")
+
+log = structlog.get_logger("apikeyrouter.adapters")
+
+# More tokens than any one call has ever used: a count above it is a broken report, not usage.
+MAX_USAGE_TOKENS = 10**8
 
 __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_TIMEOUT",
+    "MAX_USAGE_TOKENS",
     "HTTPAdapterBase",
     "SSEDecoder",
     "SSEEvent",
     "dig",
     "scrub",
+    "usage_count",
 ]
 
 # Connect fast or fail over; reads are long because a non-streamed completion may think for a minute
@@ -46,19 +55,44 @@ DEFAULT_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32, 
 
 _ERROR_BODY_LIMIT = 64 * 1024
 _MESSAGE_LIMIT = 500
-_KEYLIKE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-\*]{3,}|\bBearer\s+\S+", re.IGNORECASE)
 
 
 def scrub(text: str, secret: Secret | None = None) -> str:
-    """Remove the key (if given) and anything key-shaped (`sk-...`, `Bearer ...`) from upstream text."""
-    if secret is not None:
-        value = secret.reveal()
-        if value in text:
-            text = text.replace(value, "[redacted]")
-    text = _KEYLIKE.sub("[redacted]", text)
+    """Upstream text made safe to store, log or return: every piece of the key (if given) and anything
+    key-shaped removed (`secret.redact`), then cut to a bounded length. Every upstream message, error
+    code and type goes through here before it lands on an exception."""
+    text = redact(text, secret)
     if len(text) > _MESSAGE_LIMIT:
         text = text[:_MESSAGE_LIMIT] + "..."
     return text
+
+
+def _scrub_label(value: str | None, secret: Secret | None) -> str | None:
+    """An upstream error code or type: short identifiers, but upstream text all the same."""
+    return None if value is None else scrub(value, secret)[:100]
+
+
+def usage_count(value: Any) -> int | None:
+    """A token count a provider reported, if it is one: an int (not a bool) in `[0, MAX_USAGE_TOKENS]`."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_USAGE_TOKENS:
+        return value
+    return None
+
+
+def _shown(value: Any) -> Any:
+    # For the log: numbers as they came, anything else only by type (it is upstream text, unscrubbed).
+    return value if isinstance(value, int | float) else type(value).__name__
+
+
+def log_bad_usage(provider: str, model: str, input_tokens: Any, output_tokens: Any) -> None:
+    log.warning(
+        "provider_bad_usage",
+        provider=provider,
+        model=model,
+        input_tokens=_shown(input_tokens),
+        output_tokens=_shown(output_tokens),
+        billed="worst_case",
+    )
 
 
 def dig(data: Any, path: str) -> Any:
@@ -225,6 +259,19 @@ class HTTPAdapterBase:
             exact_tokens=counted.exact,
         )
 
+    def worst_case_usage(self, intent: RequestIntent) -> Usage:
+        """The usage `estimate` prices as the worst case (what the budget holds), flagged as estimated."""
+        return Usage(count_chat(intent.messages, intent.model).tokens, self.max_output(intent), estimated=True)
+
+    def reported_usage(self, intent: RequestIntent, input_tokens: Any, output_tokens: Any) -> Usage:
+        """The usage a provider reported, or, when either count is not a sane token count (negative, not an
+        integer, absurd), the worst case: it is logged (`provider_bad_usage`) and billed as held."""
+        i, o = usage_count(input_tokens), usage_count(output_tokens)
+        if i is not None and o is not None:
+            return Usage(i, o)
+        log_bad_usage(self.provider, intent.model, input_tokens, output_tokens)
+        return self.worst_case_usage(intent)
+
     def cost(self, model: str, usage: Usage) -> Decimal:
         """Actual cost of `usage`; 0 for a model without a price (see `price_known`)."""
         return self.prices.cost(model, usage)
@@ -252,8 +299,8 @@ class HTTPAdapterBase:
             status=response.status_code,
             provider=self.provider,
             retry_after=signal.retry_after_s,
-            code=info.code,
-            error_type=info.error_type,
+            code=_scrub_label(info.code, secret),
+            error_type=_scrub_label(info.error_type, secret),
             signal=signal,
         )
 
@@ -280,6 +327,31 @@ class HTTPAdapterBase:
             provider=self.provider,
             signal=signal,
         )
+
+    def adapter_error(self, exc: Exception, secret: Secret) -> UpstreamError:
+        """An exception the adapter did not classify, as a typed ADAPTER_ERROR: the type, the scrubbed
+        message and where it was raised (file:line), never the values involved."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+        detail = scrub(str(exc), secret)
+        if isinstance(exc, UnicodeError):
+            detail = "text that cannot be encoded"  # its message quotes the offending character and position
+        return UpstreamError(
+            f"{self.provider}: adapter error: {type(exc).__name__}{where}: {detail}",
+            failure=FailureClass.ADAPTER_ERROR,
+            provider=self.provider,
+        )
+
+    @contextmanager
+    def guarded(self, secret: Secret) -> Iterator[None]:
+        """Building and sending a request: anything raised that is not already one of ours becomes an
+        ADAPTER_ERROR (`from None`: the original may hold the key material it failed to encode)."""
+        try:
+            yield
+        except ApiKeyRouterError:
+            raise
+        except Exception as exc:
+            raise self.adapter_error(exc, secret) from None
 
     def malformed(
         self, what: str, secret: Secret, *, status: int | None = None, signal: QuotaSignal | None = None
@@ -311,11 +383,14 @@ class HTTPAdapterBase:
         point (waiting for headers, reading the body, mid-stream) closes the connection: the upstream
         sees the request aborted instead of finishing it for nobody.
         """
-        request = client.build_request(method, url, headers={**self.extra_headers, **headers}, json=json_body)
+        with self.guarded(secret):
+            request = client.build_request(method, url, headers={**self.extra_headers, **headers}, json=json_body)
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise self.transport_error(exc, secret) from exc
+        except Exception as exc:
+            raise self.adapter_error(exc, secret) from None
         try:
             if response.status_code >= 300:
                 try:
@@ -377,14 +452,6 @@ async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
     return b"".join(parts)[:limit]
 
 
-def usage_from(data: Any, input_path: str, output_path: str) -> Usage | None:
-    i = dig(data, input_path)
-    o = dig(data, output_path)
-    if not isinstance(i, int) and not isinstance(o, int):
-        return None
-    return Usage(input_tokens=i if isinstance(i, int) else 0, output_tokens=o if isinstance(o, int) else 0)
-
-
 Builder = Callable[[RequestIntent], Any]
 
 
@@ -407,14 +474,34 @@ class JSONChatAdapter(HTTPAdapterBase):
         raise NotImplementedError
 
     async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult:
+        with self.guarded(secret):
+            headers, body = self._auth(secret), self.body(intent, stream=False)
         async with self.exchange(
-            client,
-            "POST",
-            f"{self.base_url}{self.endpoint}",
-            secret=secret,
-            headers=self._auth(secret),
-            json_body=self.body(intent, stream=False),
+            client, "POST", f"{self.base_url}{self.endpoint}", secret=secret, headers=headers, json_body=body
         ) as response:
-            signal = self.signal_from(response.headers)
+            with self.guarded(secret):
+                signal = self.signal_from(response.headers)
             data = await self.read_json(response, secret, signal)
-        return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
+        with self.guarded(secret):
+            return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
+
+    @asynccontextmanager
+    async def chat_stream(
+        self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret, make: Callable[..., _S]
+    ) -> AsyncIterator[_S]:
+        """Open the streamed form of `complete`; `make(self, response, secret, model=, estimated_input=,
+        max_output=)` wraps the open event stream (an `SSEStream` subclass)."""
+        with self.guarded(secret):
+            headers, body = self._auth(secret), self.body(intent, stream=True)
+            estimated, max_output = self.estimate(intent).input_tokens, self.max_output(intent)
+
+        def wrap(response: httpx.Response) -> _S:
+            with self.guarded(secret):
+                return make(
+                    self, response, secret, model=intent.model, estimated_input=estimated, max_output=max_output
+                )
+
+        async with self.event_stream(
+            client, f"{self.base_url}{self.endpoint}", secret=secret, headers=headers, json_body=body, make=wrap
+        ) as stream:
+            yield stream

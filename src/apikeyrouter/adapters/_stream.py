@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
-from apikeyrouter.adapters._http import HTTPAdapterBase, SSEDecoder, SSEEvent, scrub
+from apikeyrouter.adapters._http import HTTPAdapterBase, SSEDecoder, SSEEvent, log_bad_usage, scrub, usage_count
 from apikeyrouter.adapters.base import QuotaSignal
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.errors import StreamInterrupted, UpstreamError
@@ -31,6 +32,7 @@ class SSEStream:
         *,
         model: str,
         estimated_input: int,
+        max_output: int | None = None,
     ) -> None:
         self.adapter = adapter
         self.signal: QuotaSignal = adapter.signal_from(response.headers)
@@ -41,6 +43,8 @@ class SSEStream:
         self._decoder = SSEDecoder()
         self._pending: deque[StreamChunk] = deque()
         self._estimated_input = estimated_input
+        self._max_output = max_output
+        self._bad_usage = False  # the provider reported a count that is not one: bill the worst case
         self._input_tokens: int | None = None
         self._output_tokens: int | None = None
         self._deltas = 0
@@ -53,11 +57,28 @@ class SSEStream:
     def on_event(self, event: SSEEvent) -> list[StreamChunk]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def note_usage(self, input_tokens: int | None = None, output_tokens: int | None = None) -> None:
-        if input_tokens is not None:
-            self._input_tokens = input_tokens
-        if output_tokens is not None:
-            self._output_tokens = output_tokens
+    def note_usage(
+        self,
+        input_tokens: Any = None,
+        output_tokens: Any = None,
+        *,
+        need_input: bool = False,
+        need_output: bool = False,
+    ) -> None:
+        """Counts as the provider reported them (None: not in this event, unless `need_*` says it must be).
+        A count that is not a sane token count makes the stream's usage the worst case, for good."""
+        i, o = usage_count(input_tokens), usage_count(output_tokens)
+        bad_i = i is None and (input_tokens is not None or need_input)
+        bad_o = o is None and (output_tokens is not None or need_output)
+        if bad_i or bad_o:
+            if not self._bad_usage:
+                self._bad_usage = True
+                log_bad_usage(self.adapter.provider, self.model, input_tokens, output_tokens)
+            return
+        if i is not None:
+            self._input_tokens = i
+        if o is not None:
+            self._output_tokens = o
 
     def note_delta(self) -> None:
         self._deltas += 1
@@ -76,8 +97,8 @@ class SSEStream:
             failure=failure,
             status=status,
             provider=self.adapter.provider,
-            code=code,
-            error_type=error_type,
+            code=None if code is None else scrub(code, self._secret)[:100],
+            error_type=None if error_type is None else scrub(error_type, self._secret)[:100],
             signal=self.signal,
             retry_after=self.signal.retry_after_s,
         )
@@ -86,7 +107,11 @@ class SSEStream:
 
     @property
     def usage(self) -> Usage | None:
-        """Reported usage; before the provider reports it, our estimate of input and the deltas seen."""
+        """Reported usage; before the provider reports it, our estimate of input and the deltas seen; after an
+        impossible report, the worst case (estimated input, all of max_output)."""
+        if self._bad_usage:
+            output = max(self._max_output or 0, self._deltas)
+            return Usage(self._estimated_input, output, estimated=True)
         if self._input_tokens is None and self._output_tokens is None and self._deltas == 0:
             return None
         return Usage(
@@ -94,6 +119,7 @@ class SSEStream:
             # Every text delta carries at least one token, so the deltas seen bound the count from below
             # when the provider's own number is missing or stale (Anthropic's message_start says 1).
             output_tokens=max(self._output_tokens or 0, self._deltas),
+            estimated=self._input_tokens is None,
         )
 
     def __aiter__(self) -> SSEStream:
@@ -129,6 +155,13 @@ class SSEStream:
                     self._pending.extend(self.on_event(event))
                 except StreamInterrupted as exc:
                     self._failure = exc
+                    self._eof = True
+                    break
+                except Exception as exc:  # a bug reading the event: typed, so the request path can settle
+                    err = self.adapter.adapter_error(exc, self._secret)
+                    self._failure = StreamInterrupted(
+                        err.message, failure=err.failure, provider=err.provider, signal=self.signal
+                    )
                     self._eof = True
                     break
             if self.finished:

@@ -17,8 +17,8 @@ usage is `input_tokens`/`output_tokens` (cache token counts stay in `raw["usage"
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -31,7 +31,7 @@ from apikeyrouter.adapters.headers import parse_anthropic_headers
 from apikeyrouter.adapters.pricing import ModelPrice
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.errors import InvalidRequest
-from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse, Usage
+from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse
 from apikeyrouter.secret import Secret
 
 __all__ = ["STOP_REASONS", "AnthropicAdapter"]
@@ -150,9 +150,9 @@ class AnthropicAdapter(JSONChatAdapter):
             if isinstance(b, Mapping) and b.get("type") == "text" and isinstance(b.get("text"), str)
         ]
         usage_raw = data.get("usage")
-        usage = _usage(usage_raw)
-        if usage is None:
+        if not isinstance(usage_raw, Mapping):
             raise self.malformed("the message has no usage", secret, signal=signal)
+        usage = self.reported_usage(intent, usage_raw.get("input_tokens"), usage_raw.get("output_tokens"))
         raw: dict[str, Any] = {k: data[k] for k in ("id", "type", "role", "stop_reason", "stop_sequence") if k in data}
         raw["usage"] = usage_raw
         tool_uses = [b for b in blocks if isinstance(b, Mapping) and b.get("type") == "tool_use"]
@@ -167,38 +167,16 @@ class AnthropicAdapter(JSONChatAdapter):
             raw=raw,
         )
 
-    @asynccontextmanager
-    async def open_stream(
+    def open_stream(
         self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret
-    ) -> AsyncIterator[_AnthropicStream]:
-        estimated = self.estimate(intent).input_tokens
-        async with self.event_stream(
-            client,
-            f"{self.base_url}/messages",
-            secret=secret,
-            headers=self._auth(secret),
-            json_body=self.body(intent, stream=True),
-            make=lambda response: _AnthropicStream(
-                self, response, secret, model=intent.model, estimated_input=estimated
-            ),
-        ) as stream:
-            yield stream
-
-
-def _usage(raw: Any) -> Usage | None:
-    if not isinstance(raw, Mapping):
-        return None
-    i, o = raw.get("input_tokens"), raw.get("output_tokens")
-    if not isinstance(i, int) or not isinstance(o, int):
-        return None
-    return Usage(input_tokens=i, output_tokens=o)
+    ) -> AbstractAsyncContextManager[_AnthropicStream]:
+        return self.chat_stream(client, intent, secret, _AnthropicStream)
 
 
 class _AnthropicStream(SSEStream):
     """message_start (model, input usage) -> content_block_start/delta/stop ... -> message_delta
     (stop_reason, cumulative output usage) -> message_stop; `ping` anywhere; `error` anywhere ends it."""
 
-    _input: int | None = None
     _model: str | None = None
 
     def on_event(self, event: SSEEvent) -> list[StreamChunk]:
@@ -220,19 +198,15 @@ class _AnthropicStream(SSEStream):
                 model = message.get("model")
                 self._model = model if isinstance(model, str) else None
                 usage = message.get("usage")
-                if isinstance(usage, Mapping) and isinstance(usage.get("input_tokens"), int):
-                    self._input = usage["input_tokens"]
-                    out = usage.get("output_tokens")
-                    self.note_usage(self._input, out if isinstance(out, int) else None)
+                if isinstance(usage, Mapping):
+                    self.note_usage(usage.get("input_tokens"), usage.get("output_tokens"), need_input=True)
             return []
         if kind == "message_delta":
             delta = data.get("delta")
             usage = data.get("usage")
-            out = usage.get("output_tokens") if isinstance(usage, Mapping) else None
-            inp = usage.get("input_tokens") if isinstance(usage, Mapping) else None
-            if isinstance(inp, int):
-                self._input = inp
-            self.note_usage(self._input, out if isinstance(out, int) else None)
+            if isinstance(usage, Mapping):
+                # Cumulative counts; input only when the provider restates it.
+                self.note_usage(usage.get("input_tokens"), usage.get("output_tokens"), need_output=True)
             finish = _finish(delta.get("stop_reason")) if isinstance(delta, Mapping) else None
             return [StreamChunk(finish_reason=finish, usage=self.usage, model=self._model)]
         if kind == "message_stop":

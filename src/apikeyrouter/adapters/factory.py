@@ -1,19 +1,86 @@
-"""Build an adapter from a `[[providers]]` config entry."""
+"""Build an adapter from a `[[providers]]` config entry: the one place `serve`, a reload and `check-config`
+all build adapters, so a config the factory refuses is refused by `check-config` too."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+
+import attrs
 import httpx
 
 from apikeyrouter.adapters.anthropic import AnthropicAdapter
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.adapters.generic import GenericHTTPAdapter
 from apikeyrouter.adapters.openai import OpenAIAdapter
-from apikeyrouter.config import ProviderConfig
+from apikeyrouter.config import GenericAdapterConfig, ProviderConfig, QuotaHeaders, RouterConfig
+from apikeyrouter.errors import ConfigError
 
-__all__ = ["adapter_from_config"]
+__all__ = ["adapter_from_config", "build_adapters", "quota_header_map"]
+
+# `[providers.generic.quota_headers]` field -> the QuotaSignal field its header fills.
+_SIGNAL_FIELD = {
+    "limit_requests": "limit_requests",
+    "remaining_requests": "remaining_requests",
+    "reset_requests": "reset_requests_s",
+    "limit_tokens": "limit_tokens",
+    "remaining_tokens": "remaining_tokens",
+    "reset_tokens": "reset_tokens_s",
+    "retry_after": "retry_after_s",
+}
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 
 
-def adapter_from_config(cfg: ProviderConfig) -> ProviderAdapter:
+def _header_problems(q: QuotaHeaders) -> Iterator[tuple[str, str | None, str]]:
+    """(config field, header, problem or '') for every field that names a header, in declaration order."""
+    seen: dict[str, str] = {}
+    for field in attrs.fields(QuotaHeaders):
+        header = getattr(q, field.name)
+        if header is None:
+            continue
+        if not _HEADER_NAME.fullmatch(header):
+            yield field.name, header, f"{header!r} is not an HTTP header name"
+        elif header.lower() in seen:
+            yield field.name, header, f"header {header!r} is already read for {seen[header.lower()]}"
+        else:
+            seen[header.lower()] = field.name
+            yield field.name, header, ""
+
+
+def quota_header_map(q: QuotaHeaders, path: str) -> dict[str, str]:
+    """The config's `field = "header"` table as the adapter's `{header: QuotaSignal field}`; a header that
+    cannot be read (not a header name, or already read for another field) is a ConfigError at its field."""
+    mapping: dict[str, str] = {}
+    for name, header, problem in _header_problems(q):
+        if problem:
+            raise ConfigError(f"{problem} @ {path}.{name}", path=f"{path}.{name}")
+        assert header is not None
+        mapping[header.lower()] = _SIGNAL_FIELD[name]
+    return mapping
+
+
+def build_adapters(config: RouterConfig) -> dict[str, ProviderAdapter]:
+    """Every provider's adapter, built as the router builds it; one ConfigError listing each refusal."""
+    adapters: dict[str, ProviderAdapter] = {}
+    errors: list[str] = []
+    for index, provider in enumerate(config.providers):
+        path = f"config.providers[{index}]"
+        try:
+            adapters[provider.id] = adapter_from_config(provider, path=path)
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+        except (ValueError, TypeError) as exc:
+            errors.append(f"provider {provider.id!r}: {exc} @ {path}")
+    if errors:
+        raise ConfigError(
+            f"{config.source}: " + "; ".join(errors), path=errors[0].rpartition(" @ ")[2], errors=tuple(errors)
+        )
+    return adapters
+
+
+def adapter_from_config(cfg: ProviderConfig, *, path: str | None = None) -> ProviderAdapter:
+    """The adapter for one provider; `path` (its place in the config) names the field in a ConfigError."""
+    path = path if path is not None else f"provider {cfg.id!r}"
     timeout = httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout, pool=cfg.connect_timeout)
     limits = httpx.Limits(
         max_connections=cfg.max_connections,
@@ -44,24 +111,8 @@ def adapter_from_config(cfg: ProviderConfig) -> ProviderAdapter:
                 provider=cfg.id,
             )
         case "generic":
-            g = cfg.generic
-            if g is None:
-                from apikeyrouter.config import GenericAdapterConfig
-
-                g = GenericAdapterConfig()
-            headers = {
-                name: header
-                for name, header in (
-                    ("limit_requests", g.quota_headers.limit_requests),
-                    ("remaining_requests", g.quota_headers.remaining_requests),
-                    ("reset_requests", g.quota_headers.reset_requests),
-                    ("limit_tokens", g.quota_headers.limit_tokens),
-                    ("remaining_tokens", g.quota_headers.remaining_tokens),
-                    ("reset_tokens", g.quota_headers.reset_tokens),
-                    ("retry_after", g.quota_headers.retry_after),
-                )
-                if header
-            }
+            g = cfg.generic if cfg.generic is not None else GenericAdapterConfig()
+            headers = quota_header_map(g.quota_headers, f"{path}.generic.quota_headers")
             return GenericHTTPAdapter(
                 url=cfg.base_url.rstrip("/") + g.path,
                 method=g.method,

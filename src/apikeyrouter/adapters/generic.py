@@ -24,7 +24,7 @@ import httpx
 from apikeyrouter.adapters._http import HTTPAdapterBase, dig
 from apikeyrouter.adapters.base import AdapterResult, Capabilities, QuotaSignal
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule
-from apikeyrouter.adapters.headers import parse_duration, parse_retry_after
+from apikeyrouter.adapters.headers import parse_count, parse_duration, parse_retry_after
 from apikeyrouter.adapters.pricing import ModelPrice
 from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse, Usage
 from apikeyrouter.secret import Secret
@@ -97,20 +97,15 @@ class GenericHTTPAdapter(HTTPAdapterBase):
             raw = headers.get(header)
             if raw is None:
                 continue
-            if field.endswith("_s"):
-                values[field] = parse_duration(raw)
-            else:
-                try:
-                    values[field] = max(0, int(float(raw)))
-                except ValueError:
-                    continue
+            values[field] = parse_duration(raw) if field.endswith("_s") else parse_count(raw)
         if "retry_after_s" not in values:
             values["retry_after_s"] = parse_retry_after(headers)
         return QuotaSignal(**values)
 
     async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult:
-        headers = {self.auth_header: self.auth_format.format(key=secret.reveal()), "accept": "application/json"}
-        body = self.body_builder(intent)
+        with self.guarded(secret):
+            headers = {self.auth_header: self.auth_format.format(key=secret.reveal()), "accept": "application/json"}
+            body = self.body_builder(intent)
         async with self.exchange(
             client,
             self.method,
@@ -119,9 +114,11 @@ class GenericHTTPAdapter(HTTPAdapterBase):
             headers=headers,
             json_body=None if self.method in ("GET", "HEAD", "DELETE") else body,
         ) as response:
-            signal = self.signal_from(response.headers)
+            with self.guarded(secret):
+                signal = self.signal_from(response.headers)
             data = await self.read_json(response, secret, signal)
-        return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
+        with self.guarded(secret):
+            return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
 
     def normalise(
         self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret, signal: QuotaSignal
@@ -133,9 +130,10 @@ class GenericHTTPAdapter(HTTPAdapterBase):
             if found is None:
                 raise self.malformed(f"nothing at {self.content_path!r} in the answer", secret, signal=signal)
             content = found if isinstance(found, str) else json.dumps(found)
-        usage = Usage(
-            input_tokens=self._count(data, self.input_tokens_path),
-            output_tokens=self._count(data, self.output_tokens_path),
+        # A path that is configured but absent in this answer counts 0; a value there that is no token count
+        # (negative, fractional, absurd) makes the usage the worst case, logged.
+        usage = self.reported_usage(
+            intent, self._count(data, self.input_tokens_path), self._count(data, self.output_tokens_path)
         )
         model = dig(data, self.model_path) if self.model_path else None
         finish = dig(data, self.finish_reason_path) if self.finish_reason_path else None
@@ -148,11 +146,11 @@ class GenericHTTPAdapter(HTTPAdapterBase):
         )
 
     @staticmethod
-    def _count(data: Any, path: str | None) -> int:
+    def _count(data: Any, path: str | None) -> Any:
         if path is None:
             return 0
         value = dig(data, path)
-        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+        return 0 if value is None else value
 
     @asynccontextmanager
     async def open_stream(

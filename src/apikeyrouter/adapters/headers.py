@@ -9,6 +9,10 @@ Every reset in a `QuotaSignal` is seconds from receipt. Absolute instants are co
 response's own `Date` header when it has one (the provider's clock, so skew between us and them cancels
 out); only Anthropic resets fall back to our wall clock, and only here, at the edge. A value that cannot
 be parsed is dropped (None), never guessed.
+
+Nothing an upstream sends is trusted to be sane: every duration is clamped to `[0, MAX_RESET_S]` (31 days;
+a `Retry-After: 1000000000000` is a month, not year 33715), NaN and infinities are unknown, and a count
+must be an integer in `[0, MAX_COUNT]` or it is unknown.
 """
 
 from __future__ import annotations
@@ -22,13 +26,23 @@ from collections.abc import Mapping
 from apikeyrouter.adapters.base import QuotaSignal
 
 __all__ = [
+    "MAX_COUNT",
+    "MAX_RESET_S",
+    "clamp_seconds",
     "parse_anthropic_headers",
+    "parse_count",
     "parse_duration",
     "parse_openai_headers",
     "parse_retry_after",
 ]
 
 Headers = Mapping[str, str]
+
+# The longest wait an upstream may impose through a header; a longer one is read as this. Quota windows are
+# at most a month, and a wait beyond it is a broken or hostile header (it would not even render as a date).
+MAX_RESET_S = 31 * 86400.0
+# The largest request or token count a header may report; more is not a real quota.
+MAX_COUNT = 10**15
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s|d)")
 _UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
@@ -39,8 +53,18 @@ def _lower(headers: Headers) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
 
 
+def clamp_seconds(value: float | None) -> float | None:
+    """A wait from upstream made sane: NaN, infinities and negative values are unknown (None), and
+    anything beyond `MAX_RESET_S` is `MAX_RESET_S`."""
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    return min(value, MAX_RESET_S)
+
+
 def parse_duration(value: str) -> float | None:
-    """`6m0s` -> 360.0, `20ms` -> 0.02, `1h2m3.5s` -> 3723.5, `2.5` (bare seconds) -> 2.5; else None."""
+    """`6m0s` -> 360.0, `20ms` -> 0.02, `1h2m3.5s` -> 3723.5, `2.5` (bare seconds) -> 2.5; else None.
+
+    At most `MAX_RESET_S`: a longer duration is read as that."""
     text = value.strip()
     if not text:
         return None
@@ -49,7 +73,7 @@ def parse_duration(value: str) -> float | None:
     except ValueError:
         pass
     else:
-        return plain if math.isfinite(plain) and plain >= 0 else None
+        return clamp_seconds(plain)
     total = 0.0
     pos = 0
     for match in _DURATION_PART.finditer(text):
@@ -59,23 +83,27 @@ def parse_duration(value: str) -> float | None:
         pos = match.end()
     if pos != len(text) or pos == 0:
         return None
-    return total
+    return clamp_seconds(total)
 
 
-def _int(value: str | None) -> int | None:
+def parse_count(value: str | None) -> int | None:
+    """A request or token count from a header: an integer in `[0, MAX_COUNT]`, else None."""
     if value is None:
         return None
+    text = value.strip()
+    if len(text) > 32:
+        return None  # int() of a long digit string is slow and its value absurd anyway
     try:
-        number = int(value.strip())
+        number = int(text)
     except ValueError:
         try:
-            as_float = float(value.strip())
+            as_float = float(text)
         except ValueError:
             return None
         if not math.isfinite(as_float):
             return None
         number = int(as_float)
-    return number if number >= 0 else None
+    return number if 0 <= number <= MAX_COUNT else None
 
 
 def _http_date(value: str | None) -> _dt.datetime | None:
@@ -83,7 +111,7 @@ def _http_date(value: str | None) -> _dt.datetime | None:
         return None
     try:
         parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=_dt.UTC)
@@ -98,7 +126,7 @@ def _rfc3339(value: str | None) -> _dt.datetime | None:
         text = text[:-1] + "+00:00"
     try:
         parsed = _dt.datetime.fromisoformat(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=_dt.UTC)
@@ -115,6 +143,11 @@ def parse_retry_after(headers: Headers) -> float | None:
     return _retry_after(h)
 
 
+def _between(at: _dt.datetime, reference: _dt.datetime) -> float:
+    """Seconds from `reference` to `at`, in `[0, MAX_RESET_S]`."""
+    return min(MAX_RESET_S, max(0.0, (at - reference).total_seconds()))
+
+
 def _retry_after(h: dict[str, str]) -> float | None:
     ms = h.get("retry-after-ms")
     if ms is not None:
@@ -123,7 +156,7 @@ def _retry_after(h: dict[str, str]) -> float | None:
         except ValueError:
             millis = math.nan
         if math.isfinite(millis) and millis >= 0:
-            return millis / 1000.0
+            return clamp_seconds(millis / 1000.0)
     raw = h.get("retry-after")
     if raw is None:
         return None
@@ -134,8 +167,8 @@ def _retry_after(h: dict[str, str]) -> float | None:
         date = _http_date(h.get("date"))
         if at is None or date is None:
             return None
-        return max(0.0, (at - date).total_seconds())
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+        return _between(at, date)
+    return clamp_seconds(seconds)
 
 
 def parse_openai_headers(headers: Headers) -> QuotaSignal:
@@ -146,11 +179,11 @@ def parse_openai_headers(headers: Headers) -> QuotaSignal:
         return None if raw is None else parse_duration(raw)
 
     return QuotaSignal(
-        limit_requests=_int(h.get("x-ratelimit-limit-requests")),
-        remaining_requests=_int(h.get("x-ratelimit-remaining-requests")),
+        limit_requests=parse_count(h.get("x-ratelimit-limit-requests")),
+        remaining_requests=parse_count(h.get("x-ratelimit-remaining-requests")),
         reset_requests_s=reset("x-ratelimit-reset-requests"),
-        limit_tokens=_int(h.get("x-ratelimit-limit-tokens")),
-        remaining_tokens=_int(h.get("x-ratelimit-remaining-tokens")),
+        limit_tokens=parse_count(h.get("x-ratelimit-limit-tokens")),
+        remaining_tokens=parse_count(h.get("x-ratelimit-remaining-tokens")),
         reset_tokens_s=reset("x-ratelimit-reset-tokens"),
         retry_after_s=_retry_after(h),
     )
@@ -172,21 +205,21 @@ def parse_anthropic_headers(headers: Headers, *, wall_now: _dt.datetime | None =
         at = _rfc3339(h.get(name))
         if at is None:
             return None
-        return max(0.0, (at - reference).total_seconds())
+        return _between(at, reference)
 
     prefix = "anthropic-ratelimit-"
     best: tuple[int | None, int | None, float | None] = (None, None, None)
     for family in ("tokens", "input-tokens", "output-tokens"):
-        remaining = _int(h.get(f"{prefix}{family}-remaining"))
-        limit = _int(h.get(f"{prefix}{family}-limit"))
+        remaining = parse_count(h.get(f"{prefix}{family}-remaining"))
+        limit = parse_count(h.get(f"{prefix}{family}-limit"))
         if remaining is None and limit is None:
             continue
         candidate = (limit, remaining, reset(f"{prefix}{family}-reset"))
         if best == (None, None, None) or (remaining is not None and (best[1] is None or remaining < best[1])):
             best = candidate
     return QuotaSignal(
-        limit_requests=_int(h.get(f"{prefix}requests-limit")),
-        remaining_requests=_int(h.get(f"{prefix}requests-remaining")),
+        limit_requests=parse_count(h.get(f"{prefix}requests-limit")),
+        remaining_requests=parse_count(h.get(f"{prefix}requests-remaining")),
         reset_requests_s=reset(f"{prefix}requests-reset"),
         limit_tokens=best[0],
         remaining_tokens=best[1],

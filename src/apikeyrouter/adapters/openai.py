@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -15,7 +15,8 @@ from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInf
 from apikeyrouter.adapters.headers import parse_openai_headers
 from apikeyrouter.adapters.pricing import ModelPrice
 from apikeyrouter.domain.failures import FailureClass
-from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse, Usage
+from apikeyrouter.errors import InvalidRequest
+from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse
 from apikeyrouter.secret import Secret
 
 __all__ = ["OpenAIAdapter"]
@@ -77,7 +78,10 @@ class OpenAIAdapter(JSONChatAdapter):
             body["stop"] = list(intent.stop)
         body["stream"] = stream
         if stream:
-            options = dict(body.get("stream_options") or {})
+            given = body.get("stream_options") or {}
+            if not isinstance(given, Mapping):  # a RequestIntent built by hand, not by from_openai
+                raise InvalidRequest("'stream_options' must be an object", param="stream_options")
+            options = dict(given)
             options["include_usage"] = True  # otherwise a streamed call reports no usage to bill
             body["stream_options"] = options
         else:
@@ -99,9 +103,10 @@ class OpenAIAdapter(JSONChatAdapter):
             content = ""
         if not isinstance(content, str):
             raise self.malformed("choices[0].message.content is not a string", secret, signal=signal)
-        usage = _usage(data.get("usage"))
-        if usage is None:
+        reported = data.get("usage")
+        if not isinstance(reported, Mapping):
             raise self.malformed("the completion has no usage", secret, signal=signal)
+        usage = self.reported_usage(intent, reported.get("prompt_tokens"), reported.get("completion_tokens"))
         raw: dict[str, Any] = {k: data[k] for k in _RAW_FIELDS if k in data}
         for extra in ("tool_calls", "refusal", "function_call"):
             if message.get(extra) is not None:
@@ -118,20 +123,10 @@ class OpenAIAdapter(JSONChatAdapter):
             raw=raw,
         )
 
-    @asynccontextmanager
-    async def open_stream(
+    def open_stream(
         self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret
-    ) -> AsyncIterator[_OpenAIStream]:
-        estimated = self.estimate(intent).input_tokens
-        async with self.event_stream(
-            client,
-            f"{self.base_url}/chat/completions",
-            secret=secret,
-            headers=self._auth(secret),
-            json_body=self.body(intent, stream=True),
-            make=lambda response: _OpenAIStream(self, response, secret, model=intent.model, estimated_input=estimated),
-        ) as stream:
-            yield stream
+    ) -> AbstractAsyncContextManager[_OpenAIStream]:
+        return self.chat_stream(client, intent, secret, _OpenAIStream)
 
     async def list_models(self, client: httpx.AsyncClient, secret: Secret) -> list[str]:
         async with self.exchange(
@@ -143,15 +138,6 @@ class OpenAIAdapter(JSONChatAdapter):
         if not isinstance(items, list):
             raise self.malformed("models list has no data array", secret, signal=signal)
         return [m["id"] for m in items if isinstance(m, Mapping) and isinstance(m.get("id"), str)]
-
-
-def _usage(raw: Any) -> Usage | None:
-    if not isinstance(raw, Mapping):
-        return None
-    i, o = raw.get("prompt_tokens"), raw.get("completion_tokens")
-    if not isinstance(i, int) or not isinstance(o, int):
-        return None
-    return Usage(input_tokens=i, output_tokens=o)
 
 
 class _OpenAIStream(SSEStream):
@@ -172,7 +158,7 @@ class _OpenAIStream(SSEStream):
             raise self.interrupted(message, classify(info, self.adapter.rules), code=code, error_type=etype)
         model = data.get("model") if isinstance(data.get("model"), str) else None
         chunks: list[StreamChunk] = []
-        usage = _usage(data.get("usage"))
+        reported = data.get("usage")
         choices = data.get("choices")
         if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
             choice = choices[0]
@@ -190,7 +176,9 @@ class _OpenAIStream(SSEStream):
                         raw={"id": data.get("id")} if "id" in data else {},
                     )
                 )
-        if usage is not None:
-            self.note_usage(usage.input_tokens, usage.output_tokens)
-            chunks.append(StreamChunk(usage=usage, model=model))
+        if isinstance(reported, Mapping):
+            self.note_usage(
+                reported.get("prompt_tokens"), reported.get("completion_tokens"), need_input=True, need_output=True
+            )
+            chunks.append(StreamChunk(usage=self.usage, model=model))
         return chunks

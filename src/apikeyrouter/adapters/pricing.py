@@ -129,4 +129,7 @@ class PriceTable:
         return PricedCost(amount, known=True, matched=entry)
 
     def cost(self, model: str, usage: Usage) -> Decimal:
-        return self.priced(model, usage.input_tokens, usage.output_tokens).amount
+        """What `usage` costs; never negative and never raises, whatever reached it (a count below zero is
+        none: adapters replace impossible reports before this, so this guards custom adapters)."""
+        amount = self.priced(model, max(0, usage.input_tokens), max(0, usage.output_tokens)).amount
+        return max(amount, Decimal(0))

@@ -20,6 +20,7 @@ from apikeyrouter.config._load import (
     default_debug_socket,
     load_config,
     parse_config,
+    private_socket_dir,
     valid_id,
 )
 from apikeyrouter.config._schema import (
@@ -82,5 +83,6 @@ __all__ = [
     "diff_providers",
     "load_config",
     "parse_config",
+    "private_socket_dir",
     "valid_id",
 ]

@@ -21,7 +21,7 @@ import cattrs
 from cattrs.errors import ClassValidationError, IterableValidationError, IterableValidationNote
 from cattrs.v import format_exception as _cattrs_format_exception
 
-from apikeyrouter.secret import Secret
+from apikeyrouter.secret import Secret, secret_problem
 
 __all__ = ["Invalid", "converter", "describe_errors", "quote_choice", "unstructure"]
 
@@ -91,6 +91,8 @@ def _structure_secret(value: object, _: type) -> Secret:
         raise Invalid("invalid value for type, expected str")
     if not value.strip():
         raise Invalid("invalid value, expected a non-empty string")
+    if (problem := secret_problem(value.strip())) is not None:
+        raise Invalid(f"invalid secret: it {problem}")
     return Secret(value.strip())
 
 

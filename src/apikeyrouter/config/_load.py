@@ -42,9 +42,16 @@ from apikeyrouter.config._schema import (
 )
 from apikeyrouter.domain.failures import DEFAULT_ACTIONS, FailureAction, FailureClass, override_table
 from apikeyrouter.errors import ConfigError
-from apikeyrouter.secret import Secret
+from apikeyrouter.secret import Secret, secret_problem
 
-__all__ = ["bind_allowed", "default_config", "default_debug_socket", "load_config", "parse_config"]
+__all__ = [
+    "bind_allowed",
+    "default_config",
+    "default_debug_socket",
+    "load_config",
+    "parse_config",
+    "private_socket_dir",
+]
 
 _SECTIONS: Final = (
     "server", "routing", "breaker", "capacity", "providers", "keys",
@@ -127,6 +134,22 @@ class _Parser:
             return None
         return name
 
+    def secret(self, value: str, path: str, what: str) -> Secret | None:
+        """`value` as a Secret, or None with an error at `path` when it cannot be key material."""
+        if (problem := secret_problem(value)) is not None:
+            self.error(f"{what} {problem}", path)
+            return None
+        return Secret(value)
+
+    def tokens(self, value: str, path: str, what: str) -> tuple[Secret, ...]:
+        """Comma-separated tokens; each bad one is an error at `path` naming its position."""
+        found = []
+        for index, text in enumerate(t.strip() for t in value.split(",") if t.strip()):
+            token = self.secret(text, path, f"{what}: token {index + 1}")
+            if token is not None:
+                found.append(token)
+        return tuple(found)
+
     def env_value(self, name: str) -> str | None:
         """An override's value; unset and empty both mean "not overridden"."""
         value = self.env.get(name)
@@ -137,10 +160,10 @@ class _Parser:
         if value is None:
             self.error(f"environment variable {name} is not set", path)
             return ()
-        tokens = tuple(Secret(t.strip()) for t in value.split(",") if t.strip())
-        if not tokens:
+        if not value.strip(", \t\n"):
             self.error(f"environment variable {name} holds no tokens", path)
-        return tokens
+            return ()
+        return self.tokens(value, path, f"environment variable {name}")
 
     def key_secret(self, raw: dict[str, Any], label: str, path: str) -> Secret | None:
         """The key's secret from `secret_env`, or None when `raw["secret"]` should be structured as is."""
@@ -162,7 +185,10 @@ class _Parser:
             state = "is not set" if value is None else "is empty"
             self.error(f"missing secret for key {label}: environment variable {name} {state}", f"{path}.secret_env")
             return _UNRESOLVED
-        return Secret(value.strip())
+        secret = self.secret(
+            value.strip(), f"{path}.secret_env", f"the secret of key {label} in environment variable {name}"
+        )
+        return _UNRESOLVED if secret is None else secret
 
     def local_path(self, path: Path) -> Path:
         if self.base_dir is not None and not path.is_absolute():
@@ -231,8 +257,10 @@ class _Parser:
             if name is not None and (value is None or not value.strip()):
                 state = "is not set" if value is None else "is empty"
                 self.error(f"environment variable {name} {state}", "config.server.admin_token_env")
-            elif value is not None:
-                changes["admin_token"] = Secret(value.strip())
+            elif value is not None and name is not None:
+                token = self.secret(value.strip(), "config.server.admin_token_env", f"environment variable {name}")
+                if token is not None:
+                    changes["admin_token"] = token
 
         if (host := self.env_value(ENV_HOST)) is not None:
             changes["host"] = host
@@ -244,11 +272,13 @@ class _Parser:
                     f"invalid value {quote_choice(port)}, expected an integer port from 0 to 65535", f"${ENV_PORT}"
                 )
         if (tokens := self.env_value(ENV_CLIENT_TOKENS)) is not None:
-            changes["client_tokens"] = tuple(Secret(t.strip()) for t in tokens.split(",") if t.strip())
-            if not changes["client_tokens"]:
+            if not tokens.strip(", \t\n"):
                 self.error("holds no tokens", f"${ENV_CLIENT_TOKENS}")
+            changes["client_tokens"] = self.tokens(tokens, f"${ENV_CLIENT_TOKENS}", "the client token list")
         if (admin := self.env_value(ENV_ADMIN_TOKEN)) is not None and admin.strip():
-            changes["admin_token"] = Secret(admin.strip())
+            token = self.secret(admin.strip(), f"${ENV_ADMIN_TOKEN}", "the admin token")
+            if token is not None:
+                changes["admin_token"] = token
         return attrs.evolve(server, **changes)
 
     def routing(self, data: Mapping[str, Any]) -> RoutingConfig:
@@ -447,16 +477,27 @@ class _Parser:
             self.at_least(budget.limit, 0, f"{path}.limit")
 
 
-def default_debug_socket(port: int, env: Mapping[str, str]) -> Path:
-    """`$XDG_RUNTIME_DIR/apikeyrouter-<port>.sock`, else `/tmp/apikeyrouter-<uid>-<port>.sock`.
+def private_socket_dir() -> Path:
+    """`/tmp/apikeyrouter-<uid>`: the per-user directory (mode 0700, created by the debug server) that holds
+    default sockets when there is no usable `XDG_RUNTIME_DIR`. Literal `/tmp`: `serve` and `inspect` run from
+    different shells and must agree."""
+    return Path("/tmp") / f"apikeyrouter-{os.getuid()}"
 
-    With port 0 (a free port picked at bind time) the process id stands in for the port.
+
+def default_debug_socket(port: int | None, env: Mapping[str, str], *, private_dir: Path | None = None) -> Path:
+    """The default debug socket; the one rule `serve` (through the config) and `inspect` and
+    `debug.default_socket_path` (through this function) share.
+
+    `<name>` is the port, or the process id when there is none (None or 0, a port picked at bind time):
+    `$XDG_RUNTIME_DIR/apikeyrouter-<name>.sock` when that is a directory we may write to (per-user, 0700),
+    else `<private_dir>/<name>.sock`, `private_dir` defaulting to `private_socket_dir()`. Never a socket
+    directly in the world-writable `/tmp`. Creates nothing.
     """
-    tag = str(port) if port else f"pid{os.getpid()}"
+    name = str(port) if port else str(os.getpid())
     runtime_dir = env.get("XDG_RUNTIME_DIR")
-    if runtime_dir:
-        return Path(runtime_dir) / f"apikeyrouter-{tag}.sock"
-    return Path(f"/tmp/apikeyrouter-{os.getuid()}-{tag}.sock")
+    if runtime_dir and os.path.isdir(runtime_dir) and os.access(runtime_dir, os.W_OK | os.X_OK):
+        return Path(runtime_dir) / f"apikeyrouter-{name}.sock"
+    return (private_dir if private_dir is not None else private_socket_dir()) / f"{name}.sock"
 
 
 def parse_config(

@@ -1,6 +1,8 @@
 """Where the debug socket lives, and how to tell a live socket from a stale one.
 
-Default path (`default_socket_path(port)`), `<name>` being the proxy port when there is one, else the pid:
+Default path (`default_socket_path(port)`), `<name>` being the proxy port when there is one, else the pid.
+The rule itself lives in `config.default_debug_socket` (the config computes `serve`'s socket with it, and
+config must not import debug); this module adds creating the private directory and probing:
 
 1. `$XDG_RUNTIME_DIR/apikeyrouter-<name>.sock` when `XDG_RUNTIME_DIR` is set, is a directory and we may
    write to it. That directory is per-user, mode 0700 and cleaned at logout: the right home for a socket.
@@ -21,6 +23,7 @@ import stat
 from pathlib import Path
 from typing import Literal
 
+from apikeyrouter.config import default_debug_socket, private_socket_dir
 from apikeyrouter.errors import DebugChannelError
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "default_socket_path",
     "discover_sockets",
     "ensure_private_dir",
+    "ensure_socket_dir",
     "probe_socket",
 ]
 
@@ -50,7 +54,7 @@ def _xdg_dir() -> Path | None:
 
 
 def _tmp_dir() -> Path:
-    return Path("/tmp") / f"apikeyrouter-{os.getuid()}"
+    return private_socket_dir()
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -85,11 +89,17 @@ def default_socket_path(port: int | None = None, *, create: bool = True) -> Path
     """
     if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
         raise ValueError(f"port must be an integer in 1..65535, not {port!r}")
-    name = str(port) if port is not None else str(os.getpid())
-    xdg = _xdg_dir()
-    if xdg is not None:
-        return xdg / f"apikeyrouter-{name}.sock"
-    return (ensure_private_dir(_tmp_dir()) if create else _tmp_dir()) / f"{name}.sock"
+    path = default_debug_socket(port, os.environ, private_dir=_tmp_dir())
+    if create:
+        ensure_socket_dir(path)
+    return path
+
+
+def ensure_socket_dir(path: Path) -> None:
+    """Before binding at `path`: when it is in the default private directory, create (or check) that
+    directory as `ensure_private_dir` does. Other directories are the operator's to provide."""
+    if path.parent == _tmp_dir():
+        ensure_private_dir(path.parent)
 
 
 def candidate_socket_dirs() -> list[tuple[Path, str]]:

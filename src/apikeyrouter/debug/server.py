@@ -35,7 +35,7 @@ import trio
 
 from apikeyrouter.actors.base import Actor, ActorRef
 from apikeyrouter.api import RouterAPI, tree_to_json
-from apikeyrouter.debug.paths import SOCKET_PATH_MAX, default_socket_path, probe_socket
+from apikeyrouter.debug.paths import SOCKET_PATH_MAX, default_socket_path, ensure_socket_dir, probe_socket
 from apikeyrouter.debug.protocol import (
     MAX_LINE,
     ErrorCode,
@@ -122,6 +122,7 @@ class DebugServer(Actor[DebugCommand]):
                 f"socket path too long for a Unix socket ({SOCKET_PATH_MAX} bytes max): {final}", path=final
             )
         self._refuse_to_replace(final)
+        ensure_socket_dir(self.path)  # the default place's private directory may not exist yet
         try:
             tmpdir = tempfile.mkdtemp(prefix=".a", dir=self.path.parent)  # mode 0700
         except OSError as exc:

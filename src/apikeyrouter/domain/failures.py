@@ -26,6 +26,9 @@ class FailureClass(enum.Enum):
     SERVER_ERROR = "server_error"
     TIMEOUT = "timeout"
     CONNECTION = "connection"
+    # Our side failed before or while sending: the adapter raised something it did not classify (a header
+    # it cannot encode, a body it cannot serialise, a bug). Another key or provider may still work.
+    ADAPTER_ERROR = "adapter_error"
 
 
 class KeyEffect(enum.Enum):
@@ -57,6 +60,7 @@ DEFAULT_ACTIONS: Mapping[FailureClass, FailureAction] = {
     FailureClass.SERVER_ERROR: FailureAction(True, True, KeyEffect.NONE),
     FailureClass.TIMEOUT: FailureAction(True, True, KeyEffect.NONE),
     FailureClass.CONNECTION: FailureAction(True, True, KeyEffect.NONE),
+    FailureClass.ADAPTER_ERROR: FailureAction(True, True, KeyEffect.NONE),
 }
 
 

@@ -24,7 +24,6 @@ still looks like a credential before it leaves the process.
 from __future__ import annotations
 
 import math
-import re
 
 import trio
 
@@ -42,15 +41,10 @@ from apikeyrouter.errors import (
     UpstreamError,
 )
 from apikeyrouter.proxy._http import HTTPError
+from apikeyrouter.secret import redact
 
 __all__ = ["http_error_for", "retry_after_seconds", "scrub", "unwrap"]
 
-_CREDENTIAL = re.compile(
-    r"(?i)(bearer\s+)\S+"  # an Authorization value
-    r"|\b(sk|pk|rk)-[A-Za-z0-9_\-]{6,}"  # OpenAI / Anthropic style keys (sk-..., sk-ant-..., sk-proj-...)
-    r"|\bAIza[0-9A-Za-z_\-]{20,}"  # Google API keys
-    r"|\b[A-Za-z0-9_\-]{40,}"  # any long opaque token
-)
 
 _CALLER_FAULT_CODES = {
     FailureClass.CONTEXT_LENGTH: "context_length_exceeded",
@@ -62,7 +56,8 @@ _RATE_LIMIT_WORDS = ("rate_limited", "rate limited", "rate-limited", "throttled"
 
 
 def scrub(message: str) -> str:
-    return _CREDENTIAL.sub(lambda m: (m.group(1) or "") + "[redacted]", message)
+    """Anything credential-shaped out of a message leaving the process (the same rules adapters apply)."""
+    return redact(message)
 
 
 def unwrap(exc: BaseException) -> BaseException:

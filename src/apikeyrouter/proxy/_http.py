@@ -134,6 +134,7 @@ class Exchange:
         "client",
         "decision_id",
         "disconnected",
+        "finished",
         "key_id",
         "request",
         "request_id",
@@ -150,6 +151,9 @@ class Exchange:
         self.status = 500
         self.started = False  # response headers sent: from here on, errors can only end the body
         self.disconnected = False
+        # The last body is being handed to the server: an `http.disconnect` from here on is the connection
+        # closing after the answer (Connection: close), not the client leaving before it.
+        self.finished = False
         self.key_id: str | None = None
         self.attempts: int | None = None
         self.decision_id: str | None = None

@@ -12,6 +12,7 @@ from typing import Any
 
 from apikeyrouter.api import APIKey, RouterAPI, tree_to_json
 from apikeyrouter.proxy._http import HTTPError
+from apikeyrouter.secret import secret_problem
 
 __all__ = ["AdminAPI"]
 
@@ -36,6 +37,15 @@ def _string(body: Mapping[str, Any], field: str, *, required: bool) -> str | Non
         return None
     if not isinstance(value, str) or not value:
         raise HTTPError(400, f"'{field}' is required and must be a non-empty string", param=field)
+    return value
+
+
+def _secret(body: Mapping[str, Any]) -> str:
+    """The key material in `secret`, refused (400, `param: "secret"`) unless a header can carry it."""
+    value = _string(body, "secret", required=True)
+    assert value is not None
+    if (problem := secret_problem(value)) is not None:
+        raise HTTPError(400, f"'secret' {problem}", param="secret")
     return value
 
 
@@ -98,8 +108,8 @@ class AdminAPI:
     async def add_key(self, body: Any) -> tuple[int, Any]:
         fields = _object(body, _KEY_FIELDS, "POST /keys")
         provider = _string(fields, "provider", required=True)
-        secret = _string(fields, "secret", required=True)
-        assert provider is not None and secret is not None
+        secret = _secret(fields)
+        assert provider is not None
         key = await self.router.register_key(
             secret,
             provider,
@@ -120,8 +130,7 @@ class AdminAPI:
 
     async def rotate_key(self, key_id: str, body: Any) -> tuple[int, Any]:
         fields = _object(body, frozenset({"secret"}), f"POST /keys/{key_id}/rotate")
-        secret = _string(fields, "secret", required=True)
-        assert secret is not None
+        secret = _secret(fields)
         await self.router.rotate_key(key_id, secret)
         return 200, self.router.key(key_id) or {"id": key_id}
 

@@ -56,6 +56,7 @@ log = structlog.get_logger("apikeyrouter.proxy")
 Handler = Callable[[Exchange, Receive, Send, str], Awaitable[None]]
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the answer"
+MIN_DEADLINE_S = 0.001  # the smallest x-apikeyrouter-deadline taken; anything smaller is a 400
 
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -292,10 +293,11 @@ class ProxyApp:
             value = float(raw)
         except ValueError:
             value = math.nan
-        if not (value > 0 and math.isfinite(value)):
+        if not (value >= MIN_DEADLINE_S and math.isfinite(value)):
+            # 1e-320 is positive, but no request can be answered in it: it is a mistake, not a deadline.
             raise HTTPError(
                 400,
-                "x-apikeyrouter-deadline must be a positive number of seconds",
+                f"x-apikeyrouter-deadline must be a number of seconds, at least {MIN_DEADLINE_S:g}",
                 param="x-apikeyrouter-deadline",
             )
         return min(value, self.request_deadline)
@@ -446,12 +448,14 @@ class ProxyApp:
         tail = DONE_EVENT
         if include_usage and usage is not None:
             tail = usage_event(usage, completion_id, created, model) + tail
+        ex.finished = True
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         return None
 
     async def _end_stream(self, ex: Exchange, send: Send, error: HTTPError) -> None:
         ex.stream_error = error.code or error.type
         body = error_event(error_body(error.message, type=error.type, param=error.param, code=error.code))
+        ex.finished = True
         try:
             with trio.move_on_after(5) as cs:  # a client that stopped reading cannot hold us here
                 await send({"type": "http.response.body", "body": body + DONE_EVENT, "more_body": False})
@@ -527,10 +531,16 @@ class ProxyApp:
 
 
 async def _watch_disconnect(receive: Receive, scope: trio.CancelScope, ex: Exchange) -> None:
-    """Cancel `scope` when the client goes away (the body has been read: only `http.disconnect` remains)."""
+    """Cancel `scope` when the client goes away (the body has been read: only `http.disconnect` remains).
+
+    Not once the last body is on its way (`ex.finished`): with `Connection: close` the server closes the
+    connection while that send is still returning, and its disconnect must neither cancel the send (the
+    connection would never close) nor count the completed answer as a client that left (499)."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
+            if ex.finished:
+                return
             ex.disconnected = True
             scope.cancel(reason="client disconnected")
             return
