@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apikeyrouter.domain.circuit import BreakerState
 from apikeyrouter.domain.cost import ModelPrice
-from apikeyrouter.domain.index import KeyIndex
+from apikeyrouter.domain.index import ADMISSION_WINDOW, KeyIndex
 from apikeyrouter.domain.lifecycle import KeyState
 from apikeyrouter.domain.quota import CapacityState, Prediction
 from apikeyrouter.domain.scoring import KeyView, Weights, rank
@@ -56,6 +57,72 @@ def test_models_and_wildcard_keys() -> None:
     index.update(KeyView("mini", "p", models=frozenset({"claude"})))
     assert {k for k, _ in index.top("claude", "cost", 0.0)} == {"mini", "any"}
     assert [k for k, _ in index.top("gpt-4o-mini", "cost", 0.0)] == ["any"]
+
+
+def _decide(index: KeyIndex, model: str, objective: str, now: float) -> list[tuple[str, float]]:
+    """What `RouterActor.decide` asks the index for one request."""
+    best = index.top(model, objective, now, k=3)
+    index.excluded_summary(model, now, limit=5)
+    if not best:
+        index.earliest_available(model, now)
+    return best
+
+
+def test_invented_model_names_neither_grow_the_index_nor_change_real_decisions() -> None:
+    # Clients choose the model string. 20 keys serve any model (priced per model), 5 declare gpt-4o-mini.
+    cheap, dear = ModelPrice(Decimal("0.15"), Decimal("0.6")), ModelPrice(Decimal("3"), Decimal("15"))
+    views = [KeyView(f"any{i}", "p", prices={"gpt-4o": dear if i % 2 else cheap}, served=i, at=0.0) for i in range(20)]
+    views += [KeyView(f"mini{i}", "p", models=frozenset({"gpt-4o-mini"}), served=i, at=0.0) for i in range(5)]
+    index = KeyIndex()
+    for v in views:
+        index.update(v)
+    real = [("gpt-4o-mini", "reliability"), ("gpt-4o", "cost")]  # declared; served by the wildcard keys
+    for model, objective in real * 2:
+        _decide(index, model, objective, 1.0)
+    expected = {m: _decide(index, m, o, 1.0) for m, o in real}
+    before = index.stats()
+    assert (before.keys, before.buckets) == (25, 2)  # gpt-4o-mini's bucket and the wildcard one
+
+    for i in range(10_000):
+        assert len(_decide(index, f"junk-{i}", "cost", 2.0)) == 3
+    after = index.stats()
+
+    # Same structure: no bucket, no sorted list, no entry more; so a decision (and a key update, which
+    # re-ranks the key in `orders` lists) does the same work as before the flood.
+    assert attrs.evolve(after, admissions=0) == attrs.evolve(before, admissions=0)
+    assert after.admissions == ADMISSION_WINDOW
+    for model, objective in real:
+        assert _decide(index, model, objective, 3.0) == expected[model] == rank(views, model, objective, 3.0, 3)
+    index.update(attrs.evolve(views[0], served=100, at=3.0))
+    assert index.stats() == after
+
+
+def test_a_bucket_lasts_as_long_as_a_key_declares_its_model() -> None:
+    index = KeyIndex()
+    index.update(KeyView("any", "p"))
+    index.update(KeyView("m1", "p", models=frozenset({"claude"})))
+    index.update(KeyView("m2", "p", models=frozenset({"claude"})))
+    assert index.stats().buckets == 2
+    index.remove("m1")
+    assert [k for k, _ in index.top("claude", "cost", 0.0)] == ["any", "m2"]
+    index.update(KeyView("m2", "p", models=frozenset({"gpt"})))
+    assert index.stats().buckets == 2  # gpt replaced claude
+    assert [k for k, _ in index.top("claude", "cost", 0.0)] == ["any"]
+    index.remove("m2")
+    assert index.stats().buckets == 1  # the wildcard bucket alone
+    assert [k for k, _ in index.top("gpt", "cost", 0.0)] == ["any"]
+
+
+def test_wildcard_keeps_a_sorted_list_only_for_pairs_asked_again() -> None:
+    index = KeyIndex(max_wild_orders=2)
+    for i in range(4):
+        index.update(KeyView(f"k{i}", "p", served=i))
+    assert index.top("a", "cost", 0.0, k=2) == index.top("a", "cost", 0.0, k=2)  # asked twice: now kept
+    assert (index.stats().orders, index.stats().ranked, index.stats().admissions) == (1, 4, 0)
+    for model in ("b", "c", "b", "c"):
+        index.top(model, "cost", 0.0)
+    assert index.stats().orders == 2  # at most max_wild_orders: "a", least recently used, was evicted
+    assert [k for k, _ in index.top("a", "cost", 0.0, k=2)] == ["k0", "k1"]
 
 
 def test_summary_is_bounded_and_shows_each_kind_first() -> None:
@@ -145,6 +212,7 @@ def test_top_k_equals_the_full_scan(data: st.DataObject) -> None:
             objective = data.draw(st.sampled_from(_OBJECTIVES))
             k = data.draw(st.integers(1, 12))
             assert index.top(model, objective, now, k) == rank(views.values(), model, objective, now, k)
+            assert index.stats().buckets == 1 + len({m for v in views.values() for m in v.models})
             expected_ok = len(rank(views.values(), model, "cost", now, 100))
             summary = index.excluded_summary(model, now)
             assert summary.eligible == expected_ok

@@ -13,7 +13,6 @@ those failures stop counting against each key's own breaker.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import assert_never
@@ -26,7 +25,9 @@ import trio
 from apikeyrouter.actors.base import Actor, Reply
 from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.adapters.base import AdapterResult, AdapterStream, ProviderAdapter, QuotaSignal
+from apikeyrouter.domain import health as health_rules
 from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.domain.health import HealthConfig, HealthEvent, ProviderDegraded, ProviderHealth, ProviderRecovered
 from apikeyrouter.errors import ActorStopped, StreamInterrupted, UpstreamError
 from apikeyrouter.intent import RequestIntent, StreamChunk, Usage
 from apikeyrouter.messages.provider import GetProviderSnapshot, ProviderCommand
@@ -36,17 +37,6 @@ from apikeyrouter.secret import Secret
 __all__ = ["ForwardedStream", "HealthConfig", "ProviderActor", "ProviderSnapshot"]
 
 log = structlog.get_logger("apikeyrouter.provider")
-
-_SERVER_SIDE = frozenset(
-    {FailureClass.SERVER_ERROR, FailureClass.OVERLOADED, FailureClass.TIMEOUT, FailureClass.CONNECTION}
-)
-
-
-@attrs.frozen
-class HealthConfig:
-    window_s: float = 30.0
-    min_failures: int = 3
-    min_keys: int = 2
 
 
 @attrs.frozen
@@ -132,9 +122,7 @@ class ProviderActor(Actor[ProviderCommand]):
         self._idle.set()
         self.requests = 0
         self.failures = 0
-        self._recent: deque[tuple[float, str, FailureClass | None]] = deque(maxlen=64)
-        self.degraded = False
-        self._degraded_reason = ""
+        self._health = ProviderHealth()
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -171,7 +159,7 @@ class ProviderActor(Actor[ProviderCommand]):
             id=self.provider_id,
             kind=self.adapter.kind,
             degraded=self.degraded,
-            reason=self._degraded_reason,
+            reason=self._health.reason,
             in_flight=self.in_flight,
             requests=self.requests,
             failures=self.failures,
@@ -297,30 +285,28 @@ class ProviderActor(Actor[ProviderCommand]):
 
     # -- health ---------------------------------------------------------------------------------------
 
+    @property
+    def degraded(self) -> bool:
+        return self._health.degraded
+
     def record(self, key_id: str, failure: FailureClass | None) -> None:
         now = trio.current_time()
         self.requests += 1
         if failure is not None:
             self.failures += 1
-        self._recent.append((now, key_id, failure))
-        self._judge(now)
+        self._health, events = health_rules.on_call(self._health, self.health, key_id, failure, now)
+        for event in events:
+            self._announce(event)
+        if events:
+            self._publish()
 
-    def _judge(self, now: float) -> None:
-        cfg = self.health
-        window = [(k, f) for t, k, f in self._recent if now - t <= cfg.window_s]
-        server = [(k, f) for k, f in window if f in _SERVER_SIDE]
-        successes = sum(1 for _, f in window if f is None)
-        keys = {k for k, _ in server}
-        degraded = successes == 0 and len(server) >= cfg.min_failures and len(keys) >= cfg.min_keys
-        if degraded == self.degraded:
-            return
-        self.degraded = degraded
-        self._degraded_reason = (
-            f"{len(server)} server-side failures across {len(keys)} keys in {cfg.window_s:g}s, no success"
-            if degraded
-            else ""
-        )
-        self._events.publish(ProviderHealthChanged(self.provider_id, degraded, self._degraded_reason, now))
-        data = {"provider": self.provider_id, "degraded": degraded, "reason": self._degraded_reason}
-        log.warning("provider_health", **data) if degraded else log.info("provider_health", **data)
-        self._publish()
+    def _announce(self, event: HealthEvent) -> None:
+        match event:
+            case ProviderDegraded(at=at, reason=reason):
+                self._events.publish(ProviderHealthChanged(self.provider_id, True, reason, at))
+                log.warning("provider_health", provider=self.provider_id, degraded=True, reason=reason)
+            case ProviderRecovered(at=at):
+                self._events.publish(ProviderHealthChanged(self.provider_id, False, "", at))
+                log.info("provider_health", provider=self.provider_id, degraded=False, reason="")
+            case _:
+                assert_never(event)

@@ -3,7 +3,7 @@
 Use the modules as namespaces — their verbs deliberately share names (`quota.reserve`,
 `budget.reserve`, `lifecycle.effective`, `circuit.effective`)::
 
-    from apikeyrouter.domain import budget, circuit, cost, lifecycle, quota, scoring, stats
+    from apikeyrouter.domain import budget, circuit, cost, health, lifecycle, quota, scoring, stats
     from apikeyrouter.domain.index import KeyIndex
 
 Modules:
@@ -11,6 +11,7 @@ Modules:
     lifecycle   active / throttled / exhausted / invalid / disabled / revoked, audited transitions
     quota       sliding windows, learned header limits, capacity state, exhaustion prediction
     circuit     closed / open / half-open breaker with one deadline-bound probe
+    health      provider degraded / recovered from slotted counters of its keys' calls
     stats       success and latency EWMAs, counts
     cost        exact Decimal cost and worst case from per-1M prices
     budget      hard budgets with idempotent reserve / settle / release

@@ -2,20 +2,28 @@
 
 Layout::
 
-    bucket per model ─┬─ eligible keys, one sorted list per objective in use   (top-k = a slice)
-                      ├─ benched keys, grouped by kind ("throttled", "quota", ...)  (summaries)
-                      └─ wake heap: (until, seq, key) for benched keys that recover by themselves
+    bucket per declared model ─┬─ eligible keys, one sorted list per objective in use   (top-k = a slice)
+    + one wildcard bucket      ├─ benched keys, grouped by kind ("throttled", "quota", ...)  (summaries)
+                               └─ wake heap: (until, seq, key) for benched keys that recover by themselves
 
 - `update(view)` re-evaluates one key (eligibility at `view.at`, score per objective) and moves it
   between eligible and benched in each bucket it belongs to: O(B·O·log n) comparisons plus a list
-  insert (a C memmove), B = buckets of the key, O = objectives in use.
+  insert (a C memmove), B = buckets of the key, O = sorted lists kept in them.
 - `top(model, objective, now, k)` first wakes benched keys whose `until` has passed (a heap peek when
   none are due), then returns the first `k` of the objective's sorted list: O(k) per decision.
-- A model's bucket is created the first time it is asked for or declared by a key. Keys with an empty
-  model set serve any model and join every bucket.
+- Buckets exist only for models some key declares (a bucket goes when its last declaring key does).
+  Keys with an empty model set serve any model: they join every declared bucket and the one wildcard
+  bucket. A request for a model no key declares is answered from the wildcard bucket and creates no
+  bucket: the model string comes from clients, so asking for invented names must not grow the index
+  nor slow down the next decision. `stats()` shows the structure's size.
 - Sorted lists per objective are built on first use (O(n log n) once) and kept up to date after
-  that. Named objectives stay; at most `max_custom` custom `Weights` are kept, least recently used
-  evicted.
+  that. In a declared bucket named objectives stay; at most `max_custom` custom `Weights` are kept,
+  least recently used evicted. The wildcard bucket's lists are per (model, objective), since a key's
+  price, hence its cost score, depends on the model: at most `max_wild_orders` of them, least
+  recently used evicted, and a pair gets one only on its second request among the last
+  `ADMISSION_WINDOW` new pairs; before that its top-k is a heap selection over the wildcard keys
+  (O(n), no state). So a flood of one-off names neither builds lists nor evicts the lists of the
+  models in real use, and a key update touches a bounded number of lists.
 
 Ranking equals `scoring.rank` (the full scan) on the same views — that is the reference model the
 property tests check. Scores are those of each key's latest view; time only affects eligibility
@@ -44,9 +52,12 @@ from apikeyrouter.domain.scoring import (
     weights_for,
 )
 
-__all__ = ["ExclusionSummary", "KeyIndex"]
+__all__ = ["ADMISSION_WINDOW", "ExclusionSummary", "IndexStats", "KeyIndex"]
+
+ADMISSION_WINDOW = 256  # new (model, objective) pairs remembered for the wildcard's second-request admission
 
 _Rank = tuple[int, int, str, float]
+_OrderKey = tuple[str, Weights]  # (model, weights)
 
 
 @attrs.frozen
@@ -59,6 +70,18 @@ class ExclusionSummary:
     by_kind: tuple[tuple[str, int], ...]  # (kind, count), largest first
     examples: tuple[str, ...]  # a few reasons, one per kind first
     not_serving: int  # registered keys that do not serve this model at all
+
+
+@attrs.frozen
+class IndexStats:
+    """The size of the index's structure: what a decision or a key update may touch."""
+
+    keys: int
+    buckets: int  # declared models, plus the wildcard bucket
+    orders: int  # sorted lists kept, over all buckets: a key update re-ranks the key in at most this many
+    ranked: int  # entries in those lists
+    heap: int  # wake-heap entries, over all buckets
+    admissions: int  # wildcard (model, objective) pairs seen once, awaiting a second request
 
 
 class _Order:
@@ -86,26 +109,36 @@ class _Order:
 class _Bucket:
     __slots__ = ("benched", "eligible", "heap", "members", "model", "orders")
 
-    def __init__(self, model: str) -> None:
-        self.model = model
+    def __init__(self, model: str | None) -> None:
+        self.model = model  # None: the wildcard bucket
         self.members: set[str] = set()
         self.eligible: set[str] = set()
-        self.orders: OrderedDict[Weights, _Order] = OrderedDict()
+        self.orders: OrderedDict[_OrderKey, _Order] = OrderedDict()
         self.benched: dict[str, dict[str, Excluded]] = {}  # kind -> key -> exclusion
         self.heap: list[tuple[float, int, str]] = []
 
 
 class KeyIndex:
-    def __init__(self, cfg: ScoringConfig | None = None, *, wall_offset: float = 0.0, max_custom: int = 8) -> None:
+    def __init__(
+        self,
+        cfg: ScoringConfig | None = None,
+        *,
+        wall_offset: float = 0.0,
+        max_custom: int = 8,
+        max_wild_orders: int = 16,
+    ) -> None:
         self._cfg = cfg or ScoringConfig()
         self.wall_offset = wall_offset
         self._max_custom = max_custom
+        self._max_wild_orders = max_wild_orders
         self._views: dict[str, KeyView] = {}
         self._excluded: dict[str, Excluded | None] = {}
         self._seq: dict[str, int] = {}
         self._declared: dict[str, dict[str, None]] = {}  # model -> keys that name it (ordered sets)
-        self._wild: dict[str, None] = {}  # keys that serve any model
-        self._buckets: dict[str, _Bucket] = {}
+        self._wild_ids: dict[str, None] = {}  # keys that serve any model (an ordered set)
+        self._wild = _Bucket(None)
+        self._buckets: dict[str, _Bucket] = {}  # declared models only
+        self._admission: OrderedDict[_OrderKey, None] = OrderedDict()
         self._next_seq = 0
 
     def __len__(self) -> int:
@@ -117,6 +150,17 @@ class KeyIndex:
     def view(self, key_id: str) -> KeyView | None:
         return self._views.get(key_id)
 
+    def stats(self) -> IndexStats:
+        buckets = [self._wild, *self._buckets.values()]
+        return IndexStats(
+            keys=len(self._views),
+            buckets=len(buckets),
+            orders=sum(len(b.orders) for b in buckets),
+            ranked=sum(len(o.ranks) for b in buckets for o in b.orders.values()),
+            heap=sum(len(b.heap) for b in buckets),
+            admissions=len(self._admission),
+        )
+
     # -- updates -------------------------------------------------------------------------------
 
     def update(self, view: KeyView) -> None:
@@ -127,12 +171,12 @@ class KeyIndex:
             self._forget_membership(old)
         self._views[view.key_id] = view
         for model in view.models:
-            self._bucket(model)  # before the key is declared: a new bucket starts from placed keys only
+            self._declare(model)  # before the key is declared: a new bucket starts from placed keys only
         if moved:
             for model in view.models:
                 self._declared.setdefault(model, {})[view.key_id] = None
             if not view.models:
-                self._wild[view.key_id] = None
+                self._wild_ids[view.key_id] = None
         self._place(view, view.at)
 
     def remove(self, key_id: str) -> None:
@@ -146,21 +190,23 @@ class KeyIndex:
 
     def _forget_membership(self, view: KeyView) -> None:
         key_id = view.key_id
-        if view.models:
-            for model in view.models:
-                declared = self._declared.get(model)
-                if declared is not None:
-                    declared.pop(key_id, None)
-        else:
-            self._wild.pop(key_id, None)
         for bucket in self._buckets_of(view):
             self._drop_from(bucket, key_id)
             bucket.members.discard(key_id)
+        if not view.models:
+            self._wild_ids.pop(key_id, None)
+        for model in view.models:
+            declared = self._declared.get(model)
+            if declared is not None:
+                declared.pop(key_id, None)
+                if not declared:  # nobody names the model any more: it is served by the wildcard
+                    del self._declared[model]
+                    self._buckets.pop(model, None)
 
     def _buckets_of(self, view: KeyView) -> list[_Bucket]:
         if view.models:
             return [self._buckets[m] for m in view.models if m in self._buckets]
-        return list(self._buckets.values())
+        return [self._wild, *self._buckets.values()]
 
     def _drop_from(self, bucket: _Bucket, key_id: str) -> None:
         bucket.eligible.discard(key_id)
@@ -189,8 +235,8 @@ class KeyIndex:
             bucket.members.add(key_id)
             if excluded is None:
                 bucket.eligible.add(key_id)
-                for weights, order in bucket.orders.items():
-                    order.put(key_id, rank_key(view, bucket.model, weights, self._cfg))
+                for (model, weights), order in bucket.orders.items():
+                    order.put(key_id, rank_key(view, model, weights, self._cfg))
             else:
                 bucket.benched.setdefault(excluded.kind, {})[key_id] = excluded
                 if excluded.until is not None:
@@ -204,13 +250,16 @@ class KeyIndex:
 
     # -- buckets -------------------------------------------------------------------------------
 
-    def _bucket(self, model: str) -> _Bucket:
+    def _declare(self, model: str) -> _Bucket:
+        """The bucket of a model a key declares, created from the keys already placed if new."""
         bucket = self._buckets.get(model)
         if bucket is not None:
             return bucket
         bucket = _Bucket(model)
         self._buckets[model] = bucket
-        for key_id in (*self._declared.get(model, ()), *self._wild):
+        for key in [k for k in self._wild.orders if k[0] == model]:
+            del self._wild.orders[key]  # the model is answered from its own bucket from now on
+        for key_id in (*self._declared.get(model, ()), *self._wild_ids):
             excluded = self._excluded[key_id]
             bucket.members.add(key_id)
             if excluded is None:
@@ -222,6 +271,10 @@ class KeyIndex:
         heapq.heapify(bucket.heap)
         return bucket
 
+    def _bucket(self, model: str) -> _Bucket:
+        """Where a request for `model` is answered; never creates anything."""
+        return self._buckets.get(model, self._wild)
+
     def _wake(self, bucket: _Bucket, now: float) -> None:
         # `bucket.heap` is re-read each pass: re-placing a key may push to it or compact it.
         while bucket.heap and bucket.heap[0][0] <= now:
@@ -229,19 +282,32 @@ class KeyIndex:
             if self._seq.get(key_id) == seq and key_id in bucket.members:
                 self._place(self._views[key_id], now)
 
-    def _order(self, bucket: _Bucket, weights: Weights) -> _Order:
-        order = bucket.orders.get(weights)
+    def _order(self, bucket: _Bucket, model: str, weights: Weights) -> _Order | None:
+        """The sorted list for (model, weights), built if missing; None: the wildcard does not keep one yet."""
+        key = (model, weights)
+        order = bucket.orders.get(key)
         if order is not None:
-            bucket.orders.move_to_end(weights)
+            bucket.orders.move_to_end(key)
             return order
+        if bucket is self._wild:
+            if key not in self._admission:  # its first request lately: answer without keeping a list
+                self._admission[key] = None
+                if len(self._admission) > ADMISSION_WINDOW:
+                    self._admission.popitem(last=False)
+                return None
+            del self._admission[key]
         order = _Order()
         for key_id in bucket.eligible:
-            order.rank_of[key_id] = rank_key(self._views[key_id], bucket.model, weights, self._cfg)
+            order.rank_of[key_id] = rank_key(self._views[key_id], model, weights, self._cfg)
         order.ranks = sorted(order.rank_of.values())
-        bucket.orders[weights] = order
-        custom = [w for w in bucket.orders if w not in _NAMED]
-        while len(custom) > self._max_custom:
-            del bucket.orders[custom.pop(0)]
+        bucket.orders[key] = order
+        if bucket is self._wild:
+            while len(bucket.orders) > self._max_wild_orders:
+                bucket.orders.popitem(last=False)
+        else:
+            custom = [k for k in bucket.orders if k[1] not in _NAMED]
+            while len(custom) > self._max_custom:
+                del bucket.orders[custom.pop(0)]
         return order
 
     # -- queries -------------------------------------------------------------------------------
@@ -251,7 +317,13 @@ class KeyIndex:
         weights = weights_for(objective)
         bucket = self._bucket(model)
         self._wake(bucket, now)
-        return [(key_id, value) for _, _, key_id, value in self._order(bucket, weights).ranks[:k]]
+        order = self._order(bucket, model, weights)
+        if order is not None:
+            ranks = order.ranks[:k]
+        else:
+            views, cfg = self._views, self._cfg
+            ranks = heapq.nsmallest(k, (rank_key(views[key_id], model, weights, cfg) for key_id in bucket.eligible))
+        return [(key_id, value) for _, _, key_id, value in ranks]
 
     def excluded_summary(self, model: str, now: float, limit: int = 5) -> ExclusionSummary:
         """Counts by kind and up to `limit` example reasons (one per kind first) — never a full list."""
