@@ -19,7 +19,6 @@ import pytest
 import trio
 import trio.lowlevel
 
-from apikeyrouter.api import tree_to_json
 from apikeyrouter.debug import (
     DebugChannelError,
     DebugChannelUnavailable,
@@ -33,6 +32,7 @@ from apikeyrouter.debug import (
     subscribe,
 )
 from apikeyrouter.debug.protocol import LineReader, to_jsonable
+from apikeyrouter.runtime.views import tree_to_json
 from tests.debug_fake import (
     LEAKY_SECRET,
     THROTTLE_WALL,
