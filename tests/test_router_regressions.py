@@ -39,7 +39,6 @@ async def test_cancel_while_asking_for_hold_or_reserve_leaks_nothing() -> None:
     # Reserve ever comes to expire the lease: the key is lost for good).
     from decimal import Decimal
 
-
     async with routing_env(
         [("k", "sk-sim-k", {})],
         config={"budgets": {"global": {"limit": "100", "period": "day"}}},
@@ -153,7 +152,6 @@ async def test_a_caller_leaving_mid_stream_is_charged_for_what_it_used() -> None
     # stored the stream's usage (that happens when the upstream context exits, after the settle),
     # so it settles Usage() = 0 tokens and cost 0: the budget and the key's token window never see it.
     from decimal import Decimal
-
 
     async with routing_env(
         [("k", "sk-sim-k", {})],

@@ -235,8 +235,10 @@ class KeyActor(Actor[KeyCommand]):
                 self._settle(rid, outcome)
                 if reply is not None:
                     reply.send(None)
-            case Release(reservation_id=rid, reason=reason):
+            case Release(reservation_id=rid, reason=reason, reply_to=reply):
                 self._release(rid, reason)
+                if reply is not None:
+                    reply.send(None)
             case Operate():
                 msg.reply_to.send(self._operate(msg))
             case Wake():

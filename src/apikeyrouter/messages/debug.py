@@ -20,4 +20,3 @@ class DebugServerStatus:
     requests_total: int
     refused_busy: int
     dropped_slow: int
-

@@ -78,10 +78,12 @@ class Settle:
 
 @attrs.frozen
 class Release:
-    """The call never produced an outcome (the caller was cancelled before sending, or gave up)."""
+    """The call never produced an outcome (the caller was cancelled before sending, or gave up).
+    `reply_to`, when given, is answered once the reservation is given back (as for `Settle`)."""
 
     reservation_id: int
     reason: str = "cancelled"
+    reply_to: Reply[None] | None = None
 
 
 @attrs.frozen

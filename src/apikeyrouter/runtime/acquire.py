@@ -127,8 +127,13 @@ class Held:
         """The call produced no outcome: free the hold and give the reservation back."""
         self._open = False
         await unhold(self._deps, self.hold_id, None)
+        rid = self.grant.reservation_id
         with contextlib.suppress(*_GONE):
-            await tell_bounded(self._deps.key_ref(self.key_id), Release(self.grant.reservation_id, reason))
+            ref = self._deps.key_ref(self.key_id)
+            if self.grant.confirm_settle:  # as for settle: the next request finds the slot free
+                await ask_bounded(ref, lambda r: Release(rid, reason, r))
+            else:
+                await tell_bounded(ref, Release(rid, reason))
 
 
 async def unhold(deps: Deps, hold_id: str | None, charge: Decimal | None) -> None:
