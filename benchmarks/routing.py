@@ -9,12 +9,12 @@ an unused base_url (nothing is ever sent), in three states driven through the ke
 - half_throttled: every odd key got a reservation settled as `rate_limited` (Retry-After 1 h);
 - exhausted_99:   all but one key in a hundred got one settled as `quota_exhausted` (benched 1 h).
 
-The resulting lifecycles are checked in `router.keys()` before measuring. One decision is what
-the request path's acquire step (runtime/acquire.py) does per attempt, minus the token estimate (it depends on the request, not on
-the keys): ask the RouterActor `Decide`, look the chosen key actor up, ask it to `Reserve`, then tell it
-`Release` so its quota never drains (the release is handled while the next decision waits, so it is
-inside the figure). Each figure is the median over `repeats` runs of the median per-decision time
-(the mean is printed too: it carries the garbage collector's occasional full passes).
+The resulting lifecycles are checked in `router.keys()` before measuring. One decision is what the
+request path's acquire step (runtime/acquire.py) does per attempt, minus the token estimate (it depends
+on the request, not on the keys): ask the RouterActor `Decide`, look the chosen key actor up, ask it
+to `Reserve`, then tell it `Release` so its quota never drains (the release is handled while the next
+decision waits, so it is inside the figure). Each figure is the median over `repeats` runs of the median
+per-decision time (the mean is printed too: it carries the garbage collector's occasional full passes).
 
 Also, in the same run: the pure in-process `RouterActor.decide()` call (no mailbox, nothing changed
 since the previous decision, so no re-indexing), and the baseline a router without an index would pay —
