@@ -133,3 +133,38 @@ async def test_the_client_id_reaches_the_metadata_and_the_attempt_events(autojum
                 pass
         clients = [e.data["client"] for e in env.router.events.recent(kinds=["request.attempt"])]
         assert clients == ["team-a", "team-b"]
+
+
+async def test_a_stopping_provider_lets_its_leased_call_finish_before_closing(autojump_clock: object) -> None:
+    async with sim_env([("k", "sk-sim-k", {})], sim_defaults={"latency_ms": 1000}) as env:
+        async with trio.open_nursery() as nursery:
+            responses: list[object] = []
+
+            async def one() -> None:
+                responses.append(await env.router.route(chat("slow")))
+
+            nursery.start_soon(one)
+            await trio.sleep(0.5)
+            start = trio.current_time()
+            await env.router.remove_provider("openai")  # the call in flight holds a lease on its client
+            assert trio.current_time() - start == 0.5  # it waited for the call, no longer
+        assert len(responses) == 1 and env.sim.stats("sk-sim-k").completed == 1
+
+
+async def test_a_provider_past_its_grace_ends_the_leased_call_instead_of_hanging(autojump_clock: object) -> None:
+    config = {"server": {"grace_period": 2.0}}
+    async with sim_env([("k", "sk-sim-k", {})], sim_defaults={"latency_ms": 60_000}, config=config) as env:
+        async with trio.open_nursery() as nursery:
+            failures: list[BaseException] = []
+
+            async def one() -> None:
+                try:
+                    await env.router.route(chat("hangs"))
+                except Exception as exc:
+                    failures.append(exc)
+
+            nursery.start_soon(one)
+            await trio.sleep(0.5)
+            await env.router.remove_provider("openai")
+            assert trio.current_time() == 2.5  # the provider's grace, then its leased call was ended
+        assert len(failures) == 1 and env.sim.stats("sk-sim-k").disconnects == 1

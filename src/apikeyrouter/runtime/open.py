@@ -21,14 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from apikeyrouter.actors.base import TreeNode
+from apikeyrouter.actors.base import ActorRef, TreeNode
 from apikeyrouter.actors.board import SnapshotBoard
+from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.adapters.tokens import warm as warm_tokenizers
 from apikeyrouter.config import RouterConfig, default_config
 from apikeyrouter.domain.scoring import ScoringConfig, Weights
+from apikeyrouter.errors import ActorStopped, RouterNotRunning, UnknownProvider
 from apikeyrouter.events import EventBus
 from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse
+from apikeyrouter.messages.key import KeyCommand
 from apikeyrouter.runtime import views
 from apikeyrouter.runtime.api import APIKey
 from apikeyrouter.runtime.deps import AttemptObserver, Routing, parse_objective
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["ApiKeyRouter", "open_router"]
 
 Objective = str | Weights | Mapping[str, float] | None
+_NOT_NOW = (ActorStopped, RouterNotRunning, UnknownProvider)  # not running, or that part is restarting
 
 
 class ApiKeyRouter:
@@ -87,8 +91,8 @@ class ApiKeyRouter:
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[None]:
         reg = self._registry
-        if reg.root is not None:
-            raise RuntimeError("this router has already been started")
+        if reg.running:
+            raise RuntimeError("this router is already running")
         # Wall clock only to render times for humans; every rule runs on trio's clock.
         reg.wall_offset = time.time() - trio.current_time()
         root = reg.root = root_supervisor(
@@ -242,7 +246,7 @@ class ApiKeyRouter:
         debug channel this way); it is stopped, in reverse order, before the router and the providers."""
         return await self._registry.tree_root("add_service").add_child(spec)
 
-    def key_ref(self, key_id: str) -> Any:
+    def key_ref(self, key_id: str) -> ActorRef[KeyCommand]:
         """The key actor's address (`ActorRef[KeyCommand]`), e.g. to inject a crash in a chaos test."""
         return self._registry.key_ref(key_id)
 
@@ -282,17 +286,17 @@ class ApiKeyRouter:
         found = actor.lookup(decision_id) if actor is not None else None
         return found.to_json() if found is not None else None
 
-    def _router_actor(self) -> Any:
+    def _router_actor(self) -> RouterActor | None:
         try:
             return self._registry.router_actor()
-        except Exception:  # not running, or restarting: no decisions to show right now
+        except _NOT_NOW:  # not running, or restarting: no decisions to show right now
             return None
 
     def budgets(self) -> dict[str, Any]:
         """Every budget: {id: {"limit", "spent", "reserved"}} (money as strings); {} when none."""
         try:
             summary: dict[str, Any] = self._registry.budget_actor().state_summary()
-        except Exception:  # not running, or restarting
+        except _NOT_NOW:
             return {}
         return summary
 
@@ -315,7 +319,7 @@ class ApiKeyRouter:
         for pid in reg.adapters:
             try:
                 providers.append(reg.provider(pid).provider_snapshot())
-            except Exception:  # restarting: its last published snapshot
+            except _NOT_NOW:  # restarting: its last published snapshot
                 snap = self.board.providers.get(pid)
                 if snap is not None:
                     providers.append(snap)
