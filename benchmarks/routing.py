@@ -9,12 +9,12 @@ an unused base_url (nothing is ever sent), in three states driven through the ke
 - half_throttled: every odd key got a reservation settled as `rate_limited` (Retry-After 1 h);
 - exhausted_99:   all but one key in a hundred got one settled as `quota_exhausted` (benched 1 h).
 
-The resulting lifecycles are checked in `router.keys()` before measuring. One decision is what
-`ApiKeyRouter._acquire` does per attempt, minus the token estimate (it depends on the request, not on
-the keys): ask the RouterActor `Decide`, look the chosen key actor up, ask it to `Reserve`, then tell it
-`Release` so its quota never drains (the release is handled while the next decision waits, so it is
-inside the figure). Each figure is the median over `repeats` runs of the median per-decision time
-(the mean is printed too: it carries the garbage collector's occasional full passes).
+The resulting lifecycles are checked in `router.keys()` before measuring. One decision is what the
+request path's acquire step (runtime/acquire.py) does per attempt, minus the token estimate (it depends
+on the request, not on the keys): ask the RouterActor `Decide`, look the chosen key actor up, ask it
+to `Reserve`, then tell it `Release` so its quota never drains (the release is handled while the next
+decision waits, so it is inside the figure). Each figure is the median over `repeats` runs of the median
+per-decision time (the mean is printed too: it carries the garbage collector's occasional full passes).
 
 Also, in the same run: the pure in-process `RouterActor.decide()` call (no mailbox, nothing changed
 since the previous decision, so no re-indexing), and the baseline a router without an index would pay —
@@ -80,7 +80,7 @@ async def drive_state(router: ApiKeyRouter, n: int, state: str) -> Counter[str]:
         failure = _benched(i, state)
         if failure is None:
             continue
-        ref: ActorRef[KeyCommand] = router._key(f"k{i}").ref
+        ref: ActorRef[KeyCommand] = router.key_ref(f"k{i}")
         grant = await ref.ask(lambda r: Reserve("setup", MODEL, 16, Decimal(0), trio.current_time() + 60, r))
         assert isinstance(grant, Granted), grant
         await ref.tell(Settle(grant.reservation_id, Outcome(failure, retry_after=3600.0, message="benchmark")))
@@ -97,7 +97,8 @@ _EXPECTED = {
 
 async def decisions(router: ApiKeyRouter, count: int) -> tuple[list[float], list[float], list[float]]:
     """`count` decide+reserve+release cycles: (total, decide ask, reserve ask) seconds per cycle."""
-    router_ref = router._router_ref()
+    registry = router._registry  # the refs the request path itself uses (cached, looked up per request)
+    router_ref = registry.router_ref()
     total, decide, reserve = [], [], []
     clock = time.perf_counter
     for i in range(count):
@@ -106,7 +107,7 @@ async def decisions(router: ApiKeyRouter, count: int) -> tuple[list[float], list
         decision: RoutingDecision = await router_ref.ask(lambda r: Decide(rid, MODEL, OBJECTIVE, frozenset(), r))  # noqa: B023
         t1 = clock()
         key_id = decision.candidates[0].key_id
-        ref: ActorRef[KeyCommand] = router._key(key_id).ref
+        ref: ActorRef[KeyCommand] = registry.key_ref(key_id)
         lease = trio.current_time() + 600.0
         grant = await ref.ask(lambda r: Reserve(rid, MODEL, 64, Decimal(0), lease, r))  # noqa: B023
         ref.tell_nowait(Release(grant.reservation_id, "benchmark"))  # type: ignore[union-attr]
@@ -175,8 +176,7 @@ async def bench_one(n: int, state: str, args: argparse.Namespace, report: dict[s
             decides.append(statistics.median(dec))
             reserves.append(statistics.median(res))
             means.append(statistics.fmean(tot))
-        actor = router._router_actor()
-        assert actor is not None
+        actor = router._registry.router_actor()
         pure = [statistics.median(pure_decides(actor, args.iterations)) for _ in range(args.repeats)]
         scan, scan_best = scan_seconds(router, adapter, max(3, min(50, 20_000 // n)))
         indexed_best = actor.decide(Decide("check", MODEL, OBJECTIVE, frozenset(), Reply())).candidates[0].key_id

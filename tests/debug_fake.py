@@ -1,6 +1,6 @@
 """A fake router for the debug channel tests: a real supervision tree, canned key entries, a real EventBus.
 
-The entries follow the shapes documented in `apikeyrouter.api`. The debug server is a child of the
+The entries follow the shapes documented in `apikeyrouter.runtime.api`. The debug server is a child of the
 fake's root supervisor, as it will be in the real application.
 """
 

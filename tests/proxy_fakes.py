@@ -17,11 +17,11 @@ import attrs
 import trio
 
 from apikeyrouter.actors.base import TreeNode
-from apikeyrouter.api import APIKey
 from apikeyrouter.errors import UnknownKey, UnknownModel, UnknownProvider
 from apikeyrouter.intent import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.observe import EventBus
 from apikeyrouter.proxy import Listening, ProxyApp, serve_proxy
+from apikeyrouter.runtime.api import APIKey
 from apikeyrouter.secret import Secret
 
 CLIENT_TOKEN = "sk-client-test-token-0001"

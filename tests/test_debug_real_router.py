@@ -51,7 +51,7 @@ async def test_inspect_data_matches_the_actors_snapshots(tmp_path: Path) -> None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow)
             await trio.sleep(0.1)
-            await env.router._key("tight").ref.tell(InjectCrash("debug channel test"))
+            await env.router.key_ref("tight").tell(InjectCrash("debug channel test"))
         assert events and "debug channel test" in str(events[0])
 
         tree = await call(socket, "tree")

@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import stat
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -19,7 +18,6 @@ import pytest
 import trio
 import trio.lowlevel
 
-from apikeyrouter.api import tree_to_json
 from apikeyrouter.debug import (
     DebugChannelError,
     DebugChannelUnavailable,
@@ -34,6 +32,7 @@ from apikeyrouter.debug import (
 )
 from apikeyrouter.debug.protocol import LineReader, to_jsonable
 from apikeyrouter.observe import SupervisorEscalated, render_wall
+from apikeyrouter.runtime.views import tree_to_json
 from tests.debug_fake import (
     LEAKY_SECRET,
     THROTTLE_WALL,
@@ -311,29 +310,27 @@ async def test_a_subscriber_that_falls_behind_is_told_and_dropped(path: str) -> 
         assert fake.debug is not None and fake.debug.server_status().dropped_slow == 1
 
 
-async def _publish(fake: FakeRouter, n: int) -> float:
+async def _publish(fake: FakeRouter, n: int) -> None:
     """Publish `n` events with a checkpoint after each, as when many tasks publish: the server runs in between."""
-    start = time.perf_counter()
     for i in range(n):
         fake.events.publish(transition("openai-1", "active", "throttled", reason=f"{i} " + "x" * 200))
         await trio.lowlevel.checkpoint()
-    return time.perf_counter() - start
 
 
 async def test_a_stuck_subscriber_does_not_slow_publishing(path: str) -> None:
     # A queue big enough never to lag: here it is the write deadline that must drop the stuck client.
     async with running_fake(path, send_timeout=0.3, subscriber_queue=50_000) as fake:
-        baseline = await _publish(fake, 10_000)
+        await _publish(fake, 10_000)
 
         stuck = await trio.open_unix_socket(path)
         await stuck.send_all(b'{"op": "subscribe"}\n')  # and never read again
         await eventually(lambda: fake.events.subscriber_count > 0)
         with trio.fail_after(10):  # all 10,000 publishes complete while the client is stuck
-            with_stuck = await _publish(fake, 10_000)
+            await _publish(fake, 10_000)
+        # The socket buffer filled long before the end (10,000 events are megabytes), yet every publish
+        # went through: `publish` is a plain call that never waits for a subscriber. (How fast it stays
+        # is a benchmark's question, not a test's: benchmarks/debug_subscriber.py.)
         assert fake.events.published == 20_000
-        # The socket buffer filled long before the end (10,000 events are megabytes), yet publishing
-        # went on at the same order of speed: it never waits for a subscriber.
-        assert with_stuck < max(4 * baseline, 0.5), (baseline, with_stuck)
 
         await eventually(
             lambda: not (fake.events.subscriber_count or (fake.debug and fake.debug.server_status().subscribers))

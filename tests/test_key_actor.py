@@ -14,7 +14,8 @@ from apikeyrouter.domain.circuit import BreakerConfig
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.lifecycle import KeyState
 from apikeyrouter.domain.quota import QuotaConfig
-from apikeyrouter.messages.key import Granted, InjectCrash, KeyCommand, Outcome, Refused, Release, Reserve, Settle
+from apikeyrouter.domain.refusal import Refusal, RefusalKind, explain
+from apikeyrouter.messages.key import Granted, InjectCrash, KeyCommand, Outcome, Release, Reserve, Settle
 from apikeyrouter.observe import EventBus, KeyTransitioned
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import MemoryStore
@@ -38,21 +39,20 @@ class Harness:
 
 async def reserve(
     ref: ActorRef[KeyCommand], tokens: int = 10, cost: str = "0", lease: float = 1e9
-) -> Granted | Refused:
-    answer: Granted | Refused = await ref.ask(lambda r: Reserve("req", "m", tokens, D(cost), lease, r))
+) -> Granted | Refusal:
+    answer: Granted | Refusal = await ref.ask(lambda r: Reserve("req", "m", tokens, D(cost), lease, r))
     return answer
 
 
 async def test_throttle_ends_on_time_without_any_request(autojump_clock: trio.testing.MockClock) -> None:
     h = Harness(KeyConfig(id="k", provider="p"))
-    sub = h.events.subscribe(["key.transition"])
     async with trio.open_nursery() as nursery:
         ref = await nursery.start(h.make().run)
         grant = await reserve(ref)
         assert isinstance(grant, Granted)
         await ref.tell(Settle(grant.reservation_id, Outcome(FailureClass.RATE_LIMITED, retry_after=30)))
         await trio.sleep(31)
-        seen = sub.pending()
+        seen = h.events.recent(kinds=["key.transition"])
         assert all(isinstance(e, KeyTransitioned) and e.key == "k" for e in seen)
         assert [
             (e.transition.from_state, e.transition.to_state, e.at) for e in seen if isinstance(e, KeyTransitioned)
@@ -71,7 +71,8 @@ async def test_refusals_carry_reasons_and_release_returns_everything(autojump_cl
         first = await reserve(ref, cost="0.60")
         assert isinstance(first, Granted)
         busy = await reserve(ref)
-        assert isinstance(busy, Refused) and "in-flight limit" in busy.reason
+        assert isinstance(busy, Refusal) and (busy.kind, busy.busy) == (RefusalKind.IN_FLIGHT, True)
+        assert explain(busy) == "in-flight limit 1 reached"
         await ref.tell(Release(first.reservation_id))
         again = await reserve(ref, cost="0.60")
         assert isinstance(again, Granted)
@@ -80,7 +81,8 @@ async def test_refusals_carry_reasons_and_release_returns_everything(autojump_cl
         assert isinstance(third, Granted)
         await ref.tell(Settle(third.reservation_id, Outcome(None)))
         limited = await reserve(ref)
-        assert isinstance(limited, Refused) and limited.retry_at is not None and limited.retry_at > 0
+        assert isinstance(limited, Refusal) and limited.kind is RefusalKind.QUOTA and limited.detail["window"] == "rpm"
+        assert limited.retry_at is not None and limited.retry_at > 0
         snap = h.board.keys["k"]
         assert (snap.in_flight, snap.spend, snap.reserved_cost) == (0, D("0.25"), D(0))
         nursery.cancel_scope.cancel()
@@ -91,7 +93,7 @@ async def test_lease_expiry_reclaims_a_reservation_nobody_settled(autojump_clock
     async with trio.open_nursery() as nursery:
         ref = await nursery.start(h.make().run)
         assert isinstance(await reserve(ref, lease=5), Granted)
-        assert isinstance(await reserve(ref), Refused)
+        assert isinstance(await reserve(ref), Refusal)
         await trio.sleep(6)
         assert isinstance(await reserve(ref), Granted)
         nursery.cancel_scope.cancel()
@@ -110,7 +112,8 @@ async def test_breaker_counts_only_server_side_failures(autojump_clock: trio.tes
         assert isinstance(grant, Granted)
         await ref.tell(Settle(grant.reservation_id, Outcome(FailureClass.TIMEOUT)))
         refused = await reserve(ref)
-        assert isinstance(refused, Refused) and "breaker open" in refused.reason and refused.retry_at == 10
+        assert isinstance(refused, Refusal) and refused.kind is RefusalKind.BREAKER and refused.retry_at == 10
+        assert refused.detail["state"] == "open" and explain(refused).startswith("breaker open until")
         nursery.cancel_scope.cancel()
 
 
@@ -130,8 +133,9 @@ async def test_crash_restores_the_throttled_state(autojump_clock: trio.testing.M
         restarted = sup.child("key:k")
         assert restarted is not actor and isinstance(restarted, KeyActor) and restarted.restarts == 1
         refused = await reserve(ref)  # the same ref reaches the new instance, still throttled
-        assert isinstance(refused, Refused) and refused.reason.startswith("throttled until")
-        assert refused.retry_at == 60
+        assert isinstance(refused, Refusal) and refused.kind is RefusalKind.LIFECYCLE
+        assert refused.detail["state"] == "throttled" and refused.retry_at == 60
+        assert explain(refused).startswith("throttled until")
         nursery.cancel_scope.cancel()
 
 

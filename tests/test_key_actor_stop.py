@@ -16,7 +16,7 @@ async def test_router_with_a_throttled_key_stops_at_once(autojump_clock: trio.ab
     async with ApiKeyRouter() as router:
         await router.register_provider("openai", OpenAIAdapter(base_url="http://127.0.0.1:9/v1"))
         await router.register_key("sk-test-throttled", "openai", key_id="k1")
-        ref = router._key("k1").ref
+        ref = router.key_ref("k1")
         grant = await ref.ask(lambda r: Reserve("req-1", "gpt-4o-mini", 10, Decimal(0), trio.current_time() + 60, r))
         assert isinstance(grant, Granted)
         await ref.tell(Settle(grant.reservation_id, Outcome(FailureClass.RATE_LIMITED, retry_after=3600)))

@@ -12,7 +12,6 @@ import trio
 import trio.testing
 
 from apikeyrouter.intent import StreamChunk
-from apikeyrouter.messages.proxy import GetListening
 from apikeyrouter.proxy import Listening, ProxyApp, ProxyServer, serve_proxy
 from apikeyrouter.secret import Secret
 from apikeyrouter.supervisors import ChildSpec, Supervisor
@@ -142,9 +141,8 @@ async def test_proxy_server_is_a_supervised_child_and_stops_gracefully() -> None
             await nursery.start(supervisor.run)
             server = supervisor.child("proxy")
             assert isinstance(server, ProxyServer)
-            listening = await server.ref.ask(GetListening)
-            assert listening == server.listening
-            assert server.tree().state == listening
+            listening = server.listening
+            assert listening is not None and server.tree().state == listening
             async with (
                 httpx.AsyncClient(base_url=listening.url) as http,
                 http.stream("POST", "/v1/chat/completions", headers=auth(), json={**CHAT, "stream": True}) as r,

@@ -15,7 +15,7 @@ import pytest
 
 from apikeyrouter import InvalidRequest
 from apikeyrouter.intent import SystemResponse
-from tests.routing_env import chat, routing_env
+from tests.routing_env import chat, routing_env, settle_down
 
 CHEAP = {"prices": {"gpt-4o-mini": ("0.01", "0.02")}}  # per million tokens: far below the list price
 
@@ -81,6 +81,7 @@ async def test_latency_prefers_the_faster_key_after_warm_up() -> None:
         # Unknown latency scores as middling, so warm up: fairness sends one request to each key.
         warm = [used(await env.router.route(chat(f"warm{i}"), objective="fairness")) for i in range(2)]
         assert warm == ["a-slow", "b-fast"]
+        await settle_down(env.router)  # settlements are tells: let the keys take the latencies in
         for i in range(3):
             assert used(await env.router.route(chat(f"n{i}"), objective="latency")) == "b-fast"
         slow, fast = env.router.key("a-slow"), env.router.key("b-fast")

@@ -7,7 +7,15 @@ import contextlib
 import trio
 
 from apikeyrouter.errors import ApiKeyRouterError
+from apikeyrouter.runtime import ApiKeyRouter
 from tests.routing_env import chat, routing_env
+
+
+def decided(router: ApiKeyRouter) -> int:
+    """Decisions the router actor has made so far, read from its state in the tree."""
+    node = next(c for c in router.tree().children if c.name == "router")
+    count: int = node.state["decisions"]
+    return count
 
 
 async def test_request_larger_than_tpm_fails_fast_instead_of_spinning() -> None:
@@ -16,12 +24,12 @@ async def test_request_larger_than_tpm_fails_fast_instead_of_spinning() -> None:
     # eligible, so decide() returns retry_at=now and _acquire "waits" for now, clears `refused`, asks
     # the same key again ... forever. It should fail at once (NoKeyAvailable / a typed error).
     async with routing_env([("small", "sk-sim-small", {"limits": {"tpm": 100}})]) as env:
-        decisions_before = env.router._check("t").child("router").decided  # type: ignore[union-attr]
+        decisions_before = decided(env.router)
         with trio.move_on_after(2) as cs:
             with contextlib.suppress(ApiKeyRouterError):
                 await env.router.route(chat("hi", max_tokens=500))
-        decided = env.router._check("t").child("router").decided - decisions_before  # type: ignore[union-attr]
-        assert not cs.cancelled_caught, f"route() spun for 2 s: {decided} decisions for one request"
+        spun = decided(env.router) - decisions_before
+        assert not cs.cancelled_caught, f"route() spun for 2 s: {spun} decisions for one request"
 
 
 async def test_cancel_while_asking_for_hold_or_reserve_leaks_nothing() -> None:
@@ -30,8 +38,6 @@ async def test_cancel_while_asking_for_hold_or_reserve_leaks_nothing() -> None:
     # max_in_flight the router then excludes it as "at in-flight limit" with no retry time, so no
     # Reserve ever comes to expire the lease: the key is lost for good).
     from decimal import Decimal
-
-    from apikeyrouter.actors.budget import BudgetActor
 
     async with routing_env(
         [("k", "sk-sim-k", {})],
@@ -56,9 +62,7 @@ async def test_cancel_while_asking_for_hold_or_reserve_leaks_nothing() -> None:
         for ticks in range(0, 12):
             await one(ticks)
         await trio.sleep(0.2)
-        actor = env.router._check("t").child("budgets")
-        assert isinstance(actor, BudgetActor)
-        reserved = Decimal(actor.state_summary()["global"]["reserved"])
+        reserved = Decimal(env.router.budgets()["global"]["reserved"])
         in_flight = [k["in_flight"] for k in env.router.keys()]
         assert reserved == 0 and in_flight == [0], f"leaked: budget reserved {reserved}, key in_flight {in_flight}"
 
@@ -106,7 +110,7 @@ async def test_reservation_ids_restart_at_1_after_a_key_restart_so_old_settlemen
         async with trio.open_nursery() as n:
             n.start_soon(one, "a")  # rid 1 of the first instance
             await trio.sleep(0.1)
-            await env.router._key("k").ref.tell(InjectCrash("test"))
+            await env.router.key_ref("k").tell(InjectCrash("test"))
             await trio.sleep(0.05)  # restarted: in_flight 0, _next_id 0
             n.start_soon(one, "b")  # rid 1 of the new instance
             await trio.sleep(0.2)  # "a" has settled rid 1 by now: that was b's lease
@@ -149,8 +153,6 @@ async def test_a_caller_leaving_mid_stream_is_charged_for_what_it_used() -> None
     # so it settles Usage() = 0 tokens and cost 0: the budget and the key's token window never see it.
     from decimal import Decimal
 
-    from apikeyrouter.actors.budget import BudgetActor
-
     async with routing_env(
         [("k", "sk-sim-k", {})],
         config={"budgets": {"global": {"limit": "100", "period": "day"}}},
@@ -165,7 +167,5 @@ async def test_a_caller_leaving_mid_stream_is_charged_for_what_it_used() -> None
                         cs.cancel()  # the client disconnects
                         await trio.lowlevel.checkpoint()
         await trio.sleep(0.2)
-        actor = env.router._check("t").child("budgets")
-        assert isinstance(actor, BudgetActor)
-        spent = Decimal(actor.state_summary()["global"]["spent"])
+        spent = Decimal(env.router.budgets()["global"]["spent"])
         assert spent > 0, "the input tokens and 5 chunks the provider billed were settled as cost 0"

@@ -1,4 +1,5 @@
-"""The embedded router against the simulator over real HTTP on 127.0.0.1 (real clock, short windows)."""
+"""The embedded router against the simulator: in-process on virtual time (exact times), and over real
+HTTP on 127.0.0.1 where the socket itself is the point (a cancelled caller really disconnects)."""
 
 from __future__ import annotations
 
@@ -11,23 +12,24 @@ from apikeyrouter.domain.circuit import BreakerClosed, ProbeAdmitted
 from apikeyrouter.messages.key import InjectCrash
 from apikeyrouter.observe import KeyBreakerChanged, SupervisorChildCrashed, SupervisorChildRestarted
 from apikeyrouter.sim import KeyBehavior
-from tests.routing_env import Env, chat, routing_env, settle_down
+from tests.routing_env import chat, routing_env, settle_down
+from tests.sim_transport import BASE_URL, SimEnv, sim_env
 
 PREMIUM = {"metadata": {"quality": "premium"}}
 
 
-async def burn(env: Env, secret: str) -> None:
+async def burn(env: SimEnv, secret: str) -> None:
     """Spend a key's quota from outside the router (another process sharing the key)."""
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(transport=env.transport) as client:
         await client.post(
-            f"{env.base_url}/chat/completions",
+            f"{BASE_URL}/chat/completions",
             headers={"authorization": f"Bearer {secret}"},
             json=chat("elsewhere"),
         )
 
 
-async def test_tight_key_fails_over_without_a_caller_visible_error() -> None:
-    async with routing_env(
+async def test_tight_key_fails_over_without_a_caller_visible_error(autojump_clock: object) -> None:
+    async with sim_env(
         [("tight", "sk-sim-tight", PREMIUM), ("good", "sk-sim-good", {})],
         sim_keys=[{"key": "sk-sim-tight", "rpm": 1}],
         config={"routing": {"objective": "quality"}},
@@ -46,8 +48,8 @@ async def test_tight_key_fails_over_without_a_caller_visible_error() -> None:
         assert env.sim.stats("sk-sim-tight").rate_limited == 1
 
 
-async def test_router_routes_away_before_the_429_from_learned_headers() -> None:
-    async with routing_env(
+async def test_router_routes_away_before_the_429_from_learned_headers(autojump_clock: object) -> None:
+    async with sim_env(
         [("tight", "sk-sim-tight", PREMIUM), ("good", "sk-sim-good", {})],
         sim_keys=[{"key": "sk-sim-tight", "rpm": 1}],
         config={"routing": {"objective": "quality"}},
@@ -63,8 +65,8 @@ async def test_router_routes_away_before_the_429_from_learned_headers() -> None:
         assert env.sim.stats("sk-sim-tight").rate_limited == 0
 
 
-async def test_invalid_key_is_benched_after_one_401_and_never_tried_again() -> None:
-    async with routing_env(
+async def test_invalid_key_is_benched_after_one_401_and_never_tried_again(autojump_clock: object) -> None:
+    async with sim_env(
         [("bad", "sk-sim-invalid", PREMIUM), ("good", "sk-sim-good", {})],
         sim_keys=[{"key": "sk-sim-invalid", "behavior": "invalid"}],
         config={"routing": {"objective": "quality"}},
@@ -80,8 +82,8 @@ async def test_invalid_key_is_benched_after_one_401_and_never_tried_again() -> N
         assert "auth_invalid" in transitions[0]["reason"]
 
 
-async def test_exhausted_key_is_benched_until_its_window() -> None:
-    async with routing_env(
+async def test_exhausted_key_is_benched_until_its_window(autojump_clock: object) -> None:
+    async with sim_env(
         [("dry", "sk-sim-exhausted", PREMIUM), ("good", "sk-sim-good", {})],
         sim_keys=[{"key": "sk-sim-exhausted", "behavior": "exhausted"}],
         config={"routing": {"objective": "quality"}},
@@ -94,8 +96,8 @@ async def test_exhausted_key_is_benched_until_its_window() -> None:
         assert env.sim.stats("sk-sim-exhausted").requests == 1
 
 
-async def test_breaker_opens_sends_exactly_one_probe_and_closes() -> None:
-    async with routing_env(
+async def test_breaker_opens_sends_exactly_one_probe_and_closes(autojump_clock: object) -> None:
+    async with sim_env(
         [("flaky", "sk-sim-flaky", PREMIUM), ("good", "sk-sim-good", {})],
         sim_keys=[{"key": "sk-sim-flaky", "error_rate": 1.0, "seed": 7}],
         config={
@@ -124,8 +126,8 @@ async def test_breaker_opens_sends_exactly_one_probe_and_closes() -> None:
         assert isinstance(changes[-1], BreakerClosed)
 
 
-async def test_all_keys_limited_waits_for_a_reset_inside_the_deadline() -> None:
-    async with routing_env(
+async def test_all_keys_limited_waits_for_a_reset_inside_the_deadline(autojump_clock: object) -> None:
+    async with sim_env(
         [("a", "sk-sim-a", {}), ("b", "sk-sim-b", {})],
         sim_defaults={"rpm": 1, "window_s": 1.0},
     ) as env:
@@ -134,13 +136,12 @@ async def test_all_keys_limited_waits_for_a_reset_inside_the_deadline() -> None:
         start = trio.current_time()
         with trio.fail_after(5):
             response = await env.router.route(chat("patient"))
-        waited = trio.current_time() - start
-        assert 0.3 < waited < 2.5
+        assert trio.current_time() - start == 1.0  # the simulator's window: the reset it announced
         assert response.metadata.attempts == 1
 
 
-async def test_all_keys_limited_beyond_the_deadline_fails_at_once() -> None:
-    async with routing_env(
+async def test_all_keys_limited_beyond_the_deadline_fails_at_once(autojump_clock: object) -> None:
+    async with sim_env(
         [("a", "sk-sim-a", {}), ("b", "sk-sim-b", {})],
         sim_defaults={"rpm": 1, "window_s": 30.0},
     ) as env:
@@ -149,7 +150,7 @@ async def test_all_keys_limited_beyond_the_deadline_fails_at_once() -> None:
         start = trio.current_time()
         with trio.fail_after(2), pytest.raises(NoKeyAvailable) as info:
             await env.router.route(chat("impatient"))
-        assert trio.current_time() - start < 0.5  # at once, not at the deadline
+        assert trio.current_time() == start  # at once, not at the deadline
         assert info.value.retry_at is not None and info.value.retry_after is not None
         assert 10 < info.value.retry_after <= 31
         assert set(info.value.reasons) == {"a", "b"}
@@ -168,8 +169,8 @@ async def test_cancelled_caller_aborts_upstream_and_releases_the_reservation() -
         assert slow["usage"]["rpm"] == 0  # released, not settled: the provider never answered
 
 
-async def test_key_actor_crash_restarts_with_its_state_and_siblings_unaffected() -> None:
-    async with routing_env(
+async def test_key_actor_crash_restarts_with_its_state_and_siblings_unaffected(autojump_clock: object) -> None:
+    async with sim_env(
         [("tight", "sk-sim-tight", PREMIUM), ("good", "sk-sim-good", {})],
         sim_keys=[{"key": "sk-sim-tight", "rpm": 1}],
         config={"routing": {"objective": "quality"}},
@@ -178,8 +179,7 @@ async def test_key_actor_crash_restarts_with_its_state_and_siblings_unaffected()
         await env.router.route(chat("one"))
         before = env.router.key("tight")
         assert before is not None and before["lifecycle"] == "throttled"
-        crashes = env.router.events.subscribe(["supervisor"])
-        await env.router._key("tight").ref.tell(InjectCrash("chaos test"))
+        await env.router.key_ref("tight").tell(InjectCrash("chaos test"))
         with trio.fail_after(2):
             while (env.router.key("tight") or {}).get("restarts") != 1:
                 await trio.sleep(0.01)
@@ -188,7 +188,7 @@ async def test_key_actor_crash_restarts_with_its_state_and_siblings_unaffected()
         assert after["lifecycle"] == "throttled" and after["lifecycle_until"] == before["lifecycle_until"]
         good = env.router.key("good")
         assert good is not None and good["restarts"] == 0
-        crashed, restarted = crashes.pending()
+        crashed, restarted = env.router.events.recent(kinds=["supervisor"])[-2:]
         assert isinstance(crashed, SupervisorChildCrashed) and isinstance(restarted, SupervisorChildRestarted)
         assert (crashed.child, crashed.reason, restarted.child) == (
             "key:tight",
@@ -198,9 +198,9 @@ async def test_key_actor_crash_restarts_with_its_state_and_siblings_unaffected()
         assert (await env.router.route(chat("three"))).metadata.key_used == "good"
 
 
-async def test_500_concurrent_routes_over_20_keys_leak_nothing_and_respect_limits() -> None:
+async def test_500_concurrent_routes_over_20_keys_leak_nothing_and_respect_limits(autojump_clock: object) -> None:
     keys = [(f"k{i:02d}", f"sk-sim-{i:02d}", {"limits": {"rpm": 30}}) for i in range(20)]
-    async with routing_env(keys) as env:
+    async with sim_env(keys) as env:
         results: list[str] = []
 
         async def one(i: int) -> None:
@@ -222,8 +222,8 @@ async def test_500_concurrent_routes_over_20_keys_leak_nothing_and_respect_limit
         assert sum(env.sim.stats(f"sk-sim-{i:02d}").requests for i in range(20)) == 500
 
 
-async def test_requests_wait_for_a_free_in_flight_slot_within_the_deadline() -> None:
-    async with routing_env(
+async def test_requests_wait_for_a_free_in_flight_slot_within_the_deadline(autojump_clock: object) -> None:
+    async with sim_env(
         [("solo", "sk-sim-solo", {"max_in_flight": 1})], sim_keys=[{"key": "sk-sim-solo", "latency_ms": 100}]
     ) as env:
         used: list[str] = []
@@ -234,9 +234,11 @@ async def test_requests_wait_for_a_free_in_flight_slot_within_the_deadline() -> 
             assert response.metadata is not None
             used.append(response.metadata.key_used)
 
+        began = trio.current_time()
         async with trio.open_nursery() as nursery:
             for i in range(3):
                 nursery.start_soon(one, i)
+        assert trio.current_time() - began == 0.1 + 0.1 + 0.1  # one after the other, 100 ms each
         assert used == ["solo"] * 3
         assert env.sim.stats("sk-sim-solo").requests == 3
         async with trio.open_nursery() as nursery:
@@ -245,5 +247,5 @@ async def test_requests_wait_for_a_free_in_flight_slot_within_the_deadline() -> 
             start = trio.current_time()
             with pytest.raises(trio.TooSlowError), trio.fail_after(0.03):
                 await env.router.route(chat("late"))  # the slot frees after the caller's deadline
-            assert trio.current_time() - start < 0.06  # it waited for the deadline, no longer
+            assert trio.current_time() == start + 0.03  # it waited for the deadline, no longer
         await settle_down(env.router)

@@ -1,6 +1,7 @@
 """apikeyrouter: route LLM traffic across many API keys, on an actor runtime built on trio."""
 
 from apikeyrouter.config import RouterConfig, default_config, load_config, parse_config
+from apikeyrouter.domain.refusal import Refusal, RefusalKind
 from apikeyrouter.errors import (
     ActorCrashed,
     ActorError,
@@ -38,6 +39,8 @@ __all__ = [
     "MailboxFull",
     "MalformedResponse",
     "NoKeyAvailable",
+    "Refusal",
+    "RefusalKind",
     "RequestIntent",
     "ResponseMetadata",
     "RouterConfig",

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from apikeyrouter.adapters.base import QuotaSignal
     from apikeyrouter.domain.failures import FailureClass
+    from apikeyrouter.domain.refusal import Refusal
 
 __all__ = [
     "ActorCrashed",
@@ -122,8 +123,9 @@ class NoKeyAvailable(RoutingError):
     """No key can serve the request before the caller's deadline.
 
     `retry_at` is the earliest trio time a key may be usable (None when none ever will be without an
-    operator), `retry_after` the same as seconds from when the error was raised, and `reasons` maps
-    each key id to why it was excluded.
+    operator), `retry_after` the same as seconds from when the error was raised, `refusals` the typed
+    answers of the keys (and budgets) asked to reserve, and `reasons` maps each key id to why it was
+    excluded, as text (the router's exclusions plus the refusals rendered).
     """
 
     def __init__(
@@ -133,11 +135,13 @@ class NoKeyAvailable(RoutingError):
         retry_at: float | None = None,
         retry_after: float | None = None,
         reasons: dict[str, str] | None = None,
+        refusals: tuple[Refusal, ...] = (),
     ) -> None:
         super().__init__(message)
         self.retry_at = retry_at
         self.retry_after = retry_after
         self.reasons = dict(reasons or {})
+        self.refusals = tuple(refusals)
 
 
 class UnknownModel(RoutingError):
@@ -159,9 +163,13 @@ class UnknownProvider(RoutingError):
 
 
 class BudgetExceeded(RoutingError):
-    def __init__(self, message: str, *, budget: str) -> None:
+    """A hard budget would be overspent. `budget` is its id ("global", "provider:openai", "key:k1");
+    `refusals` the typed budget refusals the request met (the first names `budget`)."""
+
+    def __init__(self, message: str, *, budget: str, refusals: tuple[Refusal, ...] = ()) -> None:
         super().__init__(message)
         self.budget = budget
+        self.refusals = tuple(refusals)
 
 
 class InvalidRequest(ApiKeyRouterError):

@@ -211,6 +211,7 @@ class ResponseMetadata:
     decision_id: str
     decision: Any = None  # a RoutingDecision; typed loosely to keep this module dependency-free
     request_id: str = ""
+    client: str | None = None  # who sent the request (the proxy's client token id), for attribution
 
 
 @attrs.frozen

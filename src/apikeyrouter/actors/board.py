@@ -24,7 +24,6 @@ class SnapshotBoard:
         self.providers: dict[str, ProviderSnapshot] = {}
         self._dirty: set[str] = set()
         self._removed: set[str] = set()
-        self.provider_version = 0
         self._changed: trio.Event | None = None
 
     async def wait_changed(self) -> None:
@@ -54,7 +53,6 @@ class SnapshotBoard:
         self.providers[snapshot.id] = snapshot
         if previous is None or previous.degraded != snapshot.degraded:
             # Provider health feeds every one of its keys' scores: mark them for re-indexing.
-            self.provider_version += 1
             self._dirty.update(k for k, s in self.keys.items() if s.provider == snapshot.id)
 
     def drain(self) -> tuple[set[str], set[str]]:

@@ -16,8 +16,9 @@ import trio
 
 from apikeyrouter.actors.base import Actor
 from apikeyrouter.domain import budget
-from apikeyrouter.domain.budget import BudgetOverrun, BudgetSpec, Ledger
-from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, SetBudget, SetBudgets
+from apikeyrouter.domain.budget import BudgetOverrun, BudgetRefused, BudgetSpec, Ledger
+from apikeyrouter.domain.refusal import Refusal, RefusalKind
+from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, HoldPlaced, SetBudget, SetBudgets
 from apikeyrouter.observe import BudgetOverran, EventBus
 from apikeyrouter.store.memory import StateStore
 
@@ -64,11 +65,11 @@ class BudgetActor(Actor[BudgetCommand]):
     def receive(self, msg: BudgetCommand) -> None:
         now = trio.current_time()
         match msg:
-            case Hold(hold_id=hold_id, budgets=ids, worst_case=amount, reply_to=reply):
+            case Hold(hold_id=hold_id, budgets=ids, worst_case=amount, reply_to=reply, key_id=key_id):
                 ledger, events = budget.reserve(self.ledger, hold_id, ids, amount, now)
                 refused = budget.refusal(events)
                 self._commit(ledger)
-                reply.send(refused.message if refused is not None else None)
+                reply.send(_refusal(key_id, refused) if refused is not None else HoldPlaced(hold_id))
             case Charge(hold_id=hold_id, actual=actual):
                 ledger, events = budget.settle(self.ledger, hold_id, actual, now)
                 for ev in events:
@@ -97,6 +98,18 @@ class BudgetActor(Actor[BudgetCommand]):
         if ledger is not self._ledger:
             self._ledger = ledger
             self._store.save(_STORE_KEY, ledger)
+
+
+def _refusal(key_id: str, refused: BudgetRefused) -> Refusal:
+    """A budget refusal as the request path sees it: which budget, and the amounts behind the no."""
+    detail = {
+        "requested": refused.requested,
+        "available": refused.limit - refused.spent - refused.reserved,
+        "limit": refused.limit,
+        "spent": refused.spent,
+        "reserved": refused.reserved,
+    }
+    return Refusal(key_id, RefusalKind.BUDGET, budget=refused.budget, detail=detail)
 
 
 def month_specs(config: Any) -> list[BudgetSpec]:

@@ -27,6 +27,7 @@ from apikeyrouter.domain.circuit import Breaker, BreakerConfig, BreakerEvent, Br
 from apikeyrouter.domain.failures import DEFAULT_ACTIONS, FailureAction, FailureClass, KeyEffect
 from apikeyrouter.domain.lifecycle import KeyState, Lifecycle, LifecycleEvent, Transition, TransitionRefused
 from apikeyrouter.domain.quota import Capacity, Prediction, Quota, QuotaConfig, QuotaReservation
+from apikeyrouter.domain.refusal import Refusal, RefusalKind
 from apikeyrouter.domain.stats import Stats, StatsConfig
 from apikeyrouter.domain.view import bench_until
 from apikeyrouter.errors import ActorStopped, MailboxFull
@@ -36,11 +37,9 @@ from apikeyrouter.messages.key import (
     KeyCommand,
     Operate,
     Outcome,
-    Refused,
     Release,
     Reserve,
     Settle,
-    Snapshot,
     Wake,
 )
 from apikeyrouter.observe import EventBus, KeyBreakerChanged, KeyTransitioned, event_json, render_wall
@@ -227,7 +226,7 @@ class KeyActor(Actor[KeyCommand]):
         match msg:
             case Reserve():
                 answer = self._reserve(msg)
-                if isinstance(answer, Refused):
+                if isinstance(answer, Refusal):
                     # The router's view was stale (that is why it asked): publish the current one.
                     self._publish(trio.current_time())
                 msg.reply_to.send(answer)
@@ -235,14 +234,12 @@ class KeyActor(Actor[KeyCommand]):
                 self._settle(rid, outcome)
                 if reply is not None:
                     reply.send(None)
-            case Release(reservation_id=rid, reason=reason):
+            case Release(reservation_id=rid, reason=reason, reply_to=reply):
                 self._release(rid, reason)
+                if reply is not None:
+                    reply.send(None)
             case Operate():
                 msg.reply_to.send(self._operate(msg))
-            case Snapshot(reply_to=reply):
-                now = trio.current_time()
-                self._publish(now)
-                reply.send(self._board.keys[self.key_id])
             case Wake():
                 self._wake()
             case InjectCrash(reason=reason):
@@ -250,7 +247,7 @@ class KeyActor(Actor[KeyCommand]):
             case _:
                 assert_never(msg)
 
-    def _reserve(self, req: Reserve) -> Granted | Refused:
+    def _reserve(self, req: Reserve) -> Granted | Refusal:
         now = trio.current_time()
         rec = self.record
         self._expire_leases(now)
@@ -258,36 +255,44 @@ class KeyActor(Actor[KeyCommand]):
         if lc_events:
             self._commit(now, lifecycle_=lc, lc_events=lc_events)
             rec = self.record
-        if lc.state is not KeyState.ACTIVE:
-            return Refused(self.key_id, self._lifecycle_reason(lc), lc.available_at(now))
-        cfg = self.config
-        if cfg.models and req.model not in cfg.models:
-            return Refused(self.key_id, f"does not serve model {req.model}")
-        if cfg.max_in_flight is not None and len(self._leases) >= cfg.max_in_flight:
-            return Refused(self.key_id, f"in-flight limit {cfg.max_in_flight} reached", busy=True)
-        refusal = quota.can_reserve(rec.quota, req.tokens, now)
+        refusal = self._refusal(req, lc, now)
         if refusal is not None:
-            return Refused(self.key_id, f"{refusal.window}: {refusal.reason}", refusal.retry_at)
+            return refusal
+        cfg = self.config
         breaker, admitted, b_events = circuit.try_acquire(rec.breaker, cfg.breaker, now)
         if not admitted:
             self._commit(now, breaker=breaker, b_events=b_events)
-            reason = (
-                f"breaker open until {self._wall(breaker.open_until)}"
-                if breaker.state is BreakerState.OPEN
-                else "breaker half-open: its one probe is in flight"
-            )
-            retry = breaker.open_until if breaker.state is BreakerState.OPEN else breaker.probe_deadline
-            return Refused(self.key_id, reason, retry)
+            is_open = breaker.state is BreakerState.OPEN
+            retry = breaker.open_until if is_open else breaker.probe_deadline
+            state = "open" if is_open else "half_open"
+            return Refusal(self.key_id, RefusalKind.BREAKER, retry, detail={"state": state})
         q, reservation = quota.reserve(rec.quota, req.tokens, now)
         if not isinstance(reservation, QuotaReservation):  # can_reserve said yes a moment ago
-            return Refused(self.key_id, reservation.reason, reservation.retry_at)
+            return self._quota_refusal(reservation)
         probe = breaker.probe_id if breaker.state is BreakerState.HALF_OPEN else None
         self._next_id += 1
         rid = self._next_id
         self._leases[rid] = _Lease(reservation, probe, req.worst_case_cost, req.lease_until, req.request_id)
         self._reserved_cost += req.worst_case_cost
         self._commit(now, quota_=q, breaker=breaker, b_events=b_events)
-        return Granted(self.key_id, rid, rec.secret, probe)
+        return Granted(self.key_id, rid, rec.secret, probe, confirm_settle=cfg.max_in_flight is not None)
+
+    def _refusal(self, req: Reserve, lc: Lifecycle, now: float) -> Refusal | None:
+        """The first reason this key cannot take `req` now, short of the breaker (which may admit a probe)."""
+        cfg = self.config
+        if lc.state is not KeyState.ACTIVE:
+            detail = {"state": lc.state.value, "reason": lc.reason}
+            return Refusal(self.key_id, RefusalKind.LIFECYCLE, lc.available_at(now), detail=detail)
+        if cfg.models and req.model not in cfg.models:
+            return Refusal(self.key_id, RefusalKind.MODEL, detail={"model": req.model})
+        if cfg.max_in_flight is not None and len(self._leases) >= cfg.max_in_flight:
+            return Refusal(self.key_id, RefusalKind.IN_FLIGHT, busy=True, detail={"limit": cfg.max_in_flight})
+        refused = quota.can_reserve(self.record.quota, req.tokens, now)
+        return self._quota_refusal(refused) if refused is not None else None
+
+    def _quota_refusal(self, refused: quota.QuotaRefusal) -> Refusal:
+        detail = {"window": refused.window, "reason": refused.reason}
+        return Refusal(self.key_id, RefusalKind.QUOTA, refused.retry_at, detail=detail)
 
     def _settle(self, rid: int, outcome: Outcome) -> None:
         lease = self._leases.pop(rid, None)
@@ -494,11 +499,6 @@ class KeyActor(Actor[KeyCommand]):
         lc, lc_events = lifecycle.effective(rec.lifecycle, now)
         breaker, b_events = circuit.effective(rec.breaker, self.config.breaker, now)
         self._commit(now, lifecycle_=lc, lc_events=lc_events, breaker=breaker, b_events=b_events)
-
-    def _lifecycle_reason(self, lc: Lifecycle) -> str:
-        if lc.state.timed and lc.until is not None:
-            return f"{lc.state.value} until {self._wall(lc.until)} ({lc.reason})"
-        return f"{lc.state.value} ({lc.reason})" if lc.reason else lc.state.value
 
     def _wall(self, t: float | None) -> str:
         return "?" if t is None else render_wall(t, self._wall_offset)

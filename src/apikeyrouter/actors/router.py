@@ -23,10 +23,11 @@ from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.key import KeySnapshot
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.index import KeyIndex
+from apikeyrouter.domain.refusal import Refusal, describe
 from apikeyrouter.domain.scoring import KeyView, ScoringConfig, Weights, score, weights_for
 from apikeyrouter.domain.view import key_view
 from apikeyrouter.domain.walltime import render_wall
-from apikeyrouter.messages.router import Decide, GetDecision, RecentDecisions, RouterCommand
+from apikeyrouter.messages.router import Decide, RouterCommand
 from apikeyrouter.observe import EventBus
 
 __all__ = ["Candidate", "RouterActor", "RoutingDecision"]
@@ -68,7 +69,7 @@ class RoutingDecision:
     retry_at: float | None  # no candidate: when one may recover by itself (None: never / unknown)
     serving: int  # keys that serve the model at all
     wall_offset: float = attrs.field(default=0.0, repr=False, eq=False)
-    notes: tuple[str, ...] = ()  # added after the decision (e.g. keys that refused at reservation)
+    refused: tuple[Refusal, ...] = ()  # added after the decision: keys that refused when asked to reserve
 
     @functools.cached_property
     def explanation(self) -> str:
@@ -91,7 +92,9 @@ class RoutingDecision:
             more = self.excluded_total - len(self.excluded)
             tail = f" (+{more} more)" if more > 0 else ""
             parts.append("excluded: " + "; ".join(self.excluded.values()) + tail)
-        parts.extend(self.notes)
+        if self.refused:
+            # The decision ranked on snapshots; say which keys refused when asked to reserve.
+            parts.append("refused at reservation: " + "; ".join(describe(r, self.wall_offset) for r in self.refused))
         return ". ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -216,10 +219,6 @@ class RouterActor(Actor[RouterCommand]):
         match msg:
             case Decide():
                 msg.reply_to.send(self.decide(msg))
-            case GetDecision(decision_id=did, reply_to=reply):
-                reply.send(self._decisions.get(did))
-            case RecentDecisions(limit=limit, reply_to=reply):
-                reply.send(self.recent(limit))
             case _:
                 assert_never(msg)
 

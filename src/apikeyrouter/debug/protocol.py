@@ -26,8 +26,8 @@ import attrs
 import trio
 
 from apikeyrouter.actors.base import TreeNode
-from apikeyrouter.api import tree_to_json
 from apikeyrouter.domain.walltime import render_wall
+from apikeyrouter.runtime.views import tree_to_json
 
 __all__ = [
     "MAX_LINE",

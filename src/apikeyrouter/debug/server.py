@@ -1,8 +1,8 @@
 """`DebugServer`: the debug channel, an actor serving newline-delimited JSON on a Unix socket.
 
 It runs as a child of the supervision tree (`ChildSpec("debug", lambda: DebugServer(router, path))`) or
-on its own (`open_debug_channel`). Its mailbox only answers `GetDebugStatus`; connections are served by
-tasks in the actor's nursery, so nothing a client does ever reaches the receive loop.
+on its own (`open_debug_channel`). Its mailbox takes no messages (its counters are its state summary);
+connections are served by tasks in the actor's nursery, so nothing a client does reaches a receive loop.
 
 A client can never hold up the router or a key actor:
 - answers are built from synchronous reads of published snapshots (`RouterAPI.keys()`, `tree()`, ...);
@@ -27,14 +27,13 @@ import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, assert_never
+from typing import Any, Never, assert_never
 
 import attrs
 import structlog
 import trio
 
 from apikeyrouter.actors.base import Actor, ActorRef
-from apikeyrouter.api import RouterAPI, tree_to_json
 from apikeyrouter.debug.paths import SOCKET_PATH_MAX, default_socket_path, ensure_socket_dir, probe_socket
 from apikeyrouter.debug.protocol import (
     MAX_LINE,
@@ -50,8 +49,10 @@ from apikeyrouter.debug.protocol import (
 )
 from apikeyrouter.debug.requests import BadArgument, BadRequest, Request, int_arg, parse_request, str_arg, strs_arg
 from apikeyrouter.errors import DebugChannelError, DebugSocketInUse, UnknownKey
-from apikeyrouter.messages.debug import DebugCommand, DebugServerStatus, GetDebugStatus
+from apikeyrouter.messages.debug import DebugServerStatus
 from apikeyrouter.observe import KINDS, SubscriberLagged, event_json, unknown_kinds
+from apikeyrouter.runtime.api import RouterAPI
+from apikeyrouter.runtime.views import tree_to_json
 
 __all__ = ["OPS", "DebugServer", "open_debug_channel"]
 
@@ -73,7 +74,7 @@ OPS: dict[str, str] = {
 }
 
 
-class DebugServer(Actor[DebugCommand]):
+class DebugServer(Actor[Never]):
     kind = "debug"
 
     def __init__(
@@ -180,7 +181,7 @@ class DebugServer(Actor[DebugCommand]):
 
     # -- actor ----------------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[ActorRef[DebugCommand]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[ActorRef[Never]] = trio.TASK_STATUS_IGNORED) -> None:
         # Bound outside the actor's nursery so a bind error reaches the starter as itself, not in a group.
         self.bind()
         try:
@@ -196,12 +197,8 @@ class DebugServer(Actor[DebugCommand]):
         # run forever. Subscribers see the connection end.
         self.nursery.cancel_scope.cancel(reason=f"debug server {self.name} stopping")
 
-    def receive(self, msg: DebugCommand) -> None:
-        match msg:
-            case GetDebugStatus(reply_to=reply):
-                reply.send(self.server_status())
-            case _:
-                assert_never(msg)
+    def receive(self, msg: Never) -> None:
+        assert_never(msg)  # no messages: the status is the state summary
 
     def state_summary(self) -> DebugServerStatus:
         return self.server_status()

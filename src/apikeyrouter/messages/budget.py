@@ -8,18 +8,26 @@ import attrs
 
 from apikeyrouter.actors.base import Reply
 from apikeyrouter.domain.budget import BudgetSpec
+from apikeyrouter.domain.refusal import Refusal
 
-__all__ = ["BudgetCommand", "Charge", "Free", "Hold", "SetBudget", "SetBudgets"]
+__all__ = ["BudgetCommand", "Charge", "Free", "Hold", "HoldPlaced", "SetBudget", "SetBudgets"]
 
 
 @attrs.frozen
 class Hold:
-    """Reply: None when held on every budget, else the refusal's message."""
+    """Reply: `HoldPlaced` when held on every budget, else a `Refusal` (kind budget) naming the budget
+    that would be overspent. `key_id`: the key the request would use (carried into the refusal)."""
 
     hold_id: str
     budgets: tuple[str, ...]
     worst_case: Decimal
-    reply_to: Reply[str | None]
+    reply_to: Reply[HoldPlaced | Refusal]
+    key_id: str = ""
+
+
+@attrs.frozen
+class HoldPlaced:
+    hold_id: str
 
 
 @attrs.frozen

@@ -1,12 +1,11 @@
-"""The debug server's protocol: what its mailbox receives (connections are served by its own tasks)."""
+"""The debug server's status value. Its mailbox takes no messages (connections are served by its own
+tasks); the status is its `state_summary`, read from the tree."""
 
 from __future__ import annotations
 
 import attrs
 
-from apikeyrouter.actors.base import Reply
-
-__all__ = ["DebugCommand", "DebugServerStatus", "GetDebugStatus"]
+__all__ = ["DebugServerStatus"]
 
 
 @attrs.frozen
@@ -21,11 +20,3 @@ class DebugServerStatus:
     requests_total: int
     refused_busy: int
     dropped_slow: int
-
-
-@attrs.frozen
-class GetDebugStatus:
-    reply_to: Reply[DebugServerStatus]
-
-
-DebugCommand = GetDebugStatus

@@ -1,20 +1,18 @@
-"""KeyActor protocol: reserve / settle / release a request's share of a key, operator commands, snapshots."""
+"""KeyActor protocol: reserve / settle / release a request's share of a key, operator commands."""
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import attrs
 
 from apikeyrouter.actors.base import Reply
 from apikeyrouter.adapters.base import QuotaSignal
 from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.domain.refusal import Refusal
 from apikeyrouter.intent import Usage
 from apikeyrouter.secret import Secret
-
-if TYPE_CHECKING:
-    from apikeyrouter.actors.key import KeySnapshot
 
 __all__ = [
     "Granted",
@@ -22,25 +20,24 @@ __all__ = [
     "KeyCommand",
     "Operate",
     "Outcome",
-    "Refused",
     "Release",
     "Reserve",
     "Settle",
-    "Snapshot",
     "Wake",
 ]
 
 
 @attrs.frozen
 class Reserve:
-    """Ask for an in-flight slot, `tokens` of quota and `worst_case_cost` of budget, until `lease_until`."""
+    """Ask for an in-flight slot, `tokens` of quota and `worst_case_cost` of budget, until `lease_until`.
+    Answered with `Granted` or a `Refusal` (the key's state moved on since the router's snapshot)."""
 
     request_id: str
     model: str
     tokens: int
     worst_case_cost: Decimal
     lease_until: float
-    reply_to: Reply[Granted | Refused]
+    reply_to: Reply[Granted | Refusal]
 
 
 @attrs.frozen
@@ -49,16 +46,9 @@ class Granted:
     reservation_id: int
     secret: Secret  # the key material, handed to the dispatch task for this one call
     probe: int | None  # the half-open probe id, when this call is the breaker's probe
-
-
-@attrs.frozen
-class Refused:
-    """The key's state changed since the router's snapshot; take the next candidate."""
-
-    key_id: str
-    reason: str
-    retry_at: float | None = None
-    busy: bool = False  # at its in-flight limit: frees when a call ends, at no known time
+    # The key has an in-flight limit: settle with an ask (`Settle.reply_to`), so the caller's next request
+    # is decided on the key with this call's slot free again. Other keys are settled with a tell.
+    confirm_settle: bool = False
 
 
 @attrs.frozen
@@ -88,10 +78,12 @@ class Settle:
 
 @attrs.frozen
 class Release:
-    """The call never produced an outcome (the caller was cancelled before sending, or gave up)."""
+    """The call never produced an outcome (the caller was cancelled before sending, or gave up).
+    `reply_to`, when given, is answered once the reservation is given back (as for `Settle`)."""
 
     reservation_id: int
     reason: str = "cancelled"
+    reply_to: Reply[None] | None = None
 
 
 @attrs.frozen
@@ -102,11 +94,6 @@ class Operate:
     reason: str
     reply_to: Reply[str | None]
     secret: Secret | None = None
-
-
-@attrs.frozen
-class Snapshot:
-    reply_to: Reply[KeySnapshot]
 
 
 @attrs.frozen
@@ -121,4 +108,4 @@ class InjectCrash:
     reason: str = "injected crash"
 
 
-KeyCommand = Reserve | Settle | Release | Operate | Snapshot | Wake | InjectCrash
+KeyCommand = Reserve | Settle | Release | Operate | Wake | InjectCrash

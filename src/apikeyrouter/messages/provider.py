@@ -1,23 +1,22 @@
-"""ProviderActor protocol. Upstream calls are not messages: they run as tasks in the provider's own
-nursery, started by `ProviderActor.complete` / `ProviderActor.stream` (see actors/provider.py)."""
+"""ProviderActor protocol. Upstream calls are not messages: the caller runs them in its own task on a
+client leased from the actor (`ProviderActor.lease`), then tells the actor how the call ended."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import attrs
 
-from apikeyrouter.actors.base import Reply
+from apikeyrouter.domain.failures import FailureClass
 
-if TYPE_CHECKING:
-    from apikeyrouter.actors.provider import ProviderSnapshot
-
-__all__ = ["GetProviderSnapshot", "ProviderCommand"]
+__all__ = ["CallEnded", "ProviderCommand"]
 
 
 @attrs.frozen
-class GetProviderSnapshot:
-    reply_to: Reply[ProviderSnapshot]
+class CallEnded:
+    """One upstream call of `key_id` ended: `failure` None is a success. Feeds the provider's health."""
+
+    key_id: str
+    failure: FailureClass | None
+    latency_s: float
 
 
-ProviderCommand = GetProviderSnapshot
+ProviderCommand = CallEnded

@@ -1,4 +1,5 @@
-"""RouterActor protocol: decisions, and reading back past decisions."""
+"""RouterActor protocol: decisions. Past decisions are read from the actor's retained frozen values
+(`RouterActor.recent` / `lookup`), not through its mailbox."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from apikeyrouter.domain.scoring import Weights
 if TYPE_CHECKING:
     from apikeyrouter.actors.router import RoutingDecision
 
-__all__ = ["Decide", "GetDecision", "RecentDecisions", "RouterCommand"]
+__all__ = ["Decide", "RouterCommand"]
 
 
 @attrs.frozen
@@ -27,16 +28,4 @@ class Decide:
     k: int = 3
 
 
-@attrs.frozen
-class GetDecision:
-    decision_id: str
-    reply_to: Reply[RoutingDecision | None]
-
-
-@attrs.frozen
-class RecentDecisions:
-    limit: int
-    reply_to: Reply[list[RoutingDecision]]
-
-
-RouterCommand = Decide | GetDecision | RecentDecisions
+RouterCommand = Decide

@@ -105,6 +105,7 @@ class RequestAttempted:
     failure: FailureClass | None
     latency_s: float
     at: float
+    client: str | None = None  # the caller's client id (never its token), when it gave one
 
 
 @attrs.frozen
@@ -236,6 +237,7 @@ def _fields(event: Event, off: float) -> dict[str, Any]:
         case RequestAttempted():
             return {
                 "request_id": event.request_id,
+                "client": event.client,
                 "key": event.key,
                 "provider": event.provider,
                 "attempt": event.attempt,

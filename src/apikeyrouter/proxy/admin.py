@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from apikeyrouter.api import APIKey, RouterAPI, tree_to_json
 from apikeyrouter.proxy._http import HTTPError
+from apikeyrouter.runtime.api import APIKey, RouterAPI
+from apikeyrouter.runtime.views import tree_to_json
 from apikeyrouter.secret import secret_problem
 
 __all__ = ["AdminAPI"]

@@ -23,7 +23,6 @@ from typing import Any
 import structlog
 import trio
 
-from apikeyrouter.api import RouterAPI
 from apikeyrouter.errors import UpstreamError
 from apikeyrouter.intent import RequestIntent, Usage
 from apikeyrouter.observe import RequestAttempted
@@ -47,6 +46,7 @@ from apikeyrouter.proxy._http import (
 )
 from apikeyrouter.proxy._openai import DONE_EVENT, chunk_event, completion_json, error_event, models_json, usage_event
 from apikeyrouter.proxy.admin import AdminAPI
+from apikeyrouter.runtime.api import RouterAPI
 from apikeyrouter.secret import Secret
 
 __all__ = ["ProxyApp"]

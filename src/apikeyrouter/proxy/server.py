@@ -17,7 +17,7 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, assert_never
+from typing import Any, Never, assert_never
 
 import attrs
 import structlog
@@ -27,7 +27,6 @@ from hypercorn.trio import serve
 
 from apikeyrouter.actors.base import Actor
 from apikeyrouter.errors import ConfigError
-from apikeyrouter.messages.proxy import GetListening, ProxyCommand
 from apikeyrouter.proxy.app import ProxyApp
 
 __all__ = ["Listening", "ProxyServer", "hypercorn_config", "is_loopback", "serve_proxy"]
@@ -117,7 +116,7 @@ async def serve_proxy(
         task_status.started(listening)
 
 
-class ProxyServer(Actor[ProxyCommand]):
+class ProxyServer(Actor[Never]):
     """The proxy as a child of the supervision tree. `stop()` is a graceful shutdown.
 
     Give its `ChildSpec` a `shutdown` longer than `grace`, so the supervisor lets the drain finish.
@@ -160,13 +159,8 @@ class ProxyServer(Actor[ProxyCommand]):
         if not self._shutdown.is_set():
             raise RuntimeError(f"proxy server on {self.listening} stopped without being asked to")
 
-    def receive(self, msg: ProxyCommand) -> None:
-        match msg:
-            case GetListening(reply_to=reply):
-                assert self.listening is not None  # set before the ref is handed out
-                reply.send(self.listening)
-            case _:
-                assert_never(msg)
+    def receive(self, msg: Never) -> None:
+        assert_never(msg)  # no messages: where it listens is `listening` (also its state summary)
 
     async def post_stop(self) -> None:
         # The serving task is in this actor's nursery: the actor finishes when the drain does.

@@ -1,7 +1,7 @@
 """The surface the proxy and the debug channel use to talk to a running router.
 
-`ApiKeyRouter` implements `RouterAPI`. Keeping the proxy and the debug channel behind this protocol
-lets them be tested against a small fake, and keeps the JSON shapes in one place:
+`ApiKeyRouter` implements `RouterAPI`. Keeping the proxy and the debug channel behind this protocol lets
+them be tested against a small fake. The JSON shapes (built once, in runtime/views.py):
 
 key entry (`keys()` items, `/state`, `/keys`, debug `keys`):
     {"id", "provider", "fingerprint", "lifecycle", "lifecycle_until", "lifecycle_reason",
@@ -30,7 +30,7 @@ from apikeyrouter.actors.base import TreeNode
 from apikeyrouter.intent import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse
 from apikeyrouter.observe import EventBus
 
-__all__ = ["APIKey", "RoutedStream", "RouterAPI", "tree_to_json"]
+__all__ = ["APIKey", "RoutedStream", "RouterAPI"]
 
 
 @attrs.frozen
@@ -52,7 +52,8 @@ class RoutedStream(Protocol):
 
 
 class RouterAPI(Protocol):
-    events: EventBus
+    @property
+    def events(self) -> EventBus: ...
 
     async def route(
         self,
@@ -104,18 +105,3 @@ class RouterAPI(Protocol):
     async def rotate_key(self, key_id: str, new_secret: str) -> None: ...
 
     async def update_key_state(self, key_id: str, state: str, reason: str = "") -> None: ...
-
-
-def tree_to_json(node: TreeNode) -> dict[str, Any]:
-    mailbox = (
-        {"depth": node.mailbox_depth, "capacity": node.mailbox_capacity} if node.mailbox_capacity is not None else None
-    )
-    return {
-        "name": node.name,
-        "kind": node.kind,
-        "status": node.status,
-        "restarts": node.restarts,
-        "mailbox": mailbox,
-        "last_crash": node.last_crash,
-        "children": [tree_to_json(c) for c in node.children],
-    }

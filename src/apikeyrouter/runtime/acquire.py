@@ -1,0 +1,283 @@
+"""The acquire step of a request: decide, hold the budget, reserve the key; or wait for one; or say why not.
+
+`acquire` asks the router actor for a decision and walks its candidates: hold the worst-case cost on every
+budget that applies, then ask the key to reserve. A key (or a budget) may refuse: its typed `Refusal` is
+collected on the request and the next candidate is tried; when every candidate refused, the router
+decides again without them. With no candidate left, the request waits for the earliest recovery (or for
+a busy key to free a slot) within its deadline, or raises `UnknownModel`, `BudgetExceeded`,
+`NoKeyAvailable` or its last upstream error. What a grant holds is a `Held`: exactly one of `settle` or
+`release` gives it back, and leaving `async with held:` without either releases it, whatever raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from decimal import Decimal
+from types import TracebackType
+
+import attrs
+import structlog
+import trio
+
+from apikeyrouter.actors.base import Reply
+from apikeyrouter.actors.router import Candidate, RoutingDecision
+from apikeyrouter.adapters.base import CostEstimate, ProviderAdapter
+from apikeyrouter.domain.refusal import Refusal, RefusalKind, describe, explain
+from apikeyrouter.domain.scoring import Weights, render_time
+from apikeyrouter.errors import (
+    ActorError,
+    BudgetExceeded,
+    NoKeyAvailable,
+    RouterNotRunning,
+    UnknownKey,
+    UnknownModel,
+    UnknownProvider,
+    UpstreamError,
+)
+from apikeyrouter.intent import RequestIntent
+from apikeyrouter.messages.budget import Charge, Free, Hold, HoldPlaced
+from apikeyrouter.messages.key import Granted, Outcome, Release, Reserve, Settle
+from apikeyrouter.messages.router import Decide
+from apikeyrouter.runtime.asks import GRACE, ask_bounded, tell_bounded
+from apikeyrouter.runtime.deps import Deps
+
+__all__ = ["Held", "Request", "acquire"]
+
+log = structlog.get_logger("apikeyrouter.request")
+
+_MAX_CHANGE_WAITS = 200  # bounded: a request never spins on keys that keep refusing
+_GONE = (ActorError, UnknownKey, UnknownProvider, RouterNotRunning)  # the actor took what it held with it
+
+
+@attrs.define(eq=False)
+class Request:
+    """One request across its attempts. `tried`: keys that failed upstream for it; `refused`: keys (or
+    their budgets) that refused since this acquire began or last waited, by key."""
+
+    id: str
+    intent: RequestIntent
+    objective: str | Weights
+    client: str | None
+    lease_s: float
+    start: float
+    attempts: int = 0
+    last_error: UpstreamError | None = None
+    tried: set[str] = attrs.Factory(set)
+    refused: dict[str, Refusal] = attrs.Factory(dict)
+    estimates: dict[str, CostEstimate] = attrs.Factory(dict)
+    change_waits: int = 0
+
+    def estimate(self, provider: str, adapter: ProviderAdapter) -> CostEstimate:
+        est = self.estimates.get(provider)
+        if est is None:  # tokenizing is the costly part: once per provider, not per candidate
+            est = self.estimates[provider] = adapter.estimate(self.intent)
+        return est
+
+
+class Held:
+    """One granted attempt: the key's reservation and, with budgets, the budget hold."""
+
+    __slots__ = ("_deps", "_open", "adapter", "decision", "grant", "hold_id", "key_id", "provider", "started")
+
+    def __init__(
+        self,
+        deps: Deps,
+        grant: Granted,
+        provider: str,
+        adapter: ProviderAdapter,
+        decision: RoutingDecision,
+        hold_id: str | None,
+    ) -> None:
+        self._deps = deps
+        self._open = True
+        self.grant = grant
+        self.key_id = grant.key_id
+        self.provider = provider
+        self.adapter = adapter
+        self.decision = decision
+        self.hold_id = hold_id
+        self.started = trio.current_time()
+
+    async def __aenter__(self) -> Held:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._open:
+            await self.release("cancelled" if isinstance(exc, trio.Cancelled) else "error")
+
+    async def settle(self, outcome: Outcome, charge: Decimal | None) -> None:
+        """Charge `charge` (None: free the hold) and hand the outcome to the key. Returns once the outcome
+        is in the key's mailbox; for a key with an in-flight limit, once the key has applied it."""
+        self._open = False
+        await unhold(self._deps, self.hold_id, charge)
+        try:
+            ref = self._deps.key_ref(self.key_id)
+            if self.grant.confirm_settle:
+                rid = self.grant.reservation_id
+                await ask_bounded(ref, lambda r: Settle(rid, outcome, r))
+            else:
+                await tell_bounded(ref, Settle(self.grant.reservation_id, outcome))
+        except _GONE:
+            pass
+
+    async def release(self, reason: str) -> None:
+        """The call produced no outcome: free the hold and give the reservation back."""
+        self._open = False
+        await unhold(self._deps, self.hold_id, None)
+        rid = self.grant.reservation_id
+        with contextlib.suppress(*_GONE):
+            ref = self._deps.key_ref(self.key_id)
+            if self.grant.confirm_settle:  # as for settle: the next request finds the slot free
+                await ask_bounded(ref, lambda r: Release(rid, reason, r))
+            else:
+                await tell_bounded(ref, Release(rid, reason))
+
+
+async def unhold(deps: Deps, hold_id: str | None, charge: Decimal | None) -> None:
+    """Charge the actual cost of a hold, or free it (`charge` None). Never raises for a gone actor."""
+    if hold_id is None:
+        return
+    with contextlib.suppress(*_GONE):
+        await tell_bounded(deps.budget_ref(), Free(hold_id) if charge is None else Charge(hold_id, charge))
+
+
+async def acquire(deps: Deps, req: Request) -> Held:
+    """Decide and reserve: the granted attempt, after waiting for a recovery if need be; or raises."""
+    req.refused.clear()
+    req.change_waits = 0
+    while True:
+        exclude = frozenset(req.tried | req.refused.keys())
+        model, objective = req.intent.model, req.objective
+        decision: RoutingDecision = await deps.router_ref().ask(
+            lambda r: Decide(req.id, model, objective, exclude, r)  # noqa: B023
+        )
+        for cand in decision.candidates:
+            got = await _take(deps, req, cand, decision)
+            if isinstance(got, Held):
+                return got
+            req.refused[cand.key_id] = got
+            log.debug("reserve_refused", request_id=req.id, key=cand.key_id, kind=got.kind.value)
+        if not decision.candidates:  # else every candidate refused: decide again without them
+            await _no_candidate(deps, req, decision)
+
+
+async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDecision) -> Held | Refusal:
+    """Hold the budget, then reserve the key: the grant, or the first refusal met."""
+    adapter = deps.adapter(cand.provider)
+    if adapter is None:  # its provider was removed (a reload) since the snapshot
+        return _unavailable(cand.key_id, f"provider {cand.provider} removed")
+    est = req.estimate(cand.provider, adapter)
+    hold_id: str | None = None
+    if deps.budgets_enabled:
+        hold_id = f"{req.id}:{deps.next_id()}"
+        refusal = await _hold(deps, hold_id, cand, est.worst_case_cost)
+        if refusal is not None:
+            return refusal
+    try:
+        reply = await _reserve(deps, req, cand.key_id, est)
+    except BaseException:
+        await unhold(deps, hold_id, None)
+        raise
+    if isinstance(reply, Refusal):
+        await unhold(deps, hold_id, None)
+        return reply
+    if req.refused:
+        decision = attrs.evolve(decision, refused=tuple(req.refused.values()))
+    return Held(deps, reply, cand.provider, adapter, decision, hold_id)
+
+
+async def _hold(deps: Deps, hold_id: str, cand: Candidate, amount: Decimal) -> Refusal | None:
+    """Hold `amount` on every budget that applies: None when held. Fails closed: a hard budget is
+    never overspent because its keeper was restarting."""
+    ids = ("global", f"provider:{cand.provider}", f"key:{cand.key_id}")
+
+    def make(reply: Reply[HoldPlaced | Refusal]) -> Hold:
+        return Hold(hold_id, ids, amount, reply, cand.key_id)
+
+    try:
+        ref = deps.budget_ref()
+        answer = await ask_bounded(ref, make)
+    except (ActorError, RouterNotRunning) as exc:
+        return _unavailable(cand.key_id, f"budgets: {exc}", budget="budgets")
+    if answer is None:
+        await tell_bounded(ref, Free(hold_id))  # in case the hold lands after we stopped waiting
+        return _unavailable(cand.key_id, f"budgets did not answer within {GRACE:g} s", budget="budgets")
+    return answer if isinstance(answer, Refusal) else None
+
+
+async def _reserve(deps: Deps, req: Request, key_id: str, est: CostEstimate) -> Granted | Refusal:
+    now = trio.current_time()
+    lease_until = min(trio.current_effective_deadline(), now + req.lease_s) + 5.0
+    tokens = est.input_tokens + est.max_output_tokens
+
+    def make(reply: Reply[Granted | Refusal]) -> Reserve:
+        return Reserve(req.id, req.intent.model, tokens, est.worst_case_cost, lease_until, reply)
+
+    try:
+        ref = deps.key_ref(key_id)
+        reply = await ask_bounded(ref, make)
+    except (ActorError, UnknownKey, UnknownProvider) as exc:
+        return _unavailable(key_id, str(exc))
+    if reply is None:  # the key did not answer in time; a late grant expires with its lease
+        return _unavailable(key_id, f"did not answer within {GRACE:g} s")
+    return reply
+
+
+def _unavailable(key_id: str, error: str, *, budget: str | None = None) -> Refusal:
+    return Refusal(key_id, RefusalKind.UNAVAILABLE, budget=budget, detail={"error": error})
+
+
+async def _no_candidate(deps: Deps, req: Request, decision: RoutingDecision) -> None:
+    """No key left in this decision: wait for one to recover (the caller then decides again), or raise."""
+    routing = deps.routing
+    if decision.serving == 0:
+        raise UnknownModel(req.intent.model)
+    budgets = [r for r in req.refused.values() if r.budget is not None]
+    if budgets and req.last_error is None:
+        text = "; ".join(dict.fromkeys(explain(r, deps.wall_offset) for r in budgets))
+        raise BudgetExceeded(text, budget=budgets[0].budget or "", refusals=tuple(budgets))
+    if req.last_error is not None and req.attempts >= routing.max_attempts:
+        raise req.last_error
+    now = trio.current_time()
+    deadline = trio.current_effective_deadline()
+    # Without a deadline, never wait longer than max_wait for a key to come back.
+    horizon = deadline if deadline != math.inf else now + routing.max_wait
+    times = [t for t in (decision.retry_at, *(r.retry_at for r in req.refused.values())) if t is not None and t > now]
+    retry_at = min(times) if times else None
+    may_wait = routing.wait_for_reset and req.attempts < routing.max_attempts
+    if may_wait and retry_at is not None and retry_at <= horizon:
+        log.info("waiting_for_key", request_id=req.id, until=render_time(retry_at, deps.wall_offset))
+        await trio.sleep_until(retry_at)
+        req.tried.clear()
+        req.refused.clear()
+        return
+    busy = any(r.busy for r in req.refused.values()) or dict(decision.excluded_by_kind).get("in_flight", 0) > 0
+    if may_wait and busy and horizon > now and req.change_waits < _MAX_CHANGE_WAITS:
+        # Keys at their in-flight limit free up without a known time: wait for the next published
+        # change, within the deadline (bounded, so keys that keep refusing cannot make this spin).
+        req.change_waits += 1
+        with trio.move_on_at(min(horizon, now + 1.0)):
+            await deps.board.wait_changed()
+        req.refused = {k: r for k, r in req.refused.items() if not r.busy}
+        return
+    if req.last_error is not None:
+        raise req.last_error
+    raise _no_key(deps, req, decision, retry_at, now)
+
+
+def _no_key(deps: Deps, req: Request, decision: RoutingDecision, retry_at: float | None, now: float) -> NoKeyAvailable:
+    offset = deps.wall_offset
+    when = "" if retry_at is None else f"; the earliest key recovers at {render_time(retry_at, offset)}"
+    reasons = dict(decision.excluded)
+    for key_id, refusal in req.refused.items():
+        reasons[key_id] = describe(refusal, offset)
+    return NoKeyAvailable(
+        f"no key can serve {req.intent.model} before the deadline{when}",
+        retry_at=retry_at,
+        retry_after=None if retry_at is None else max(0.0, retry_at - now),
+        reasons=reasons,
+        refusals=tuple(req.refused.values()),
+    )

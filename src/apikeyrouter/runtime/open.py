@@ -1,0 +1,338 @@
+"""`open_router` and `ApiKeyRouter`: the embedded router, composed of its parts.
+
+    async with open_router(config) as router:      # or: async with ApiKeyRouter(config) as router:
+        response = await router.route({...})
+
+`open_router` owns a nursery for the supervision tree (tree.py), starts it, registers the providers and
+keys of the config, yields the facade, and stops the tree in reverse order on exit: services (proxy,
+debug) drain first while the router and the keys still serve the requests they let finish. The facade
+composes a `Registry` (providers, keys, operator commands, the actors' refs), a `Pipeline` (the request
+path, given the registry as its explicit dependencies) and the views (views.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from apikeyrouter.actors.base import ActorRef, TreeNode
+from apikeyrouter.actors.board import SnapshotBoard
+from apikeyrouter.actors.router import RouterActor
+from apikeyrouter.adapters.base import ProviderAdapter
+from apikeyrouter.adapters.tokens import warm as warm_tokenizers
+from apikeyrouter.config import RouterConfig, default_config
+from apikeyrouter.domain.scoring import ScoringConfig, Weights
+from apikeyrouter.errors import ActorStopped, RouterNotRunning, UnknownProvider
+from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse
+from apikeyrouter.messages.key import KeyCommand
+from apikeyrouter.observe import EventBus
+from apikeyrouter.runtime import views
+from apikeyrouter.runtime.api import APIKey
+from apikeyrouter.runtime.deps import Routing, parse_objective
+from apikeyrouter.runtime.pipeline import Pipeline, RoutedStreamHandle
+from apikeyrouter.runtime.registry import Registry
+from apikeyrouter.runtime.reload import apply_config
+from apikeyrouter.runtime.tree import root_supervisor
+from apikeyrouter.secret import Secret
+from apikeyrouter.store.memory import MemoryStore, StateStore
+from apikeyrouter.supervisors import ChildSpec
+
+if TYPE_CHECKING:
+    from apikeyrouter.debug.server import DebugServer
+
+__all__ = ["ApiKeyRouter", "open_router"]
+
+Objective = str | Weights | Mapping[str, float] | None
+_NOT_NOW = (ActorStopped, RouterNotRunning, UnknownProvider)  # not running, or that part is restarting
+
+
+class ApiKeyRouter:
+    """Route LLM calls across many keys. Use as `async with open_router(config) as router:` (or
+    `async with ApiKeyRouter(config) as router:`)."""
+
+    def __init__(
+        self,
+        config: RouterConfig | None = None,
+        *,
+        store: StateStore | None = None,
+        objective: Objective = None,
+        max_attempts: int | None = None,
+        events: EventBus | None = None,
+        scoring: ScoringConfig | None = None,
+        max_wait: float = 60.0,
+    ) -> None:
+        """`max_wait`: with no caller deadline, the longest a request waits for a key to recover."""
+        config = config or default_config()
+        routing = config.routing
+        settings = Routing(
+            objective=parse_objective(objective if objective is not None else routing.objective),
+            max_attempts=max_attempts if max_attempts is not None else routing.max_attempts,
+            wait_for_reset=routing.wait_for_reset,
+            max_wait=max_wait,
+        )
+        self._registry = Registry(
+            config,
+            settings,
+            store=store or MemoryStore(),
+            events=events or EventBus(),
+            scoring=scoring or ScoringConfig(),
+        )
+        self._pipeline = Pipeline(self._registry)
+        self._lifetime: AbstractAsyncContextManager[None] | None = None
+
+    # -- lifetime -------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        reg = self._registry
+        if reg.running:
+            raise RuntimeError("this router is already running")
+        # Wall clock only to render times for humans; every rule runs on trio's clock.
+        reg.wall_offset = reg.events.wall_offset
+        root = reg.root = root_supervisor(
+            on_event=reg.on_event,
+            make_budgets=reg.make_budgets,
+            make_router=reg.make_router,
+            grace=reg.config.server.grace_period,
+        )
+        # The tokenizer's tables take ~0.3 s to load: load them off the event loop now, not on the
+        # first request (which would otherwise pay it inside its deadline).
+        await trio.to_thread.run_sync(warm_tokenizers)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(root.run)
+                reg.running = True
+                try:
+                    await reg.load_config()
+                    yield
+                finally:
+                    root.stop()
+        finally:
+            reg.running = False
+
+    async def __aenter__(self) -> ApiKeyRouter:
+        lifetime = self._running()
+        await lifetime.__aenter__()
+        self._lifetime = lifetime
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._lifetime is not None, "ApiKeyRouter exited without being entered"
+        return await self._lifetime.__aexit__(exc_type, exc, tb)
+
+    @property
+    def running(self) -> bool:
+        return self._registry.running
+
+    @property
+    def config(self) -> RouterConfig:
+        return self._registry.config
+
+    @property
+    def events(self) -> EventBus:
+        return self._registry.events
+
+    @property
+    def board(self) -> SnapshotBoard:
+        return self._registry.board
+
+    @property
+    def store(self) -> StateStore:
+        return self._registry.store
+
+    @property
+    def objective(self) -> str | Weights:
+        return self._registry.routing.objective
+
+    @property
+    def max_attempts(self) -> int:
+        return self._registry.routing.max_attempts
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    async def route(
+        self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
+    ) -> SystemResponse:
+        """Send one chat request through the best key now, failing over as needed.
+
+        The deadline is the caller's: wrap the call in `trio.fail_after(...)`. Raises `NoKeyAvailable`,
+        `UnknownModel`, `BudgetExceeded`, `InvalidRequest`, or the last `UpstreamError`. `client` (who
+        sent it) is carried into the response's metadata and the `request.attempt` events.
+        """
+        return await self._pipeline.route(intent, objective=objective, client=client)
+
+    def stream(
+        self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
+    ) -> AbstractAsyncContextManager[RoutedStreamHandle]:
+        """Open a routed stream. Failover happens only before the first chunk is handed over; after it,
+        an upstream failure raises `StreamInterrupted` from the iteration, and the usage seen is settled."""
+        return self._pipeline.stream(intent, objective=objective, client=client)
+
+    async def route_stream(
+        self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
+    ) -> AsyncIterator[StreamChunk]:
+        """`async for chunk in router.route_stream(...)`: the simple form of `stream()`."""
+        async with self.stream(intent, objective=objective, client=client) as handle:
+            async for chunk in handle:
+                yield chunk
+
+    # -- registration and operator commands -----------------------------------------------------------
+
+    async def register_provider(self, provider_id: str, adapter: ProviderAdapter) -> None:
+        await self._registry.register_provider(provider_id, adapter)
+
+    async def remove_provider(self, provider_id: str) -> None:
+        """Stop a provider's subtree (its keys first) and forget it."""
+        await self._registry.remove_provider(provider_id)
+
+    async def register_key(
+        self,
+        secret: str | Secret,
+        provider: str,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        key_id: str | None = None,
+        limits: Mapping[str, int] | None = None,
+        models: list[str] | None = None,
+        max_in_flight: int | None = None,
+        budget: Decimal | None = None,
+    ) -> APIKey:
+        """Add a key at run time; returns its `APIKey` (stable id, fingerprint, never the secret)."""
+        return await self._registry.register_key(
+            secret,
+            provider,
+            metadata,
+            key_id=key_id,
+            limits=limits,
+            models=models,
+            max_in_flight=max_in_flight,
+            budget=budget,
+        )
+
+    async def remove_key(self, key_id: str) -> None:
+        """Stop the key's actor and forget it (its stored record is kept for audit)."""
+        await self._registry.remove_key(key_id)
+
+    async def update_key_state(self, key_id: str, state: str, reason: str = "") -> None:
+        """Operator: `disabled` / `active` (enable) / `revoked`."""
+        await self._registry.update_key_state(key_id, state, reason)
+
+    async def rotate_key(self, key_id: str, new_secret: str | Secret) -> None:
+        await self._registry.rotate_key(key_id, new_secret)
+
+    async def revoke_key(self, key_id: str, reason: str = "revoked by operator") -> None:
+        """No new requests use the key; requests already in flight finish and settle."""
+        await self._registry.operate(key_id, "revoke", reason)
+
+    async def apply_config(self, new: RouterConfig) -> dict[str, list[str]]:
+        """Bring the running router to `new` (a SIGHUP reload); returns what changed, by id."""
+        return await apply_config(self._registry, new)
+
+    async def add_service(self, spec: ChildSpec) -> Any:
+        """Run another child under the root supervisor (the standalone process adds the proxy and the
+        debug channel this way); it is stopped, in reverse order, before the router and the providers."""
+        return await self._registry.tree_root("add_service").add_child(spec)
+
+    def key_ref(self, key_id: str) -> ActorRef[KeyCommand]:
+        """The key actor's address (`ActorRef[KeyCommand]`), e.g. to inject a crash in a chaos test."""
+        return self._registry.key_ref(key_id)
+
+    # -- views ----------------------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        found: set[str] = set()
+        for provider_id, adapter in self._registry.adapters.items():
+            declared = adapter.capabilities.models
+            for snap in self.board.keys.values():
+                if snap.provider == provider_id:
+                    found |= snap.models or declared
+        return sorted(found)
+
+    def ready(self) -> bool:
+        if not self.running:
+            return False
+        now = trio.current_time()
+        return any(s.available_at(now) == now for s in self.board.keys.values())
+
+    def keys(self) -> list[dict[str, Any]]:
+        return views.keys_json(self.board, trio.current_time(), self._registry.wall_offset)
+
+    def key(self, key_id: str) -> dict[str, Any] | None:
+        snap = self.board.keys.get(key_id)
+        return views.key_json(snap, trio.current_time(), self._registry.wall_offset) if snap is not None else None
+
+    def transitions(self, key_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        return views.transitions_json(self.board.keys.get(key_id), limit, self._registry.wall_offset)
+
+    def decisions(self, limit: int = 20) -> list[dict[str, Any]]:
+        actor = self._router_actor()
+        return [d.to_json() for d in actor.recent(limit)] if actor is not None else []
+
+    def decision(self, decision_id: str) -> dict[str, Any] | None:
+        actor = self._router_actor()
+        found = actor.lookup(decision_id) if actor is not None else None
+        return found.to_json() if found is not None else None
+
+    def _router_actor(self) -> RouterActor | None:
+        try:
+            return self._registry.router_actor()
+        except _NOT_NOW:  # not running, or restarting: no decisions to show right now
+            return None
+
+    def budgets(self) -> dict[str, Any]:
+        """Every budget: {id: {"limit", "spent", "reserved"}} (money as strings); {} when none."""
+        try:
+            summary: dict[str, Any] = self._registry.budget_actor().state_summary()
+        except _NOT_NOW:
+            return {}
+        return summary
+
+    def tree(self) -> TreeNode:
+        root = self._registry.root
+        if root is None:
+            return TreeNode(name="root", kind="supervisor", status="stopped", restarts=0)
+        return root.tree()
+
+    def open_debug_channel(self, path: str | None = None) -> AbstractAsyncContextManager[DebugServer]:
+        """`async with router.open_debug_channel(path):` serves the debug channel (`apikeyrouter inspect`)
+        for this embedded router on a Unix socket (mode 0600) while the block runs."""
+        from apikeyrouter.debug.server import open_debug_channel
+
+        return open_debug_channel(self, path)
+
+    def get_state_summary(self) -> dict[str, Any]:
+        reg = self._registry
+        providers = []
+        for pid in reg.adapters:
+            try:
+                providers.append(reg.provider(pid).provider_snapshot())
+            except _NOT_NOW:  # restarting: its last published snapshot
+                snap = self.board.providers.get(pid)
+                if snap is not None:
+                    providers.append(snap)
+        return views.state_summary(
+            running=self.running,
+            ready=self.ready(),
+            objective=self.objective,
+            max_attempts=self.max_attempts,
+            providers=providers,
+            keys=self.keys(),
+            budgets=self.budgets(),
+            tree=self.tree(),
+        )
+
+
+@asynccontextmanager
+async def open_router(config: RouterConfig | None = None, **kwargs: Any) -> AsyncIterator[ApiKeyRouter]:
+    """`async with open_router(config) as router:` — the same config object `serve` loads from TOML.
+    Owns the router's nursery: the supervision tree runs while the block does."""
+    router = ApiKeyRouter(config, **kwargs)
+    async with router._running():
+        yield router

@@ -1,0 +1,288 @@
+"""The request path: `route` and `stream` share one attempt loop.
+
+Everything runs in the caller's task, so the caller's deadline and cancellation bound the whole request:
+acquire (decide, hold the budget, reserve the key: acquire.py) -> call upstream on a leased client
+(non-streaming: the answer; streaming: open the stream and read its first chunk) -> on a retryable
+`UpstreamError`, settle the failure with the key and fail over to the next, within `max_attempts` and
+the deadline -> settle the outcome with the key and the budget. Whatever raises after a reservation, the
+reservation is released and the budget hold freed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, TypeVar
+
+import attrs
+import structlog
+import trio
+
+from apikeyrouter.actors.provider import ProviderActor
+from apikeyrouter.adapters.base import AdapterResult, AdapterStream
+from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.domain.scoring import Weights
+from apikeyrouter.errors import ActorStopped, MalformedResponse, StreamInterrupted, UnknownProvider, UpstreamError
+from apikeyrouter.intent import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
+from apikeyrouter.messages.key import Outcome
+from apikeyrouter.observe import RequestAttempted
+from apikeyrouter.runtime import upstream
+from apikeyrouter.runtime.acquire import Held, Request, acquire
+from apikeyrouter.runtime.deps import Deps, parse_objective
+
+__all__ = ["Pipeline", "RoutedStreamHandle"]
+
+log = structlog.get_logger("apikeyrouter.request")
+
+T = TypeVar("T")
+Objective = str | Weights | Mapping[str, float] | None
+
+_ZERO = Decimal(0)
+_MAX_LEASE_S = 600.0  # a reservation whose caller vanished is reclaimed after this (streams: x6)
+
+
+class RoutedStreamHandle:
+    """An open routed stream: `metadata` (key, attempts, decision) is known before the first chunk;
+    `final_metadata` adds the settled cost once the stream has ended."""
+
+    def __init__(self, metadata: ResponseMetadata, first: StreamChunk, rest: AsyncIterator[StreamChunk]) -> None:
+        self.metadata = metadata
+        self.final_metadata: ResponseMetadata | None = None
+        self._first: StreamChunk | None = first
+        self._rest = rest
+
+    async def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        async for chunk in self._rest:
+            yield chunk
+
+
+class _Opened:
+    """An upstream stream whose first chunk is in; leaving it closes the stream and ends the lease."""
+
+    def __init__(
+        self, stack: AsyncExitStack, stream: AdapterStream, first: StreamChunk, rest: AsyncIterator[StreamChunk]
+    ) -> None:
+        self._stack = stack
+        self.stream = stream
+        self.first = first
+        self.rest = rest
+
+    async def __aenter__(self) -> _Opened:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        return bool(await self._stack.__aexit__(exc_type, exc, tb))
+
+
+class Pipeline:
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+
+    def _begin(self, operation: str, intent: Any, objective: Objective, client: str | None, lease_s: float) -> Request:
+        """Check the router runs, validate the request and objective, and name the request."""
+        deps = self._deps
+        deps.check(operation)
+        req = intent if isinstance(intent, RequestIntent) else RequestIntent.from_openai(intent)
+        goal = deps.routing.objective if objective is None else parse_objective(objective)
+        return Request(f"req-{deps.next_id()}", req, goal, client, lease_s, trio.current_time())
+
+    async def _attempts(self, req: Request, call: Callable[[Request, Held], Awaitable[T]]) -> tuple[Held, T]:
+        """Acquire a key and call upstream; on a retryable failure, the next key. Returns the attempt that
+        got through, still held: the caller settles it (or leaving `async with held` releases it)."""
+        while True:
+            held = await acquire(self._deps, req)
+            req.attempts += 1
+            held.started = trio.current_time()
+            try:
+                return held, await call(req, held)
+            except UpstreamError as exc:
+                await self._failed(req, held, exc)
+                if not self._retryable(exc, req.attempts):
+                    raise
+            except BaseException:
+                await held.release("cancelled")
+                raise
+
+    async def route(
+        self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
+    ) -> SystemResponse:
+        req = self._begin("route", intent, objective, client, _MAX_LEASE_S)
+        held, result = await self._attempts(req, self._complete)
+        async with held:
+            response = result.response
+            latency = trio.current_time() - held.started
+            cost = self._cost(req, held, response.usage)
+            outcome = Outcome(None, usage=response.usage, cost=cost, latency_s=latency, signal=result.signal)
+            await held.settle(outcome, cost)
+        self._record(req, held, None, latency)
+        return attrs.evolve(response, metadata=self._metadata(req, held, cost))
+
+    @asynccontextmanager
+    async def stream(
+        self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
+    ) -> AsyncIterator[RoutedStreamHandle]:
+        req = self._begin("stream", intent, objective, client, _MAX_LEASE_S * 6)
+        held, opened = await self._attempts(req, self._open_first)
+        async with held, opened:
+            handle = RoutedStreamHandle(self._metadata(req, held, _ZERO), opened.first, opened.rest)
+            try:
+                yield handle
+            except UpstreamError as exc:
+                await self._end_stream(req, held, opened, handle, exc)
+                raise
+            except BaseException:
+                # The caller left mid-stream: the provider saw the request, so settle what was used.
+                await self._end_stream(req, held, opened, handle, None, left=True)
+                raise
+            await self._end_stream(req, held, opened, handle, None)
+
+    # -- calls ----------------------------------------------------------------------------------------
+
+    def _provider(self, held: Held, *, streaming: bool = False) -> ProviderActor:
+        try:
+            return self._deps.provider(held.provider)
+        except (ActorStopped, UnknownProvider) as exc:
+            raise upstream.provider_gone(held.provider, held.key_id, exc, streaming=streaming) from exc
+
+    async def _complete(self, req: Request, held: Held) -> AdapterResult:
+        return await upstream.complete(self._provider(held), req.intent, held.grant.secret, held.key_id)
+
+    async def _open_first(self, req: Request, held: Held) -> _Opened:
+        """Open the stream and read its first chunk: until then a failure still fails over."""
+        provider = self._provider(held, streaming=True)
+        stack = AsyncExitStack()
+        try:
+            stream = await stack.enter_async_context(
+                upstream.open_stream(provider, req.intent, held.grant.secret, held.key_id)
+            )
+            chunks = stream.__aiter__()
+            try:
+                first = await chunks.__anext__()
+            except StopAsyncIteration:
+                raise StreamInterrupted(
+                    "stream ended before any chunk",
+                    failure=FailureClass.SERVER_ERROR,
+                    provider=held.provider,
+                    key_id=held.key_id,
+                ) from None
+        except BaseException as exc:
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)  # the stream learns why it closes
+            raise
+        return _Opened(stack, stream, first, chunks)
+
+    # -- settling -------------------------------------------------------------------------------------
+
+    def _cost(self, req: Request, held: Held, usage: Usage) -> Decimal:
+        """The call's actual cost. Usage the price rules reject (negative counts, garbage) is a
+        malformed response: a typed error for the caller, and the attempt's holdings are released."""
+        try:
+            return held.adapter.cost(req.intent.model, usage)
+        except Exception as exc:
+            raise MalformedResponse(
+                f"{held.provider}: usage not understood ({type(exc).__name__}: {exc})",
+                failure=FailureClass.SERVER_ERROR,
+                provider=held.provider,
+                key_id=held.key_id,
+            ) from exc
+
+    async def _failed(self, req: Request, held: Held, exc: UpstreamError) -> None:
+        """An attempt failed upstream: free its budget hold, settle the failure with the key (its breaker,
+        lifecycle and windows learn from it), record it, and keep the key out of this request's next tries."""
+        latency = trio.current_time() - held.started
+        await held.settle(self._outcome_of(exc, held, latency), None)
+        self._record(req, held, exc.failure, latency)
+        req.tried.add(held.key_id)
+        req.last_error = exc
+
+    async def _end_stream(
+        self,
+        req: Request,
+        held: Held,
+        opened: _Opened,
+        handle: RoutedStreamHandle,
+        failure: UpstreamError | None,
+        *,
+        left: bool = False,
+    ) -> None:
+        usage = opened.stream.usage or Usage()
+        latency = trio.current_time() - held.started
+        try:
+            cost = self._cost(req, held, usage)
+        except MalformedResponse:
+            if left:
+                return  # leaving `async with held` releases it; the caller's cancellation goes on
+            raise
+        if failure is None:
+            outcome = Outcome(None, usage=usage, cost=cost, latency_s=latency, signal=opened.stream.signal)
+        else:
+            outcome = attrs.evolve(self._outcome_of(failure, held, latency), usage=usage, cost=cost)
+        await held.settle(outcome, cost)
+        if not left:
+            self._record(req, held, None if failure is None else failure.failure, latency)
+        handle.final_metadata = attrs.evolve(handle.metadata, cost=cost, latency_s=trio.current_time() - req.start)
+
+    def _outcome_of(self, exc: UpstreamError, held: Held, latency: float) -> Outcome:
+        provider = self._deps.board.providers.get(held.provider)
+        return Outcome(
+            failure=exc.failure,
+            latency_s=latency,
+            signal=exc.signal,
+            retry_after=exc.retry_after,
+            message=exc.message[:200],
+            provider_degraded=provider is not None and provider.degraded,
+        )
+
+    def _retryable(self, exc: UpstreamError, attempts: int) -> bool:
+        action = self._deps.config.failures[exc.failure]
+        return action.retry_other_key and attempts < self._deps.routing.max_attempts
+
+    def _metadata(self, req: Request, held: Held, cost: Decimal) -> ResponseMetadata:
+        return ResponseMetadata(
+            key_used=held.key_id,
+            provider=held.provider,
+            cost=cost,
+            attempts=req.attempts,
+            latency_s=trio.current_time() - req.start,
+            decision_id=held.decision.id,
+            decision=held.decision,
+            request_id=req.id,
+            client=req.client,
+        )
+
+    def _record(self, req: Request, held: Held, failure: FailureClass | None, latency: float) -> None:
+        data = {
+            "request_id": req.id,
+            "client": req.client,
+            "key": held.key_id,
+            "provider": held.provider,
+            "attempt": req.attempts,
+            "decision_id": held.decision.id,
+            "outcome": "success" if failure is None else failure.value,
+            "latency_ms": round(latency * 1000, 3),
+        }
+        self._deps.events.publish(
+            RequestAttempted(
+                req.id,
+                held.key_id,
+                held.provider,
+                req.attempts,
+                held.decision.id,
+                failure,
+                latency,
+                trio.current_time(),
+                client=req.client,
+            )
+        )
+        if failure is not None:
+            log.info("attempt_failed", **data)
+        else:
+            # The decision's full explanation is one GET /decisions/{id} (or `inspect decisions`) away;
+            # rendering it for every request would cost more than the decision itself.
+            log.debug("attempt_succeeded", chosen_by=held.decision.objective, **data)
