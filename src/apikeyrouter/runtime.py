@@ -427,7 +427,8 @@ class ApiKeyRouter(Dispatch):
                 ],
             )
 
-        await self._providers().add_child(ChildSpec(f"provider:{provider_id}", make_subtree))
+        # The subtree's grace bounds its whole stop (keys, then the provider draining its calls).
+        await self._providers().add_child(ChildSpec(f"provider:{provider_id}", make_subtree, shutdown=grace))
         log.info("provider_registered", provider=provider_id, kind=adapter.kind)
 
     async def register_key(
