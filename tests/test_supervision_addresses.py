@@ -193,3 +193,24 @@ async def test_reservation_ids_never_repeat_across_incarnations(autojump_clock: 
         assert at(root, *KEY).incarnation == 4
         assert len(set(seen)) == len(seen) == 12
         nursery.cancel_scope.cancel()
+
+
+async def test_a_removed_child_stays_removed_when_its_ancestors_restart(autojump_clock: trio.testing.MockClock) -> None:
+    root = router_shaped_root()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(root.run)
+        await grow(root)
+        keys = at(root, "providers", "provider:x", "keys")
+        assert isinstance(keys, Supervisor)
+        old = at(root, "providers", "provider:x", "keys", "key:k1").ref
+        assert await keys.remove_child("key:k1") is True
+        await crash(counter_ref(root))
+        await trio.sleep(1)
+        await crash(counter_ref(root))  # the whole provider subtree restarts
+        keys = at(root, "providers", "provider:x", "keys")
+        assert isinstance(keys, Supervisor) and keys.restarts == 2
+        assert [c.id for c in keys.which_children()] == ["key:k0"]
+        # Added again, the id is a new address: the old ref stays dead.
+        again = await keys.add_child(key_spec("k1"))
+        assert again.ref is not old and again.incarnation == 0 and not old.alive
+        nursery.cancel_scope.cancel()
