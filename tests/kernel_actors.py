@@ -70,15 +70,19 @@ class Counter(Actor[CounterMsg]):
         mailbox: int = 8,
         log: list[str] | None = None,
         stop_delay: float = 0.0,
+        start_delay: float = 0.0,
         store: dict[str, int] | None = None,
     ) -> None:
         super().__init__(name, mailbox=mailbox)
         self.total = 0
         self.log = log if log is not None else []
         self.stop_delay = stop_delay
+        self.start_delay = start_delay
         self.store = store
 
     async def pre_start(self) -> None:
+        if self.start_delay:
+            await trio.sleep(self.start_delay)
         if self.store is not None:
             self.total = self.store.get(self.name, 0)
         self.log.append(f"start {self.name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apikeyrouter.actors import ActorRef
-from apikeyrouter.errors import SupervisorEscalation
+from apikeyrouter.errors import ActorStopped, SupervisorEscalation
 from apikeyrouter.supervisors import Child, ChildSpec, Restart, Strategy, Supervisor, SupervisorSpec
 from tests.kernel_actors import Add, Counter, CounterMsg, CrashNow, Exit, Get
 
@@ -211,7 +212,21 @@ async def test_children_added_and_removed_at_run_time() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_stop_waits_for_the_grace_then_cancels(autojump_clock: trio.testing.MockClock) -> None:
+async def test_each_grace_runs_from_when_the_supervisor_began_to_stop(autojump_clock: trio.testing.MockClock) -> None:
+    log: list[str] = []
+    slow = ChildSpec("slow", lambda: Counter("slow", log=log, stop_delay=1.5), shutdown=2.0)
+    quick = ChildSpec("quick", lambda: Counter("quick", log=log, stop_delay=0.25), shutdown=2.0)
+    sup = Supervisor("root", children=[quick, slow])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        sup.stop()
+    # slow (stopped first) takes 1.5 s; quick, told then, still fits its 0.25 s inside the 2 s budget.
+    assert trio.current_time() == 1.75
+    assert log == ["start quick", "start slow", "stop slow", "stop quick"]
+    assert sup.status == "stopped"
+
+
+async def test_a_child_that_outlives_the_budget_is_cancelled(autojump_clock: trio.testing.MockClock) -> None:
     log: list[str] = []
     slow = ChildSpec("slow", lambda: Counter("slow", log=log, stop_delay=10), shutdown=2.0)
     quick = ChildSpec("quick", lambda: Counter("quick", log=log, stop_delay=0.5), shutdown=2.0)
@@ -219,10 +234,81 @@ async def test_stop_waits_for_the_grace_then_cancels(autojump_clock: trio.testin
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
         sup.stop()
-    # slow (stopped first) is cancelled at its 2 s grace; quick then takes its 0.5 s.
-    assert trio.current_time() == 2.5
-    assert log == ["start quick", "start slow", "stop quick"]
+    # slow is cancelled at its 2 s grace, which is also the supervisor's whole budget: quick is told to
+    # stop (it still comes after slow) and cancelled at once.
+    assert trio.current_time() == 2.0
+    assert log == ["start quick", "start slow"]
+    assert [c.status for c in sup.which_children()] == ["stopped", "stopped"]
+
+
+async def test_three_hung_children_stop_within_the_largest_grace_not_the_sum(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[str] = []
+    sup = Supervisor("root", children=counters(log, "abc", stop_delay=math.inf))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        sup.stop()
+    assert trio.current_time() == 1.0  # not 3 s: the graces overlap
     assert sup.status == "stopped"
+
+
+async def test_an_outside_cancel_stops_hung_children_within_the_largest_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[str] = []
+    sup = Supervisor("root", children=counters(log, "abc", stop_delay=math.inf))
+    with trio.CancelScope() as outer:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            outer.cancel()
+    assert outer.cancelled_caught
+    assert trio.current_time() == 1.0
+    assert sup.status == "stopped"
+
+
+async def test_a_hung_grandchild_cannot_hold_the_root_past_its_parents_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[str] = []
+    hung = ChildSpec("hung", lambda: Counter("hung", log=log, stop_delay=math.inf), shutdown=10.0)
+    mid = ChildSpec("mid", lambda: Supervisor("mid", children=[hung]), shutdown=2.0)
+    root = Supervisor("root", children=[*counters(log, "a"), mid])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(root.run)
+        root.stop()
+    # mid's 2 s (its grace as root sees it) bounds its whole subtree; a then has nothing left of the
+    # 2 s budget and is cancelled at once.
+    assert trio.current_time() == 2.0
+    assert root.status == "stopped"
+    assert "stop hung" not in log
+
+
+async def test_an_add_child_in_progress_is_answered_when_the_supervisor_stops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[str] = []
+    sup = Supervisor("root")
+    answers: list[str] = []
+
+    async def add_slow() -> None:
+        try:
+            with trio.fail_after(20):  # it used to hang: the interrupted ask was never answered
+                await sup.add_child(ChildSpec("slow", lambda: Counter("slow", log=log, start_delay=5), shutdown=1.0))
+        except ActorStopped:
+            answers.append(f"stopped at {trio.current_time():g}")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        nursery.start_soon(add_slow)
+        await trio.sleep(1)
+        sup.stop()
+    # The asker hears at once; the child still starting is stopped with the rest: its 1 s grace runs out
+    # before its 5 s start does, and it is cancelled.
+    assert answers == ["stopped at 1"]
+    assert trio.current_time() == 2
+    assert log == []
+    assert sup.which_children() == []
 
 
 # -- property: restart counting matches a reference model of OTP --------------------------------------

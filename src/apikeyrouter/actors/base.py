@@ -1,4 +1,4 @@
-"""The actor kernel: `Actor`, `ActorRef`, `Reply` (one-shot reply slot) and `ActorSnapshot`.
+"""The actor kernel: `Actor`, `ActorRef`, `Reply` (one-shot reply slot), `Address` and `ActorSnapshot`.
 
 An actor is a task that alone owns its state and reads a bounded mailbox (a trio memory channel).
 It is started with `ref = await nursery.start(actor.run)`. Others talk to it through its `ActorRef`:
@@ -11,27 +11,38 @@ Failure semantics (the promise every other module relies on):
 - expected failures are reply *values*;
 - an exception while handling a message is the actor's crash: the asker of that message gets
   `ActorCrashed`, the exception propagates to the supervisor;
-- when the actor stops or crashes, every queued ask and every ask still in progress (a `Reply` not yet
-  answered, e.g. handed to a background task) is answered with `ActorStopped` / `ActorCrashed`,
-  so no ask ever hangs because its actor died;
+- when the actor stops or crashes, every queued ask, the ask being handled when a stop interrupts it,
+  and every ask still in progress (a `Reply` not yet answered, e.g. handed to a background task) is
+  answered with `ActorStopped` / `ActorCrashed`, so no ask ever hangs because its actor died;
 - a reply to a caller that has gone away is dropped quietly.
 
-A `ActorRef` is a stable address: when a supervisor restarts a child, the new instance binds the same
-ref, so holders of the ref talk to the new instance without being told.
+Addresses: a supervised actor lives at an `Address` that its supervision tree keeps (see
+supervisors/supervisor.py). Every instance started there is handed the address by `adopt` before it
+starts, and takes from it
+- the same `ActorRef` object: holders of the ref reach each new instance without being told, whether
+  the actor was restarted by its own supervisor or because an ancestor restarted its subtree (between
+  two instances a tell fails with `ActorStopped`);
+- its `incarnation`: 0 for the first instance at the address, one more for every instance started
+  there since, never reused while the address exists. `restarts` is the same number (the instances
+  that ran there before this one). Use it to keep identifiers unique across instances.
+An actor run on its own (no supervisor) is incarnation 0 with a ref of its own.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import attrs
 import trio
 
 from apikeyrouter.errors import ActorCrashed, ActorStopped, MailboxFull
 
-__all__ = ["Actor", "ActorRef", "ActorSnapshot", "Reply", "TreeNode"]
+if TYPE_CHECKING:
+    from apikeyrouter.supervisors.spec import ChildSpec
+
+__all__ = ["Actor", "ActorRef", "ActorSnapshot", "Address", "Reply", "TreeNode"]
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -179,6 +190,35 @@ class ActorRef(Generic[M]):
         return f"ActorRef({self.name!r})"
 
 
+class Address:
+    """A child's place in a supervision tree: what outlives every instance that runs there.
+
+    A supervisor keeps the addresses of its children in a table that is itself held by the supervisor's
+    own address, and so on up to the root: the table survives a restart of the supervisor or of any of
+    its ancestors, and so do the addresses in it, children added at run time included. Removing a child
+    (or a temporary child exiting) drops its address; adding the id again makes a new one (a new ref).
+
+    - `spec`: how to start an instance here (`None` only for a root supervisor's own table);
+    - `ref`: the `ActorRef` every instance here binds; set by the first instance;
+    - `incarnations`: instances started here so far, i.e. the next instance's `incarnation`;
+    - `last_crash`: the last crash of an instance here;
+    - `children`: for a supervisor, its children's addresses in start order (`None` until it first runs).
+    """
+
+    __slots__ = ("children", "incarnations", "last_crash", "name", "ref", "spec")
+
+    def __init__(self, name: str, spec: ChildSpec | None = None) -> None:
+        self.name = name
+        self.spec = spec
+        self.ref: ActorRef[Any] | None = None
+        self.incarnations = 0
+        self.last_crash: str | None = None
+        self.children: dict[str, Address] | None = None
+
+    def __repr__(self) -> str:
+        return f"Address({self.name!r}, incarnations={self.incarnations})"
+
+
 def _reply_of(msg: object) -> Reply[Any] | None:
     reply = getattr(msg, "reply_to", None)
     return reply if isinstance(reply, Reply) else None
@@ -201,9 +241,10 @@ class Actor(Generic[M]):
         self.mailbox_capacity = mailbox
         self.status = "new"
         self.handled = 0
-        self.restarts = 0
+        self.incarnation = 0
         self.last_crash: str | None = None
         self.ref: ActorRef[M] = ActorRef(name)
+        self._inbox: trio.MemorySendChannel[M] | None = None
         self._recv: trio.MemoryReceiveChannel[M] | None = None
         self._pending: set[Reply[Any]] = set()
         self._loop_scope: trio.CancelScope | None = None
@@ -233,11 +274,21 @@ class Actor(Generic[M]):
             raise RuntimeError(f"actor {self.name} is not running")
         return self._nursery
 
-    def adopt(self, previous: Actor[M]) -> None:
-        """Take over a previous instance's address and restart count (used by supervisors)."""
-        self.ref = previous.ref
-        self.restarts = previous.restarts + 1
-        self.last_crash = previous.last_crash
+    @property
+    def restarts(self) -> int:
+        """Instances that ran at this actor's address before this one (the same number as `incarnation`)."""
+        return self.incarnation
+
+    def adopt(self, address: Address) -> None:
+        """Become the next instance at `address` (its supervisor calls this before `run`): bind the
+        address's ref (the first instance gives it its own), take the next incarnation number."""
+        if address.ref is None:
+            address.ref = self.ref
+        else:
+            self.ref = address.ref
+        self.incarnation = address.incarnations
+        address.incarnations += 1
+        self.last_crash = address.last_crash
 
     def stop(self) -> None:
         """Ask the actor to finish: stop reading the mailbox, answer queued asks with `ActorStopped`,
@@ -263,6 +314,7 @@ class Actor(Generic[M]):
 
     async def run(self, *, task_status: trio.TaskStatus[ActorRef[M]] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[M](self.mailbox_capacity)
+        self._inbox = send
         self._recv = recv
         self.status = "starting"
         crash: Exception | None = None
@@ -314,11 +366,30 @@ class Actor(Generic[M]):
                     if reply is not None:
                         reply.fail(ActorCrashed(self.name, exc))
                     raise
+                except BaseException:
+                    # A stop (or its supervisor's kill) interrupted the message: its ask is answered
+                    # with the rest when the actor finishes, never left waiting.
+                    if reply is not None and not reply.done:
+                        reply._owner = pending
+                        pending.add(reply)
+                    raise
                 self.handled += 1
                 if reply is not None and not reply.done:
                     # Answered later (by a background task): tracked so a stop or crash still answers it.
                     reply._owner = pending
                     pending.add(reply)
+
+    async def _tell_self(self, msg: M) -> None:
+        """Queue a message in this actor's own mailbox. Works from the moment `run` opens the mailbox,
+        before the ref is handed out (the supervisor's children report their exits this way while it
+        is still starting them); raises `ActorStopped` once the mailbox is closed."""
+        inbox = self._inbox
+        if inbox is None:
+            raise ActorStopped(self.name, "is not running")
+        try:
+            await inbox.send(msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ActorStopped(self.name) from None
 
     def _close(
         self, send: trio.MemorySendChannel[M], recv: trio.MemoryReceiveChannel[M], crash: BaseException | None

@@ -165,7 +165,7 @@ class KeyActor(Actor[KeyCommand]):
         self._wall_offset = wall_offset
         self._record: KeyRecord | None = None
         self._leases: dict[int, _Lease] = {}
-        self._next_id = 0
+        self._granted = 0  # reservations granted by this instance
         self._reserved_cost = _ZERO
         self._timer_at = math.inf
         self._timer_scope: trio.CancelScope | None = None
@@ -183,9 +183,6 @@ class KeyActor(Actor[KeyCommand]):
 
     async def pre_start(self) -> None:
         now = trio.current_time()
-        # Reservation ids stay unique across restarts: a call granted by the previous instance that
-        # settles now must not match (and free) a lease this instance granted.
-        self._next_id = self.restarts << 32
         restored = self._store.load(self.store_key)
         if isinstance(restored, KeyRecord):
             if restored.quota.config != self.config.quota:
@@ -270,8 +267,7 @@ class KeyActor(Actor[KeyCommand]):
         if not isinstance(reservation, QuotaReservation):  # can_reserve said yes a moment ago
             return self._quota_refusal(reservation)
         probe = breaker.probe_id if breaker.state is BreakerState.HALF_OPEN else None
-        self._next_id += 1
-        rid = self._next_id
+        rid = self._next_reservation_id()
         self._leases[rid] = _Lease(reservation, probe, req.worst_case_cost, req.lease_until, req.request_id)
         self._reserved_cost += req.worst_case_cost
         self._commit(now, quota_=q, breaker=breaker, b_events=b_events)
@@ -293,6 +289,14 @@ class KeyActor(Actor[KeyCommand]):
     def _quota_refusal(self, refused: quota.QuotaRefusal) -> Refusal:
         detail = {"window": refused.window, "reason": refused.reason}
         return Refusal(self.key_id, RefusalKind.QUOTA, refused.retry_at, detail=detail)
+
+    def _next_reservation_id(self) -> int:
+        """Unique across every instance at this key's address: a call granted by a previous instance
+        that settles now must not match (and free) a lease this one granted. The incarnation (kept by
+        the supervision tree, so it also grows when an ancestor restarts the key's subtree) fills the
+        low 32 bits, this instance's count the bits above: no count can run into the next incarnation."""
+        self._granted += 1
+        return (self._granted << 32) | self.incarnation
 
     def _settle(self, rid: int, outcome: Outcome) -> None:
         lease = self._leases.pop(rid, None)

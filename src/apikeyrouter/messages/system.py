@@ -1,4 +1,9 @@
-"""Supervisor control protocol: what a supervisor's own loop receives."""
+"""A supervisor's mailbox protocol (`Supervisor` is an `Actor[SupervisorCommand]`).
+
+`AddChild` and `RemoveChild` are asks through the supervisor's `ActorRef` (`Supervisor.add_child` /
+`remove_child`); `ChildExited` is what a child's task puts in the mailbox when the child ends on its
+own (a crash, or a normal exit nobody asked for).
+"""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from apikeyrouter.domain.scoring import ScoringConfig, Weights
 from apikeyrouter.errors import ActorStopped, RouterNotRunning, UnknownProvider
 from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse
 from apikeyrouter.messages.key import KeyCommand
+from apikeyrouter.messages.provider import ProviderCommand
 from apikeyrouter.observe import EventBus
 from apikeyrouter.runtime import views
 from apikeyrouter.runtime.api import APIKey
@@ -243,6 +244,10 @@ class ApiKeyRouter:
     def key_ref(self, key_id: str) -> ActorRef[KeyCommand]:
         """The key actor's address (`ActorRef[KeyCommand]`), e.g. to inject a crash in a chaos test."""
         return self._registry.key_ref(key_id)
+
+    def provider_ref(self, provider_id: str) -> ActorRef[ProviderCommand]:
+        """The provider actor's address; like `key_ref`, it stays the same across restarts."""
+        return self._registry.provider(provider_id).ref
 
     # -- views ----------------------------------------------------------------------------------------
 

@@ -90,7 +90,8 @@ def provider_child(
             ],
         )
 
-    return ChildSpec(f"provider:{provider_id}", make_subtree)
+    # The subtree's grace bounds its whole stop (keys, then the provider draining its calls).
+    return ChildSpec(f"provider:{provider_id}", make_subtree, shutdown=grace)
 
 
 def key_child(

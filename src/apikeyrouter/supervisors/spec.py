@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, TypeAlias
 
 import attrs
-import trio
 
-from apikeyrouter.actors.base import TreeNode
+from apikeyrouter.actors.base import Actor, TreeNode
 
 __all__ = [
     "Child",
@@ -34,28 +33,19 @@ class Strategy(enum.Enum):
     REST_FOR_ONE = "rest_for_one"  # stop the children started after it, restart it and them
 
 
-class Child(Protocol):
-    """Anything a supervisor can run: an `Actor` or another `Supervisor`."""
-
-    name: str
-    restarts: int
-
-    async def run(self, *, task_status: trio.TaskStatus[Any] = ...) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def adopt(self, previous: Any) -> None: ...
-
-    def tree(self) -> TreeNode: ...
+Child: TypeAlias = Actor[Any]
+"""Anything a supervisor can run: an `Actor`, a `Supervisor` among them."""
 
 
 @attrs.frozen
 class ChildSpec:
     """How to run one child.
 
-    `start` builds a fresh instance (called again on every restart). `on_restart`, if given, is called
-    with the new instance and its restart count before it starts: the place to restore state.
-    `shutdown` is the grace in seconds a stopping child gets before it is cancelled.
+    `start` builds a fresh instance (called again for every instance at the child's address: restarts by
+    its supervisor and restarts of an ancestor's subtree alike). `on_restart`, if given, is called with
+    each instance after the first and its restart count, before it starts: the place to restore state.
+    `shutdown` is the grace in seconds a stopping child gets before it is cancelled; for a supervisor it
+    bounds the stop of its whole subtree.
     """
 
     id: str

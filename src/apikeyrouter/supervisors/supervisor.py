@@ -1,23 +1,39 @@
-"""`Supervisor`: runs children, restarts them per OTP strategy, escalates when restarts pile up.
+"""`Supervisor`: an actor that runs children, restarts them per OTP strategy, escalates when restarts pile up.
 
-Children run in the supervisor's nursery, each inside a cancel scope that shields it from outside
-cancellation: only its supervisor stops it. That is what makes shutdown orderly. When the supervisor is
-cancelled (or asked to stop, or gives up), it stops its children one by one in reverse start order,
-each asked to finish and given its `shutdown` grace (shielded) before it is cancelled.
+A supervisor is an `Actor[SupervisorCommand]`: one bounded mailbox, one ask path, one stop path. Adding
+and removing children are asks through its `ActorRef` (`add_child` / `remove_child`); a child's exit is a
+`ChildExited` message its own task puts in that mailbox. Restart decisions, additions and removals are
+therefore serialised by the actor's loop, so a restart never races an operator removing the same child.
 
-Restart decisions, child additions and removals are all serialised through one control loop, so a
-restart never races an operator removing the same child.
+Addresses. Every child lives at an `Address` (actors/base.py) in its supervisor's table, and that table
+lives in the supervisor's own address, up to the root, which holds the top table itself. A restarted
+supervisor adopts its address and so finds the same table: every child, including those added at run
+time, comes back with the same `ActorRef`, its next `incarnation` and a restart count that grew, however
+far up the restart began. Only `remove_child` (or a temporary child's exit) forgets an address.
+
+Stopping (on `stop()`, on cancellation from outside, or when the supervisor gives up):
+- children are stopped one at a time in reverse start order: each is asked to stop, and the next is
+  asked only once the previous one is gone;
+- each child has until `min(asked + its shutdown, began + budget)`, where `budget` is the largest
+  shutdown among the children: the graces overlap instead of adding up, so N hung children take the
+  largest grace, not the sum. A child still running at its deadline is cancelled;
+- a supervisor's stop, as its parent sees it, is bounded by its own `shutdown`: when that runs out the
+  parent cancels it, and a cancelled supervisor cancels its whole subtree at once (nothing below it is
+  shielded from its parent). Only a root (a supervisor nobody supervises) shields its orderly stop from
+  outside cancellation, and that stop is bounded by its budget.
+A stop that interrupts a restart or an `add_child` answers the asker (`ActorStopped`) and stops whatever
+had started. Children are supervised with `except Exception`: cancellation always propagates.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, assert_never
 
 import structlog
 import trio
 
-from apikeyrouter.actors.base import Reply
+from apikeyrouter.actors.base import Actor, ActorRef, Address, Reply
 from apikeyrouter.errors import ActorStopped, SupervisorEscalation
 from apikeyrouter.messages.system import AddChild, ChildExited, RemoveChild, SupervisorCommand
 from apikeyrouter.observe import Event, SupervisorChildCrashed, SupervisorChildRestarted, SupervisorEscalated
@@ -45,16 +61,24 @@ class ChildInfo:
 
 
 class _Slot:
-    __slots__ = ("done", "expected_exit", "instance", "restarts", "scope", "spec", "status")
+    """What one supervisor instance knows of the child it runs at an address (dropped with the instance)."""
 
-    def __init__(self, spec: ChildSpec) -> None:
+    __slots__ = ("address", "done", "expected_exit", "instance", "scope", "spec", "start_error", "status", "up")
+
+    def __init__(self, address: Address, spec: ChildSpec) -> None:
+        self.address = address
         self.spec = spec
         self.instance: Child | None = None
         self.scope: trio.CancelScope | None = None
         self.done = trio.Event()
+        self.up = trio.Event()  # set once the instance has started, or has failed to
+        self.start_error: Exception | None = None
         self.expected_exit = False
-        self.restarts = 0
         self.status = "new"
+
+    @property
+    def live(self) -> bool:
+        return self.instance is not None and not self.done.is_set()
 
 
 def _describe(exc: BaseException) -> str:
@@ -63,8 +87,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class Supervisor:
-    kind: ClassVar[str] = "supervisor"
+def _spec_of(address: Address) -> ChildSpec:
+    assert address.spec is not None, f"child address {address.name} has no spec"
+    return address.spec
+
+
+class Supervisor(Actor[SupervisorCommand]):
+    kind = "supervisor"
 
     def __init__(
         self,
@@ -73,24 +102,22 @@ class Supervisor:
         children: Sequence[ChildSpec] = (),
         *,
         on_event: Callable[[Event], None] | None = None,
+        mailbox: int = 64,
     ) -> None:
-        """`on_event(event)` is told of crashes, restarts and escalations (the router publishes them
-        on its event bus, so the debug channel shows them); it must not block or raise."""
+        """`children` are started in order the first time a supervisor runs at its address; a restarted
+        one starts what its address's table holds instead. `on_event(event)` is told of crashes,
+        restarts and escalations (the router publishes them on its event bus, so the debug channel shows
+        them); it must not block or raise."""
         ids = [c.id for c in children]
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate child ids under supervisor {name}: {ids}")
-        self.name = name
+        super().__init__(name, mailbox=mailbox)
         self.spec = spec or SupervisorSpec()
-        self.restarts = 0
-        self.status = "new"
-        self.last_crash: str | None = None
-        self._specs: list[ChildSpec] = list(children)
+        self._table: dict[str, Address] = {c.id: Address(c.id, c) for c in children}
         self._slots: dict[str, _Slot] = {}
         self._stamps: tuple[float, ...] = ()
-        self._control: trio.MemorySendChannel[SupervisorCommand] | None = None
-        self._loop_scope: trio.CancelScope | None = None
-        self._stop_requested = False
-        self._nursery: trio.Nursery | None = None
+        self._supervised = False
+        self._children: trio.Nursery | None = None
         self._on_event = on_event
 
     def _emit(self, event: Event) -> None:
@@ -99,210 +126,223 @@ class Supervisor:
 
     # -- public API -----------------------------------------------------------------------------------
 
-    def adopt(self, previous: Supervisor) -> None:
-        """A restarted supervisor keeps its predecessor's children, including those added at run time."""
-        self._specs = list(previous._specs)
-        self._on_event = self._on_event or previous._on_event
-        self.restarts = previous.restarts + 1
-        self.last_crash = previous.last_crash
-
-    def stop(self) -> None:
-        self._stop_requested = True
-        if self._loop_scope is not None:
-            self._loop_scope.cancel(reason=f"supervisor {self.name} asked to stop")
+    def adopt(self, address: Address) -> None:
+        """Become the next instance at `address`: its ref, its incarnation, and its table of children
+        (the first instance there fills the table from its constructor's `children`)."""
+        super().adopt(address)
+        if address.children is None:
+            address.children = self._table
+        self._table = address.children
+        self._supervised = True
 
     async def add_child(self, spec: ChildSpec) -> Child:
-        """Start a child at run time (after the existing ones); returns the running instance."""
-        child: Child = await self._ask(lambda r: AddChild(spec, r))
+        """Start a child at run time (after the existing ones); returns the running instance. The child
+        keeps its address across restarts of this supervisor and of its ancestors."""
+        child: Child = await self.ref.ask(lambda r: AddChild(spec, r))
         return child
 
     async def remove_child(self, child_id: str) -> bool:
-        """Stop a child (with its grace) and forget it. False if there was no such child."""
-        removed: bool = await self._ask(lambda r: RemoveChild(child_id, r))
+        """Stop a child (with its grace) and forget its address. False if there was no such child."""
+        removed: bool = await self.ref.ask(lambda r: RemoveChild(child_id, r))
         return removed
 
     def child(self, child_id: str) -> Child | None:
         slot = self._slots.get(child_id)
-        return slot.instance if slot is not None else None
+        return slot.instance if slot is not None and child_id in self._table else None
 
     def which_children(self) -> list[ChildInfo]:
-        return [ChildInfo(cid, s.status, s.restarts, s.spec.restart, s.instance) for cid, s in self._slots.items()]
+        rows = []
+        for cid, address in self._table.items():
+            slot = self._slots.get(cid)
+            instance = slot.instance if slot is not None else None
+            status = slot.status if slot is not None else "new"
+            restarts = instance.restarts if instance is not None else 0
+            rows.append(ChildInfo(cid, status, restarts, _spec_of(address).restart, instance))
+        return rows
 
     def tree(self) -> TreeNode:
-        children = tuple(s.instance.tree() for s in self._slots.values() if s.instance is not None)
+        node = super().tree()
+        children = tuple(
+            s.instance.tree() for cid, s in self._slots.items() if s.instance is not None and cid in self._table
+        )
         return TreeNode(
-            name=self.name,
-            kind=self.kind,
-            status=self.status,
-            restarts=self.restarts,
+            name=node.name,
+            kind=node.kind,
+            status=node.status,
+            restarts=node.restarts,
+            mailbox_depth=node.mailbox_depth,
+            mailbox_capacity=node.mailbox_capacity,
             children=children,
-            last_crash=self.last_crash,
+            last_crash=node.last_crash,
         )
 
     # -- running --------------------------------------------------------------------------------------
 
-    async def _ask(self, make: Any) -> Any:
-        control = self._control
-        if control is None or self.status != "running":
-            raise ActorStopped(self.name, "is not running")
-        reply: Reply[Any] = Reply()
+    async def run(
+        self, *, task_status: trio.TaskStatus[ActorRef[SupervisorCommand]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        # The children run in a nursery around the actor's own run, so that however the actor ends
+        # (stop, crash, cancellation) they are stopped in order after it, before the supervisor is done.
+        failure: Exception | None = None
         try:
-            await control.send(make(reply))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise ActorStopped(self.name) from None
-        return await reply.wait()
-
-    async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
-        send, recv = trio.open_memory_channel[SupervisorCommand](64)
-        self._control = send
-        self.status = "starting"
-        escalation: SupervisorEscalation | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+            async with trio.open_nursery() as children:
+                self._children = children
                 try:
-                    for spec in list(self._specs):
-                        await self._start_new(spec)
-                    self.status = "running"
-                    task_status.started(self)
-                    await self._control_loop(recv)
-                except SupervisorEscalation as exc:
-                    escalation = exc
+                    await super().run(task_status=task_status)
+                except Exception as exc:
+                    # Raised below, outside the nursery, so the parent sees the exception itself.
+                    failure = exc
                 finally:
-                    self.status = "stopping"
-                    send.close()
-                    with trio.CancelScope(shield=True):
-                        await self._stop_all()
-                    self._fail_pending(recv)
+                    await self._stop_children()
         finally:
-            self._nursery = None
-            self._control = None
-            self.status = "crashed" if escalation is not None else "stopped"
-        if escalation is not None:
-            self.last_crash = str(escalation)
-            raise escalation
+            self.status = "crashed" if failure is not None else "stopped"
+        if failure is not None:
+            self.last_crash = _describe(failure)
+            raise failure
 
-    async def _control_loop(self, recv: trio.MemoryReceiveChannel[SupervisorCommand]) -> None:
-        with trio.CancelScope() as scope:
-            self._loop_scope = scope
-            if self._stop_requested:
-                return
-            async for cmd in recv:
-                match cmd:
-                    case ChildExited():
-                        await self._on_exit(cmd)
-                    case AddChild(spec=spec, reply_to=reply):
-                        if spec.id in self._slots:
-                            reply.fail(ValueError(f"child {spec.id!r} already exists under {self.name}"))
-                            continue
-                        try:
-                            child = await self._start_new(spec)
-                        except Exception as exc:
-                            reply.fail(exc)
-                        else:
-                            self._specs.append(spec)
-                            reply.send(child)
-                    case RemoveChild(child_id=child_id, reply_to=reply):
-                        slot = self._slots.pop(child_id, None)
-                        self._specs = [s for s in self._specs if s.id != child_id]
-                        if slot is not None:
-                            await self._stop_slot(slot)
-                        reply.send(slot is not None)
-        self._loop_scope = None
+    async def pre_start(self) -> None:
+        for address in list(self._table.values()):
+            await self._start(address)
 
-    def _fail_pending(self, recv: trio.MemoryReceiveChannel[SupervisorCommand]) -> None:
-        while True:
-            try:
-                cmd = recv.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            if isinstance(cmd, AddChild | RemoveChild):
-                cmd.reply_to.fail(ActorStopped(self.name))
-        recv.close()
+    async def receive(self, msg: SupervisorCommand) -> None:
+        match msg:
+            case ChildExited():
+                await self._on_exit(msg)
+            case AddChild(spec=spec, reply_to=reply):
+                await self._add(spec, reply)
+            case RemoveChild(child_id=child_id, reply_to=reply):
+                address = self._table.pop(child_id, None)
+                slot = self._slots.get(child_id)
+                if slot is not None:
+                    await self._stop_in_order([slot])
+                    del self._slots[child_id]
+                reply.send(address is not None)
+            case _:
+                assert_never(msg)
 
-    async def _start_new(self, spec: ChildSpec) -> Child:
-        slot = _Slot(spec)
-        self._slots[spec.id] = slot
+    async def _add(self, spec: ChildSpec, reply: Reply[Child]) -> None:
+        if spec.id in self._table:
+            reply.fail(ValueError(f"child {spec.id!r} already exists under {self.name}"))
+            return
+        address = self._table[spec.id] = Address(spec.id, spec)
         try:
-            return await self._start_instance(slot, spec.start())
+            child = await self._start(address)
+        except Exception as exc:
+            del self._table[spec.id]
+            self._slots.pop(spec.id, None)
+            reply.fail(exc)
         except BaseException:
-            del self._slots[spec.id]
+            # Interrupted by a stop: the asker hears ActorStopped; a child that did start is stopped
+            # with the others (its slot stays), but it is not part of the table a successor inherits.
+            del self._table[spec.id]
             raise
+        else:
+            reply.send(child)
 
-    async def _start_instance(self, slot: _Slot, instance: Child) -> Child:
-        assert self._nursery is not None
+    async def _start(self, address: Address) -> Child:
+        """Start the next instance at `address` (its first, or a restart)."""
+        assert self._children is not None
+        spec = _spec_of(address)
+        instance = spec.start()
+        instance.adopt(address)
+        if instance.restarts and spec.on_restart is not None:
+            spec.on_restart(instance, instance.restarts)
+        slot = self._slots.get(address.name)
+        if slot is None:
+            slot = self._slots[address.name] = _Slot(address, spec)
         slot.instance = instance
+        slot.scope = None
         slot.done = trio.Event()
+        slot.up = trio.Event()
+        slot.start_error = None
         slot.expected_exit = False
         slot.status = "starting"
-        await self._nursery.start(self._child_task, slot, instance)
+        # Not `nursery.start`: a start interrupted by a stop would leave the child in `start`'s own
+        # nursery, waited for by the very loop that has to stop it. Here the child runs in the
+        # children's nursery from its first moment, so an interrupted start is stopped like the rest.
+        self._children.start_soon(self._child_task, slot, instance, name=f"{self.name}/{address.name}")
+        await slot.up.wait()
+        if slot.start_error is not None:
+            slot.status = "crashed"
+            address.last_crash = _describe(slot.start_error)
+            raise slot.start_error
         slot.status = "running"
         return instance
 
-    async def _child_task(
-        self, slot: _Slot, instance: Child, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def _child_task(self, slot: _Slot, instance: Child) -> None:
         started = False
 
         class _Status:
             def started(self, value: Any = None) -> None:
                 nonlocal started
                 started = True
-                task_status.started()
+                slot.up.set()
 
         reason: Exception | None = None
         try:
-            # Shielded: outside cancellation must not reach a child; its supervisor stops it in order.
+            # Shielded: outside cancellation must not reach a child; only its supervisor stops (or
+            # cancels) it, through this scope.
             with trio.CancelScope(shield=True) as scope:
                 slot.scope = scope
                 try:
                     await instance.run(task_status=_Status())
                 except Exception as exc:
-                    if not started:
-                        raise
                     reason = exc
         finally:
             slot.done.set()
-        if not started:
-            raise RuntimeError(f"child {slot.spec.id} exited before it finished starting")
-        if slot.expected_exit or slot.instance is not instance:
+            if not started:
+                slot.start_error = reason or RuntimeError(f"child {slot.spec.id} exited before it finished starting")
+                slot.up.set()
+        if not started or slot.expected_exit or slot.instance is not instance:
             return
         slot.status = "crashed" if reason is not None else "exited"
-        control = self._control
-        if control is not None:
-            try:
-                # Shielded: the exit report must reach the loop even while the supervisor is being cancelled.
-                with trio.CancelScope(shield=True):
-                    await control.send(ChildExited(slot.spec.id, instance, reason))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        try:
+            # Shielded: the report must reach the loop even while the supervisor is being stopped; the
+            # wait ends when the loop reads it or the mailbox closes (every way the supervisor ends).
+            with trio.CancelScope(shield=True):
+                await self._tell_self(ChildExited(slot.spec.id, instance, reason))
+        except ActorStopped:
+            pass
 
     async def _on_exit(self, event: ChildExited) -> None:
         slot = self._slots.get(event.child_id)
-        if slot is None or slot.instance is not event.instance:
+        address = self._table.get(event.child_id)
+        if slot is None or address is None or slot.instance is not event.instance:
             return
         crashed = event.reason is not None
         spec = slot.spec
-        if crashed:
-            assert event.reason is not None
-            reason = _describe(event.reason)
+        restarts = event.instance.restarts
+        if event.reason is not None:
+            reason = address.last_crash = _describe(event.reason)
             log.warning(
                 "child_crashed",
                 supervisor=self.name,
                 child=spec.id,
                 reason=reason,
-                restarts=slot.restarts,
+                restarts=restarts,
                 restart_type=spec.restart.value,
             )
-            self._emit(SupervisorChildCrashed(self.name, spec.id, reason, slot.restarts, trio.current_time()))
+            self._emit(SupervisorChildCrashed(self.name, spec.id, reason, restarts, trio.current_time()))
         else:
             log.info("child_exited", supervisor=self.name, child=spec.id, restart_type=spec.restart.value)
         restart = spec.restart is Restart.PERMANENT or (spec.restart is Restart.TRANSIENT and crashed)
         if not restart:
+            del self._table[spec.id]
             del self._slots[spec.id]
-            self._specs = [s for s in self._specs if s.id != spec.id]
             return
         await self._restart_from(spec.id, event.reason)
+
+    def _group(self, child_id: str) -> list[str]:
+        ids = list(self._table)
+        match self.spec.strategy:
+            case Strategy.ONE_FOR_ONE:
+                return [child_id]
+            case Strategy.ONE_FOR_ALL:
+                return ids
+            case Strategy.REST_FOR_ONE:
+                return ids[ids.index(child_id) :]
+            case _:
+                assert_never(self.spec.strategy)
 
     async def _restart_from(self, child_id: str, reason: Exception | None) -> None:
         """Apply the strategy for the child `child_id` having exited; retries failed starts."""
@@ -322,67 +362,73 @@ class Supervisor:
                 )
                 self._emit(SupervisorEscalated(self.name, child_id, self.spec.intensity, trio.current_time()))
                 raise SupervisorEscalation(self.name, child_id, self.spec.intensity, self.spec.period)
-            ids = list(self._slots)
-            idx = ids.index(child_id)
-            match self.spec.strategy:
-                case Strategy.ONE_FOR_ONE:
-                    group = [child_id]
-                case Strategy.ONE_FOR_ALL:
-                    group = ids
-                case Strategy.REST_FOR_ONE:
-                    group = ids[idx:]
-            for cid in reversed(group):
-                if cid != child_id:
-                    await self._stop_slot(self._slots[cid])
+            group = self._group(child_id)
+            await self._stop_in_order([self._slots[cid] for cid in reversed(group) if cid in self._slots])
             try:
                 for cid in group:
-                    slot = self._slots[cid]
-                    if cid != child_id and slot.spec.restart is Restart.TEMPORARY:
-                        del self._slots[cid]
-                        self._specs = [s for s in self._specs if s.id != cid]
+                    address = self._table[cid]
+                    if cid != child_id and _spec_of(address).restart is Restart.TEMPORARY:
+                        del self._table[cid]
+                        self._slots.pop(cid, None)
                         continue
-                    await self._restart_slot(slot)
+                    await self._restart(address)
             except Exception as exc:
                 log.warning("child_start_failed", supervisor=self.name, child=child_id, reason=_describe(exc))
                 reason = exc
                 continue
             return
 
-    async def _restart_slot(self, slot: _Slot) -> None:
-        previous = slot.instance
-        instance = slot.spec.start()
-        if previous is not None:
-            instance.adopt(previous)
-        slot.restarts += 1
-        if slot.spec.on_restart is not None:
-            slot.spec.on_restart(instance, slot.restarts)
-        log.info("child_restarted", supervisor=self.name, child=slot.spec.id, restarts=slot.restarts)
-        self._emit(SupervisorChildRestarted(self.name, slot.spec.id, slot.restarts, trio.current_time()))
-        try:
-            await self._start_instance(slot, instance)
-        except Exception:
-            slot.status = "crashed"
-            raise
+    async def _restart(self, address: Address) -> None:
+        restarts = address.incarnations  # the instance about to start is this many restarts in
+        log.info("child_restarted", supervisor=self.name, child=address.name, restarts=restarts)
+        self._emit(SupervisorChildRestarted(self.name, address.name, restarts, trio.current_time()))
+        await self._start(address)
 
-    async def _stop_slot(self, slot: _Slot) -> None:
-        instance = slot.instance
-        if instance is None or slot.done.is_set():
-            slot.status = "stopped"
+    # -- stopping -------------------------------------------------------------------------------------
+
+    async def _stop_in_order(self, slots: Sequence[_Slot]) -> None:
+        """Stop `slots` one at a time, in the given order, within the largest of their graces (see the
+        module docstring). Not shielded: a cancellation here comes from whoever is stopping *us*."""
+        live = [s for s in slots if s.live]
+        for slot in slots:
+            if not slot.live and slot.instance is not None:
+                slot.status = "stopped"
+        if not live:
             return
+        end = trio.current_time() + max(s.spec.shutdown for s in live)
+        for slot in live:
+            await self._stop_slot(slot, min(trio.current_time() + slot.spec.shutdown, end))
+
+    async def _stop_slot(self, slot: _Slot, deadline: float) -> None:
+        instance = slot.instance
+        assert instance is not None
         slot.expected_exit = True
         slot.status = "stopping"
         instance.stop()
-        with trio.move_on_after(slot.spec.shutdown) as grace:
-            grace.shield = True
+        with trio.move_on_at(deadline):
             await slot.done.wait()
         if not slot.done.is_set():
             log.warning("child_killed", supervisor=self.name, child=slot.spec.id, grace=slot.spec.shutdown)
-            if slot.scope is not None:
-                slot.scope.cancel(reason=f"{slot.spec.id} did not stop within {slot.spec.shutdown:g}s")
-            with trio.CancelScope(shield=True):
-                await slot.done.wait()
+            self._kill(slot, f"{slot.spec.id} did not stop within its grace")
+            await slot.done.wait()  # a cancelled child ends at its next checkpoint
         slot.status = "stopped"
 
-    async def _stop_all(self) -> None:
-        for slot in reversed(list(self._slots.values())):
-            await self._stop_slot(slot)
+    def _kill(self, slot: _Slot, reason: str) -> None:
+        slot.expected_exit = True
+        if slot.scope is not None and not slot.done.is_set():
+            slot.scope.cancel(reason=reason)
+
+    async def _stop_children(self) -> None:
+        """The supervisor's own end: every child stopped in reverse order, bounded as described above."""
+        if self.status != "crashed":
+            self.status = "stopping"
+        slots = list(reversed(self._slots.values()))
+        try:
+            # A root shields its orderly stop from the outside cancellation that may have started it
+            # (bounded by its budget); below the root the only cancellation is the parent's kill.
+            with trio.CancelScope(shield=not self._supervised):
+                await self._stop_in_order(slots)
+        finally:
+            for slot in slots:
+                self._kill(slot, f"supervisor {self.name} was cancelled while stopping")
+            self._children = None
