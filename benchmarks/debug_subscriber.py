@@ -22,6 +22,7 @@ import trio
 
 from apikeyrouter import ApiKeyRouter
 from apikeyrouter.adapters import OpenAIAdapter
+from apikeyrouter.debug import open_debug_channel
 from apikeyrouter.debug.client import DebugClient, connect
 from apikeyrouter.sim import SimServer, parse_sim_config
 
@@ -51,7 +52,7 @@ async def main(requests: int, repeats: int) -> dict[str, float]:
     async with trio.open_nursery() as nursery:
         port = await nursery.start(sim.serve, "127.0.0.1", 0)
         socket = str(Path(tempfile.mkdtemp(prefix="akr-bench-")) / "debug.sock")
-        async with ApiKeyRouter() as router, router.open_debug_channel(socket) as server:
+        async with ApiKeyRouter() as router, open_debug_channel(router, socket) as server:
             await router.register_provider("sim", OpenAIAdapter(base_url=f"http://127.0.0.1:{port}/v1"))
             for i in range(4):
                 await router.register_key(f"sk-sim-{i}", "sim", key_id=f"k{i}")

@@ -17,7 +17,7 @@ from typing import assert_never
 import attrs
 import trio
 
-from apikeyrouter.actors import Actor, ActorRef, Reply
+from apikeyrouter.kernel import Actor, ActorRef, Reply
 
 
 @attrs.frozen

@@ -202,7 +202,7 @@ class _InstantRouter:
     """Just enough of `RouterAPI` for `ProxyApp` to serve non-streaming chat with a canned answer."""
 
     def __init__(self) -> None:
-        from apikeyrouter.intent import ResponseMetadata, SystemResponse, Usage
+        from apikeyrouter.domain.request import ResponseMetadata, SystemResponse, Usage
         from apikeyrouter.observe import EventBus
 
         self.events = EventBus()

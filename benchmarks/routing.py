@@ -43,11 +43,12 @@ import structlog
 import trio
 import trio.testing
 
-from apikeyrouter.actors.base import ActorRef, Reply
-from apikeyrouter.actors.router import RouterActor, RoutingDecision, view_of
+from apikeyrouter.actors.router import RouterActor, view_of
 from apikeyrouter.adapters import OpenAIAdapter
+from apikeyrouter.domain.decision import RoutingDecision
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.scoring import rank
+from apikeyrouter.kernel.actor import ActorRef, Reply
 from apikeyrouter.messages.key import Granted, KeyCommand, Outcome, Release, Reserve, Settle
 from apikeyrouter.messages.router import Decide
 from apikeyrouter.runtime import ApiKeyRouter

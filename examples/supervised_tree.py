@@ -10,8 +10,10 @@ from typing import assert_never
 import attrs
 import trio
 
-from apikeyrouter.actors import Actor, Reply
-from apikeyrouter.supervisors import ChildSpec, Strategy, Supervisor, SupervisorSpec, TreeNode
+from apikeyrouter.kernel import Actor, Reply
+from apikeyrouter.kernel.actor import TreeNode
+from apikeyrouter.kernel.spec import ChildSpec, Strategy, SupervisorSpec
+from apikeyrouter.supervisors import Supervisor
 
 
 @attrs.frozen

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from apikeyrouter.intent import ChatMessage, RequestIntent
+from apikeyrouter.domain.request import ChatMessage, RequestIntent
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -16,13 +16,14 @@ from typing import Any
 
 import trio
 
-from apikeyrouter.actors import ActorRef
-from apikeyrouter.actors.base import TreeNode
 from apikeyrouter.debug import DebugServer
 from apikeyrouter.domain.circuit import BreakerHalfOpened
 from apikeyrouter.domain.lifecycle import Cause, KeyState, Transition
+from apikeyrouter.kernel import ActorRef
+from apikeyrouter.kernel.actor import TreeNode
+from apikeyrouter.kernel.spec import ChildSpec, Strategy, SupervisorSpec
 from apikeyrouter.observe import EventBus, KeyBreakerChanged, KeyTransitioned, ProviderHealthChanged
-from apikeyrouter.supervisors import ChildSpec, Strategy, Supervisor, SupervisorSpec
+from apikeyrouter.supervisors import Supervisor
 from tests.kernel_actors import Counter, CounterMsg
 
 # A secret-shaped string that must never leave the debug channel.

@@ -7,7 +7,7 @@ from typing import assert_never
 import attrs
 import trio
 
-from apikeyrouter.actors import Actor, Reply
+from apikeyrouter.kernel import Actor, Reply
 
 
 @attrs.frozen

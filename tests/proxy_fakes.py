@@ -16,9 +16,9 @@ from typing import Any
 import attrs
 import trio
 
-from apikeyrouter.actors.base import TreeNode
+from apikeyrouter.domain.request import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.errors import UnknownKey, UnknownModel, UnknownProvider
-from apikeyrouter.intent import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
+from apikeyrouter.kernel.actor import TreeNode
 from apikeyrouter.observe import EventBus
 from apikeyrouter.proxy import Listening, ProxyApp, serve_proxy
 from apikeyrouter.runtime.api import APIKey

@@ -6,8 +6,8 @@ import pytest
 import trio
 import trio.testing
 
-from apikeyrouter.actors import Actor, ActorRef
 from apikeyrouter.errors import ActorCrashed, ActorStopped, MailboxFull
+from apikeyrouter.kernel import Actor, ActorRef
 from tests.kernel_actors import Add, Block, Boom, Counter, CounterMsg, CounterState, CrashNow, Exit, Get, Later
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from apikeyrouter.adapters import AnthropicAdapter
 from apikeyrouter.domain.failures import FailureClass as F
+from apikeyrouter.domain.request import ChatMessage, RequestIntent, Usage
 from apikeyrouter.errors import InvalidRequest, MalformedResponse, StreamInterrupted, UpstreamError
-from apikeyrouter.intent import ChatMessage, RequestIntent, Usage
 from apikeyrouter.secret import Secret
 from tests.adapter_mocks import json_response, mock_client, split_every, sse_response
 

@@ -10,8 +10,8 @@ import pytest
 
 from apikeyrouter.adapters import GenericHTTPAdapter, ProviderAdapter
 from apikeyrouter.domain.failures import FailureClass as F
+from apikeyrouter.domain.request import ChatMessage, RequestIntent, Usage
 from apikeyrouter.errors import MalformedResponse, UpstreamError
-from apikeyrouter.intent import ChatMessage, RequestIntent, Usage
 from apikeyrouter.secret import Secret
 from tests.adapter_mocks import json_response, mock_client
 

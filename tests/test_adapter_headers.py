@@ -6,8 +6,9 @@ import datetime as dt
 
 import pytest
 
-from apikeyrouter.adapters import QuotaSignal, parse_anthropic_headers, parse_duration, parse_openai_headers
+from apikeyrouter.adapters import parse_anthropic_headers, parse_duration, parse_openai_headers
 from apikeyrouter.adapters.headers import parse_retry_after
+from apikeyrouter.domain.signal import QuotaSignal
 
 
 @pytest.mark.parametrize(

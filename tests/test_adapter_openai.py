@@ -8,10 +8,11 @@ from typing import Any
 import httpx
 import pytest
 
-from apikeyrouter.adapters import OpenAIAdapter, QuotaSignal
+from apikeyrouter.adapters import OpenAIAdapter
 from apikeyrouter.domain.failures import FailureClass as F
+from apikeyrouter.domain.request import RequestIntent, Usage
+from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.errors import MalformedResponse, StreamInterrupted, UpstreamError
-from apikeyrouter.intent import RequestIntent, Usage
 from apikeyrouter.secret import Secret
 from tests.adapter_mocks import json_response, make_intent, mock_client, split_every, sse_response
 

@@ -9,7 +9,7 @@ import pytest
 
 from apikeyrouter.adapters import OpenAIAdapter, PriceTable, count_chat, count_text, encoding_for_model
 from apikeyrouter.adapters import tokens as tokens_mod
-from apikeyrouter.intent import ChatMessage, RequestIntent, Usage
+from apikeyrouter.domain.request import ChatMessage, RequestIntent, Usage
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import structlog
 import trio
 
 from apikeyrouter.adapters import AnthropicAdapter, GenericHTTPAdapter, OpenAIAdapter, scrub
+from apikeyrouter.domain.request import ChatMessage, RequestIntent
 from apikeyrouter.errors import UpstreamError
-from apikeyrouter.intent import ChatMessage, RequestIntent
 from apikeyrouter.secret import Secret
 from tests.adapter_mocks import json_response, mock_client
 from tests.sim_helpers import start_sim

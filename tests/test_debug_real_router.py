@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import trio
 
+from apikeyrouter.debug import open_debug_channel
 from apikeyrouter.debug.client import call, subscribe
 from apikeyrouter.messages.key import InjectCrash
 from tests.routing_env import chat, routing_env
@@ -24,7 +25,7 @@ async def test_inspect_data_matches_the_actors_snapshots(tmp_path: Path) -> None
             sim_keys=[{"key": "sk-sim-tight", "rpm": 1}],
             config={"routing": {"objective": "quality"}},
         ) as env,
-        env.router.open_debug_channel(socket),
+        open_debug_channel(env.router, socket),
     ):
         assert stat.S_IMODE(os.stat(socket).st_mode) == 0o600
         async with httpx.AsyncClient(base_url=env.base_url) as http:  # spend tight's quota behind the router

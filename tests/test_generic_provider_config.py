@@ -10,10 +10,10 @@ import pytest
 import trio
 from click.testing import CliRunner
 
-from apikeyrouter.adapters import QuotaSignal
 from apikeyrouter.adapters.factory import adapter_from_config, build_adapters
 from apikeyrouter.cli import main
 from apikeyrouter.config import load_config, parse_config
+from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.errors import ConfigError
 from tests.serve_env import serve_env
 from tests.test_config import EXAMPLE, EXAMPLE_ENV

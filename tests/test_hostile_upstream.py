@@ -16,23 +16,17 @@ import pytest
 import structlog.testing
 import trio
 
-from apikeyrouter.adapters import (
-    AnthropicAdapter,
-    OpenAIAdapter,
-    QuotaSignal,
-    parse_duration,
-    parse_openai_headers,
-    scrub,
-)
+from apikeyrouter.adapters import AnthropicAdapter, OpenAIAdapter, parse_duration, parse_openai_headers, scrub
 from apikeyrouter.adapters.generic import GenericHTTPAdapter
 from apikeyrouter.adapters.headers import MAX_RESET_S, parse_anthropic_headers, parse_retry_after
 from apikeyrouter.adapters.pricing import PriceTable
 from apikeyrouter.config import parse_config
 from apikeyrouter.domain.cost import ModelPrice, cost
 from apikeyrouter.domain.failures import DEFAULT_ACTIONS, FailureAction, FailureClass, KeyEffect
-from apikeyrouter.domain.scoring import render_time
+from apikeyrouter.domain.request import ChatMessage, RequestIntent, Usage
+from apikeyrouter.domain.signal import QuotaSignal
+from apikeyrouter.domain.walltime import render_wall
 from apikeyrouter.errors import ApiKeyRouterError, UpstreamError
-from apikeyrouter.intent import ChatMessage, RequestIntent, Usage
 from apikeyrouter.proxy._errors import http_error_for
 from apikeyrouter.runtime import ApiKeyRouter
 from apikeyrouter.secret import Secret
@@ -129,10 +123,10 @@ def test_absurd_anthropic_resets_are_clamped() -> None:
 
 
 @pytest.mark.parametrize("t", [1e12, 1e300, -1e12, math.inf, -math.inf, math.nan])
-def test_render_time_of_an_absurd_instant_is_a_safe_string(t: float) -> None:
-    text = render_time(t, 0.0)
+def test_rendering_an_absurd_instant_is_a_safe_string(t: float) -> None:
+    text = render_wall(t, 0.0)
     assert isinstance(text, str) and text
-    assert render_time(3600.0 + 61.0, 0.0) == "1970-01-01T01:01:01.000Z"  # sane values render as ever
+    assert render_wall(3600.0 + 61.0, 0.0) == "1970-01-01T01:01:01.000Z"  # sane values render as ever
 
 
 def _poison_on(poisoned: str, poison: httpx.Response) -> Handler:

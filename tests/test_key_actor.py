@@ -7,25 +7,27 @@ from decimal import Decimal
 import trio
 import trio.testing
 
-from apikeyrouter.actors.base import ActorRef
 from apikeyrouter.actors.board import SnapshotBoard
-from apikeyrouter.actors.key import KeyActor, KeyConfig
+from apikeyrouter.actors.key import KeyActor
 from apikeyrouter.domain.circuit import BreakerConfig
 from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.domain.keystate import KeySettings
 from apikeyrouter.domain.lifecycle import KeyState
 from apikeyrouter.domain.quota import QuotaConfig
 from apikeyrouter.domain.refusal import Refusal, RefusalKind, explain
+from apikeyrouter.kernel.actor import ActorRef
+from apikeyrouter.kernel.spec import ChildSpec
 from apikeyrouter.messages.key import Granted, InjectCrash, KeyCommand, Outcome, Release, Reserve, Settle
 from apikeyrouter.observe import EventBus, KeyTransitioned
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import MemoryStore
-from apikeyrouter.supervisors import ChildSpec, Supervisor
+from apikeyrouter.supervisors import Supervisor
 
 D = Decimal
 
 
 class Harness:
-    def __init__(self, config: KeyConfig) -> None:
+    def __init__(self, config: KeySettings) -> None:
         self.board = SnapshotBoard()
         self.events = EventBus()
         self.store = MemoryStore()
@@ -45,7 +47,7 @@ async def reserve(
 
 
 async def test_throttle_ends_on_time_without_any_request(autojump_clock: trio.testing.MockClock) -> None:
-    h = Harness(KeyConfig(id="k", provider="p"))
+    h = Harness(KeySettings(id="k", provider="p"))
     async with trio.open_nursery() as nursery:
         ref = await nursery.start(h.make().run)
         grant = await reserve(ref)
@@ -65,7 +67,7 @@ async def test_throttle_ends_on_time_without_any_request(autojump_clock: trio.te
 
 
 async def test_refusals_carry_reasons_and_release_returns_everything(autojump_clock: trio.testing.MockClock) -> None:
-    h = Harness(KeyConfig(id="k", provider="p", quota=QuotaConfig(rpm=2), max_in_flight=1))
+    h = Harness(KeySettings(id="k", provider="p", quota=QuotaConfig(rpm=2), max_in_flight=1))
     async with trio.open_nursery() as nursery:
         ref = await nursery.start(h.make().run)
         first = await reserve(ref, cost="0.60")
@@ -89,7 +91,7 @@ async def test_refusals_carry_reasons_and_release_returns_everything(autojump_cl
 
 
 async def test_lease_expiry_reclaims_a_reservation_nobody_settled(autojump_clock: trio.testing.MockClock) -> None:
-    h = Harness(KeyConfig(id="k", provider="p", max_in_flight=1))
+    h = Harness(KeySettings(id="k", provider="p", max_in_flight=1))
     async with trio.open_nursery() as nursery:
         ref = await nursery.start(h.make().run)
         assert isinstance(await reserve(ref, lease=5), Granted)
@@ -100,7 +102,7 @@ async def test_lease_expiry_reclaims_a_reservation_nobody_settled(autojump_clock
 
 
 async def test_breaker_counts_only_server_side_failures(autojump_clock: trio.testing.MockClock) -> None:
-    h = Harness(KeyConfig(id="k", provider="p", breaker=BreakerConfig(failure_threshold=2, cooldown=10)))
+    h = Harness(KeySettings(id="k", provider="p", breaker=BreakerConfig(failure_threshold=2, cooldown=10)))
     async with trio.open_nursery() as nursery:
         ref = await nursery.start(h.make().run)
         for failure in (FailureClass.BAD_REQUEST, FailureClass.CONTEXT_LENGTH, FailureClass.SERVER_ERROR):
@@ -118,7 +120,7 @@ async def test_breaker_counts_only_server_side_failures(autojump_clock: trio.tes
 
 
 async def test_crash_restores_the_throttled_state(autojump_clock: trio.testing.MockClock) -> None:
-    h = Harness(KeyConfig(id="k", provider="p"))
+    h = Harness(KeySettings(id="k", provider="p"))
     sup = Supervisor("keys", children=[ChildSpec("key:k", h.make)])
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
@@ -140,6 +142,6 @@ async def test_crash_restores_the_throttled_state(autojump_clock: trio.testing.M
 
 
 def test_secret_never_in_snapshot_or_reprs() -> None:
-    h = Harness(KeyConfig(id="k", provider="p"))
+    h = Harness(KeySettings(id="k", provider="p"))
     actor = h.make()
     assert "sk-test-key-material" not in repr(actor.config) + repr(actor._initial_secret)

@@ -11,10 +11,11 @@ import structlog.testing
 import trio
 import trio.testing
 
-from apikeyrouter.intent import StreamChunk
+from apikeyrouter.domain.request import StreamChunk
+from apikeyrouter.kernel.spec import ChildSpec
 from apikeyrouter.proxy import Listening, ProxyApp, ProxyServer, serve_proxy
 from apikeyrouter.secret import Secret
-from apikeyrouter.supervisors import ChildSpec, Supervisor
+from apikeyrouter.supervisors import Supervisor
 from tests.proxy_fakes import CHAT, CLIENT_TOKEN, FakeRouter, auth, running_proxy
 
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from apikeyrouter.adapters import OpenAIAdapter
+from apikeyrouter.domain.request import RequestIntent
 from apikeyrouter.errors import InvalidRequest
-from apikeyrouter.intent import RequestIntent
 from apikeyrouter.secret import Secret
 from tests.adapter_mocks import mock_client
 from tests.proxy_fakes import CHAT, FakeRouter, auth, running_proxy

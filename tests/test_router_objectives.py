@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from apikeyrouter import InvalidRequest
-from apikeyrouter.intent import SystemResponse
+from apikeyrouter.domain.request import SystemResponse
 from tests.routing_env import chat, routing_env, settle_down
 
 CHEAP = {"prices": {"gpt-4o-mini": ("0.01", "0.02")}}  # per million tokens: far below the list price

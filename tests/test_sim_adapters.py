@@ -10,8 +10,8 @@ import trio
 
 from apikeyrouter.adapters import AnthropicAdapter, OpenAIAdapter, count_chat, count_text
 from apikeyrouter.domain.failures import FailureClass as F
+from apikeyrouter.domain.request import ChatMessage, RequestIntent
 from apikeyrouter.errors import StreamInterrupted, UpstreamError
-from apikeyrouter.intent import ChatMessage, RequestIntent
 from apikeyrouter.secret import Secret
 from apikeyrouter.sim import SimProvider
 from tests.sim_helpers import start_sim

@@ -14,14 +14,16 @@ from decimal import Decimal
 import trio
 import trio.testing
 
-from apikeyrouter.actors import ActorRef
 from apikeyrouter.actors.board import SnapshotBoard
-from apikeyrouter.actors.key import KeyActor, KeyConfig
+from apikeyrouter.actors.key import KeyActor
+from apikeyrouter.domain.keystate import KeySettings
+from apikeyrouter.kernel import ActorRef
+from apikeyrouter.kernel.spec import Child, ChildSpec, Strategy, SupervisorSpec
 from apikeyrouter.messages.key import Granted, InjectCrash, KeyCommand, Reserve
 from apikeyrouter.observe import EventBus
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import MemoryStore
-from apikeyrouter.supervisors import Child, ChildSpec, Strategy, Supervisor, SupervisorSpec
+from apikeyrouter.supervisors import Supervisor
 from tests.kernel_actors import Counter, CounterMsg, CrashNow
 
 STORE = MemoryStore()
@@ -32,7 +34,7 @@ EVENTS = EventBus()
 def key_spec(key_id: str) -> ChildSpec:
     def make() -> KeyActor:
         secret = Secret(f"sk-test-{key_id}")
-        return KeyActor(KeyConfig(id=key_id, provider="x"), secret, store=STORE, board=BOARD, events=EVENTS)
+        return KeyActor(KeySettings(id=key_id, provider="x"), secret, store=STORE, board=BOARD, events=EVENTS)
 
     return ChildSpec(f"key:{key_id}", make, shutdown=1.0)
 

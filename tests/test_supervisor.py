@@ -12,9 +12,10 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apikeyrouter.actors import ActorRef
 from apikeyrouter.errors import ActorStopped, SupervisorEscalation
-from apikeyrouter.supervisors import Child, ChildSpec, Restart, Strategy, Supervisor, SupervisorSpec
+from apikeyrouter.kernel import ActorRef
+from apikeyrouter.kernel.spec import Child, ChildSpec, Restart, Strategy, SupervisorSpec
+from apikeyrouter.supervisors import Supervisor
 from tests.kernel_actors import Add, Counter, CounterMsg, CrashNow, Exit, Get
 
 ONE_FOR_ONE, ONE_FOR_ALL, REST_FOR_ONE = Strategy.ONE_FOR_ONE, Strategy.ONE_FOR_ALL, Strategy.REST_FOR_ONE

@@ -2,6 +2,7 @@
 
 from apikeyrouter.config import RouterConfig, default_config, load_config, parse_config
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
+from apikeyrouter.domain.request import ChatMessage, RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.errors import (
     ActorCrashed,
     ActorError,
@@ -22,7 +23,6 @@ from apikeyrouter.errors import (
     UnknownProvider,
     UpstreamError,
 )
-from apikeyrouter.intent import ChatMessage, RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.runtime import ApiKeyRouter, open_router
 from apikeyrouter.secret import Secret
 

@@ -31,9 +31,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from apikeyrouter.adapters.base import QuotaSignal
     from apikeyrouter.domain.failures import FailureClass
     from apikeyrouter.domain.refusal import Refusal
+    from apikeyrouter.domain.signal import QuotaSignal
 
 __all__ = [
     "ActorCrashed",

@@ -27,10 +27,10 @@ import trio
 from apikeyrouter.config import RouterConfig, bind_allowed, load_config
 from apikeyrouter.debug.server import DebugServer
 from apikeyrouter.errors import ConfigError
+from apikeyrouter.kernel.spec import ChildSpec, Restart
 from apikeyrouter.proxy.app import ProxyApp
 from apikeyrouter.proxy.server import Listening, ProxyServer
 from apikeyrouter.runtime import ApiKeyRouter
-from apikeyrouter.supervisors import ChildSpec, Restart
 
 __all__ = ["Started", "run_standalone"]
 

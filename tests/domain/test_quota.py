@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apikeyrouter.adapters.base import QuotaSignal
 from apikeyrouter.domain import quota
 from apikeyrouter.domain.quota import CapacityState, QuotaConfig, QuotaRefusal, QuotaReservation
+from apikeyrouter.domain.signal import QuotaSignal
 
 
 def _reserve(q: quota.Quota, tokens: int, now: float) -> tuple[quota.Quota, QuotaReservation]:

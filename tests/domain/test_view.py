@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from apikeyrouter.adapters.base import QuotaSignal
 from apikeyrouter.domain import circuit, lifecycle, quota, stats
 from apikeyrouter.domain.circuit import Breaker, BreakerConfig, BreakerState
 from apikeyrouter.domain.failures import KeyEffect
@@ -10,6 +9,7 @@ from apikeyrouter.domain.index import KeyIndex
 from apikeyrouter.domain.lifecycle import KeyState, Lifecycle
 from apikeyrouter.domain.quota import CapacityState, QuotaConfig, QuotaReservation
 from apikeyrouter.domain.scoring import KeyView
+from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.domain.view import bench_until, key_view
 
 CFG = BreakerConfig(failure_threshold=1, cooldown=10.0, probe_deadline=5.0)

@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from apikeyrouter.domain.scoring import render_time
 from apikeyrouter.domain.walltime import INVALID_TIME, render_wall
 
 # Trio time 100.0 on a router whose wall clock read 2026-12-01T20:37:57.123Z at that moment.
@@ -18,10 +17,6 @@ def test_a_trio_time_renders_as_iso_8601_utc_with_milliseconds() -> None:
     assert render_wall(100.0009, WALL) == "2026-12-01T20:37:57.123Z"  # truncated, never rounded up a second
     assert render_wall(0.0, 0.0) == "1970-01-01T00:00:00.000Z"
     assert render_wall(-0.0005, 0.0) == "1969-12-31T23:59:59.999Z"
-
-
-def test_the_request_path_name_is_the_same_function() -> None:
-    assert render_time is render_wall
 
 
 @pytest.mark.parametrize(

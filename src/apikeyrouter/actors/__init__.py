@@ -1,5 +1,3 @@
-"""Actors: `Actor` (base), `ActorRef`, `Reply`, `ActorSnapshot`."""
-
-from apikeyrouter.actors.base import Actor, ActorRef, ActorSnapshot, Reply
-
-__all__ = ["Actor", "ActorRef", "ActorSnapshot", "Reply"]
+"""The actors, one per file: `KeyActor` (key.py), `ProviderActor` (provider.py), `RouterActor` (router.py),
+`BudgetActor` (budget.py), and the `SnapshotBoard` (board.py) where they publish their frozen snapshots.
+The kernel they are built on (`Actor`, `ActorRef`, `Reply`) is `apikeyrouter.kernel`."""

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import trio
 
 if TYPE_CHECKING:
-    from apikeyrouter.actors.key import KeySnapshot
-    from apikeyrouter.actors.provider import ProviderSnapshot
+    from apikeyrouter.domain.health import ProviderSnapshot
+    from apikeyrouter.domain.keystate import KeySnapshot
 
 __all__ = ["SnapshotBoard"]
 

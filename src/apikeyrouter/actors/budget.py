@@ -14,10 +14,10 @@ from typing import Any, assert_never
 import structlog
 import trio
 
-from apikeyrouter.actors.base import Actor
 from apikeyrouter.domain import budget
 from apikeyrouter.domain.budget import BudgetOverrun, BudgetRefused, BudgetSpec, Ledger
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
+from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, HoldPlaced, SetBudget, SetBudgets
 from apikeyrouter.observe import BudgetOverran, EventBus
 from apikeyrouter.store.memory import StateStore

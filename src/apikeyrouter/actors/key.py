@@ -9,9 +9,7 @@ ends, so that transition is published when it happens rather than when somebody 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, assert_never
 
@@ -19,18 +17,19 @@ import attrs
 import structlog
 import trio
 
-from apikeyrouter.actors.base import Actor
 from apikeyrouter.actors.board import SnapshotBoard
-from apikeyrouter.adapters.base import QuotaSignal
 from apikeyrouter.domain import circuit, lifecycle, quota, stats
-from apikeyrouter.domain.circuit import Breaker, BreakerConfig, BreakerEvent, BreakerState
-from apikeyrouter.domain.failures import DEFAULT_ACTIONS, FailureAction, FailureClass, KeyEffect
+from apikeyrouter.domain.circuit import Breaker, BreakerEvent, BreakerState
+from apikeyrouter.domain.failures import KeyEffect
+from apikeyrouter.domain.keystate import KeyRecord, KeySettings, KeySnapshot
 from apikeyrouter.domain.lifecycle import KeyState, Lifecycle, LifecycleEvent, Transition, TransitionRefused
-from apikeyrouter.domain.quota import Capacity, Prediction, Quota, QuotaConfig, QuotaReservation
+from apikeyrouter.domain.quota import Quota, QuotaReservation
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
-from apikeyrouter.domain.stats import Stats, StatsConfig
+from apikeyrouter.domain.signal import QuotaSignal
+from apikeyrouter.domain.stats import Stats
 from apikeyrouter.domain.view import bench_until
 from apikeyrouter.errors import ActorStopped, MailboxFull
+from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.messages.key import (
     Granted,
     InjectCrash,
@@ -46,91 +45,11 @@ from apikeyrouter.observe import EventBus, KeyBreakerChanged, KeyTransitioned, e
 from apikeyrouter.secret import Secret, redact
 from apikeyrouter.store.memory import StateStore
 
-__all__ = ["KeyActor", "KeyConfig", "KeyRecord", "KeySnapshot"]
+__all__ = ["KeyActor"]
 
 log = structlog.get_logger("apikeyrouter.key")
 
 _ZERO = Decimal(0)
-
-
-@attrs.frozen
-class KeyConfig:
-    id: str
-    provider: str
-    models: frozenset[str] = frozenset()  # empty: whatever the provider serves
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
-    quota: QuotaConfig = attrs.field(factory=QuotaConfig)
-    breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
-    stats: StatsConfig = attrs.field(factory=StatsConfig)
-    max_in_flight: int | None = None
-    budget: Decimal | None = None  # shown in snapshots; enforced per 30 days by the BudgetActor
-    failures: Mapping[FailureClass, FailureAction] = attrs.field(factory=lambda: dict(DEFAULT_ACTIONS))
-    default_throttle_s: float = 30.0  # a 429 without Retry-After or reset headers benches this long
-    exhausted_cooldown_s: float = 3600.0  # quota gone with no window reset known
-
-
-@attrs.frozen
-class KeyRecord:
-    """The durable part of a key's state: what a restart restores."""
-
-    lifecycle: Lifecycle
-    quota: Quota
-    breaker: Breaker
-    stats: Stats
-    spend: Decimal
-    secret: Secret
-
-
-@attrs.frozen
-class KeySnapshot:
-    """What the router scores and the debug channel shows. Never holds key material."""
-
-    id: str
-    provider: str
-    fingerprint: str
-    models: frozenset[str]
-    metadata: Mapping[str, str]
-    lifecycle: Lifecycle
-    breaker: Breaker
-    stats: Stats
-    in_flight: int
-    max_in_flight: int | None
-    spend: Decimal
-    reserved_cost: Decimal
-    budget: Decimal | None
-    at: float
-    quota: Quota
-    breaker_config: BreakerConfig
-    retry_after_s: float | None = None  # the provider's Retry-After behind the current throttle
-    restarts: int = 0
-
-    # The quota figures are computed when first read (once per snapshot), not on every publish: a
-    # key publishes on each reservation and settlement, and most snapshots are never read whole.
-
-    @functools.cached_property
-    def capacity(self) -> Capacity:
-        return quota.capacity(self.quota, self.at, self.prediction)
-
-    @functools.cached_property
-    def prediction(self) -> Prediction:
-        return quota.predict(self.quota, self.at)
-
-    @functools.cached_property
-    def usage(self) -> Mapping[str, tuple[int, int | None]]:
-        return quota.usage(self.quota, self.at)
-
-    def available_at(self, now: float) -> float | None:
-        """When this key may next take a request (now if it can), None if only an operator can help."""
-        when = self.lifecycle.available_at(now)
-        if when is None:
-            return None
-        b, _ = circuit.effective(self.breaker, self.breaker_config, now)
-        if b.state is BreakerState.OPEN and b.open_until is not None:
-            when = max(when, b.open_until)
-        q_at = quota.available_at(self.quota, 1, now)
-        if q_at is None:
-            return None
-        return max(when, q_at)
 
 
 @attrs.define
@@ -147,7 +66,7 @@ class KeyActor(Actor[KeyCommand]):
 
     def __init__(
         self,
-        config: KeyConfig,
+        config: KeySettings,
         secret: Secret,
         *,
         store: StateStore,

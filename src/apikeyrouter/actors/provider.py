@@ -17,38 +17,42 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import assert_never
+from typing import Protocol, assert_never
 
-import attrs
 import httpx
 import structlog
 import trio
 
-from apikeyrouter.actors.base import Actor
 from apikeyrouter.actors.board import SnapshotBoard
-from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.domain import health as health_rules
 from apikeyrouter.domain.failures import FailureClass
-from apikeyrouter.domain.health import HealthConfig, HealthEvent, ProviderDegraded, ProviderHealth, ProviderRecovered
+from apikeyrouter.domain.health import (
+    HealthConfig,
+    HealthEvent,
+    ProviderDegraded,
+    ProviderHealth,
+    ProviderRecovered,
+    ProviderSnapshot,
+)
+from apikeyrouter.domain.signal import Capabilities
 from apikeyrouter.errors import ActorStopped
+from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.messages.provider import CallEnded, ProviderCommand
 from apikeyrouter.observe import EventBus, ProviderHealthChanged
 
-__all__ = ["HealthConfig", "ProviderActor", "ProviderSnapshot"]
+__all__ = ["HealthConfig", "ProviderActor"]
 
 log = structlog.get_logger("apikeyrouter.provider")
 
-@attrs.frozen
-class ProviderSnapshot:
-    id: str
+
+class ClientSource(Protocol):
+    """What the provider actor needs of an adapter (`adapters.base.ProviderAdapter` is one): its kind, its
+    declared models, and a client to own. Declared here so the actor layer needs nothing above it."""
+
     kind: str
-    degraded: bool
-    reason: str
-    in_flight: int
-    requests: int
-    failures: int
-    models: frozenset[str]
-    at: float
+    capabilities: Capabilities
+
+    def make_client(self) -> httpx.AsyncClient: ...
 
 
 class ProviderActor(Actor[ProviderCommand]):
@@ -57,7 +61,7 @@ class ProviderActor(Actor[ProviderCommand]):
     def __init__(
         self,
         provider_id: str,
-        adapter: ProviderAdapter,
+        adapter: ClientSource,
         *,
         board: SnapshotBoard,
         events: EventBus,

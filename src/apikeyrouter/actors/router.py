@@ -8,7 +8,6 @@ with their score breakdowns and, for keys left out, why (bounded: counts by kind
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -18,104 +17,24 @@ import attrs
 import structlog
 import trio
 
-from apikeyrouter.actors.base import Actor
 from apikeyrouter.actors.board import SnapshotBoard
-from apikeyrouter.actors.key import KeySnapshot
 from apikeyrouter.domain.cost import ModelPrice
+from apikeyrouter.domain.decision import Candidate, RoutingDecision
 from apikeyrouter.domain.index import KeyIndex
-from apikeyrouter.domain.refusal import Refusal, describe
-from apikeyrouter.domain.scoring import KeyView, ScoringConfig, Weights, score, weights_for
+from apikeyrouter.domain.keystate import KeySnapshot
+from apikeyrouter.domain.scoring import KeyView, ScoringConfig, weights_for
 from apikeyrouter.domain.view import key_view
-from apikeyrouter.domain.walltime import render_wall
+from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.messages.router import Decide, RouterCommand
 from apikeyrouter.observe import EventBus
 
-__all__ = ["Candidate", "RouterActor", "RoutingDecision"]
+__all__ = ["RouterActor"]
 
 log = structlog.get_logger("apikeyrouter.router")
 
 PriceLookup = Callable[[str, str], ModelPrice | None]  # (provider, model) -> price
 
 QUALITY_TIERS = {"low": 0.25, "basic": 0.25, "standard": 0.5, "high": 0.75, "premium": 1.0}
-
-
-@attrs.frozen
-class Candidate:
-    key_id: str
-    provider: str
-    score: float
-    # What the score came from, so its breakdown is rendered only when someone reads it.
-    view: KeyView = attrs.field(repr=False, eq=False)
-    model: str = attrs.field(repr=False, eq=False)
-    weights: Weights = attrs.field(repr=False, eq=False)
-    scoring: ScoringConfig = attrs.field(repr=False, eq=False)
-
-    @functools.cached_property
-    def breakdown(self) -> str:
-        return score(self.view, self.model, self.weights, self.scoring).explain()
-
-
-@attrs.frozen
-class RoutingDecision:
-    id: str
-    request_id: str
-    at: float
-    model: str
-    objective: str
-    candidates: tuple[Candidate, ...]
-    excluded: Mapping[str, str]  # key id -> reason (keys tried by this request, plus examples)
-    excluded_total: int
-    excluded_by_kind: tuple[tuple[str, int], ...]
-    retry_at: float | None  # no candidate: when one may recover by itself (None: never / unknown)
-    serving: int  # keys that serve the model at all
-    wall_offset: float = attrs.field(default=0.0, repr=False, eq=False)
-    refused: tuple[Refusal, ...] = ()  # added after the decision: keys that refused when asked to reserve
-
-    @functools.cached_property
-    def explanation(self) -> str:
-        """Why: the chosen key's score breakdown, the runners-up, and every excluded key with its reason.
-        Built on first read: most decisions are never explained to anyone."""
-        parts: list[str] = []
-        model = self.model
-        if self.candidates:
-            best = self.candidates[0]
-            parts.append(f"chose {best.key_id} for {model} by {self.objective}: score {best.breakdown}")
-            if len(self.candidates) > 1:
-                parts.append("then " + ", ".join(f"{c.key_id} ({c.score:.3f})" for c in self.candidates[1:]))
-        elif self.serving == 0:
-            parts.append(f"no key serves {model}")
-        else:
-            retry = self.retry_at
-            when = f"; earliest recovery {render_wall(retry, self.wall_offset)}" if retry is not None else ""
-            parts.append(f"no key can serve {model} now{when}")
-        if self.excluded:
-            more = self.excluded_total - len(self.excluded)
-            tail = f" (+{more} more)" if more > 0 else ""
-            parts.append("excluded: " + "; ".join(self.excluded.values()) + tail)
-        if self.refused:
-            # The decision ranked on snapshots; say which keys refused when asked to reserve.
-            parts.append("refused at reservation: " + "; ".join(describe(r, self.wall_offset) for r in self.refused))
-        return ". ".join(parts)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "request_id": self.request_id,
-            "at": self.at,
-            "at_wall": render_wall(self.at, self.wall_offset),
-            "model": self.model,
-            "objective": self.objective,
-            "chosen": self.candidates[0].key_id if self.candidates else None,
-            "candidates": [
-                {"key": c.key_id, "score": round(c.score, 4), "breakdown": c.breakdown} for c in self.candidates
-            ],
-            "excluded": dict(self.excluded),
-            "excluded_total": self.excluded_total,
-            "excluded_by_kind": dict(self.excluded_by_kind),
-            "retry_at": self.retry_at,
-            "retry_at_wall": None if self.retry_at is None else render_wall(self.retry_at, self.wall_offset),
-            "explanation": self.explanation,
-        }
 
 
 class _Prices(Mapping[str, ModelPrice]):

@@ -2,14 +2,7 @@
 
 from apikeyrouter.adapters._http import DEFAULT_LIMITS, DEFAULT_TIMEOUT, SSEDecoder, SSEEvent, scrub
 from apikeyrouter.adapters.anthropic import AnthropicAdapter
-from apikeyrouter.adapters.base import (
-    AdapterResult,
-    AdapterStream,
-    Capabilities,
-    CostEstimate,
-    ProviderAdapter,
-    QuotaSignal,
-)
+from apikeyrouter.adapters.base import AdapterResult, AdapterStream, ProviderAdapter
 from apikeyrouter.adapters.classify import (
     DEFAULT_RULES,
     ClassifyRule,
@@ -28,6 +21,8 @@ from apikeyrouter.adapters.headers import (
 from apikeyrouter.adapters.openai import OpenAIAdapter
 from apikeyrouter.adapters.pricing import DEFAULT_PRICES, ModelPrice, PricedCost, PriceTable
 from apikeyrouter.adapters.tokens import TokenCount, count_chat, count_text, encoding_for_model, warm
+from apikeyrouter.domain.cost import CostEstimate
+from apikeyrouter.domain.signal import Capabilities, QuotaSignal
 
 __all__ = [
     "DEFAULT_LIMITS",

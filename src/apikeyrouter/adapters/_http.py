@@ -20,13 +20,15 @@ import attrs
 import httpx
 import structlog
 
-from apikeyrouter.adapters.base import AdapterResult, CostEstimate, QuotaSignal
+from apikeyrouter.adapters.base import AdapterResult
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
 from apikeyrouter.adapters.pricing import ModelPrice, PriceTable
 from apikeyrouter.adapters.tokens import count_chat
+from apikeyrouter.domain.cost import CostEstimate
 from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.domain.request import RequestIntent, SystemResponse, Usage
+from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.errors import ApiKeyRouterError, MalformedResponse, StreamInterrupted, UpstreamError
-from apikeyrouter.intent import RequestIntent, SystemResponse, Usage
 from apikeyrouter.secret import Secret, redact
 
 _S = TypeVar("_S")

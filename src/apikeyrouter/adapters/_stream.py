@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 
 from apikeyrouter.adapters._http import HTTPAdapterBase, SSEDecoder, SSEEvent, log_bad_usage, scrub, usage_count
-from apikeyrouter.adapters.base import QuotaSignal
 from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.domain.request import StreamChunk, Usage
+from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.errors import StreamInterrupted, UpstreamError
-from apikeyrouter.intent import StreamChunk, Usage
 from apikeyrouter.secret import Secret
 
 __all__ = ["SSEStream"]

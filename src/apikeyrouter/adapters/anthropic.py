@@ -25,13 +25,13 @@ import httpx
 
 from apikeyrouter.adapters._http import JSONChatAdapter, SSEEvent, error_fields, parse_json
 from apikeyrouter.adapters._stream import SSEStream
-from apikeyrouter.adapters.base import Capabilities, QuotaSignal
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
 from apikeyrouter.adapters.headers import parse_anthropic_headers
 from apikeyrouter.adapters.pricing import ModelPrice
 from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.domain.request import RequestIntent, StreamChunk, SystemResponse
+from apikeyrouter.domain.signal import Capabilities, QuotaSignal
 from apikeyrouter.errors import InvalidRequest
-from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse
 from apikeyrouter.secret import Secret
 
 __all__ = ["STOP_REASONS", "AnthropicAdapter"]

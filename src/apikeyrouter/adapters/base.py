@@ -18,53 +18,12 @@ from typing import Protocol, runtime_checkable
 import attrs
 import httpx
 
-from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse, Usage
+from apikeyrouter.domain.cost import CostEstimate
+from apikeyrouter.domain.request import RequestIntent, StreamChunk, SystemResponse, Usage
+from apikeyrouter.domain.signal import Capabilities, QuotaSignal
 from apikeyrouter.secret import Secret
 
-__all__ = [
-    "AdapterResult",
-    "AdapterStream",
-    "Capabilities",
-    "CostEstimate",
-    "ProviderAdapter",
-    "QuotaSignal",
-]
-
-
-@attrs.frozen
-class QuotaSignal:
-    """What a response's headers said about the key's quota. Resets are seconds from receipt."""
-
-    limit_requests: int | None = None
-    remaining_requests: int | None = None
-    reset_requests_s: float | None = None
-    limit_tokens: int | None = None
-    remaining_tokens: int | None = None
-    reset_tokens_s: float | None = None
-    retry_after_s: float | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self == QuotaSignal()
-
-
-@attrs.frozen
-class Capabilities:
-    models: frozenset[str]  # empty = any model the provider accepts
-    streaming: bool = True
-    max_context: int | None = None
-
-    def supports(self, model: str) -> bool:
-        return not self.models or model in self.models
-
-
-@attrs.frozen
-class CostEstimate:
-    input_tokens: int
-    max_output_tokens: int
-    worst_case_cost: Decimal  # input at the input price + max_output at the output price
-    price_known: bool = True  # False: no price for the model, worst_case_cost is 0 (not "free")
-    exact_tokens: bool = True  # False: input_tokens is an estimate (no tokenizer for the model)
+__all__ = ["AdapterResult", "AdapterStream", "ProviderAdapter"]
 
 
 @attrs.frozen

@@ -22,11 +22,12 @@ import attrs
 import httpx
 
 from apikeyrouter.adapters._http import HTTPAdapterBase, dig
-from apikeyrouter.adapters.base import AdapterResult, Capabilities, QuotaSignal
+from apikeyrouter.adapters.base import AdapterResult
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule
 from apikeyrouter.adapters.headers import parse_count, parse_duration, parse_retry_after
 from apikeyrouter.adapters.pricing import ModelPrice
-from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse, Usage
+from apikeyrouter.domain.request import RequestIntent, StreamChunk, SystemResponse, Usage
+from apikeyrouter.domain.signal import Capabilities, QuotaSignal
 from apikeyrouter.secret import Secret
 
 __all__ = ["GenericHTTPAdapter"]

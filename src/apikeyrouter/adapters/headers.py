@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Mapping
 
-from apikeyrouter.adapters.base import QuotaSignal
+from apikeyrouter.domain.signal import QuotaSignal
 
 __all__ = [
     "MAX_COUNT",

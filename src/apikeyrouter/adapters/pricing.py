@@ -20,7 +20,7 @@ from decimal import Decimal
 import attrs
 
 from apikeyrouter.domain.cost import ModelPrice, cost
-from apikeyrouter.intent import Usage
+from apikeyrouter.domain.request import Usage
 
 __all__ = ["DEFAULT_PRICES", "ModelPrice", "PriceTable", "PricedCost"]
 

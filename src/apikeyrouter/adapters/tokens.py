@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from apikeyrouter.intent import ChatMessage
+from apikeyrouter.domain.request import ChatMessage
 
 __all__ = [
     "ESTIMATE_FACTOR",

@@ -25,8 +25,8 @@ from typing import Any
 import attrs
 import trio
 
-from apikeyrouter.actors.base import TreeNode
 from apikeyrouter.domain.walltime import render_wall
+from apikeyrouter.kernel.actor import TreeNode
 from apikeyrouter.runtime.views import tree_to_json
 
 __all__ = [

@@ -33,7 +33,6 @@ import attrs
 import structlog
 import trio
 
-from apikeyrouter.actors.base import Actor, ActorRef
 from apikeyrouter.debug.paths import SOCKET_PATH_MAX, default_socket_path, ensure_socket_dir, probe_socket
 from apikeyrouter.debug.protocol import (
     MAX_LINE,
@@ -49,6 +48,7 @@ from apikeyrouter.debug.protocol import (
 )
 from apikeyrouter.debug.requests import BadArgument, BadRequest, Request, int_arg, parse_request, str_arg, strs_arg
 from apikeyrouter.errors import DebugChannelError, DebugSocketInUse, UnknownKey
+from apikeyrouter.kernel.actor import Actor, ActorRef
 from apikeyrouter.messages.debug import DebugServerStatus
 from apikeyrouter.observe import KINDS, SubscriberLagged, event_json, unknown_kinds
 from apikeyrouter.runtime.api import RouterAPI

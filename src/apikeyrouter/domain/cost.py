@@ -17,9 +17,9 @@ from decimal import Decimal
 
 import attrs
 
-from apikeyrouter.intent import Usage
+from apikeyrouter.domain.request import Usage
 
-__all__ = ["PER_MILLION", "ModelPrice", "blended_per_million", "cost", "worst_case"]
+__all__ = ["PER_MILLION", "CostEstimate", "ModelPrice", "blended_per_million", "cost", "worst_case"]
 
 PER_MILLION = Decimal(1_000_000)
 _ZERO = Decimal(0)
@@ -77,3 +77,12 @@ def blended_per_million(price: ModelPrice, *, output_share: float = 0.25) -> flo
     if not 0.0 <= output_share <= 1.0:
         raise ValueError("output_share must be within [0, 1]")
     return float(price.input) * (1.0 - output_share) + float(price.output) * output_share
+
+
+@attrs.frozen
+class CostEstimate:
+    input_tokens: int
+    max_output_tokens: int
+    worst_case_cost: Decimal  # input at the input price + max_output at the output price
+    price_known: bool = True  # False: no price for the model, worst_case_cost is 0 (not "free")
+    exact_tokens: bool = True  # False: input_tokens is an estimate (no tokenizer for the model)

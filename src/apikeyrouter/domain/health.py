@@ -43,6 +43,7 @@ __all__ = [
     "ProviderDegraded",
     "ProviderHealth",
     "ProviderRecovered",
+    "ProviderSnapshot",
     "effective",
     "on_call",
 ]
@@ -164,3 +165,16 @@ def on_call(
     last = HealthSlot(last.slot, last.successes + success, last.failures + failed, keys)
     h = attrs.evolve(h, slots=(*slots, last), successes=h.successes + success, failures=h.failures + failed)
     return _judge(h, cfg, now)
+
+
+@attrs.frozen
+class ProviderSnapshot:
+    id: str
+    kind: str
+    degraded: bool
+    reason: str
+    in_flight: int
+    requests: int
+    failures: int
+    models: frozenset[str]
+    at: float

@@ -49,7 +49,7 @@ import math
 
 import attrs
 
-from apikeyrouter.adapters.base import QuotaSignal
+from apikeyrouter.domain.signal import QuotaSignal
 
 __all__ = [
     "Capacity",

@@ -15,7 +15,7 @@ from typing import assert_never
 
 import attrs
 
-from apikeyrouter.domain.scoring import render_time
+from apikeyrouter.domain.walltime import render_wall
 
 __all__ = ["Refusal", "RefusalKind", "describe", "explain"]
 
@@ -48,13 +48,13 @@ def _lifecycle(r: Refusal, wall_offset: float) -> str:
     state, reason = r.detail.get("state", "unavailable"), r.detail.get("reason", "")
     tail = f" ({reason})" if reason else ""
     if r.retry_at is not None:
-        return f"{state} until {render_time(r.retry_at, wall_offset)}{tail}"
+        return f"{state} until {render_wall(r.retry_at, wall_offset)}{tail}"
     return f"{state}{tail}"
 
 
 def _breaker(r: Refusal, wall_offset: float) -> str:
     if r.detail.get("state") == "open":
-        until = "" if r.retry_at is None else f" until {render_time(r.retry_at, wall_offset)}"
+        until = "" if r.retry_at is None else f" until {render_wall(r.retry_at, wall_offset)}"
         return f"breaker open{until}"
     return "breaker half-open: its one probe is in flight"
 

@@ -52,7 +52,6 @@ __all__ = [
     "eligibility",
     "rank",
     "rank_key",
-    "render_time",
     "score",
     "weights_for",
 ]
@@ -172,10 +171,6 @@ class Score:
     def explain(self) -> str:
         terms = " + ".join(f"{name} {v:.2f}*{w:.2f}" for name, v, w in self.parts)
         return f"{self.value:.3f} = {terms}"
-
-
-# `walltime.render_wall` itself (one rendering everywhere), under the name the request path imports.
-render_time = render_wall
 
 
 def _timed(view: KeyView, now: float, wall_offset: float) -> list[Excluded]:

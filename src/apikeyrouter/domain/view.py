@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from apikeyrouter.adapters.base import QuotaSignal
 from apikeyrouter.domain import circuit, lifecycle, quota
 from apikeyrouter.domain.circuit import Breaker, BreakerConfig, BreakerState
 from apikeyrouter.domain.cost import ModelPrice
@@ -21,6 +20,7 @@ from apikeyrouter.domain.failures import KeyEffect
 from apikeyrouter.domain.lifecycle import Lifecycle
 from apikeyrouter.domain.quota import CapacityState, Quota
 from apikeyrouter.domain.scoring import KeyView
+from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.domain.stats import Stats
 
 __all__ = ["bench_until", "key_view"]

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import attrs
 
-from apikeyrouter.actors.base import Reply
 from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.refusal import Refusal
+from apikeyrouter.kernel.actor import Reply
 
 __all__ = ["BudgetCommand", "Charge", "Free", "Hold", "HoldPlaced", "SetBudget", "SetBudgets"]
 

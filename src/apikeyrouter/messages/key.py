@@ -7,11 +7,11 @@ from typing import Literal
 
 import attrs
 
-from apikeyrouter.actors.base import Reply
-from apikeyrouter.adapters.base import QuotaSignal
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.refusal import Refusal
-from apikeyrouter.intent import Usage
+from apikeyrouter.domain.request import Usage
+from apikeyrouter.domain.signal import QuotaSignal
+from apikeyrouter.kernel.actor import Reply
 from apikeyrouter.secret import Secret
 
 __all__ = [

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from apikeyrouter.actors.base import Reply
 from apikeyrouter.domain.scoring import Weights
+from apikeyrouter.kernel.actor import Reply
 
 if TYPE_CHECKING:
-    from apikeyrouter.actors.router import RoutingDecision
+    from apikeyrouter.domain.decision import RoutingDecision
 
 __all__ = ["Decide", "RouterCommand"]
 

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from apikeyrouter.actors.base import Reply
+from apikeyrouter.kernel.actor import Reply
 
 if TYPE_CHECKING:
-    from apikeyrouter.supervisors.spec import Child, ChildSpec
+    from apikeyrouter.kernel.spec import Child, ChildSpec
 
 __all__ = ["AddChild", "ChildExited", "RemoveChild", "SupervisorCommand"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from apikeyrouter.intent import StreamChunk, SystemResponse, Usage
+from apikeyrouter.domain.request import StreamChunk, SystemResponse, Usage
 from apikeyrouter.proxy._http import json_bytes
 
 __all__ = [

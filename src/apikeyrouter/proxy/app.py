@@ -23,8 +23,8 @@ from typing import Any
 import structlog
 import trio
 
+from apikeyrouter.domain.request import RequestIntent, Usage
 from apikeyrouter.errors import UpstreamError
-from apikeyrouter.intent import RequestIntent, Usage
 from apikeyrouter.observe import RequestAttempted
 from apikeyrouter.observe.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from apikeyrouter.proxy._errors import http_error_for, unwrap

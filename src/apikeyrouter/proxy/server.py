@@ -25,8 +25,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from apikeyrouter.actors.base import Actor
 from apikeyrouter.errors import ConfigError
+from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.proxy.app import ProxyApp
 
 __all__ = ["Listening", "ProxyServer", "hypercorn_config", "is_loopback", "serve_proxy"]

@@ -20,11 +20,13 @@ import attrs
 import structlog
 import trio
 
-from apikeyrouter.actors.base import Reply
-from apikeyrouter.actors.router import Candidate, RoutingDecision
-from apikeyrouter.adapters.base import CostEstimate, ProviderAdapter
+from apikeyrouter.adapters.base import ProviderAdapter
+from apikeyrouter.domain.cost import CostEstimate
+from apikeyrouter.domain.decision import Candidate, RoutingDecision
 from apikeyrouter.domain.refusal import Refusal, RefusalKind, describe, explain
-from apikeyrouter.domain.scoring import Weights, render_time
+from apikeyrouter.domain.request import RequestIntent
+from apikeyrouter.domain.scoring import Weights
+from apikeyrouter.domain.walltime import render_wall
 from apikeyrouter.errors import (
     ActorError,
     BudgetExceeded,
@@ -35,7 +37,7 @@ from apikeyrouter.errors import (
     UnknownProvider,
     UpstreamError,
 )
-from apikeyrouter.intent import RequestIntent
+from apikeyrouter.kernel.actor import Reply
 from apikeyrouter.messages.budget import Charge, Free, Hold, HoldPlaced
 from apikeyrouter.messages.key import Granted, Outcome, Release, Reserve, Settle
 from apikeyrouter.messages.router import Decide
@@ -249,7 +251,7 @@ async def _no_candidate(deps: Deps, req: Request, decision: RoutingDecision) -> 
     retry_at = min(times) if times else None
     may_wait = routing.wait_for_reset and req.attempts < routing.max_attempts
     if may_wait and retry_at is not None and retry_at <= horizon:
-        log.info("waiting_for_key", request_id=req.id, until=render_time(retry_at, deps.wall_offset))
+        log.info("waiting_for_key", request_id=req.id, until=render_wall(retry_at, deps.wall_offset))
         await trio.sleep_until(retry_at)
         req.tried.clear()
         req.refused.clear()
@@ -270,7 +272,7 @@ async def _no_candidate(deps: Deps, req: Request, decision: RoutingDecision) -> 
 
 def _no_key(deps: Deps, req: Request, decision: RoutingDecision, retry_at: float | None, now: float) -> NoKeyAvailable:
     offset = deps.wall_offset
-    when = "" if retry_at is None else f"; the earliest key recovers at {render_time(retry_at, offset)}"
+    when = "" if retry_at is None else f"; the earliest key recovers at {render_wall(retry_at, offset)}"
     reasons = dict(decision.excluded)
     for key_id, refusal in req.refused.items():
         reasons[key_id] = describe(refusal, offset)

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 import attrs
 
-from apikeyrouter.actors.base import TreeNode
-from apikeyrouter.intent import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse
+from apikeyrouter.domain.request import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse
+from apikeyrouter.kernel.actor import TreeNode
 from apikeyrouter.observe import EventBus
 
 __all__ = ["APIKey", "RoutedStream", "RouterAPI"]

@@ -12,8 +12,8 @@ from typing import TypeVar
 
 import trio
 
-from apikeyrouter.actors.base import ActorRef, Reply
 from apikeyrouter.errors import ActorStopped, MailboxFull
+from apikeyrouter.kernel.actor import ActorRef, Reply
 
 __all__ = ["GRACE", "ask_bounded", "tell_bounded"]
 

@@ -7,13 +7,13 @@ from typing import Any, Protocol
 
 import attrs
 
-from apikeyrouter.actors.base import ActorRef
 from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.config import RouterConfig
 from apikeyrouter.domain.scoring import Weights, weights_for
 from apikeyrouter.errors import InvalidRequest
+from apikeyrouter.kernel.actor import ActorRef
 from apikeyrouter.messages.budget import BudgetCommand
 from apikeyrouter.messages.key import KeyCommand
 from apikeyrouter.messages.router import RouterCommand

@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from apikeyrouter.actors.base import ActorRef, TreeNode
 from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.adapters.tokens import warm as warm_tokenizers
 from apikeyrouter.config import RouterConfig, default_config
+from apikeyrouter.domain.request import RequestIntent, StreamChunk, SystemResponse
 from apikeyrouter.domain.scoring import ScoringConfig, Weights
 from apikeyrouter.errors import ActorStopped, RouterNotRunning, UnknownProvider
-from apikeyrouter.intent import RequestIntent, StreamChunk, SystemResponse
+from apikeyrouter.kernel.actor import ActorRef, TreeNode
+from apikeyrouter.kernel.spec import ChildSpec
 from apikeyrouter.messages.key import KeyCommand
 from apikeyrouter.messages.provider import ProviderCommand
 from apikeyrouter.observe import EventBus
@@ -41,10 +42,9 @@ from apikeyrouter.runtime.reload import apply_config
 from apikeyrouter.runtime.tree import root_supervisor
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import MemoryStore, StateStore
-from apikeyrouter.supervisors import ChildSpec
 
 if TYPE_CHECKING:
-    from apikeyrouter.debug.server import DebugServer
+    pass
 
 __all__ = ["ApiKeyRouter", "open_router"]
 
@@ -304,13 +304,6 @@ class ApiKeyRouter:
         if root is None:
             return TreeNode(name="root", kind="supervisor", status="stopped", restarts=0)
         return root.tree()
-
-    def open_debug_channel(self, path: str | None = None) -> AbstractAsyncContextManager[DebugServer]:
-        """`async with router.open_debug_channel(path):` serves the debug channel (`apikeyrouter inspect`)
-        for this embedded router on a Unix socket (mode 0600) while the block runs."""
-        from apikeyrouter.debug.server import open_debug_channel
-
-        return open_debug_channel(self, path)
 
     def get_state_summary(self) -> dict[str, Any]:
         reg = self._registry

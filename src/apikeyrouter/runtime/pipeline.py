@@ -23,9 +23,9 @@ import trio
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.adapters.base import AdapterResult, AdapterStream
 from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.domain.request import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.domain.scoring import Weights
 from apikeyrouter.errors import ActorStopped, MalformedResponse, StreamInterrupted, UnknownProvider, UpstreamError
-from apikeyrouter.intent import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.messages.key import Outcome
 from apikeyrouter.observe import RequestAttempted
 from apikeyrouter.runtime import upstream
@@ -152,7 +152,7 @@ class Pipeline:
             raise upstream.provider_gone(held.provider, held.key_id, exc, streaming=streaming) from exc
 
     async def _complete(self, req: Request, held: Held) -> AdapterResult:
-        return await upstream.complete(self._provider(held), req.intent, held.grant.secret, held.key_id)
+        return await upstream.complete(self._provider(held), held.adapter, req.intent, held.grant.secret, held.key_id)
 
     async def _open_first(self, req: Request, held: Held) -> _Opened:
         """Open the stream and read its first chunk: until then a failure still fails over."""
@@ -160,7 +160,7 @@ class Pipeline:
         stack = AsyncExitStack()
         try:
             stream = await stack.enter_async_context(
-                upstream.open_stream(provider, req.intent, held.grant.secret, held.key_id)
+                upstream.open_stream(provider, held.adapter, req.intent, held.grant.secret, held.key_id)
             )
             chunks = stream.__aiter__()
             try:

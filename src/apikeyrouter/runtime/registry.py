@@ -18,19 +18,20 @@ import attrs
 import structlog
 import trio
 
-from apikeyrouter.actors.base import ActorRef
 from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.budget import BudgetActor, month_specs
-from apikeyrouter.actors.key import KeyActor, KeyConfig
+from apikeyrouter.actors.key import KeyActor
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.config import RouterConfig, valid_id
 from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.cost import ModelPrice
+from apikeyrouter.domain.keystate import KeySettings
 from apikeyrouter.domain.quota import QuotaConfig
 from apikeyrouter.domain.scoring import ScoringConfig
 from apikeyrouter.errors import ActorStopped, InvalidRequest, RouterNotRunning, UnknownKey, UnknownProvider
+from apikeyrouter.kernel.actor import ActorRef
 from apikeyrouter.messages.budget import BudgetCommand, SetBudget
 from apikeyrouter.messages.key import KeyCommand, Operate
 from apikeyrouter.messages.router import RouterCommand
@@ -239,7 +240,7 @@ class Registry:
 
     # -- keys -----------------------------------------------------------------------------------------
 
-    def key_settings(self, kcfg: Any) -> KeyConfig:
+    def key_settings(self, kcfg: Any) -> KeySettings:
         """Settings of a `[[keys]]` entry."""
         limits = {"rpm": kcfg.rpm, "tpm": kcfg.tpm, "rpd": kcfg.rpd, "tokens_per_month": kcfg.tokens_per_month}
         return self.settings(
@@ -255,10 +256,10 @@ class Registry:
         limits: Mapping[str, int | None],
         max_in_flight: int | None,
         budget: Decimal | None,
-    ) -> KeyConfig:
+    ) -> KeySettings:
         """A key actor's settings: the key's own fields plus the router-wide capacity, breaker and failure rules."""
         cfg = self.config
-        return KeyConfig(
+        return KeySettings(
             id=key_id,
             provider=provider,
             models=frozenset(models),
@@ -312,7 +313,7 @@ class Registry:
             await self.budget_ref().tell(SetBudget(spec))
         return api_key
 
-    async def register(self, key_id: str, secret: Secret, provider: str, settings: KeyConfig) -> APIKey:
+    async def register(self, key_id: str, secret: Secret, provider: str, settings: KeySettings) -> APIKey:
         if key_id in self.key_provider:
             raise InvalidRequest(f"key {key_id!r} is already registered", param="id")
         adapter = self.adapters.get(provider)

@@ -17,14 +17,16 @@ from collections.abc import Callable
 
 from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.budget import BudgetActor
-from apikeyrouter.actors.key import KeyActor, KeyConfig
+from apikeyrouter.actors.key import KeyActor
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.adapters.base import ProviderAdapter
+from apikeyrouter.domain.keystate import KeySettings
+from apikeyrouter.kernel.spec import ChildSpec, Restart, Strategy, SupervisorSpec
 from apikeyrouter.observe import Event, EventBus
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import StateStore
-from apikeyrouter.supervisors import ChildSpec, Restart, Strategy, Supervisor, SupervisorSpec
+from apikeyrouter.supervisors import Supervisor
 
 __all__ = ["key_child", "provider_child", "root_supervisor"]
 
@@ -95,7 +97,7 @@ def provider_child(
 
 
 def key_child(
-    settings: KeyConfig,
+    settings: KeySettings,
     secret: Secret,
     *,
     store: StateStore,

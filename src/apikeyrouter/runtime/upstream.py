@@ -15,10 +15,10 @@ import structlog
 import trio
 
 from apikeyrouter.actors.provider import ProviderActor
-from apikeyrouter.adapters.base import AdapterResult, AdapterStream
+from apikeyrouter.adapters.base import AdapterResult, AdapterStream, ProviderAdapter
 from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.domain.request import RequestIntent
 from apikeyrouter.errors import ActorStopped, StreamInterrupted, UpstreamError
-from apikeyrouter.intent import RequestIntent
 from apikeyrouter.messages.provider import CallEnded
 from apikeyrouter.runtime.asks import tell_bounded
 from apikeyrouter.secret import Secret
@@ -40,11 +40,13 @@ async def _ended(provider: ProviderActor, key_id: str, failure: FailureClass | N
     await tell_bounded(provider.ref, CallEnded(key_id, failure, trio.current_time() - start))
 
 
-async def complete(provider: ProviderActor, intent: RequestIntent, secret: Secret, key_id: str) -> AdapterResult:
+async def complete(
+    provider: ProviderActor, adapter: ProviderAdapter, intent: RequestIntent, secret: Secret, key_id: str
+) -> AdapterResult:
     start = trio.current_time()
     try:
         with provider.lease() as client:
-            result = await provider.adapter.complete(client, intent, secret)
+            result = await adapter.complete(client, intent, secret)
     except UpstreamError as exc:
         exc.key_id = key_id
         await _ended(provider, key_id, exc.failure, start)
@@ -60,13 +62,13 @@ async def complete(provider: ProviderActor, intent: RequestIntent, secret: Secre
 
 @asynccontextmanager
 async def open_stream(
-    provider: ProviderActor, intent: RequestIntent, secret: Secret, key_id: str
+    provider: ProviderActor, adapter: ProviderAdapter, intent: RequestIntent, secret: Secret, key_id: str
 ) -> AsyncIterator[AdapterStream]:
     """The adapter's stream itself: the caller reads it directly, no forwarding task or channel."""
     start = trio.current_time()
     try:
         with provider.lease() as client:
-            async with provider.adapter.open_stream(client, intent, secret) as upstream:
+            async with adapter.open_stream(client, intent, secret) as upstream:
                 yield upstream
     except UpstreamError as exc:
         exc.key_id = key_id

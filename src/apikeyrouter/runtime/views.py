@@ -9,13 +9,13 @@ from typing import Any
 
 import attrs
 
-from apikeyrouter.actors.base import TreeNode
 from apikeyrouter.actors.board import SnapshotBoard
-from apikeyrouter.actors.key import KeySnapshot
-from apikeyrouter.actors.provider import ProviderSnapshot
+from apikeyrouter.domain.health import ProviderSnapshot
+from apikeyrouter.domain.keystate import KeySnapshot
 from apikeyrouter.domain.lifecycle import KeyState, Transition
 from apikeyrouter.domain.refusal import Refusal, explain
 from apikeyrouter.domain.scoring import Weights
+from apikeyrouter.kernel.actor import TreeNode
 from apikeyrouter.observe.events import render_wall, transition_fields
 
 __all__ = [

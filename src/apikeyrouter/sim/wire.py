@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from apikeyrouter.adapters.tokens import count_chat, get_encoding
-from apikeyrouter.intent import ChatMessage
+from apikeyrouter.domain.request import ChatMessage
 
 __all__ = ["Answer", "answer_for", "dumps", "messages_from_anthropic", "messages_from_openai", "words"]
 

@@ -1,16 +1,6 @@
-"""OTP-style supervision: `Supervisor`, `ChildSpec`, `SupervisorSpec`, `Restart`, `Strategy`."""
+"""OTP-style supervision: `Supervisor` runs children, restarts them per strategy and escalates. The policy
+it reads (`ChildSpec`, `SupervisorSpec`, `Restart`, `Strategy`) is data in `apikeyrouter.kernel`."""
 
-from apikeyrouter.supervisors.spec import Child, ChildSpec, Restart, Strategy, SupervisorSpec, TreeNode, add_restart
 from apikeyrouter.supervisors.supervisor import ChildInfo, Supervisor
 
-__all__ = [
-    "Child",
-    "ChildInfo",
-    "ChildSpec",
-    "Restart",
-    "Strategy",
-    "Supervisor",
-    "SupervisorSpec",
-    "TreeNode",
-    "add_restart",
-]
+__all__ = ["ChildInfo", "Supervisor"]

@@ -33,11 +33,11 @@ from typing import Any, assert_never
 import structlog
 import trio
 
-from apikeyrouter.actors.base import Actor, ActorRef, Address, Reply
 from apikeyrouter.errors import ActorStopped, SupervisorEscalation
+from apikeyrouter.kernel.actor import Actor, ActorRef, Home, Reply
+from apikeyrouter.kernel.spec import Address, Child, ChildSpec, Restart, Strategy, SupervisorSpec, TreeNode, add_restart
 from apikeyrouter.messages.system import AddChild, ChildExited, RemoveChild, SupervisorCommand
 from apikeyrouter.observe import Event, SupervisorChildCrashed, SupervisorChildRestarted, SupervisorEscalated
-from apikeyrouter.supervisors.spec import Child, ChildSpec, Restart, Strategy, SupervisorSpec, TreeNode, add_restart
 
 __all__ = ["ChildInfo", "Supervisor"]
 
@@ -126,9 +126,11 @@ class Supervisor(Actor[SupervisorCommand]):
 
     # -- public API -----------------------------------------------------------------------------------
 
-    def adopt(self, address: Address) -> None:
+    def adopt(self, address: Home) -> None:
         """Become the next instance at `address`: its ref, its incarnation, and its table of children
         (the first instance there fills the table from its constructor's `children`)."""
+        if not isinstance(address, Address):
+            raise TypeError(f"a supervisor lives at a supervision tree's Address, not {type(address).__name__}")
         super().adopt(address)
         if address.children is None:
             address.children = self._table

@@ -1,4 +1,4 @@
-"""The actor kernel: `Actor`, `ActorRef`, `Reply` (one-shot reply slot), `Address` and `ActorSnapshot`.
+"""The actor kernel: `Actor`, `ActorRef`, `Reply` (one-shot reply slot) and `ActorSnapshot`.
 
 An actor is a task that alone owns its state and reads a bounded mailbox (a trio memory channel).
 It is started with `ref = await nursery.start(actor.run)`. Others talk to it through its `ActorRef`:
@@ -16,7 +16,7 @@ Failure semantics (the promise every other module relies on):
   answered with `ActorStopped` / `ActorCrashed`, so no ask ever hangs because its actor died;
 - a reply to a caller that has gone away is dropped quietly.
 
-Addresses: a supervised actor lives at an `Address` that its supervision tree keeps (see
+Addresses: a supervised actor lives at an `Address` (kernel/spec.py) that its supervision tree keeps (see
 supervisors/supervisor.py). Every instance started there is handed the address by `adopt` before it
 starts, and takes from it
 - the same `ActorRef` object: holders of the ref reach each new instance without being told, whether
@@ -32,17 +32,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import attrs
 import trio
 
 from apikeyrouter.errors import ActorCrashed, ActorStopped, MailboxFull
 
-if TYPE_CHECKING:
-    from apikeyrouter.supervisors.spec import ChildSpec
-
-__all__ = ["Actor", "ActorRef", "ActorSnapshot", "Address", "Reply", "TreeNode"]
+__all__ = ["Actor", "ActorRef", "ActorSnapshot", "Home", "Reply", "TreeNode"]
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -190,33 +187,13 @@ class ActorRef(Generic[M]):
         return f"ActorRef({self.name!r})"
 
 
-class Address:
-    """A child's place in a supervision tree: what outlives every instance that runs there.
+class Home(Protocol):
+    """What an instance needs of the place it runs at (a supervisor's `Address`, kernel/spec.py): the ref
+    to bind, how many instances ran there before, and the last crash there."""
 
-    A supervisor keeps the addresses of its children in a table that is itself held by the supervisor's
-    own address, and so on up to the root: the table survives a restart of the supervisor or of any of
-    its ancestors, and so do the addresses in it, children added at run time included. Removing a child
-    (or a temporary child exiting) drops its address; adding the id again makes a new one (a new ref).
-
-    - `spec`: how to start an instance here (`None` only for a root supervisor's own table);
-    - `ref`: the `ActorRef` every instance here binds; set by the first instance;
-    - `incarnations`: instances started here so far, i.e. the next instance's `incarnation`;
-    - `last_crash`: the last crash of an instance here;
-    - `children`: for a supervisor, its children's addresses in start order (`None` until it first runs).
-    """
-
-    __slots__ = ("children", "incarnations", "last_crash", "name", "ref", "spec")
-
-    def __init__(self, name: str, spec: ChildSpec | None = None) -> None:
-        self.name = name
-        self.spec = spec
-        self.ref: ActorRef[Any] | None = None
-        self.incarnations = 0
-        self.last_crash: str | None = None
-        self.children: dict[str, Address] | None = None
-
-    def __repr__(self) -> str:
-        return f"Address({self.name!r}, incarnations={self.incarnations})"
+    ref: ActorRef[Any] | None
+    incarnations: int
+    last_crash: str | None
 
 
 def _reply_of(msg: object) -> Reply[Any] | None:
@@ -279,7 +256,7 @@ class Actor(Generic[M]):
         """Instances that ran at this actor's address before this one (the same number as `incarnation`)."""
         return self.incarnation
 
-    def adopt(self, address: Address) -> None:
+    def adopt(self, address: Home) -> None:
         """Become the next instance at `address` (its supervisor calls this before `run`): bind the
         address's ref (the first instance gives it its own), take the next incarnation number."""
         if address.ref is None:

@@ -8,9 +8,10 @@ from typing import Any, TypeAlias
 
 import attrs
 
-from apikeyrouter.actors.base import Actor, TreeNode
+from apikeyrouter.kernel.actor import Actor, ActorRef, TreeNode
 
 __all__ = [
+    "Address",
     "Child",
     "ChildSpec",
     "Restart",
@@ -74,3 +75,32 @@ def add_restart(
     """
     kept = (*(t for t in stamps if now - t < period), now)
     return kept, len(kept) > intensity
+
+
+class Address:
+    """A child's place in a supervision tree: what outlives every instance that runs there.
+
+    A supervisor keeps the addresses of its children in a table that is itself held by the supervisor's
+    own address, and so on up to the root: the table survives a restart of the supervisor or of any of
+    its ancestors, and so do the addresses in it, children added at run time included. Removing a child
+    (or a temporary child exiting) drops its address; adding the id again makes a new one (a new ref).
+
+    - `spec`: how to start an instance here (`None` only for a root supervisor's own table);
+    - `ref`: the `ActorRef` every instance here binds; set by the first instance;
+    - `incarnations`: instances started here so far, i.e. the next instance's `incarnation`;
+    - `last_crash`: the last crash of an instance here;
+    - `children`: for a supervisor, its children's addresses in start order (`None` until it first runs).
+    """
+
+    __slots__ = ("children", "incarnations", "last_crash", "name", "ref", "spec")
+
+    def __init__(self, name: str, spec: ChildSpec | None = None) -> None:
+        self.name = name
+        self.spec = spec
+        self.ref: ActorRef[Any] | None = None
+        self.incarnations = 0
+        self.last_crash: str | None = None
+        self.children: dict[str, Address] | None = None
+
+    def __repr__(self) -> str:
+        return f"Address({self.name!r}, incarnations={self.incarnations})"
