@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import assert_never
 
 import attrs
 import httpx
@@ -128,3 +129,5 @@ def adapter_from_config(cfg: ProviderConfig, *, path: str | None = None) -> Prov
                 prices=prices,
                 provider=cfg.id,
             )
+        case _:
+            assert_never(cfg.kind)

@@ -153,7 +153,8 @@ class DebugServer(Actor[Never]):
         log.info("debug_channel_listening", path=final)
 
     def _refuse_to_replace(self, final: str) -> None:
-        match probe_socket(final):
+        found = probe_socket(final)
+        match found:
             case "live":
                 raise DebugSocketInUse(final)
             case "not_socket":
@@ -164,6 +165,8 @@ class DebugServer(Actor[Never]):
                 log.info("debug_channel_replacing_stale_socket", path=final)
             case "missing":
                 pass
+            case _:
+                assert_never(found)
 
     def close_socket(self) -> None:
         """Stop listening and remove the socket file, if it is still ours (idempotent)."""

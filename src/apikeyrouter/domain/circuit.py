@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from typing import assert_never
 
 import attrs
 
@@ -236,10 +237,13 @@ def record(
     table: Mapping[FailureClass, FailureAction] = DEFAULT_ACTIONS,
 ) -> tuple[Breaker, list[BreakerEvent]]:
     """`on_result` or `release` per the record predicate: the one call an actor makes per outcome."""
-    match verdict(failure, table):
+    judged = verdict(failure, table)
+    match judged:
         case Verdict.SUCCESS:
             return on_result(b, cfg, failed=False, now=now, probe=probe)
         case Verdict.FAILURE:
             return on_result(b, cfg, failed=True, now=now, probe=probe)
         case Verdict.IGNORED:
             return release(b, cfg, now=now, probe=probe)
+        case _:
+            assert_never(judged)

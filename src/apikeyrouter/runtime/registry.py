@@ -10,6 +10,7 @@ the tree again.
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Literal
@@ -44,6 +45,8 @@ from apikeyrouter.store.memory import StateStore
 from apikeyrouter.supervisors import Supervisor
 
 __all__ = ["Registry"]
+
+PRICE_CACHE_SIZE = 1024  # (provider, model) prices kept; least recently used dropped first
 
 log = structlog.get_logger("apikeyrouter.runtime")
 
@@ -91,7 +94,8 @@ class Registry:
         self.key_meta: dict[str, APIKey] = {}
         self.budget_specs: list[BudgetSpec] = month_specs(config)
         self.api_budgets: dict[str, BudgetSpec] = {}  # key budgets set through register_key
-        self._price_cache: dict[tuple[str, str], ModelPrice | None] = {}
+        # Bounded: clients choose model names, so a cache keyed by them must not grow with what they invent.
+        self._price_cache: OrderedDict[tuple[str, str], ModelPrice | None] = OrderedDict()
         self._ids = itertools.count(1)
         self._key_refs: dict[str, ActorRef[KeyCommand]] = {}
         self._providers: dict[str, ProviderActor] = {}
@@ -185,12 +189,17 @@ class Registry:
 
     def lookup_price(self, provider: str, model: str) -> ModelPrice | None:
         # Cached per provider: the router asks for every re-indexed key. remove_provider clears it.
+        cache = self._price_cache
         try:
-            return self._price_cache[provider, model]
+            price = cache[provider, model]
         except KeyError:
             adapter = self.adapters.get(provider)
-            price = self._price_cache[provider, model] = _price_of(adapter, model) if adapter is not None else None
-            return price
+            price = cache[provider, model] = _price_of(adapter, model) if adapter is not None else None
+            if len(cache) > PRICE_CACHE_SIZE:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end((provider, model))
+        return price
 
     def _providers_sup(self) -> Supervisor:
         sup = self.tree_root().child("providers")
@@ -235,7 +244,7 @@ class Registry:
         await self._providers_sup().remove_child(f"provider:{provider_id}")
         self.adapters.pop(provider_id, None)
         self._providers.pop(provider_id, None)
-        self._price_cache = {k: v for k, v in self._price_cache.items() if k[0] != provider_id}
+        self._price_cache = OrderedDict((k, v) for k, v in self._price_cache.items() if k[0] != provider_id)
         self.board.providers.pop(provider_id, None)
 
     # -- keys -----------------------------------------------------------------------------------------
