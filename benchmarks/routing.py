@@ -98,8 +98,7 @@ _EXPECTED = {
 
 async def decisions(router: ApiKeyRouter, count: int) -> tuple[list[float], list[float], list[float]]:
     """`count` decide+reserve+release cycles: (total, decide ask, reserve ask) seconds per cycle."""
-    registry = router._registry  # the refs the request path itself uses (cached, looked up per request)
-    router_ref = registry.router_ref()
+    router_ref = router.router_ref()  # the refs the request path itself uses (cached, looked up per request)
     total, decide, reserve = [], [], []
     clock = time.perf_counter
     for i in range(count):
@@ -108,7 +107,7 @@ async def decisions(router: ApiKeyRouter, count: int) -> tuple[list[float], list
         decision: RoutingDecision = await router_ref.ask(lambda r: Decide(rid, MODEL, OBJECTIVE, frozenset(), r))  # noqa: B023
         t1 = clock()
         key_id = decision.candidates[0].key_id
-        ref: ActorRef[KeyCommand] = registry.key_ref(key_id)
+        ref: ActorRef[KeyCommand] = router.key_ref(key_id)
         lease = trio.current_time() + 600.0
         grant = await ref.ask(lambda r: Reserve(rid, MODEL, 64, Decimal(0), lease, r))  # noqa: B023
         ref.tell_nowait(Release(grant.reservation_id, "benchmark"))  # type: ignore[union-attr]
@@ -177,7 +176,8 @@ async def bench_one(n: int, state: str, args: argparse.Namespace, report: dict[s
             decides.append(statistics.median(dec))
             reserves.append(statistics.median(res))
             means.append(statistics.fmean(tot))
-        actor = router._registry.router_actor()
+        actor = router.router_actor()
+        assert actor is not None
         pure = [statistics.median(pure_decides(actor, args.iterations)) for _ in range(args.repeats)]
         scan, scan_best = scan_seconds(router, adapter, max(3, min(50, 20_000 // n)))
         indexed_best = actor.decide(Decide("check", MODEL, OBJECTIVE, frozenset(), Reply())).candidates[0].key_id

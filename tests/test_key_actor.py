@@ -141,7 +141,13 @@ async def test_crash_restores_the_throttled_state(autojump_clock: trio.testing.M
         nursery.cancel_scope.cancel()
 
 
-def test_secret_never_in_snapshot_or_reprs() -> None:
+async def test_secret_never_in_snapshot_or_reprs() -> None:
     h = Harness(KeySettings(id="k", provider="p"))
     actor = h.make()
-    assert "sk-test-key-material" not in repr(actor.config) + repr(actor._initial_secret)
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(actor.run)
+        grant = await reserve(ref)  # the grant carries the material to the caller, behind a redacting repr
+        assert isinstance(grant, Granted) and grant.secret.reveal() == "sk-test-key-material"
+        seen = repr(actor.config) + repr(ref.snapshot()) + repr(h.board.keys) + repr(grant)
+        assert "sk-test-key-material" not in seen
+        nursery.cancel_scope.cancel()

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from apikeyrouter.config import parse_config
-from apikeyrouter.errors import ConfigError
+from apikeyrouter.errors import ConfigError, InvalidRequest
 from apikeyrouter.secret import MAX_SECRET_LENGTH, Secret, secret_problem
 from tests.proxy_fakes import ADMIN_TOKEN, FakeRouter, auth, running_proxy
 from tests.routing_env import routing_env
@@ -101,9 +101,17 @@ async def test_post_keys_and_rotate_refuse_a_bad_secret_with_a_400_naming_it(wha
     assert [k["id"] for k in router.keys()] == ["k"]
 
 
-async def test_register_key_refuses_a_bad_secret() -> None:
-    async with routing_env([]) as env:
-        with pytest.raises(ValueError) as info:
-            await env.router.register_key(CANARY + "\u200b", "openai", key_id="bad")
-        assert "canary" not in str(info.value)
+@pytest.mark.parametrize(("what", "value"), BAD_SECRETS, ids=IDS)
+async def test_register_key_and_rotate_key_refuse_a_bad_secret_as_an_invalid_request(what: str, value: str) -> None:
+    # Both raised a plain ValueError from Secret(): not the typed InvalidRequest (param "secret") that
+    # the proxy answers with a 400 and a library caller can tell from a bug.
+    async with routing_env([("k", CANARY, {})]) as env:
+        with pytest.raises(InvalidRequest) as info:
+            await env.router.register_key(value, "openai", key_id="bad")
+        assert info.value.param == "secret" and "canary" not in str(info.value)
         assert env.router.key("bad") is None
+        with pytest.raises(InvalidRequest) as info:
+            await env.router.rotate_key("k", value)
+        assert info.value.param == "secret" and "canary" not in str(info.value)
+        key = env.router.key("k")
+        assert key is not None and key["fingerprint"] == Secret(CANARY).fingerprint

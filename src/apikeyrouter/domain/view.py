@@ -53,12 +53,6 @@ def key_view(
     b, _ = circuit.effective(breaker, breaker_cfg, now)
     q = quota.effective(q, now)
     cap = capacity if capacity is not None else quota.capacity(q, now)
-    if b.state is BreakerState.OPEN:
-        breaker_until = b.open_until
-    elif b.state is BreakerState.HALF_OPEN:
-        breaker_until = b.probe_deadline
-    else:
-        breaker_until = None
     retry_at = quota.available_at(q, 1, now) if cap.state is CapacityState.EXHAUSTED else None
     n_requests, _ = q.rate.decayed(q.config.rate_tau_s, now)
     return KeyView(
@@ -72,7 +66,7 @@ def key_view(
         lifecycle_reason=lc.reason,
         retry_after_s=retry_after_s if lc.state is lifecycle.KeyState.THROTTLED else None,
         breaker=b.state,
-        breaker_until=breaker_until,
+        breaker_until=_breaker_until(b),
         probe_in_flight=b.probe_in_flight,
         in_flight=in_flight,
         in_flight_limit=in_flight_limit,
@@ -88,6 +82,15 @@ def key_view(
         quality=quality,
         at=now,
     )
+
+
+def _breaker_until(b: Breaker) -> float | None:
+    """When the breaker next lets a request through: its open period's end, or a probe's deadline."""
+    if b.state is BreakerState.OPEN:
+        return b.open_until
+    if b.state is BreakerState.HALF_OPEN:
+        return b.probe_deadline
+    return None
 
 
 def bench_until(

@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 import trio
 
-from apikeyrouter.domain.request import RequestIntent, Usage
+from apikeyrouter.domain.request import RequestIntent, StreamChunk, Usage
 from apikeyrouter.errors import UpstreamError
 from apikeyrouter.observe import RequestAttempted
 from apikeyrouter.observe.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
@@ -392,11 +392,7 @@ class ProxyApp:
         include_usage: bool,
     ) -> BaseException | None:
         """Open the routed stream and relay it as SSE. Returns an error to answer with if no header went out."""
-        completion_id = "chatcmpl-" + ex.request_id
-        created = int(time.time())
-        model = intent.model
-        usage: Usage | None = None
-        first = True
+        relay = _Relay("chatcmpl-" + ex.request_id, int(time.time()), intent.model)
         idle = self.stream_idle_timeout
         with trio.CancelScope(deadline=trio.current_time() + deadline) as timer:
             try:
@@ -407,50 +403,45 @@ class ProxyApp:
                     ex.status = 200
                     ex.started = True
                     async for chunk in routed:
-                        if chunk.usage is not None:
-                            usage = chunk.usage
-                        if chunk.model:
-                            model = chunk.model
-                        if first or chunk.delta or chunk.finish_reason is not None:
-                            event = chunk_event(chunk, completion_id, created, model, first=first)
+                        event = relay.event(chunk)
+                        if event is not None:
                             await send({"type": "http.response.body", "body": event, "more_body": True})
-                            first = False
                         timer.deadline = trio.current_time() + idle
             except Exception as exc:
-                if not ex.started:
-                    return exc
-                inner = unwrap(exc)
-                if isinstance(inner, UpstreamError):
-                    self.metrics.failed(inner.failure.value)
-                else:
-                    log.error("stream_failed", request_id=ex.request_id, exc_info=inner)
-                await self._end_stream(ex, send, http_error_for(inner))
-                return None
+                return await self._stream_failed(ex, send, exc)
             except trio.Cancelled:
                 if ex.started and not ex.disconnected and not timer.cancel_called:
-                    # Cancelled from outside (the server's shutdown grace ran out): say so before the end.
-                    with trio.move_on_after(1.0) as cleanup:
-                        cleanup.shield = True
-                        error = HTTPError(
-                            503, "the server is shutting down", type="service_unavailable", code="server_shutdown"
-                        )
-                        await self._end_stream(ex, send, error)
+                    await self._shutting_down(ex, send)
                 raise
         if timer.cancelled_caught:
             if not ex.started:
                 return _deadline_error(deadline)
-            await self._end_stream(
-                ex,
-                send,
-                HTTPError(504, f"the upstream sent nothing for {idle:g}s", type="timeout_error", code="stream_idle"),
-            )
+            message = f"the upstream sent nothing for {idle:g}s"
+            await self._end_stream(ex, send, HTTPError(504, message, type="timeout_error", code="stream_idle"))
             return None
-        tail = DONE_EVENT
-        if include_usage and usage is not None:
-            tail = usage_event(usage, completion_id, created, model) + tail
         ex.finished = True
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        await send({"type": "http.response.body", "body": relay.tail(include_usage), "more_body": False})
         return None
+
+    async def _stream_failed(self, ex: Exchange, send: Send, exc: Exception) -> BaseException | None:
+        """A routed stream raised: before the headers went out, the error to answer with; after, the
+        error event that ends the stream."""
+        if not ex.started:
+            return exc
+        inner = unwrap(exc)
+        if isinstance(inner, UpstreamError):
+            self.metrics.failed(inner.failure.value)
+        else:
+            log.error("stream_failed", request_id=ex.request_id, exc_info=inner)
+        await self._end_stream(ex, send, http_error_for(inner))
+        return None
+
+    async def _shutting_down(self, ex: Exchange, send: Send) -> None:
+        """Cancelled from outside (the server's shutdown grace ran out): say so before the end."""
+        with trio.move_on_after(1.0) as cleanup:
+            cleanup.shield = True
+            error = HTTPError(503, "the server is shutting down", type="service_unavailable", code="server_shutdown")
+            await self._end_stream(ex, send, error)
 
     async def _end_stream(self, ex: Exchange, send: Send, error: HTTPError) -> None:
         ex.stream_error = error.code or error.type
@@ -528,6 +519,37 @@ class ProxyApp:
     async def _get_decision(self, ex: Exchange, receive: Receive, send: Send, decision_id: str) -> None:
         self._authorize_admin(ex)
         await self._reply(ex, send, *self.admin.get_decision(decision_id))
+
+
+class _Relay:
+    """One streamed answer as the client sees it: its id, creation time and model, and the usage the
+    upstream reported (sent before [DONE] when the client asked for it)."""
+
+    __slots__ = ("completion_id", "created", "first", "model", "usage")
+
+    def __init__(self, completion_id: str, created: int, model: str) -> None:
+        self.completion_id = completion_id
+        self.created = created
+        self.model = model
+        self.usage: Usage | None = None
+        self.first = True
+
+    def event(self, chunk: StreamChunk) -> bytes | None:
+        """The SSE event for `chunk`, or None when it carries nothing to send (usage only, say)."""
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if chunk.model:
+            self.model = chunk.model
+        if not (self.first or chunk.delta or chunk.finish_reason is not None):
+            return None
+        event = chunk_event(chunk, self.completion_id, self.created, self.model, first=self.first)
+        self.first = False
+        return event
+
+    def tail(self, include_usage: bool) -> bytes:
+        if include_usage and self.usage is not None:
+            return usage_event(self.usage, self.completion_id, self.created, self.model) + DONE_EVENT
+        return DONE_EVENT
 
 
 async def _watch_disconnect(receive: Receive, scope: trio.CancelScope, ex: Exchange) -> None:

@@ -37,9 +37,9 @@ from apikeyrouter.errors import (
     UnknownProvider,
     UpstreamError,
 )
-from apikeyrouter.kernel.actor import Reply
+from apikeyrouter.kernel.actor import ActorRef, Reply
 from apikeyrouter.messages.budget import Charge, Free, Hold, HoldPlaced
-from apikeyrouter.messages.key import Granted, Outcome, Release, Reserve, Settle
+from apikeyrouter.messages.key import Granted, KeyCommand, Outcome, Release, Reserve, Settle
 from apikeyrouter.messages.router import Decide
 from apikeyrouter.runtime.asks import GRACE, ask_bounded, tell_bounded
 from apikeyrouter.runtime.deps import Deps
@@ -78,13 +78,18 @@ class Request:
 
 
 class Held:
-    """One granted attempt: the key's reservation and, with budgets, the budget hold."""
+    """One granted attempt: the key's reservation and, with budgets, the budget hold.
 
-    __slots__ = ("_deps", "_open", "adapter", "decision", "grant", "hold_id", "key_id", "provider", "started")
+    It settles with the address that granted it (`ref`), never by looking the key id up again: a key
+    removed and registered again (a reload that changes it) is a new address whose reservation ids
+    start over, and the old grant must not settle the new actor's lease of the same number."""
+
+    __slots__ = ("_deps", "_open", "adapter", "decision", "grant", "hold_id", "key_id", "provider", "ref", "started")
 
     def __init__(
         self,
         deps: Deps,
+        ref: ActorRef[KeyCommand],
         grant: Granted,
         provider: str,
         adapter: ProviderAdapter,
@@ -93,6 +98,7 @@ class Held:
     ) -> None:
         self._deps = deps
         self._open = True
+        self.ref = ref
         self.grant = grant
         self.key_id = grant.key_id
         self.provider = provider
@@ -115,8 +121,8 @@ class Held:
         is in the key's mailbox; for a key with an in-flight limit, once the key has applied it."""
         self._open = False
         await unhold(self._deps, self.hold_id, charge)
+        ref = self.ref
         try:
-            ref = self._deps.key_ref(self.key_id)
             if self.grant.confirm_settle:
                 rid = self.grant.reservation_id
                 await ask_bounded(ref, lambda r: Settle(rid, outcome, r))
@@ -130,8 +136,8 @@ class Held:
         self._open = False
         await unhold(self._deps, self.hold_id, None)
         rid = self.grant.reservation_id
+        ref = self.ref
         with contextlib.suppress(*_GONE):
-            ref = self._deps.key_ref(self.key_id)
             if self.grant.confirm_settle:  # as for settle: the next request finds the slot free
                 await ask_bounded(ref, lambda r: Release(rid, reason, r))
             else:
@@ -171,6 +177,10 @@ async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDeci
     adapter = deps.adapter(cand.provider)
     if adapter is None:  # its provider was removed (a reload) since the snapshot
         return _unavailable(cand.key_id, f"provider {cand.provider} removed")
+    try:
+        ref = deps.key_ref(cand.key_id)
+    except (ActorError, UnknownKey, UnknownProvider) as exc:
+        return _unavailable(cand.key_id, str(exc))
     est = req.estimate(cand.provider, adapter)
     hold_id: str | None = None
     if deps.budgets_enabled:
@@ -179,7 +189,7 @@ async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDeci
         if refusal is not None:
             return refusal
     try:
-        reply = await _reserve(deps, req, cand.key_id, est)
+        reply = await _reserve(req, cand.key_id, ref, est)
     except BaseException:
         await unhold(deps, hold_id, None)
         raise
@@ -188,7 +198,7 @@ async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDeci
         return reply
     if req.refused:
         decision = attrs.evolve(decision, refused=tuple(req.refused.values()))
-    return Held(deps, reply, cand.provider, adapter, decision, hold_id)
+    return Held(deps, ref, reply, cand.provider, adapter, decision, hold_id)
 
 
 async def _hold(deps: Deps, hold_id: str, cand: Candidate, amount: Decimal) -> Refusal | None:
@@ -210,7 +220,7 @@ async def _hold(deps: Deps, hold_id: str, cand: Candidate, amount: Decimal) -> R
     return answer if isinstance(answer, Refusal) else None
 
 
-async def _reserve(deps: Deps, req: Request, key_id: str, est: CostEstimate) -> Granted | Refusal:
+async def _reserve(req: Request, key_id: str, ref: ActorRef[KeyCommand], est: CostEstimate) -> Granted | Refusal:
     now = trio.current_time()
     lease_until = min(trio.current_effective_deadline(), now + req.lease_s) + 5.0
     tokens = est.input_tokens + est.max_output_tokens
@@ -219,9 +229,8 @@ async def _reserve(deps: Deps, req: Request, key_id: str, est: CostEstimate) -> 
         return Reserve(req.id, req.intent.model, tokens, est.worst_case_cost, lease_until, reply)
 
     try:
-        ref = deps.key_ref(key_id)
         reply = await ask_bounded(ref, make)
-    except (ActorError, UnknownKey, UnknownProvider) as exc:
+    except ActorError as exc:
         return _unavailable(key_id, str(exc))
     if reply is None:  # the key did not answer in time; a late grant expires with its lease
         return _unavailable(key_id, f"did not answer within {GRACE:g} s")

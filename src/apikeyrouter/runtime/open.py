@@ -32,6 +32,7 @@ from apikeyrouter.kernel.actor import ActorRef, TreeNode
 from apikeyrouter.kernel.spec import ChildSpec
 from apikeyrouter.messages.key import KeyCommand
 from apikeyrouter.messages.provider import ProviderCommand
+from apikeyrouter.messages.router import RouterCommand
 from apikeyrouter.observe import EventBus
 from apikeyrouter.runtime import views
 from apikeyrouter.runtime.api import APIKey
@@ -245,6 +246,10 @@ class ApiKeyRouter:
         """The key actor's address (`ActorRef[KeyCommand]`), e.g. to inject a crash in a chaos test."""
         return self._registry.key_ref(key_id)
 
+    def router_ref(self) -> ActorRef[RouterCommand]:
+        """The router actor's address, the one the request path asks for decisions."""
+        return self._registry.router_ref()
+
     def provider_ref(self, provider_id: str) -> ActorRef[ProviderCommand]:
         """The provider actor's address; like `key_ref`, it stays the same across restarts."""
         return self._registry.provider(provider_id).ref
@@ -277,15 +282,17 @@ class ApiKeyRouter:
         return views.transitions_json(self.board.keys.get(key_id), limit, self._registry.wall_offset)
 
     def decisions(self, limit: int = 20) -> list[dict[str, Any]]:
-        actor = self._router_actor()
+        actor = self.router_actor()
         return [d.to_json() for d in actor.recent(limit)] if actor is not None else []
 
     def decision(self, decision_id: str) -> dict[str, Any] | None:
-        actor = self._router_actor()
+        actor = self.router_actor()
         found = actor.lookup(decision_id) if actor is not None else None
         return found.to_json() if found is not None else None
 
-    def _router_actor(self) -> RouterActor | None:
+    def router_actor(self) -> RouterActor | None:
+        """The running router actor (its recent decisions, or `decide` called directly in a benchmark);
+        None while the router is not running or the actor restarts."""
         try:
             return self._registry.router_actor()
         except _NOT_NOW:  # not running, or restarting: no decisions to show right now

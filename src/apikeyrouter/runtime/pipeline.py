@@ -45,20 +45,28 @@ _MAX_LEASE_S = 600.0  # a reservation whose caller vanished is reclaimed after t
 
 class RoutedStreamHandle:
     """An open routed stream: `metadata` (key, attempts, decision) is known before the first chunk;
-    `final_metadata` adds the settled cost once the stream has ended."""
+    `final_metadata` adds the settled cost once the stream has ended. `finished`: its last chunk was
+    read (a caller that leaves before then has left mid-stream, even without an exception)."""
 
     def __init__(self, metadata: ResponseMetadata, first: StreamChunk, rest: AsyncIterator[StreamChunk]) -> None:
         self.metadata = metadata
         self.final_metadata: ResponseMetadata | None = None
+        self.finished = False
         self._first: StreamChunk | None = first
         self._rest = rest
 
-    async def __aiter__(self) -> AsyncIterator[StreamChunk]:
+    def __aiter__(self) -> RoutedStreamHandle:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
         if self._first is not None:
             first, self._first = self._first, None
-            yield first
-        async for chunk in self._rest:
-            yield chunk
+            return first
+        try:
+            return await self._rest.__anext__()
+        except StopAsyncIteration:
+            self.finished = True
+            raise
 
 
 class _Opened:
@@ -141,7 +149,8 @@ class Pipeline:
                 # The caller left mid-stream: the provider saw the request, so settle what was used.
                 await self._end_stream(req, held, opened, handle, None, left=True)
                 raise
-            await self._end_stream(req, held, opened, handle, None)
+            # Left the block without reading to the end (a `break`): mid-stream too, settled the same way.
+            await self._end_stream(req, held, opened, handle, None, left=not handle.finished)
 
     # -- calls ----------------------------------------------------------------------------------------
 
@@ -211,7 +220,7 @@ class Pipeline:
         *,
         left: bool = False,
     ) -> None:
-        usage = opened.stream.usage or Usage()
+        usage = self._stream_usage(req, held, opened.stream, complete=failure is None and not left)
         latency = trio.current_time() - held.started
         try:
             cost = self._cost(req, held, usage)
@@ -227,6 +236,20 @@ class Pipeline:
         if not left:
             self._record(req, held, None if failure is None else failure.failure, latency)
         handle.final_metadata = attrs.evolve(handle.metadata, cost=cost, latency_s=trio.current_time() - req.start)
+
+    def _stream_usage(self, req: Request, held: Held, stream: AdapterStream, *, complete: bool) -> Usage:
+        """What a stream is billed. Ended normally: the usage the provider reported; when it never
+        reported any (`usage.estimated`: our own count), the worst case the budget held, as the adapters
+        bill an impossible report. Cut or left mid-stream: what was used, as far as it was seen (at
+        least the input, by our count)."""
+        usage = stream.usage
+        if usage is not None and not usage.estimated:
+            return usage
+        est = req.estimate(held.provider, held.adapter)
+        if complete:
+            output = max(est.max_output_tokens, usage.output_tokens if usage is not None else 0)
+            return Usage(est.input_tokens, output, estimated=True)
+        return usage if usage is not None else Usage(est.input_tokens, 0, estimated=True)
 
     def _outcome_of(self, exc: UpstreamError, held: Held, latency: float) -> Outcome:
         provider = self._deps.board.providers.get(held.provider)

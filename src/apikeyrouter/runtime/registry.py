@@ -40,7 +40,7 @@ from apikeyrouter.observe import Event, EventBus, KeyRegistered
 from apikeyrouter.runtime.api import APIKey
 from apikeyrouter.runtime.deps import Routing, parse_objective
 from apikeyrouter.runtime.tree import key_child, provider_child
-from apikeyrouter.secret import Secret
+from apikeyrouter.secret import Secret, secret_problem
 from apikeyrouter.store.memory import StateStore
 from apikeyrouter.supervisors import Supervisor
 
@@ -66,6 +66,17 @@ def _price_of(adapter: ProviderAdapter, model: str) -> ModelPrice | None:
     table = getattr(adapter, "prices", None)
     price = table.price(model) if table is not None else None
     return price if isinstance(price, ModelPrice) else None
+
+
+def _material(secret: str | Secret) -> Secret:
+    """Key material from a caller: unusable material (it could not go into an HTTP header) is the
+    caller's mistake, `InvalidRequest` on "secret", as the proxy's POST /keys says it; never echoed."""
+    if isinstance(secret, Secret):
+        return secret
+    problem = secret_problem(secret)
+    if problem is not None:
+        raise InvalidRequest(f"a secret {problem}", param="secret")
+    return Secret(secret)
 
 
 class Registry:
@@ -303,7 +314,7 @@ class Registry:
         self.check("register_key")
         if provider not in self.adapters:
             raise UnknownProvider(provider)
-        material = secret if isinstance(secret, Secret) else Secret(secret)
+        material = _material(secret)
         kid = key_id or f"{provider}-{material.fingerprint[3:11]}"
         if not valid_id(kid):
             raise InvalidRequest(
@@ -379,7 +390,7 @@ class Registry:
         await self.operate(key_id, action, reason or f"{action}d by operator")
 
     async def rotate_key(self, key_id: str, new_secret: str | Secret) -> None:
-        material = new_secret if isinstance(new_secret, Secret) else Secret(new_secret)
+        material = _material(new_secret)
         await self.operate(key_id, "rotate", "key material rotated", material)
         meta = self.key_meta.get(key_id)
         if meta is not None:

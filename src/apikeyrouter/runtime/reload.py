@@ -3,6 +3,8 @@
 Providers and keys are added, removed or changed at run time. Requests in flight are not dropped: a
 removed key's calls finish upstream (their settlement is simply ignored). A changed provider is replaced
 whole, its keys re-registered under the new adapter; a re-registered key restores its stored record.
+Every adapter of the new config is built before anything changes: a config that cannot be built (a
+`ConfigError` naming the field) is refused whole, and the router keeps running the old one.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import structlog
 import trio
 
 from apikeyrouter.actors.budget import month_specs
+from apikeyrouter.adapters.base import ProviderAdapter
+from apikeyrouter.adapters.factory import build_adapters
 from apikeyrouter.config import RouterConfig
 from apikeyrouter.errors import InvalidRequest
 from apikeyrouter.messages.budget import SetBudgets
 from apikeyrouter.observe import ConfigReloaded
+from apikeyrouter.runtime.deps import parse_objective
 from apikeyrouter.runtime.registry import Registry
 
 __all__ = ["apply_config"]
@@ -28,6 +33,8 @@ async def apply_config(reg: Registry, new: RouterConfig) -> dict[str, list[str]]
     from apikeyrouter.config import diff_keys, diff_providers
 
     reg.check("apply_config")
+    built = build_adapters(new)  # raises ConfigError before anything has changed
+    parse_objective(new.routing.objective)  # likewise (InvalidRequest), before apply_routing needs it
     old = reg.config
     keys = diff_keys(old, new)
     providers = diff_providers(old, new)
@@ -55,19 +62,23 @@ async def apply_config(reg: Registry, new: RouterConfig) -> dict[str, list[str]]
     if specs or reg.budget_specs:
         reg.budget_specs = specs
         await reg.budget_ref().tell(SetBudgets(tuple(specs)))
-    await _add_providers(reg, new, changed_providers, report)
+    await _add_providers(reg, new, built, changed_providers, report)
     await _add_keys(reg, new, {k.id for k in keys.changed}, {k.id for k in moved}, report)
     reg.events.publish(ConfigReloaded(trio.current_time(), **report))
     log.info("config_reloaded", **{k: v for k, v in report.items() if v})
     return report
 
 
-async def _add_providers(reg: Registry, new: RouterConfig, changed: set[str], report: dict[str, list[str]]) -> None:
-    from apikeyrouter.adapters.factory import adapter_from_config
-
+async def _add_providers(
+    reg: Registry,
+    new: RouterConfig,
+    built: dict[str, ProviderAdapter],
+    changed: set[str],
+    report: dict[str, list[str]],
+) -> None:
     for pcfg in new.providers:
         if pcfg.id not in reg.adapters:
-            await reg.register_provider(pcfg.id, adapter_from_config(pcfg))
+            await reg.register_provider(pcfg.id, built[pcfg.id])
             if pcfg.id not in changed:
                 report["providers_added"].append(pcfg.id)
 
