@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
-from apikeyrouter.config._convert import converter, describe_errors, quote_choice
+from apikeyrouter.config._convert import converter, describe_errors, did_you_mean, quote_choice
 from apikeyrouter.config._schema import (
     ENV_ADMIN_TOKEN,
     ENV_CLIENT_TOKENS,
@@ -174,7 +174,8 @@ class _Parser:
     def parse(self, data: Mapping[str, Any]) -> RouterConfig:
         extra = sorted(str(k) for k in data if k not in _SECTIONS)
         if extra:
-            self.error(f"extra fields found ({', '.join(extra)})", "config")
+            hint = did_you_mean(extra, _SECTIONS)
+            self.error(f"extra fields found ({', '.join(extra)})", "config" + (f"; {hint}" if hint else ""))
 
         server = self.server(data)
         self.check_server(server)
