@@ -483,9 +483,11 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Route
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
         raise ConfigError(f"cannot read config file {path}: {reason}", path=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read config file {path}: not UTF-8 text", path=str(path)) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
