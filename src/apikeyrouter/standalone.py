@@ -67,7 +67,7 @@ async def run_standalone(
     refusal = bind_allowed(config)
     if refusal is not None:
         raise ConfigError(refusal, path="config.server.host")
-    stop = stop or trio.Event()
+    stop = stop if stop is not None else trio.Event()  # an Event refuses to be a bool
     async with trio.open_nursery() as nursery:
         signals_seen = 0
 
@@ -116,6 +116,8 @@ async def run_standalone(
                 # Tokens first: a token removed because it leaked stops working with this reload.
                 app.client_tokens = tuple(new.server.client_tokens)
                 app.admin_token = new.server.admin_token
+                app.metrics_require_admin = new.server.metrics_require_admin
+                app.stream_idle_timeout = new.server.stream_idle_timeout
                 try:
                     report = await router.apply_config(new)
                 except Exception as exc:  # the running process must outlive a reload that went wrong
@@ -132,6 +134,8 @@ async def run_standalone(
                 admin_token=server.admin_token,
                 max_body_bytes=server.max_body_bytes,
                 request_deadline=server.request_deadline,
+                stream_idle_timeout=server.stream_idle_timeout,
+                metrics_require_admin=server.metrics_require_admin,
             )
             grace = server.grace_period
             proxy = await router.add_service(

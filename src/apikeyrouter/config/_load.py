@@ -374,6 +374,7 @@ class _Parser:
             self.error(f"port must be from 0 to 65535 (got {server.port})", "config.server.port")
         self.at_least(server.grace_period, 0, "config.server.grace_period")
         self.at_least(server.request_deadline, 0, "config.server.request_deadline", strict=True)
+        self.at_least(server.stream_idle_timeout, 0, "config.server.stream_idle_timeout", strict=True)
         self.at_least(server.max_body_bytes, 1, "config.server.max_body_bytes")
         self.at_least(server.decision_retention, 0, "config.server.decision_retention")
 
