@@ -187,3 +187,16 @@ def test_watch_refreshes_until_ctrl_c(served: ThreadedFake) -> None:
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "key:openai-1" in out and "openai-2" in out
+
+
+def test_a_narrow_pipe_names_what_it_leaves_out_and_wide_shows_everything(served: ThreadedFake) -> None:
+    narrow = inspect("--socket", served.path, env={"COLUMNS": "60"})
+    assert narrow.exit_code == 0, narrow.output
+    assert max(len(line) for line in narrow.output.splitlines()) <= 60
+    assert "throttled" in narrow.output and "breaker" in narrow.output
+    assert "not shown at 60 columns:" in narrow.output
+    wide = inspect("--socket", served.path, "--wide", env={"COLUMNS": "60"})
+    assert wide.exit_code == 0, wide.output
+    header = next(line for line in wide.output.splitlines() if line.startswith("id "))
+    assert header.split()[-4:] == ["in-flight", "success", "latency", "spend"] and len(header) > 60
+    assert "until 12:34:56Z (in 4" in wide.output and "not shown" not in wide.output
