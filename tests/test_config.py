@@ -73,24 +73,24 @@ def errors_of(text: str, env: dict[str, str] | None = None) -> tuple[str, ...]:
 
 BAD_CONFIGS = [
     # Typos, caught as extra fields at every depth.
-    ("top-level typo", "[sever]\nport = 1\n", ("extra fields found (sever) @ config",)),
-    ("server typo", "[server]\nprot = 8080\n", ("extra fields found (prot) @ config.server",)),
+    ("top-level typo", "[sever]\nport = 1\n", ("extra fields found (sever) @ config; did you mean 'server'?",)),
+    ("server typo", "[server]\nprot = 8080\n", ("extra fields found (prot) @ config.server; did you mean 'port'?",)),
     (
         "key typo in the third key",
         PROVIDER + KEY + KEY.replace("oa-1", "oa-2") + KEY.replace("oa-1", "oa-3") + "rmp = 500\n",
-        ("extra fields found (rmp) @ config.keys[2]",),
+        ("extra fields found (rmp) @ config.keys[2]; did you mean 'rpm'?",),
     ),
     (
         "pricing typo",
         PROVIDER + '[providers.pricing."gpt-4o"]\ninptu = "1"\ninput = "1"\noutput = "2"\n' + KEY,
-        ("extra fields found (inptu) @ config.providers[0].pricing['gpt-4o']",),
+        ("extra fields found (inptu) @ config.providers[0].pricing['gpt-4o']; did you mean 'input'?",),
     ),
     (
         "quota header typo, three tables deep",
         PROVIDER.replace('"openai"\nbase', '"generic"\nbase')
         + '[providers.generic.quota_headers]\nretry = "x"\n'
         + KEY,
-        ("extra fields found (retry) @ config.providers[0].generic.quota_headers",),
+        ("extra fields found (retry) @ config.providers[0].generic.quota_headers; did you mean 'retry_after'?",),
     ),
     (
         "failure override typo",
@@ -391,11 +391,20 @@ def test_every_error_is_reported_at_once() -> None:
         "invalid value for type, expected int @ config.server.port",
         "unknown objective 'speed', expected one of: reliability, cost, fairness, latency, quality or a table of "
         "weights @ config.routing.objective",
-        "extra fields found (rmp) @ config.keys[0]",
+        "extra fields found (rmp) @ config.keys[0]; did you mean 'rpm'?",
         "duplicate key id 'oa-1' @ config.keys[1].id",
         "unknown provider 'nope' @ config.keys[2].provider",
         "missing secret for key oa-2: environment variable MISSING is not set @ config.keys[2].secret_env",
     )
+
+
+def test_typos_suggest_the_nearest_field_and_nothing_when_no_field_is_close() -> None:
+    text = PROVIDER + KEY + "rmp = 5\ntmp = 9\ncolour = 1\n" + '[budgets]\nglobl = { limit = "1", period = "month" }\n'
+    assert errors_of(text) == (
+        "extra fields found (colour, rmp, tmp) @ config.keys[0]; did you mean 'rpm' for rmp, 'tpm' for tmp?",
+        "extra fields found (globl) @ config.budgets; did you mean 'global'?",
+    )
+    assert errors_of("[server]\nflavour = 1\n") == ("extra fields found (flavour) @ config.server",)
 
 
 def test_config_error_message_lists_every_error_and_names_the_source() -> None:
@@ -404,7 +413,7 @@ def test_config_error_message_lists_every_error_and_names_the_source() -> None:
     assert str(info.value) == (
         "test.toml: 2 configuration error(s):\n"
         "  invalid value for type, expected int @ config.server.port\n"
-        "  extra fields found (prot) @ config.server"
+        "  extra fields found (prot) @ config.server; did you mean 'port'?"
     )
     assert info.value.path == "config.server.port"
 
@@ -678,7 +687,7 @@ def test_check_config_reports_each_error_and_exits_1(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr == (
         "error: invalid value for type, expected int @ config.server.port\n"
-        "error: extra fields found (rmp) @ config.keys[0]\n"
+        "error: extra fields found (rmp) @ config.keys[0]; did you mean 'rpm'?\n"
     )
     assert ADMIN not in result.output and OA1 not in result.output
 

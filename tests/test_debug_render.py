@@ -111,3 +111,61 @@ def test_wall_time_is_shown_in_utc() -> None:
     assert THROTTLE_WALL.endswith("Z")
     key = {"id": "k", "lifecycle": "exhausted", "lifecycle_until_wall": "2026-05-01T14:34:56+02:00"}
     assert "until 12:34:56Z" in text_of(render.keys_table([key]))
+
+
+def invalid_and_open_keys() -> list[dict[str, Any]]:
+    keys = list(canned_keys(NOW).values())
+    keys[0] = {**keys[0], "id": "a-key-with-a-rather-long-identifier", "lifecycle": "invalid"}
+    return keys
+
+
+def test_a_narrow_screen_wraps_cells_and_names_the_columns_it_leaves_out() -> None:
+    out = text_of(render.keys_table(invalid_and_open_keys(), NOW), width=60)
+    assert max(len(line) for line in out.splitlines()) <= 60
+    assert "…" not in out  # nothing cut
+    assert out.splitlines()[1].split() == ["id", "lifecycle", "breaker"]  # whether each key can serve
+    assert "invalid" in out and "throttled" in out and "open" in out and "(30s)" in out
+    assert "a-key-with-a-rather-long-identifier" in out
+    note = " ".join(out.split())
+    assert "not shown at 60 columns: spend, latency, success, exhaustion, in-flight, provider, capacity" in note
+    assert "inspect --wide shows every column" in note
+    # With short ids, more fits at the same width.
+    out = text_of(render.keys_table(list(canned_keys(NOW).values()), NOW), width=60)
+    assert out.splitlines()[1].split() == ["id", "provider", "lifecycle", "capacity", "breaker"]
+    assert "not shown at 60 columns: spend, latency, success, exhaustion, in-flight" in " ".join(out.split())
+
+
+def test_a_wide_screen_shows_every_column_and_no_note() -> None:
+    out = text_of(render.keys_table(invalid_and_open_keys(), NOW), width=200)
+    header = out.splitlines()[1].split()
+    assert header == [
+        "id", "provider", "lifecycle", "capacity", "exhaustion", "breaker", "in-flight", "success", "latency", "spend",
+    ]  # fmt: skip
+    assert "a-key-with-a-rather-long-identifier" in out and "until 12:34:56Z (in 42s)" in out
+    assert "not shown" not in out
+
+
+def test_wide_never_wraps_a_cell() -> None:
+    table = render.keys_table(invalid_and_open_keys(), NOW, wide=True)
+    width = render.natural_width(table)
+    out = text_of(table, width=width)
+    assert "until 12:34:56Z (in 42s)" in out and "constrained 35%" in out and "not shown" not in out
+    assert len(out.splitlines()) == 1 + 2 + 3 + 1  # title, header and rule, a line per key, one "until"
+
+
+def test_excluded_keys_are_named_once_whatever_the_reason_says() -> None:
+    decision = {
+        "id": "dec-3",
+        "chosen": "healthy",
+        "excluded": {
+            "invalid": "invalid: invalid (auth_invalid: openai-sim answered 401)",  # as the router words it
+            "flaky": "flaky: already tried by this request",
+            "tight": "throttled until 12:00:00Z",  # a reason that does not name its key
+        },
+        "excluded_total": 3,
+    }
+    out = text_of(render.decisions_view([decision], NOW), width=200)
+    line = next(line for line in out.splitlines() if "excluded" in line)
+    assert "invalid: invalid (auth_invalid" in line and "invalid: invalid: invalid" not in line
+    assert "flaky: already tried" in line and "flaky: flaky" not in line
+    assert "tight: throttled until 12:00:00Z" in line

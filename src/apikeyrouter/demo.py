@@ -1,11 +1,20 @@
 """`apikeyrouter demo`: the simulated provider and the standalone process together, with a few simulated
 keys that misbehave on purpose (one tight-rpm, one invalid, one flaky, one healthy, plus a Claude key),
-so a newcomer sees failover, breakers and the debug channel with no real key and no network."""
+so a newcomer sees failover, breakers and the debug channel with no real key and no network.
+
+The demo writes its config and debug socket to a fresh `apikeyrouter-demo-*` directory (under $TMPDIR)
+and removes it on every way out: Ctrl-C, SIGTERM, a second signal, a failed start. The config is read,
+at start and on every SIGHUP, with the demo's own environment: the process's, so a key added with
+`secret_env` works, without the `APIKEYROUTER_*` overrides (the file decides the host, port, tokens and
+socket the demo printed), plus the simulated keys' variables.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import trio
@@ -14,7 +23,7 @@ from apikeyrouter.config import RouterConfig, load_config
 from apikeyrouter.sim import SimServer, parse_sim_config
 from apikeyrouter.standalone import Started, run_standalone
 
-__all__ = ["DEMO_ENV", "demo_config_text", "run_demo"]
+__all__ = ["DEMO_ENV", "demo_config_text", "demo_environment", "reload_summary", "run_demo"]
 
 CLIENT_TOKEN = "sk-client-demo"
 ADMIN_TOKEN = "admin-demo"
@@ -31,13 +40,25 @@ DEMO_ENV = {
 }
 
 SIM_CONFIG = {
-    "defaults": {"rpm": 600, "latency_ms": 20},
+    "defaults": {"rpm": 600, "latency_ms": 20, "chunk_delay_ms": 30},  # streams arrive token by token
     "keys": [
         {"key": "sk-sim-tight", "rpm": 3},
         {"key": "sk-sim-invalid", "behavior": "invalid"},
         {"key": "sk-sim-flaky", "error_rate": 0.5, "seed": 42},
     ],
 }
+
+
+def demo_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What the demo's config is read with, at start and on every reload (see the module docstring)."""
+    environ = os.environ if environ is None else environ
+    return {**{k: v for k, v in environ.items() if not k.startswith("APIKEYROUTER_")}, **DEMO_ENV}
+
+
+def reload_summary(report: Mapping[str, Sequence[str]]) -> str:
+    """'config reloaded: keys added: a, b; keys removed: c' from `ApiKeyRouter.apply_config`'s report."""
+    changes = [f"{name.replace('_', ' ')}: {', '.join(ids)}" for name, ids in report.items() if ids]
+    return "config reloaded: " + ("; ".join(changes) if changes else "nothing changed")
 
 
 def demo_config_text(sim_url: str, port: int, socket: Path) -> str:
@@ -128,35 +149,50 @@ async def run_demo(
     port: int,
     *,
     workdir: Path | None = None,
+    env: Mapping[str, str] | None = None,
     on_started: Callable[[Started, Path], None] | None = None,
+    on_reloaded: Callable[[Mapping[str, Sequence[str]]], None] | None = None,
     handle_signals: bool = True,
     stop: trio.Event | None = None,
     task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run the demo until a signal (or `stop`). Without `workdir` it makes a temporary one, removed on exit."""
+    environment = demo_environment(env)
     directory = workdir or Path(tempfile.mkdtemp(prefix="apikeyrouter-demo-"))
-    sim = SimServer(parse_sim_config(SIM_CONFIG))
-    async with trio.open_nursery() as nursery:
-        sim_port = await nursery.start(sim.serve, "127.0.0.1", 0)
-        config_path = directory / "router.toml"
-        config_path.write_text(demo_config_text(f"http://127.0.0.1:{sim_port}", port, directory / "debug.sock"))
-        config: RouterConfig = load_config(config_path, DEMO_ENV)
 
-        def started(s: Started) -> None:
-            if on_started is not None:
-                on_started(s, config_path)
+    def remove_directory() -> None:
+        if workdir is None:
+            shutil.rmtree(directory, ignore_errors=True)
 
-        async def standalone(*, task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED) -> None:
-            try:
-                await run_standalone(
-                    config,
-                    config_path=config_path,
-                    env=DEMO_ENV,
-                    on_started=started,
-                    handle_signals=handle_signals,
-                    stop=stop,
-                    task_status=task_status,
-                )
-            finally:
-                nursery.cancel_scope.cancel(reason="the demo has stopped")  # the simulator goes too
+    try:
+        sim = SimServer(parse_sim_config(SIM_CONFIG))
+        async with trio.open_nursery() as nursery:
+            sim_port = await nursery.start(sim.serve, "127.0.0.1", 0)
+            config_path = directory / "router.toml"
+            socket_path = directory / "debug.sock"
+            config_path.write_text(demo_config_text(f"http://127.0.0.1:{sim_port}", port, socket_path))
+            config: RouterConfig = load_config(config_path, environment)
 
-        task_status.started(await nursery.start(standalone))
+            def started(s: Started) -> None:
+                if on_started is not None:
+                    on_started(s, config_path)
+
+            async def standalone(*, task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    await run_standalone(
+                        config,
+                        config_path=config_path,
+                        env=environment,
+                        on_started=started,
+                        on_reloaded=on_reloaded,
+                        before_forced_exit=remove_directory,
+                        handle_signals=handle_signals,
+                        stop=stop,
+                        task_status=task_status,
+                    )
+                finally:
+                    nursery.cancel_scope.cancel(reason="the demo has stopped")  # the simulator goes too
+
+            task_status.started(await nursery.start(standalone))
+    finally:
+        remove_directory()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -53,15 +53,21 @@ async def run_standalone(
     config_path: Path | None = None,
     env: Mapping[str, str] | None = None,
     on_started: Callable[[Started], None] | None = None,
+    on_reloaded: Callable[[Mapping[str, Sequence[str]]], None] | None = None,
+    before_forced_exit: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED,
     handle_signals: bool = True,
     stop: trio.Event | None = None,
 ) -> None:
-    """Run the whole process until a signal (or `stop`) ends it. Config errors were caught by the caller."""
+    """Run the whole process until a signal (or `stop`) ends it. Config errors were caught by the caller.
+
+    `on_reloaded` gets what each successful SIGHUP reload changed (`ApiKeyRouter.apply_config`'s report);
+    `before_forced_exit` runs just before a second signal ends the process at once (no cleanup runs then).
+    """
     refusal = bind_allowed(config)
     if refusal is not None:
         raise ConfigError(refusal, path="config.server.host")
-    stop = stop or trio.Event()
+    stop = stop if stop is not None else trio.Event()  # an Event refuses to be a bool
     async with trio.open_nursery() as nursery:
         signals_seen = 0
 
@@ -86,6 +92,8 @@ async def run_standalone(
                         # cancelling would still wait out the graces. The OS closes the sockets.
                         log.warning("shutdown_forced", signal=signal.Signals(signum).name)
                         sys.stderr.flush()
+                        if before_forced_exit is not None:
+                            before_forced_exit()
                         os._exit(1)
 
         reload_lock = trio.Lock()
@@ -108,10 +116,15 @@ async def run_standalone(
                 # Tokens first: a token removed because it leaked stops working with this reload.
                 app.client_tokens = tuple(new.server.client_tokens)
                 app.admin_token = new.server.admin_token
+                app.metrics_require_admin = new.server.metrics_require_admin
+                app.stream_idle_timeout = new.server.stream_idle_timeout
                 try:
-                    await router.apply_config(new)
+                    report = await router.apply_config(new)
                 except Exception as exc:  # the running process must outlive a reload that went wrong
                     log.error("reload_failed", error=f"{type(exc).__name__}: {exc}", config=str(config_path))
+                    return
+                if on_reloaded is not None:
+                    on_reloaded(report)
 
         async with ApiKeyRouter(config) as router:
             server = config.server
@@ -121,6 +134,8 @@ async def run_standalone(
                 admin_token=server.admin_token,
                 max_body_bytes=server.max_body_bytes,
                 request_deadline=server.request_deadline,
+                stream_idle_timeout=server.stream_idle_timeout,
+                metrics_require_admin=server.metrics_require_admin,
             )
             grace = server.grace_period
             proxy = await router.add_service(

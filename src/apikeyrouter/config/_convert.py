@@ -8,22 +8,30 @@ value that could be key material (only enum-like choices are quoted back, and on
 
 from __future__ import annotations
 
+import difflib
 import enum
+import keyword
 import math
 import re
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, IterableValidationError, IterableValidationNote
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
 from cattrs.v import format_exception as _cattrs_format_exception
 
 from apikeyrouter.secret import Secret, secret_problem
 
-__all__ = ["Invalid", "converter", "describe_errors", "quote_choice", "unstructure"]
+__all__ = ["Invalid", "converter", "describe_errors", "did_you_mean", "quote_choice", "unstructure"]
 
 
 class Invalid(ValueError):
@@ -202,9 +210,37 @@ def unstructure(obj: object) -> Any:
     return converter.unstructure(obj)
 
 
+def did_you_mean(unknown: Iterable[str], known: Iterable[str]) -> str | None:
+    """A "did you mean 'rpm'?" for the unknown names that are close to a known one (a typo), else None."""
+    choices = list(known)
+    close = {name: found[0] for name in unknown if (found := difflib.get_close_matches(name, choices, n=1))}
+    if not close:
+        return None
+    if len(close) == 1:
+        return f"did you mean {next(iter(close.values()))!r}?"
+    return "did you mean " + ", ".join(f"{right!r} for {wrong}" for wrong, right in close.items()) + "?"
+
+
+def _field_names(cl: type) -> list[str]:
+    """A record's fields as a config file spells them (`global_` is `global`)."""
+    if not attrs.has(cl):
+        return []
+    names = [f.name for f in attrs.fields(cl)]
+    return [n[:-1] if n.endswith("_") and keyword.iskeyword(n[:-1]) else n for n in names]
+
+
+# A hint rides at the end of its message, after the path cattrs appends: `... @ config.keys[0]; did you mean`.
+_HINT = " \x00hint: "
+
+
 def _format(exc: BaseException, t: type | None) -> str:
     if isinstance(exc, Invalid):
         return str(exc)
+    if isinstance(exc, ForbiddenExtraKeysError):
+        extra = sorted(exc.extra_fields)
+        message = f"extra fields found ({', '.join(extra)})"
+        hint = did_you_mean(extra, _field_names(exc.cl))
+        return message + (_HINT + hint if hint else "")
     if isinstance(exc, AttributeError | TypeError) and t is not None and _is_mapping_type(t):
         return "invalid value for type, expected a table"
     return _cattrs_format_exception(exc, t)
@@ -218,11 +254,19 @@ def _is_mapping_type(t: type) -> bool:
 _GLOBAL_ATTR = re.compile(r"\.global_(?=[.\[ ]|$)")
 
 
+def _hint_last(message: str) -> str:
+    if _HINT not in message:
+        return message
+    head, rest = message.split(_HINT, 1)
+    hint, _, where = rest.rpartition(" @ ")
+    return f"{head} @ {where}; {hint}"
+
+
 def describe_errors(exc: BaseException, path: str) -> list[str]:
     """`exc` from `converter.structure` as messages like `extra fields found (rmp) @ config.keys[2]`."""
     if isinstance(exc, ClassValidationError | IterableValidationError | Invalid):
         messages = cattrs.transform_error(exc, path=path, format_exception=_format)
         # cattrs names a renamed field by its attribute; the one rename is `budgets.global` (`global_`).
-        return [_GLOBAL_ATTR.sub(".global", m) for m in messages]
+        return [_GLOBAL_ATTR.sub(".global", _hint_last(m)) for m in messages]
     # Anything else is a bug in a hook; still report it as a config error rather than a traceback.
     return [f"invalid value ({type(exc).__name__}) @ {path}"]

@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
-from apikeyrouter.config._convert import converter, describe_errors, quote_choice
+from apikeyrouter.config._convert import converter, describe_errors, did_you_mean, quote_choice
 from apikeyrouter.config._schema import (
     ENV_ADMIN_TOKEN,
     ENV_CLIENT_TOKENS,
@@ -200,7 +200,8 @@ class _Parser:
     def parse(self, data: Mapping[str, Any]) -> RouterConfig:
         extra = sorted(str(k) for k in data if k not in _SECTIONS)
         if extra:
-            self.error(f"extra fields found ({', '.join(extra)})", "config")
+            hint = did_you_mean(extra, _SECTIONS)
+            self.error(f"extra fields found ({', '.join(extra)})", "config" + (f"; {hint}" if hint else ""))
 
         server = self.server(data)
         self.check_server(server)
@@ -403,6 +404,7 @@ class _Parser:
             self.error(f"port must be from 0 to 65535 (got {server.port})", "config.server.port")
         self.at_least(server.grace_period, 0, "config.server.grace_period")
         self.at_least(server.request_deadline, 0, "config.server.request_deadline", strict=True)
+        self.at_least(server.stream_idle_timeout, 0, "config.server.stream_idle_timeout", strict=True)
         self.at_least(server.max_body_bytes, 1, "config.server.max_body_bytes")
         self.at_least(server.decision_retention, 0, "config.server.decision_retention")
 
@@ -523,9 +525,11 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Route
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
         raise ConfigError(f"cannot read config file {path}: {reason}", path=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read config file {path}: not UTF-8 text", path=str(path)) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

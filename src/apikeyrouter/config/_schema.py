@@ -73,6 +73,8 @@ class ServerConfig:
     request_deadline: float = 60.0
     max_body_bytes: int = 1_048_576
     decision_retention: int = 1000
+    stream_idle_timeout: float = 120.0
+    metrics_require_admin: bool = False
 
 
 @attrs.frozen

@@ -1,6 +1,6 @@
 """`apikeyrouter inspect`: show a running router's actors, keys, decisions and events.
 
-    apikeyrouter inspect [--socket PATH | --port N] [--json] [--watch] [--interval S]
+    apikeyrouter inspect [--socket PATH | --port N] [--json] [--wide] [--watch] [--interval S]
     apikeyrouter inspect key ID [--limit N] [--json]
     apikeyrouter inspect decisions [--limit N] [--json]
     apikeyrouter inspect events [--kind K ...] [--json]
@@ -8,6 +8,10 @@
 Which socket: `--socket`, else `$APIKEYROUTER_DEBUG_SOCKET`, else the default path for `--port`, else the
 one live socket found in the default places (several: we ask you to choose). Every failure to reach the
 router is one line on stderr and exit status 1; Ctrl-C ends `--watch` and `events` with status 0.
+
+The key table fits the terminal (80 columns when piped, or $COLUMNS): cells wrap, never cut, and columns
+left out for want of room are named below the table. `--wide` prints every column unwrapped, as wide as
+it needs to be.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class _Target:
     port: int | None
     as_json: bool
     timeout: float
+    wide: bool = False
 
     def merged(self, socket: str | None, as_json: bool) -> _Target:
         """Subcommands accept --socket/--json too (`inspect key X --json` reads naturally)."""
@@ -96,8 +101,12 @@ def _run(fn: Callable[..., Awaitable[None]], *args: Any, path: str, timeout: flo
         raise
 
 
-def _console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+def _console(wide_for: RenderableType | None = None) -> Console:
+    """A console for the terminal; as wide as `wide_for` needs when given (--wide), however narrow that is."""
+    console = Console(highlight=False, soft_wrap=False)
+    if wide_for is not None:
+        console.width = max(console.width, render.natural_width(wide_for))
+    return console
 
 
 def _print_json(doc: Any) -> None:
@@ -121,11 +130,11 @@ async def _fetch_overview(path: str, target: _Target) -> dict[str, Any]:
     }
 
 
-def _overview_view(doc: dict[str, Any], note: RenderableType | None = None) -> RenderableType:
+def _overview_view(doc: dict[str, Any], note: RenderableType | None = None, *, wide: bool = False) -> RenderableType:
     header = Text(f"apikeyrouter at {doc['socket']}", "bold")
     if doc.get("now_wall"):
         header.append(f"  ·  {doc['now_wall']}", "dim")
-    parts: list[RenderableType] = [header, render.overview(doc["tree"], doc["keys"], doc.get("now"))]
+    parts: list[RenderableType] = [header, render.overview(doc["tree"], doc["keys"], doc.get("now"), wide=wide)]
     if note is not None:
         parts.append(note)
     return Group(*parts)
@@ -136,23 +145,28 @@ async def _show_overview(path: str, target: _Target) -> None:
     if target.as_json:
         _print_json(doc)
     else:
-        _console().print(_overview_view(doc))
+        view = _overview_view(doc, wide=target.wide)
+        _console(view if target.wide else None).print(view)
 
 
 async def _watch(path: str, target: _Target, interval: float) -> None:
     doc = await _fetch_overview(path, target)  # the first failure is fatal: nothing to show yet
-    console = _console()
-    with Live(_overview_view(doc), console=console, auto_refresh=False, transient=False) as live:
+    view = _overview_view(doc, wide=target.wide)
+    console = _console(view if target.wide else None)
+    with Live(view, console=console, auto_refresh=False, transient=False) as live:
         live.refresh()
         while True:
             await trio.sleep(interval)
             try:
                 doc = await _fetch_overview(path, target)
-                live.update(_overview_view(doc), refresh=True)
+                view = _overview_view(doc, wide=target.wide)
+                if target.wide:
+                    console.width = max(console.width, render.natural_width(view))
+                live.update(view, refresh=True)
             except (DebugChannelError, trio.TooSlowError) as exc:
                 message = str(exc) or f"no answer within {target.timeout:g}s"
                 note = Text(f"connection lost: {message}; retrying every {interval:g}s", "bold red")
-                live.update(_overview_view(doc, note), refresh=True)
+                live.update(_overview_view(doc, note, wide=target.wide), refresh=True)
 
 
 async def _show_key(path: str, target: _Target, key_id: str, limit: int) -> None:
@@ -211,6 +225,7 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="print JSON 
 @_socket_option
 @click.option("--port", type=click.IntRange(1, 65535), help="find the socket of the router serving on this port")
 @_json_option
+@click.option("--wide", is_flag=True, help="every column of the key table, nothing wrapped (wider than the screen)")
 @click.option("--watch", is_flag=True, help="refresh the view until Ctrl-C")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="--watch refresh")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="seconds per request")
@@ -220,12 +235,13 @@ def inspect(
     socket_path: str | None,
     port: int | None,
     as_json: bool,
+    wide: bool,
     watch: bool,
     interval: float,
     timeout: float,
 ) -> None:
     """Show a running router: the actor tree and every key (subcommands for more)."""
-    target = _Target(socket_path, port, as_json, timeout)
+    target = _Target(socket_path, port, as_json, timeout, wide)
     ctx.obj = target
     if ctx.invoked_subcommand is not None:
         return

@@ -9,21 +9,25 @@ Values are put in `Text` objects, never interpolated into markup, so an id conta
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 __all__ = [
+    "KeysTable",
     "decisions_view",
     "event_text",
     "fmt_duration",
     "key_view",
     "keys_table",
+    "natural_width",
     "overview",
     "tree_view",
 ]
@@ -200,31 +204,105 @@ def _spend(key: Mapping[str, Any]) -> str:
     return DASH if spend in (None, "") else f"${spend}"
 
 
-def keys_table(keys: Sequence[Mapping[str, Any]], now: float | None = None) -> Table:
-    table = Table(title=f"keys ({len(keys)})", title_justify="left", box=box.SIMPLE_HEAD, padding=0, show_edge=False)
-    # Short cells never wrap; the lifecycle and breaker cells (with their "until") take what is left.
-    table.add_column("id", no_wrap=True, overflow="ellipsis", max_width=32)
-    table.add_column("provider", no_wrap=True, overflow="ellipsis", max_width=16)
-    table.add_column("lifecycle", overflow="fold", min_width=16)
-    table.add_column("capacity", no_wrap=True)
-    table.add_column("exhaustion", no_wrap=True)
-    table.add_column("breaker", overflow="fold", min_width=8)
-    for column in ("in-flight", "success", "latency", "spend"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for key in keys:
-        table.add_row(
-            Text(str(key.get("id", "?")), "bold"),
-            Text(str(key.get("provider", DASH))),
-            _lifecycle(key, now),
-            _capacity(key),
-            Text(_prediction(key)),
-            _breaker(key, now),
-            Text(_in_flight(key)),
-            Text(_success(key)),
-            Text(_latency(key)),
-            Text(_spend(key)),
-        )
+# (header, cell, right-aligned); the order columns are left out in when the screen is too narrow is below.
+_KEY_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any], float | None], Text], bool], ...] = (
+    ("id", lambda k, now: Text(str(k.get("id", "?")), "bold"), False),
+    ("provider", lambda k, now: Text(str(k.get("provider", DASH))), False),
+    ("lifecycle", _lifecycle, False),
+    ("capacity", lambda k, now: _capacity(k), False),
+    ("exhaustion", lambda k, now: Text(_prediction(k)), False),
+    ("breaker", _breaker, False),
+    ("in-flight", lambda k, now: Text(_in_flight(k)), True),
+    ("success", lambda k, now: Text(_success(k)), True),
+    ("latency", lambda k, now: Text(_latency(k)), True),
+    ("spend", lambda k, now: Text(_spend(k)), True),
+)
+# Least telling first. id, lifecycle and breaker are never left out: they say whether a key can serve.
+_LEAVE_OUT_ORDER = ("spend", "latency", "success", "exhaustion", "in-flight", "provider", "capacity")
+
+
+def _keys_grid(
+    rows: Sequence[Sequence[Text]], columns: Sequence[int], widths: Sequence[int] | None, *, wide: bool
+) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+    for n, i in enumerate(columns):
+        header, _, right = _KEY_COLUMNS[i]
+        # Cells wrap (at spaces, else mid-word) rather than lose characters; --wide never wraps.
+        width = None if widths is None else widths[n]
+        table.add_column(header, justify="right" if right else "left", no_wrap=wide, overflow="fold", width=width)
+    for row in rows:
+        table.add_row(*(row[i] for i in columns))
     return table
+
+
+def _share(minimums: Sequence[int], maximums: Sequence[int], room: int) -> list[int]:
+    """Column widths: each its minimum (its longest word), the room left shared out towards each maximum."""
+    spare = room - sum(minimums)
+    needs = [hi - lo for lo, hi in zip(minimums, maximums, strict=True)]
+    if spare >= sum(needs):
+        return list(maximums)
+    widths = [lo + spare * need // sum(needs) for lo, need in zip(minimums, needs, strict=True)]
+    for i in sorted(range(len(widths)), key=lambda i: widths[i] - maximums[i]):
+        if sum(widths) >= room:
+            break
+        widths[i] += 1
+    return widths
+
+
+@attrs.frozen
+class KeysTable:
+    """The key table, fitted to the width it is printed at. Nothing is ever cut: cells wrap at spaces, and
+    when even the longest words do not fit, the least telling columns are left out and a line below says
+    which. `wide`: every column, nothing wrapped (print it on a console `natural_width(...)` wide)."""
+
+    keys: Sequence[Mapping[str, Any]]
+    now: float | None = None
+    wide: bool = False
+
+    def fitted(self, width: int, console: Console) -> tuple[Table, list[str]]:
+        rows = [[cell(key, self.now) for _, cell, _ in _KEY_COLUMNS] for key in self.keys]
+        columns = list(range(len(_KEY_COLUMNS)))
+        if self.wide:
+            return _keys_grid(rows, columns, None, wide=True), []
+        options = console.options.update_width(10_000)
+        sizes = []
+        for i, (header, _, _) in enumerate(_KEY_COLUMNS):
+            cells = [Measurement.get(console, options, Text(header))] + [
+                Measurement.get(console, options, row[i]) for row in rows
+            ]
+            sizes.append((max(m.minimum for m in cells), max(m.maximum for m in cells)))
+        left_out: list[str] = []
+        for name in _LEAVE_OUT_ORDER:
+            room = width - (len(columns) - 1)  # one space between columns
+            if sum(sizes[i][0] for i in columns) <= room:
+                break
+            columns.remove(next(i for i in columns if _KEY_COLUMNS[i][0] == name))
+            left_out.append(name)
+        room = width - (len(columns) - 1)
+        if sum(sizes[i][0] for i in columns) > room:  # too narrow even for id, lifecycle, breaker: fold words
+            return _keys_grid(rows, columns, None, wide=False), left_out
+        widths = _share([sizes[i][0] for i in columns], [sizes[i][1] for i in columns], room)
+        return _keys_grid(rows, columns, widths, wide=False), left_out
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table, left_out = self.fitted(options.max_width, console)
+        yield Text(f"keys ({len(self.keys)})", no_wrap=False)
+        yield table
+        if left_out:
+            yield Text(
+                f"not shown at {options.max_width} columns: {', '.join(left_out)} "
+                "(inspect --wide shows every column; inspect key ID shows one key in full)",
+                "dim",
+            )
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        rows = [[cell(key, self.now) for _, cell, _ in _KEY_COLUMNS] for key in self.keys]
+        table = _keys_grid(rows, range(len(_KEY_COLUMNS)), None, wide=True)
+        return Measurement.get(console, options, table)
+
+
+def keys_table(keys: Sequence[Mapping[str, Any]], now: float | None = None, *, wide: bool = False) -> KeysTable:
+    return KeysTable(keys, now, wide)
 
 
 def key_view(key: Mapping[str, Any], transitions: Sequence[Mapping[str, Any]], now: float | None = None) -> Group:
@@ -299,7 +377,8 @@ def _excluded(decision: Mapping[str, Any]) -> str:
     total = decision.get("excluded_total", len(excluded) if isinstance(excluded, Mapping) else 0)
     if not isinstance(excluded, Mapping) or not total:
         return DASH
-    shown = "; ".join(f"{k}: {v}" for k, v in list(excluded.items())[:3])
+    # The router's reasons already name their key ("invalid: invalid (401 ...)"): never name it twice.
+    shown = "; ".join(str(v) if str(v).startswith(f"{k}:") else f"{k}: {v}" for k, v in list(excluded.items())[:3])
     more = total - min(3, len(excluded))
     return shown + (f" (+{more} more)" if more > 0 else "")
 
@@ -344,5 +423,13 @@ def event_text(event: Mapping[str, Any]) -> Text:
     return text
 
 
-def overview(tree: Mapping[str, Any], keys: Sequence[Mapping[str, Any]], now: float | None = None) -> RenderableType:
-    return Group(tree_view(tree), Text(""), keys_table(keys, now))
+def overview(
+    tree: Mapping[str, Any], keys: Sequence[Mapping[str, Any]], now: float | None = None, *, wide: bool = False
+) -> RenderableType:
+    return Group(tree_view(tree), Text(""), keys_table(keys, now, wide=wide))
+
+
+def natural_width(renderable: RenderableType) -> int:
+    """The width `renderable` needs to be shown without wrapping or cutting anything (for --wide)."""
+    console = Console(width=10_000)
+    return Measurement.get(console, console.options, renderable).maximum

@@ -106,7 +106,10 @@ def weights_for(objective: str | Weights) -> Weights:
     try:
         return OBJECTIVES[objective]
     except KeyError:
-        raise ValueError(f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)} or Weights") from None
+        raise ValueError(
+            f"unknown objective {objective!r}; expected one of: {', '.join(OBJECTIVES)} "
+            '(or, from code or the config file, weights such as {"cost": 0.6, "latency": 0.4})'
+        ) from None
 
 
 @attrs.frozen

@@ -147,6 +147,8 @@ def load_sim_config(source: str | Path) -> SimConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", path=str(path)) from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read {path}: not UTF-8 text", path=str(path)) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
