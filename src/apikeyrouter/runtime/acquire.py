@@ -5,8 +5,12 @@ budget that applies, then ask the key to reserve. A key (or a budget) may refuse
 collected on the request and the next candidate is tried; when every candidate refused, the router
 decides again without them. With no candidate left, the request waits for the earliest recovery (or for
 a busy key to free a slot) within its deadline, or raises `UnknownModel`, `BudgetExceeded`,
-`NoKeyAvailable` or its last upstream error. What a grant holds is a `Held`: exactly one of `settle` or
-`release` gives it back, and leaving `async with held:` without either releases it, whatever raised.
+`NoKeyAvailable` or its last upstream error. Every hold and every reservation has a lease (the
+caller's deadline, or the request's longest lease, plus a grace), so one whose settlement is lost is
+freed in the end.
+
+What a grant holds is a `Held`: exactly one of `settle` or `release` gives it back, and leaving
+`async with held:` without either releases it, whatever raised.
 """
 
 from __future__ import annotations
@@ -172,6 +176,12 @@ async def acquire(deps: Deps, req: Request) -> Held:
             await _no_candidate(deps, req, decision)
 
 
+def _lease_until(req: Request) -> float:
+    """When a reservation taken now is reclaimed if its settlement never comes: the caller's deadline (or
+    the request's longest lease), plus a grace for the settlement to arrive."""
+    return min(trio.current_effective_deadline(), trio.current_time() + req.lease_s) + GRACE
+
+
 async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDecision) -> Held | Refusal:
     """Hold the budget, then reserve the key: the grant, or the first refusal met."""
     adapter = deps.adapter(cand.provider)
@@ -185,7 +195,8 @@ async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDeci
     hold_id: str | None = None
     if deps.budgets_enabled:
         hold_id = f"{req.id}:{deps.next_id()}"
-        refusal = await _hold(deps, hold_id, cand, est.worst_case_cost)
+        # The charge is sent before the key's settlement: the hold outlives the reservation by a grace.
+        refusal = await _hold(deps, hold_id, cand, est.worst_case_cost, _lease_until(req) + GRACE)
         if refusal is not None:
             return refusal
     try:
@@ -201,28 +212,26 @@ async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDeci
     return Held(deps, ref, reply, cand.provider, adapter, decision, hold_id)
 
 
-async def _hold(deps: Deps, hold_id: str, cand: Candidate, amount: Decimal) -> Refusal | None:
-    """Hold `amount` on every budget that applies: None when held. Fails closed: a hard budget is
-    never overspent because its keeper was restarting."""
+async def _hold(deps: Deps, hold_id: str, cand: Candidate, amount: Decimal, until: float) -> Refusal | None:
+    """Hold `amount` on every budget that applies until `until` at the latest: None when held. Fails
+    closed: a hard budget is never overspent because its keeper was restarting."""
     ids = ("global", f"provider:{cand.provider}", f"key:{cand.key_id}")
 
     def make(reply: Reply[HoldPlaced | Refusal]) -> Hold:
-        return Hold(hold_id, ids, amount, reply, cand.key_id)
+        return Hold(hold_id, ids, amount, until, reply, cand.key_id)
 
     try:
-        ref = deps.budget_ref()
-        answer = await ask_bounded(ref, make)
+        answer = await ask_bounded(deps.budget_ref(), make)
     except (ActorError, RouterNotRunning) as exc:
         return _unavailable(cand.key_id, f"budgets: {exc}", budget="budgets")
     if answer is None:
-        await tell_bounded(ref, Free(hold_id))  # in case the hold lands after we stopped waiting
+        await unhold(deps, hold_id, None)  # in case the hold lands after we stopped waiting
         return _unavailable(cand.key_id, f"budgets did not answer within {GRACE:g} s", budget="budgets")
     return answer if isinstance(answer, Refusal) else None
 
 
 async def _reserve(req: Request, key_id: str, ref: ActorRef[KeyCommand], est: CostEstimate) -> Granted | Refusal:
-    now = trio.current_time()
-    lease_until = min(trio.current_effective_deadline(), now + req.lease_s) + 5.0
+    lease_until = _lease_until(req)
     tokens = est.input_tokens + est.max_output_tokens
 
     def make(reply: Reply[Granted | Refusal]) -> Reserve:
