@@ -8,17 +8,21 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
+from apikeyrouter import NoKeyAvailable
 from apikeyrouter.config import parse_config
+from apikeyrouter.domain.refusal import RefusalKind
+from apikeyrouter.messages.key import InjectCrash
 from apikeyrouter.observe import BudgetHoldExpired, event_json
 from apikeyrouter.runtime import ApiKeyRouter
 from apikeyrouter.sim import parse_sim_config
 from apikeyrouter.sim.provider import SimProvider
 from apikeyrouter.store.memory import MemoryStore
 from tests.routing_env import chat
-from tests.sim_transport import SimAdapter, SimTransport
+from tests.sim_transport import SimAdapter, SimTransport, sim_env
 
 BUDGET = {"budgets": {"global": {"limit": "1", "period": "day"}}}
 
@@ -64,6 +68,54 @@ async def router_on(store: MemoryStore, config: dict[str, Any]) -> AsyncIterator
         yield router
 
 
+async def test_a_decision_asked_while_the_router_actor_restarts_waits_for_it(autojump_clock: object) -> None:
+    # The Decide ask landed behind the message that crashed the router actor: it was answered with
+    # ActorCrashed, and the caller got that kernel error instead of its response.
+    async with sim_env([("k", "sk-sim-k", {})], sim_defaults={"latency_ms": 100}) as env:
+        env.router.router_ref().tell_nowait(Poison())  # type: ignore[arg-type]
+        with trio.fail_after(10):
+            response = await env.router.route(chat("while the router restarts"))
+        assert response.metadata is not None and response.metadata.key_used == "k"
+        router = next(n for n in env.router.tree().children if n.name == "router")
+        assert router.restarts == 1
+
+
+async def test_a_router_actor_that_keeps_crashing_is_a_typed_error_within_a_bounded_time(
+    autojump_clock: object,
+) -> None:
+    # Each retry waits a little longer; a router that never comes back is `NoKeyAvailable` (nothing was
+    # sent, the caller may retry), not an ActorCrashed from the kernel, and not a wait for the deadline.
+    async with sim_env([]) as env:
+        adapter = SimAdapter(env.transport, provider="priceless")
+        adapter.prices = BrokenPrices()  # type: ignore[assignment]
+        await env.router.register_provider("priceless", adapter)
+        await env.router.register_key("sk-sim-k", "priceless", key_id="k")
+        start = trio.current_time()
+        with trio.fail_after(30), pytest.raises(NoKeyAvailable) as info:
+            await env.router.route(chat("never decided"))
+        assert "router" in info.value.reasons and "crashed" in info.value.reasons["router"]
+        assert trio.current_time() - start == pytest.approx(0.35)
+        await trio.testing.wait_all_tasks_blocked()
+        router = next(n for n in env.router.tree().children if n.name == "router")
+        assert router.restarts == 4
+
+
+async def test_a_reservation_asked_of_a_restarting_key_moves_the_request_to_the_next_key(
+    autojump_clock: object,
+) -> None:
+    keys = [("first", "sk-sim-first", {"metadata": {"quality": "premium"}}), ("second", "sk-sim-second", {})]
+    async with sim_env(keys, config={"routing": {"objective": "quality"}}) as env:
+        env.router.key_ref("first").tell_nowait(InjectCrash("restart under a request"))
+        with trio.fail_after(10):
+            response = await env.router.route(chat("while first restarts"))
+        meta = response.metadata
+        assert meta is not None and meta.key_used == "second" and meta.decision is not None
+        assert [(r.key_id, r.kind) for r in meta.decision.refused] == [("first", RefusalKind.UNAVAILABLE)]
+        with trio.fail_after(10):
+            again = await env.router.route(chat("after the restart"))
+        assert again.metadata is not None and again.metadata.key_used == "first"
+
+
 async def test_the_store_given_to_the_router_is_the_one_it_keeps_its_records_in() -> None:
     # `store or MemoryStore()`: an empty store has length 0, so it was falsy and quietly replaced.
     store = MemoryStore()
@@ -96,3 +148,17 @@ async def test_a_hold_whose_charge_crashed_the_budget_actor_expires_at_its_lease
         assert [(e.expired.amount, e.expired.budgets, e.at) for e in expired] == [(held, ("global",), 30.0)]
         shown = event_json(expired[0], 0.0)
         assert shown["kind"] == "budget.hold_expired" and shown["amount"] == str(held)
+
+
+async def test_a_hold_asked_while_the_budget_actor_restarts_is_asked_again(autojump_clock: object) -> None:
+    # The hold's write failed, so the budget actor crashed on it and the ask was answered ActorCrashed:
+    # that was a refusal by "budgets", and the request was refused as BudgetExceeded with money to spare.
+    store = FlakyStore(fail_on="hold")
+    async with router_on(store, BUDGET) as router:
+        with trio.fail_after(20):
+            response = await router.route(chat("held across a restart"))
+        assert response.metadata is not None and response.metadata.key_used == "k"
+        budgets = next(n for n in router.tree().children if n.name == "budgets")
+        assert budgets.restarts == 1 and "OSError" in (budgets.last_crash or "")
+        await trio.testing.wait_all_tasks_blocked()
+        assert router.budgets()["global"] == {"limit": "1", "spent": str(response.metadata.cost), "reserved": "0"}
