@@ -12,7 +12,7 @@ import attrs
 import httpx
 import pytest
 
-from apikeyrouter.domain.budget import BudgetOverrun
+from apikeyrouter.domain.budget import BudgetOverrun, HoldExpired
 from apikeyrouter.domain.circuit import (
     BreakerClosed,
     BreakerHalfOpened,
@@ -26,6 +26,7 @@ from apikeyrouter.domain.lifecycle import Cause, KeyState, Transition
 from apikeyrouter.observe import (
     EVENT_TYPES,
     KINDS,
+    BudgetHoldExpired,
     BudgetOverran,
     ConfigReloaded,
     Event,
@@ -68,6 +69,7 @@ ONE_OF_EACH: list[Event] = [
     SupervisorChildRestarted("keys", "key:k1", 1, T),
     SupervisorEscalated("keys", "key:k1", 10, T),
     ConfigReloaded(T, keys_added=["k3"], providers_changed=["openai"], refused=["k4: revoked"]),
+    BudgetHoldExpired(HoldExpired("req-2:3", ("global", "key:k1"), Decimal("0.0040"), T)),
     BudgetOverran(BudgetOverrun("req-1:1", "monthly", Decimal("0.0012"), T)),
 ]
 
@@ -90,7 +92,7 @@ def test_the_samples_cover_every_event_class_and_kinds_are_todays_names() -> Non
     assert {
         "key.registered", "key.transition", "key.breaker", "request.attempt", "provider.health",
         "supervisor.child_crashed", "supervisor.child_restarted", "supervisor.escalated",
-        "config.reloaded", "budget.overrun",
+        "config.reloaded", "budget.overrun", "budget.hold_expired",
     } == KINDS  # fmt: skip
 
 
@@ -117,7 +119,9 @@ def test_encoded_values_are_plain_json_values() -> None:
     assert event_json(attempt, WALL)["outcome"] == "server_error" and event_json(attempt, WALL)["latency_ms"] == 42.1
     assert event_json(ONE_OF_EACH[10], WALL)["outcome"] == "success"
     assert event_json(overrun, WALL)["over_by"] == "0.0012"
-    assert event_json(ONE_OF_EACH[-2], WALL)["keys_added"] == ["k3"]
+    assert event_json(ONE_OF_EACH[-3], WALL)["keys_added"] == ["k3"]
+    expired = event_json(ONE_OF_EACH[-2], WALL)
+    assert (expired["budgets"], expired["amount"]) == (["global", "key:k1"], "0.0040")
 
 
 def _types_in(hint: Any, seen: set[Any]) -> set[Any]:
@@ -151,7 +155,7 @@ def _publish_one_of_each(bus: EventBus) -> None:
     [
         (["key"], {"key.registered", "key.transition", "key.breaker"}),
         (["key.breaker"], {"key.breaker"}),
-        (["request.attempt", "budget"], {"request.attempt", "budget.overrun"}),
+        (["request.attempt", "budget"], {"request.attempt", "budget.overrun", "budget.hold_expired"}),
         (
             ["supervisor", "config.reloaded"],
             {"supervisor.child_crashed", "supervisor.child_restarted", "supervisor.escalated", "config.reloaded"},

@@ -3,11 +3,19 @@
 Every hold is one atomic transition of the pure ledger (domain/budget.py): the check and the hold
 happen together, so no number of concurrent requests can overspend a budget. The ledger is stored
 after each change, so a restarted actor keeps what was spent and what is held.
+
+Every hold has a lease (the request's deadline, `Hold.lease_until`): a hold whose charge or free was
+lost — sent while this actor restarted, or the very message it crashed on — is freed when its lease
+ends, before any message is handled from then on, and by a timer set for the earliest lease so an
+idle router frees it on time too. Each expiry is a `budget.hold_expired` event and a warning. A charge
+that comes after its hold expired is still charged to the budgets the hold named (a warning too).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import math
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any, assert_never
 
@@ -15,11 +23,12 @@ import structlog
 import trio
 
 from apikeyrouter.domain import budget
-from apikeyrouter.domain.budget import BudgetOverrun, BudgetRefused, BudgetSpec, Ledger
+from apikeyrouter.domain.budget import BudgetEvent, BudgetOverrun, BudgetRefused, BudgetSpec, LateCharged, Ledger
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
+from apikeyrouter.errors import ActorStopped, MailboxFull
 from apikeyrouter.kernel.actor import Actor
-from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, HoldPlaced, SetBudget, SetBudgets
-from apikeyrouter.observe import BudgetOverran, EventBus
+from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, HoldPlaced, SetBudget, SetBudgets, Wake
+from apikeyrouter.observe import BudgetHoldExpired, BudgetOverran, EventBus
 from apikeyrouter.store.memory import StateStore
 
 __all__ = ["BudgetActor"]
@@ -38,6 +47,8 @@ class BudgetActor(Actor[BudgetCommand]):
         self._store = store
         self._events = events
         self._ledger: Ledger | None = None
+        self._timer_at = math.inf
+        self._timer_scope: trio.CancelScope | None = None
 
     async def pre_start(self) -> None:
         now = trio.current_time()
@@ -47,6 +58,13 @@ class BudgetActor(Actor[BudgetCommand]):
             ledger = budget.set_budget(ledger, spec, now)
         self._ledger = ledger
         self._store.save(_STORE_KEY, ledger)
+        self._expire(now)  # restored holds whose lease ended while no instance ran
+        self._arm_timer(now)
+
+    async def post_stop(self) -> None:
+        # The lease timer is not work in flight: without this a stop would wait for the next lease.
+        if self._timer_scope is not None:
+            self._timer_scope.cancel()
 
     @property
     def ledger(self) -> Ledger:
@@ -64,18 +82,16 @@ class BudgetActor(Actor[BudgetCommand]):
 
     def receive(self, msg: BudgetCommand) -> None:
         now = trio.current_time()
+        self._expire(now)  # first: the message sees every ended lease freed, whether the timer ran or not
         match msg:
-            case Hold(hold_id=hold_id, budgets=ids, worst_case=amount, reply_to=reply, key_id=key_id):
-                ledger, events = budget.reserve(self.ledger, hold_id, ids, amount, now)
+            case Hold(hold_id=hold_id, budgets=ids, worst_case=amount, lease_until=until, reply_to=reply):
+                ledger, events = budget.reserve(self.ledger, hold_id, ids, amount, now, until=until)
                 refused = budget.refusal(events)
                 self._commit(ledger)
-                reply.send(_refusal(key_id, refused) if refused is not None else HoldPlaced(hold_id))
+                reply.send(_refusal(msg.key_id, refused) if refused is not None else HoldPlaced(hold_id))
             case Charge(hold_id=hold_id, actual=actual):
                 ledger, events = budget.settle(self.ledger, hold_id, actual, now)
-                for ev in events:
-                    if isinstance(ev, BudgetOverrun):
-                        log.warning("budget_overrun", budget=ev.budget, over_by=str(ev.over_by), hold=ev.hold_id)
-                        self._events.publish(BudgetOverran(ev))
+                self._report(events)
                 self._commit(ledger)
             case Free(hold_id=hold_id):
                 ledger, _ = budget.release(self.ledger, hold_id, now)
@@ -91,13 +107,55 @@ class BudgetActor(Actor[BudgetCommand]):
             case SetBudget(spec=spec):
                 self._specs = (*(s for s in self._specs if s.id != spec.id), spec)
                 self._commit(budget.set_budget(self.ledger, spec, now))
+            case Wake():
+                pass  # the timer's wake-up: the expiry above was its work
             case _:
                 assert_never(msg)
+        self._arm_timer(now)
+
+    def _expire(self, now: float) -> None:
+        ledger, expired = budget.expire(self.ledger, now)
+        for ev in expired:
+            # A settlement was lost (sent while this actor restarted, most likely): the money it held is free.
+            log.warning("budget_hold_expired", hold=ev.hold_id, budgets=list(ev.budgets), amount=str(ev.amount))
+            self._events.publish(BudgetHoldExpired(ev))
+        self._commit(ledger)
+
+    def _report(self, events: Sequence[BudgetEvent]) -> None:
+        for ev in events:
+            if isinstance(ev, BudgetOverrun):
+                log.warning("budget_overrun", budget=ev.budget, over_by=str(ev.over_by), hold=ev.hold_id)
+                self._events.publish(BudgetOverran(ev))
+            elif isinstance(ev, LateCharged):
+                log.warning("budget_charged_late", hold=ev.hold_id, budgets=list(ev.budgets), actual=str(ev.actual))
 
     def _commit(self, ledger: Ledger) -> None:
         if ledger is not self._ledger:
             self._ledger = ledger
             self._store.save(_STORE_KEY, ledger)
+
+    def _arm_timer(self, now: float) -> None:
+        """Wake up when the earliest lease ends, so an idle router frees a lost hold on time too."""
+        at = budget.next_expiry(self.ledger)
+        if at is None or self._nursery is None:
+            return
+        if at >= self._timer_at and self._timer_scope is not None:
+            return  # an earlier (or the same) wake-up is set; it re-arms for the rest
+        if self._timer_scope is not None:
+            self._timer_scope.cancel()
+        self._timer_at = at
+        self._timer_scope = scope = trio.CancelScope()
+        self._nursery.start_soon(self._timer, max(at, now), scope)
+
+    async def _timer(self, at: float, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep_until(at)
+            if self._timer_scope is scope:
+                self._timer_scope = None
+                self._timer_at = math.inf
+            # The expiry itself happens in the receive loop, like every other change.
+            with contextlib.suppress(MailboxFull, ActorStopped):
+                self.ref.tell_nowait(Wake())
 
 
 def _refusal(key_id: str, refused: BudgetRefused) -> Refusal:

@@ -4,13 +4,15 @@ A `Ledger` holds budgets (any scope: "global", "provider:openai", "key:k1", "cli
 the caller's) and the live holds against them. A request reserves its worst-case cost against every
 budget that applies, in one step that either holds on all of them or changes nothing:
 
-    reserve(ledger, hold_id, budget_ids, worst_case, now)
+    reserve(ledger, hold_id, budget_ids, worst_case, now, until=lease_end)
         refused if, for any budget, spent + reserved + worst_case > limit
     settle(ledger, hold_id, actual, now)     reserved -= worst_case; spent += actual
     release(ledger, hold_id, now)            reserved -= worst_case
+    expire(ledger, now)                      every hold whose lease ended: reserved -= worst_case
 
 Invariant: `spent + reserved <= limit` for every budget at every step, provided `actual <= worst_case`
-(which `cost.worst_case` guarantees when token counts hold). Because the check and the hold are one
+(which `cost.worst_case` guarantees when token counts hold) and no charge comes after its hold's lease
+(see Leases). Because the check and the hold are one
 pure step on one value — and the owning actor applies steps one at a time — no interleaving of
 requests can overspend. If a provider ever bills more than the worst case, the real figure is still
 recorded (the ledger never lies about money) and a `BudgetOverrun` event says so.
@@ -18,6 +20,23 @@ recorded (the ledger never lies about money) and a `BudgetOverrun` event says so
 Idempotency: hold ids are the caller's (request id + attempt). `reserve` with an id already held,
 and `settle`/`release` of an id not held (already settled, released, or never reserved), change
 nothing and return no events — so a retried message cannot double-charge or double-free.
+
+Leases: every hold has one (`until`, from the caller's deadline), because its settlement can be lost —
+the budget actor restarting when the charge or free is sent, or crashing on the very message. Without a
+lease such a hold would shrink a hard budget for good. `expire` frees every hold whose lease has ended
+(a `HoldExpired` each: it means a settlement was lost) and keeps a note of what the hold named, for
+`LATE_CHARGE_S`. The owner applies it before every step and when the earliest lease (`next_expiry`)
+ends.
+
+A late charge — `settle` of a hold that has expired — still charges `actual` to the budgets the hold
+named (those still configured), and returns a `LateCharged`: spend is never lost, the ledger never
+lies about money. Its reserved amount was given back at expiry and may have been held again since, so
+a late charge can take `spent + reserved` past the limit: the budget then refuses new holds until
+enough settles or its period resets. That is the rule because the money was spent upstream: a budget
+caps real spend, so dropping the charge would let later requests spend the same money again, while
+counting it only refuses new work. A late charge is charged once (the
+note is dropped); a late `release` just drops the note. A settlement later than `LATE_CHARGE_S` after
+the lease (or once `_MAX_EXPIRED` newer holds expired) is dropped, as for any unknown hold id.
 
 Periods: a budget with `period_s` resets its `spent` at every multiple of `period_s` after the
 ledger's `origin` (lazily, when next touched). Holds made in an earlier period stay reserved in the
@@ -36,6 +55,7 @@ from decimal import Decimal
 import attrs
 
 __all__ = [
+    "LATE_CHARGE_S",
     "BudgetEvent",
     "BudgetOverrun",
     "BudgetRefused",
@@ -44,8 +64,12 @@ __all__ = [
     "BudgetSettled",
     "BudgetSpec",
     "BudgetStatus",
+    "HoldExpired",
+    "LateCharged",
     "Ledger",
+    "expire",
     "new_ledger",
+    "next_expiry",
     "refusal",
     "release",
     "remove_budget",
@@ -56,6 +80,8 @@ __all__ = [
 ]
 
 _ZERO = Decimal(0)
+LATE_CHARGE_S = 86_400.0  # how long after its lease an expired hold can still be charged
+_MAX_EXPIRED = 10_000  # notes of expired holds kept at most (the oldest go first)
 
 
 @attrs.frozen
@@ -87,6 +113,15 @@ class BudgetStatus:
 class _Hold:
     amount: Decimal
     budgets: tuple[str, ...]
+    until: float  # the lease: freed by `expire` from then on
+
+
+@attrs.frozen
+class _Expired:
+    """A note of a hold that expired, so a late charge still reaches the budgets it named."""
+
+    budgets: tuple[str, ...]
+    at: float
 
 
 @attrs.frozen
@@ -94,6 +129,7 @@ class Ledger:
     origin: float
     budgets: Mapping[str, BudgetStatus] = attrs.field(factory=dict)
     holds: Mapping[str, _Hold] = attrs.field(factory=dict)
+    expired: Mapping[str, _Expired] = attrs.field(factory=dict)  # in expiry order
 
 
 @attrs.frozen
@@ -147,7 +183,29 @@ class BudgetOverrun:
     at: float
 
 
-BudgetEvent = BudgetReserved | BudgetRefused | BudgetSettled | BudgetReleased | BudgetOverrun
+@attrs.frozen
+class HoldExpired:
+    """A hold's lease ended before it was settled: its amount is free again (its settlement was lost)."""
+
+    hold_id: str
+    budgets: tuple[str, ...]
+    amount: Decimal
+    at: float
+
+
+@attrs.frozen
+class LateCharged:
+    """A charge for a hold that had expired: `actual` charged to the budgets the hold named."""
+
+    hold_id: str
+    budgets: tuple[str, ...]
+    actual: Decimal
+    at: float
+
+
+BudgetEvent = (
+    BudgetReserved | BudgetRefused | BudgetSettled | BudgetReleased | BudgetOverrun | HoldExpired | LateCharged
+)
 
 
 def new_ledger(specs: Iterable[BudgetSpec], now: float) -> Ledger:
@@ -202,9 +260,10 @@ def remove_budget(ledger: Ledger, budget_id: str) -> Ledger:
 
 
 def reserve(
-    ledger: Ledger, hold_id: str, budget_ids: Iterable[str], worst_case: Decimal, now: float
+    ledger: Ledger, hold_id: str, budget_ids: Iterable[str], worst_case: Decimal, now: float, *, until: float
 ) -> tuple[Ledger, list[BudgetEvent]]:
-    """Hold `worst_case` against every named budget, or refuse (ledger unchanged, one `BudgetRefused`)."""
+    """Hold `worst_case` against every named budget until `until` at the latest, or refuse (ledger
+    unchanged, one `BudgetRefused`)."""
     if not isinstance(worst_case, Decimal) or worst_case < 0:
         raise ValueError(f"worst_case must be a Decimal >= 0, got {worst_case!r}")
     if hold_id in ledger.holds:
@@ -219,7 +278,7 @@ def reserve(
     new = attrs.evolve(
         ledger,
         budgets={**ledger.budgets, **updated},
-        holds={**ledger.holds, hold_id: _Hold(worst_case, ids)},
+        holds={**ledger.holds, hold_id: _Hold(worst_case, ids, until)},
     )
     return new, [BudgetReserved(hold_id, worst_case, ids, now)]
 
@@ -227,7 +286,7 @@ def reserve(
 def _finish(ledger: Ledger, hold_id: str, actual: Decimal | None, now: float) -> tuple[Ledger, list[BudgetEvent]]:
     hold = ledger.holds.get(hold_id)
     if hold is None:
-        return ledger, []
+        return _late(ledger, hold_id, actual, now)
     events: list[BudgetEvent] = []
     updated: dict[str, BudgetStatus] = {}
     for bid in hold.budgets:
@@ -241,6 +300,8 @@ def _finish(ledger: Ledger, hold_id: str, actual: Decimal | None, now: float) ->
             events.append(BudgetOverrun(hold_id, bid, actual - hold.amount, now))
     holds = {k: v for k, v in ledger.holds.items() if k != hold_id}
     new = attrs.evolve(ledger, budgets={**ledger.budgets, **updated}, holds=holds)
+    if hold_id in ledger.expired:  # the id was held again after it expired: one settlement ends both
+        new = attrs.evolve(new, expired={k: v for k, v in ledger.expired.items() if k != hold_id})
     done: BudgetEvent = (
         BudgetReleased(hold_id, hold.amount, now)
         if actual is None
@@ -249,8 +310,55 @@ def _finish(ledger: Ledger, hold_id: str, actual: Decimal | None, now: float) ->
     return new, [done, *events]
 
 
+def _late(ledger: Ledger, hold_id: str, actual: Decimal | None, now: float) -> tuple[Ledger, list[BudgetEvent]]:
+    """A settlement of an expired hold: a charge still charges the budgets it named; either drops the note."""
+    note = ledger.expired.get(hold_id)
+    if note is None:
+        return ledger, []  # settled or released already, long expired, or never held
+    expired = {k: v for k, v in ledger.expired.items() if k != hold_id}
+    if actual is None:
+        return attrs.evolve(ledger, expired=expired), []
+    updated = {
+        bid: attrs.evolve(b, spent=b.spent + actual)
+        for bid in note.budgets
+        if (b := status(ledger, bid, now)) is not None
+    }
+    new = attrs.evolve(ledger, budgets={**ledger.budgets, **updated}, expired=expired)
+    return new, [LateCharged(hold_id, note.budgets, actual, now)]
+
+
+def next_expiry(ledger: Ledger) -> float | None:
+    """When the earliest live hold's lease ends (None: no hold is live)."""
+    return min((h.until for h in ledger.holds.values()), default=None)
+
+
+def expire(ledger: Ledger, now: float) -> tuple[Ledger, list[HoldExpired]]:
+    """Free every hold whose lease has ended by `now`, noting each for a late charge; forget notes
+    older than `LATE_CHARGE_S`. The ledger is returned unchanged (the same object) when nothing is due."""
+    due = sorted((h.until, hid) for hid, h in ledger.holds.items() if h.until <= now)
+    stale = [hid for hid, note in ledger.expired.items() if note.at + LATE_CHARGE_S <= now]
+    if not due and not stale:
+        return ledger, []
+    events: list[HoldExpired] = []
+    expired = {k: v for k, v in ledger.expired.items() if k not in stale}
+    budgets = dict(ledger.budgets)
+    for until, hid in due:
+        hold = ledger.holds[hid]
+        for bid in hold.budgets:
+            if bid in budgets:
+                b = _current(ledger, budgets[bid], now)
+                budgets[bid] = attrs.evolve(b, reserved=max(_ZERO, b.reserved - hold.amount))
+        expired[hid] = _Expired(hold.budgets, until)
+        events.append(HoldExpired(hid, hold.budgets, hold.amount, now))
+    while len(expired) > _MAX_EXPIRED:
+        del expired[next(iter(expired))]
+    holds = {k: v for k, v in ledger.holds.items() if k not in {hid for _, hid in due}}
+    return attrs.evolve(ledger, budgets=budgets, holds=holds, expired=expired), events
+
+
 def settle(ledger: Ledger, hold_id: str, actual: Decimal, now: float) -> tuple[Ledger, list[BudgetEvent]]:
-    """Charge the actual cost and free the hold. Idempotent: an unknown hold id changes nothing."""
+    """Charge the actual cost and free the hold. Idempotent: an unknown hold id changes nothing. A hold
+    that expired is still charged, once (`LateCharged`)."""
     if not isinstance(actual, Decimal) or actual < 0:
         raise ValueError(f"actual must be a Decimal >= 0, got {actual!r}")
     return _finish(ledger, hold_id, actual, now)

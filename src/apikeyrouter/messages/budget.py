@@ -10,17 +10,20 @@ from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.refusal import Refusal
 from apikeyrouter.kernel.actor import Reply
 
-__all__ = ["BudgetCommand", "Charge", "Free", "Hold", "HoldPlaced", "SetBudget", "SetBudgets"]
+__all__ = ["BudgetCommand", "Charge", "Free", "Hold", "HoldPlaced", "SetBudget", "SetBudgets", "Wake"]
 
 
 @attrs.frozen
 class Hold:
     """Reply: `HoldPlaced` when held on every budget, else a `Refusal` (kind budget) naming the budget
-    that would be overspent. `key_id`: the key the request would use (carried into the refusal)."""
+    that would be overspent. `key_id`: the key the request would use (carried into the refusal).
+    `lease_until`: the hold is freed then if it was neither charged nor freed (its settlement was lost);
+    a charge that comes later is still charged (domain/budget.py)."""
 
     hold_id: str
     budgets: tuple[str, ...]
     worst_case: Decimal
+    lease_until: float
     reply_to: Reply[HoldPlaced | Refusal]
     key_id: str = ""
 
@@ -32,6 +35,8 @@ class HoldPlaced:
 
 @attrs.frozen
 class Charge:
+    """The actual cost of a held call: charged, and the hold freed. Late (the hold expired): still charged."""
+
     hold_id: str
     actual: Decimal
 
@@ -56,4 +61,9 @@ class SetBudgets:
     specs: tuple[BudgetSpec, ...]
 
 
-BudgetCommand = Hold | Charge | Free | SetBudget | SetBudgets
+@attrs.frozen
+class Wake:
+    """Internal: the earliest hold's lease has ended; expire it now (sent by the budget actor's timer)."""
+
+
+BudgetCommand = Hold | Charge | Free | SetBudget | SetBudgets | Wake

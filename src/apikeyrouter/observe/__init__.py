@@ -11,6 +11,7 @@ from apikeyrouter.observe.bus import EventBus, Subscriber, SubscriberLagged
 from apikeyrouter.observe.events import (
     EVENT_TYPES,
     KINDS,
+    BudgetHoldExpired,
     BudgetOverran,
     ConfigReloaded,
     Event,
@@ -30,6 +31,7 @@ from apikeyrouter.observe.events import (
 __all__ = [
     "EVENT_TYPES",
     "KINDS",
+    "BudgetHoldExpired",
     "BudgetOverran",
     "ConfigReloaded",
     "Event",

@@ -6,7 +6,7 @@ Fields are typed values — ids, enums, `Decimal`, trio-clock `float` times — 
 material: no event field is (or contains) a `Secret`, ids and fingerprints only.
 
 Where a rule in `domain/` already returns a typed event (a lifecycle `Transition`, a breaker change,
-a `BudgetOverrun`), the event is a thin envelope around it that adds what the rule does not know
+a `BudgetOverrun`, a `HoldExpired`), the event is a thin envelope around it that adds what the rule does not know
 (the key id).
 
 `event_json(event, wall_offset)` is the only encoding: the debug channel's stream, the logs and any
@@ -24,7 +24,7 @@ from typing import Any, ClassVar, assert_never
 
 import attrs
 
-from apikeyrouter.domain.budget import BudgetOverrun
+from apikeyrouter.domain.budget import BudgetOverrun, HoldExpired
 from apikeyrouter.domain.circuit import (
     BreakerClosed,
     BreakerEvent,
@@ -41,6 +41,7 @@ from apikeyrouter.domain.walltime import render_wall
 __all__ = [
     "EVENT_TYPES",
     "KINDS",
+    "BudgetHoldExpired",
     "BudgetOverran",
     "ConfigReloaded",
     "Event",
@@ -178,6 +179,19 @@ class BudgetOverran:
         return self.overrun.at
 
 
+@attrs.frozen
+class BudgetHoldExpired:
+    """A budget hold's lease ended before its charge or free came (the domain's `HoldExpired`): its
+    amount is free again, and its settlement was lost (the budget actor restarted, most likely)."""
+
+    kind: ClassVar[str] = "budget.hold_expired"
+    expired: HoldExpired
+
+    @property
+    def at(self) -> float:
+        return self.expired.at
+
+
 Event = (
     KeyRegistered
     | KeyTransitioned
@@ -189,6 +203,7 @@ Event = (
     | SupervisorEscalated
     | ConfigReloaded
     | BudgetOverran
+    | BudgetHoldExpired
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(Event)
@@ -257,6 +272,8 @@ def _fields(event: Event, off: float) -> dict[str, Any]:
             return {f.name: list(getattr(event, f.name)) for f in attrs.fields(ConfigReloaded) if f.name != "at"}
         case BudgetOverran(overrun=o):
             return {"budget": o.budget, "over_by": _money(o.over_by), "hold_id": o.hold_id}
+        case BudgetHoldExpired(expired=x):
+            return {"hold_id": x.hold_id, "budgets": list(x.budgets), "amount": _money(x.amount)}
         case _:
             assert_never(event)
 

@@ -5,8 +5,16 @@ budget that applies, then ask the key to reserve. A key (or a budget) may refuse
 collected on the request and the next candidate is tried; when every candidate refused, the router
 decides again without them. With no candidate left, the request waits for the earliest recovery (or for
 a busy key to free a slot) within its deadline, or raises `UnknownModel`, `BudgetExceeded`,
-`NoKeyAvailable` or its last upstream error. What a grant holds is a `Held`: exactly one of `settle` or
-`release` gives it back, and leaving `async with held:` without either releases it, whatever raised.
+`NoKeyAvailable` or its last upstream error. A router (or budget) actor that is restarting is asked again
+after short waits, a few times (asks.py): a router that does not come back is `NoKeyAvailable` naming
+"router" — nothing was sent or spent, the caller may retry, as for any key that could not serve in
+time; `RouterNotRunning` stays for a router facade that is not running at all. A key that is restarting
+refuses as UNAVAILABLE and the next candidate is tried. Every hold and every reservation has a lease
+(the caller's deadline, or the request's longest lease, plus a grace), so one whose settlement is lost
+is freed in the end; a grant that comes after the request stopped waiting is released at once.
+
+What a grant holds is a `Held`: exactly one of `settle` or `release` gives it back, and leaving
+`async with held:` without either releases it, whatever raised.
 """
 
 from __future__ import annotations
@@ -29,7 +37,9 @@ from apikeyrouter.domain.scoring import Weights
 from apikeyrouter.domain.walltime import render_wall
 from apikeyrouter.errors import (
     ActorError,
+    ActorStopped,
     BudgetExceeded,
+    MailboxFull,
     NoKeyAvailable,
     RouterNotRunning,
     UnknownKey,
@@ -41,7 +51,7 @@ from apikeyrouter.kernel.actor import ActorRef, Reply
 from apikeyrouter.messages.budget import Charge, Free, Hold, HoldPlaced
 from apikeyrouter.messages.key import Granted, KeyCommand, Outcome, Release, Reserve, Settle
 from apikeyrouter.messages.router import Decide
-from apikeyrouter.runtime.asks import GRACE, ask_bounded, tell_bounded
+from apikeyrouter.runtime.asks import GRACE, ask_bounded, ask_restarting, tell_bounded
 from apikeyrouter.runtime.deps import Deps
 
 __all__ = ["Held", "Request", "acquire"]
@@ -157,11 +167,7 @@ async def acquire(deps: Deps, req: Request) -> Held:
     req.refused.clear()
     req.change_waits = 0
     while True:
-        exclude = frozenset(req.tried | req.refused.keys())
-        model, objective = req.intent.model, req.objective
-        decision: RoutingDecision = await deps.router_ref().ask(
-            lambda r: Decide(req.id, model, objective, exclude, r)  # noqa: B023
-        )
+        decision = await _decide(deps, req, frozenset(req.tried | req.refused.keys()))
         for cand in decision.candidates:
             got = await _take(deps, req, cand, decision)
             if isinstance(got, Held):
@@ -170,6 +176,28 @@ async def acquire(deps: Deps, req: Request) -> Held:
             log.debug("reserve_refused", request_id=req.id, key=cand.key_id, kind=got.kind.value)
         if not decision.candidates:  # else every candidate refused: decide again without them
             await _no_candidate(deps, req, decision)
+
+
+async def _decide(deps: Deps, req: Request, exclude: frozenset[str]) -> RoutingDecision:
+    """The router's decision, waiting a little for a router actor that is restarting (bounded)."""
+    model, objective = req.intent.model, req.objective
+
+    async def ask() -> RoutingDecision:
+        ref = deps.router_ref()
+        return await ref.ask(lambda r: Decide(req.id, model, objective, exclude, r))
+
+    try:
+        return await ask_restarting(ask)
+    except ActorError as exc:
+        raise NoKeyAvailable(
+            f"no key can serve {model}: the router is not deciding ({exc})", reasons={"router": str(exc)}
+        ) from exc
+
+
+def _lease_until(req: Request) -> float:
+    """When a reservation taken now is reclaimed if its settlement never comes: the caller's deadline (or
+    the request's longest lease), plus a grace for the settlement to arrive."""
+    return min(trio.current_effective_deadline(), trio.current_time() + req.lease_s) + GRACE
 
 
 async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDecision) -> Held | Refusal:
@@ -185,7 +213,8 @@ async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDeci
     hold_id: str | None = None
     if deps.budgets_enabled:
         hold_id = f"{req.id}:{deps.next_id()}"
-        refusal = await _hold(deps, hold_id, cand, est.worst_case_cost)
+        # The charge is sent before the key's settlement: the hold outlives the reservation by a grace.
+        refusal = await _hold(deps, hold_id, cand, est.worst_case_cost, _lease_until(req) + GRACE)
         if refusal is not None:
             return refusal
     try:
@@ -201,38 +230,44 @@ async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDeci
     return Held(deps, ref, reply, cand.provider, adapter, decision, hold_id)
 
 
-async def _hold(deps: Deps, hold_id: str, cand: Candidate, amount: Decimal) -> Refusal | None:
-    """Hold `amount` on every budget that applies: None when held. Fails closed: a hard budget is
-    never overspent because its keeper was restarting."""
+async def _hold(deps: Deps, hold_id: str, cand: Candidate, amount: Decimal, until: float) -> Refusal | None:
+    """Hold `amount` on every budget that applies until `until` at the latest: None when held. A budget
+    actor that is restarting is asked again (a hold is idempotent by its id). Fails closed: a hard
+    budget is never overspent because its keeper was not answering."""
     ids = ("global", f"provider:{cand.provider}", f"key:{cand.key_id}")
 
     def make(reply: Reply[HoldPlaced | Refusal]) -> Hold:
-        return Hold(hold_id, ids, amount, reply, cand.key_id)
+        return Hold(hold_id, ids, amount, until, reply, cand.key_id)
 
     try:
-        ref = deps.budget_ref()
-        answer = await ask_bounded(ref, make)
+        answer = await ask_restarting(lambda: ask_bounded(deps.budget_ref(), make))
     except (ActorError, RouterNotRunning) as exc:
         return _unavailable(cand.key_id, f"budgets: {exc}", budget="budgets")
     if answer is None:
-        await tell_bounded(ref, Free(hold_id))  # in case the hold lands after we stopped waiting
+        await unhold(deps, hold_id, None)  # in case the hold lands after we stopped waiting
         return _unavailable(cand.key_id, f"budgets did not answer within {GRACE:g} s", budget="budgets")
     return answer if isinstance(answer, Refusal) else None
 
 
 async def _reserve(req: Request, key_id: str, ref: ActorRef[KeyCommand], est: CostEstimate) -> Granted | Refusal:
-    now = trio.current_time()
-    lease_until = min(trio.current_effective_deadline(), now + req.lease_s) + 5.0
+    lease_until = _lease_until(req)
     tokens = est.input_tokens + est.max_output_tokens
 
     def make(reply: Reply[Granted | Refusal]) -> Reserve:
         return Reserve(req.id, req.intent.model, tokens, est.worst_case_cost, lease_until, reply)
 
+    def give_back(late: Granted | Refusal) -> None:
+        """A grant that came after we stopped waiting: its slot and quota go back at once."""
+        if isinstance(late, Granted):
+            log.info("late_grant_released", request_id=req.id, key=key_id)
+            with contextlib.suppress(MailboxFull, ActorStopped):  # else its lease still ends it
+                ref.tell_nowait(Release(late.reservation_id, "granted after the request stopped waiting"))
+
     try:
-        reply = await ask_bounded(ref, make)
-    except ActorError as exc:
+        reply = await ask_bounded(ref, make, undo=give_back)
+    except ActorError as exc:  # restarting: the next candidate
         return _unavailable(key_id, str(exc))
-    if reply is None:  # the key did not answer in time; a late grant expires with its lease
+    if reply is None:  # the key did not answer in time; a late grant is given back (give_back)
         return _unavailable(key_id, f"did not answer within {GRACE:g} s")
     return reply
 

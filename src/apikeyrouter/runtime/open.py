@@ -80,8 +80,8 @@ class ApiKeyRouter:
         self._registry = Registry(
             config,
             settings,
-            store=store or MemoryStore(),
-            events=events or EventBus(),
+            store=store if store is not None else MemoryStore(),  # an empty store is falsy (len 0)
+            events=events if events is not None else EventBus(),
             scoring=scoring or ScoringConfig(),
         )
         self._pipeline = Pipeline(self._registry)
