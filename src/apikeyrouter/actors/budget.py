@@ -13,8 +13,6 @@ that comes after its hold expired is still charged to the budgets the hold named
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any, assert_never
@@ -25,8 +23,8 @@ import trio
 from apikeyrouter.domain import budget
 from apikeyrouter.domain.budget import BudgetEvent, BudgetOverrun, BudgetRefused, BudgetSpec, LateCharged, Ledger
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
-from apikeyrouter.errors import ActorStopped, MailboxFull
 from apikeyrouter.kernel.actor import Actor
+from apikeyrouter.kernel.timer import WakeTimer
 from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, HoldPlaced, SetBudget, SetBudgets, Wake
 from apikeyrouter.observe import BudgetHoldExpired, BudgetOverran, EventBus
 from apikeyrouter.store.memory import StateStore
@@ -47,8 +45,7 @@ class BudgetActor(Actor[BudgetCommand]):
         self._store = store
         self._events = events
         self._ledger: Ledger | None = None
-        self._timer_at = math.inf
-        self._timer_scope: trio.CancelScope | None = None
+        self._timer = WakeTimer(Wake())
 
     async def pre_start(self) -> None:
         now = trio.current_time()
@@ -63,8 +60,7 @@ class BudgetActor(Actor[BudgetCommand]):
 
     async def post_stop(self) -> None:
         # The lease timer is not work in flight: without this a stop would wait for the next lease.
-        if self._timer_scope is not None:
-            self._timer_scope.cancel()
+        self._timer.cancel()
 
     @property
     def ledger(self) -> Ledger:
@@ -137,25 +133,7 @@ class BudgetActor(Actor[BudgetCommand]):
     def _arm_timer(self, now: float) -> None:
         """Wake up when the earliest lease ends, so an idle router frees a lost hold on time too."""
         at = budget.next_expiry(self.ledger)
-        if at is None or self._nursery is None:
-            return
-        if at >= self._timer_at and self._timer_scope is not None:
-            return  # an earlier (or the same) wake-up is set; it re-arms for the rest
-        if self._timer_scope is not None:
-            self._timer_scope.cancel()
-        self._timer_at = at
-        self._timer_scope = scope = trio.CancelScope()
-        self._nursery.start_soon(self._timer, max(at, now), scope)
-
-    async def _timer(self, at: float, scope: trio.CancelScope) -> None:
-        with scope:
-            await trio.sleep_until(at)
-            if self._timer_scope is scope:
-                self._timer_scope = None
-                self._timer_at = math.inf
-            # The expiry itself happens in the receive loop, like every other change.
-            with contextlib.suppress(MailboxFull, ActorStopped):
-                self.ref.tell_nowait(Wake())
+        self._timer.arm(None if at is None else max(at, now), ref=self.ref, nursery=self._nursery)
 
 
 def _refusal(key_id: str, refused: BudgetRefused) -> Refusal:

@@ -8,8 +8,6 @@ ends, so that transition is published when it happens rather than when somebody 
 
 from __future__ import annotations
 
-import contextlib
-import math
 from decimal import Decimal
 from typing import Any, assert_never
 
@@ -28,8 +26,8 @@ from apikeyrouter.domain.refusal import Refusal, RefusalKind
 from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.domain.stats import Stats
 from apikeyrouter.domain.view import bench_until
-from apikeyrouter.errors import ActorStopped, MailboxFull
 from apikeyrouter.kernel.actor import Actor
+from apikeyrouter.kernel.timer import WakeTimer
 from apikeyrouter.messages.key import (
     Granted,
     InjectCrash,
@@ -86,8 +84,7 @@ class KeyActor(Actor[KeyCommand]):
         self._leases: dict[int, _Lease] = {}
         self._granted = 0  # reservations granted by this instance
         self._reserved_cost = _ZERO
-        self._timer_at = math.inf
-        self._timer_scope: trio.CancelScope | None = None
+        self._timer = WakeTimer(Wake())
         self._retry_after: float | None = None
 
     @property
@@ -125,8 +122,7 @@ class KeyActor(Actor[KeyCommand]):
 
     async def post_stop(self) -> None:
         # The wake-up timer is not work in flight: without this a stop would wait out a throttle.
-        if self._timer_scope is not None:
-            self._timer_scope.cancel()
+        self._timer.cancel()
 
     def state_summary(self) -> KeySnapshot | None:
         return self._board.keys.get(self.key_id)
@@ -394,26 +390,7 @@ class KeyActor(Actor[KeyCommand]):
         leases = min((lease.until for lease in self._leases.values()), default=None)
         candidates = [t for t in (rec.lifecycle.until, rec.breaker.open_until, rec.breaker.probe_deadline, leases) if t]
         future = [t for t in candidates if t > now]
-        if not future or self._nursery is None:
-            return
-        at = min(future)
-        if at >= self._timer_at and self._timer_scope is not None:
-            return
-        if self._timer_scope is not None:
-            self._timer_scope.cancel()
-        self._timer_at = at
-        self._timer_scope = scope = trio.CancelScope()
-        self._nursery.start_soon(self._timer, at, scope)
-
-    async def _timer(self, at: float, scope: trio.CancelScope) -> None:
-        with scope:
-            await trio.sleep_until(at)
-            if self._timer_scope is scope:
-                self._timer_scope = None
-                self._timer_at = math.inf
-            # The transition itself happens in the receive loop, like every other change.
-            with contextlib.suppress(MailboxFull, ActorStopped):
-                self.ref.tell_nowait(Wake())
+        self._timer.arm(min(future, default=None), ref=self.ref, nursery=self._nursery)
 
     def _wake(self) -> None:
         now = trio.current_time()
