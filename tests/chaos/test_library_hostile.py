@@ -1,0 +1,32 @@
+"""The embedded router (`open_router`) against a hostile upstream on a real socket: whatever the upstream
+does, the caller gets a typed answer within its deadline, nothing stays reserved or held, and the next
+request, once the upstream behaves, succeeds."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tests.chaos.env import call, config_for, open_router, wait_released
+from tests.chaos.hostile import HostileServer
+from tests.chaos.scenarios import DEADLINE, IDS, MARGIN, SCENARIOS, Scenario, healthy
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=IDS)
+async def test_a_hostile_upstream_gets_a_typed_answer_and_leaves_nothing_held(scenario: Scenario) -> None:
+    server = HostileServer(scenario.answer)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        with trio.fail_after(DEADLINE * 4):
+            async with open_router(config_for(url)) as router:
+                await router.update_key_state("spare", "disabled", reason="kept out of the hostile phase")
+                outcome, took = await call(router, scenario.stream)
+                assert outcome in scenario.outcomes, (outcome, len(server.seen))
+                assert took <= DEADLINE + MARGIN, took
+                await wait_released(router)
+
+                server.script = healthy
+                await router.update_key_state("spare", "active")
+                assert await call(router, scenario.stream) == ("ok", pytest.approx(0, abs=DEADLINE))
+                await wait_released(router)
+        nursery.cancel_scope.cancel()
