@@ -61,7 +61,7 @@ async def run_standalone(
     refusal = bind_allowed(config)
     if refusal is not None:
         raise ConfigError(refusal, path="config.server.host")
-    stop = stop or trio.Event()
+    stop = stop if stop is not None else trio.Event()  # `or` would ask a trio.Event for its truth
     async with trio.open_nursery() as nursery:
         signals_seen = 0
 

@@ -8,6 +8,7 @@ comes back, and the next request must succeed: whatever the upstream did, the ro
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -112,6 +113,10 @@ ABSURD_HEADERS = [
 BIG = 40 * 1024 * 1024  # more than any chat completion: an upstream sending this is broken or hostile
 JSON = [("content-type", "application/json")]
 
+SLOWLORIS = Answer(
+    tuple(s for c in b"HTTP/1.1 200 OK\r\nx-slow: " + b"a" * 200 for s in (Send(bytes([c])), Stall(0.05)))
+)
+
 COMPLETE: list[Scenario] = [
     _ok("absurd rate-limit headers on a 200", json_answer(200, completion(), ABSURD_HEADERS)),
     _fails(
@@ -161,7 +166,7 @@ COMPLETE: list[Scenario] = [
     _fails("nothing at all, for ever", stall_after(b"", FOREVER), "UpstreamError:timeout"),
     _fails(
         "a status line one byte at a time (slowloris)",
-        Answer(tuple(s for c in b"HTTP/1.1 200 OK\r\nx-slow: " + b"a" * 200 for s in (Send(bytes([c])), Stall(0.05)))),
+        SLOWLORIS,
         "deadline",
     ),
     _fails(
@@ -190,6 +195,7 @@ COMPLETE: list[Scenario] = [
 SSE_HEAD = head(200, [("content-type", "text/event-stream")])
 
 STREAM: list[Scenario] = [
+    _fails("a status line one byte at a time (slowloris)", SLOWLORIS, "deadline", stream=True),
     _ok(
         "garbage lines around the events",
         sse([b"garbage\n", b": comment\n", b"\x00\x01\xff\n", b"event\n\n", *GOOD_EVENTS, b"retry: x\n"]),
@@ -254,3 +260,18 @@ STREAM: list[Scenario] = [
 
 SCENARIOS = COMPLETE + STREAM
 IDS = [s.id for s in SCENARIOS]
+
+# Everything at once: concurrent requests each meeting the next answer of the table (the heavy ones left out).
+HEAVY = {"a 200 body larger than any completion", "an event line that never ends", "a 500 with a 5 MiB body"}
+
+
+def barrage() -> Callable[[Seen], Answer]:
+    light = [s for s in SCENARIOS if s.name not in HEAVY]
+    turns = {
+        False: itertools.cycle([s for s in light if not s.stream]),
+        True: itertools.cycle([s for s in light if s.stream]),
+    }
+    return lambda seen: next(turns[seen.streaming]).answer(seen)
+
+
+ANY_OUTCOME = frozenset({"ok", "NoKeyAvailable"}).union(*(s.outcomes for s in SCENARIOS))

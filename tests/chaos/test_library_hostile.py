@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.chaos.env import call, config_for, open_router, wait_released
+from apikeyrouter import open_router
+from tests.chaos.env import call, config_for, wait_released
 from tests.chaos.hostile import HostileServer
-from tests.chaos.scenarios import DEADLINE, IDS, MARGIN, SCENARIOS, Scenario, healthy
+from tests.chaos.scenarios import ANY_OUTCOME, DEADLINE, IDS, MARGIN, SCENARIOS, Scenario, barrage, healthy
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=IDS)
@@ -28,5 +29,32 @@ async def test_a_hostile_upstream_gets_a_typed_answer_and_leaves_nothing_held(sc
                 server.script = healthy
                 await router.update_key_state("spare", "active")
                 assert await call(router, scenario.stream) == ("ok", pytest.approx(0, abs=DEADLINE))
+                await wait_released(router)
+        nursery.cancel_scope.cancel()
+
+
+async def test_concurrent_requests_meeting_every_hostility_at_once_all_end_typed() -> None:
+    server = HostileServer(barrage())
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        with trio.fail_after(DEADLINE * 4):
+            async with open_router(config_for(url)) as router:
+                await router.update_key_state("spare", "disabled", reason="kept out of the hostile phase")
+                results: list[tuple[str, float]] = []
+
+                async def one(stream: bool) -> None:
+                    results.append(await call(router, stream))
+
+                async with trio.open_nursery() as callers:
+                    for i in range(32):
+                        callers.start_soon(one, i % 2 == 0)
+                assert {o for o, _ in results} <= ANY_OUTCOME, results
+                assert max(t for _, t in results) <= DEADLINE + MARGIN, results
+                await wait_released(router)
+
+                server.script = healthy
+                await router.update_key_state("spare", "active")
+                for stream in (False, True):
+                    assert (await call(router, stream))[0] == "ok"
                 await wait_released(router)
         nursery.cancel_scope.cancel()
