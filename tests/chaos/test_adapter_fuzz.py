@@ -4,7 +4,6 @@ adapter returns a result or raises `UpstreamError` (its subclasses included), ne
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import httpx
 from hypothesis import HealthCheck, given, settings
@@ -47,8 +46,24 @@ json_values = st.recursive(
     max_leaves=20,
 )
 # Bodies shaped like what the providers send, with any value anywhere, next to plain noise.
-FIELDS = ["choices", "usage", "message", "content", "delta", "type", "model", "error", "prompt_tokens",
-          "completion_tokens", "input_tokens", "output_tokens", "finish_reason", "stop_reason", "text", "index"]  # fmt: skip
+FIELDS = [
+    "choices",
+    "usage",
+    "message",
+    "content",
+    "delta",
+    "type",
+    "model",
+    "error",
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "finish_reason",
+    "stop_reason",
+    "text",
+    "index",
+]
 shaped = st.recursive(
     json_values, lambda inner: st.dictionaries(st.sampled_from(FIELDS), inner, max_size=5) | st.lists(inner, max_size=3)
 )
@@ -65,9 +80,20 @@ events = st.one_of(
     ),
     st.binary(max_size=60),
 )
-HEADER_NAMES = ["x-ratelimit-remaining-requests", "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
-                "retry-after", "retry-after-ms", "anthropic-ratelimit-requests-reset", "date", "x-remaining",
-                "x-reset", "content-encoding", "content-type", "anthropic-ratelimit-tokens-remaining"]  # fmt: skip
+HEADER_NAMES = [
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "retry-after",
+    "retry-after-ms",
+    "anthropic-ratelimit-requests-reset",
+    "date",
+    "x-remaining",
+    "x-reset",
+    "content-encoding",
+    "content-type",
+    "anthropic-ratelimit-tokens-remaining",
+]
 header_values = st.one_of(
     st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30),
     st.sampled_from(["1e999", "-1", "nan", "gzip", "text/event-stream", "application/json", "9999-12-31T23:59:59Z"]),
