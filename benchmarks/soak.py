@@ -9,7 +9,10 @@ requests finished in the window, and prints one line. The summary compares the r
 RSS growth per minute (least-squares slope over the samples), CPU per request in the last minute against the
 first, p50 in the last minute against the first, and how far behind the schedule the load fell (a proxy that
 cannot keep up shows as a growing lag and a p50 that climbs with it), and the proxy's CPU with no load at all
-(5 s before the run), which CPU per request includes. The last line is one JSON object.
+(5 s before the run), which CPU per request includes. Each sample also says how busy the machine was with work
+that is not this benchmark's (`foreign_cores`: machine busy time minus the proxy, the simulator and the load
+generator, in cores) and the hypervisor's steal: a p50 that climbs while they do is the machine, not the proxy.
+The last line is one JSON object.
 
 Processes, pinning and the simulator/serve configuration are benchmarks/proxy.py's (imported, not copied): with
 two or more cores the proxy runs on core 0 and the simulator and this load generator on the others.
@@ -91,12 +94,23 @@ async def _worker(port: int, pace: Paced, stop_at: float) -> None:
             pace.latencies.append(trio.current_time() - sent)
 
 
+def machine_ticks() -> tuple[int, int, int]:
+    """(all, busy, steal) clock ticks of the whole machine so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return sum(fields), user + nice + system + irq + softirq, steal
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
 
 
-async def soak(port: int, pid: int, rate: float, minutes: float, concurrency: int) -> list[dict[str, Any]]:
+async def soak(
+    port: int, pid: int, others: list[int], rate: float, minutes: float, concurrency: int
+) -> list[dict[str, Any]]:
+    """`pid` is the proxy; `others` the rest of this benchmark (the simulator, this process): whatever else
+    keeps the machine busy in a window (`foreign_cores`) belongs to someone else."""
     start = trio.current_time() + 0.5
     stop_at = start + minutes * 60
     pace = Paced(rate, start)
@@ -104,12 +118,19 @@ async def soak(port: int, pid: int, rate: float, minutes: float, concurrency: in
 
     async def sampler() -> None:
         cpu = bench.cpu_seconds(pid)
+        ours = sum(bench.cpu_seconds(p) for p in others)
+        ticks = machine_ticks()
+        hz = os.sysconf("SC_CLK_TCK")
         tick = start
         while tick + TICK_S <= stop_at + 0.01:
             tick += TICK_S
             await trio.sleep_until(tick)
             window, pace.latencies = pace.latencies, []
             now_cpu = bench.cpu_seconds(pid)
+            now_ours = sum(bench.cpu_seconds(p) for p in others)
+            now_ticks = machine_ticks()
+            total, busy, steal = (b - a for a, b in zip(ticks, now_ticks, strict=True))
+            foreign = busy / hz - (now_cpu - cpu) - (now_ours - ours)
             sample = {
                 "t_s": round(tick - start),
                 "rps": round(len(window) / TICK_S, 1),
@@ -119,8 +140,10 @@ async def soak(port: int, pid: int, rate: float, minutes: float, concurrency: in
                 "p99_ms": round(_pct(window, 0.99) * 1000, 2),
                 "lag_ms": round(pace.lag * 1000, 1),
                 "errors": pace.errors,
+                "foreign_cores": round(max(0.0, foreign) / TICK_S, 2),
+                "steal_pct": round(steal / total * 100, 1) if total else 0.0,
             }
-            cpu = now_cpu
+            cpu, ours, ticks = now_cpu, now_ours, now_ticks
             samples.append(sample)
             print(" ".join(f"{k}={v}" for k, v in sample.items()), flush=True)
 
@@ -161,6 +184,9 @@ def summarize(samples: list[dict[str, Any]], max_rps: float, rate: float) -> dic
         "p50_ms_last_min": mean(last, "p50_ms"),
         "max_lag_ms": max(r["lag_ms"] for r in samples),
         "errors": samples[-1]["errors"],
+        "foreign_cores_mean": mean(samples, "foreign_cores"),
+        "foreign_cores_max": max(r["foreign_cores"] for r in samples),
+        "steal_pct_mean": mean(samples, "steal_pct"),
     }
 
 
@@ -180,7 +206,7 @@ def main() -> None:
     script.write_text(bench.WRK_SCRIPT)
     options = argparse.Namespace(upstream="sim")
     try:
-        with bench.children(options, work, cpus) as (_upstream, proxy, _proxy_info):
+        with bench.children(options, work, cpus) as (upstream, proxy, _proxy_info):
             _proxy_info.stop()  # proxy.py also starts an info-logging serve; the soak needs one process
             url = f"{proxy.url}/v1/chat/completions"
             measure_max(url, 8, 2, script, cpus[1])  # warm up: tiktoken, connections, allocators
@@ -196,7 +222,8 @@ def main() -> None:
                 first, _, last = cpus[1].partition("-")
                 os.sched_setaffinity(0, range(int(first), int(last or first) + 1))
             port = int(proxy.url.rpartition(":")[2])
-            samples = trio.run(soak, port, proxy.pid, max_rps * args.rate, args.minutes, args.concurrency)
+            others = [upstream.pid, os.getpid()]
+            samples = trio.run(soak, port, proxy.pid, others, max_rps * args.rate, args.minutes, args.concurrency)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = summarize(samples, max_rps, max_rps * args.rate)
@@ -206,7 +233,10 @@ def main() -> None:
         f"({summary['rss_growth_mib_per_min']:+} MiB/min); "
         f"CPU/request {summary['cpu_ms_per_req_first_min']} -> {summary['cpu_ms_per_req_last_min']} ms "
         f"({summary['cpu_drift_pct']:+}%); p50 {summary['p50_ms_first_min']} -> {summary['p50_ms_last_min']} ms; "
-        f"max lag {summary['max_lag_ms']} ms; errors {summary['errors']}; idle CPU {summary['idle_cpu_ms_per_s']} ms/s",
+        f"max lag {summary['max_lag_ms']} ms; errors {summary['errors']}; "
+        f"idle CPU {summary['idle_cpu_ms_per_s']} ms/s; "
+        f"other tenants {summary['foreign_cores_mean']} cores (max {summary['foreign_cores_max']}), "
+        f"steal {summary['steal_pct_mean']}%",
         flush=True,
     )
     print(json.dumps(summary))

@@ -112,6 +112,7 @@ ABSURD_HEADERS = [
 ]
 BIG = 40 * 1024 * 1024  # more than any chat completion: an upstream sending this is broken or hostile
 JSON = [("content-type", "application/json")]
+COMPLETION = json.dumps(completion()).encode()
 
 SLOWLORIS = Answer(
     tuple(s for c in b"HTTP/1.1 200 OK\r\nx-slow: " + b"a" * 200 for s in (Send(bytes([c])), Stall(0.05)))
@@ -185,6 +186,24 @@ COMPLETE: list[Scenario] = [
         "UpstreamError:server_error",
     ),
     _fails("a redirect", json_answer(302, {}, [("location", "http://169.254.169.254/")]), "UpstreamError:server_error"),
+    _ok(
+        "early hints before the answer",
+        Answer((Send(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n"), *json_answer(200, completion()).steps), True),
+    ),
+    _ok(
+        "HTTP/1.0 with a body delimited by the close",
+        Answer((Send(b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n" + COMPLETION), Close())),
+    ),
+    _fails(
+        "two different Content-Lengths",
+        Answer((Send(head(200, [*JSON, ("content-length", "3")], length=len(COMPLETION)) + COMPLETION), Close())),
+        "UpstreamError:connection",
+    ),
+    _fails(
+        "a chunk size that is not hex",
+        Answer((Send(head(200, [*JSON, ("transfer-encoding", "chunked")]) + b"zz\r\n{}\r\n0\r\n\r\n"), Close())),
+        "UpstreamError:connection",
+    ),
     _fails(
         "a 200 body larger than any completion",
         Answer((Send(head(200, JSON, length=BIG) + b" " * BIG),), True),

@@ -8,9 +8,23 @@ import pytest
 import trio
 
 from apikeyrouter import open_router
-from tests.chaos.env import call, config_for, wait_released
-from tests.chaos.hostile import HostileServer
-from tests.chaos.scenarios import ANY_OUTCOME, DEADLINE, IDS, MARGIN, SCENARIOS, Scenario, barrage, healthy
+from apikeyrouter.config import parse_config
+from tests.chaos.env import call, config_data, config_for, wait_released
+from tests.chaos.hostile import Answer, Close, HostileServer, Send, Stall
+from tests.chaos.scenarios import (
+    ANY_OUTCOME,
+    DEADLINE,
+    FOREVER,
+    GOOD_EVENTS,
+    IDS,
+    MARGIN,
+    SCENARIOS,
+    SSE_HEAD,
+    Scenario,
+    barrage,
+    healthy,
+    request_body,
+)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=IDS)
@@ -57,4 +71,26 @@ async def test_concurrent_requests_meeting_every_hostility_at_once_all_end_typed
                 for stream in (False, True):
                     assert (await call(router, stream))[0] == "ok"
                 await wait_released(router)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_caller_deadline_mid_stream_over_a_stalled_upstream_releases_everything() -> None:
+    stalled = Answer((Send(SSE_HEAD + GOOD_EVENTS[0]), Stall(FOREVER), Close()))
+    server = HostileServer(lambda seen: stalled)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        config = config_data(url)
+        config["providers"][0]["read_timeout"] = FOREVER  # only the caller's deadline can end these streams
+        with trio.fail_after(DEADLINE * 4):
+            async with open_router(parse_config(config, env={})) as router:
+                for _ in range(3):
+                    chunks = 0
+                    with trio.move_on_after(0.5) as caller:
+                        async with router.stream(request_body(True)) as handle:
+                            async for _ in handle:
+                                chunks += 1
+                    assert caller.cancelled_caught and chunks == 1
+                await wait_released(router)
+                server.script = healthy
+                assert (await call(router, True))[0] == "ok"
         nursery.cancel_scope.cancel()
