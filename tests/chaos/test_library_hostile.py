@@ -10,13 +10,14 @@ import trio
 from apikeyrouter import open_router
 from apikeyrouter.config import parse_config
 from tests.chaos.env import call, config_data, config_for, wait_released
-from tests.chaos.hostile import Answer, Close, HostileServer, Send, Stall
+from tests.chaos.hostile import Answer, Close, HostileServer, Send, Stall, completion, json_answer
 from tests.chaos.scenarios import (
     ANY_OUTCOME,
     DEADLINE,
     FOREVER,
     GOOD_EVENTS,
     IDS,
+    KEYS,
     MARGIN,
     SCENARIOS,
     SSE_HEAD,
@@ -93,4 +94,29 @@ async def test_a_caller_deadline_mid_stream_over_a_stalled_upstream_releases_eve
                 await wait_released(router)
                 server.script = healthy
                 assert (await call(router, True))[0] == "ok"
+        nursery.cancel_scope.cancel()
+
+
+async def test_requests_queued_behind_keys_at_their_in_flight_limit_end_typed_and_release() -> None:
+    slow = Answer((Stall(0.4), *json_answer(200, completion()).steps), keep_alive=True)
+    server = HostileServer(lambda seen: slow)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        config = config_data(url, {"k1": KEYS["victim-1"], "k2": KEYS["victim-2"]})
+        for key in config["keys"]:
+            key["max_in_flight"] = 1
+        with trio.fail_after(DEADLINE * 4):
+            async with open_router(parse_config(config, env={})) as router:
+                results: list[tuple[str, float]] = []
+
+                async def one(deadline: float) -> None:
+                    results.append(await call(router, False, deadline))
+
+                async with trio.open_nursery() as callers:
+                    for i in range(12):
+                        callers.start_soon(one, 0.3 + 0.15 * i)
+                assert {o for o, _ in results} <= {"ok", "deadline", "NoKeyAvailable"}, results
+                assert "ok" in {o for o, _ in results}
+                await wait_released(router)
+                assert (await call(router, False))[0] == "ok"
         nursery.cancel_scope.cancel()
