@@ -29,6 +29,8 @@ WRONG: list[tuple[str, Any, str]] = [
     ("messages", [], "messages"),
     ("messages", [3], "messages[0]"),
     ("messages", [{"role": "robot", "content": "x"}], "messages[0].role"),
+    ("messages", [{"role": [], "content": "x"}], "messages[0].role"),  # unhashable: was a 500 (TypeError)
+    ("messages", [{"role": {"user": 1}, "content": "x"}], "messages[0].role"),
     ("messages", [{"role": "user", "content": 3}], "messages[0].content"),
     ("messages", [{"role": "user", "content": [3]}], "messages[0].content[0]"),
     ("messages", [{"role": "user", "content": [{"type": "text", "text": 3}]}], "messages[0].content[0].text"),

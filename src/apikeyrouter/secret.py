@@ -27,17 +27,22 @@ REDACTED = "[redacted]"
 # The shortest run of a key's characters that counts as a piece of it: long enough that ordinary words
 # and numbers do not collide with a random key, short enough that a half-masked echo is caught.
 _PIECE = 6
+# Upstream text is hostile input: every pattern here runs in linear time. A run of key characters (or of
+# stars, or dots) is only ever entered at its start (the look-behinds) and consumed without backtracking
+# (possessive quantifiers), so 64 KiB of "eeee..." or "****..." costs one pass, not one pass per position.
+_W = r"[A-Za-z0-9_\-]"
+_LEFT = rf"(?:(?<!{_W}){_W}++)"  # a whole run of key characters, entered only at its start
 _CREDENTIAL = re.compile(
     r"\bBearer\s+\S+"  # an Authorization value
-    r"|\b(?:sk|pk|rk)-[A-Za-z0-9_\-*]{3,}(?:(?:\.{3}|\u2026)[A-Za-z0-9_\-]+)?"  # sk-..., masked ones too
-    r"|[A-Za-z0-9_\-]*\*{3,}[A-Za-z0-9_\-]+|[A-Za-z0-9_\-]+\*{3,}"  # masked: abcd****wxyz, ****6789, sk-…***
-    r"|\bAIza[0-9A-Za-z_\-]{20,}"  # Google API keys
-    r"|[A-Za-z0-9_\-]{40,}",  # any long opaque token
+    r"|\b(?:sk|pk|rk)-[A-Za-z0-9_\-*]{3,}+(?:(?:\.{3}|\u2026)" + _W + "++)?"  # sk-..., masked ones too
+    rf"|{_LEFT}?(?<!\*)\*{{3,}}+{_W}++|{_LEFT}\*{{3,}}+"  # masked: abcd****wxyz, ****6789, sk-abc***
+    r"|\bAIza[0-9A-Za-z_\-]{20,}+"  # Google API keys
+    rf"|(?<!{_W}){_W}{{40,}}+",  # any long opaque token
     re.IGNORECASE,
 )
-_RUN = re.compile(r"[A-Za-z0-9_\-]{16,}")
-_SEGMENT = re.compile(r"[A-Za-z0-9]{16,}")
-_MASK = re.compile(r"([A-Za-z0-9_\-]*)(?:\*+|\.{3,}|\u2026)([A-Za-z0-9_\-]*)")
+_RUN = re.compile(rf"(?<!{_W}){_W}{{16,}}+")
+_SEGMENT = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]{16,}+")
+_MASK = re.compile(rf"({_LEFT}?)(?:(?<!\*)\*++|(?<!\.)\.{{3,}}+|\u2026)({_W}*+)")
 
 
 def _token_shaped(run: str) -> bool:

@@ -37,14 +37,21 @@ log = structlog.get_logger("apikeyrouter.adapters")
 
 # More tokens than any one call has ever used: a count above it is a broken report, not usage.
 MAX_USAGE_TOKENS = 10**8
+# More than any one answer holds: a body or a stream event beyond these is broken or hostile, and is refused
+# before it is buffered whole (a chunk of a stream is a few hundred bytes; a completion rarely a megabyte).
+MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_EVENT_BYTES = 1024 * 1024
 
 __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_TIMEOUT",
+    "MAX_BODY_BYTES",
+    "MAX_EVENT_BYTES",
     "MAX_USAGE_TOKENS",
     "HTTPAdapterBase",
     "SSEDecoder",
     "SSEEvent",
+    "SSETooLarge",
     "dig",
     "scrub",
     "usage_count",
@@ -121,55 +128,73 @@ class SSEEvent:
     data: str
 
 
+class SSETooLarge(ValueError):
+    """An event (or one line of it) longer than any provider sends: the stream is broken or hostile."""
+
+
 class SSEDecoder:
     """Incremental server-sent-events decoder, indifferent to where the network split the bytes.
 
     Lines end in LF, CRLF or CR. A trailing CR is held back until the next chunk shows whether an LF
     follows. Lines are decoded as UTF-8 only once complete, so a multi-byte character split across
     chunks is reassembled first (line terminators never occur inside a UTF-8 sequence).
+
+    Bytes are scanned once, however the network splits them (a line dripped one byte at a time costs
+    what it costs in one piece), and a line or an event longer than `limit` bytes raises `SSETooLarge`
+    instead of growing the buffer without end.
     """
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer already known to hold no line terminator
         self._event = ""
         self._data: list[str] = []
+        self._data_size = 0
+        self._limit = limit
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         self._buffer += chunk
         events: list[SSEEvent] = []
         buf = self._buffer
         start = 0
+        pos = self._scanned
         n = len(buf)
-        while start < n:
-            lf = buf.find(b"\n", start)
-            cr = buf.find(b"\r", start, lf if lf >= 0 else n)
+        while pos < n:
+            lf = buf.find(b"\n", pos)
+            cr = buf.find(b"\r", pos, lf if lf >= 0 else n)
             if cr >= 0:
                 if cr == n - 1:
-                    break  # maybe half of a CRLF
+                    pos = cr  # maybe half of a CRLF: look at it again with the next chunk
+                    break
                 end, nxt = cr, cr + (2 if buf[cr + 1 : cr + 2] == b"\n" else 1)
             elif lf >= 0:
                 end, nxt = lf, lf + 1
             else:
+                pos = n
                 break
-            self._line(buf[start:end], events)
-            start = nxt
-        self._buffer = buf[start:]
+            self._line(bytes(buf[start:end]), events)
+            start = pos = nxt
+        del buf[:start]
+        self._scanned = pos - start
+        if len(buf) > self._limit:
+            raise SSETooLarge(f"an event stream line longer than {self._limit} bytes")
         return events
 
     def flush(self) -> list[SSEEvent]:
         """End of stream: a final line without terminator counts; an undispatched event is dropped (per spec)."""
         events: list[SSEEvent] = []
         if self._buffer:
-            tail, self._buffer = self._buffer.rstrip(b"\r"), b""
+            tail = bytes(self._buffer).rstrip(b"\r")
+            self._buffer, self._scanned = bytearray(), 0
             self._line(tail, events)
-        self._event, self._data = "", []
+        self._event, self._data, self._data_size = "", [], 0
         return events
 
     def _line(self, raw: bytes, events: list[SSEEvent]) -> None:
         if not raw:
             if self._data:
                 events.append(SSEEvent(self._event or "message", "\n".join(self._data)))
-            self._event, self._data = "", []
+            self._event, self._data, self._data_size = "", [], 0
             return
         line = raw.decode("utf-8", errors="replace")
         if line.startswith(":"):
@@ -178,15 +203,19 @@ class SSEDecoder:
         if sep and value.startswith(" "):
             value = value[1:]
         if field == "data":
+            self._data_size += len(raw)
+            if self._data_size > self._limit:
+                raise SSETooLarge(f"an event longer than {self._limit} bytes")
             self._data.append(value)
         elif field == "event":
             self._event = value
 
 
 def parse_json(text: bytes | str) -> Any:
+    """The JSON value of `text`, or None when it is not JSON (or is nested deeper than Python recurses)."""
     try:
         return json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -431,9 +460,13 @@ class HTTPAdapterBase:
 
     async def read_json(self, response: httpx.Response, secret: Secret, signal: QuotaSignal) -> Mapping[str, Any]:
         try:
-            raw = await response.aread()
+            raw = await _read_bounded(response, MAX_BODY_BYTES + 1)
         except httpx.HTTPError as exc:
             raise self.transport_error(exc, secret, signal=signal) from exc
+        if len(raw) > MAX_BODY_BYTES:
+            raise self.malformed(
+                f"a body larger than {MAX_BODY_BYTES} bytes", secret, status=response.status_code, signal=signal
+            )
         body = parse_json(raw)
         if not isinstance(body, Mapping):
             snippet = raw[:200].decode("utf-8", errors="replace")

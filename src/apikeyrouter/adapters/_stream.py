@@ -13,7 +13,15 @@ from typing import Any
 
 import httpx
 
-from apikeyrouter.adapters._http import HTTPAdapterBase, SSEDecoder, SSEEvent, log_bad_usage, scrub, usage_count
+from apikeyrouter.adapters._http import (
+    HTTPAdapterBase,
+    SSEDecoder,
+    SSEEvent,
+    SSETooLarge,
+    log_bad_usage,
+    scrub,
+    usage_count,
+)
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.request import StreamChunk, Usage
 from apikeyrouter.domain.signal import QuotaSignal
@@ -147,7 +155,12 @@ class SSEStream:
                 self._failure = err
                 continue
             else:
-                events = self._decoder.feed(raw)
+                try:
+                    events = self._decoder.feed(raw)
+                except SSETooLarge as exc:
+                    self._eof = True
+                    self._failure = self.interrupted(str(exc), FailureClass.SERVER_ERROR)
+                    continue
             for event in events:
                 if self.finished:
                     break

@@ -154,7 +154,7 @@ def _messages(raw: Any) -> list[ChatMessage]:
         if not isinstance(m, Mapping):
             raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages[{i}]")
         role = m.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:  # a list or object is not hashable
             raise InvalidRequest(f"messages[{i}].role must be one of {sorted(_ROLES)}", param=f"messages[{i}].role")
         content = m.get("content")
         if isinstance(content, list):
