@@ -66,7 +66,8 @@ class _Connection:
 
     def stale(self) -> bool:
         # An idle HTTP/1.1 connection has nothing to say: readable means EOF, a TLS alert, or junk.
-        if self.h11.trailing_data[0]:
+        leftover, eof = self.h11.trailing_data
+        if leftover or eof:
             return True
         try:
             poller = select.poll()
