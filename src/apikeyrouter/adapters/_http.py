@@ -24,6 +24,7 @@ from apikeyrouter.adapters.base import AdapterResult
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
 from apikeyrouter.adapters.pricing import ModelPrice, PriceTable
 from apikeyrouter.adapters.tokens import count_chat
+from apikeyrouter.adapters.transport import H11Transport
 from apikeyrouter.domain.cost import CostEstimate
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.request import RequestIntent, SystemResponse, Usage
@@ -262,14 +263,17 @@ class HTTPAdapterBase:
         self.rules = tuple(rules)
         self.default_max_output = default_max_output
 
+    def make_transport(self) -> httpx.AsyncBaseTransport:
+        """The client's transport: our h11 pool (`adapters.transport`), sized by `limits`. Override it (or
+        `make_client`) to put the adapter on something else, e.g. an `httpx.MockTransport`."""
+        return H11Transport(limits=self.limits)
+
     def make_client(self) -> httpx.AsyncClient:
         # trust_env=False: no proxy or netrc picked up from the environment behind the operator's back.
         return httpx.AsyncClient(
+            transport=self.make_transport(),
             timeout=self.timeout,
-            limits=self.limits,
             trust_env=False,
-            http1=True,
-            http2=False,
             follow_redirects=False,
         )
 

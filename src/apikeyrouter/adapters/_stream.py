@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import trio
 
 from apikeyrouter.adapters._http import (
     HTTPAdapterBase,
@@ -29,6 +30,11 @@ from apikeyrouter.errors import StreamInterrupted, UpstreamError
 from apikeyrouter.secret import Secret
 
 __all__ = ["SSEStream"]
+
+# After the end marker, what is left of the body (the chunked terminator, a stray newline) is read so the
+# connection can carry the next request; a server that sends more than this, or takes longer, loses it.
+_DRAIN_BYTES = 64 * 1024
+_DRAIN_S = 1.0
 
 
 class SSEStream:
@@ -58,6 +64,7 @@ class SSEStream:
         self._deltas = 0
         self.finished = False  # the provider's end marker was seen
         self._eof = False
+        self._body_ended = False  # the response body was read to its end
         self._failure: UpstreamError | None = None
 
     # -- what subclasses report ------------------------------------------------------------------------
@@ -142,11 +149,13 @@ class SSEStream:
                 self._eof = True
                 raise failure
             if self._eof:
+                if self.finished and not self._body_ended:
+                    await self._drain()
                 raise StopAsyncIteration
             try:
                 raw = await self._bytes.__anext__()
             except StopAsyncIteration:
-                self._eof = True
+                self._eof = self._body_ended = True
                 events = self._decoder.flush()
             except httpx.HTTPError as exc:
                 self._eof = True
@@ -182,3 +191,18 @@ class SSEStream:
             elif self._eof and self._failure is None:
                 self._failure = self.interrupted("the stream ended without its end marker", FailureClass.CONNECTION)
         return self._pending.popleft()
+
+    async def _drain(self) -> None:
+        """Read the body to its end after the end marker, so that the connection goes back to the pool
+        instead of being closed half-read. Bounded in bytes and time; a failure here changes nothing
+        (the stream is complete), it only costs the connection."""
+        self._body_ended = True
+        left = _DRAIN_BYTES
+        with trio.move_on_after(_DRAIN_S):
+            try:
+                async for raw in self._bytes:
+                    left -= len(raw)
+                    if left < 0:
+                        return
+            except httpx.HTTPError:
+                return
