@@ -138,3 +138,20 @@ async def test_an_intent_built_by_hand_with_bad_stream_options_is_refused_by_the
             async with adapter.open_stream(client, intent, Secret("sk-test")):
                 pass  # pragma: no cover
     assert info.value.param == "stream_options"
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+async def test_a_non_finite_number_anywhere_in_the_body_is_a_400_and_never_reaches_a_key(constant: str) -> None:
+    # Python's JSON parser accepts these; no adapter can send them on, and the failure used to be an
+    # adapter_error counted against the key's breaker: a client could open every key's breaker this way.
+    router = FakeRouter()
+    body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "tool_choice": {"x": %s}}'
+    async with running_proxy(router) as proxy, httpx.AsyncClient(base_url=proxy.url) as http:
+        response = await http.post(
+            "/v1/chat/completions",
+            headers={**auth(), "content-type": "application/json"},
+            content=(body % constant).encode(),
+        )
+    error = assert_openai_error(response, 400)
+    assert constant in error["message"]
+    assert router.calls == []

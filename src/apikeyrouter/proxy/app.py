@@ -66,6 +66,13 @@ _SSE_HEADERS = [
 _WWW_AUTH = [(b"www-authenticate", b'Bearer realm="apikeyrouter"')]
 
 
+
+def _not_json(name: str) -> Any:
+    # Python's parser takes NaN and Infinity, which JSON does not have: no adapter could send them on, and
+    # a body that fails to encode upstream would count against the key instead of against its sender.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 class ProxyApp:
     """The proxy's ASGI application. Serve it with `serve_proxy` (hypercorn's trio worker).
 
@@ -273,7 +280,7 @@ class ProxyApp:
                 return None
             raise HTTPError(400, "request body is empty: expected a JSON object")
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, parse_constant=_not_json)
         except (ValueError, UnicodeDecodeError) as exc:
             raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
         except RecursionError:
