@@ -10,6 +10,8 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Protocol
 
+import trio
+
 from apikeyrouter.domain.request import StreamChunk
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "Request",
     "Scope",
     "Send",
+    "deadline_error",
     "error_body",
     "json_bytes",
     "openai_error_shape",
@@ -30,6 +33,7 @@ __all__ = [
     "send_error",
     "send_json",
     "send_response",
+    "watch_disconnect",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -254,3 +258,25 @@ async def send_error(
     status, body, headers = shape(error, request_id)
     await send_json(send, status, body, [*error.headers, *headers, *extra])
     return status
+
+
+async def watch_disconnect(receive: Receive, scope: trio.CancelScope, ex: Exchange) -> None:
+    """Cancel `scope` when the client goes away (the body has been read: only `http.disconnect` remains).
+
+    Not once the last body is on its way (`ex.finished`): with `Connection: close` the server closes the
+    connection while that send is still returning, and its disconnect must neither cancel the send (the
+    connection would never close) nor count the completed answer as a client that left (499)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if ex.finished:
+                return
+            ex.disconnected = True
+            scope.cancel(reason="client disconnected")
+            return
+
+
+def deadline_error(deadline: float) -> HTTPError:
+    return HTTPError(
+        504, f"no answer within the request deadline ({deadline:g}s)", type="timeout_error", code="deadline_exceeded"
+    )

@@ -44,12 +44,14 @@ from apikeyrouter.proxy._http import (
     Request,
     Scope,
     Send,
+    deadline_error,
     json_bytes,
     openai_error_shape,
     read_body,
     send_error,
     send_json,
     send_response,
+    watch_disconnect,
 )
 from apikeyrouter.proxy._openai import OpenAIRelay, completion_json, models_json
 from apikeyrouter.proxy.admin import AdminAPI
@@ -411,7 +413,7 @@ class ProxyApp:
         response = None
         error: BaseException | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, ex)
+            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, ex)
             with trio.move_on_after(deadline) as timer:
                 try:
                     response = await self.router.route(intent, objective=objective, client=ex.client)
@@ -423,7 +425,7 @@ class ProxyApp:
         if error is not None:
             return error
         if timer.cancelled_caught or response is None:
-            return _deadline_error(deadline)
+            return deadline_error(deadline)
         headers = self._metadata_headers(ex, response.metadata)
         headers.append((b"content-type", b"application/json"))
         body = render(response)
@@ -444,7 +446,7 @@ class ProxyApp:
     ) -> BaseException | None:
         outcome: BaseException | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, ex)
+            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, ex)
             outcome = await self._pump(ex, send, intent, objective, deadline, relay)
             nursery.cancel_scope.cancel(reason="stream finished")
         return None if ex.disconnected else outcome
@@ -481,7 +483,7 @@ class ProxyApp:
                 raise
         if timer.cancelled_caught:
             if not ex.started:
-                return _deadline_error(deadline)
+                return deadline_error(deadline)
             message = f"the upstream sent nothing for {idle:g}s"
             await self._end_stream(ex, send, relay, HTTPError(504, message, type="timeout_error", code="stream_idle"))
             return None
@@ -585,25 +587,3 @@ class ProxyApp:
     async def _get_decision(self, ex: Exchange, receive: Receive, send: Send, decision_id: str) -> None:
         self._authorize_admin(ex)
         await self._reply(ex, send, *self.admin.get_decision(decision_id))
-
-
-async def _watch_disconnect(receive: Receive, scope: trio.CancelScope, ex: Exchange) -> None:
-    """Cancel `scope` when the client goes away (the body has been read: only `http.disconnect` remains).
-
-    Not once the last body is on its way (`ex.finished`): with `Connection: close` the server closes the
-    connection while that send is still returning, and its disconnect must neither cancel the send (the
-    connection would never close) nor count the completed answer as a client that left (499)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if ex.finished:
-                return
-            ex.disconnected = True
-            scope.cancel(reason="client disconnected")
-            return
-
-
-def _deadline_error(deadline: float) -> HTTPError:
-    return HTTPError(
-        504, f"no answer within the request deadline ({deadline:g}s)", type="timeout_error", code="deadline_exceeded"
-    )
