@@ -20,7 +20,7 @@ from apikeyrouter.adapters.headers import (
 )
 from apikeyrouter.adapters.openai import OpenAIAdapter
 from apikeyrouter.adapters.pricing import DEFAULT_PRICES, ModelPrice, PricedCost, PriceTable
-from apikeyrouter.adapters.tokens import TokenCount, count_chat, count_text, encoding_for_model, warm
+from apikeyrouter.adapters.tokens import TokenCount, count_chat, count_request, count_text, encoding_for_model, warm
 from apikeyrouter.domain.cost import CostEstimate
 from apikeyrouter.domain.signal import Capabilities, QuotaSignal
 
@@ -48,6 +48,7 @@ __all__ = [
     "TokenCount",
     "classify",
     "count_chat",
+    "count_request",
     "count_text",
     "encoding_for_model",
     "parse_anthropic_headers",

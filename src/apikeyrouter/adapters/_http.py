@@ -23,7 +23,7 @@ import structlog
 from apikeyrouter.adapters.base import AdapterResult
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
 from apikeyrouter.adapters.pricing import ModelPrice, PriceTable
-from apikeyrouter.adapters.tokens import count_chat
+from apikeyrouter.adapters.tokens import count_request
 from apikeyrouter.adapters.transport import H11Transport
 from apikeyrouter.domain.cost import CostEstimate
 from apikeyrouter.domain.failures import FailureClass
@@ -283,7 +283,7 @@ class HTTPAdapterBase:
         return intent.max_tokens or self.default_max_output
 
     def estimate(self, intent: RequestIntent) -> CostEstimate:
-        counted = count_chat(intent.messages, intent.model)
+        counted = count_request(intent)
         max_out = self.max_output(intent)
         priced = self.prices.priced(intent.model, counted.tokens, max_out)
         return CostEstimate(
@@ -296,7 +296,7 @@ class HTTPAdapterBase:
 
     def worst_case_usage(self, intent: RequestIntent) -> Usage:
         """The usage `estimate` prices as the worst case (what the budget holds), flagged as estimated."""
-        return Usage(count_chat(intent.messages, intent.model).tokens, self.max_output(intent), estimated=True)
+        return Usage(count_request(intent).tokens, self.max_output(intent), estimated=True)
 
     def reported_usage(self, intent: RequestIntent, input_tokens: Any, output_tokens: Any) -> Usage:
         """The usage a provider reported, or, when either count is not a sane token count (negative, not an

@@ -10,13 +10,20 @@ Request translation (intent -> Messages API):
 - `stop` becomes `stop_sequences`; from `extra`, `top_p`, `top_k`, `metadata` pass through and OpenAI's
   `user` becomes `metadata.user_id`. Other OpenAI-only parameters are dropped.
 
-Response translation: text blocks are joined; `stop_reason` maps to OpenAI's `finish_reason`
-(end_turn/stop_sequence -> stop, max_tokens -> length, tool_use -> tool_calls, refusal -> content_filter);
-usage is `input_tokens`/`output_tokens` (cache token counts stay in `raw["usage"]`).
+An intent built by `RequestIntent.from_anthropic` (the proxy's `/v1/messages`) carries the Messages API's
+own parts: its messages (content blocks: images, tool_use, tool_result), system (string or blocks), tools
+and tool_choice are sent as the caller wrote them instead of the translation above; temperature, stop,
+max_tokens, top_p, top_k and metadata as above.
+
+Response translation: text blocks are joined; tool_use blocks become `tool_calls` (their input as JSON
+text); `stop_reason` maps to OpenAI's `finish_reason` (end_turn/stop_sequence -> stop, max_tokens -> length,
+tool_use -> tool_calls, refusal -> content_filter) and is kept in `raw`; usage is `input_tokens` /
+`output_tokens` (cache token counts stay in `raw["usage"]`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -29,7 +36,14 @@ from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInf
 from apikeyrouter.adapters.headers import parse_anthropic_headers
 from apikeyrouter.adapters.pricing import ModelPrice
 from apikeyrouter.domain.failures import FailureClass
-from apikeyrouter.domain.request import RequestIntent, StreamChunk, SystemResponse
+from apikeyrouter.domain.request import (
+    AnthropicParts,
+    RequestIntent,
+    StreamChunk,
+    SystemResponse,
+    ToolCall,
+    ToolCallDelta,
+)
 from apikeyrouter.domain.signal import Capabilities, QuotaSignal
 from apikeyrouter.errors import InvalidRequest
 from apikeyrouter.secret import Secret
@@ -97,6 +111,37 @@ class AnthropicAdapter(JSONChatAdapter):
         }
 
     def body(self, intent: RequestIntent, *, stream: bool) -> dict[str, Any]:
+        native = intent.anthropic
+        body: dict[str, Any] = self._native(native) if native is not None else self._translated(intent)
+        body["model"] = intent.model
+        body["max_tokens"] = self.max_output(intent)
+        if intent.temperature is not None:
+            body["temperature"] = min(1.0, max(0.0, intent.temperature))
+        if intent.stop:
+            body["stop_sequences"] = list(intent.stop)
+        for name in _PASSTHROUGH:
+            if name in intent.extra:
+                body[name] = intent.extra[name]
+        user = intent.extra.get("user")
+        if isinstance(user, str) and "metadata" not in body:
+            body["metadata"] = {"user_id": user}
+        if stream:
+            body["stream"] = True
+        return body
+
+    @staticmethod
+    def _native(parts: AnthropicParts) -> dict[str, Any]:
+        body: dict[str, Any] = {"messages": list(parts.messages)}
+        if parts.system is not None:
+            body["system"] = parts.system if isinstance(parts.system, str) else list(parts.system)
+        if parts.tools:
+            body["tools"] = list(parts.tools)
+        if parts.tool_choice is not None:
+            body["tool_choice"] = parts.tool_choice
+        return body
+
+    @staticmethod
+    def _translated(intent: RequestIntent) -> dict[str, Any]:
         system: list[str] = []
         turns: list[dict[str, Any]] = []
         for m in intent.messages:
@@ -110,25 +155,9 @@ class AnthropicAdapter(JSONChatAdapter):
                 turns.append({"role": role, "content": m.content})
         if not turns:
             raise InvalidRequest("Anthropic needs at least one user or assistant message", param="messages")
-        body: dict[str, Any] = {
-            "model": intent.model,
-            "messages": turns,
-            "max_tokens": self.max_output(intent),
-        }
+        body: dict[str, Any] = {"messages": turns}
         if system:
             body["system"] = "\n\n".join(system)
-        if intent.temperature is not None:
-            body["temperature"] = min(1.0, max(0.0, intent.temperature))
-        if intent.stop:
-            body["stop_sequences"] = list(intent.stop)
-        for name in _PASSTHROUGH:
-            if name in intent.extra:
-                body[name] = intent.extra[name]
-        user = intent.extra.get("user")
-        if isinstance(user, str) and "metadata" not in body:
-            body["metadata"] = {"user_id": user}
-        if stream:
-            body["stream"] = True
         return body
 
     def normalise(
@@ -165,6 +194,7 @@ class AnthropicAdapter(JSONChatAdapter):
             usage=usage,
             finish_reason=_finish(data.get("stop_reason")),
             raw=raw,
+            tool_calls=tuple(_tool_call(b) for b in tool_uses),
         )
 
     def open_stream(
@@ -173,11 +203,59 @@ class AnthropicAdapter(JSONChatAdapter):
         return self.chat_stream(client, intent, secret, _AnthropicStream)
 
 
+def _tool_call(block: Mapping[str, Any]) -> ToolCall:
+    call_id, name, tool_input = block.get("id"), block.get("name"), block.get("input")
+    return ToolCall(
+        id=call_id if isinstance(call_id, str) else "",
+        name=name if isinstance(name, str) else "",
+        arguments=json.dumps(tool_input if isinstance(tool_input, Mapping) else {}, ensure_ascii=False),
+    )
+
+
 class _AnthropicStream(SSEStream):
     """message_start (model, input usage) -> content_block_start/delta/stop ... -> message_delta
-    (stop_reason, cumulative output usage) -> message_stop; `ping` anywhere; `error` anywhere ends it."""
+    (stop_reason, cumulative output usage) -> message_stop; `ping` anywhere; `error` anywhere ends it.
+
+    Text deltas become `delta`s; a tool_use block becomes `tool_call` pieces (its start: id and name; each
+    input_json_delta: a piece of its input). Content chunks carry the usage so far (input from message_start),
+    the message_delta chunk the upstream's stop_reason and stop_sequence in `raw`."""
 
     _model: str | None = None
+    _tools: dict[int, int] | None = None  # content block index -> tool call index
+
+    def _chunk(self, *, delta: str = "", tool_call: ToolCallDelta | None = None) -> list[StreamChunk]:
+        self.note_delta()
+        return [StreamChunk(delta=delta, model=self._model, usage=self.usage, tool_call=tool_call)]
+
+    def _block_start(self, data: Mapping[str, Any]) -> list[StreamChunk]:
+        block, index = data.get("content_block"), data.get("index")
+        if not (isinstance(block, Mapping) and block.get("type") == "tool_use" and isinstance(index, int)):
+            return []
+        tools = self._tools if self._tools is not None else {}
+        self._tools = tools
+        tools[index] = len(tools)
+        call_id, name = block.get("id"), block.get("name")
+        start = ToolCallDelta(
+            index=tools[index],
+            id=call_id if isinstance(call_id, str) else "",
+            name=name if isinstance(name, str) else "",
+        )
+        return self._chunk(tool_call=start)
+
+    def _block_delta(self, data: Mapping[str, Any]) -> list[StreamChunk]:
+        delta = data.get("delta")
+        if not isinstance(delta, Mapping):
+            return []
+        kind = delta.get("type")
+        if kind == "text_delta":
+            text = delta.get("text")
+            return self._chunk(delta=text) if isinstance(text, str) and text else []
+        if kind == "input_json_delta":
+            piece, index = delta.get("partial_json"), data.get("index")
+            call = (self._tools or {}).get(index) if isinstance(index, int) else None
+            if isinstance(piece, str) and piece and call is not None:
+                return self._chunk(tool_call=ToolCallDelta(index=call, arguments=piece))
+        return []
 
     def on_event(self, event: SSEEvent) -> list[StreamChunk]:
         data = parse_json(event.data)
@@ -185,13 +263,9 @@ class _AnthropicStream(SSEStream):
             raise self.interrupted(f"undecodable stream event {event.data[:120]!r}", FailureClass.SERVER_ERROR)
         kind = data.get("type", event.event)
         if kind == "content_block_delta":
-            delta = data.get("delta")
-            if isinstance(delta, Mapping) and delta.get("type") == "text_delta":
-                text = delta.get("text")
-                if isinstance(text, str) and text:
-                    self.note_delta()
-                    return [StreamChunk(delta=text, model=self._model)]
-            return []
+            return self._block_delta(data)
+        if kind == "content_block_start":
+            return self._block_start(data)
         if kind == "message_start":
             message = data.get("message")
             if isinstance(message, Mapping):
@@ -208,7 +282,8 @@ class _AnthropicStream(SSEStream):
                 # Cumulative counts; input only when the provider restates it.
                 self.note_usage(usage.get("input_tokens"), usage.get("output_tokens"), need_output=True)
             finish = _finish(delta.get("stop_reason")) if isinstance(delta, Mapping) else None
-            return [StreamChunk(finish_reason=finish, usage=self.usage, model=self._model)]
+            raw = dict(delta) if isinstance(delta, Mapping) else {}
+            return [StreamChunk(finish_reason=finish, usage=self.usage, model=self._model, raw=raw)]
         if kind == "message_stop":
             self.finished = True
             return []
@@ -216,5 +291,5 @@ class _AnthropicStream(SSEStream):
             etype, code, message = error_fields(data, event.data.encode())
             info = ErrorInfo(status=None, error_type=etype, code=code, message=message, provider="anthropic")
             raise self.interrupted(message, classify(info, self.adapter.rules), code=code, error_type=etype)
-        # ping, content_block_start/stop, and event types added after this was written: nothing to say.
+        # ping, content_block_stop, and event types added after this was written: nothing to say.
         return []

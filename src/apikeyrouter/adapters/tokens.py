@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.resources
+import json
 import math
 import threading
 from collections.abc import Iterable
@@ -27,12 +28,13 @@ from typing import Any, Protocol
 
 import attrs
 
-from apikeyrouter.domain.request import ChatMessage
+from apikeyrouter.domain.request import ChatMessage, RequestIntent
 
 __all__ = [
     "ESTIMATE_FACTOR",
     "TokenCount",
     "count_chat",
+    "count_request",
     "count_text",
     "encoding_for_model",
     "get_encoding",
@@ -189,3 +191,17 @@ def count_chat(messages: Iterable[ChatMessage], model: str) -> TokenCount:
     if not exact:
         total = math.ceil(total * ESTIMATE_FACTOR)
     return TokenCount(tokens=total, exact=exact, encoding=name or f"cl100k_base*{ESTIMATE_FACTOR}")
+
+
+def count_request(intent: RequestIntent) -> TokenCount:
+    """Input tokens of a request: its messages and, for a Messages API request, its tool definitions
+    (which the provider bills as input too)."""
+    counted = count_chat(intent.messages, intent.model)
+    tools = intent.anthropic.tools if intent.anthropic is not None else ()
+    if not tools:
+        return counted
+    enc = get_encoding(encoding_for_model(intent.model) or "cl100k_base")
+    extra = len(enc.encode_ordinary(json.dumps(list(tools), ensure_ascii=False)))
+    if not counted.exact:
+        extra = math.ceil(extra * ESTIMATE_FACTOR)
+    return attrs.evolve(counted, tokens=counted.tokens + extra)

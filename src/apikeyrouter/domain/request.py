@@ -1,7 +1,9 @@
 """The system's own request and response values, independent of any provider's wire format.
 
 A `RequestIntent` is an OpenAI-style chat request (the lingua franca callers already speak);
-adapters translate it to their provider and normalise the answer back to a `SystemResponse`.
+adapters translate it to their provider and normalise the answer back to a `SystemResponse`. A request
+that came in Anthropic's Messages format (`from_anthropic`) also carries its content blocks, system blocks
+and tools (`anthropic`), so the Anthropic adapter can send it on as written.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ from typing import Any
 
 import attrs
 
+from apikeyrouter.domain.anthropic_request import AnthropicParts, parse_anthropic
 from apikeyrouter.errors import InvalidRequest
 
 __all__ = [
+    "AnthropicParts",
     "ChatMessage",
     "RequestIntent",
     "ResponseMetadata",
     "StreamChunk",
     "SystemResponse",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
 ]
 
@@ -43,6 +49,26 @@ class RequestIntent:
     stream: bool = False
     # Other OpenAI parameters passed through untouched by adapters that understand them.
     extra: Mapping[str, Any] = attrs.field(factory=dict)
+    # Set by `from_anthropic`: the Messages API's own parts (blocks, system blocks, tools), as sent.
+    anthropic: AnthropicParts | None = None
+
+    @classmethod
+    def from_anthropic(cls, body: Any, *, count_only: bool = False) -> RequestIntent:
+        """Validate an Anthropic Messages body; raises `InvalidRequest` naming the field (`messages.0.role`).
+
+        `messages` is its text (a tool call as its input's JSON, a tool result as its text): what an
+        OpenAI-kind adapter sends and what estimates count. `count_only`: a count_tokens body (no max_tokens)."""
+        parsed = parse_anthropic(body, count_only=count_only)
+        return cls(
+            model=parsed.model,
+            messages=tuple(ChatMessage(role=r, content=c) for r, c in parsed.flat),
+            max_tokens=parsed.max_tokens,
+            temperature=parsed.temperature,
+            stop=parsed.stop,
+            stream=parsed.stream,
+            extra=parsed.extra,
+            anthropic=parsed.parts,
+        )
 
     @classmethod
     def from_openai(cls, body: Mapping[str, Any]) -> RequestIntent:
@@ -215,6 +241,26 @@ class ResponseMetadata:
 
 
 @attrs.frozen
+class ToolCall:
+    """A tool the model asks the caller to run: the provider's call id, the tool, its input as JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@attrs.frozen
+class ToolCallDelta:
+    """A piece of a streamed tool call. `index` counts the answer's tool calls from 0; the first piece of a
+    call carries its `id` and `name`, the rest pieces of its input's JSON text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@attrs.frozen
 class SystemResponse:
     content: str
     model: str
@@ -223,6 +269,7 @@ class SystemResponse:
     # Provider fields that have no place in the normalised shape (id, system_fingerprint, ...).
     raw: Mapping[str, Any] = attrs.field(factory=dict)
     metadata: ResponseMetadata | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @attrs.frozen
@@ -234,3 +281,4 @@ class StreamChunk:
     usage: Usage | None = None
     model: str | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict)
+    tool_call: ToolCallDelta | None = None

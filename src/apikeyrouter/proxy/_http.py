@@ -8,23 +8,32 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Protocol
+
+import trio
+
+from apikeyrouter.domain.request import StreamChunk
 
 __all__ = [
     "BodyTooLarge",
     "ClientGone",
+    "ErrorShape",
     "Exchange",
     "HTTPError",
     "Receive",
+    "Relay",
     "Request",
     "Scope",
     "Send",
+    "deadline_error",
     "error_body",
     "json_bytes",
+    "openai_error_shape",
     "read_body",
     "send_error",
     "send_json",
     "send_response",
+    "watch_disconnect",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -71,10 +80,30 @@ def error_body(message: str, *, type: str, param: str | None = None, code: str |
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+# How an API says an error: (status, body, extra headers) for an `HTTPError` and the request id.
+ErrorShape = Callable[[HTTPError, str], tuple[int, dict[str, Any], Headers]]
+
+
+def openai_error_shape(error: HTTPError, request_id: str) -> tuple[int, dict[str, Any], Headers]:
+    return error.status, error.body(), []
+
+
+class Relay(Protocol):
+    """One streamed answer in an API's own events: each chunk's events, the normal end, the end after a
+    failure (an error event)."""
+
+    def event(self, chunk: StreamChunk) -> bytes | None: ...
+
+    def tail(self) -> bytes: ...
+
+    def failed(self, error: HTTPError) -> bytes: ...
+
+
 class Request:
     """The parts of an ASGI scope the proxy uses, read in one pass over the headers."""
 
     __slots__ = (
+        "api_key",
         "authorization",
         "content_length",
         "deadline_header",
@@ -91,6 +120,7 @@ class Request:
             path = path.rstrip("/") or "/"
         self.path = path
         self.authorization: bytes | None = None
+        self.api_key: bytes | None = None
         self.content_length: int | None = None
         self.deadline_header: bytes | None = None
         self.objective_header: bytes | None = None
@@ -99,6 +129,8 @@ class Request:
             # Servers hand header names over lower-cased (ASGI spec).
             if name == b"authorization":
                 self.authorization = value
+            elif name == b"x-api-key":
+                self.api_key = value
             elif name == b"content-length":
                 try:
                     self.content_length = int(value)
@@ -116,6 +148,11 @@ class Request:
         if raw is None or len(raw) < 8 or raw[:7].lower() != b"bearer ":
             return None
         token = raw[7:].strip()
+        return token.decode("latin-1") if token else None
+
+    def x_api_key(self) -> str | None:
+        """The `x-api-key` header (how Anthropic clients send their key)."""
+        token = self.api_key.strip() if self.api_key is not None else b""
         return token.decode("latin-1") if token else None
 
 
@@ -139,15 +176,17 @@ class Exchange:
         "request",
         "request_id",
         "route",
+        "shape",
         "started",
         "status",
         "stream_error",
     )
 
-    def __init__(self, request: Request, route: str, request_id: str) -> None:
+    def __init__(self, request: Request, route: str, request_id: str, shape: ErrorShape = openai_error_shape) -> None:
         self.request = request
         self.route = route
         self.request_id = request_id
+        self.shape = shape  # how errors on this route are said (OpenAI's shape, or Anthropic's)
         self.status = 500
         self.started = False  # response headers sent: from here on, errors can only end the body
         self.disconnected = False
@@ -207,5 +246,37 @@ async def send_json(send: Send, status: int, value: Any, extra: Sequence[tuple[b
     await send_response(send, status, json_bytes(value), headers)
 
 
-async def send_error(send: Send, error: HTTPError, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    await send_json(send, error.status, error.body(), [*error.headers, *extra])
+async def send_error(
+    send: Send,
+    error: HTTPError,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+    *,
+    shape: ErrorShape = openai_error_shape,
+    request_id: str = "",
+) -> int:
+    """Send `error` in `shape`; returns the status sent."""
+    status, body, headers = shape(error, request_id)
+    await send_json(send, status, body, [*error.headers, *headers, *extra])
+    return status
+
+
+async def watch_disconnect(receive: Receive, scope: trio.CancelScope, ex: Exchange) -> None:
+    """Cancel `scope` when the client goes away (the body has been read: only `http.disconnect` remains).
+
+    Not once the last body is on its way (`ex.finished`): with `Connection: close` the server closes the
+    connection while that send is still returning, and its disconnect must neither cancel the send (the
+    connection would never close) nor count the completed answer as a client that left (499)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if ex.finished:
+                return
+            ex.disconnected = True
+            scope.cancel(reason="client disconnected")
+            return
+
+
+def deadline_error(deadline: float) -> HTTPError:
+    return HTTPError(
+        504, f"no answer within the request deadline ({deadline:g}s)", type="timeout_error", code="deadline_exceeded"
+    )

@@ -6,10 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from apikeyrouter.domain.request import StreamChunk, SystemResponse, Usage
-from apikeyrouter.proxy._http import json_bytes
+from apikeyrouter.proxy._http import HTTPError, error_body, json_bytes
 
 __all__ = [
     "DONE_EVENT",
+    "OpenAIRelay",
     "chunk_event",
     "completion_json",
     "error_event",
@@ -91,3 +92,39 @@ def models_json(models: list[str], owned_by: str = "apikeyrouter") -> dict[str, 
         "object": "list",
         "data": [{"id": m, "object": "model", "created": 0, "owned_by": owned_by} for m in models],
     }
+
+
+class OpenAIRelay:
+    """One streamed answer as an OpenAI client sees it: its id, creation time and model, and the usage the
+    upstream reported (sent before [DONE] when the client asked for it)."""
+
+    __slots__ = ("completion_id", "created", "first", "include_usage", "model", "usage")
+
+    def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
+        self.completion_id = completion_id
+        self.created = created
+        self.model = model
+        self.include_usage = include_usage
+        self.usage: Usage | None = None
+        self.first = True
+
+    def event(self, chunk: StreamChunk) -> bytes | None:
+        """The SSE event for `chunk`, or None when it carries nothing to send (usage only, say)."""
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if chunk.model:
+            self.model = chunk.model
+        if not (self.first or chunk.delta or chunk.finish_reason is not None):
+            return None
+        event = chunk_event(chunk, self.completion_id, self.created, self.model, first=self.first)
+        self.first = False
+        return event
+
+    def tail(self) -> bytes:
+        if self.include_usage and self.usage is not None:
+            return usage_event(self.usage, self.completion_id, self.created, self.model) + DONE_EVENT
+        return DONE_EVENT
+
+    def failed(self, error: HTTPError) -> bytes:
+        body = error_body(error.message, type=error.type, param=error.param, code=error.code)
+        return error_event(body) + DONE_EVENT

@@ -1,4 +1,4 @@
-"""`ProxyApp`: the OpenAI-compatible proxy and management API as one lean ASGI 3 application.
+"""`ProxyApp`: the OpenAI- and Anthropic-compatible proxy and management API as one lean ASGI 3 application.
 
 Routing is a dict lookup on the path (plus three parametrised shapes), auth a constant-time comparison
 against every configured token, and each inference request runs the router call in a nursery next to a
@@ -9,6 +9,10 @@ Deadlines: `request_deadline` (lowered per request by `x-apikeyrouter-deadline`)
 request end to end and a stream until its headers go out (key chosen, upstream answering); the router sees
 it as trio's effective deadline. After that a stream may run as long as chunks keep coming, at most
 `stream_idle_timeout` apart.
+
+The two inference APIs share one path (auth, deadline, disconnect, failover, headers); they differ in how
+a request is read (`RequestIntent.from_openai` / `from_anthropic`), how an answer and a stream are written
+(`_openai` / `_anthropic`), and how an error is said (the route's `ErrorShape`).
 """
 
 from __future__ import annotations
@@ -23,28 +27,33 @@ from typing import Any
 import structlog
 import trio
 
-from apikeyrouter.domain.request import RequestIntent, StreamChunk, Usage
+from apikeyrouter.domain.request import RequestIntent, SystemResponse
 from apikeyrouter.errors import UpstreamError
 from apikeyrouter.observe import RequestAttempted
 from apikeyrouter.observe.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
+from apikeyrouter.proxy._anthropic import AnthropicRelay, anthropic_error_shape, count_tokens_json, message_json
 from apikeyrouter.proxy._errors import http_error_for, unwrap
 from apikeyrouter.proxy._http import (
     BodyTooLarge,
     ClientGone,
+    ErrorShape,
     Exchange,
     HTTPError,
     Receive,
+    Relay,
     Request,
     Scope,
     Send,
-    error_body,
+    deadline_error,
     json_bytes,
+    openai_error_shape,
     read_body,
     send_error,
     send_json,
     send_response,
+    watch_disconnect,
 )
-from apikeyrouter.proxy._openai import DONE_EVENT, chunk_event, completion_json, error_event, models_json, usage_event
+from apikeyrouter.proxy._openai import OpenAIRelay, completion_json, models_json
 from apikeyrouter.proxy.admin import AdminAPI
 from apikeyrouter.runtime.api import RouterAPI
 from apikeyrouter.secret import Secret
@@ -54,6 +63,7 @@ __all__ = ["ProxyApp"]
 log = structlog.get_logger("apikeyrouter.proxy")
 
 Handler = Callable[[Exchange, Receive, Send, str], Awaitable[None]]
+Render = Callable[[SystemResponse], Any]
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the answer"
 MIN_DEADLINE_S = 0.001  # the smallest x-apikeyrouter-deadline taken; anything smaller is a 400
@@ -114,6 +124,8 @@ class ProxyApp:
         self.admin = AdminAPI(router)
         self._static: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat},
+            "/v1/messages": {"POST": self._messages},
+            "/v1/messages/count_tokens": {"POST": self._count_tokens},
             "/v1/models": {"GET": self._models},
             "/health": {"GET": self._health},
             "/health/ready": {"GET": self._ready},
@@ -128,6 +140,11 @@ class ProxyApp:
             "state": {"POST": self._set_key_state},
         }
         self._decision_route: dict[str, Handler] = {"GET": self._get_decision}
+        # Routes whose errors are said in Anthropic's shape; every other route speaks OpenAI's.
+        self._shapes: dict[str, ErrorShape] = {
+            "/v1/messages": anthropic_error_shape,
+            "/v1/messages/count_tokens": anthropic_error_shape,
+        }
 
     # -- ASGI entry -----------------------------------------------------------------------------------
 
@@ -163,7 +180,8 @@ class ProxyApp:
         start = trio.current_time()
         request = Request(scope)
         route, methods, param = self._resolve(request.path)
-        ex = Exchange(request, route, request.request_id or os.urandom(12).hex())
+        shape = self._shapes.get(route, openai_error_shape)
+        ex = Exchange(request, route, request.request_id or os.urandom(12).hex(), shape)
         try:
             if methods is None:
                 raise HTTPError(404, f"no route {request.method} {request.path}", code="not_found")
@@ -198,14 +216,14 @@ class ProxyApp:
             log.error("request_failed", request_id=ex.request_id, path=ex.request.path, exc_info=inner)
         if ex.started:
             return  # the answer is under way; nothing more can be said in HTTP
-        ex.status = error.status
         extra = [(b"x-request-id", ex.request_id.encode())]
         if isinstance(inner, UpstreamError) and inner.key_id:
             extra.append((b"x-apikeyrouter-key-id", inner.key_id.encode()))
         if error.status == 401:
             extra += _WWW_AUTH
         ex.started = True
-        await send_error(send, error, extra)
+        ex.status = error.status  # counted as said, should the send fail
+        ex.status = await send_error(send, error, extra, shape=ex.shape, request_id=ex.request_id)
 
     def _log(self, ex: Exchange, elapsed: float) -> None:
         log.info(
@@ -230,14 +248,18 @@ class ProxyApp:
         ex.started = True
         await send_json(send, status, value, [(b"x-request-id", ex.request_id.encode())])
 
-    def _authorize_client(self, ex: Exchange) -> None:
+    def _authorize_client(self, ex: Exchange, *, x_api_key: bool = False) -> None:
+        """A client token from `Authorization: Bearer`, or (Anthropic's clients, `x_api_key`) `x-api-key`."""
         if not self.client_tokens:
             return
         token = ex.request.bearer()
+        if token is None and x_api_key:
+            token = ex.request.x_api_key()
         if token is None:
+            how = "'x-api-key: <client token>' or " if x_api_key else ""
             raise HTTPError(
                 401,
-                "missing API key: send 'Authorization: Bearer <client token>'",
+                f"missing API key: send {how}'Authorization: Bearer <client token>'",
                 code="invalid_api_key",
             )
         matched: Secret | None = None
@@ -329,29 +351,76 @@ class ProxyApp:
         self._authorize_client(ex)
         body = await self._json_body(ex, receive)
         intent = RequestIntent.from_openai(body)
+        completion_id, created = "chatcmpl-" + ex.request_id, int(time.time())
+        options = intent.extra.get("stream_options")
+        include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+        await self._infer(
+            ex,
+            receive,
+            send,
+            intent,
+            lambda response: completion_json(response, completion_id, created),
+            lambda: OpenAIRelay(completion_id, created, intent.model, include_usage),
+        )
+
+    async def _messages(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        """Anthropic's Messages API: the same routing, in Anthropic's request, answer, event and error shapes."""
+        self._authorize_client(ex, x_api_key=True)
+        body = await self._json_body(ex, receive)
+        intent = RequestIntent.from_anthropic(body)
+        message_id = "msg_" + ex.request_id
+        await self._infer(
+            ex,
+            receive,
+            send,
+            intent,
+            lambda response: message_json(response, message_id),
+            lambda: AnthropicRelay(message_id, intent),
+        )
+
+    async def _count_tokens(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        self._authorize_client(ex, x_api_key=True)
+        body = await self._json_body(ex, receive)
+        intent = RequestIntent.from_anthropic(body, count_only=True)
+        await self._reply(ex, send, 200, count_tokens_json(intent))
+
+    async def _infer(
+        self,
+        ex: Exchange,
+        receive: Receive,
+        send: Send,
+        intent: RequestIntent,
+        render: Render,
+        relay: Callable[[], Relay],
+    ) -> None:
         deadline = self._deadline(ex.request)
         objective = ex.request.objective_header.decode("latin-1") if ex.request.objective_header else None
         in_flight = self.metrics.in_flight
         in_flight.inc()
         try:
             if intent.stream:
-                options = intent.extra.get("stream_options")
-                include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
-                error = await self._stream(ex, receive, send, intent, objective, deadline, include_usage)
+                error = await self._stream(ex, receive, send, intent, objective, deadline, relay())
             else:
-                error = await self._complete(ex, receive, send, intent, objective, deadline)
+                error = await self._complete(ex, receive, send, intent, objective, deadline, render)
         finally:
             in_flight.dec()
         if error is not None:
             raise error
 
     async def _complete(
-        self, ex: Exchange, receive: Receive, send: Send, intent: RequestIntent, objective: str | None, deadline: float
+        self,
+        ex: Exchange,
+        receive: Receive,
+        send: Send,
+        intent: RequestIntent,
+        objective: str | None,
+        deadline: float,
+        render: Render,
     ) -> BaseException | None:
         response = None
         error: BaseException | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, ex)
+            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, ex)
             with trio.move_on_after(deadline) as timer:
                 try:
                     response = await self.router.route(intent, objective=objective, client=ex.client)
@@ -363,10 +432,10 @@ class ProxyApp:
         if error is not None:
             return error
         if timer.cancelled_caught or response is None:
-            return _deadline_error(deadline)
+            return deadline_error(deadline)
         headers = self._metadata_headers(ex, response.metadata)
         headers.append((b"content-type", b"application/json"))
-        body = completion_json(response, "chatcmpl-" + ex.request_id, int(time.time()))
+        body = render(response)
         ex.status = 200
         ex.started = True
         await send_response(send, 200, json_bytes(body), headers)
@@ -380,12 +449,12 @@ class ProxyApp:
         intent: RequestIntent,
         objective: str | None,
         deadline: float,
-        include_usage: bool,
+        relay: Relay,
     ) -> BaseException | None:
         outcome: BaseException | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, ex)
-            outcome = await self._pump(ex, send, intent, objective, deadline, include_usage)
+            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, ex)
+            outcome = await self._pump(ex, send, intent, objective, deadline, relay)
             nursery.cancel_scope.cancel(reason="stream finished")
         return None if ex.disconnected else outcome
 
@@ -396,10 +465,9 @@ class ProxyApp:
         intent: RequestIntent,
         objective: str | None,
         deadline: float,
-        include_usage: bool,
+        relay: Relay,
     ) -> BaseException | None:
         """Open the routed stream and relay it as SSE. Returns an error to answer with if no header went out."""
-        relay = _Relay("chatcmpl-" + ex.request_id, int(time.time()), intent.model)
         idle = self.stream_idle_timeout
         with trio.CancelScope(deadline=trio.current_time() + deadline) as timer:
             try:
@@ -415,22 +483,22 @@ class ProxyApp:
                             await send({"type": "http.response.body", "body": event, "more_body": True})
                         timer.deadline = trio.current_time() + idle
             except Exception as exc:
-                return await self._stream_failed(ex, send, exc)
+                return await self._stream_failed(ex, send, relay, exc)
             except trio.Cancelled:
                 if ex.started and not ex.disconnected and not timer.cancel_called:
-                    await self._shutting_down(ex, send)
+                    await self._shutting_down(ex, send, relay)
                 raise
         if timer.cancelled_caught:
             if not ex.started:
-                return _deadline_error(deadline)
+                return deadline_error(deadline)
             message = f"the upstream sent nothing for {idle:g}s"
-            await self._end_stream(ex, send, HTTPError(504, message, type="timeout_error", code="stream_idle"))
+            await self._end_stream(ex, send, relay, HTTPError(504, message, type="timeout_error", code="stream_idle"))
             return None
         ex.finished = True
-        await send({"type": "http.response.body", "body": relay.tail(include_usage), "more_body": False})
+        await send({"type": "http.response.body", "body": relay.tail(), "more_body": False})
         return None
 
-    async def _stream_failed(self, ex: Exchange, send: Send, exc: Exception) -> BaseException | None:
+    async def _stream_failed(self, ex: Exchange, send: Send, relay: Relay, exc: Exception) -> BaseException | None:
         """A routed stream raised: before the headers went out, the error to answer with; after, the
         error event that ends the stream."""
         if not ex.started:
@@ -440,23 +508,23 @@ class ProxyApp:
             self.metrics.failed(inner.failure.value)
         else:
             log.error("stream_failed", request_id=ex.request_id, exc_info=inner)
-        await self._end_stream(ex, send, http_error_for(inner))
+        await self._end_stream(ex, send, relay, http_error_for(inner))
         return None
 
-    async def _shutting_down(self, ex: Exchange, send: Send) -> None:
+    async def _shutting_down(self, ex: Exchange, send: Send, relay: Relay) -> None:
         """Cancelled from outside (the server's shutdown grace ran out): say so before the end."""
         with trio.move_on_after(1.0) as cleanup:
             cleanup.shield = True
             error = HTTPError(503, "the server is shutting down", type="service_unavailable", code="server_shutdown")
-            await self._end_stream(ex, send, error)
+            await self._end_stream(ex, send, relay, error)
 
-    async def _end_stream(self, ex: Exchange, send: Send, error: HTTPError) -> None:
+    async def _end_stream(self, ex: Exchange, send: Send, relay: Relay, error: HTTPError) -> None:
         ex.stream_error = error.code or error.type
-        body = error_event(error_body(error.message, type=error.type, param=error.param, code=error.code))
+        body = relay.failed(error)
         ex.finished = True
         try:
             with trio.move_on_after(5) as cs:  # a client that stopped reading cannot hold us here
-                await send({"type": "http.response.body", "body": body + DONE_EVENT, "more_body": False})
+                await send({"type": "http.response.body", "body": body, "more_body": False})
             if cs.cancelled_caught:
                 ex.disconnected = True
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -526,56 +594,3 @@ class ProxyApp:
     async def _get_decision(self, ex: Exchange, receive: Receive, send: Send, decision_id: str) -> None:
         self._authorize_admin(ex)
         await self._reply(ex, send, *self.admin.get_decision(decision_id))
-
-
-class _Relay:
-    """One streamed answer as the client sees it: its id, creation time and model, and the usage the
-    upstream reported (sent before [DONE] when the client asked for it)."""
-
-    __slots__ = ("completion_id", "created", "first", "model", "usage")
-
-    def __init__(self, completion_id: str, created: int, model: str) -> None:
-        self.completion_id = completion_id
-        self.created = created
-        self.model = model
-        self.usage: Usage | None = None
-        self.first = True
-
-    def event(self, chunk: StreamChunk) -> bytes | None:
-        """The SSE event for `chunk`, or None when it carries nothing to send (usage only, say)."""
-        if chunk.usage is not None:
-            self.usage = chunk.usage
-        if chunk.model:
-            self.model = chunk.model
-        if not (self.first or chunk.delta or chunk.finish_reason is not None):
-            return None
-        event = chunk_event(chunk, self.completion_id, self.created, self.model, first=self.first)
-        self.first = False
-        return event
-
-    def tail(self, include_usage: bool) -> bytes:
-        if include_usage and self.usage is not None:
-            return usage_event(self.usage, self.completion_id, self.created, self.model) + DONE_EVENT
-        return DONE_EVENT
-
-
-async def _watch_disconnect(receive: Receive, scope: trio.CancelScope, ex: Exchange) -> None:
-    """Cancel `scope` when the client goes away (the body has been read: only `http.disconnect` remains).
-
-    Not once the last body is on its way (`ex.finished`): with `Connection: close` the server closes the
-    connection while that send is still returning, and its disconnect must neither cancel the send (the
-    connection would never close) nor count the completed answer as a client that left (499)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if ex.finished:
-                return
-            ex.disconnected = True
-            scope.cancel(reason="client disconnected")
-            return
-
-
-def _deadline_error(deadline: float) -> HTTPError:
-    return HTTPError(
-        504, f"no answer within the request deadline ({deadline:g}s)", type="timeout_error", code="deadline_exceeded"
-    )

@@ -328,7 +328,8 @@ class SimProvider:
         if anthropic and not isinstance(max_tokens, int):
             return self._error(True, 400, "invalid_request_error", "max_tokens: Field required", key=key)
         answer = wire.answer_for(model, messages, max_tokens if isinstance(max_tokens, int) else None)
-        tokens = answer.prompt_tokens + answer.completion_tokens
+        tool = wire.tool_use_for(body, answer) if anthropic else None
+        tokens = answer.prompt_tokens + answer.completion_tokens + (tool.tokens if tool is not None else 0)
         if not (st.requests.fits(1, now) and st.tokens.fits(tokens, now)):
             return self._rate_limited(st, anthropic, key, model, tokens, now)
         st.requests.add(1, now)
@@ -376,14 +377,14 @@ class SimProvider:
         stream = body.get("stream") is True
         if not stream:
             payload = (
-                wire.anthropic_message(answer, model)
+                wire.anthropic_message(answer, model, tool)
                 if anthropic
                 else wire.openai_completion(answer, model, int(self._wall()))
             )
             return Reply(200, (*common, _JSON), payload, latency=latency, key=key)
         stats.streams += 1
         if anthropic:
-            events, first_delta = wire.anthropic_stream(answer, model)
+            events, first_delta = wire.anthropic_stream(answer, model, tool)
         else:
             options = body.get("stream_options")
             include = isinstance(options, dict) and options.get("include_usage") is True

@@ -9,6 +9,7 @@ the real tokenizer counts for the text (asserted by the tests).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,16 @@ import attrs
 from apikeyrouter.adapters.tokens import count_chat, get_encoding
 from apikeyrouter.domain.request import ChatMessage
 
-__all__ = ["Answer", "answer_for", "dumps", "messages_from_anthropic", "messages_from_openai", "words"]
+__all__ = [
+    "Answer",
+    "ToolUse",
+    "answer_for",
+    "dumps",
+    "messages_from_anthropic",
+    "messages_from_openai",
+    "tool_use_for",
+    "words",
+]
 
 _CANDIDATES = [
     "the",
@@ -155,7 +165,13 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str))
+        texts = []
+        for p in content:
+            if isinstance(p, Mapping) and isinstance(p.get("text"), str):
+                texts.append(p["text"])
+            elif isinstance(p, Mapping) and p.get("type") == "tool_result":
+                texts.append(_text_of(p.get("content")))
+        return "".join(texts)
     return ""
 
 
@@ -252,19 +268,71 @@ def openai_models(models: Sequence[str], created: int) -> bytes:
 # -- Anthropic ---------------------------------------------------------------------------------------
 
 _ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens"}
+_SCHEMA_VALUES: Mapping[str, Any] = {"integer": 7, "number": 2.5, "boolean": True, "array": [], "object": {}}
 
 
-def anthropic_message(answer: Answer, model: str) -> bytes:
+@attrs.frozen
+class ToolUse:
+    """The tool the simulated model calls, with an input built from the tool's schema."""
+
+    id: str
+    name: str
+    input: Mapping[str, Any]
+
+    @property
+    def json(self) -> str:
+        return json.dumps(dict(self.input), separators=(",", ":"))
+
+    @property
+    def tokens(self) -> int:
+        return len(get_encoding("cl100k_base").encode_ordinary(self.json))
+
+
+def tool_use_for(body: Mapping[str, Any], answer: Answer) -> ToolUse | None:
+    """A tool call when tools are offered (and tool_choice is not none) and the last turn is not a tool
+    result: the named tool of `tool_choice`, else the first; each schema property gets a value of its type
+    (strings: the answer's first word)."""
+    tools, choice, messages = body.get("tools"), body.get("tool_choice"), body.get("messages")
+    if not (isinstance(tools, list) and tools and isinstance(messages, list) and messages):
+        return None
+    if isinstance(choice, Mapping) and choice.get("type") == "none":
+        return None
+    last = messages[-1].get("content") if isinstance(messages[-1], Mapping) else None
+    if isinstance(last, list) and any(isinstance(b, Mapping) and b.get("type") == "tool_result" for b in last):
+        return None
+    wanted = choice.get("name") if isinstance(choice, Mapping) and choice.get("type") == "tool" else None
+    named = [t for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)]
+    tool = next((t for t in named if t["name"] == wanted), named[0] if named else None)
+    if tool is None:
+        return None
+    schema = tool.get("input_schema")
+    props = schema.get("properties") if isinstance(schema, Mapping) else None
+    values: dict[str, Any] = {}
+    for name, spec in (props or {}).items():
+        kind = spec.get("type") if isinstance(spec, Mapping) else None
+        values[name] = answer.pieces[-1].strip() if kind == "string" else _SCHEMA_VALUES.get(str(kind))
+    return ToolUse(f"toolu_{answer.digest}", tool["name"], values)
+
+
+def _anthropic_usage(answer: Answer, tool: ToolUse | None) -> dict[str, int]:
+    output = answer.completion_tokens + (tool.tokens if tool is not None else 0)
+    return {"input_tokens": answer.prompt_tokens, "output_tokens": output}
+
+
+def anthropic_message(answer: Answer, model: str, tool: ToolUse | None = None) -> bytes:
+    content: list[dict[str, Any]] = [{"type": "text", "text": answer.text}]
+    if tool is not None:
+        content.append({"type": "tool_use", "id": tool.id, "name": tool.name, "input": dict(tool.input)})
     return dumps(
         {
             "id": f"msg_{answer.digest}",
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": answer.text}],
-            "stop_reason": _ANTHROPIC_STOP[answer.finish],
+            "content": content,
+            "stop_reason": "tool_use" if tool is not None else _ANTHROPIC_STOP[answer.finish],
             "stop_sequence": None,
-            "usage": {"input_tokens": answer.prompt_tokens, "output_tokens": answer.completion_tokens},
+            "usage": _anthropic_usage(answer, tool),
         }
     )
 
@@ -273,7 +341,25 @@ def _sse(event: str, data: Mapping[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + dumps(data) + b"\n\n"
 
 
-def anthropic_stream(answer: Answer, model: str) -> tuple[list[bytes], int]:
+def _tool_events(tool: ToolUse) -> list[bytes]:
+    """Content block 1: the tool_use block, its input sent in three pieces of JSON text."""
+    text = tool.json
+    cuts = [0, len(text) // 3, 2 * len(text) // 3, len(text)]
+    block = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
+    events = [_sse("content_block_start", {"type": "content_block_start", "index": 1, "content_block": block})]
+    events.extend(
+        _sse(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": piece}},
+        )
+        for piece in (text[a:b] for a, b in itertools.pairwise(cuts))
+        if piece
+    )
+    events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": 1}))
+    return events
+
+
+def anthropic_stream(answer: Answer, model: str, tool: ToolUse | None = None) -> tuple[list[bytes], int]:
     """Events in the documented order; returns them and the index of the first content delta."""
     start = {
         "type": "message_start",
@@ -305,13 +391,16 @@ def anthropic_stream(answer: Answer, model: str) -> tuple[list[bytes], int]:
         for piece in answer.pieces
     )
     events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    if tool is not None:
+        events.extend(_tool_events(tool))
+    stop = "tool_use" if tool is not None else _ANTHROPIC_STOP[answer.finish]
     events.append(
         _sse(
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": _ANTHROPIC_STOP[answer.finish], "stop_sequence": None},
-                "usage": {"output_tokens": answer.completion_tokens},
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": _anthropic_usage(answer, tool)["output_tokens"]},
             },
         )
     )
