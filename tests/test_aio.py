@@ -106,7 +106,8 @@ def test_a_slow_consumer_holds_the_stream_to_its_buffer_and_loses_nothing() -> N
         async with service() as (router, _):
             async with router.stream(CHAT) as stream:
                 chunks = [await anext(stream)]
-                await asyncio.sleep(0.5)  # the upstream has sent everything; the trio side waits for room
+                await eventually(lambda: stream.buffered == aio.STREAM_BUFFER, within=5)
+                await asyncio.sleep(0.3)  # the upstream has sent everything by now; the trio side waits for room
                 assert stream.buffered == aio.STREAM_BUFFER
                 chunks += [chunk async for chunk in stream]
             assert stream.final_metadata is not None and stream.final_metadata.cost > 0

@@ -67,10 +67,11 @@ STREAM_BUFFER = 8  # chunks a stream holds for a slow asyncio consumer before th
 class _Call(Generic[T]):
     """One asyncio call inside the guest run: its future (resolved by the trio task) and cancel scope."""
 
-    __slots__ = ("abandoned", "fn", "future", "scope")
+    __slots__ = ("abandoned", "fn", "future", "scope", "what")
 
-    def __init__(self, fn: Callable[[], Awaitable[T]], future: asyncio.Future[T]) -> None:
+    def __init__(self, fn: Callable[[], Awaitable[T]], future: asyncio.Future[T], what: str) -> None:
         self.fn = fn
+        self.what = what  # for errors: "route()"
         self.future = future
         self.scope: trio.CancelScope | None = None
         self.abandoned = False  # the asyncio caller left: cancelled, not failed
@@ -136,7 +137,7 @@ class _Bridge:
 
     def _spawn(self, call: _Call[Any]) -> None:  # via run_sync_soon: must never raise
         if not self.accepting or self._nursery is None:
-            call.resolve(RouterNotRunning("an asyncio call"))
+            call.resolve(RouterNotRunning(call.what))
             return
         self._nursery.start_soon(self._serve, call)
 
@@ -155,7 +156,7 @@ class _Bridge:
         finally:  # cancelled: by its caller (abandoned) or by the runtime stopping
             if call.abandoned and not call.future.done():
                 call.future.cancel()
-            call.resolve(RouterNotRunning("this call (the router stopped while it was pending)"))
+            call.resolve(RouterNotRunning(f"{call.what} (the router stopped while it was pending)"))
 
     def _request_stop(self) -> None:  # via run_sync_soon
         if not self.ready.done():  # still starting: give up starting
@@ -183,10 +184,10 @@ class _Bridge:
             return False
         return True
 
-    def submit(self, fn: Callable[[], Awaitable[T]]) -> _Call[T]:
-        call = _Call(fn, self.loop.create_future())
+    def submit(self, fn: Callable[[], Awaitable[T]], what: str) -> _Call[T]:
+        call = _Call(fn, self.loop.create_future(), what)
         if not self.accepting or not self.soon(self._spawn, call):
-            call.resolve(RouterNotRunning("this call"))
+            call.resolve(RouterNotRunning(what))
         return call
 
     async def abandon(self, call: _Call[Any]) -> None:
@@ -196,9 +197,9 @@ class _Bridge:
             self.soon(call.cancel_in_trio)
         await _settled(call.future)
 
-    async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
         async with self.slots:
-            call = self.submit(fn)
+            call = self.submit(fn, what)
             try:
                 return await asyncio.shield(call.future)
             except asyncio.CancelledError:
@@ -295,13 +296,13 @@ class AsyncRouter:
 
     async def run_trio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run a trio async function in the router's guest run, with cancellation crossing as for `route`."""
-        return await self._bridge.run(lambda: fn(*args))
+        return await self._bridge.run(lambda: fn(*args), "run_trio()")
 
     # -- requests -------------------------------------------------------------------------------------
 
     async def route(self, intent: Intent, *, objective: Objective = None, client: str | None = None) -> SystemResponse:
         """`ApiKeyRouter.route` from asyncio; the deadline is the caller's (`asyncio.timeout(...)`)."""
-        return await self._bridge.run(lambda: self._router.route(intent, objective=objective, client=client))
+        return await self._bridge.run(lambda: self._router.route(intent, objective=objective, client=client), "route()")
 
     @asynccontextmanager
     async def stream(
@@ -312,7 +313,9 @@ class AsyncRouter:
         bridge = self._bridge
         async with bridge.slots:
             stream = AsyncStream(bridge)
-            call = stream._call = bridge.submit(lambda: stream._pump(self._router, intent, objective, client))
+            call = stream._call = bridge.submit(
+                lambda: stream._pump(self._router, intent, objective, client), "stream()"
+            )
             try:
                 await asyncio.wait((stream._opened, call.future), return_when=asyncio.FIRST_COMPLETED)
                 if not stream._opened.done():
@@ -333,10 +336,10 @@ class AsyncRouter:
     # -- registration and operator commands -----------------------------------------------------------
 
     async def register_provider(self, provider_id: str, adapter: ProviderAdapter) -> None:
-        await self._bridge.run(lambda: self._router.register_provider(provider_id, adapter))
+        await self._bridge.run(lambda: self._router.register_provider(provider_id, adapter), "register_provider()")
 
     async def remove_provider(self, provider_id: str) -> None:
-        await self._bridge.run(lambda: self._router.remove_provider(provider_id))
+        await self._bridge.run(lambda: self._router.remove_provider(provider_id), "remove_provider()")
 
     async def register_key(
         self,
@@ -352,22 +355,24 @@ class AsyncRouter:
     ) -> APIKey:
         kwargs: dict[str, Any] = {"key_id": key_id, "limits": limits, "models": models}
         kwargs |= {"max_in_flight": max_in_flight, "budget": budget}
-        return await self._bridge.run(lambda: self._router.register_key(secret, provider, metadata, **kwargs))
+        return await self._bridge.run(
+            lambda: self._router.register_key(secret, provider, metadata, **kwargs), "register_key()"
+        )
 
     async def remove_key(self, key_id: str) -> None:
-        await self._bridge.run(lambda: self._router.remove_key(key_id))
+        await self._bridge.run(lambda: self._router.remove_key(key_id), "remove_key()")
 
     async def update_key_state(self, key_id: str, state: str, reason: str = "") -> None:
-        await self._bridge.run(lambda: self._router.update_key_state(key_id, state, reason))
+        await self._bridge.run(lambda: self._router.update_key_state(key_id, state, reason), "update_key_state()")
 
     async def rotate_key(self, key_id: str, new_secret: str | Secret) -> None:
-        await self._bridge.run(lambda: self._router.rotate_key(key_id, new_secret))
+        await self._bridge.run(lambda: self._router.rotate_key(key_id, new_secret), "rotate_key()")
 
     async def revoke_key(self, key_id: str, reason: str = "revoked by operator") -> None:
-        await self._bridge.run(lambda: self._router.revoke_key(key_id, reason))
+        await self._bridge.run(lambda: self._router.revoke_key(key_id, reason), "revoke_key()")
 
     async def apply_config(self, new: RouterConfig) -> dict[str, list[str]]:
-        return await self._bridge.run(lambda: self._router.apply_config(new))
+        return await self._bridge.run(lambda: self._router.apply_config(new), "apply_config()")
 
     # -- views (same thread as the guest run: read directly) ------------------------------------------
 
