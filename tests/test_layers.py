@@ -11,7 +11,7 @@ that needs a higher layer is a type in the wrong place). The order, lowest first
     actors      actors/, supervisors/, store/
     adapters    provider wire formats over httpx
     runtime     open_router, the request pipeline, registration, views
-    services    proxy/, debug/, sim/
+    services    proxy/, debug/, sim/, aio (the router from asyncio)
     cli         cli, the standalone process, the demo, the package's public face
 
 Two layers are stricter than "below": `domain` imports nothing above itself (it does no I/O and needs no actor),
@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("actors", ("apikeyrouter.actors", "apikeyrouter.supervisors", "apikeyrouter.store")),
     ("adapters", ("apikeyrouter.adapters",)),
     ("runtime", ("apikeyrouter.runtime",)),
-    ("services", ("apikeyrouter.proxy", "apikeyrouter.debug", "apikeyrouter.sim")),
+    ("services", ("apikeyrouter.proxy", "apikeyrouter.debug", "apikeyrouter.sim", "apikeyrouter.aio")),
     ("cli", ("apikeyrouter.cli", "apikeyrouter.standalone", "apikeyrouter.demo", "apikeyrouter.__main__")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
