@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from apikeyrouter import BudgetExceeded, MalformedResponse, NoKeyAvailable, StreamInterrupted, Usage
+from apikeyrouter import BudgetExceeded, InvalidRequest, MalformedResponse, NoKeyAvailable, StreamInterrupted, Usage
 from apikeyrouter.domain.refusal import RefusalKind
 from apikeyrouter.observe import RequestAttempted
 from apikeyrouter.runtime import ApiKeyRouter
@@ -42,18 +42,36 @@ async def test_budget_exceeded_names_the_budget_and_carries_the_typed_refusal(au
 
 
 async def test_no_key_available_lists_the_typed_refusals_met_at_reservation(autojump_clock: object) -> None:
-    # The index ranks the key eligible (it checks a 1-token request); the key itself refuses this one:
-    # bigger than its whole tpm, so it never fits (retry_at None) and the request fails at once.
-    async with sim_env([("small", "sk-sim-small", {"limits": {"tpm": 100}})]) as env:
-        start = trio.current_time()
-        with pytest.raises(NoKeyAvailable) as info:
-            await env.router.route(chat("hi", max_tokens=500))
-        assert trio.current_time() == start
+    # The index ranks the key eligible (it checks a 1-token request); the key itself refuses the second
+    # request: the first one, still in flight, holds 600 of its 1,000 tpm until it ends (after the deadline).
+    sim_keys = [{"key": "sk-sim-small", "latency_ms": 5000}]
+    async with sim_env([("small", "sk-sim-small", {"limits": {"tpm": 1000}})], sim_keys=sim_keys) as env:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(env.router.route, chat("first", max_tokens=600))
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            with trio.fail_after(1), pytest.raises(NoKeyAvailable) as info:
+                await env.router.route(chat("second", max_tokens=600))
+            assert trio.current_time() == start  # at once: the key has room only after the deadline
         [refusal] = info.value.refusals
-        assert (refusal.key_id, refusal.kind, refusal.retry_at) == ("small", RefusalKind.QUOTA, None)
+        assert (refusal.key_id, refusal.kind) == ("small", RefusalKind.QUOTA)
+        assert refusal.retry_at is not None and refusal.retry_at > start + 1
         assert refusal.detail["window"] == "tpm"
         assert info.value.reasons["small"].startswith("small: tpm: ")
-        assert info.value.retry_at is None
+
+
+async def test_a_request_no_key_could_ever_fit_is_the_callers_mistake_not_retry_later(autojump_clock: object) -> None:
+    # Bigger than the whole tpm of every key that serves the model: waiting cannot help, so a 400 that says
+    # why, instead of NoKeyAvailable (429/503 "retry later", which clients would retry for ever).
+    keys = [("small", "sk-sim-small", {"limits": {"tpm": 100}}), ("medium", "sk-sim-medium", {"limits": {"tpm": 300}})]
+    async with sim_env(keys) as env:
+        start = trio.current_time()
+        with pytest.raises(InvalidRequest) as info:
+            await env.router.route(chat("hi", max_tokens=500))
+        assert trio.current_time() == start
+        assert info.value.param == "max_tokens"
+        assert "needs" in str(info.value) and "limit is 300" in str(info.value)
+        assert env.sim.stats("sk-sim-small").requests == env.sim.stats("sk-sim-medium").requests == 0
 
 
 async def test_route_fails_over_to_the_next_key_within_one_call(autojump_clock: object) -> None:

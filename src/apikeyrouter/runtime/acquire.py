@@ -39,6 +39,7 @@ from apikeyrouter.errors import (
     ActorError,
     ActorStopped,
     BudgetExceeded,
+    InvalidRequest,
     MailboxFull,
     NoKeyAvailable,
     RouterNotRunning,
@@ -287,6 +288,7 @@ async def _no_candidate(deps: Deps, req: Request, decision: RoutingDecision) -> 
         raise BudgetExceeded(text, budget=budgets[0].budget or "", refusals=tuple(budgets))
     if req.last_error is not None and req.attempts >= routing.max_attempts:
         raise req.last_error
+    _refuse_what_never_fits(deps, req, decision)
     now = trio.current_time()
     deadline = trio.current_effective_deadline()
     # Without a deadline, never wait longer than max_wait for a key to come back.
@@ -312,6 +314,20 @@ async def _no_candidate(deps: Deps, req: Request, decision: RoutingDecision) -> 
     if req.last_error is not None:
         raise req.last_error
     raise _no_key(deps, req, decision, retry_at, now)
+
+
+def _refuse_what_never_fits(deps: Deps, req: Request, decision: RoutingDecision) -> None:
+    """Every key that serves the model said this request is bigger than one of its windows: no wait helps,
+    so it is the caller's to change (a 400 naming max_tokens), not "retry later" (which clients retry)."""
+    never = [r for r in req.refused.values() if r.kind is RefusalKind.QUOTA and r.retry_at is None]
+    if req.last_error is not None or not never or len(never) < decision.serving:
+        return
+    why = "; ".join(dict.fromkeys(explain(r, deps.wall_offset) for r in never))
+    raise InvalidRequest(
+        f"this request needs more tokens than any key serving {req.intent.model} allows in a window ({why}): "
+        "lower max_tokens or shorten the messages",
+        param="max_tokens",
+    )
 
 
 def _no_key(deps: Deps, req: Request, decision: RoutingDecision, retry_at: float | None, now: float) -> NoKeyAvailable:
