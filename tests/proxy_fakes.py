@@ -164,6 +164,9 @@ class FakeRouter:
     def decision(self, decision_id: str) -> dict[str, Any] | None:
         return self._decisions.get(decision_id)
 
+    def budgets(self) -> dict[str, Any]:
+        return {}
+
     def tree(self) -> TreeNode:
         return TreeNode(name="root", kind="supervisor", status="running", restarts=0)
 
@@ -179,6 +182,7 @@ class FakeRouter:
         key_id: str | None = None,
         limits: Mapping[str, int] | None = None,
         models: list[str] | None = None,
+        max_in_flight: int | None = None,
     ) -> APIKey:
         if provider != "openai":
             raise UnknownProvider(provider)

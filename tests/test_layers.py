@@ -35,7 +35,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("adapters", ("apikeyrouter.adapters",)),
     ("runtime", ("apikeyrouter.runtime",)),
     ("services", ("apikeyrouter.proxy", "apikeyrouter.debug", "apikeyrouter.sim", "apikeyrouter.aio")),
-    ("cli", ("apikeyrouter.cli", "apikeyrouter.standalone", "apikeyrouter.demo", "apikeyrouter.__main__")),
+    (
+        "cli",
+        (
+            "apikeyrouter.cli",
+            "apikeyrouter.ops_commands",
+            "apikeyrouter.admin_client",
+            "apikeyrouter.standalone",
+            "apikeyrouter.demo",
+            "apikeyrouter.__main__",
+        ),
+    ),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 # Stricter than "below": what these layers may import at all.

@@ -18,6 +18,7 @@ import click
 from apikeyrouter.config import bind_allowed, load_config
 from apikeyrouter.debug.commands import inspect
 from apikeyrouter.errors import ConfigError, DebugChannelError
+from apikeyrouter.ops_commands import budgets, keys
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:
@@ -228,3 +229,5 @@ def demo(port: int) -> None:
 
 
 main.add_command(inspect)
+main.add_command(keys)
+main.add_command(budgets)

@@ -17,7 +17,7 @@ from apikeyrouter.secret import secret_problem
 
 __all__ = ["AdminAPI"]
 
-_KEY_FIELDS = frozenset({"id", "provider", "secret", "metadata", "limits", "models"})
+_KEY_FIELDS = frozenset({"id", "provider", "secret", "metadata", "limits", "models", "max_in_flight"})
 _KEY_STATES = ("active", "disabled")
 
 
@@ -72,6 +72,15 @@ def _int_map(body: Mapping[str, Any], field: str) -> dict[str, int] | None:
     return dict(value)
 
 
+def _positive_int(body: Mapping[str, Any], field: str) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise HTTPError(400, f"'{field}' must be a positive integer", param=field)
+    return value
+
+
 def _str_list(body: Mapping[str, Any], field: str) -> list[str] | None:
     value = body.get(field)
     if value is None:
@@ -118,6 +127,7 @@ class AdminAPI:
             key_id=_string(fields, "id", required=False),
             limits=_int_map(fields, "limits"),
             models=_str_list(fields, "models"),
+            max_in_flight=_positive_int(fields, "max_in_flight"),
         )
         return 201, key_json(key)
 
@@ -143,6 +153,11 @@ class AdminAPI:
         reason = _string(fields, "reason", required=False) or f"set {state} by operator"
         await self.router.update_key_state(key_id, state, reason)
         return 200, self.router.key(key_id) or {"id": key_id, "lifecycle": state}
+
+    def list_budgets(self) -> tuple[int, Any]:
+        """Every hard budget with its limit, spent and reserved money (strings, exact decimals)."""
+        budgets = self.router.budgets()
+        return 200, {"object": "list", "data": [{"id": bid, **budgets[bid]} for bid in sorted(budgets)]}
 
     def list_decisions(self, limit: int) -> tuple[int, Any]:
         return 200, {"object": "list", "data": self.router.decisions(limit)}

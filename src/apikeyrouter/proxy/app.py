@@ -133,6 +133,7 @@ class ProxyApp:
             "/state": {"GET": self._state},
             "/keys": {"GET": self._list_keys, "POST": self._add_key},
             "/decisions": {"GET": self._list_decisions},
+            "/budgets": {"GET": self._list_budgets},
         }
         self._key_routes: dict[str, dict[str, Handler]] = {
             "": {"GET": self._get_key, "DELETE": self._revoke_key},
@@ -590,6 +591,10 @@ class ProxyApp:
     async def _list_decisions(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
         self._authorize_admin(ex)
         await self._reply(ex, send, *self.admin.list_decisions(20))
+
+    async def _list_budgets(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        self._authorize_admin(ex)
+        await self._reply(ex, send, *self.admin.list_budgets())
 
     async def _get_decision(self, ex: Exchange, receive: Receive, send: Send, decision_id: str) -> None:
         self._authorize_admin(ex)
