@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from h11_upstream import BODY as UPSTREAM_BODY  # the same canned answer as the transport benchmark's
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_TOKEN = "sk-bench-client-token"
@@ -55,16 +56,6 @@ KEYS = 4
 CHAT_BODY = json.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello in one word."}], "max_tokens": 8}
 )
-UPSTREAM_BODY = json.dumps(
-    {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": 1700000000,
-        "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello."}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 13, "completion_tokens": 2, "total_tokens": 15},
-    }
-).encode()
 UPSTREAM_RESPONSE = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
     + str(len(UPSTREAM_BODY)).encode()
