@@ -26,7 +26,9 @@ def test_throttled_key_is_benched_then_woken_lazily() -> None:
     )
     assert [k for k, _ in index.top("gpt", "reliability", 70.0, k=5)] == ["k1"]
     summary = index.excluded_summary("gpt", 70.0)
-    assert summary.examples == ("k2: throttled until 1970-01-01T12:04:05.000Z (Retry-After 30s)",)
+    assert [(e.key_id, e.reason) for e in summary.examples] == [
+        ("k2", "k2: throttled until 1970-01-01T12:04:05.000Z (Retry-After 30s)")
+    ]
     assert (summary.eligible, summary.excluded, summary.by_kind) == (1, 1, (("throttled", 1),))
     # k2 has served less, so once awake it ranks first on the tie.
     assert [k for k, _ in index.top("gpt", "reliability", 100.0, k=5)] == ["k2", "k1"]
@@ -133,7 +135,8 @@ def test_summary_is_bounded_and_shows_each_kind_first() -> None:
         index.update(KeyView(f"d{i}", "p", lifecycle=KeyState.DISABLED))
     s = index.excluded_summary("m", 0.0, limit=3)
     assert s.by_kind == (("throttled", 300), ("disabled", 20))
-    assert len(s.examples) == 3 and s.examples[0].startswith("t0: throttled") and s.examples[1] == "d0: disabled"
+    reasons = [e.reason for e in s.examples]
+    assert len(reasons) == 3 and reasons[0].startswith("t0: throttled") and reasons[1] == "d0: disabled"
 
 
 def test_fairness_rotates_between_identical_keys_as_they_serve() -> None:

@@ -196,8 +196,7 @@ class RouterActor(Actor[RouterCommand]):
             else:
                 excluded[key_id] = ex.reason
         for example in summary.examples:
-            key_id = example.split(":", 1)[0]
-            excluded.setdefault(key_id, example)
+            excluded.setdefault(example.key_id, example.reason)
         retry_at = None if candidates else index.earliest_available(model, now)
         serving = summary.eligible + summary.excluded
         objective_name = objective if isinstance(objective, str) else "custom"

@@ -68,7 +68,7 @@ class ExclusionSummary:
     eligible: int
     excluded: int
     by_kind: tuple[tuple[str, int], ...]  # (kind, count), largest first
-    examples: tuple[str, ...]  # a few reasons, one per kind first
+    examples: tuple[Excluded, ...]  # a few excluded keys with their reasons, one per kind first
     not_serving: int  # registered keys that do not serve this model at all
 
 
@@ -332,14 +332,14 @@ class KeyIndex:
         kinds = sorted(bucket.benched.items(), key=lambda kv: (-len(kv[1]), kv[0]))
         # Round-robin over kinds so each kind shows an example before any shows two: O(limit).
         iters = [iter(members.values()) for _, members in kinds]
-        examples: list[str] = []
+        examples: list[Excluded] = []
         while iters and len(examples) < limit:
             for it in list(iters):
                 ex = next(it, None)
                 if ex is None:
                     iters.remove(it)
                 elif len(examples) < limit:
-                    examples.append(ex.reason)
+                    examples.append(ex)
         excluded = sum(len(m) for m in bucket.benched.values())
         return ExclusionSummary(
             model=model,
