@@ -312,6 +312,23 @@ def _http_request(port: int, path: str) -> bytes:
     ).encode()
 
 
+async def read_answer(stream: trio.SocketStream, buf: bytes) -> tuple[bytes, bool]:
+    """Read one content-length framed answer; (bytes left over, whether it was a 200). soak.py uses it too."""
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            head = buf[:end].lower()
+            at = head.find(b"content-length:")
+            stop = head.find(b"\r\n", at)
+            total = end + 4 + int(head[at + 15 : stop if stop >= 0 else len(head)])
+            if len(buf) >= total:
+                return buf[total:], buf.startswith(b"HTTP/1.1 200")
+        data = await stream.receive_some(65536)
+        if not data:
+            raise RuntimeError("the server closed the connection")
+        buf += data
+
+
 async def _load_worker(port: int, request: bytes, stop_at: float, latencies: list[float]) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
@@ -319,22 +336,9 @@ async def _load_worker(port: int, request: bytes, stop_at: float, latencies: lis
         while time.perf_counter() < stop_at:
             start = time.perf_counter()
             await stream.send_all(request)
-            while True:
-                end = buf.find(b"\r\n\r\n")
-                if end >= 0:
-                    head = buf[:end].lower()
-                    at = head.find(b"content-length:")
-                    stop = head.find(b"\r\n", at)
-                    total = end + 4 + int(head[at + 15 : stop if stop >= 0 else len(head)])
-                    if len(buf) >= total:
-                        if not buf.startswith(b"HTTP/1.1 200"):
-                            raise RuntimeError(buf[:200].decode(errors="replace"))
-                        buf = buf[total:]
-                        break
-                data = await stream.receive_some(65536)
-                if not data:
-                    raise RuntimeError("the server closed the connection")
-                buf += data
+            buf, ok = await read_answer(stream, buf)
+            if not ok:
+                raise RuntimeError("the proxy answered something other than 200")
             latencies.append((time.perf_counter() - start) * 1e6)
 
 

@@ -59,23 +59,6 @@ class Paced:
         return due
 
 
-async def _read_answer(stream: trio.SocketStream, buf: bytes) -> tuple[bytes, bool]:
-    """Read one content-length framed answer; (bytes left over, whether it was a 200)."""
-    while True:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            head = buf[:end].lower()
-            at = head.find(b"content-length:")
-            stop = head.find(b"\r\n", at)
-            total = end + 4 + int(head[at + 15 : stop if stop >= 0 else len(head)])
-            if len(buf) >= total:
-                return buf[total:], buf.startswith(b"HTTP/1.1 200")
-        data = await stream.receive_some(65536)
-        if not data:
-            raise RuntimeError("the proxy closed the connection")
-        buf += data
-
-
 async def _worker(port: int, pace: Paced, stop_at: float) -> None:
     request = bench._http_request(port, "/v1/chat/completions")
     stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -89,7 +72,7 @@ async def _worker(port: int, pace: Paced, stop_at: float) -> None:
             sent = trio.current_time()
             pace.lag = sent - due
             await stream.send_all(request)
-            buf, ok = await _read_answer(stream, buf)
+            buf, ok = await bench.read_answer(stream, buf)
             pace.errors += not ok
             pace.latencies.append(trio.current_time() - sent)
 
