@@ -106,9 +106,12 @@ class Request:
         "api_key",
         "authorization",
         "content_length",
+        "cookie",
         "deadline_header",
+        "host",
         "method",
         "objective_header",
+        "origin",
         "path",
         "request_id",
     )
@@ -125,6 +128,9 @@ class Request:
         self.deadline_header: bytes | None = None
         self.objective_header: bytes | None = None
         self.request_id: str | None = None
+        self.cookie: bytes | None = None  # the dashboard's session; origin and host for its CSRF check
+        self.origin: bytes | None = None
+        self.host: bytes | None = None
         for name, value in scope["headers"]:
             # Servers hand header names over lower-cased (ASGI spec).
             if name == b"authorization":
@@ -142,6 +148,12 @@ class Request:
                 self.deadline_header = value
             elif name == b"x-apikeyrouter-objective":
                 self.objective_header = value
+            elif name == b"cookie":
+                self.cookie = value if self.cookie is None else self.cookie + b"; " + value
+            elif name == b"origin":
+                self.origin = value
+            elif name == b"host":
+                self.host = value
 
     def bearer(self) -> str | None:
         raw = self.authorization

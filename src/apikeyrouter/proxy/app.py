@@ -55,6 +55,8 @@ from apikeyrouter.proxy._http import (
 )
 from apikeyrouter.proxy._openai import OpenAIRelay, completion_json, models_json
 from apikeyrouter.proxy.admin import AdminAPI
+from apikeyrouter.proxy.dashboard import Dashboard
+from apikeyrouter.proxy.dashboard_routes import dashboard_routes
 from apikeyrouter.runtime.api import RouterAPI
 from apikeyrouter.secret import Secret
 
@@ -122,6 +124,7 @@ class ProxyApp:
         # Every attempt, failovers included, counted inline as the router publishes it (EventBus.observe).
         router.events.observe(RequestAttempted, self.metrics.attempt)
         self.admin = AdminAPI(router)
+        self.dashboard = Dashboard(router, admin_token)
         self._static: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat},
             "/v1/messages": {"POST": self._messages},
@@ -134,6 +137,7 @@ class ProxyApp:
             "/keys": {"GET": self._list_keys, "POST": self._add_key},
             "/decisions": {"GET": self._list_decisions},
             "/budgets": {"GET": self._list_budgets},
+            **dashboard_routes(self.dashboard, self.request_deadline),
         }
         self._key_routes: dict[str, dict[str, Handler]] = {
             "": {"GET": self._get_key, "DELETE": self._revoke_key},
