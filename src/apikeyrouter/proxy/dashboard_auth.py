@@ -90,7 +90,7 @@ class Sessions:
 
 def session_cookie(session: Session, now: float) -> bytes:
     """The `Set-Cookie` value that hands `session` to the browser (expiring with the session)."""
-    max_age = max(int(session.expires - now), 0)
+    max_age = max(round(session.expires - now), 0)  # round: expires - now is ttl give or take a float ulp
     return (
         f"{COOKIE_NAME}={session.id}; Path={COOKIE_PATH}; Max-Age={max_age}; HttpOnly; SameSite=Strict"
     ).encode("ascii")
