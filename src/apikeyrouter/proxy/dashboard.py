@@ -239,6 +239,7 @@ class Dashboard:
         out = []
         for k in ranked[:BURNDOWN_KEYS]:
             points = [[round(t - now, 1), round(v, 1)] for t, v in self.samples.get(f"key:{k['id']}")]
+            points.append([0.0, float(k.get("capacity_left_pct") or 0.0)])  # now, even between samples
             prediction = k.get("prediction") or {}
             out.append(
                 {
