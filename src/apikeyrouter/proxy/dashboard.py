@@ -24,6 +24,7 @@ the admin token is compared and forgotten.
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import AsyncGenerator, Iterable
 from importlib import resources
@@ -89,6 +90,7 @@ def sse_frame(event: str, data: Any) -> bytes:
     return b"event: " + event.encode("ascii") + b"\ndata: " + json_bytes(data) + b"\n\n"
 
 
+@functools.cache  # read once per process, not once per app
 def _static(name: str) -> str:
     return resources.files("apikeyrouter.proxy").joinpath("static", name).read_text("utf-8")
 
