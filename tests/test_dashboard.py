@@ -3,8 +3,10 @@ that neither the page nor the stream ever shows a secret."""
 
 from __future__ import annotations
 
+import signal
 from decimal import Decimal
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +22,8 @@ from apikeyrouter.proxy.dashboard_model import RequestRates, project_budget, rat
 from apikeyrouter.secret import Secret
 from tests.proxy_fakes import ADMIN_TOKEN, FakeRouter, running_proxy
 from tests.routing_env import chat, routing_env
+from tests.serve_env import ADMIN as SERVE_ADMIN
+from tests.serve_env import serve_env
 
 LOGIN = "token=" + ADMIN_TOKEN
 
@@ -32,8 +36,8 @@ def transition(key: str, to: KeyState, at: float) -> KeyTransitioned:
     return KeyTransitioned(key, Transition(KeyState.ACTIVE, to, "answered 429", at, Cause.FAILURE, at + 30))
 
 
-async def log_in(http: httpx.AsyncClient, url: str) -> httpx.Response:
-    return await http.post("/dashboard/login", content=LOGIN, headers=origin(url))
+async def log_in(http: httpx.AsyncClient, url: str, token: str = ADMIN_TOKEN) -> httpx.Response:
+    return await http.post("/dashboard/login", content=f"token={token}", headers=origin(url))
 
 
 # -- who gets in ---------------------------------------------------------------------------------------
@@ -261,3 +265,26 @@ async def test_budget_money_in_the_snapshot_is_exact() -> None:
     dashboard = Dashboard(BudgetedRouter(), Secret(ADMIN_TOKEN))
     [budget] = dashboard.snapshot(trio.current_time())["budgets"]
     assert (budget["remaining"], budget["used_pct"]) == (str(Decimal("7.25")), 27.5)
+
+
+async def test_an_open_dashboard_does_not_hold_up_a_graceful_shutdown(tmp_path: Path) -> None:
+    async with (
+        serve_env(tmp_path, [("k1", "DASH_K1", "")], secrets={"DASH_K1": "sk-sim-dash-k1-0123456789"}) as served,
+        httpx.AsyncClient(base_url=served.url) as http,
+    ):
+        assert (await log_in(http, served.url, SERVE_ADMIN)).status_code == 303
+        received = b""
+        stopping: float | None = None
+        async with http.stream("GET", "/dashboard/events") as events:
+            with trio.fail_after(8):  # the grace period is 5 s: the stream must end well before it
+                async for chunk in events.aiter_bytes():
+                    received += chunk
+                    if stopping is None and b"event: snapshot" in received:
+                        served.signal(signal.SIGTERM)  # with the page open and streaming
+                        stopping = trio.current_time()
+        assert stopping is not None
+        with trio.fail_after(4):
+            await served.process.wait()
+        took = trio.current_time() - stopping
+    assert received.rstrip().endswith(b'"message":"the server is shutting down"}')
+    assert served.process.returncode == 0 and took < 4
