@@ -13,6 +13,7 @@ down: structural and semantic errors are collected into one `ConfigError` whose 
 so no repr of a config can show them. docs/config.md is the reference for every field.
 """
 
+from apikeyrouter.config._clients import client_identities
 from apikeyrouter.config._compare import ConfigDiff, config_fingerprint, config_to_dict, diff_keys, diff_providers
 from apikeyrouter.config._load import (
     bind_allowed,
@@ -35,6 +36,7 @@ from apikeyrouter.config._schema import (
     Budget,
     BudgetsConfig,
     CapacityConfig,
+    ClientConfig,
     DebugConfig,
     GenericAdapterConfig,
     KeyConfig,
@@ -47,6 +49,7 @@ from apikeyrouter.config._schema import (
     RoutingConfig,
     ServerConfig,
     StoreConfig,
+    TeamConfig,
 )
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "Budget",
     "BudgetsConfig",
     "CapacityConfig",
+    "ClientConfig",
     "ConfigDiff",
     "DebugConfig",
     "GenericAdapterConfig",
@@ -74,7 +78,9 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "StoreConfig",
+    "TeamConfig",
     "bind_allowed",
+    "client_identities",
     "config_fingerprint",
     "config_to_dict",
     "default_config",

@@ -87,6 +87,7 @@ class ProxyApp:
     """The proxy's ASGI application. Serve it with `serve_proxy` (hypercorn's trio worker).
 
     client_tokens: bearer tokens accepted for inference; empty means inference is open (serve only on loopback).
+    clients: (token, client id) of each `[[clients]]` entry with a token: its requests carry the id.
     admin_token: bearer token for management endpoints; None disables them (403).
     max_body_bytes: larger request bodies get 413 (checked against Content-Length before reading).
     request_deadline: seconds a request may take (see the module docstring for streams).
@@ -100,6 +101,7 @@ class ProxyApp:
         router: RouterAPI,
         *,
         client_tokens: Sequence[Secret] = (),
+        clients: Sequence[tuple[Secret, str]] = (),
         admin_token: Secret | None = None,
         max_body_bytes: int = 4 * 1024 * 1024,
         request_deadline: float = 120.0,
@@ -112,6 +114,7 @@ class ProxyApp:
             raise ValueError("max_body_bytes, request_deadline and stream_idle_timeout must be positive")
         self.router = router
         self.client_tokens = tuple(client_tokens)
+        self.clients = tuple(clients)
         self.admin_token = admin_token
         self.max_body_bytes = max_body_bytes
         self.request_deadline = float(request_deadline)
@@ -251,7 +254,7 @@ class ProxyApp:
 
     def _authorize_client(self, ex: Exchange, *, x_api_key: bool = False) -> None:
         """A client token from `Authorization: Bearer`, or (Anthropic's clients, `x_api_key`) `x-api-key`."""
-        if not self.client_tokens:
+        if not self.client_tokens and not self.clients:
             return
         token = ex.request.bearer()
         if token is None and x_api_key:
@@ -263,14 +266,18 @@ class ProxyApp:
                 f"missing API key: send {how}'Authorization: Bearer <client token>'",
                 code="invalid_api_key",
             )
-        matched: Secret | None = None
+        matched: str | None = None
         # Compare against every token, whatever matched, so timing says nothing about which one did.
+        # A flat token is an anonymous client named by its fingerprint; a [[clients]] token, by its id.
         for secret in self.client_tokens:
             if secret.matches(token) and matched is None:
-                matched = secret
+                matched = secret.fingerprint
+        for secret, client_id in self.clients:
+            if secret.matches(token) and matched is None:
+                matched = client_id
         if matched is None:
             raise HTTPError(401, "incorrect API key provided", code="invalid_api_key")
-        ex.client = matched.fingerprint
+        ex.client = matched
 
     def _authorize_admin(self, ex: Exchange) -> None:
         if self.admin_token is None:

@@ -25,7 +25,14 @@ from apikeyrouter.adapters.base import AdapterResult, AdapterStream
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.request import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.domain.scoring import Weights
-from apikeyrouter.errors import ActorStopped, MalformedResponse, StreamInterrupted, UnknownProvider, UpstreamError
+from apikeyrouter.errors import (
+    ActorStopped,
+    InvalidRequest,
+    MalformedResponse,
+    StreamInterrupted,
+    UnknownProvider,
+    UpstreamError,
+)
 from apikeyrouter.messages.key import Outcome
 from apikeyrouter.observe import RequestAttempted
 from apikeyrouter.runtime import upstream
@@ -94,12 +101,20 @@ class Pipeline:
         self._deps = deps
 
     def _begin(self, operation: str, intent: Any, objective: Objective, client: str | None, lease_s: float) -> Request:
-        """Check the router runs, validate the request and objective, and name the request."""
+        """Check the router runs, validate the request and objective, and name the request and its
+        (client, team). A configured client's models bound what it may ask for; its objective is the
+        default for its requests."""
         deps = self._deps
         deps.check(operation)
         req = intent if isinstance(intent, RequestIntent) else RequestIntent.from_openai(intent)
+        ident = None if client is None else deps.client_config(client)
+        if ident is not None and ident.models and req.model not in ident.models:
+            raise InvalidRequest(f"client {client} may not use model {req.model!r}", param="model")
+        if objective is None and ident is not None and ident.objective is not None:
+            objective = ident.objective
         goal = deps.routing.objective if objective is None else parse_objective(objective)
-        return Request(f"req-{deps.next_id()}", req, goal, client, lease_s, trio.current_time())
+        team = None if ident is None else ident.team
+        return Request(f"req-{deps.next_id()}", req, goal, client, lease_s, trio.current_time(), team=team)
 
     async def _attempts(self, req: Request, call: Callable[[Request, Held], Awaitable[T]]) -> tuple[Held, T]:
         """Acquire a key and call upstream; on a retryable failure, the next key. Returns the attempt that
@@ -283,6 +298,7 @@ class Pipeline:
         data = {
             "request_id": req.id,
             "client": req.client,
+            "team": req.team,
             "key": held.key_id,
             "provider": held.provider,
             "attempt": req.attempts,

@@ -20,12 +20,12 @@ import structlog
 import trio
 
 from apikeyrouter.actors.board import SnapshotBoard
-from apikeyrouter.actors.budget import BudgetActor, month_specs
+from apikeyrouter.actors.budget import BudgetActor, client_templates, month_specs, rate_limits
 from apikeyrouter.actors.key import KeyActor
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.adapters.base import ProviderAdapter
-from apikeyrouter.config import RouterConfig, valid_id
+from apikeyrouter.config import ClientConfig, RouterConfig, valid_id
 from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.keystate import KeySettings
@@ -105,6 +105,9 @@ class Registry:
         self.key_meta: dict[str, APIKey] = {}
         self.budget_specs: list[BudgetSpec] = month_specs(config)
         self.api_budgets: dict[str, BudgetSpec] = {}  # key budgets set through register_key
+        self.budget_templates: list[BudgetSpec] = client_templates(config)
+        self.rate_limits = rate_limits(config)
+        self.clients = {c.id: c for c in config.clients}
         # Bounded: clients choose model names, so a cache keyed by them must not grow with what they invent.
         self._price_cache: OrderedDict[tuple[str, str], ModelPrice | None] = OrderedDict()
         self._ids = itertools.count(1)
@@ -128,7 +131,7 @@ class Registry:
 
     @property
     def budgets_enabled(self) -> bool:
-        return bool(self.budget_specs)
+        return bool(self.budget_specs or self.budget_templates or self.rate_limits)
 
     def adapter(self, provider_id: str) -> ProviderAdapter | None:
         return self.adapters.get(provider_id)
@@ -177,6 +180,9 @@ class Registry:
             actor = self._budgets = found
         return actor
 
+    def client_config(self, client_id: str) -> ClientConfig | None:
+        return self.clients.get(client_id)
+
     def budget_ref(self) -> ActorRef[BudgetCommand]:
         return self.budget_actor().ref
 
@@ -186,7 +192,14 @@ class Registry:
         self.events.publish(event)
 
     def make_budgets(self) -> BudgetActor:
-        return BudgetActor(self.budget_specs, store=self.store, events=self.events)
+        return BudgetActor(
+            self.budget_specs,
+            store=self.store,
+            events=self.events,
+            templates=self.budget_templates,
+            limits=self.rate_limits,
+            wall_offset=self.wall_offset,
+        )
 
     def make_router(self) -> RouterActor:
         return RouterActor(
@@ -415,6 +428,7 @@ class Registry:
 
     def apply_routing(self, new: RouterConfig) -> None:
         self.config = new
+        self.clients = {c.id: c for c in new.clients}
         self.routing.objective = parse_objective(new.routing.objective)
         self.routing.max_attempts = new.routing.max_attempts
         self.routing.wait_for_reset = new.routing.wait_for_reset
