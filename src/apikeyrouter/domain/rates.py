@@ -22,7 +22,18 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-__all__ = ["WINDOW_S", "RateLimit", "RateRefused", "Rates", "admit", "new_rates", "release", "settle", "usage"]
+__all__ = [
+    "WINDOW_S",
+    "RateLimit",
+    "RateRefused",
+    "Rates",
+    "admit",
+    "new_rates",
+    "release",
+    "set_limits",
+    "settle",
+    "usage",
+]
 
 WINDOW_S = 60.0
 

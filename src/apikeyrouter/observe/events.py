@@ -108,6 +108,7 @@ class RequestAttempted:
     latency_s: float
     at: float
     client: str | None = None  # the caller's client id (never its token), when it gave one
+    team: str | None = None  # the client's team, when it has one
 
 
 @attrs.frozen
@@ -268,6 +269,7 @@ def _fields(event: Event, off: float) -> dict[str, Any]:
             return {
                 "request_id": event.request_id,
                 "client": event.client,
+                "team": event.team,
                 "key": event.key,
                 "provider": event.provider,
                 "attempt": event.attempt,

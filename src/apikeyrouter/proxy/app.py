@@ -30,6 +30,7 @@ import trio
 from apikeyrouter.domain.request import RequestIntent, SystemResponse
 from apikeyrouter.errors import UpstreamError
 from apikeyrouter.observe import RequestAttempted
+from apikeyrouter.observe.client_metrics import ClientMetrics
 from apikeyrouter.observe.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from apikeyrouter.proxy._anthropic import AnthropicRelay, anthropic_error_shape, count_tokens_json, message_json
 from apikeyrouter.proxy._errors import http_error_for, unwrap
@@ -124,6 +125,7 @@ class ProxyApp:
         self.metrics = metrics if metrics is not None else ProxyMetrics(router.keys)
         # Every attempt, failovers included, counted inline as the router publishes it (EventBus.observe).
         router.events.observe(RequestAttempted, self.metrics.attempt)
+        self.client_metrics = ClientMetrics(self.metrics.registry, router.events)
         self.admin = AdminAPI(router)
         self._static: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat},

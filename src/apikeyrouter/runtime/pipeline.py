@@ -317,6 +317,7 @@ class Pipeline:
                 latency,
                 trio.current_time(),
                 client=req.client,
+                team=req.team,
             )
         )
         if failure is not None:
