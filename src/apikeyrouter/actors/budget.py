@@ -256,7 +256,12 @@ def month_specs(config: Any) -> list[BudgetSpec]:
     for client in config.clients:
         if client.budget is not None:
             specs.append(budget_spec(f"client:{client.id}", client.budget, tz))
-    return specs
+    return specs + policy_specs(config.policies, tz)
+
+
+def policy_specs(policies: Iterable[Any], timezone: str) -> list[BudgetSpec]:
+    """`policy:<id>` for every cost policy with a budget: held by each request the policy applies to."""
+    return [budget_spec(f"policy:{p.id}", p.effect.budget, timezone) for p in policies if p.effect.budget is not None]
 
 
 def client_templates(config: Any) -> list[BudgetSpec]:

@@ -24,6 +24,7 @@ from apikeyrouter.config._load import (
     private_socket_dir,
     valid_id,
 )
+from apikeyrouter.config._policies import structure_policies, universe_of
 from apikeyrouter.config._schema import (
     ENV_ADMIN_TOKEN,
     ENV_CLIENT_TOKENS,
@@ -90,5 +91,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "private_socket_dir",
+    "structure_policies",
+    "universe_of",
     "valid_id",
 ]

@@ -19,6 +19,7 @@ import attrs
 
 from apikeyrouter.config._clients import check_budget, check_timezone_of, parse_clients, parse_teams
 from apikeyrouter.config._convert import converter, describe_errors, did_you_mean, quote_choice
+from apikeyrouter.config._policies import parse_policies, universe_of
 from apikeyrouter.config._schema import (
     ENV_ADMIN_TOKEN,
     ENV_CLIENT_TOKENS,
@@ -57,6 +58,7 @@ __all__ = [
 _SECTIONS: Final = (
     "server", "routing", "breaker", "capacity", "providers", "keys",
     "budgets", "failures", "debug", "store", "logging", "clients", "teams",
+    "policies",
 )  # fmt: skip
 _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
@@ -218,6 +220,7 @@ class _Parser:
         check_timezone_of(self, budgets)
         teams = parse_teams(self, data)
         clients = parse_clients(self, data, teams, server.client_tokens)
+        policies = parse_policies(self, data, universe_of(list(providers.values()), keys, teams, clients))
         failures = self.failures(data)
         debug = self.debug(data, server.port)
         store = self.store(data)
@@ -243,6 +246,7 @@ class _Parser:
             logging=logging,
             clients=tuple(clients),
             teams=tuple(teams),
+            policies=tuple(policies),
             source=self.source,
             warnings=tuple(self.warnings),
         )

@@ -19,6 +19,7 @@ from apikeyrouter.config._convert import Invalid, converter
 from apikeyrouter.domain.circuit import BreakerConfig
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import FailureAction, FailureClass, KeyEffect
+from apikeyrouter.domain.policy import Policy
 from apikeyrouter.secret import Secret
 
 __all__ = [
@@ -247,6 +248,7 @@ class RouterConfig:
     logging: LoggingConfig
     clients: tuple[ClientConfig, ...] = ()
     teams: tuple[TeamConfig, ...] = ()
+    policies: tuple[Policy, ...] = ()
     source: str = attrs.field(default="<config>", eq=False)
     warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
 

@@ -20,21 +20,21 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
 
-__all__ = ["PERIOD_UNITS", "CalendarPeriod", "PeriodUnit", "bounds", "check_timezone"]
+__all__ = ["PERIOD_UNITS", "CalendarPeriod", "PeriodUnit", "bounds", "check_timezone", "zone"]
 
 PeriodUnit = Literal["hour", "day", "week", "month"]
 PERIOD_UNITS: Final = ("hour", "day", "week", "month")
 
 
 @lru_cache(maxsize=64)
-def _zone(name: str) -> ZoneInfo:
+def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
 def check_timezone(name: str) -> str | None:
     """None when `name` is a timezone zoneinfo knows, else why not."""
     try:
-        _zone(name)
+        zone(name)
     except (ZoneInfoNotFoundError, ValueError):
         return f"unknown timezone {name!r} (an IANA name such as 'UTC' or 'Europe/Paris')"
     return None
@@ -82,8 +82,8 @@ def bounds(period: CalendarPeriod, wall: float) -> tuple[float, float]:
     if period.unit == "hour":
         start_s = wall - (wall % 3600.0)
         return start_s, start_s + 3600.0
-    zone = _zone(period.timezone)
-    local = dt.datetime.fromtimestamp(wall, zone)
+    tz = zone(period.timezone)
+    local = dt.datetime.fromtimestamp(wall, tz)
     start = _start_local(period.unit, local).replace(tzinfo=None)
     end = _next_local(period.unit, start)
-    return start.replace(tzinfo=zone).timestamp(), end.replace(tzinfo=zone).timestamp()
+    return start.replace(tzinfo=tz).timestamp(), end.replace(tzinfo=tz).timestamp()

@@ -31,6 +31,7 @@ import trio
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.domain.cost import CostEstimate
 from apikeyrouter.domain.decision import Candidate, RoutingDecision
+from apikeyrouter.domain.policy import EffectivePolicy
 from apikeyrouter.domain.refusal import Refusal, RefusalKind, describe, explain
 from apikeyrouter.domain.request import RequestIntent
 from apikeyrouter.domain.scoring import Weights
@@ -76,6 +77,7 @@ class Request:
     lease_s: float
     start: float
     team: str | None = None
+    policy: EffectivePolicy | None = None  # resolved once (pipeline); None: no policy is loaded
     attempts: int = 0
     last_error: UpstreamError | None = None
     tried: set[str] = attrs.Factory(set)
@@ -193,7 +195,9 @@ async def _decide(deps: Deps, req: Request, exclude: frozenset[str]) -> RoutingD
 
     async def ask() -> RoutingDecision:
         ref = deps.router_ref()
-        return await ref.ask(lambda r: Decide(req.id, model, objective, exclude, r))
+        return await ref.ask(
+            lambda r: Decide(req.id, model, objective, exclude, r, policy=req.policy, client=req.client)
+        )
 
     try:
         return await ask_restarting(ask)
@@ -219,6 +223,9 @@ async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDeci
     except (ActorError, UnknownKey, UnknownProvider) as exc:
         return _unavailable(cand.key_id, str(exc))
     est = req.estimate(cand.provider, adapter)
+    policy = req.policy
+    if policy is not None and policy.max_cost is not None and est.worst_case_cost > policy.max_cost:
+        return _capped(cand.key_id, policy, est.worst_case_cost)
     hold_id: str | None = None
     if deps.budgets_enabled:
         hold_id = f"{req.id}:{deps.next_id()}"
@@ -252,6 +259,8 @@ async def _hold(
         ids = (*ids, f"team:{req.team}")
     if req.client is not None:
         ids = (*ids, f"client:{req.client}")
+    if req.policy is not None and req.policy.budgets:
+        ids = (*ids, *req.policy.budgets)
 
     def make(reply: Reply[HoldPlaced | Refusal]) -> Hold:
         return Hold(hold_id, ids, amount, until, reply, cand.key_id, tokens, req.client)
@@ -287,6 +296,13 @@ async def _reserve(req: Request, key_id: str, ref: ActorRef[KeyCommand], est: Co
     if reply is None:  # the key did not answer in time; a late grant is given back (give_back)
         return _unavailable(key_id, f"did not answer within {GRACE:g} s")
     return reply
+
+
+def _capped(key_id: str, policy: EffectivePolicy, worst_case: Decimal) -> Refusal:
+    """A cost policy caps what one request may cost: this key's provider would cost more (worst case)."""
+    cap = policy.max_cost
+    detail = {"requested": worst_case, "available": cap, "limit": cap, "spent": Decimal(0), "reserved": Decimal(0)}
+    return Refusal(key_id, RefusalKind.BUDGET, budget=f"policy:{policy.max_cost_by}", detail=detail)
 
 
 def _unavailable(key_id: str, error: str, *, budget: str | None = None) -> Refusal:

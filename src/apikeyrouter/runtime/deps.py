@@ -11,6 +11,7 @@ from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.config import ClientConfig, RouterConfig
+from apikeyrouter.domain.policy import EffectivePolicy
 from apikeyrouter.domain.scoring import Weights, weights_for
 from apikeyrouter.errors import InvalidRequest
 from apikeyrouter.kernel.actor import ActorRef
@@ -60,6 +61,10 @@ class Deps(Protocol):
     def router_ref(self) -> ActorRef[RouterCommand]: ...
 
     def client_config(self, client_id: str) -> ClientConfig | None: ...
+
+    def policy_for(
+        self, model: str, client: str | None, team: str | None, tags: frozenset[str], now: float
+    ) -> EffectivePolicy | None: ...
 
     def budget_ref(self) -> ActorRef[BudgetCommand]: ...
 

@@ -102,19 +102,31 @@ class Pipeline:
 
     def _begin(self, operation: str, intent: Any, objective: Objective, client: str | None, lease_s: float) -> Request:
         """Check the router runs, validate the request and objective, and name the request and its
-        (client, team). A configured client's models bound what it may ask for; its objective is the
-        default for its requests."""
+        (client, team). A configured client's models bound what it may ask for; the policies that apply
+        are resolved once, here (a model alias, an objective, the filters the router reads). Objective:
+        the request's own, else the policies', else the client's, else the router's."""
         deps = self._deps
         deps.check(operation)
         req = intent if isinstance(intent, RequestIntent) else RequestIntent.from_openai(intent)
         ident = None if client is None else deps.client_config(client)
         if ident is not None and ident.models and req.model not in ident.models:
             raise InvalidRequest(f"client {client} may not use model {req.model!r}", param="model")
+        team = None if ident is None else ident.team
+        now = trio.current_time()
+        policy = deps.policy_for(req.model, client, team, req.tags, now)
+        if policy is not None:
+            if policy.model_denied_by is not None:
+                raise InvalidRequest(
+                    f"policy {policy.model_denied_by} does not allow model {policy.model!r} here", param="model"
+                )
+            if policy.model != req.model:
+                req = attrs.evolve(req, model=policy.model)
+            if objective is None and policy.objective is not None:
+                objective = policy.objective
         if objective is None and ident is not None and ident.objective is not None:
             objective = ident.objective
         goal = deps.routing.objective if objective is None else parse_objective(objective)
-        team = None if ident is None else ident.team
-        return Request(f"req-{deps.next_id()}", req, goal, client, lease_s, trio.current_time(), team=team)
+        return Request(f"req-{deps.next_id()}", req, goal, client, lease_s, now, team=team, policy=policy)
 
     async def _attempts(self, req: Request, call: Callable[[Request, Held], Awaitable[T]]) -> tuple[Held, T]:
         """Acquire a key and call upstream; on a retryable failure, the next key. Returns the attempt that

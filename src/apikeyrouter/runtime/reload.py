@@ -58,6 +58,8 @@ async def apply_config(reg: Registry, new: RouterConfig) -> dict[str, list[str]]
         await reg.remove_provider(pid)
         report["providers_removed" if pid not in changed_providers else "providers_changed"].append(pid)
     reg.apply_routing(new)
+    if new.policies != reg.policy_book.policies:  # a reload sets the file's policies (validated on load)
+        reg.policy_book.replace(new.policies, who="config reload", now=trio.current_time())
     specs = [*month_specs(new), *reg.api_budgets.values()]
     templates, limits = client_templates(new), rate_limits(new)
     if specs or templates or limits or reg.budgets_enabled:
