@@ -70,15 +70,16 @@ def parse_policies(p: _Parser, data: Mapping[str, Any], universe: Universe) -> l
     return [] if broken else policies
 
 
-def structure_policies(raws: object) -> tuple[list[Policy], list[str]]:
+def structure_policies(raws: object) -> tuple[list[Policy], list[str], list[int]]:
     """Policies from JSON-like tables (the HTTP API, a policy file), strictly, as the config does:
-    (policies, errors), each error as `policies[i].field: message`."""
+    (policies, errors, the index of each policy among the tables), errors as `policies[i].field: message`."""
     if isinstance(raws, Mapping):
         raws = raws.get("policies", [raws])  # one policy, or a document holding a list
     if not isinstance(raws, list | tuple):
-        return [], ["policies: expected a list of policy tables"]
+        return [], ["policies: expected a list of policy tables"], []
     policies: list[Policy] = []
     errors: list[str] = []
+    indexes: list[int] = []
     for index, raw in enumerate(raws):
         path = f"policies[{index}]"
         if not isinstance(raw, Mapping):
@@ -86,9 +87,10 @@ def structure_policies(raws: object) -> tuple[list[Policy], list[str]]:
             continue
         try:
             policies.append(converter.structure(dict(raw), Policy))
+            indexes.append(index)
         except Exception as exc:
             for line in describe_errors(exc, path):
                 message, _, where = line.rpartition(" @ ")
                 where, _, hint = where.partition("; ")
                 errors.append(f"{where}: {message}" + (f"; {hint}" if hint else ""))
-    return policies, errors
+    return policies, errors, indexes

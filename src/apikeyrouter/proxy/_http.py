@@ -111,6 +111,7 @@ class Request:
         "objective_header",
         "path",
         "request_id",
+        "tags_header",
     )
 
     def __init__(self, scope: Scope) -> None:
@@ -124,6 +125,7 @@ class Request:
         self.content_length: int | None = None
         self.deadline_header: bytes | None = None
         self.objective_header: bytes | None = None
+        self.tags_header: bytes | None = None
         self.request_id: str | None = None
         for name, value in scope["headers"]:
             # Servers hand header names over lower-cased (ASGI spec).
@@ -142,6 +144,8 @@ class Request:
                 self.deadline_header = value
             elif name == b"x-apikeyrouter-objective":
                 self.objective_header = value
+            elif name == b"x-apikeyrouter-tags":
+                self.tags_header = value
 
     def bearer(self) -> str | None:
         raw = self.authorization

@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
 import structlog
 import trio
 
@@ -56,6 +57,7 @@ from apikeyrouter.proxy._http import (
 )
 from apikeyrouter.proxy._openai import OpenAIRelay, completion_json, models_json
 from apikeyrouter.proxy.admin import AdminAPI
+from apikeyrouter.proxy.policies import PolicyAPI, PolicyRouter
 from apikeyrouter.runtime.api import RouterAPI
 from apikeyrouter.secret import Secret
 
@@ -139,7 +141,12 @@ class ProxyApp:
             "/keys": {"GET": self._list_keys, "POST": self._add_key},
             "/decisions": {"GET": self._list_decisions},
             "/budgets": {"GET": self._list_budgets},
+            "/policies": {"GET": self._list_policies, "POST": self._post_policies},
+            "/policies/dry-run": {"POST": self._dry_run_policies},
+            "/policies/audit": {"GET": self._policy_audit},
         }
+        self.policy_api = PolicyAPI(router) if isinstance(router, PolicyRouter) else None
+        self._policy_route: dict[str, Handler] = {"DELETE": self._delete_policy}
         self._key_routes: dict[str, dict[str, Handler]] = {
             "": {"GET": self._get_key, "DELETE": self._revoke_key},
             "rotate": {"POST": self._rotate_key},
@@ -180,6 +187,8 @@ class ProxyApp:
                 return ("/keys/{id}/" + action if action else "/keys/{id}"), methods, parts[2]
         if len(parts) == 3 and parts[1] == "decisions" and parts[2]:
             return "/decisions/{id}", self._decision_route, parts[2]
+        if len(parts) == 3 and parts[1] == "policies" and parts[2]:
+            return "/policies/{id}", self._policy_route, parts[2]
         return "other", None, ""
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -405,6 +414,9 @@ class ProxyApp:
     ) -> None:
         deadline = self._deadline(ex.request)
         objective = ex.request.objective_header.decode("latin-1") if ex.request.objective_header else None
+        if ex.request.tags_header:  # policies match on them (comma-separated)
+            tags = ex.request.tags_header.decode("latin-1").split(",")
+            intent = attrs.evolve(intent, tags=frozenset(t.strip() for t in tags if t.strip()))
         in_flight = self.metrics.in_flight
         in_flight.inc()
         try:
@@ -604,6 +616,31 @@ class ProxyApp:
     async def _list_budgets(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
         self._authorize_admin(ex)
         await self._reply(ex, send, *self.admin.list_budgets())
+
+    def _policies(self, ex: Exchange) -> tuple[PolicyAPI, str]:
+        """The policy API and who is asking (the admin token's fingerprint, for the audit)."""
+        self._authorize_admin(ex)
+        if self.policy_api is None:
+            raise HTTPError(404, "this router does not manage policies", code="not_found")
+        return self.policy_api, f"admin:{self.admin_token.fingerprint if self.admin_token else '?'}"
+
+    async def _list_policies(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        await self._reply(ex, send, *self._policies(ex)[0].list())
+
+    async def _post_policies(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        api, who = self._policies(ex)
+        await self._reply(ex, send, *await api.post(await self._json_body(ex, receive), who))
+
+    async def _delete_policy(self, ex: Exchange, receive: Receive, send: Send, policy_id: str) -> None:
+        api, who = self._policies(ex)
+        await self._reply(ex, send, *await api.delete(policy_id, who))
+
+    async def _dry_run_policies(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        api, _who = self._policies(ex)
+        await self._reply(ex, send, *api.dry_run(await self._json_body(ex, receive)))
+
+    async def _policy_audit(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        await self._reply(ex, send, *self._policies(ex)[0].audit())
 
     async def _get_decision(self, ex: Exchange, receive: Receive, send: Send, decision_id: str) -> None:
         self._authorize_admin(ex)

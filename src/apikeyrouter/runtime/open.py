@@ -321,23 +321,27 @@ class ApiKeyRouter:
 
     def validate_policies(self, policies: Sequence[Policy | Mapping[str, Any]]) -> list[str]:
         """Every problem of this policy set (`policies[3].match.models: unknown model 'gpt-5o'`); []: valid."""
-        parsed, errors = _policies(policies)
-        return errors or self._registry.policy_book.check(parsed)
+        return self._checked(policies)[1]
+
+    def _checked(self, policies: Sequence[Policy | Mapping[str, Any]]) -> tuple[list[Policy], list[str]]:
+        parsed, errors, indexes = _policies(policies)
+        errors += self._registry.policy_book.check(parsed, indexes)
+        return parsed, sorted(errors, key=_error_order)
 
     async def set_policies(self, policies: Sequence[Policy | Mapping[str, Any]], *, who: str = "library") -> None:
         """Replace the whole set: validated first, applied at once (`PolicyRejected`: nothing changed)."""
-        parsed, errors = _policies(policies)
+        parsed, errors = self._checked(policies)
         if errors:
             raise PolicyRejected(errors)
         await self._registry.set_policies(parsed, who=who)
 
     async def configure_policy(self, policy: Policy | Mapping[str, Any], *, who: str = "library") -> None:
         """Add a policy, or replace the live one with its id (validated with the rest of the set)."""
-        parsed, errors = _policies([policy])
+        book = self._registry.policy_book
+        parsed, errors, _ = _policies([policy])
         if errors:
             raise PolicyRejected(errors)
-        kept = [p for p in self._registry.policy_book.policies if p.id != parsed[0].id]
-        book = self._registry.policy_book
+        kept = [p for p in book.policies if p.id != parsed[0].id]
         at = next((i for i, p in enumerate(book.policies) if p.id == parsed[0].id), len(kept))
         await self._registry.set_policies([*kept[:at], parsed[0], *kept[at:]], who=who, action="configure")
 
@@ -356,8 +360,7 @@ class ApiKeyRouter:
     ) -> dict[str, Any]:
         """What `policies` would change if they replaced the live set: each request (default: the
         recent decisions) decided under both against the current keys. Nothing sent, nothing changed."""
-        parsed, errors = _policies(policies)
-        errors = errors or self._registry.policy_book.check(parsed)
+        parsed, errors = self._checked(policies)
         if errors:
             raise PolicyRejected(errors)
         router = self._registry.router_actor()
@@ -395,11 +398,17 @@ class ApiKeyRouter:
         )
 
 
-def _policies(items: Sequence[Policy | Mapping[str, Any]]) -> tuple[list[Policy], list[str]]:
+def _policies(items: Sequence[Policy | Mapping[str, Any]]) -> tuple[list[Policy], list[str], list[int]]:
     """Policy values as given, or structured from tables like the config's."""
     if all(isinstance(p, Policy) for p in items):
-        return [p for p in items if isinstance(p, Policy)], []
+        return [p for p in items if isinstance(p, Policy)], [], list(range(len(items)))
     return structure_policies([p if isinstance(p, Mapping) else policy_json(p) for p in items])
+
+
+def _error_order(error: str) -> tuple[int, str]:
+    """Errors in the order of the policies they are about."""
+    head = error.partition("]")[0].removeprefix("policies[")
+    return (int(head) if head.isdigit() else -1), error
 
 
 def _dry_request(raw: Mapping[str, Any]) -> DryRunRequest:

@@ -90,8 +90,16 @@ class PolicyBook:
                 self._cache.popitem(last=False)
         return found
 
-    def check(self, policies: Sequence[Policy]) -> list[str]:
-        return [f"{path}: {message}" for path, message in validate(policies, self._universe())]
+    def check(self, policies: Sequence[Policy], indexes: Sequence[int] | None = None) -> list[str]:
+        """Every problem as `policies[i].field: message`; `indexes`: each policy's place among what the
+        caller was given (when some could not even be structured), so paths point at the caller's list."""
+        out = []
+        for path, message in validate(policies, self._universe()):
+            if indexes is not None:
+                head, _, rest = path.partition("]")
+                path = f"policies[{indexes[int(head.removeprefix('policies['))]}]{rest}"
+            out.append(f"{path}: {message}")
+        return out
 
     # -- changing ---------------------------------------------------------------------------------------
 
