@@ -162,7 +162,8 @@ async def test_a_dry_run_of_a_thousand_recorded_decisions_matches_routing_them_l
     proposed = [
         EU_ONLY,
         {"id": "no-4o-for-search", "scope": "team:search", "kind": "routing", "effect": {"deny_models": ["gpt-4o"]}},
-        {"id": "bob-not-eu", "scope": "client:bob", "kind": "eligibility", "effect": {"deny_key_metadata": {"region": "eu"}}},
+        {"id": "bob-not-eu", "scope": "client:bob", "kind": "eligibility",
+         "effect": {"deny_key_metadata": {"region": "eu"}}},
     ]  # fmt: skip
     workload = [(client, model) for client in ("acme", "sam", "bob", None) for model in ("gpt-4o", "gpt-4o-mini")]
     roomy = {"rpm": 100_000, "tpm": 100_000_000}  # the simulator never rate-limits this workload

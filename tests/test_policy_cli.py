@@ -43,7 +43,8 @@ def test_validate_reports_every_error_with_its_policy_and_field(tmp_path: Path) 
     assert result.stderr.splitlines() == [
         "error: policies[1].effect: extra fields found (colour)",
         "error: policies[0].effect.deny_keys: unknown key 'oa-1'",
-        "error: policies[2].scope: invalid scope 'galaxy': default, global, provider:<id>, team:<id>, client:<id> or request",
+        "error: policies[2].scope: invalid scope 'galaxy': "
+        "default, global, provider:<id>, team:<id>, client:<id> or request",
         "error: policies[2].match.models: unknown model 'gpt-5o'",
     ]
     file.write_text(POLICIES)

@@ -21,7 +21,10 @@ EU = {"region": "eu"}
 US = {"region": "us"}
 
 
-def pol(pid: str, scope: str, kind: str = "routing", match: Match = Match(), **effect: Any) -> Policy:
+ANY = Match()
+
+
+def pol(pid: str, scope: str, kind: str = "routing", match: Match = ANY, **effect: Any) -> Policy:
     return Policy(pid, scope, kind, match, PolicyEffect(**effect))  # type: ignore[arg-type]
 
 
