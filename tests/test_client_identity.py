@@ -99,10 +99,11 @@ async def test_clients_alone_close_inference_to_everyone_else() -> None:
 
 def test_metrics_count_attempts_by_client_and_team_and_soft_budget_overruns() -> None:
     registry, events = CollectorRegistry(), EventBus(wall_offset=0.0)
-    ClientMetrics(registry, events)
+    ClientMetrics(registry, events, lambda: {"team:search": {"limit": "5", "spent": "1.5", "reserved": "0"}})
     events.publish(RequestAttempted("req-1", "k1", "openai", 1, "dec-1", None, 0.1, 1.0, client="acme", team="search"))
     one = Decimal(1)
     events.publish(BudgetSoftExceededEvent(BudgetSoftExceeded("h", "team:search", one, one, one, one, 1.0)))
     text = generate_latest(registry).decode()
     assert 'apikeyrouter_client_attempts_total{client="acme",outcome="success",team="search"} 1.0' in text
     assert 'apikeyrouter_budget_soft_exceeded_total{budget="team:search"} 1.0' in text
+    assert 'apikeyrouter_budget_spent{budget="team:search"} 1.5' in text

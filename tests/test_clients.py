@@ -183,3 +183,38 @@ async def test_a_client_is_held_to_its_models_and_routes_with_its_default_object
         response = await env.router.route(chat("small"), client="acme")
         assert response.metadata is not None and response.metadata.decision is not None
         assert response.metadata.decision.objective == "cost"
+
+
+async def test_budget_status_shows_the_burn_rate_and_when_the_budget_runs_out(autojump_clock: trio.abc.Clock) -> None:
+    start = dt.datetime(2027, 3, 1, tzinfo=dt.UTC).timestamp()
+    events = EventBus(wall_offset=start - trio.current_time())
+    config = {"clients": [{"id": "acme", "budget": {"limit": str(worst_case() * 100), "period": "day"}}]}
+    async with sim_env(KEYS, config=config, events=events) as env:
+        assert env.router.get_budget_status("client:nobody") is None
+        for _ in range(24):  # one request every 5 minutes for two hours
+            await env.router.route(chat("burst"), client="acme")
+            await trio.sleep(300)
+        status = env.router.get_budget_status("client:acme")
+        assert status is not None
+        assert (status["period_start"], status["period_end"]) == (
+            "2027-03-01T00:00:00.000Z",
+            "2027-03-02T00:00:00.000Z",
+        )
+        spent, limit = Decimal(status["spent"]), Decimal(status["limit"])
+        assert Decimal(status["remaining"]) == limit - spent and Decimal(status["reserved"]) == 0
+        assert Decimal(status["burn_rate_per_hour"]) == pytest.approx(spent / 2, rel=Decimal("0.01"))
+        # 100 worst cases at ~12 actual requests an hour: gone well before midnight, and it says when.
+        assert status["projected_exhaustion"] is not None and status["projected_exhaustion"] < status["period_end"]
+        assert 0 < status["projection_confidence"] <= 1
+
+
+async def test_state_shows_what_answers_really_used_against_what_their_estimates_held(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with sim_env(KEYS, config={"clients": [{"id": "acme"}]}) as env:
+        for _ in range(5):
+            await env.router.route(chat("burst"), client="acme")
+        state = env.router.get_state_summary()
+        learned = state["reconcile"]["openai/gpt-4o-mini"]
+        assert learned["samples"] == 5 and 0 < learned["output_ratio"] < 1 and learned["input_ratio"] > 0
+        assert state["clients"] == ["acme"] and state["policies"] == []

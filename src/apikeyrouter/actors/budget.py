@@ -121,7 +121,18 @@ class BudgetActor(Actor[BudgetCommand]):
             out["period"] = spec.calendar.unit if spec.calendar is not None else f"{spec.period_s:g}s"
             out["period_start"] = render_wall(start, self._wall_offset)
             out["period_end"] = render_wall(end, self._wall_offset)
+        fc = budget.forecast(self.ledger, st, now)
+        if fc is not None:
+            out["burn_rate_per_hour"] = str(round(fc.burn_rate * 3600, 8))
+            at = fc.exhausted_at
+            out["projected_exhaustion"] = None if at is None else render_wall(at, self._wall_offset)
+            out["projection_confidence"] = fc.confidence
         return out
+
+    def status_of(self, budget_id: str) -> dict[str, Any] | None:
+        """One budget as `state_summary` shows it (None: no such budget)."""
+        st = budget.status(self.ledger, budget_id, trio.current_time())
+        return None if st is None else {"id": budget_id, **self._describe(st, trio.current_time())}
 
     def receive(self, msg: BudgetCommand) -> None:
         now = trio.current_time()

@@ -78,10 +78,12 @@ __all__ = [
     "BudgetSoftExceeded",
     "BudgetSpec",
     "BudgetStatus",
+    "Forecast",
     "HoldExpired",
     "LateCharged",
     "Ledger",
     "expire",
+    "forecast",
     "new_ledger",
     "next_expiry",
     "period_bounds",
@@ -125,6 +127,7 @@ class BudgetStatus:
     spent: Decimal = _ZERO  # in the current period
     reserved: Decimal = _ZERO  # held by live reservations
     period: int = 0  # the current period: its index, or (calendar) its start in wall seconds; 0 without one
+    charges: int = 0  # settlements charged in the current period (how much a burn rate rests on)
 
     @property
     def available(self) -> Decimal:
@@ -287,7 +290,7 @@ def period_bounds(ledger: Ledger, spec: BudgetSpec, now: float) -> tuple[float, 
 
 def _current(ledger: Ledger, b: BudgetStatus, now: float) -> BudgetStatus:
     period = _period(ledger, b.spec, now)
-    return attrs.evolve(b, spent=_ZERO, period=period) if period > b.period else b
+    return attrs.evolve(b, spent=_ZERO, period=period, charges=0) if period > b.period else b
 
 
 def status(ledger: Ledger, budget_id: str, now: float) -> BudgetStatus | None:
@@ -376,7 +379,8 @@ def _finish(ledger: Ledger, hold_id: str, actual: Decimal | None, now: float) ->
         b = _current(ledger, ledger.budgets[bid], now)
         spent = b.spent if actual is None else b.spent + actual
         # Clamped: a budget removed and re-added while this hold was live never counted it.
-        updated[bid] = attrs.evolve(b, reserved=max(_ZERO, b.reserved - hold.amount), spent=spent)
+        charges = b.charges if actual is None else b.charges + 1
+        updated[bid] = attrs.evolve(b, reserved=max(_ZERO, b.reserved - hold.amount), spent=spent, charges=charges)
         if actual is not None and actual > hold.amount:
             events.append(BudgetOverrun(hold_id, bid, actual - hold.amount, now))
     holds = {k: v for k, v in ledger.holds.items() if k != hold_id}
@@ -448,3 +452,32 @@ def settle(ledger: Ledger, hold_id: str, actual: Decimal, now: float) -> tuple[L
 def release(ledger: Ledger, hold_id: str, now: float) -> tuple[Ledger, list[BudgetEvent]]:
     """Free the hold without charging (the call failed before costing anything, or was cancelled)."""
     return _finish(ledger, hold_id, None, now)
+
+
+@attrs.frozen
+class Forecast:
+    """Where a budget is heading in its current period, at the rate it has been spent so far."""
+
+    burn_rate: Decimal  # money per second since the period began
+    exhausted_at: float | None  # when spent + reserved reaches the limit at that rate (None: not this period)
+    confidence: float  # 0..1: grows with the charges seen and the share of the period elapsed
+
+
+def forecast(ledger: Ledger, b: BudgetStatus, now: float) -> Forecast | None:
+    """The burn rate and projected exhaustion of a budget with a period (None for one that never resets)."""
+    bounds_ = period_bounds(ledger, b.spec, now)
+    if bounds_ is None:
+        return None
+    start, end = bounds_
+    elapsed = max(now - max(start, ledger.origin), 1e-9)
+    rate = b.spent / Decimal(repr(elapsed))
+    left = b.spec.limit - b.spent - b.reserved
+    if left <= 0:
+        at: float | None = now
+    elif rate > 0:
+        at = now + float(left / rate)
+        at = at if at < end else None
+    else:
+        at = None
+    share = min(1.0, elapsed / max(end - start, 1e-9) * 10)  # a tenth of the period seen: as good as it gets
+    return Forecast(rate, at, round(min(1.0, b.charges / 20) * share, 3))

@@ -127,7 +127,7 @@ class ProxyApp:
         self.metrics = metrics if metrics is not None else ProxyMetrics(router.keys)
         # Every attempt, failovers included, counted inline as the router publishes it (EventBus.observe).
         router.events.observe(RequestAttempted, self.metrics.attempt)
-        self.client_metrics = ClientMetrics(self.metrics.registry, router.events)
+        self.client_metrics = ClientMetrics(self.metrics.registry, router.events, router.budgets)
         self.admin = AdminAPI(router)
         self._static: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat},

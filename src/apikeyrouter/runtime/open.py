@@ -370,6 +370,15 @@ class ApiKeyRouter:
             reqs = [r if isinstance(r, DryRunRequest) else _dry_request(r) for r in requests]
         return dry_run(self._registry, router, parsed, reqs, trio.current_time())
 
+    def get_budget_status(self, scope: str) -> dict[str, Any] | None:
+        """One budget ("global", "provider:openai", "key:k1", "team:search", "client:acme", "policy:p"):
+        limit, spent, reserved, remaining, mode, period start/end, burn rate, projected exhaustion and its
+        confidence (money as strings). None when there is no such budget."""
+        try:
+            return self._registry.budget_actor().status_of(scope)
+        except _NOT_NOW:
+            return None
+
     def tree(self) -> TreeNode:
         root = self._registry.root
         if root is None:
@@ -386,7 +395,7 @@ class ApiKeyRouter:
                 snap = self.board.providers.get(pid)
                 if snap is not None:
                     providers.append(snap)
-        return views.state_summary(
+        summary = views.state_summary(
             running=self.running,
             ready=self.ready(),
             objective=self.objective,
@@ -396,6 +405,17 @@ class ApiKeyRouter:
             budgets=self.budgets(),
             tree=self.tree(),
         )
+        summary["reconcile"] = self.reconcile_ratios()
+        summary["policies"] = [p["id"] for p in self.policies()]
+        summary["clients"] = sorted(c.id for c in reg.config.clients)
+        return summary
+
+    def reconcile_ratios(self) -> dict[str, dict[str, Any]]:
+        """Per "provider/model": actual output / max_tokens and actual input / our estimate, as learned."""
+        return {
+            f"{p}/{m}": {"output_ratio": round(r.output, 4), "input_ratio": round(r.input, 4), "samples": r.samples}
+            for (p, m), r in sorted(self._registry.ratios.items())
+        }
 
 
 def _policies(items: Sequence[Policy | Mapping[str, Any]]) -> tuple[list[Policy], list[str], list[int]]:

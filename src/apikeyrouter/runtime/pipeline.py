@@ -156,6 +156,7 @@ class Pipeline:
             cost = self._cost(req, held, response.usage)
             outcome = Outcome(None, usage=response.usage, cost=cost, latency_s=latency, signal=result.signal)
             await held.settle(outcome, cost)
+        self._learn(req, held, response.usage)
         self._record(req, held, None, latency)
         return attrs.evolve(response, metadata=self._metadata(req, held, cost))
 
@@ -277,6 +278,12 @@ class Pipeline:
             output = max(est.max_output_tokens, usage.output_tokens if usage is not None else 0)
             return Usage(est.input_tokens, output, estimated=True)
         return usage if usage is not None else Usage(est.input_tokens, 0, estimated=True)
+
+    def _learn(self, req: Request, held: Held, usage: Usage) -> None:
+        """Reconcile: how this answer's reported usage compares with what its estimate held."""
+        if not usage.estimated:
+            est = req.estimate(held.provider, held.adapter)
+            self._deps.reconcile(held.provider, req.intent.model, est.input_tokens, est.max_output_tokens, usage)
 
     def _outcome_of(self, exc: UpstreamError, held: Held, latency: float) -> Outcome:
         provider = self._deps.board.providers.get(held.provider)

@@ -26,11 +26,13 @@ from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.config import ClientConfig, RouterConfig, universe_of, valid_id
+from apikeyrouter.domain import reconcile
 from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.keystate import KeySettings
 from apikeyrouter.domain.policy import EffectivePolicy, Policy, Universe
 from apikeyrouter.domain.quota import QuotaConfig
+from apikeyrouter.domain.request import Usage
 from apikeyrouter.domain.scoring import ScoringConfig
 from apikeyrouter.errors import ActorStopped, InvalidRequest, RouterNotRunning, UnknownKey, UnknownProvider
 from apikeyrouter.kernel.actor import ActorRef
@@ -110,6 +112,7 @@ class Registry:
         self.budget_templates: list[BudgetSpec] = client_templates(config)
         self.rate_limits = rate_limits(config)
         self.clients = {c.id: c for c in config.clients}
+        self.ratios: dict[tuple[str, str], reconcile.Ratio] = {}  # reconcile: learned per (provider, model)
         self.policy_book = PolicyBook(
             config.policies, universe=self.policy_universe, wall_offset=lambda: self.wall_offset
         )
@@ -192,6 +195,19 @@ class Registry:
         self, model: str, client: str | None, team: str | None, tags: frozenset[str], now: float
     ) -> EffectivePolicy | None:
         return self.policy_book.effective(model, client, team, tags, now)
+
+    def reconcile(self, provider: str, model: str, estimated_input: int, max_output: int, usage: Usage) -> None:
+        if len(self.ratios) >= 4096 and (provider, model) not in self.ratios:
+            return  # bounded: model names come from callers
+        self.ratios = reconcile.observe(
+            self.ratios,
+            provider,
+            model,
+            estimated_input=estimated_input,
+            max_output=max_output,
+            actual_input=usage.input_tokens,
+            actual_output=usage.output_tokens,
+        )
 
     def policy_universe(self) -> Universe:
         """What policies may name: the config's parts plus what the library registered since."""
