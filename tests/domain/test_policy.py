@@ -47,7 +47,7 @@ def test_the_most_specific_objective_wins_and_its_policy_is_named() -> None:
     assert (resolve(policies, ctx()).objective, resolve(policies, ctx()).objective_by) == ("reliability", "g")
     eff = resolve(policies, ctx(client="acme", team="search"))
     assert (eff.objective, eff.objective_by) == ("cost", "c")
-    assert "objective cost set by policy c" in eff.notes()
+    assert "objective cost set by policy c" in eff.notes
     assert resolve(policies, ctx(client="other", team="search")).objective == "latency"
 
 

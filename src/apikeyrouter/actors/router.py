@@ -225,7 +225,7 @@ class RouterActor(Actor[RouterCommand]):
             wall_offset=self._wall_offset,
             client=msg.client,
             policies=() if policy is None else policy.policies,
-            policy_notes=() if policy is None else policy.notes(),
+            policy_notes=() if policy is None else policy.notes,
         )
         if remember:
             self._remember(decision)
@@ -254,7 +254,7 @@ class RouterActor(Actor[RouterCommand]):
         Returns them (in the policy's provider order, if it sets one) and how many keys it excluded."""
         keys = self._board.keys
         want = msg.k + len(msg.exclude)
-        ask = want + 8
+        ask = want  # most filters exclude few keys: ask for more only when they did
         while True:
             ranked = self._index.top(msg.model, weights, now, ask)
             allowed: list[tuple[str, float]] = []

@@ -170,6 +170,7 @@ class EffectivePolicy:
     max_cost: Decimal | None = None
     max_cost_by: str | None = None
     budgets: tuple[str, ...] = ()  # "policy:<id>" of every cost policy with a budget that applies
+    notes: tuple[str, ...] = ()  # what the policies did, for the decision's explanation (`_notes`)
 
     @property
     def filters_keys(self) -> bool:
@@ -186,11 +187,14 @@ class EffectivePolicy:
         for rule in self.key_rules:  # most specific first
             if rule.providers and provider not in rule.providers:
                 continue
-            if any(metadata.get(k) != v for k, v in rule.match_metadata):
+            if rule.match_metadata and any(metadata.get(k) != v for k, v in rule.match_metadata):
                 continue
-            denies = key_id in rule.deny_keys or any(metadata.get(k) == v for k, v in rule.deny_meta)
-            fails = (rule.allow_keys is not None and key_id not in rule.allow_keys) or any(
-                metadata.get(k) != v for k, v in rule.require
+            # (each `any` only when there is something to check: this runs per ranked key per decision)
+            denies = key_id in rule.deny_keys or bool(
+                rule.deny_meta and any(metadata.get(k) == v for k, v in rule.deny_meta)
+            )
+            fails = (rule.allow_keys is not None and key_id not in rule.allow_keys) or bool(
+                rule.require and any(metadata.get(k) != v for k, v in rule.require)
             )
             if (denies or fails) and rule.level >= granted:  # same level: deny beats allow
                 return rule.policy
@@ -198,17 +202,19 @@ class EffectivePolicy:
                 granted = max(granted, rule.level)
         return None
 
-    def notes(self) -> tuple[str, ...]:
-        out: list[str] = []
-        if self.objective_by is not None:
-            out.append(f"objective {self.objective} set by policy {self.objective_by}")
-        if self.alias_by is not None:
-            out.append(f"model aliased to {self.model} by policy {self.alias_by}")
-        if self.max_cost_by is not None:
-            out.append(f"cost capped at {self.max_cost} by policy {self.max_cost_by}")
-        if self.fallback:
-            out.append(f"provider order {' > '.join(self.fallback)}")
-        return tuple(out)
+
+
+def _notes(eff: EffectivePolicy) -> tuple[str, ...]:
+    out: list[str] = []
+    if eff.objective_by is not None:
+        out.append(f"objective {eff.objective} set by policy {eff.objective_by}")
+    if eff.alias_by is not None:
+        out.append(f"model aliased to {eff.model} by policy {eff.alias_by}")
+    if eff.max_cost_by is not None:
+        out.append(f"cost capped at {eff.max_cost} by policy {eff.max_cost_by}")
+    if eff.fallback:
+        out.append(f"provider order {' > '.join(eff.fallback)}")
+    return tuple(out)
 
 
 def _hour_in(match: Match, wall: float) -> bool:
@@ -295,7 +301,7 @@ def resolve(policies: Iterable[Policy], ctx: RequestContext) -> EffectivePolicy:
         model_denied_by = models_by
     caps = [(p.effect.max_cost, p.id) for p in ordered if p.effect.max_cost is not None]
     cap = min(caps, key=lambda c: (c[0], c[1])) if caps else (None, None)
-    return EffectivePolicy(
+    eff = EffectivePolicy(
         model=model,
         policies=tuple(p.id for p in ordered),
         objective=objective[0],
@@ -311,6 +317,7 @@ def resolve(policies: Iterable[Policy], ctx: RequestContext) -> EffectivePolicy:
         max_cost_by=cap[1],
         budgets=tuple(f"policy:{p.id}" for p in ordered if p.effect.budget is not None),
     )
+    return attrs.evolve(eff, notes=_notes(eff))
 
 
 def _key_rules(ordered: Sequence[Policy]) -> list[_KeyRule]:
