@@ -10,6 +10,8 @@ import trio
 import trio.testing
 
 from apikeyrouter import BudgetExceeded, InvalidRequest
+from apikeyrouter.config import parse_config
+from apikeyrouter.errors import ConfigError
 from apikeyrouter.runtime.policies import PolicyRejected
 from tests.routing_env import chat
 from tests.sim_transport import sim_env
@@ -198,3 +200,34 @@ async def test_a_dry_run_of_a_thousand_recorded_decisions_matches_routing_them_l
             assert (key == "eu-1") if client == "acme" else True
             assert key != "eu-1" if client == "bob" else True
         assert refused == report["refused_total"] and report["allowed"] == 1000 - refused
+
+
+async def test_a_config_reload_replaces_the_policies_and_is_audited(autojump_clock: trio.abc.Clock) -> None:
+    async with sim_env(KEYS, config=config(EU_ONLY)) as env:
+        assert await used(env.router, "acme") == {"eu-1"}
+        report = await env.router.apply_config(parse_config(config(), env={}))
+        assert report is not None and env.router.policies() == []
+        assert len(await used(env.router, "acme", n=30)) > 1
+        assert [(a["who"], a["policy"], a["after"]) for a in env.router.policy_audit()] == [
+            ("config reload", "eu-only", None)
+        ]
+
+
+def test_policy_mistakes_in_the_config_name_the_policy_and_the_field() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "providers": [{"id": "openai", "kind": "openai", "base_url": "http://x", "models": ["gpt-4o-mini"]}],
+                "policies": [
+                    {"id": "ok", "scope": "global", "kind": "routing", "effect": {"objective": "cost"}},
+                    {"id": "typo", "scope": "global", "kind": "routing", "match": {"models": ["gpt-5o"]},
+                     "effect": {"objective": "cost"}},
+                    {"id": "extra", "scope": "global", "kind": "routing", "effect": {"objective": "cost"}, "when": 1},
+                ],
+            },
+            env={},
+        )  # fmt: skip
+    assert info.value.errors == (
+        "extra fields found (when) @ config.policies[2]",
+        "unknown model 'gpt-5o' @ config.policies[1].match.models",
+    )

@@ -389,11 +389,12 @@ class DebugServer(Actor[Never]):
         # A router without policies (an embedding's own RouterAPI) answers with empty lists.
         policies = getattr(self.router, "policies", None)
         audit = getattr(self.router, "policy_audit", None)
+        budgets = getattr(self.router, "budgets", None)
         return to_jsonable(
             {
                 "policies": policies() if callable(policies) else [],
                 "audit": audit(20) if callable(audit) else [],
-                "budgets": self.router.budgets(),
+                "budgets": budgets() if callable(budgets) else {},
             }
         )
 
