@@ -161,4 +161,5 @@ async def test_a_hold_asked_while_the_budget_actor_restarts_is_asked_again(autoj
         budgets = next(n for n in router.tree().children if n.name == "budgets")
         assert budgets.restarts == 1 and "OSError" in (budgets.last_crash or "")
         await trio.testing.wait_all_tasks_blocked()
-        assert router.budgets()["global"] == {"limit": "1", "spent": str(response.metadata.cost), "reserved": "0"}
+        shown = router.budgets()["global"]
+        assert shown.items() >= {"limit": "1", "spent": str(response.metadata.cost), "reserved": "0"}.items()

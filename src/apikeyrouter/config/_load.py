@@ -17,7 +17,9 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
+from apikeyrouter.config._clients import check_budget, check_timezone_of, parse_clients, parse_teams
 from apikeyrouter.config._convert import converter, describe_errors, did_you_mean, quote_choice
+from apikeyrouter.config._policies import parse_policies, universe_of
 from apikeyrouter.config._schema import (
     ENV_ADMIN_TOKEN,
     ENV_CLIENT_TOKENS,
@@ -55,7 +57,8 @@ __all__ = [
 
 _SECTIONS: Final = (
     "server", "routing", "breaker", "capacity", "providers", "keys",
-    "budgets", "failures", "debug", "store", "logging",
+    "budgets", "failures", "debug", "store", "logging", "clients", "teams",
+    "policies",
 )  # fmt: skip
 _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
@@ -214,6 +217,10 @@ class _Parser:
         keys = self.keys(data, providers)
         budgets = self.table(data, "budgets", BudgetsConfig) or BudgetsConfig()
         self.check_budgets(budgets)
+        check_timezone_of(self, budgets)
+        teams = parse_teams(self, data)
+        clients = parse_clients(self, data, teams, server.client_tokens)
+        policies = parse_policies(self, data, universe_of(list(providers.values()), keys, teams, clients))
         failures = self.failures(data)
         debug = self.debug(data, server.port)
         store = self.store(data)
@@ -237,6 +244,9 @@ class _Parser:
             debug=debug,
             store=store,
             logging=logging,
+            clients=tuple(clients),
+            teams=tuple(teams),
+            policies=tuple(policies),
             source=self.source,
             warnings=tuple(self.warnings),
         )
@@ -470,13 +480,12 @@ class _Parser:
                     self.error(f"model {model!r} is not among provider {provider.id!r}'s models", f"{path}.models")
 
     def check_budgets(self, budgets: BudgetsConfig) -> None:
-        if budgets.global_ is not None:
-            self.at_least(budgets.global_.limit, 0, "config.budgets.global.limit")
+        check_budget(self, budgets.global_, "config.budgets.global")
         for provider_id, budget in budgets.providers.items():
             path = f"config.budgets.providers[{provider_id!r}]"
             if provider_id not in self.declared_providers:
                 self.error(f"unknown provider {quote_choice(provider_id)}", path)
-            self.at_least(budget.limit, 0, f"{path}.limit")
+            check_budget(self, budget, path)
 
 
 def private_socket_dir() -> Path:
@@ -550,7 +559,7 @@ def bind_allowed(config: RouterConfig) -> str | None:
     whoever can reach the port.
     """
     host = config.server.host
-    if config.server.client_tokens or _is_loopback(host):
+    if config.server.client_tokens or any(c.token is not None for c in config.clients) or _is_loopback(host):
         return None
     return (
         f"refusing to listen on {host}:{config.server.port} without a client token: set server.client_tokens "

@@ -114,6 +114,7 @@ class Request:
         "origin",
         "path",
         "request_id",
+        "tags_header",
     )
 
     def __init__(self, scope: Scope) -> None:
@@ -127,6 +128,7 @@ class Request:
         self.content_length: int | None = None
         self.deadline_header: bytes | None = None
         self.objective_header: bytes | None = None
+        self.tags_header: bytes | None = None
         self.request_id: str | None = None
         self.cookie: bytes | None = None  # the dashboard's session; origin and host for its CSRF check
         self.origin: bytes | None = None
@@ -154,6 +156,8 @@ class Request:
                 self.origin = value
             elif name == b"host":
                 self.host = value
+            elif name == b"x-apikeyrouter-tags":
+                self.tags_header = value
 
     def bearer(self) -> str | None:
         raw = self.authorization

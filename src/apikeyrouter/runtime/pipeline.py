@@ -25,7 +25,14 @@ from apikeyrouter.adapters.base import AdapterResult, AdapterStream
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.request import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.domain.scoring import Weights
-from apikeyrouter.errors import ActorStopped, MalformedResponse, StreamInterrupted, UnknownProvider, UpstreamError
+from apikeyrouter.errors import (
+    ActorStopped,
+    InvalidRequest,
+    MalformedResponse,
+    StreamInterrupted,
+    UnknownProvider,
+    UpstreamError,
+)
 from apikeyrouter.messages.key import Outcome
 from apikeyrouter.observe import RequestAttempted
 from apikeyrouter.runtime import upstream
@@ -94,12 +101,32 @@ class Pipeline:
         self._deps = deps
 
     def _begin(self, operation: str, intent: Any, objective: Objective, client: str | None, lease_s: float) -> Request:
-        """Check the router runs, validate the request and objective, and name the request."""
+        """Check the router runs, validate the request and objective, and name the request and its
+        (client, team). A configured client's models bound what it may ask for; the policies that apply
+        are resolved once, here (a model alias, an objective, the filters the router reads). Objective:
+        the request's own, else the policies', else the client's, else the router's."""
         deps = self._deps
         deps.check(operation)
         req = intent if isinstance(intent, RequestIntent) else RequestIntent.from_openai(intent)
+        ident = None if client is None else deps.client_config(client)
+        if ident is not None and ident.models and req.model not in ident.models:
+            raise InvalidRequest(f"client {client} may not use model {req.model!r}", param="model")
+        team = None if ident is None else ident.team
+        now = trio.current_time()
+        policy = deps.policy_for(req.model, client, team, req.tags, now)
+        if policy is not None:
+            if policy.model_denied_by is not None:
+                raise InvalidRequest(
+                    f"policy {policy.model_denied_by} does not allow model {policy.model!r} here", param="model"
+                )
+            if policy.model != req.model:
+                req = attrs.evolve(req, model=policy.model)
+            if objective is None and policy.objective is not None:
+                objective = policy.objective
+        if objective is None and ident is not None and ident.objective is not None:
+            objective = ident.objective
         goal = deps.routing.objective if objective is None else parse_objective(objective)
-        return Request(f"req-{deps.next_id()}", req, goal, client, lease_s, trio.current_time())
+        return Request(f"req-{deps.next_id()}", req, goal, client, lease_s, now, team=team, policy=policy)
 
     async def _attempts(self, req: Request, call: Callable[[Request, Held], Awaitable[T]]) -> tuple[Held, T]:
         """Acquire a key and call upstream; on a retryable failure, the next key. Returns the attempt that
@@ -129,6 +156,7 @@ class Pipeline:
             cost = self._cost(req, held, response.usage)
             outcome = Outcome(None, usage=response.usage, cost=cost, latency_s=latency, signal=result.signal)
             await held.settle(outcome, cost)
+        self._learn(req, held, response.usage)
         self._record(req, held, None, latency)
         return attrs.evolve(response, metadata=self._metadata(req, held, cost))
 
@@ -251,6 +279,12 @@ class Pipeline:
             return Usage(est.input_tokens, output, estimated=True)
         return usage if usage is not None else Usage(est.input_tokens, 0, estimated=True)
 
+    def _learn(self, req: Request, held: Held, usage: Usage) -> None:
+        """Reconcile: how this answer's reported usage compares with what its estimate held."""
+        if not usage.estimated:
+            est = req.estimate(held.provider, held.adapter)
+            self._deps.reconcile(held.provider, req.intent.model, est.input_tokens, est.max_output_tokens, usage)
+
     def _outcome_of(self, exc: UpstreamError, held: Held, latency: float) -> Outcome:
         provider = self._deps.board.providers.get(held.provider)
         return Outcome(
@@ -283,6 +317,7 @@ class Pipeline:
         data = {
             "request_id": req.id,
             "client": req.client,
+            "team": req.team,
             "key": held.key_id,
             "provider": held.provider,
             "attempt": req.attempts,
@@ -301,6 +336,7 @@ class Pipeline:
                 latency,
                 trio.current_time(),
                 client=req.client,
+                team=req.team,
             )
         )
         if failure is not None:
