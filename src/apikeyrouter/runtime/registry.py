@@ -42,6 +42,7 @@ from apikeyrouter.runtime.deps import Routing, parse_objective
 from apikeyrouter.runtime.tree import key_child, provider_child
 from apikeyrouter.secret import Secret, secret_problem
 from apikeyrouter.store.memory import StateStore
+from apikeyrouter.store.redis_shared import SharedLimits
 from apikeyrouter.supervisors import Supervisor
 
 __all__ = ["Registry"]
@@ -112,6 +113,7 @@ class Registry:
         self._providers: dict[str, ProviderActor] = {}
         self._router: RouterActor | None = None
         self._budgets: BudgetActor | None = None
+        self.shared: SharedLimits | None = None  # set while running with [store] kind = "redis" (open.py)
 
     # -- Deps -----------------------------------------------------------------------------------------
 
