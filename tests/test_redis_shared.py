@@ -166,6 +166,30 @@ async def test_one_instances_open_breaker_benches_the_key_for_all(redis_url: str
             before = sim.provider.stats("sk-sim-shared-1").requests
             with pytest.raises(NoKeyAvailable) as refused:
                 await b.route(CHAT)  # b's own breaker is closed; the shared bench refuses
-            assert "benched until" in refused.value.reasons["k1"] and "breaker open" in refused.value.reasons["k1"]
+            why = refused.value.reasons["k1"]
+            assert ("benched until" in why or "throttled until" in why) and "breaker open" in why
             assert sim.provider.stats("sk-sim-shared-1").requests == before
+            # The bench reaches b's own key actor too (pub/sub), so b's routing skips the key by itself.
+            with trio.fail_after(5):
+                while (b.key("k1") or {}).get("lifecycle") != "throttled":
+                    await trio.sleep(0.02)
+            assert "benched by instance i0 (breaker open" in str(b.transitions("k1")[-1])
+            assert sim.provider.stats("sk-sim-shared-1").requests == before
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_invalid_key_is_invalid_on_every_instance_until_put_back(redis_url: str) -> None:
+    async with trio.open_nursery() as nursery:
+        _, sim_url = await start_sim(nursery, {"keys": [{"key": "sk-sim-shared-1", "behavior": "invalid"}]})
+        configs = [_config(sim_url, redis_url, f"i{i}", key={}) for i in range(3)]
+        async with routers(configs) as (a, b, c):
+            with pytest.raises(Exception, match="401|auth"):
+                await a.route(CHAT)
+            with trio.fail_after(5):
+                while {(r.key("k1") or {}).get("lifecycle") for r in (b, c)} != {"invalid"}:
+                    await trio.sleep(0.02)
+            await b.update_key_state("k1", "active", "fixed upstream")  # an operator on b puts it back
+            with trio.fail_after(5):
+                while {(r.key("k1") or {}).get("lifecycle") for r in (a, c)} != {"active"}:
+                    await trio.sleep(0.02)
         nursery.cancel_scope.cancel()

@@ -107,7 +107,7 @@ class ApiKeyRouter:
         # first request (which would otherwise pay it inside its deadline).
         await trio.to_thread.run_sync(warm_tokenizers)
         # With [store] kind = "redis": the shared limits run outside the tree, up before it and down after.
-        async with open_shared(reg.config.store, reg.events, lambda: reg.budget_specs) as shared:
+        async with open_shared(reg.config.store, reg.events, lambda: reg.budget_specs, reg.apply_shared) as shared:
             reg.shared = shared
             try:
                 async with trio.open_nursery() as nursery:

@@ -101,8 +101,30 @@ class RedisLink:
         live, reclaimed, _ = await self._call(functools.partial(self._heartbeat, keys=[], args=args))
         return int(live), int(reclaimed)
 
-    async def share(self, key_id: str, what: str, value: str, ttl_ms: int) -> None:
-        await self._call(functools.partial(self._share, keys=[], args=[key_id, what, value, str(ttl_ms)]))
+    async def share(self, key_id: str, what: str, value: str, ttl_ms: int) -> bool:
+        """Write a bench or lifecycle for every instance: True when Redis did not know it yet."""
+        changed = await self._call(functools.partial(self._share, keys=[], args=[key_id, what, value, str(ttl_ms)]))
+        return bool(changed)
+
+    def subscriber(self, channel: str) -> Callable[[float], dict[str, Any] | None]:
+        """A blocking `next(wait_s)` over `channel`'s messages (run it in a thread): a message, or None."""
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        subscribed = False
+
+        def next_message(wait_s: float) -> dict[str, Any] | None:
+            nonlocal subscribed
+            if not subscribed:
+                pubsub.subscribe(channel)
+                subscribed = True
+            try:
+                found: dict[str, Any] | None = pubsub.get_message(timeout=wait_s)
+            except (redis.RedisError, OSError):
+                subscribed = False  # subscribe again on the next connection
+                pubsub.reset()
+                raise
+            return found
+
+        return next_message
 
     async def publish(self, channel: str, message: str) -> None:
         await self._call(functools.partial(self._client.publish, channel, message))

@@ -212,16 +212,20 @@ return {redis.call('ZCOUNT', 'akr:inst', s(now), '+inf'), reclaimed, now}
 )
 
 # Share a key's bench or lifecycle with every instance. ARGV: key, what ("bench" | "life" | "clear"),
-# value, ttl_ms (bench only).
+# value, ttl_ms (bench only). Returns 1 when it changed something (the caller then publishes it), 0 when
+# Redis knew already: an instance applying another's bench shares it back within a second of the same
+# end, which changes nothing here, so an echo is never published again (no ping-pong between instances).
 SHARE_STATE: Final = """
 local key, what, value, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 if what == 'bench' then
   local left = redis.call('PTTL', 'akr:bench:' .. key)
-  if ttl > left then redis.call('SET', 'akr:bench:' .. key, value, 'PX', string.format('%d', ttl)) end
+  if ttl <= left + 1000 then return 0 end
+  redis.call('SET', 'akr:bench:' .. key, value, 'PX', string.format('%d', ttl))
+  return 1
 elseif what == 'life' then
+  if redis.call('GET', 'akr:life:' .. key) == value then return 0 end
   redis.call('SET', 'akr:life:' .. key, value)
-else
-  redis.call('DEL', 'akr:life:' .. key, 'akr:bench:' .. key)
+  return 1
 end
-return 1
+return redis.call('DEL', 'akr:life:' .. key, 'akr:bench:' .. key) > 0 and 1 or 0
 """

@@ -23,7 +23,10 @@ previous life left behind, so nothing is counted twice.
 
 Benches: an open breaker, a throttle or an exhaustion seen by one instance is written to
 `akr:bench:<key>` with its remaining time, and an invalid or revoked key to `akr:life:<key>`; the
-reserve script refuses such a key for every instance.
+reserve script refuses such a key for every instance. What changed Redis is also published on
+`akr:events`; every other instance applies it to its own key actor (`ApplyShared`: throttled until the
+bench ends, invalid, revoked, or put back), so its routing skips the key without asking Redis. An echo
+(an instance sharing back what it applied) changes nothing in Redis and is not published again.
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ import json
 import math
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
 import attrs
+import redis
 import structlog
 import trio
 
@@ -49,6 +53,7 @@ from apikeyrouter.domain.circuit import BreakerOpened
 from apikeyrouter.domain.lifecycle import KeyState
 from apikeyrouter.domain.quota import QuotaConfig, QuotaReservation
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
+from apikeyrouter.messages.key import ApplyShared
 from apikeyrouter.observe import EventBus, KeyBreakerChanged, KeyTransitioned
 from apikeyrouter.store.redis_link import RedisLink, StoreUnavailable
 
@@ -59,11 +64,15 @@ log = structlog.get_logger("apikeyrouter.store")
 _NANO = Decimal("1e9")
 _RETRY_MAX = 10_000  # settlements kept while Redis is down
 _BATCH = 128
+_CHANNEL = "akr:events"
 
 
 @asynccontextmanager
 async def open_shared(
-    store: StoreConfig, events: EventBus, budget_specs: Callable[[], Iterable[BudgetSpec]]
+    store: StoreConfig,
+    events: EventBus,
+    budget_specs: Callable[[], Iterable[BudgetSpec]],
+    apply: Callable[[str, ApplyShared], Awaitable[None]] | None = None,
 ) -> AsyncIterator[SharedLimits | None]:
     """Run `SharedLimits` for a redis store while the block runs (None for any other store)."""
     if store.kind != "redis" or store.url is None:
@@ -77,6 +86,7 @@ async def open_shared(
         events=events,
         budget_specs=budget_specs,
     )
+    shared.apply = apply
     async with trio.open_nursery() as nursery:
         await nursery.start(shared.run)
         try:
@@ -150,6 +160,9 @@ class SharedLimits:
         self.reclaimed = 0
         self.fallback_grants = 0
         self.dropped = 0
+        self.applied = 0  # benches applied from other instances
+        # How a bench another instance published reaches this instance's key actor (set by the runtime).
+        self.apply: Callable[[str, ApplyShared], Awaitable[None]] | None = None
         self._budget_specs = budget_specs
         self._events = events
         self._shares: dict[str, _Share] = {}
@@ -174,6 +187,7 @@ class SharedLimits:
                 nursery.start_soon(self._heartbeats)
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._sharer, share_recv)
+                nursery.start_soon(self._listener)
                 task_status.started(self)
         finally:
             for stop in self._stops:
@@ -343,13 +357,29 @@ class SharedLimits:
 
     async def _sharer(self, recv: trio.MemoryReceiveChannel[tuple[str, str, str, int]]) -> None:
         async for key_id, what, value, ttl_ms in recv:
+            message = {"from": self.instance_id, "key": key_id, "what": what, "value": value, "ttl_ms": ttl_ms}
             try:
-                await self.link.share(key_id, what, value, ttl_ms)
-                await self.link.publish(
-                    "akr:events", json.dumps({"from": self.instance_id, "key": key_id, "what": what, "value": value})
-                )
+                if await self.link.share(key_id, what, value, ttl_ms):
+                    await self.link.publish(_CHANNEL, json.dumps(message))
             except StoreUnavailable:
                 log.warning("redis_bench_not_shared", key=key_id, what=what)
+
+    async def _listener(self) -> None:
+        """Apply the benches other instances publish to this instance's key actors, so that its routing
+        decisions (which never wait on Redis) skip them too. The reservation refuses them regardless."""
+        next_message = self.link.subscriber(_CHANNEL)
+        while True:
+            try:
+                found = await trio.to_thread.run_sync(next_message, 0.5, abandon_on_cancel=True)
+            except (redis.RedisError, OSError):
+                await trio.sleep(self.instance_ttl / 4)  # down: the heartbeat says so; try again later
+                continue
+            if found is None or self.apply is None:
+                continue
+            change = _remote_change(found.get("data"), self.instance_id)
+            if change is not None:
+                self.applied += 1
+                await self.apply(*change)
 
     def _offer(self, send: trio.MemorySendChannel[tuple[str, str, str, int]], item: tuple[str, str, str, int]) -> None:
         try:
@@ -375,6 +405,28 @@ class SharedLimits:
                 self._offer(send, (ev.key, "bench", f"{tr.to_state.value}: {tr.reason}", ttl))
         elif tr.to_state is KeyState.ACTIVE and tr.from_state in (KeyState.INVALID, KeyState.REVOKED):
             self._offer(send, (ev.key, "clear", "", 0))
+
+
+def _remote_change(data: object, own: str) -> tuple[str, ApplyShared] | None:
+    """A published bench as the key command that applies it here; None for this instance's own or junk."""
+    try:
+        msg = json.loads(data if isinstance(data, str | bytes) else "null")
+        sender, key_id, what, value, ttl_ms = msg["from"], msg["key"], msg["what"], msg["value"], int(msg["ttl_ms"])
+    except (ValueError, TypeError, KeyError):
+        log.warning("redis_event_ignored", reason="not a bench message")
+        return None
+    if sender == own or not isinstance(key_id, str):
+        return None
+    match what:
+        case "bench":
+            until = trio.current_time() + ttl_ms / 1000
+            return key_id, ApplyShared("throttled", f"benched by instance {sender} ({value})", until)
+        case "life" if value in ("invalid", "revoked"):
+            return key_id, ApplyShared(value, f"{value} on instance {sender}")
+        case "clear":
+            return key_id, ApplyShared("active", f"put back on instance {sender}")
+        case _:
+            return None
 
 
 def _opt(limit: int | None) -> str:
