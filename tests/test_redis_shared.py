@@ -117,7 +117,7 @@ async def test_redis_outage_fails_budgets_closed_and_routes_on_local_shares(
         plain = [_config(sim_url, redis_url, f"i{i}", key={"rpm": 40}) for i in range(2)]
         budgeted = _config(sim_url, redis_url, "i-budget", key={"rpm": 40}, extra=extra)
         async with routers([*plain, budgeted]) as rs:
-            a, _, c = rs
+            a, b, c = rs
             await trio.sleep(0.6)  # a heartbeat each: three live instances
             assert a.store_status() == {
                 "kind": "redis",
@@ -127,6 +127,7 @@ async def test_redis_outage_fails_budgets_closed_and_routes_on_local_shares(
                 "mode": "shared",
                 "last_error": None,
                 "pending_settlements": 0,
+                "pending_replay": 0,
             }
             assert len(await hammer([c], 1, pytest.fail)) == 1  # the budget is held on Redis while it is up
 
@@ -149,6 +150,11 @@ async def test_redis_outage_fails_budgets_closed_and_routes_on_local_shares(
             assert len(await hammer([c], 1, pytest.fail)) == 1  # budgets are held again
             status = c.store_status()
             assert status is not None and status["mode"] == "shared"
+            with trio.fail_after(5):  # a's next heartbeat writes its 13 local admissions into the window
+                while not (s := a.store_status()) or not s["up"] or s["pending_replay"]:
+                    await trio.sleep(0.05)
+            # 40 a minute across all: 13 sent by a during the outage, 1 by c since; 26 left for b.
+            assert len(await hammer([b], 40, refused.append)) == 26
         nursery.cancel_scope.cancel()
 
 
@@ -183,7 +189,7 @@ async def test_an_invalid_key_is_invalid_on_every_instance_until_put_back(redis_
         _, sim_url = await start_sim(nursery, {"keys": [{"key": "sk-sim-shared-1", "behavior": "invalid"}]})
         configs = [_config(sim_url, redis_url, f"i{i}", key={}) for i in range(3)]
         async with routers(configs) as (a, b, c):
-            with pytest.raises(Exception, match="401|auth"):
+            with pytest.raises(Exception, match=r"401|auth"):
                 await a.route(CHAT)
             with trio.fail_after(5):
                 while {(r.key("k1") or {}).get("lifecycle") for r in (b, c)} != {"invalid"}:

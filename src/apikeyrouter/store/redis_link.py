@@ -23,7 +23,7 @@ import redis
 import structlog
 import trio
 
-from apikeyrouter.store.redis_lua import HEARTBEAT, RESERVE, SETTLE, SHARE_STATE
+from apikeyrouter.store.redis_lua import HEARTBEAT, REPLAY, RESERVE, SETTLE, SHARE_STATE
 
 __all__ = ["RedisLink", "StoreUnavailable"]
 
@@ -56,6 +56,7 @@ class RedisLink:
         self._settle = self._client.register_script(SETTLE)
         self._heartbeat = self._client.register_script(HEARTBEAT)
         self._share = self._client.register_script(SHARE_STATE)
+        self._replay = self._client.register_script(REPLAY)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         self.calls += 1
@@ -95,6 +96,12 @@ class RedisLink:
             pipe.execute()
 
         await self._call(run)
+
+    async def replay(self, instance: str, key_id: str, entries: list[tuple[int, int]]) -> None:
+        args = [instance, key_id, str(len(entries))]
+        for age_ms, tokens in entries:
+            args += [str(age_ms), str(tokens)]
+        await self._call(functools.partial(self._replay, keys=[], args=args))
 
     async def heartbeat(self, instance: str, ttl_ms: int, *, fresh: bool) -> tuple[int, int]:
         args = [instance, str(ttl_ms), "1" if fresh else "0"]

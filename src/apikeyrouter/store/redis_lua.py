@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["HEARTBEAT", "PREFIX", "RESERVE", "SETTLE", "SHARE_STATE"]
+__all__ = ["HEARTBEAT", "PREFIX", "REPLAY", "RESERVE", "SETTLE", "SHARE_STATE"]
 
 PREFIX: Final = "akr:"
 
@@ -229,3 +229,25 @@ elseif what == 'life' then
 end
 return redis.call('DEL', 'akr:life:' .. key, 'akr:bench:' .. key) > 0 and 1 or 0
 """
+
+# What an instance admitted on its local share while Redis was away, written into the key's window when
+# it is back, so the requests already sent count against the rest of their minute. ARGV: inst, key, n,
+# then n x (age_ms, tokens). Replayed members are named "<inst>/replay/<n>:<now>" (never settled).
+REPLAY: Final = (
+    _COMMON
+    + """
+local inst, key, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now = now_ms()
+local w, wt = 'akr:w:' .. key, 'akr:wt:' .. key
+local total = 0
+for i = 0, n - 1 do
+  local age, tokens = tonumber(ARGV[4 + i * 2]), tonumber(ARGV[5 + i * 2])
+  if age < 60000 then
+    redis.call('ZADD', w, s(now - age), inst .. '/replay/' .. s(i) .. ':' .. s(now) .. '|' .. s(tokens))
+    total = total + tokens
+  end
+end
+redis.call('INCRBY', wt, s(total))
+return n
+"""
+)

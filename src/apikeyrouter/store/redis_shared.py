@@ -13,8 +13,8 @@ Redis down or slow (no answer within `redis_deadline`): the instance is degraded
   Redis, heartbeats with a TTL), kept here in a quota window of the domain's own kind (domain/quota.py).
 - The heartbeat keeps probing; the first answer ends the outage and flushes the settlements that failed
   meanwhile (bounded, and counted if it overflows).
-Requests admitted on local shares during an outage are not replayed into Redis: for up to one window
-after recovery the global count may run over by what the shares admitted (at most the limit).
+What the local shares admitted in the last minute is written into the keys' Redis windows when Redis is
+back (`REPLAY`), so the requests already sent count against the rest of their minute on every instance.
 
 Instances: each heartbeats `akr:inst` with a TTL (`instance_ttl`); a heartbeat that finds a silent
 instance reclaims what it held (in-flight slots and budget holds), so a killed instance holds nothing for
@@ -64,6 +64,7 @@ log = structlog.get_logger("apikeyrouter.store")
 _NANO = Decimal("1e9")
 _RETRY_MAX = 10_000  # settlements kept while Redis is down
 _BATCH = 128
+_REPLAY_MAX = 10_000  # admissions kept per key for the replay (beyond: the oldest are not replayed)
 _CHANNEL = "akr:events"
 
 
@@ -137,6 +138,8 @@ class _Share:
 
     quota: quota.Quota
     in_flight: int = 0
+    # (trio time, tokens) of what this share admitted, for the replay into Redis (the last minute only).
+    admitted: collections.deque[tuple[float, int]] = attrs.Factory(lambda: collections.deque(maxlen=_REPLAY_MAX))
 
 
 def _nano(amount: Decimal) -> int:
@@ -219,6 +222,7 @@ class SharedLimits:
             "mode": "shared" if self.link.up else f"local share (1/{max(1, self.live)} of each limit)",
             "last_error": self.link.last_error,
             "pending_settlements": len(self._retry),
+            "pending_replay": sum(len(s.admitted) for s in self._shares.values()),
         }
 
     # -- the request path ------------------------------------------------------------------------------
@@ -287,6 +291,7 @@ class SharedLimits:
             return Refusal(ask.key_id, RefusalKind.QUOTA, got.retry_at, detail={"window": got.window, "reason": why})
         share.quota = q
         share.in_flight += 1
+        share.admitted.append((now, ask.tokens))
         self.fallback_grants += 1
         return SharedGrant(ask.key_id, rid, ask.tokens, (), local=got)
 
@@ -345,6 +350,7 @@ class SharedLimits:
         except StoreUnavailable:
             return
         self.live = max(1, live)
+        await self._replay()
         if reclaimed:
             self.reclaimed += reclaimed
             log.info("redis_reclaimed", reservations=reclaimed, own=fresh)
@@ -354,6 +360,21 @@ class SharedLimits:
                 await self.link.settle_many(batch)
             except StoreUnavailable:
                 self._retry.extendleft(reversed(batch))
+
+    async def _replay(self) -> None:
+        """Write what the local shares admitted during an outage into the Redis windows (once each)."""
+        now = trio.current_time()
+        for key_id, share in self._shares.items():
+            entries = [(int((now - at) * 1000), tokens) for at, tokens in share.admitted if now - at < 60.0]
+            if not entries:
+                share.admitted.clear()
+                continue
+            try:
+                await self.link.replay(self.instance_id, key_id, entries)
+            except StoreUnavailable:
+                return  # the next heartbeat tries again
+            share.admitted.clear()
+            log.info("redis_replayed", key=key_id, requests=len(entries))
 
     async def _sharer(self, recv: trio.MemoryReceiveChannel[tuple[str, str, str, int]]) -> None:
         async for key_id, what, value, ttl_ms in recv:
