@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from apikeyrouter.config import parse_config
 from apikeyrouter.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _errors(store: dict[str, object]) -> tuple[str, ...]:
@@ -35,3 +42,28 @@ def test_a_redis_store_takes_its_url_and_instance_id() -> None:
 )
 def test_a_bad_redis_store_names_the_field(store: dict[str, object], error: str) -> None:
     assert any(error in e for e in _errors(store)), _errors(store)
+
+
+def test_a_redis_url_with_a_bad_port_names_the_field() -> None:
+    errors = _errors({"kind": "redis", "url": "redis://:hunter2@127.0.0.1:notaport/0"})
+    assert "the port is not a number from 0 to 65535 @ config.store.url" in errors
+    assert "hunter2" not in " ".join(errors)  # the URL's password is never shown
+
+
+def test_serve_without_redis_py_says_how_to_install_it_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "router.toml"
+    config.write_text('[debug]\nenabled = false\n[store]\nkind = "redis"\nurl = "redis://127.0.0.1:1/0"\n')
+    hide = "import sys; sys.modules['redis'] = None; from apikeyrouter.cli import main; main()"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", hide, "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: the redis store needs redis-py: pip install 'apikeyrouter[redis]' @ config.store.kind"
+    )
+    assert "Traceback" not in done.stderr

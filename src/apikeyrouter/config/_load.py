@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -314,6 +315,11 @@ class _Parser:
             self.error('the redis store needs a url, e.g. url = "redis://127.0.0.1:6379/0"', "config.store.url")
         elif not store.url.startswith(("redis://", "rediss://", "unix://")):
             self.error("must start with redis://, rediss:// or unix://", "config.store.url")
+        else:
+            try:
+                urllib.parse.urlsplit(store.url).port  # noqa: B018 -- parsing it is the check
+            except ValueError:
+                self.error("the port is not a number from 0 to 65535", "config.store.url")
         if store.instance_id is not None and not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", store.instance_id):
             self.error("1-64 characters of letters, digits and . _ : -", "config.store.instance_id")
         if not 0 < store.redis_deadline <= 10:

@@ -19,11 +19,16 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import redis
 import structlog
 import trio
 
+from apikeyrouter.errors import ConfigError
 from apikeyrouter.store.redis_lua import HEARTBEAT, REPLAY, RESERVE, SETTLE, SHARE_STATE
+
+try:
+    import redis
+except ImportError:  # an optional extra: only `[store] kind = "redis"` needs it, and says so (RedisLink)
+    redis = None  # type: ignore[assignment]
 
 __all__ = ["RedisLink", "StoreUnavailable"]
 
@@ -47,9 +52,17 @@ class RedisLink:
         self.last_error: str | None = None
         self.calls = 0
         self.failures = 0
-        self._client: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=deadline, socket_connect_timeout=deadline, retry_on_timeout=False
-        )
+        if redis is None:
+            raise ConfigError(
+                "the redis store needs redis-py: pip install 'apikeyrouter[redis]' @ config.store.kind",
+                path="config.store.kind",
+            )
+        try:
+            self._client: redis.Redis = redis.Redis.from_url(
+                url, socket_timeout=deadline, socket_connect_timeout=deadline, retry_on_timeout=False
+            )
+        except ValueError as exc:  # the message is redis-py's, about the URL's shape; the URL is never shown
+            raise ConfigError(f"invalid redis url ({exc}) @ config.store.url", path="config.store.url") from None
         self._limiter = trio.CapacityLimiter(max_threads)
         # Script objects send EVALSHA and load the script once when the server does not know it (NOSCRIPT).
         self._reserve = self._client.register_script(RESERVE)
@@ -120,15 +133,15 @@ class RedisLink:
 
         def next_message(wait_s: float) -> dict[str, Any] | None:
             nonlocal subscribed
-            if not subscribed:
-                pubsub.subscribe(channel)
-                subscribed = True
             try:
+                if not subscribed:
+                    pubsub.subscribe(channel)
+                    subscribed = True
                 found: dict[str, Any] | None = pubsub.get_message(timeout=wait_s)
-            except (redis.RedisError, OSError):
+            except (redis.RedisError, OSError) as exc:
                 subscribed = False  # subscribe again on the next connection
                 pubsub.reset()
-                raise
+                raise StoreUnavailable(f"{type(exc).__name__}: {_first_line(exc)}") from None
             return found
 
         return next_message

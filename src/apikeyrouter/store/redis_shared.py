@@ -42,7 +42,6 @@ from decimal import Decimal
 from typing import Any
 
 import attrs
-import redis
 import structlog
 import trio
 
@@ -392,7 +391,7 @@ class SharedLimits:
         while True:
             try:
                 found = await trio.to_thread.run_sync(next_message, 0.5, abandon_on_cancel=True)
-            except (redis.RedisError, OSError):
+            except StoreUnavailable:
                 await trio.sleep(self.instance_ttl / 4)  # down: the heartbeat says so; try again later
                 continue
             if found is None or self.apply is None:
