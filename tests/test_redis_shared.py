@@ -150,6 +150,12 @@ async def test_redis_outage_fails_budgets_closed_and_routes_on_local_shares(
             assert len(await hammer([c], 1, pytest.fail)) == 1  # budgets are held again
             status = c.store_status()
             assert status is not None and status["mode"] == "shared"
+            # And settled, though the restarted Redis had forgotten the scripts (NOSCRIPT, loaded again). The
+            # charge of the request before the outage, if it was still queued then, lands now too.
+            ledger = redis_server.client()
+            with trio.fail_after(5):
+                while not int(ledger.hget("akr:b:global", "spent") or 0) or int(ledger.hget("akr:b:global", "res")):
+                    await trio.sleep(0.02)
             with trio.fail_after(5):  # a's next heartbeat writes its 13 local admissions into the window
                 while not (s := a.store_status()) or not s["up"] or s["pending_replay"]:
                     await trio.sleep(0.05)

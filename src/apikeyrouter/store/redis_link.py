@@ -100,13 +100,25 @@ class RedisLink:
         await self._call(functools.partial(self._settle, keys=[], args=args))
 
     async def settle_many(self, batch: list[list[str]]) -> None:
-        """Many settlements in one pipelined round trip (one transaction-free batch of EVALSHAs)."""
+        """Many settlements in one pipelined round trip (one transaction-free batch of EVALSHAs).
+
+        Plain EVALSHAs rather than redis-py's Script objects in the pipeline: those check SCRIPT EXISTS
+        first, a second round trip per batch. A Redis that forgot the script (restarted) answers NOSCRIPT
+        to every one of them, so none ran: load it and send the batch again."""
+        sha = self._settle.sha
 
         def run() -> None:
-            pipe = self._client.pipeline(transaction=False)
-            for args in batch:
-                self._settle(keys=[], args=args, client=pipe)
-            pipe.execute()
+            for attempt in (1, 2):
+                pipe = self._client.pipeline(transaction=False)
+                for args in batch:
+                    pipe.evalsha(sha, 0, *args)
+                try:
+                    pipe.execute()
+                    return
+                except redis.exceptions.NoScriptError:
+                    if attempt == 2:
+                        raise
+                    self._client.script_load(SETTLE)
 
         await self._call(run)
 
