@@ -205,3 +205,17 @@ async def test_an_invalid_key_is_invalid_on_every_instance_until_put_back(redis_
                 while {(r.key("k1") or {}).get("lifecycle") for r in (a, c)} != {"active"}:
                     await trio.sleep(0.02)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_reloaded_budget_limit_applies_on_the_shared_side_at_once(redis_url: str) -> None:
+    def budget(limit: str) -> dict[str, Any]:
+        return {"budgets": {"global": {"limit": limit, "period": "day"}}}
+
+    async with trio.open_nursery() as nursery:
+        _, sim_url = await start_sim(nursery)
+        async with open_router(_config(sim_url, redis_url, "i0", key={}, extra=budget("0.000001"))) as router:
+            with pytest.raises(BudgetExceeded, match="budget global"):
+                await router.route(CHAT)  # the worst case is above a millionth of a dollar
+            await router.apply_config(_config(sim_url, redis_url, "i0", key={}, extra=budget("1")))
+            assert len(await hammer([router], 1, pytest.fail)) == 1
+        nursery.cancel_scope.cancel()

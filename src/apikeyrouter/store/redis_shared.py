@@ -166,6 +166,9 @@ class SharedLimits:
         # How a bench another instance published reaches this instance's key actor (set by the runtime).
         self.apply: Callable[[str, ApplyShared], Awaitable[None]] | None = None
         self._budget_specs = budget_specs
+        self._budget_index: dict[str, BudgetSpec] = {}
+        self._budget_list: Iterable[BudgetSpec] | None = None
+        self._budget_len = -1
         self._events = events
         self._shares: dict[str, _Share] = {}
         self._ids = 0
@@ -227,8 +230,15 @@ class SharedLimits:
     # -- the request path ------------------------------------------------------------------------------
 
     def budgets_for(self, ids: Iterable[str]) -> tuple[BudgetSpec, ...]:
-        specs = {s.id: s for s in self._budget_specs()}
-        return tuple(specs[i] for i in ids if i in specs)
+        """The configured budgets among `ids`. Indexed once per change of the budget list (a reload
+        replaces it, a key registered with a budget appends to it), not per request: with a budget per
+        key there may be thousands."""
+        specs = self._budget_specs()
+        if not (isinstance(specs, list) and specs is self._budget_list and len(specs) == self._budget_len):
+            self._budget_index = {s.id: s for s in specs}
+            # The list itself is kept (not its id): a list freed by a reload can never pass for the new one.
+            self._budget_list, self._budget_len = specs, len(specs) if isinstance(specs, list) else -1
+        return tuple(self._budget_index[i] for i in ids if i in self._budget_index)
 
     async def reserve(self, ask: SharedAsk) -> SharedGrant | Refusal:
         """One round trip: the grant, or why the shared side refuses. Never raises for Redis trouble."""
