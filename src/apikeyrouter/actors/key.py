@@ -29,6 +29,7 @@ from apikeyrouter.domain.view import bench_until
 from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.kernel.timer import WakeTimer
 from apikeyrouter.messages.key import (
+    ApplyShared,
     Granted,
     InjectCrash,
     KeyCommand,
@@ -156,6 +157,8 @@ class KeyActor(Actor[KeyCommand]):
                 self._wake()
             case InjectCrash(reason=reason):
                 raise RuntimeError(reason)
+            case ApplyShared():
+                self._apply_shared(msg)
             case _:
                 assert_never(msg)
 
@@ -305,6 +308,24 @@ class KeyActor(Actor[KeyCommand]):
         refused = lifecycle.refusal(events)
         self._commit(now, lifecycle_=lc, lc_events=events, secret=secret)
         return refused.why if refused is not None else None
+
+    def _apply_shared(self, msg: ApplyShared) -> None:
+        now = trio.current_time()
+        lc = self.record.lifecycle
+        match msg.state:
+            case "throttled":
+                lc, events = lifecycle.throttle(lc, until=msg.until or now, reason=msg.reason, now=now)
+            case "invalid":
+                lc, events = lifecycle.invalidate(lc, reason=msg.reason, now=now)
+            case "revoked":
+                lc, events = lifecycle.revoke(lc, reason=msg.reason, now=now)
+            case "active":
+                if lc.state not in (KeyState.INVALID, KeyState.REVOKED):
+                    return  # only what was shared without an end is lifted this way
+                lc, events = lifecycle.enable(lc, reason=msg.reason, now=now)
+            case _:
+                assert_never(msg.state)
+        self._commit(now, lifecycle_=lc, lc_events=events)
 
     # -- committing state -----------------------------------------------------------------------------
 

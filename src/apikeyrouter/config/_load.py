@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -307,9 +308,34 @@ class _Parser:
             self.error('the sqlite store is not available yet; use kind = "memory"', "config.store.kind")
         if store.kind == "memory" and store.path is not None:
             self.error("only the sqlite store uses a path", "config.store.path")
+        self.check_redis(store)
         if store.path is not None:
             store = attrs.evolve(store, path=self.local_path(store.path))
         return store
+
+    def check_redis(self, store: StoreConfig) -> None:
+        if store.kind != "redis":
+            for name in ("url", "instance_id"):
+                if getattr(store, name) is not None:
+                    self.error("only the redis store uses " + name, f"config.store.{name}")
+            return
+        if store.path is not None:
+            self.error("the redis store uses url, not path", "config.store.path")
+        if store.url is None:
+            self.error('the redis store needs a url, e.g. url = "redis://127.0.0.1:6379/0"', "config.store.url")
+        elif not store.url.startswith(("redis://", "rediss://", "unix://")):
+            self.error("must start with redis://, rediss:// or unix://", "config.store.url")
+        else:
+            try:
+                urllib.parse.urlsplit(store.url).port  # noqa: B018 -- parsing it is the check
+            except ValueError:
+                self.error("the port is not a number from 0 to 65535", "config.store.url")
+        if store.instance_id is not None and not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", store.instance_id):
+            self.error("1-64 characters of letters, digits and . _ : -", "config.store.instance_id")
+        if not 0 < store.redis_deadline <= 10:
+            self.error("must be > 0 and <= 10 seconds", "config.store.redis_deadline")
+        if not store.redis_deadline < store.instance_ttl <= 600:
+            self.error("must be above redis_deadline and <= 600 seconds", "config.store.instance_ttl")
 
     def unique_id(self, raw: Mapping[str, Any], seen: set[str], kind: str, path: str) -> bool:
         """Check a table's `id` before structuring, so a duplicate shows even when the table has other errors."""

@@ -223,8 +223,13 @@ class DebugConfig:
 
 @attrs.frozen
 class StoreConfig:
-    kind: Literal["memory", "sqlite"] = "memory"
+    kind: Literal["memory", "sqlite", "redis"] = "memory"
     path: Path | None = None
+    # redis: several instances share key windows, in-flight slots, budgets and benches (store/redis_shared.py).
+    url: str | None = None
+    instance_id: str | None = None  # unset: hostname-pid; must be unique among live instances
+    redis_deadline: float = 0.25  # seconds per Redis call before this instance falls back / fails closed
+    instance_ttl: float = 5.0  # a silent instance's slots and holds are reclaimed after this
 
 
 @attrs.frozen

@@ -126,7 +126,9 @@ class ProxyApp:
         self.stream_idle_timeout = float(stream_idle_timeout)
         self.metrics_require_admin = metrics_require_admin
         self.log_requests = log_requests
-        self.metrics = metrics if metrics is not None else ProxyMetrics(router.keys)
+        # Only the real router has a shared store to report (test doubles of RouterAPI need not).
+        self._store_status: Callable[[], dict[str, Any] | None] = getattr(router, "store_status", lambda: None)
+        self.metrics = metrics if metrics is not None else ProxyMetrics(router.keys, self._store_status)
         # Every attempt, failovers included, counted inline as the router publishes it (EventBus.observe).
         router.events.observe(RequestAttempted, self.metrics.attempt)
         self.client_metrics = ClientMetrics(self.metrics.registry, router.events, router.budgets)
@@ -567,7 +569,14 @@ class ProxyApp:
 
     async def _ready(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
         if self.router.ready():
-            await self._reply(ex, send, 200, {"status": "ready"})
+            store = self._store_status()
+            if store is not None and not store["up"]:  # still serving, on local shares: say so
+                await self._reply(ex, send, 200, {"status": "degraded", "store": store})
+                return
+            body: dict[str, Any] = {"status": "ready"}
+            if store is not None:
+                body["store"] = store
+            await self._reply(ex, send, 200, body)
             return
         raise HTTPError(503, "no key can serve requests right now", type="service_unavailable", code="not_ready")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from types import TracebackType
 
@@ -56,6 +57,7 @@ from apikeyrouter.messages.key import Granted, KeyCommand, Outcome, Release, Res
 from apikeyrouter.messages.router import Decide
 from apikeyrouter.runtime.asks import GRACE, ask_bounded, ask_restarting, tell_bounded
 from apikeyrouter.runtime.deps import Deps
+from apikeyrouter.store.redis_shared import KeyLimits, SharedAsk, SharedGrant, SharedLimits
 
 __all__ = ["Held", "Request", "acquire"]
 
@@ -99,7 +101,19 @@ class Held:
     removed and registered again (a reload that changes it) is a new address whose reservation ids
     start over, and the old grant must not settle the new actor's lease of the same number."""
 
-    __slots__ = ("_deps", "_open", "adapter", "decision", "grant", "hold_id", "key_id", "provider", "ref", "started")
+    __slots__ = (
+        "_deps",
+        "_open",
+        "adapter",
+        "decision",
+        "grant",
+        "hold_id",
+        "key_id",
+        "provider",
+        "ref",
+        "shared",
+        "started",
+    )
 
     def __init__(
         self,
@@ -120,6 +134,7 @@ class Held:
         self.adapter = adapter
         self.decision = decision
         self.hold_id = hold_id
+        self.shared: SharedGrant | None = None  # what the attempt holds on Redis, with several instances
         self.started = trio.current_time()
 
     async def __aenter__(self) -> Held:
@@ -136,7 +151,10 @@ class Held:
         is in the key's mailbox; for a key with an in-flight limit, once the key has applied it."""
         self._open = False
         usage = outcome.usage
-        await unhold(self._deps, self.hold_id, charge, None if usage is None else usage.total_tokens)
+        tokens = 0 if usage is None else usage.total_tokens
+        await unhold(self._deps, self.hold_id, charge, None if usage is None else tokens)
+        if self.shared is not None and self._deps.shared is not None:
+            await self._deps.shared.finish(self.shared, tokens=tokens, charge=charge)
         ref = self.ref
         try:
             if self.grant.confirm_settle:
@@ -151,6 +169,8 @@ class Held:
         """The call produced no outcome: free the hold and give the reservation back."""
         self._open = False
         await unhold(self._deps, self.hold_id, None)
+        if self.shared is not None and self._deps.shared is not None:
+            await self._deps.shared.finish(self.shared, tokens=None, charge=None)
         rid = self.grant.reservation_id
         ref = self.ref
         with contextlib.suppress(*_GONE):
@@ -244,7 +264,53 @@ async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDeci
         return reply
     if req.refused:
         decision = attrs.evolve(decision, refused=tuple(req.refused.values()))
-    return Held(deps, ref, reply, cand.provider, adapter, decision, hold_id)
+    held = Held(deps, ref, reply, cand.provider, adapter, decision, hold_id)
+    if deps.shared is not None:  # several instances: the shared side must agree too
+        async with _unless_kept(held) as keep:
+            refusal = await _share(deps, deps.shared, req, held, est)
+            if refusal is None:
+                keep()
+        if refusal is not None:
+            return refusal
+    return held
+
+
+@contextlib.asynccontextmanager
+async def _unless_kept(held: Held) -> AsyncIterator[Callable[[], None]]:
+    """Release `held` on the way out, whatever raised, unless `keep()` was called."""
+    kept = False
+
+    def keep() -> None:
+        nonlocal kept
+        kept = True
+
+    try:
+        yield keep
+    finally:
+        if not kept:
+            with trio.CancelScope(shield=True):  # the release is the cleanup of a cancelled attempt too
+                await held.release("refused by the shared store")
+
+
+async def _share(deps: Deps, shared: SharedLimits, req: Request, held: Held, est: CostEstimate) -> Refusal | None:
+    """The key's shared windows, in-flight slot, bench and budgets (one Redis round trip): None when held."""
+    snap = deps.board.keys.get(held.key_id)
+    limits = KeyLimits()
+    if snap is not None:
+        limits = KeyLimits(snap.quota.config.rpm, snap.quota.config.tpm, snap.max_in_flight)
+    budgets = shared.budgets_for(_budget_ids(held.provider, held.key_id)) if deps.budgets_enabled else ()
+    lease_s = _lease_until(req) + GRACE - trio.current_time()
+    tokens = est.input_tokens + est.max_output_tokens
+    ask = SharedAsk(held.key_id, req.id, tokens, limits, lease_s, est.worst_case_cost, budgets)
+    got = await shared.reserve(ask)
+    if isinstance(got, Refusal):
+        return got
+    held.shared = got
+    return None
+
+
+def _budget_ids(provider: str, key_id: str) -> tuple[str, ...]:
+    return ("global", f"provider:{provider}", f"key:{key_id}")
 
 
 async def _hold(
@@ -254,7 +320,7 @@ async def _hold(
     rpm/tpm windows) until `until` at the latest: None when held. A budget actor that is restarting is
     asked again (a hold is idempotent by its id). Fails closed: a hard budget is never overspent because
     its keeper was not answering."""
-    ids: tuple[str, ...] = ("global", f"provider:{cand.provider}", f"key:{cand.key_id}")
+    ids = _budget_ids(cand.provider, cand.key_id)
     if req.team is not None:
         ids = (*ids, f"team:{req.team}")
     if req.client is not None:

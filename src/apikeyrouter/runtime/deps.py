@@ -20,6 +20,7 @@ from apikeyrouter.messages.budget import BudgetCommand
 from apikeyrouter.messages.key import KeyCommand
 from apikeyrouter.messages.router import RouterCommand
 from apikeyrouter.observe import EventBus
+from apikeyrouter.store.redis_shared import SharedLimits
 
 __all__ = ["AttemptObserver", "Deps", "Routing", "parse_objective"]
 
@@ -45,6 +46,7 @@ class Deps(Protocol):
     events: EventBus
     board: SnapshotBoard
     wall_offset: float
+    shared: SharedLimits | None  # several instances on one Redis ([store] kind = "redis"); None: this one alone
 
     def check(self, operation: str) -> None: ...
 

@@ -46,6 +46,7 @@ from apikeyrouter.runtime.reload import apply_config
 from apikeyrouter.runtime.tree import root_supervisor
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import MemoryStore, StateStore
+from apikeyrouter.store.redis_shared import SharedLimits, open_shared
 
 if TYPE_CHECKING:
     pass
@@ -108,17 +109,21 @@ class ApiKeyRouter:
         # The tokenizer's tables take ~0.3 s to load: load them off the event loop now, not on the
         # first request (which would otherwise pay it inside its deadline).
         await trio.to_thread.run_sync(warm_tokenizers)
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(root.run)
-                reg.running = True
-                try:
-                    await reg.load_config()
-                    yield
-                finally:
-                    root.stop()
-        finally:
-            reg.running = False
+        # With [store] kind = "redis": the shared limits run outside the tree, up before it and down after.
+        async with open_shared(reg.config.store, reg.events, lambda: reg.budget_specs, reg.apply_shared) as shared:
+            reg.shared = shared
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(root.run)
+                    reg.running = True
+                    try:
+                        await reg.load_config()
+                        yield
+                    finally:
+                        root.stop()
+            finally:
+                reg.running = False
+                reg.shared = None
 
     async def __aenter__(self) -> ApiKeyRouter:
         lifetime = self._running()
@@ -151,6 +156,16 @@ class ApiKeyRouter:
     @property
     def store(self) -> StateStore:
         return self._registry.store
+
+    @property
+    def shared(self) -> SharedLimits | None:
+        """The shared limits on Redis while running with `[store] kind = "redis"`; else None."""
+        return self._registry.shared
+
+    def store_status(self) -> dict[str, Any] | None:
+        """Redis reachability, live instances and mode (shared / local share); None without Redis."""
+        shared = self._registry.shared
+        return shared.status() if shared is not None else None
 
     @property
     def objective(self) -> str | Weights:

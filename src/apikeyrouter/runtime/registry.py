@@ -9,6 +9,7 @@ the tree again.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,7 +38,7 @@ from apikeyrouter.domain.scoring import ScoringConfig
 from apikeyrouter.errors import ActorStopped, InvalidRequest, RouterNotRunning, UnknownKey, UnknownProvider
 from apikeyrouter.kernel.actor import ActorRef
 from apikeyrouter.messages.budget import BudgetCommand, SetBudget, SetBudgets
-from apikeyrouter.messages.key import KeyCommand, Operate
+from apikeyrouter.messages.key import ApplyShared, KeyCommand, Operate
 from apikeyrouter.messages.router import RouterCommand
 from apikeyrouter.observe import Event, EventBus, KeyRegistered
 from apikeyrouter.runtime.api import APIKey
@@ -46,6 +47,7 @@ from apikeyrouter.runtime.policies import PolicyBook
 from apikeyrouter.runtime.tree import key_child, provider_child
 from apikeyrouter.secret import Secret, secret_problem
 from apikeyrouter.store.memory import StateStore
+from apikeyrouter.store.redis_shared import SharedLimits
 from apikeyrouter.supervisors import Supervisor
 
 __all__ = ["Registry"]
@@ -123,6 +125,7 @@ class Registry:
         self._providers: dict[str, ProviderActor] = {}
         self._router: RouterActor | None = None
         self._budgets: BudgetActor | None = None
+        self.shared: SharedLimits | None = None  # set while running with [store] kind = "redis" (open.py)
 
     # -- Deps -----------------------------------------------------------------------------------------
 
@@ -156,6 +159,15 @@ class Registry:
             raise ActorStopped(f"key:{key_id}", "is restarting")
         self._key_refs[key_id] = actor.ref
         return actor.ref
+
+    async def apply_shared(self, key_id: str, change: ApplyShared) -> None:
+        """A bench another instance published: to this instance's key actor (a key not here is skipped)."""
+        try:
+            ref = self.key_ref(key_id)
+        except (UnknownKey, UnknownProvider, ActorStopped, RouterNotRunning):
+            return
+        with contextlib.suppress(ActorStopped):
+            await ref.tell(change)
 
     def provider(self, provider_id: str) -> ProviderActor:
         actor = self._providers.get(provider_id)
