@@ -23,7 +23,6 @@ import trio
 from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.adapters.base import ProviderAdapter
-from apikeyrouter.adapters.tokens import warm as warm_tokenizers
 from apikeyrouter.config import RouterConfig, default_config
 from apikeyrouter.domain.request import RequestIntent, StreamChunk, SystemResponse
 from apikeyrouter.domain.scoring import ScoringConfig, Weights
@@ -102,9 +101,6 @@ class ApiKeyRouter:
             make_router=reg.make_router,
             grace=reg.config.server.grace_period,
         )
-        # The tokenizer's tables take ~0.3 s to load: load them off the event loop now, not on the
-        # first request (which would otherwise pay it inside its deadline).
-        await trio.to_thread.run_sync(warm_tokenizers)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(root.run)

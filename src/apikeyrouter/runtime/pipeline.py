@@ -22,6 +22,7 @@ import trio
 
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.adapters.base import AdapterResult, AdapterStream
+from apikeyrouter.adapters.tokens import load_for
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.request import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.domain.scoring import Weights
@@ -122,6 +123,7 @@ class Pipeline:
         self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
     ) -> SystemResponse:
         req = self._begin("route", intent, objective, client, _MAX_LEASE_S)
+        await load_for(req.intent)  # the first request of a model family loads its tokenizer, off the loop
         held, result = await self._attempts(req, self._complete)
         async with held:
             response = result.response
@@ -137,6 +139,7 @@ class Pipeline:
         self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
     ) -> AsyncIterator[RoutedStreamHandle]:
         req = self._begin("stream", intent, objective, client, _MAX_LEASE_S * 6)
+        await load_for(req.intent)
         held, opened = await self._attempts(req, self._open_first)
         async with held, opened:
             handle = RoutedStreamHandle(self._metadata(req, held, _ZERO), opened.first, opened.rest)
