@@ -10,6 +10,7 @@ reservation is released and the budget hold freed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from decimal import Decimal
@@ -283,32 +284,42 @@ class Pipeline:
         )
 
     def _record(self, req: Request, held: Held, failure: FailureClass | None, latency: float) -> None:
-        data = {
-            "request_id": req.id,
-            "client": req.client,
-            "key": held.key_id,
-            "provider": held.provider,
-            "attempt": req.attempts,
-            "decision_id": held.decision.id,
-            "outcome": "success" if failure is None else failure.value,
-            "latency_ms": round(latency * 1000, 3),
-        }
-        self._deps.events.publish(
-            RequestAttempted(
-                req.id,
-                held.key_id,
-                held.provider,
-                req.attempts,
-                held.decision.id,
-                failure,
-                latency,
-                trio.current_time(),
-                client=req.client,
-            )
+        """Publish the attempt's `RequestAttempted` and log it: a failure at info, a success at debug,
+        its fields taken from the event, and built only when the line is logged."""
+        event = RequestAttempted(
+            req.id,
+            held.key_id,
+            held.provider,
+            req.attempts,
+            held.decision.id,
+            failure,
+            latency,
+            trio.current_time(),
+            client=req.client,
         )
+        self._deps.events.publish(event)
         if failure is not None:
-            log.info("attempt_failed", **data)
-        else:
+            log.info("attempt_failed", **_log_fields(event))
+        elif _logs_debug():
             # The decision's full explanation is one GET /decisions/{id} (or `inspect decisions`) away;
             # rendering it for every request would cost more than the decision itself.
-            log.debug("attempt_succeeded", chosen_by=held.decision.objective, **data)
+            log.debug("attempt_succeeded", chosen_by=held.decision.objective, **_log_fields(event))
+
+
+def _logs_debug() -> bool:
+    """Whether the request logger writes debug lines (a logger that cannot say is taken to write them)."""
+    enabled = getattr(log, "is_enabled_for", None)
+    return True if enabled is None else bool(enabled(logging.DEBUG))
+
+
+def _log_fields(event: RequestAttempted) -> dict[str, Any]:
+    return {
+        "request_id": event.request_id,
+        "client": event.client,
+        "key": event.key,
+        "provider": event.provider,
+        "attempt": event.attempt,
+        "decision_id": event.decision_id,
+        "outcome": "success" if event.failure is None else event.failure.value,
+        "latency_ms": round(event.latency_s * 1000, 3),
+    }
