@@ -84,6 +84,11 @@ class Metric(enum.Enum):
     TOKENS = "tokens"
 
 
+# Iterating the enum class runs a generator and hashing a member runs Python code: the hot paths below
+# zip with this tuple and index by position instead.
+_METRICS = (Metric.REQUESTS, Metric.TOKENS)
+
+
 class CapacityState(enum.Enum):
     ABUNDANT = "abundant"
     CONSTRAINED = "constrained"
@@ -292,7 +297,7 @@ def can_reserve(q: Quota, tokens: int, now: float) -> QuotaRefusal | None:
         elif used + need > limit:
             retry = _drained_at(ring, spec, used + need - limit)
             refusals.append(QuotaRefusal(spec.name, f"{spec.name} limit {limit} reached ({used} used)", retry))
-    for metric, learned in zip(Metric, q.learned, strict=True):
+    for metric, learned in zip(_METRICS, q.learned, strict=True):
         need = 1 if metric is Metric.REQUESTS else tokens
         if learned is not None and learned.active(now) and learned.remaining < need:
             refusals.append(
@@ -335,10 +340,10 @@ def _count(q: Quota, res: QuotaReservation, *, requests: int, tokens: int, now: 
     learned = q.learned
     if res.epoch == q.epoch:
         req, tok = (
-            attrs.evolve(lrn, remaining=lrn.remaining - (requests if m is Metric.REQUESTS else tokens))
+            _Learned(lrn.limit, lrn.remaining - (requests if m is Metric.REQUESTS else tokens), lrn.reset_at)
             if lrn is not None and lrn.active(now)
             else lrn
-            for m, lrn in zip(Metric, q.learned, strict=True)
+            for m, lrn in zip(_METRICS, q.learned, strict=True)
         )
         learned = (req, tok)
     return attrs.evolve(q, rings=rings, learned=learned)
@@ -411,7 +416,7 @@ def _fractions(q: Quota, now: float) -> list[tuple[str, float]]:
         limit = _limit(q, i, now)
         if limit is not None:
             out.append((spec.name, max(0, limit - sum(ring.counts)) / limit if limit else 0.0))
-    for metric, lrn in zip(Metric, q.learned, strict=True):
+    for metric, lrn in zip(_METRICS, q.learned, strict=True):
         if lrn is not None and lrn.active(now):
             if lrn.limit:
                 out.append((f"provider {metric.value}", max(0, lrn.remaining) / lrn.limit))
@@ -427,19 +432,19 @@ def predict(q: Quota, now: float) -> Prediction:
     n_req, n_tok = q.rate.decayed(cfg.rate_tau_s, now)
     observed = 0.0 if q.rate.since is None else max(0.0, now - q.rate.since)
     confidence = (1.0 - math.exp(-n_req / cfg.confidence_events)) * min(1.0, observed / cfg.rate_tau_s)
-    rates = {Metric.REQUESTS: n_req / cfg.rate_tau_s, Metric.TOKENS: n_tok / cfg.rate_tau_s}
+    rates = (n_req / cfg.rate_tau_s, n_tok / cfg.rate_tau_s)  # by position in _METRICS
     if q.blocked_until is not None:
         return Prediction(0.0, True, confidence, "retry-after")
     candidates: list[tuple[float, bool, str]] = []
     for i, (spec, ring) in enumerate(zip(cfg.windows, q.rings, strict=True)):
         limit = _limit(q, i, now)
-        rate = rates[spec.metric]
+        rate = rates[0 if spec.metric is Metric.REQUESTS else 1]
         if limit is None or rate <= 0.0:
             continue
         left = max(0, limit - sum(ring.counts))
         candidates.append((left / rate, rate * spec.length_s > limit, spec.name))
-    for metric, lrn in zip(Metric, q.learned, strict=True):
-        rate = rates[metric]
+    for i, (metric, lrn) in enumerate(zip(_METRICS, q.learned, strict=True)):
+        rate = rates[i]
         if lrn is not None and lrn.active(now) and rate > 0.0:
             secs = max(0, lrn.remaining) / rate
             candidates.append((secs, secs < lrn.reset_at - now, f"provider {metric.value}"))

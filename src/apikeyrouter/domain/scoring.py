@@ -67,7 +67,7 @@ def _weight(_inst: object, attribute: attrs.Attribute[float], value: float) -> N
         raise ValueError(f"weight {attribute.name} must be a finite number >= 0, got {value!r}")
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # hashed on every decision (the index's orders and `_terms` are keyed by it)
 class Weights:
     """Custom objective: relative weights (any scale; they are normalised). At least one must be > 0."""
 
