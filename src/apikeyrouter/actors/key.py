@@ -178,9 +178,7 @@ class KeyActor(Actor[KeyCommand]):
             retry = breaker.open_until if is_open else breaker.probe_deadline
             state = "open" if is_open else "half_open"
             return Refusal(self.key_id, RefusalKind.BREAKER, retry, detail={"state": state})
-        q, reservation = quota.reserve(rec.quota, req.tokens, now)
-        if not isinstance(reservation, QuotaReservation):  # can_reserve said yes a moment ago
-            return self._quota_refusal(reservation)
+        q, reservation = quota.take(rec.quota, req.tokens, now)  # `_refusal` saw can_reserve admit it
         probe = breaker.probe_id if breaker.state is BreakerState.HALF_OPEN else None
         rid = self._next_reservation_id()
         self._leases[rid] = _Lease(reservation, probe, req.worst_case_cost, req.lease_until, req.request_id)

@@ -195,6 +195,21 @@ def count_text(text: str, encoding: str = "o200k_base") -> int:
     return len(get_encoding(encoding).encode_ordinary(text))
 
 
+_ROLES_CACHED = 64  # roles are a handful of words; the bound only guards against a client inventing many
+_roles: dict[tuple[str, str], int] = {}
+
+
+def _role_tokens(enc: Encoder, role: str) -> int:
+    """Tokens of a role name, counted once per encoding ("user", "assistant" ... recur in every request)."""
+    key = (enc.name, role)
+    n = _roles.get(key)
+    if n is None:
+        n = len(enc.encode_ordinary(role))
+        if len(_roles) < _ROLES_CACHED:
+            _roles[key] = n
+    return n
+
+
 @attrs.frozen
 class TokenCount:
     tokens: int
@@ -210,7 +225,7 @@ def count_chat(messages: Iterable[ChatMessage], model: str) -> TokenCount:
     total = REPLY_PRIMING
     for message in messages:
         total += TOKENS_PER_MESSAGE
-        total += len(enc.encode_ordinary(message.role))
+        total += _role_tokens(enc, message.role)
         total += len(enc.encode_ordinary(message.content))
     if not exact:
         total = math.ceil(total * ESTIMATE_FACTOR)

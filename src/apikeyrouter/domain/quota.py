@@ -72,6 +72,7 @@ __all__ = [
     "release",
     "reserve",
     "settle",
+    "take",
     "usage",
 ]
 
@@ -326,6 +327,12 @@ def reserve(q: Quota, tokens: int, now: float) -> tuple[Quota, QuotaReservation 
     refusal = can_reserve(q, tokens, now)
     if refusal is not None:
         return q, refusal
+    return take(q, tokens, now)
+
+
+def take(q: Quota, tokens: int, now: float) -> tuple[Quota, QuotaReservation]:
+    """`reserve` for a caller that has just seen `can_reserve(q, tokens, now)` admit it: counts without
+    checking again (the same quota at the same time gives the same answer)."""
     q = effective(q, now)
     res = QuotaReservation(at=now, tokens=tokens, epoch=q.epoch)
     return _count(q, res, requests=1, tokens=tokens, now=now), res
