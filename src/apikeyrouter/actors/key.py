@@ -385,10 +385,15 @@ class KeyActor(Actor[KeyCommand]):
     def _arm_timer(self, now: float) -> None:
         """Wake up when a bench or a breaker cooldown ends, so the transition is published on time."""
         rec = self.record
-        leases = min((lease.until for lease in self._leases.values()), default=None)
-        candidates = [t for t in (rec.lifecycle.until, rec.breaker.open_until, rec.breaker.probe_deadline, leases) if t]
-        future = [t for t in candidates if t > now]
-        self._timer.arm(min(future, default=None), ref=self.ref, nursery=self._nursery)
+        at: float | None = None
+        for t in (rec.lifecycle.until, rec.breaker.open_until, rec.breaker.probe_deadline):
+            if t and t > now and (at is None or t < at):
+                at = t
+        for lease in self._leases.values():  # runs on every commit: no lists built
+            t = lease.until
+            if t and t > now and (at is None or t < at):
+                at = t
+        self._timer.arm(at, ref=self.ref, nursery=self._nursery)
 
     def _wake(self) -> None:
         now = trio.current_time()
