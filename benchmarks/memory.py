@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from proxy import ROOT, Child, rss_mib
-
+ROOT = Path(__file__).resolve().parent.parent
 UNUSED_URL = "http://127.0.0.1:9/v1"  # the discard port: never contacted
 
 
@@ -55,23 +54,43 @@ level = "warning"
 """
 
 
+def child_env() -> dict[str, str]:
+    """The children import the package from PYTHONPATH as given (benchmarks/ab.py points it at each
+    checkout in turn), else from this checkout."""
+    env = dict(os.environ)
+    env.setdefault("PYTHONPATH", str(ROOT / "src"))
+    return env
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def serve_rss(keys: int, work: Path, settle: float) -> tuple[float, float]:
     """(RSS MiB when idle, seconds from launch to listening) of a `serve` with `keys` keys."""
     config = work / f"router-{keys}.toml"
     config.write_text(router_toml(keys))
+    log = work / f"serve-{keys}.log"
     started = time.perf_counter()
-    child = Child(
-        f"serve ({keys} keys)",
-        [sys.executable, "-m", "apikeyrouter", "serve", "--config", str(config)],
-        None,
-        work / f"serve-{keys}.log",
-    )
+    command = [sys.executable, "-m", "apikeyrouter", "serve", "--config", str(config)]
+    with log.open("w") as err:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=child_env())
     try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # ends when the child exits: then it failed to start
+            if re.search(r"listening on http://", line):
+                break
+        else:
+            raise SystemExit(f"serve with {keys} keys did not start:\n{log.read_text()[-2000:]}")
         ready = time.perf_counter() - started
         time.sleep(settle)
-        return rss_mib(child.pid), ready
+        return rss_mib(proc.pid), ready
     finally:
-        child.stop()
+        proc.terminate()
+        proc.wait()
 
 
 def python_rss(code: str) -> float:
@@ -85,7 +104,7 @@ def python_rss(code: str) -> float:
         capture_output=True,
         text=True,
         check=True,
-        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+        env=child_env(),
     ).stdout
     return int(out.split()[1]) / 1024
 

@@ -304,7 +304,8 @@ def _cpu_seconds(pid: int) -> float:
 
 def proxy_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """`serve` as a child process in front of the paced upstream (another child); this process is the client."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = dict(os.environ)  # `serve` from PYTHONPATH as given (benchmarks/ab.py sets it per checkout)
+    env.setdefault("PYTHONPATH", str(ROOT / "src"))
     up = subprocess.Popen(
         [sys.executable, __file__, "--child", "upstream", "--gap", str(PACED_GAP_S)],
         stdout=subprocess.PIPE,
