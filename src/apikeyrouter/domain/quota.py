@@ -88,6 +88,7 @@ class Metric(enum.Enum):
 # Iterating the enum class runs a generator and hashing a member runs Python code: the hot paths below
 # zip with this tuple and index by position instead.
 _METRICS = (Metric.REQUESTS, Metric.TOKENS)
+_PROVIDER_WINDOWS = tuple(f"provider {m.value}" for m in _METRICS)  # learned windows' names, by position
 
 
 class CapacityState(enum.Enum):
@@ -423,12 +424,12 @@ def _fractions(q: Quota, now: float) -> list[tuple[str, float]]:
         limit = _limit(q, i, now)
         if limit is not None:
             out.append((spec.name, max(0, limit - sum(ring.counts)) / limit if limit else 0.0))
-    for metric, lrn in zip(_METRICS, q.learned, strict=True):
-        if lrn is not None and lrn.active(now):
+    for window, lrn in zip(_PROVIDER_WINDOWS, q.learned, strict=True):
+        if lrn is not None and now < lrn.reset_at:  # lrn.active(now), inline: this runs per snapshot
             if lrn.limit:
-                out.append((f"provider {metric.value}", max(0, lrn.remaining) / lrn.limit))
+                out.append((window, max(0, lrn.remaining) / lrn.limit))
             elif lrn.remaining <= 0:
-                out.append((f"provider {metric.value}", 0.0))
+                out.append((window, 0.0))
     return out
 
 
@@ -450,11 +451,10 @@ def predict(q: Quota, now: float) -> Prediction:
             continue
         left = max(0, limit - sum(ring.counts))
         candidates.append((left / rate, rate * spec.length_s > limit, spec.name))
-    for i, (metric, lrn) in enumerate(zip(_METRICS, q.learned, strict=True)):
-        rate = rates[i]
-        if lrn is not None and lrn.active(now) and rate > 0.0:
+    for rate, window, lrn in zip(rates, _PROVIDER_WINDOWS, q.learned, strict=True):
+        if lrn is not None and now < lrn.reset_at and rate > 0.0:
             secs = max(0, lrn.remaining) / rate
-            candidates.append((secs, secs < lrn.reset_at - now, f"provider {metric.value}"))
+            candidates.append((secs, secs < lrn.reset_at - now, window))
     if not candidates:
         return Prediction(None, False, confidence)
     exhausting = [c for c in candidates if c[1]]
