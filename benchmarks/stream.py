@@ -23,6 +23,10 @@ as the client (raw trio sockets, a fresh connection per stream, every event time
 - new upstream connections per stream: connections the upstream accepted while the proxy's streams ran,
   per stream (keep-alive reuse: goal ≤ the pool size per 200 streams, i.e. near 0 once warm).
 
+Relay part (`--part relay`): the routed stream below the proxy, in this process: `router.stream()` of
+an embedded router read to its end against the paced upstream with no pause (adapter, SSE reader,
+request pipeline, our h11 client and httpx), CPU for 200-chunk streams minus 2-chunk ones, per chunk.
+
 Adapter part (`--part adapter`): `OpenAIAdapter.open_stream` reads `--streams` streams one after the
 other, each to its end, against `benchmarks/h11_upstream.py --mode sse` (its chunked terminator written
 after `data: [DONE]`), through `h11` (the adapter as it is), `httpx` (its client on httpx's default
@@ -400,6 +404,64 @@ async def _proxy_rounds(args: argparse.Namespace, up_port: int, proxy_port: int,
     return out
 
 
+# -- the relay below the proxy: the routed stream's CPU per chunk, in-process ------------------------------
+
+
+async def _relay_rounds(port: int, rounds: int) -> dict[str, float]:
+    """`router.stream()` read to its end (adapter, SSE reader, request pipeline, our h11 client), against
+    the paced upstream with no pause, in this process: its CPU for streams of 200 chunks minus streams of
+    2, per extra chunk; rounds interleaved, medians."""
+    from apikeyrouter import ApiKeyRouter
+    from apikeyrouter.adapters import OpenAIAdapter
+    from apikeyrouter.observe.logs import configure_logging
+
+    async def read(router: ApiKeyRouter, chunks: int) -> int:
+        chat = {
+            "model": "gpt-4o-mini",
+            "stream": True,
+            "max_tokens": chunks,
+            "messages": [{"role": "user", "content": "Count."}],
+        }
+        n = 0
+        async with router.stream(chat) as handle:
+            async for _ in handle:
+                n += 1
+        return n
+
+    per_stream: dict[int, list[float]] = {2: [], 200: []}
+    with open(os.devnull, "w") as sink:  # noqa: ASYNC230 - opened once, before anything is measured
+        configure_logging("warning", "json", sink)
+        async with ApiKeyRouter() as router:
+            await router.register_provider("upstream", OpenAIAdapter(base_url=f"http://127.0.0.1:{port}/v1"))
+            for i in range(3):
+                await router.register_key(f"sk-relay-bench-{i:04d}", "upstream", key_id=f"r{i}")
+            for _ in range(5):
+                await read(router, 2)  # warm-up: tokenizer, pool, index orders
+            for _ in range(rounds):
+                for chunks in (2, 200):
+                    cpu0 = time.process_time()
+                    for _ in range(10):
+                        await read(router, chunks)
+                    per_stream[chunks].append((time.process_time() - cpu0) / 10)
+    lo, hi = statistics.median(per_stream[2]), statistics.median(per_stream[200])
+    return {"relay_cpu_us_per_chunk": round((hi - lo) / 198 * 1e6, 1), "cpu_us_per_stream_2_chunks": round(lo * 1e6)}
+
+
+def relay_benchmark(args: argparse.Namespace) -> dict[str, float]:
+    up = subprocess.Popen(
+        [sys.executable, __file__, "--child", "upstream", "--gap", "0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert up.stdout is not None
+        port = int(up.stdout.readline().split()[1])
+        result = trio.run(_relay_rounds, port, args.relay_rounds)
+    finally:
+        up.terminate()
+        up.wait()
+    print(f"in-process relay: {result['relay_cpu_us_per_chunk']} CPU µs per chunk (adapter + pipeline + h11 client)")
+    return result
+
+
 def adapter_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     proc, port = start_upstream("sse")
     try:
@@ -425,7 +487,8 @@ def adapter_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("all", "proxy", "adapter"), default="all")
+    parser.add_argument("--part", choices=("all", "proxy", "relay", "adapter"), default="all")
+    parser.add_argument("--relay-rounds", type=int, default=5)
     parser.add_argument("--streams", type=int, default=200, help="adapter part: sequential streams")
     parser.add_argument("--before-src", type=Path, help="adapter part: the src of an older tree")
     parser.add_argument("--levels", default="50,100,200,300,400,500,600", help="proxy part: concurrency ladder")
@@ -456,6 +519,8 @@ def main() -> None:
             f" new upstream connections per stream: {proxy['new_upstream_connections_per_stream']}"
         )
         result["proxy"] = proxy
+    if args.part in ("all", "relay"):
+        result["relay"] = relay_benchmark(args)
     if args.part in ("all", "adapter"):
         result["adapter"] = adapter_benchmark(args)
     print(json.dumps(result))
