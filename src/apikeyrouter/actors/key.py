@@ -181,9 +181,7 @@ class KeyActor(Actor[KeyCommand]):
             retry = breaker.open_until if is_open else breaker.probe_deadline
             state = "open" if is_open else "half_open"
             return Refusal(self.key_id, RefusalKind.BREAKER, retry, detail={"state": state})
-        q, reservation = quota.reserve(rec.quota, req.tokens, now)
-        if not isinstance(reservation, QuotaReservation):  # can_reserve said yes a moment ago
-            return self._quota_refusal(reservation)
+        q, reservation = quota.take(rec.quota, req.tokens, now)  # `_refusal` saw can_reserve admit it
         probe = breaker.probe_id if breaker.state is BreakerState.HALF_OPEN else None
         rid = self._next_reservation_id()
         self._leases[rid] = _Lease(reservation, probe, req.worst_case_cost, req.lease_until, req.request_id)
@@ -408,10 +406,15 @@ class KeyActor(Actor[KeyCommand]):
     def _arm_timer(self, now: float) -> None:
         """Wake up when a bench or a breaker cooldown ends, so the transition is published on time."""
         rec = self.record
-        leases = min((lease.until for lease in self._leases.values()), default=None)
-        candidates = [t for t in (rec.lifecycle.until, rec.breaker.open_until, rec.breaker.probe_deadline, leases) if t]
-        future = [t for t in candidates if t > now]
-        self._timer.arm(min(future, default=None), ref=self.ref, nursery=self._nursery)
+        at: float | None = None
+        for t in (rec.lifecycle.until, rec.breaker.open_until, rec.breaker.probe_deadline):
+            if t and t > now and (at is None or t < at):
+                at = t
+        for lease in self._leases.values():  # runs on every commit: no lists built
+            t = lease.until
+            if t and t > now and (at is None or t < at):
+                at = t
+        self._timer.arm(at, ref=self.ref, nursery=self._nursery)
 
     def _wake(self) -> None:
         now = trio.current_time()

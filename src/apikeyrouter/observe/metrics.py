@@ -96,6 +96,7 @@ class ProxyMetrics:
         self._duration_children: dict[str, Any] = {}
         self._served_children: dict[tuple[str, str], Any] = {}
         self._attempt_children: dict[tuple[str, str], Any] = {}
+        self._failure_children: dict[str, Any] = {}
         if keys is not None:
             r.register(_KeyStateCollector(keys))
         if store is not None:
@@ -129,7 +130,10 @@ class ProxyMetrics:
         child.inc()
 
     def failed(self, failure_class: str) -> None:
-        self._failures.labels(failure_class).inc()
+        child = self._failure_children.get(failure_class)
+        if child is None:
+            child = self._failure_children[failure_class] = self._failures.labels(failure_class)
+        child.inc()
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -23,7 +23,6 @@ import trio
 from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.adapters.base import ProviderAdapter
-from apikeyrouter.adapters.tokens import warm as warm_tokenizers
 from apikeyrouter.config import RouterConfig, default_config, structure_policies
 from apikeyrouter.domain.policy import Policy
 from apikeyrouter.domain.request import RequestIntent, StreamChunk, SystemResponse
@@ -106,9 +105,6 @@ class ApiKeyRouter:
             make_router=reg.make_router,
             grace=reg.config.server.grace_period,
         )
-        # The tokenizer's tables take ~0.3 s to load: load them off the event loop now, not on the
-        # first request (which would otherwise pay it inside its deadline).
-        await trio.to_thread.run_sync(warm_tokenizers)
         # With [store] kind = "redis": the shared limits run outside the tree, up before it and down after.
         async with open_shared(reg.config.store, reg.events, lambda: reg.budget_specs, reg.apply_shared) as shared:
             reg.shared = shared

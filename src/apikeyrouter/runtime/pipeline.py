@@ -10,6 +10,7 @@ reservation is released and the budget hold freed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from decimal import Decimal
@@ -22,6 +23,7 @@ import trio
 
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.adapters.base import AdapterResult, AdapterStream
+from apikeyrouter.adapters.tokens import load_for
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.request import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.domain.scoring import Weights
@@ -149,6 +151,7 @@ class Pipeline:
         self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
     ) -> SystemResponse:
         req = self._begin("route", intent, objective, client, _MAX_LEASE_S)
+        await load_for(req.intent)  # the first request of a model family loads its tokenizer, off the loop
         held, result = await self._attempts(req, self._complete)
         async with held:
             response = result.response
@@ -165,6 +168,7 @@ class Pipeline:
         self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
     ) -> AsyncIterator[RoutedStreamHandle]:
         req = self._begin("stream", intent, objective, client, _MAX_LEASE_S * 6)
+        await load_for(req.intent)
         held, opened = await self._attempts(req, self._open_first)
         async with held, opened:
             handle = RoutedStreamHandle(self._metadata(req, held, _ZERO), opened.first, opened.rest)
@@ -314,34 +318,44 @@ class Pipeline:
         )
 
     def _record(self, req: Request, held: Held, failure: FailureClass | None, latency: float) -> None:
-        data = {
-            "request_id": req.id,
-            "client": req.client,
-            "team": req.team,
-            "key": held.key_id,
-            "provider": held.provider,
-            "attempt": req.attempts,
-            "decision_id": held.decision.id,
-            "outcome": "success" if failure is None else failure.value,
-            "latency_ms": round(latency * 1000, 3),
-        }
-        self._deps.events.publish(
-            RequestAttempted(
-                req.id,
-                held.key_id,
-                held.provider,
-                req.attempts,
-                held.decision.id,
-                failure,
-                latency,
-                trio.current_time(),
-                client=req.client,
-                team=req.team,
-            )
+        """Publish the attempt's `RequestAttempted` and log it: a failure at info, a success at debug,
+        its fields taken from the event, and built only when the line is logged."""
+        event = RequestAttempted(
+            req.id,
+            held.key_id,
+            held.provider,
+            req.attempts,
+            held.decision.id,
+            failure,
+            latency,
+            trio.current_time(),
+            client=req.client,
+            team=req.team,
         )
+        self._deps.events.publish(event)
         if failure is not None:
-            log.info("attempt_failed", **data)
-        else:
+            log.info("attempt_failed", **_log_fields(event))
+        elif _logs_debug():
             # The decision's full explanation is one GET /decisions/{id} (or `inspect decisions`) away;
             # rendering it for every request would cost more than the decision itself.
-            log.debug("attempt_succeeded", chosen_by=held.decision.objective, **data)
+            log.debug("attempt_succeeded", chosen_by=held.decision.objective, **_log_fields(event))
+
+
+def _logs_debug() -> bool:
+    """Whether the request logger writes debug lines (a logger that cannot say is taken to write them)."""
+    enabled = getattr(log, "is_enabled_for", None)
+    return True if enabled is None else bool(enabled(logging.DEBUG))
+
+
+def _log_fields(event: RequestAttempted) -> dict[str, Any]:
+    return {
+        "request_id": event.request_id,
+        "client": event.client,
+        "team": event.team,
+        "key": event.key,
+        "provider": event.provider,
+        "attempt": event.attempt,
+        "decision_id": event.decision_id,
+        "outcome": "success" if event.failure is None else event.failure.value,
+        "latency_ms": round(event.latency_s * 1000, 3),
+    }
