@@ -13,7 +13,7 @@ that comes after its hold expired is still charged to the budgets the hold named
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any, assert_never
 
@@ -21,42 +21,59 @@ import structlog
 import trio
 
 from apikeyrouter.domain import budget
-from apikeyrouter.domain.budget import BudgetEvent, BudgetOverrun, BudgetRefused, BudgetSpec, LateCharged, Ledger
+from apikeyrouter.domain.budget import (
+    BudgetEvent,
+    BudgetOverrun,
+    BudgetRefused,
+    BudgetReleased,
+    BudgetReserved,
+    BudgetSettled,
+    BudgetSpec,
+    HoldExpired,
+    LateCharged,
+    Ledger,
+)
+from apikeyrouter.domain.history import BudgetRow
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
 from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.kernel.timer import WakeTimer
 from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, HoldPlaced, SetBudget, SetBudgets, Wake
 from apikeyrouter.observe import BudgetHoldExpired, BudgetOverran, EventBus
-from apikeyrouter.store.memory import StateStore
+from apikeyrouter.store.port import StorePort
 
 __all__ = ["BudgetActor"]
 
 log = structlog.get_logger("apikeyrouter.budget")
 
-_STORE_KEY = "budgets"
+_KIND, _ID = "budgets", "ledger"
 
 
 class BudgetActor(Actor[BudgetCommand]):
     kind = "budget"
 
-    def __init__(self, specs: Iterable[BudgetSpec], *, store: StateStore, events: EventBus) -> None:
+    def __init__(self, specs: Iterable[BudgetSpec], *, store: StorePort, events: EventBus) -> None:
         super().__init__("budgets", mailbox=1024)
         self._specs = tuple(specs)
-        self._store = store
+        self._port = store
+        self._outbox = store.outbox()
+        self._rows: list[BudgetRow] = []
         self._events = events
         self._ledger: Ledger | None = None
         self._timer = WakeTimer(Wake())
 
     async def pre_start(self) -> None:
         now = trio.current_time()
-        restored = self._store.load(_STORE_KEY)
+        restored = await self._port.load(_KIND, _ID)
         ledger = restored if isinstance(restored, Ledger) else budget.new_ledger((), now)
         for spec in self._specs:  # the configured limits win over stored ones
             ledger = budget.set_budget(ledger, spec, now)
         self._ledger = ledger
-        self._store.save(_STORE_KEY, ledger)
+        self._outbox.save(_KIND, _ID, ledger)
         self._expire(now)  # restored holds whose lease ended while no instance ran
         self._arm_timer(now)
+        pending = self._outbox.drain()
+        if pending is not None:
+            await pending
 
     async def post_stop(self) -> None:
         # The lease timer is not work in flight: without this a stop would wait for the next lease.
@@ -76,7 +93,7 @@ class BudgetActor(Actor[BudgetCommand]):
                 out[bid] = {"limit": str(st.spec.limit), "spent": str(st.spent), "reserved": str(st.reserved)}
         return out
 
-    def receive(self, msg: BudgetCommand) -> None:
+    def receive(self, msg: BudgetCommand) -> Awaitable[None] | None:
         now = trio.current_time()
         self._expire(now)  # first: the message sees every ended lease freed, whether the timer ran or not
         match msg:
@@ -88,6 +105,7 @@ class BudgetActor(Actor[BudgetCommand]):
             case Charge(hold_id=hold_id, actual=actual):
                 ledger, events = budget.settle(self.ledger, hold_id, actual, now)
                 self._report(events)
+                self._history(self.ledger, events)
                 self._commit(ledger)
             case Free(hold_id=hold_id):
                 ledger, _ = budget.release(self.ledger, hold_id, now)
@@ -108,6 +126,7 @@ class BudgetActor(Actor[BudgetCommand]):
             case _:
                 assert_never(msg)
         self._arm_timer(now)
+        return self._outbox.drain()  # None unless the store's mailbox was full: then wait for room
 
     def _expire(self, now: float) -> None:
         ledger, expired = budget.expire(self.ledger, now)
@@ -115,6 +134,7 @@ class BudgetActor(Actor[BudgetCommand]):
             # A settlement was lost (sent while this actor restarted, most likely): the money it held is free.
             log.warning("budget_hold_expired", hold=ev.hold_id, budgets=list(ev.budgets), amount=str(ev.amount))
             self._events.publish(BudgetHoldExpired(ev))
+        self._history(self.ledger, expired)
         self._commit(ledger)
 
     def _report(self, events: Sequence[BudgetEvent]) -> None:
@@ -128,7 +148,27 @@ class BudgetActor(Actor[BudgetCommand]):
     def _commit(self, ledger: Ledger) -> None:
         if ledger is not self._ledger:
             self._ledger = ledger
-            self._store.save(_STORE_KEY, ledger)
+            rows, self._rows = tuple(self._rows), []
+            self._outbox.save(_KIND, _ID, ledger, rows)
+
+    def _history(self, before: Ledger, events: Sequence[BudgetEvent]) -> None:
+        """Money that moved, one row per budget it moved on, for the store's budget history."""
+        for ev in events:
+            match ev:
+                case BudgetSettled():
+                    hold = before.holds.get(ev.hold_id)
+                    names = hold.budgets if hold is not None else ()
+                    self._rows.extend(BudgetRow(b, "charged", ev.hold_id, ev.actual, ev.at) for b in names)
+                case LateCharged():
+                    self._rows.extend(BudgetRow(b, "charged_late", ev.hold_id, ev.actual, ev.at) for b in ev.budgets)
+                case BudgetOverrun():
+                    self._rows.append(BudgetRow(ev.budget, "overrun", ev.hold_id, ev.over_by, ev.at))
+                case HoldExpired():
+                    self._rows.extend(BudgetRow(b, "hold_expired", ev.hold_id, ev.amount, ev.at) for b in ev.budgets)
+                case BudgetReserved() | BudgetRefused() | BudgetReleased():
+                    pass  # holds placed, refused and released move no money
+                case _:
+                    assert_never(ev)
 
     def _arm_timer(self, now: float) -> None:
         """Wake up when the earliest lease ends, so an idle router frees a lost hold on time too."""

@@ -186,8 +186,10 @@ class DebugConfig:
 
 @attrs.frozen
 class StoreConfig:
-    kind: Literal["memory", "sqlite"] = "memory"
-    path: Path | None = None
+    kind: Literal["memory", "sqlite"] | None = None  # None: memory for the library, sqlite for `serve`
+    path: Path | None = None  # sqlite: the database file (serve's default: apikeyrouter.db)
+    flush_interval: float = 0.05  # seconds of changes gathered into one write
+    retention: int = 100_000  # decision and budget-history rows kept (transitions are all kept)
 
 
 @attrs.frozen

@@ -25,6 +25,7 @@ from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.adapters.tokens import warm as warm_tokenizers
 from apikeyrouter.config import RouterConfig, default_config
+from apikeyrouter.domain.history import HistoryRow, StateQuery
 from apikeyrouter.domain.request import RequestIntent, StreamChunk, SystemResponse
 from apikeyrouter.domain.scoring import ScoringConfig, Weights
 from apikeyrouter.errors import ActorStopped, RouterNotRunning, UnknownProvider
@@ -33,6 +34,7 @@ from apikeyrouter.kernel.spec import ChildSpec
 from apikeyrouter.messages.key import KeyCommand
 from apikeyrouter.messages.provider import ProviderCommand
 from apikeyrouter.messages.router import RouterCommand
+from apikeyrouter.messages.store import Flush, Query
 from apikeyrouter.observe import EventBus
 from apikeyrouter.runtime import views
 from apikeyrouter.runtime.api import APIKey
@@ -42,7 +44,8 @@ from apikeyrouter.runtime.registry import Registry
 from apikeyrouter.runtime.reload import apply_config
 from apikeyrouter.runtime.tree import root_supervisor
 from apikeyrouter.secret import Secret
-from apikeyrouter.store.memory import MemoryStore, StateStore
+from apikeyrouter.store.backend import StateStore
+from apikeyrouter.store.open import store_from_config
 
 if TYPE_CHECKING:
     pass
@@ -80,7 +83,7 @@ class ApiKeyRouter:
         self._registry = Registry(
             config,
             settings,
-            store=store if store is not None else MemoryStore(),  # an empty store is falsy (len 0)
+            store=store if store is not None else store_from_config(config.store),  # an empty store is falsy
             events=events if events is not None else EventBus(),
             scoring=scoring or ScoringConfig(),
         )
@@ -98,6 +101,7 @@ class ApiKeyRouter:
         reg.wall_offset = reg.events.wall_offset
         root = reg.root = root_supervisor(
             on_event=reg.on_event,
+            make_store=reg.make_store,
             make_budgets=reg.make_budgets,
             make_router=reg.make_router,
             grace=reg.config.server.grace_period,
@@ -105,6 +109,8 @@ class ApiKeyRouter:
         # The tokenizer's tables take ~0.3 s to load: load them off the event loop now, not on the
         # first request (which would otherwise pay it inside its deadline).
         await trio.to_thread.run_sync(warm_tokenizers)
+        # Read before the tree starts: a corrupt or newer file is one StoreError, and no actor waits on it.
+        reg.store_state.latest.update(await reg.store.open(reg.wall_offset))
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(root.run)
@@ -148,6 +154,16 @@ class ApiKeyRouter:
     @property
     def store(self) -> StateStore:
         return self._registry.store
+
+    async def query_state(self, query: StateQuery) -> list[HistoryRow]:
+        """History from the store: transitions, decisions (attempts) or budget movements, newest first."""
+        ref = self._registry.store_port._ref()
+        rows: list[HistoryRow] = await ref.ask(lambda r: Query(query, r))
+        return rows
+
+    async def flush_store(self) -> None:
+        """Wait until every change told to the store so far is written."""
+        await self._registry.store_port._ref().ask(Flush)
 
     @property
     def objective(self) -> str | Weights:
