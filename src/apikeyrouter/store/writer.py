@@ -21,7 +21,8 @@ the last stopped, so every actor's last change has arrived by then.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from typing import Any, assert_never
 
 import attrs
@@ -32,8 +33,9 @@ from apikeyrouter.domain.history import HistoryRow
 from apikeyrouter.kernel.actor import Actor, Reply
 from apikeyrouter.messages.store import Append, Flush, Load, Query, Save, StoreCommand
 from apikeyrouter.store.backend import Batch, RecordId, StateStore
+from apikeyrouter.store.port import StorePort
 
-__all__ = ["StoreState", "StoreWriter"]
+__all__ = ["StoreState", "StoreWriter", "run_store"]
 
 log = structlog.get_logger("apikeyrouter.store")
 
@@ -177,3 +179,20 @@ class StoreWriter(Actor[StoreCommand]):
             else:
                 st.batches += 1
                 return
+
+
+@asynccontextmanager
+async def run_store(
+    backend: StateStore, *, wall_offset: float = 0.0, flush_interval: float = 0.05, mailbox: int = 4096
+) -> AsyncIterator[StorePort]:
+    """A writer over `backend` outside a supervision tree (actors run on their own, tools, tests):
+    opens the backend, yields the port to give actors, and on exit writes everything and closes it."""
+    state = StoreState(backend, latest=await backend.open(wall_offset))
+    writer = StoreWriter(state, flush_interval=flush_interval, mailbox=mailbox)
+    port = StorePort()
+    async with trio.open_nursery() as nursery:
+        port.bind(await nursery.start(writer.run))
+        try:
+            yield port
+        finally:
+            writer.stop()
