@@ -72,6 +72,15 @@ class StoreWriter(Actor[StoreCommand]):
         self._stop = trio.Event()
         self._done = trio.Event()
 
+    def stop(self) -> None:
+        """Finish what is queued first: closing the mailbox (new tells fail with `ActorStopped`) ends the
+        receive loop once every change told before the stop is taken in; the stop flush writes them all."""
+        inbox = self._inbox
+        if self.status == "running" and inbox is not None:
+            inbox.close()
+        else:
+            super().stop()
+
     async def pre_start(self) -> None:
         self.nursery.start_soon(self._flush_loop)
         if self._state.dirty or self._state.rows:
@@ -183,12 +192,17 @@ class StoreWriter(Actor[StoreCommand]):
 
 @asynccontextmanager
 async def run_store(
-    backend: StateStore, *, wall_offset: float = 0.0, flush_interval: float = 0.05, mailbox: int = 4096
+    backend: StateStore,
+    *,
+    wall_offset: float = 0.0,
+    flush_interval: float = 0.05,
+    mailbox: int = 4096,
+    max_rows: int = 10_000,
 ) -> AsyncIterator[StorePort]:
     """A writer over `backend` outside a supervision tree (actors run on their own, tools, tests):
     opens the backend, yields the port to give actors, and on exit writes everything and closes it."""
     state = StoreState(backend, latest=await backend.open(wall_offset))
-    writer = StoreWriter(state, flush_interval=flush_interval, mailbox=mailbox)
+    writer = StoreWriter(state, flush_interval=flush_interval, mailbox=mailbox, max_rows=max_rows)
     port = StorePort()
     async with trio.open_nursery() as nursery:
         port.bind(await nursery.start(writer.run))
