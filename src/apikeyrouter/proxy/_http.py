@@ -110,6 +110,7 @@ class Request:
         "method",
         "objective_header",
         "path",
+        "query",
         "request_id",
     )
 
@@ -119,6 +120,7 @@ class Request:
         if len(path) > 1 and path[-1] == "/":
             path = path.rstrip("/") or "/"
         self.path = path
+        self.query: bytes = scope.get("query_string", b"")
         self.authorization: bytes | None = None
         self.api_key: bytes | None = None
         self.content_length: int | None = None
