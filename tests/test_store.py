@@ -22,6 +22,8 @@ from apikeyrouter.errors import StoreError
 from apikeyrouter.messages.store import Flush
 from apikeyrouter.store import Batch, MemoryStore, SqliteStore
 from apikeyrouter.store.writer import run_store
+from tests.routing_env import chat
+from tests.sim_transport import sim_env
 
 D = Decimal
 
@@ -236,3 +238,36 @@ async def test_a_file_from_a_newer_version_is_refused_not_rewritten(tmp_path: Pa
     )
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 99
+
+
+async def test_a_thousand_concurrent_requests_are_all_in_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    config = {
+        "store": {"kind": "sqlite", "path": str(db)},
+        "budgets": {"global": {"limit": "1000", "period": "month"}},
+    }
+    keys = [(f"k{i}", f"sk-sim-k{i}", {}) for i in range(4)]
+    costs: list[Decimal] = []
+    async with sim_env(keys, sim_defaults={"rpm": 10**7, "tpm": 10**10}, config=config) as env:
+
+        async def one(i: int) -> None:
+            response = await env.router.route(chat(f"request {i}"))
+            assert response.metadata is not None
+            costs.append(response.metadata.cost)
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for i in range(1000):
+                    nursery.start_soon(one, i)
+    assert len(costs) == 1000
+    store = SqliteStore(db)
+    records = await store.open(0.0)
+    key_records = [r for (kind, _), r in records.items() if kind == "key"]
+    assert sum(r.stats.requests for r in key_records) == 1000
+    assert sum((r.spend for r in key_records), D(0)) == sum(costs, D(0))
+    assert budget.status(records["budgets", "ledger"], "global", 0.0).spent == sum(costs, D(0))
+    decisions = await store.query(StateQuery("decisions", limit=10_000))
+    assert len({d.request_id for d in decisions}) == 1000 and {d.outcome for d in decisions} == {"ok"}
+    charged = await store.query(StateQuery("budgets", budget="global", limit=10_000))
+    assert len(charged) == 1000 and sum((c.amount for c in charged), D(0)) == sum(costs, D(0))
+    await store.close()

@@ -35,6 +35,7 @@ from apikeyrouter.domain.budget import (
 )
 from apikeyrouter.domain.history import BudgetRow
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
+from apikeyrouter.errors import ActorStopped
 from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.kernel.timer import WakeTimer
 from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, HoldPlaced, SetBudget, SetBudgets, Wake
@@ -60,6 +61,7 @@ class BudgetActor(Actor[BudgetCommand]):
         self._events = events
         self._ledger: Ledger | None = None
         self._timer = WakeTimer(Wake())
+        self._draining = False  # stopping: charge and free what is queued, hold nothing new
 
     async def pre_start(self) -> None:
         now = trio.current_time()
@@ -78,6 +80,9 @@ class BudgetActor(Actor[BudgetCommand]):
     async def post_stop(self) -> None:
         # The lease timer is not work in flight: without this a stop would wait for the next lease.
         self._timer.cancel()
+        pending = self._outbox.drain()  # cut short while waiting for room in the store: send the rest
+        if pending is not None:
+            await pending
 
     @property
     def ledger(self) -> Ledger:
@@ -93,7 +98,20 @@ class BudgetActor(Actor[BudgetCommand]):
                 out[bid] = {"limit": str(st.spec.limit), "spent": str(st.spent), "reserved": str(st.reserved)}
         return out
 
+    def stop(self) -> None:
+        """Charge and free what is already queued before stopping (money the requests spent); holds
+        asked for after the stop get `ActorStopped`."""
+        inbox = self._inbox
+        if self.status == "running" and inbox is not None:
+            self._draining = True
+            inbox.close()  # the loop ends once the queue is read; new tells fail with ActorStopped
+        else:
+            super().stop()
+
     def receive(self, msg: BudgetCommand) -> Awaitable[None] | None:
+        if self._draining and isinstance(msg, Hold):
+            msg.reply_to.fail(ActorStopped(self.name))
+            return None
         now = trio.current_time()
         self._expire(now)  # first: the message sees every ended lease freed, whether the timer ran or not
         match msg:

@@ -28,6 +28,7 @@ from apikeyrouter.domain.refusal import Refusal, RefusalKind
 from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.domain.stats import Stats
 from apikeyrouter.domain.view import bench_until
+from apikeyrouter.errors import ActorStopped
 from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.kernel.timer import WakeTimer
 from apikeyrouter.messages.key import (
@@ -97,6 +98,7 @@ class KeyActor(Actor[KeyCommand]):
         self._reserved_cost = _ZERO
         self._timer = WakeTimer(Wake())
         self._retry_after: float | None = None
+        self._draining = False  # stopping: settle what is queued, take no new work
 
     @property
     def key_id(self) -> str:
@@ -137,6 +139,11 @@ class KeyActor(Actor[KeyCommand]):
     async def post_stop(self) -> None:
         # The wake-up timer is not work in flight: without this a stop would wait out a throttle.
         self._timer.cancel()
+        # A stop can cut the loop short while it waits for room in the store: what it had not sent yet
+        # goes now (the store stops after every key).
+        pending = self._outbox.drain()
+        if pending is not None:
+            await pending
 
     def state_summary(self) -> KeySnapshot | None:
         return self._board.keys.get(self.key_id)
@@ -148,8 +155,21 @@ class KeyActor(Actor[KeyCommand]):
 
     # -- messages -------------------------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """Settle what is already queued before stopping (the settlements of requests that finished are
+        in the mailbox, and their record is what the store keeps); asks for new work get `ActorStopped`."""
+        inbox = self._inbox
+        if self.status == "running" and inbox is not None:
+            self._draining = True
+            inbox.close()  # the loop ends once the queue is read; new tells fail with ActorStopped
+        else:
+            super().stop()
+
     def receive(self, msg: KeyCommand) -> Awaitable[None] | None:
-        self._handle(msg)
+        if self._draining and isinstance(msg, Reserve | Operate):
+            msg.reply_to.fail(ActorStopped(self.name))
+        else:
+            self._handle(msg)
         return self._outbox.drain()  # None unless the store's mailbox was full: then wait for room
 
     def _handle(self, msg: KeyCommand) -> None:

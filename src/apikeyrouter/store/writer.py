@@ -30,6 +30,7 @@ import structlog
 import trio
 
 from apikeyrouter.domain.history import HistoryRow
+from apikeyrouter.errors import ActorStopped
 from apikeyrouter.kernel.actor import Actor, Reply
 from apikeyrouter.messages.store import Append, Flush, Load, Query, Save, StoreCommand
 from apikeyrouter.store.backend import Batch, RecordId, StateStore
@@ -40,6 +41,7 @@ __all__ = ["StoreState", "StoreWriter", "run_store"]
 log = structlog.get_logger("apikeyrouter.store")
 
 _BACKOFF_MAX_S = 5.0
+_GREEDY = 4096  # messages taken in one turn at most, so the loop still checkpoints under a flood
 
 
 @attrs.define
@@ -106,16 +108,30 @@ class StoreWriter(Actor[StoreCommand]):
         }
 
     def receive(self, msg: StoreCommand) -> Awaitable[None] | None:
+        self._take(msg)
+        # Everything else already queued is taken in the same turn: one message per turn of the scheduler
+        # cannot keep up with a thousand request tasks each telling a few.
+        recv = self._recv
+        for _ in range(_GREEDY):
+            try:
+                more = recv.receive_nowait() if recv is not None else None
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if more is None:
+                break
+            self._take(more)
+            self.handled += 1
+        return self._changed()
+
+    def _take(self, msg: StoreCommand) -> None:
         st = self._state
         match msg:
             case Save(kind=kind, id=rid, record=record, rows=rows):
                 st.latest[kind, rid] = st.dirty[kind, rid] = record
                 st.rows.extend(rows)
                 st.saves += 1
-                return self._changed()
             case Append(rows=rows):
                 st.rows.extend(rows)
-                return self._changed()
             case Load(kind=kind, id=rid, reply_to=loaded):
                 loaded.send(st.latest.get((kind, rid)))
             case Flush(reply_to=reply):
@@ -126,7 +142,6 @@ class StoreWriter(Actor[StoreCommand]):
                 self.nursery.start_soon(self._query, query, flushed, rows_reply)
             case _:
                 assert_never(msg)
-        return None
 
     def _handle_flush(self, reply: Reply[None]) -> None:
         st = self._state
@@ -137,8 +152,10 @@ class StoreWriter(Actor[StoreCommand]):
             reply.send(None)
 
     def _changed(self) -> Awaitable[None] | None:
-        self._wake.set()
-        if len(self._state.rows) < self._max_rows:
+        st = self._state
+        if st.dirty or st.rows:
+            self._wake.set()
+        if len(st.rows) < self._max_rows:
             return None
         return self._wait_for_room()
 
@@ -155,6 +172,15 @@ class StoreWriter(Actor[StoreCommand]):
             reply.fail(exc)
 
     async def _flush_loop(self) -> None:
+        try:
+            await self._flushing()
+        finally:
+            # Crashed or cancelled: whoever waits for a flush hears so (a stop answers them all first).
+            for reply in self._waiters:
+                reply.fail(ActorStopped(self.name, "stopped before the flush"))
+            self._waiters = []
+
+    async def _flushing(self) -> None:
         st = self._state
         while True:
             await self._wake.wait()
