@@ -89,6 +89,7 @@ class SqliteStore:
         self._limiter = trio.CapacityLimiter(1)
         self._wall_offset = 0.0
         self.writes = 0  # transactions committed
+        self.write_cpu_s = 0.0  # CPU seconds the worker thread spent encoding and writing them
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
@@ -162,6 +163,13 @@ class SqliteStore:
         await self._run(lambda: self._write_sync(batch))
 
     def _write_sync(self, batch: Batch) -> None:
+        started = time.thread_time()
+        try:
+            self._write_batch(batch)
+        finally:
+            self.write_cpu_s += time.thread_time() - started
+
+    def _write_batch(self, batch: Batch) -> None:
         conn = self._connection()
         offset = self._wall_offset
         written_at = time.time()  # wall clock: for a person reading the file, never read back as state
