@@ -19,6 +19,7 @@ from apikeyrouter.domain.keystate import KeyRecord
 from apikeyrouter.domain.lifecycle import KeyState, Lifecycle
 from apikeyrouter.domain.stats import Stats
 from apikeyrouter.errors import StoreError
+from apikeyrouter.messages.key import InjectCrash
 from apikeyrouter.messages.store import Flush
 from apikeyrouter.store import Batch, MemoryStore, SqliteStore
 from apikeyrouter.store.writer import run_store
@@ -270,4 +271,29 @@ async def test_a_thousand_concurrent_requests_are_all_in_the_store(tmp_path: Pat
     assert len({d.request_id for d in decisions}) == 1000 and {d.outcome for d in decisions} == {"ok"}
     charged = await store.query(StateQuery("budgets", budget="global", limit=10_000))
     assert len(charged) == 1000 and sum((c.amount for c in charged), D(0)) == sum(costs, D(0))
+    await store.close()
+
+
+async def test_a_rotated_key_keeps_its_new_material_across_a_crash_and_the_store_only_its_fingerprint(
+    tmp_path: Path,
+) -> None:
+    # The record used to carry the Secret itself (it would have gone to disk); now it names a fingerprint,
+    # and the material a rotation brought lives in the key's child spec, which outlives the crash.
+    db = tmp_path / "state.db"
+    config = {"store": {"kind": "sqlite", "path": str(db)}}
+    async with sim_env([("k", "sk-sim-old-material", {})], config=config) as env:
+        await env.router.rotate_key("k", "sk-sim-new-material")
+        env.router.key_ref("k").tell_nowait(InjectCrash("after a rotation"))
+        with trio.fail_after(10):
+            while env.router.key("k") is None or env.router.key("k")["restarts"] != 1:  # type: ignore[index]
+                await trio.sleep(0.01)
+            response = await env.router.route(chat("with the rotated material"))
+        assert response.metadata is not None and response.metadata.key_used == "k"
+        assert env.sim.stats("sk-sim-new-material").requests == 1  # what the provider saw
+        fingerprint = env.router.key("k")["fingerprint"]  # type: ignore[index]
+    wal = db.with_name(db.name + "-wal")
+    content = db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    assert b"sk-sim-new-material" not in content and b"sk-sim-old-material" not in content
+    store = SqliteStore(db)
+    assert (await store.open(0.0))["key", "k"].fingerprint == fingerprint
     await store.close()

@@ -157,13 +157,13 @@ class ApiKeyRouter:
 
     async def query_state(self, query: StateQuery) -> list[HistoryRow]:
         """History from the store: transitions, decisions (attempts) or budget movements, newest first."""
-        ref = self._registry.store_port._ref()
+        ref = self._registry.store_port.require()
         rows: list[HistoryRow] = await ref.ask(lambda r: Query(query, r))
         return rows
 
     async def flush_store(self) -> None:
         """Wait until every change told to the store so far is written."""
-        await self._registry.store_port._ref().ask(Flush)
+        await self._registry.store_port.require().ask(Flush)
 
     @property
     def objective(self) -> str | Weights:

@@ -204,7 +204,7 @@ class Registry:
             ev.client, outcome, ev.attempt, ev.latency_s, ev.at,
         )
         try:
-            self.store_port._ref().tell_nowait(Append((row,)))
+            self.store_port.require().tell_nowait(Append((row,)))
         except (MailboxFull, ActorStopped):
             self.decisions_dropped += 1
             if self.decisions_dropped % 1000 == 1:

@@ -15,8 +15,9 @@ DEFAULT_SQLITE_PATH = Path("apikeyrouter.db")
 
 
 def store_from_config(cfg: StoreConfig, *, default_kind: str = "memory") -> StateStore:
-    """`kind` unset: `default_kind` (the library's memory; `serve` passes "sqlite")."""
-    kind = cfg.kind or default_kind
+    """`kind` unset: sqlite when a `path` is given, else `default_kind` (the library's memory; `serve`
+    passes "sqlite")."""
+    kind = cfg.kind or ("sqlite" if cfg.path is not None else default_kind)
     if kind == "sqlite":
         return SqliteStore(cfg.path or DEFAULT_SQLITE_PATH, retention=cfg.retention)
     return MemoryStore(retention=cfg.retention)

@@ -35,13 +35,14 @@ class StorePort:
         if self.ref is None:
             self.ref = ref
 
-    def _ref(self) -> ActorRef[StoreCommand]:
+    def require(self) -> ActorRef[StoreCommand]:
+        """The writer's ref; `ActorStopped` before its first instance was made."""
         if self.ref is None:
             raise ActorStopped("store", "is not running")
         return self.ref
 
     async def load(self, kind: str, record_id: str) -> Any:
-        ref = self._ref()
+        ref = self.require()
         while True:
             try:
                 return await ref.ask(lambda r: Load(kind, record_id, r))
@@ -68,7 +69,7 @@ class Outbox:
     def _send(self, msg: StoreCommand) -> None:
         if not self._backlog:
             try:
-                self._port._ref().tell_nowait(msg)
+                self._port.require().tell_nowait(msg)
                 return
             except (MailboxFull, ActorStopped):
                 pass
@@ -85,7 +86,7 @@ class Outbox:
     async def _deliver(self) -> None:
         while self._backlog:
             try:
-                await self._port._ref().tell(self._backlog[0])
+                await self._port.require().tell(self._backlog[0])
             except ActorStopped:
                 await trio.sleep(_RETRY_S)
                 continue

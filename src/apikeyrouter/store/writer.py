@@ -52,6 +52,7 @@ class StoreState:
     latest: dict[RecordId, Any] = attrs.field(factory=dict)
     dirty: dict[RecordId, Any] = attrs.field(factory=dict)
     rows: list[HistoryRow] = attrs.field(factory=list)
+    writing: Batch | None = None  # taken for the write under way: given back if the writer crashes
     saves: int = 0  # Save messages received (each is one change of one record)
     batches: int = 0  # batches written
     failures: int = 0  # writes that failed (and were tried again)
@@ -84,8 +85,13 @@ class StoreWriter(Actor[StoreCommand]):
             super().stop()
 
     async def pre_start(self) -> None:
+        st = self._state
+        if st.writing is not None:  # the last instance crashed during a write: write it again
+            st.dirty = {**st.writing.records, **st.dirty}
+            st.rows = [*st.writing.rows, *st.rows]
+            st.writing = None
         self.nursery.start_soon(self._flush_loop)
-        if self._state.dirty or self._state.rows:
+        if st.dirty or st.rows:
             self._wake.set()  # what a crashed instance left unwritten
 
     async def post_stop(self) -> None:
@@ -193,7 +199,9 @@ class StoreWriter(Actor[StoreCommand]):
             st.dirty, st.rows = {}, []
             self._room.set()
             if len(batch):
+                st.writing = batch
                 await self._write(batch)
+                st.writing = None
             for reply in waiters:
                 reply.send(None)
             if self._stopping and not (st.dirty or st.rows):
