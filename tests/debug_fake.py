@@ -18,11 +18,13 @@ import trio
 
 from apikeyrouter.debug import DebugServer
 from apikeyrouter.domain.circuit import BreakerHalfOpened
+from apikeyrouter.domain.history import HistoryRow, StateQuery
 from apikeyrouter.domain.lifecycle import Cause, KeyState, Transition
 from apikeyrouter.kernel import ActorRef
 from apikeyrouter.kernel.actor import TreeNode
 from apikeyrouter.kernel.spec import ChildSpec, Strategy, SupervisorSpec
 from apikeyrouter.observe import EventBus, KeyBreakerChanged, KeyTransitioned, ProviderHealthChanged
+from apikeyrouter.store.memory import MemoryStore
 from apikeyrouter.supervisors import Supervisor
 from tests.kernel_actors import Counter, CounterMsg
 
@@ -164,6 +166,7 @@ class FakeRouter:
     def __init__(self, socket_path: str | None = None, **debug_options: Any) -> None:
         now = trio.current_time()
         self.events = EventBus()
+        self.history = MemoryStore()
         self.entries = canned_keys(now)
         self.transition_log = canned_transitions(now)
         self.decision_log = canned_decisions(now)
@@ -197,6 +200,9 @@ class FakeRouter:
 
     def decisions(self, limit: int = 20) -> list[dict[str, Any]]:
         return self.decision_log[-limit:]
+
+    async def query_state(self, query: StateQuery) -> list[HistoryRow]:
+        return await self.history.query(query)  # a real (empty unless a test writes to it) memory store
 
     def key_actor(self, key_id: str) -> ActorRef[CounterMsg]:
         providers = self.root.child("providers")

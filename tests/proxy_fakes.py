@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import trio
 
+from apikeyrouter.domain.history import HistoryRow, StateQuery
 from apikeyrouter.domain.request import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.errors import UnknownKey, UnknownModel, UnknownProvider
 from apikeyrouter.kernel.actor import TreeNode
@@ -23,6 +24,7 @@ from apikeyrouter.observe import EventBus
 from apikeyrouter.proxy import Listening, ProxyApp, serve_proxy
 from apikeyrouter.runtime.api import APIKey
 from apikeyrouter.secret import Secret
+from apikeyrouter.store.memory import MemoryStore
 
 CLIENT_TOKEN = "sk-client-test-token-0001"
 ADMIN_TOKEN = "admin-test-token-0002"
@@ -66,6 +68,7 @@ class FakeStream:
 class FakeRouter:
     def __init__(self) -> None:
         self.events = EventBus()
+        self.history = MemoryStore()
         self.model_list = ["gpt-4o-mini", "gpt-4o"]
         self.script: list[SystemResponse | Exception] = []
         self.route_delay = 0.0
@@ -160,6 +163,9 @@ class FakeRouter:
 
     def decisions(self, limit: int = 20) -> list[dict[str, Any]]:
         return list(self._decisions.values())[-limit:]
+
+    async def query_state(self, query: StateQuery) -> list[HistoryRow]:
+        return await self.history.query(query)  # a real (empty unless a test writes to it) memory store
 
     def decision(self, decision_id: str) -> dict[str, Any] | None:
         return self._decisions.get(decision_id)

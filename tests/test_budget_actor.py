@@ -16,6 +16,7 @@ from apikeyrouter.kernel.actor import ActorRef
 from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, HoldPlaced
 from apikeyrouter.observe import BudgetHoldExpired, EventBus
 from apikeyrouter.store.memory import MemoryStore
+from apikeyrouter.store.writer import run_store
 
 D = Decimal
 SPECS = [BudgetSpec("global", D("1")), BudgetSpec("key:k", D("0.5"))]
@@ -36,10 +37,10 @@ def budgets(ref: ActorRef[BudgetCommand]) -> dict[str, tuple[Decimal, Decimal]]:
 async def test_holds_restored_by_a_restart_expire_at_their_lease_on_an_idle_actor(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    store, events = MemoryStore(), EventBus()
+    events = EventBus()
     expired: list[BudgetHoldExpired] = []
     events.observe(BudgetHoldExpired, expired.append)
-    async with trio.open_nursery() as nursery:
+    async with run_store(MemoryStore()) as store, trio.open_nursery() as nursery:
         first = BudgetActor(SPECS, store=store, events=events)
         ref = await nursery.start(first.run)
         assert isinstance(await hold(ref, "lost", "0.2", 30.0), HoldPlaced)
@@ -69,8 +70,8 @@ async def test_an_expired_hold_is_freed_before_the_message_that_finds_it(
 ) -> None:
     # The timer may not have run yet when a message comes at the lease's end: the message sees the
     # budget with the expired hold already freed (it is applied first, on every message).
-    async with trio.open_nursery() as nursery:
-        ref = await nursery.start(BudgetActor(SPECS, store=MemoryStore(), events=EventBus()).run)
+    async with run_store(MemoryStore()) as store, trio.open_nursery() as nursery:
+        ref = await nursery.start(BudgetActor(SPECS, store=store, events=EventBus()).run)
         assert isinstance(await hold(ref, "lost", "0.5", 10.0), HoldPlaced)
         assert isinstance(await hold(ref, "refused", "0.1", math.inf), Refusal)
         autojump_clock.jump(10.0)  # no checkpoint between the jump and the ask: the timer has not woken

@@ -331,9 +331,14 @@ BAD_CONFIGS = [
         ("must contain {key}, where the key goes @ config.providers[0].generic.auth_format",),
     ),
     (
-        "sqlite is not available yet",
-        '[store]\nkind = "sqlite"\npath = "s.db"\n',
-        ('the sqlite store is not available yet; use kind = "memory" @ config.store.kind',),
+        "store flush interval out of range",
+        '[store]\nkind = "sqlite"\npath = "s.db"\nflush_interval = -1\n',
+        ("must be between 0 and 60 seconds @ config.store.flush_interval",),
+    ),
+    (
+        "store retention below one row",
+        '[store]\nretention = 0\n',
+        ("must be >= 1 (got 0) @ config.store.retention",),
     ),
     (
         "socket path too long",
@@ -458,7 +463,8 @@ def test_example_config_loads_with_every_section() -> None:
     )
     assert config.failures[FailureClass.RATE_LIMITED] == DEFAULT_ACTIONS[FailureClass.RATE_LIMITED]
     assert config.debug.socket == Path(RUNTIME_DIR) / "apikeyrouter-8080.sock"
-    assert config.store.kind == "memory" and config.store.path is None
+    assert config.store.kind == "sqlite" and config.store.path == EXAMPLE.parent / "apikeyrouter.db"
+    assert (config.store.flush_interval, config.store.retention) == (0.05, 100_000)
     assert config.warnings == ()
     assert bind_allowed(config) is None
 
@@ -498,7 +504,7 @@ def test_defaults() -> None:
     )
     assert config.failures == DEFAULT_ACTIONS
     assert config.debug.enabled is False  # embedded routers open no socket unless asked
-    assert config.store.kind == "memory"
+    assert config.store.kind is None  # the library's default: memory (store_from_config)
     assert (config.logging.level, config.logging.format) == ("info", "json")
     assert parse_config({}, {}).debug.enabled is True  # a config file (serve) gets the debug channel
 

@@ -167,7 +167,8 @@ async def test_ping_and_help(path: str, served: FakeRouter) -> None:
     assert isinstance(ping["now"], float) and ping["now_wall"].endswith("Z")
     ops = (await call(path, "help"))["ops"]
     assert set(ops) == {
-        "ping", "help", "tree", "actor", "keys", "key", "transitions", "decisions", "policies", "subscribe",
+        "ping", "help", "tree", "actor", "keys", "key", "transitions", "decisions", "policies", "history",
+        "subscribe",
     }  # fmt: skip
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import trio
@@ -21,6 +23,8 @@ from apikeyrouter.messages.key import Granted, InjectCrash, KeyCommand, Outcome,
 from apikeyrouter.observe import EventBus, KeyTransitioned
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import MemoryStore
+from apikeyrouter.store.port import StorePort
+from apikeyrouter.store.writer import run_store
 from apikeyrouter.supervisors import Supervisor
 
 D = Decimal
@@ -31,11 +35,19 @@ class Harness:
         self.board = SnapshotBoard()
         self.events = EventBus()
         self.store = MemoryStore()
+        self.port = StorePort()
         self.config = config
+
+    @asynccontextmanager
+    async def running_store(self) -> AsyncIterator[None]:
+        async with run_store(self.store) as port:
+            assert port.ref is not None
+            self.port.bind(port.ref)  # actors made before the store started hold this port
+            yield
 
     def make(self) -> KeyActor:
         return KeyActor(
-            self.config, Secret("sk-test-key-material"), store=self.store, board=self.board, events=self.events
+            self.config, Secret("sk-test-key-material"), store=self.port, board=self.board, events=self.events
         )
 
 
@@ -48,7 +60,7 @@ async def reserve(
 
 async def test_throttle_ends_on_time_without_any_request(autojump_clock: trio.testing.MockClock) -> None:
     h = Harness(KeySettings(id="k", provider="p"))
-    async with trio.open_nursery() as nursery:
+    async with h.running_store(), trio.open_nursery() as nursery:
         ref = await nursery.start(h.make().run)
         grant = await reserve(ref)
         assert isinstance(grant, Granted)
@@ -68,7 +80,7 @@ async def test_throttle_ends_on_time_without_any_request(autojump_clock: trio.te
 
 async def test_refusals_carry_reasons_and_release_returns_everything(autojump_clock: trio.testing.MockClock) -> None:
     h = Harness(KeySettings(id="k", provider="p", quota=QuotaConfig(rpm=2), max_in_flight=1))
-    async with trio.open_nursery() as nursery:
+    async with h.running_store(), trio.open_nursery() as nursery:
         ref = await nursery.start(h.make().run)
         first = await reserve(ref, cost="0.60")
         assert isinstance(first, Granted)
@@ -92,7 +104,7 @@ async def test_refusals_carry_reasons_and_release_returns_everything(autojump_cl
 
 async def test_lease_expiry_reclaims_a_reservation_nobody_settled(autojump_clock: trio.testing.MockClock) -> None:
     h = Harness(KeySettings(id="k", provider="p", max_in_flight=1))
-    async with trio.open_nursery() as nursery:
+    async with h.running_store(), trio.open_nursery() as nursery:
         ref = await nursery.start(h.make().run)
         assert isinstance(await reserve(ref, lease=5), Granted)
         assert isinstance(await reserve(ref), Refusal)
@@ -103,7 +115,7 @@ async def test_lease_expiry_reclaims_a_reservation_nobody_settled(autojump_clock
 
 async def test_breaker_counts_only_server_side_failures(autojump_clock: trio.testing.MockClock) -> None:
     h = Harness(KeySettings(id="k", provider="p", breaker=BreakerConfig(failure_threshold=2, cooldown=10)))
-    async with trio.open_nursery() as nursery:
+    async with h.running_store(), trio.open_nursery() as nursery:
         ref = await nursery.start(h.make().run)
         for failure in (FailureClass.BAD_REQUEST, FailureClass.CONTEXT_LENGTH, FailureClass.SERVER_ERROR):
             grant = await reserve(ref)
@@ -122,7 +134,7 @@ async def test_breaker_counts_only_server_side_failures(autojump_clock: trio.tes
 async def test_crash_restores_the_throttled_state(autojump_clock: trio.testing.MockClock) -> None:
     h = Harness(KeySettings(id="k", provider="p"))
     sup = Supervisor("keys", children=[ChildSpec("key:k", h.make)])
-    async with trio.open_nursery() as nursery:
+    async with h.running_store(), trio.open_nursery() as nursery:
         await nursery.start(sup.run)
         actor = sup.child("key:k")
         assert isinstance(actor, KeyActor)
@@ -144,7 +156,7 @@ async def test_crash_restores_the_throttled_state(autojump_clock: trio.testing.M
 async def test_secret_never_in_snapshot_or_reprs() -> None:
     h = Harness(KeySettings(id="k", provider="p"))
     actor = h.make()
-    async with trio.open_nursery() as nursery:
+    async with h.running_store(), trio.open_nursery() as nursery:
         ref = await nursery.start(actor.run)
         grant = await reserve(ref)  # the grant carries the material to the caller, behind a redacting repr
         assert isinstance(grant, Granted) and grant.secret.reveal() == "sk-test-key-material"

@@ -28,6 +28,7 @@ from apikeyrouter.runtime.asks import GRACE
 from apikeyrouter.runtime.deps import Routing
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import MemoryStore
+from apikeyrouter.store.writer import run_store
 from tests.routing_env import chat
 
 LATE = GRACE + 1.0  # the key answers one second after the request gave up on it
@@ -85,11 +86,10 @@ class Deps:
 
 async def test_a_grant_that_comes_after_the_request_gave_up_is_released_at_once(autojump_clock: object) -> None:
     board, events = SnapshotBoard(), EventBus()
-    key = KeyActor(
-        KeySettings(id="k", provider="p"), Secret("sk-test-slow"), store=MemoryStore(), board=board, events=events
-    )
     router = RouterActor(board=board, events=events, prices=lambda provider, model: None)
-    async with trio.open_nursery() as nursery:
+    async with run_store(MemoryStore()) as store, trio.open_nursery() as nursery:
+        settings = KeySettings(id="k", provider="p")
+        key = KeyActor(settings, Secret("sk-test-slow"), store=store, board=board, events=events)
         key_ref = await nursery.start(key.run)
         router_ref = await nursery.start(router.run)
         line = await nursery.start(SlowLine(key_ref).run)

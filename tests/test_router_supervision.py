@@ -40,7 +40,8 @@ async def test_keys_from_config_and_register_key_survive_a_provider_subtree_rest
             for _ in range(6):
                 await provider.tell(Poison())  # type: ignore[arg-type]
                 await trio.testing.wait_all_tasks_blocked()
-            subtree = next(n for n in router.tree().children[0].children if n.name == "provider:sim")
+            providers = next(n for n in router.tree().children if n.name == "providers")
+            subtree = next(n for n in providers.children if n.name == "provider:sim")
             assert subtree.restarts == 1
             assert sorted(k["id"] for k in router.keys()) == ["cfg", "rt"]
             for key_id, ref in refs.items():

@@ -9,6 +9,8 @@ The tree is shaped like the router's:
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import trio
@@ -23,12 +25,21 @@ from apikeyrouter.messages.key import Granted, InjectCrash, KeyCommand, Reserve
 from apikeyrouter.observe import EventBus
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import MemoryStore
+from apikeyrouter.store.port import StorePort
+from apikeyrouter.store.writer import run_store
 from apikeyrouter.supervisors import Supervisor
 from tests.kernel_actors import Counter, CounterMsg, CrashNow
 
-STORE = MemoryStore()
+STORE = StorePort()  # pointed at a writer over a MemoryStore by store_running(), for each test
 BOARD = SnapshotBoard()
 EVENTS = EventBus()
+
+
+@asynccontextmanager
+async def store_running() -> AsyncIterator[None]:
+    async with run_store(MemoryStore()) as port:
+        STORE.ref = port.ref  # each test gets a writer of its own at the one port the specs hold
+        yield
 
 
 def key_spec(key_id: str) -> ChildSpec:
@@ -97,7 +108,7 @@ def counter_ref(root: Supervisor) -> ActorRef[CounterMsg]:
 
 async def test_a_key_keeps_its_address_when_its_provider_crashes(autojump_clock: trio.testing.MockClock) -> None:
     root = router_shaped_root()
-    async with trio.open_nursery() as nursery:
+    async with store_running(), trio.open_nursery() as nursery:
         await nursery.start(root.run)
         await grow(root)
         key = at(root, *KEY)
@@ -125,7 +136,7 @@ async def test_runtime_children_survive_a_restart_of_the_whole_provider_subtree(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     root = router_shaped_root()
-    async with trio.open_nursery() as nursery:
+    async with store_running(), trio.open_nursery() as nursery:
         await nursery.start(root.run)
         await grow(root)
         subtree = at(root, "providers", "provider:x")
@@ -153,7 +164,7 @@ async def test_a_key_keeps_its_address_when_its_keys_supervisor_gives_up(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     root = router_shaped_root()
-    async with trio.open_nursery() as nursery:
+    async with store_running(), trio.open_nursery() as nursery:
         await nursery.start(root.run)
         await grow(root)
         k0 = at(root, *KEY).ref
@@ -179,7 +190,7 @@ async def test_a_key_keeps_its_address_when_its_keys_supervisor_gives_up(
 
 async def test_reservation_ids_never_repeat_across_incarnations(autojump_clock: trio.testing.MockClock) -> None:
     root = router_shaped_root()
-    async with trio.open_nursery() as nursery:
+    async with store_running(), trio.open_nursery() as nursery:
         await nursery.start(root.run)
         await grow(root)
         ref = at(root, *KEY).ref
@@ -199,7 +210,7 @@ async def test_reservation_ids_never_repeat_across_incarnations(autojump_clock: 
 
 async def test_a_removed_child_stays_removed_when_its_ancestors_restart(autojump_clock: trio.testing.MockClock) -> None:
     root = router_shaped_root()
-    async with trio.open_nursery() as nursery:
+    async with store_running(), trio.open_nursery() as nursery:
         await nursery.start(root.run)
         await grow(root)
         keys = at(root, "providers", "provider:x", "keys")

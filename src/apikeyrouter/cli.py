@@ -17,7 +17,7 @@ import click
 
 from apikeyrouter.config import bind_allowed, load_config
 from apikeyrouter.debug.commands import inspect
-from apikeyrouter.errors import ConfigError, DebugChannelError
+from apikeyrouter.errors import ConfigError, DebugChannelError, StoreError
 from apikeyrouter.ops_commands import budgets, keys
 from apikeyrouter.policy_commands import policy
 
@@ -52,7 +52,7 @@ def startup_failure(exc: BaseException, *, host: str, port: int, hint: str) -> l
     for leaf in _leaves(exc):
         if isinstance(leaf, ConfigError):
             found = list(leaf.errors)
-        elif isinstance(leaf, DebugChannelError):
+        elif isinstance(leaf, DebugChannelError | StoreError):
             found = [str(leaf)]
         elif isinstance(leaf, OSError):
             found = [_listen_failure(leaf, where, hint)]

@@ -15,6 +15,7 @@
     │   ├── BudgetExceeded          a hard budget would be overspent
     │   └── ClientRateLimited       the client's (or its team's) rpm/tpm is used up; `retry_at` says when not
     ├── InvalidRequest              the caller's request is malformed (never sent upstream)
+    ├── StoreError                  the state store cannot be opened (corrupt, newer schema) or written
     ├── DebugChannelError           the debug channel's Unix socket could not be bound or used
     │   ├── DebugChannelUnavailable nothing listens at the socket, or permissions forbid connecting
     │   ├── DebugSocketInUse        a live process already listens where we were asked to bind
@@ -54,6 +55,7 @@ __all__ = [
     "NoKeyAvailable",
     "RouterNotRunning",
     "RoutingError",
+    "StoreError",
     "StreamInterrupted",
     "SupervisorEscalation",
     "UnknownKey",
@@ -267,3 +269,11 @@ class DebugRequestError(DebugChannelError):
     def __init__(self, message: str, *, path: str, code: str) -> None:
         super().__init__(message, path=path)
         self.code = code
+
+
+class StoreError(ApiKeyRouterError):
+    """The state store cannot be used: `path` names the file (or address), the message says why in one line."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path

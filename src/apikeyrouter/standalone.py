@@ -31,6 +31,7 @@ from apikeyrouter.kernel.spec import ChildSpec, Restart
 from apikeyrouter.proxy.app import ProxyApp
 from apikeyrouter.proxy.server import Listening, ProxyServer
 from apikeyrouter.runtime import ApiKeyRouter
+from apikeyrouter.store.open import DEFAULT_SQLITE_PATH, store_from_config
 
 __all__ = ["Started", "run_standalone"]
 
@@ -127,7 +128,14 @@ async def run_standalone(
                 if on_reloaded is not None:
                     on_reloaded(report)
 
-        async with ApiKeyRouter(config) as router:
+        # serve keeps its state on disk unless told otherwise: SQLite next to its config file (run
+        # without a config file, as tests and embedders do, it keeps the library's memory default).
+        store_cfg = config.store
+        if store_cfg.kind is None and store_cfg.path is None and config_path is not None:
+            store_cfg = attrs.evolve(store_cfg, path=Path(config_path).parent / DEFAULT_SQLITE_PATH)
+        default_kind = "sqlite" if config_path is not None else "memory"
+        store = store_from_config(store_cfg, default_kind=default_kind)
+        async with ApiKeyRouter(config, store=store) as router:
             server = config.server
             app = ProxyApp(
                 router,

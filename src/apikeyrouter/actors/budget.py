@@ -17,7 +17,7 @@ holds the money; if either refuses, neither changes: one message, one atomic ste
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any, assert_never
 
@@ -30,26 +30,32 @@ from apikeyrouter.domain.budget import (
     BudgetEvent,
     BudgetOverrun,
     BudgetRefused,
+    BudgetReleased,
+    BudgetReserved,
+    BudgetSettled,
     BudgetSoftExceeded,
     BudgetSpec,
+    HoldExpired,
     LateCharged,
     Ledger,
 )
+from apikeyrouter.domain.history import BudgetRow
 from apikeyrouter.domain.period import CalendarPeriod, PeriodUnit
 from apikeyrouter.domain.rates import RateLimit, RateRefused, Rates
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
 from apikeyrouter.domain.walltime import render_wall
+from apikeyrouter.errors import ActorStopped
 from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.kernel.timer import WakeTimer
 from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, HoldPlaced, SetBudget, SetBudgets, Wake
 from apikeyrouter.observe import BudgetHoldExpired, BudgetOverran, BudgetSoftExceededEvent, EventBus
-from apikeyrouter.store.memory import StateStore
+from apikeyrouter.store.port import StorePort
 
 __all__ = ["BudgetActor"]
 
 log = structlog.get_logger("apikeyrouter.budget")
 
-_STORE_KEY = "budgets"
+_KIND, _ID = "budgets", "ledger"
 
 
 class BudgetActor(Actor[BudgetCommand]):
@@ -59,7 +65,7 @@ class BudgetActor(Actor[BudgetCommand]):
         self,
         specs: Iterable[BudgetSpec],
         *,
-        store: StateStore,
+        store: StorePort,
         events: EventBus,
         templates: Iterable[BudgetSpec] = (),
         limits: Iterable[RateLimit] = (),
@@ -68,29 +74,38 @@ class BudgetActor(Actor[BudgetCommand]):
         super().__init__("budgets", mailbox=1024)
         self._specs = tuple(specs)
         self._templates = tuple(templates)
-        self._store = store
+        self._port = store
+        self._outbox = store.outbox()
+        self._rows: list[BudgetRow] = []
         self._events = events
         self._wall_offset = wall_offset
         self._ledger: Ledger | None = None
         self._rates: Rates = rates.new_rates(limits)
         self._timer = WakeTimer(Wake())
+        self._draining = False  # stopping: charge and free what is queued, hold nothing new
 
     async def pre_start(self) -> None:
         now = trio.current_time()
-        restored = self._store.load(_STORE_KEY)
+        restored = await self._port.load(_KIND, _ID)
         ledger = restored if isinstance(restored, Ledger) else budget.new_ledger((), now)
         # Calendar periods are cut on this process's wall clock (a restored ledger's may be stale).
         ledger = budget.set_templates(attrs.evolve(ledger, wall_offset=self._wall_offset), self._templates)
         for spec in self._specs:  # the configured limits win over stored ones
             ledger = budget.set_budget(ledger, spec, now)
         self._ledger = ledger
-        self._store.save(_STORE_KEY, ledger)
+        self._outbox.save(_KIND, _ID, ledger)
         self._expire(now)  # restored holds whose lease ended while no instance ran
         self._arm_timer(now)
+        pending = self._outbox.drain()
+        if pending is not None:
+            await pending
 
     async def post_stop(self) -> None:
         # The lease timer is not work in flight: without this a stop would wait for the next lease.
         self._timer.cancel()
+        pending = self._outbox.drain()  # cut short while waiting for room in the store: send the rest
+        if pending is not None:
+            await pending
 
     @property
     def ledger(self) -> Ledger:
@@ -134,7 +149,20 @@ class BudgetActor(Actor[BudgetCommand]):
         st = budget.status(self.ledger, budget_id, trio.current_time())
         return None if st is None else {"id": budget_id, **self._describe(st, trio.current_time())}
 
-    def receive(self, msg: BudgetCommand) -> None:
+    def stop(self) -> None:
+        """Charge and free what is already queued before stopping (money the requests spent); holds
+        asked for after the stop get `ActorStopped`."""
+        inbox = self._inbox
+        if self.status == "running" and inbox is not None:
+            self._draining = True
+            inbox.close()  # the loop ends once the queue is read; new tells fail with ActorStopped
+        else:
+            super().stop()
+
+    def receive(self, msg: BudgetCommand) -> Awaitable[None] | None:
+        if self._draining and isinstance(msg, Hold):
+            msg.reply_to.fail(ActorStopped(self.name))
+            return None
         now = trio.current_time()
         self._expire(now)  # first: the message sees every ended lease freed, whether the timer ran or not
         match msg:
@@ -145,6 +173,7 @@ class BudgetActor(Actor[BudgetCommand]):
                 if tokens is not None:
                     self._rates = rates.settle(self._rates, hold_id, tokens)
                 self._report(events)
+                self._history(self.ledger, events)
                 self._commit(ledger)
             case Free(hold_id=hold_id):
                 ledger, _ = budget.release(self.ledger, hold_id, now)
@@ -161,6 +190,7 @@ class BudgetActor(Actor[BudgetCommand]):
             case _:
                 assert_never(msg)
         self._arm_timer(now)
+        return self._outbox.drain()  # None unless the store's mailbox was full: then wait for room
 
     def _hold(self, msg: Hold, now: float) -> HoldPlaced | Refusal:
         """Take the request's place in the rate windows, then hold its money: both, or neither."""
@@ -197,6 +227,7 @@ class BudgetActor(Actor[BudgetCommand]):
             # A settlement was lost (sent while this actor restarted, most likely): the money it held is free.
             log.warning("budget_hold_expired", hold=ev.hold_id, budgets=list(ev.budgets), amount=str(ev.amount))
             self._events.publish(BudgetHoldExpired(ev))
+        self._history(self.ledger, expired)
         self._commit(ledger)
 
     def _report(self, events: Sequence[BudgetEvent], *, client: str | None = None) -> None:
@@ -213,7 +244,27 @@ class BudgetActor(Actor[BudgetCommand]):
     def _commit(self, ledger: Ledger) -> None:
         if ledger is not self._ledger:
             self._ledger = ledger
-            self._store.save(_STORE_KEY, ledger)
+            rows, self._rows = tuple(self._rows), []
+            self._outbox.save(_KIND, _ID, ledger, rows)
+
+    def _history(self, before: Ledger, events: Sequence[BudgetEvent]) -> None:
+        """Money that moved, one row per budget it moved on, for the store's budget history."""
+        for ev in events:
+            match ev:
+                case BudgetSettled():
+                    hold = before.holds.get(ev.hold_id)
+                    names = hold.budgets if hold is not None else ()
+                    self._rows.extend(BudgetRow(b, "charged", ev.hold_id, ev.actual, ev.at) for b in names)
+                case LateCharged():
+                    self._rows.extend(BudgetRow(b, "charged_late", ev.hold_id, ev.actual, ev.at) for b in ev.budgets)
+                case BudgetOverrun():
+                    self._rows.append(BudgetRow(ev.budget, "overrun", ev.hold_id, ev.over_by, ev.at))
+                case HoldExpired():
+                    self._rows.extend(BudgetRow(b, "hold_expired", ev.hold_id, ev.amount, ev.at) for b in ev.budgets)
+                case BudgetReserved() | BudgetRefused() | BudgetReleased() | BudgetSoftExceeded():
+                    pass  # holds placed, refused and released move no money (nor does a soft limit passed)
+                case _:
+                    assert_never(ev)
 
     def _arm_timer(self, now: float) -> None:
         """Wake up when the earliest lease ends, so an idle router frees a lost hold on time too."""

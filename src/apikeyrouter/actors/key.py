@@ -8,6 +8,7 @@ ends, so that transition is published when it happens rather than when somebody 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from decimal import Decimal
 from typing import Any, assert_never
 
@@ -19,6 +20,7 @@ from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.domain import circuit, lifecycle, quota, stats
 from apikeyrouter.domain.circuit import Breaker, BreakerEvent, BreakerState
 from apikeyrouter.domain.failures import KeyEffect
+from apikeyrouter.domain.history import TransitionRow
 from apikeyrouter.domain.keystate import KeyRecord, KeySettings, KeySnapshot
 from apikeyrouter.domain.lifecycle import KeyState, Lifecycle, LifecycleEvent, Transition, TransitionRefused
 from apikeyrouter.domain.quota import Quota, QuotaReservation
@@ -26,6 +28,7 @@ from apikeyrouter.domain.refusal import Refusal, RefusalKind
 from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.domain.stats import Stats
 from apikeyrouter.domain.view import bench_until
+from apikeyrouter.errors import ActorStopped
 from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.kernel.timer import WakeTimer
 from apikeyrouter.messages.key import (
@@ -42,13 +45,21 @@ from apikeyrouter.messages.key import (
 )
 from apikeyrouter.observe import EventBus, KeyBreakerChanged, KeyTransitioned, event_json, render_wall
 from apikeyrouter.secret import Secret, redact
-from apikeyrouter.store.memory import StateStore
+from apikeyrouter.store.port import StorePort
 
-__all__ = ["KeyActor"]
+__all__ = ["KeyActor", "KeyMaterial"]
 
 log = structlog.get_logger("apikeyrouter.key")
 
 _ZERO = Decimal(0)
+
+
+@attrs.define
+class KeyMaterial:
+    """A key's current material. Its child spec keeps one across restarts of the actor (a rotation
+    survives a crash); it is never stored: records name the material by fingerprint only."""
+
+    secret: Secret
 
 
 @attrs.define
@@ -66,9 +77,9 @@ class KeyActor(Actor[KeyCommand]):
     def __init__(
         self,
         config: KeySettings,
-        secret: Secret,
+        secret: Secret | KeyMaterial,
         *,
-        store: StateStore,
+        store: StorePort,
         board: SnapshotBoard,
         events: EventBus,
         wall_offset: float = 0.0,
@@ -76,8 +87,9 @@ class KeyActor(Actor[KeyCommand]):
     ) -> None:
         super().__init__(f"key:{config.id}", mailbox=mailbox)
         self.config = config
-        self._initial_secret = secret
-        self._store = store
+        self._material = secret if isinstance(secret, KeyMaterial) else KeyMaterial(secret)
+        self._port = store
+        self._outbox = store.outbox()
         self._board = board
         self._events = events
         self._wall_offset = wall_offset
@@ -87,25 +99,26 @@ class KeyActor(Actor[KeyCommand]):
         self._reserved_cost = _ZERO
         self._timer = WakeTimer(Wake())
         self._retry_after: float | None = None
+        self._draining = False  # stopping: settle what is queued, take no new work
 
     @property
     def key_id(self) -> str:
         return self.config.id
 
     @property
-    def store_key(self) -> str:
-        return f"key:{self.config.id}"
+    def secret(self) -> Secret:
+        return self._material.secret
 
     # -- lifecycle of the actor -----------------------------------------------------------------------
 
     async def pre_start(self) -> None:
         now = trio.current_time()
-        restored = self._store.load(self.store_key)
+        restored = await self._port.load("key", self.key_id)
         if isinstance(restored, KeyRecord):
             if restored.quota.config != self.config.quota:
                 # Re-registered with new limits (a config reload): keep the counts, apply the limits.
                 restored = attrs.evolve(restored, quota=attrs.evolve(restored.quota, config=self.config.quota))
-                self._store.save(self.store_key, restored)
+            self._outbox.save("key", self.key_id, restored)
             self._record = restored
             if self.restarts:
                 log.info("key_restored", key=self.key_id, lifecycle=restored.lifecycle.state.value)
@@ -116,14 +129,22 @@ class KeyActor(Actor[KeyCommand]):
                 breaker=Breaker(),
                 stats=Stats(),
                 spend=_ZERO,
-                secret=self._initial_secret,
+                fingerprint=self.secret.fingerprint,
             )
-            self._store.save(self.store_key, self._record)
+            self._outbox.save("key", self.key_id, self._record)
         self._publish(now)
+        pending = self._outbox.drain()
+        if pending is not None:
+            await pending
 
     async def post_stop(self) -> None:
         # The wake-up timer is not work in flight: without this a stop would wait out a throttle.
         self._timer.cancel()
+        # A stop can cut the loop short while it waits for room in the store: what it had not sent yet
+        # goes now (the store stops after every key).
+        pending = self._outbox.drain()
+        if pending is not None:
+            await pending
 
     def state_summary(self) -> KeySnapshot | None:
         return self._board.keys.get(self.key_id)
@@ -135,7 +156,24 @@ class KeyActor(Actor[KeyCommand]):
 
     # -- messages -------------------------------------------------------------------------------------
 
-    def receive(self, msg: KeyCommand) -> None:
+    def stop(self) -> None:
+        """Settle what is already queued before stopping (the settlements of requests that finished are
+        in the mailbox, and their record is what the store keeps); asks for new work get `ActorStopped`."""
+        inbox = self._inbox
+        if self.status == "running" and inbox is not None:
+            self._draining = True
+            inbox.close()  # the loop ends once the queue is read; new tells fail with ActorStopped
+        else:
+            super().stop()
+
+    def receive(self, msg: KeyCommand) -> Awaitable[None] | None:
+        if self._draining and isinstance(msg, Reserve | Operate):
+            msg.reply_to.fail(ActorStopped(self.name))
+        else:
+            self._handle(msg)
+        return self._outbox.drain()  # None unless the store's mailbox was full: then wait for room
+
+    def _handle(self, msg: KeyCommand) -> None:
         match msg:
             case Reserve():
                 answer = self._reserve(msg)
@@ -187,7 +225,7 @@ class KeyActor(Actor[KeyCommand]):
         self._leases[rid] = _Lease(reservation, probe, req.worst_case_cost, req.lease_until, req.request_id)
         self._reserved_cost += req.worst_case_cost
         self._commit(now, quota_=q, breaker=breaker, b_events=b_events)
-        return Granted(self.key_id, rid, rec.secret, probe, confirm_settle=cfg.max_in_flight is not None)
+        return Granted(self.key_id, rid, self.secret, probe, confirm_settle=cfg.max_in_flight is not None)
 
     def _refusal(self, req: Reserve, lc: Lifecycle, now: float) -> Refusal | None:
         """The first reason this key cannot take `req` now, short of the breaker (which may admit a probe)."""
@@ -241,7 +279,7 @@ class KeyActor(Actor[KeyCommand]):
         lc_events: list[LifecycleEvent] = []
         if failure is not None and action is not None and action.key_effect is not KeyEffect.NONE:
             until = self._bench_until(action.key_effect, outcome, q, now)
-            message = redact(outcome.message, rec.secret)  # adapters scrub too; custom ones may not
+            message = redact(outcome.message, self.secret)  # adapters scrub too; custom ones may not
             detail = message if len(message) <= 100 else message[:99] + "…"
             reason = f"{failure.value}" + (f": {detail}" if detail else "")
             self._retry_after = outcome.retry_after
@@ -289,7 +327,7 @@ class KeyActor(Actor[KeyCommand]):
         now = trio.current_time()
         rec = self.record
         lc = rec.lifecycle
-        secret = rec.secret
+        secret = self.secret
         match msg.action:
             case "disable":
                 lc, events = lifecycle.disable(lc, reason=msg.reason, now=now)
@@ -304,7 +342,9 @@ class KeyActor(Actor[KeyCommand]):
             case _:
                 assert_never(msg.action)
         refused = lifecycle.refusal(events)
-        self._commit(now, lifecycle_=lc, lc_events=events, secret=secret)
+        if secret is not self.secret:
+            self._material.secret = secret
+        self._commit(now, lifecycle_=lc, lc_events=events, fingerprint=secret.fingerprint)
         return refused.why if refused is not None else None
 
     def _apply_shared(self, msg: ApplyShared) -> None:
@@ -338,7 +378,7 @@ class KeyActor(Actor[KeyCommand]):
         b_events: list[BreakerEvent] | None = None,
         stats_: Stats | None = None,
         spend: Decimal | None = None,
-        secret: Secret | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         rec = self.record
         changes: dict[str, Any] = {}
@@ -352,11 +392,18 @@ class KeyActor(Actor[KeyCommand]):
             changes["stats"] = stats_
         if spend is not None:
             changes["spend"] = spend
-        if secret is not None and secret is not rec.secret:
-            changes["secret"] = secret
-        if changes:
+        if fingerprint is not None and fingerprint != rec.fingerprint:
+            changes["fingerprint"] = fingerprint
+        rows = tuple(
+            TransitionRow(
+                self.key_id, ev.from_state.value, ev.to_state.value, ev.reason, ev.cause.value, ev.at, ev.until
+            )
+            for ev in lc_events or ()
+            if isinstance(ev, Transition)
+        )
+        if changes or rows:
             self._record = attrs.evolve(rec, **changes)
-            self._store.save(self.store_key, self._record)
+            self._outbox.save("key", self.key_id, self._record, rows)
         for ev in lc_events or ():
             self._emit_lifecycle(ev)
         for bev in b_events or ():
@@ -384,7 +431,7 @@ class KeyActor(Actor[KeyCommand]):
             KeySnapshot(
                 id=self.key_id,
                 provider=self.config.provider,
-                fingerprint=rec.secret.fingerprint,
+                fingerprint=rec.fingerprint,
                 models=self.config.models,
                 metadata=self.config.metadata,
                 lifecycle=rec.lifecycle,

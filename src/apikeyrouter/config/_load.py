@@ -303,9 +303,9 @@ class _Parser:
 
     def store(self, data: Mapping[str, Any]) -> StoreConfig:
         store = self.table(data, "store", StoreConfig) or StoreConfig()
-        if store.kind == "sqlite":
-            # Named in the schema so configs written for it fail loudly instead of silently using memory.
-            self.error('the sqlite store is not available yet; use kind = "memory"', "config.store.kind")
+        if not (store.flush_interval >= 0 and store.flush_interval <= 60):
+            self.error("must be between 0 and 60 seconds", "config.store.flush_interval")
+        self.at_least(store.retention, 1, "config.store.retention")
         if store.kind == "memory" and store.path is not None:
             self.error("only the sqlite store uses a path", "config.store.path")
         self.check_redis(store)

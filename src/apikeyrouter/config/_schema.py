@@ -223,8 +223,10 @@ class DebugConfig:
 
 @attrs.frozen
 class StoreConfig:
-    kind: Literal["memory", "sqlite", "redis"] = "memory"
-    path: Path | None = None
+    kind: Literal["memory", "sqlite", "redis"] | None = None  # None: memory for the library, sqlite for `serve`
+    path: Path | None = None  # sqlite: the database file (serve's default: apikeyrouter.db)
+    flush_interval: float = 0.05  # seconds of changes gathered into one write
+    retention: int = 100_000  # decision and budget-history rows kept (transitions are all kept)
     # redis: several instances share key windows, in-flight slots, budgets and benches (store/redis_shared.py).
     url: str | None = None
     instance_id: str | None = None  # unset: hostname-pid; must be unique among live instances

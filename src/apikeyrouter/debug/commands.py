@@ -313,6 +313,53 @@ def policies_command(target: _Target, socket_path: str | None, as_json: bool) ->
     _run(_show_policies, path, target, path=path, timeout=target.timeout)
 
 
+@inspect.command("transitions")
+@click.argument("key_id")
+@click.option("--since", default=None, help="ISO-8601 UTC, Unix seconds, or an age (90s, 15m, 2h, 7d)")
+@click.option("--until", default=None, help="same forms as --since")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@_socket_option
+@_json_option
+@click.pass_obj
+def transitions_command(
+    target: _Target,
+    key_id: str,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    socket_path: str | None,
+    as_json: bool,
+) -> None:
+    """A key's whole audit trail from the store (it outlives restarts), newest first."""
+    target = target.merged(socket_path, as_json)
+    path = _resolve_socket(target)
+    _run(_show_history, path, target, key_id, since, until, limit, path=path, timeout=target.timeout)
+
+
+async def _show_history(
+    path: str, target: _Target, key_id: str, since: str | None, until: str | None, limit: int
+) -> None:
+    request: dict[str, Any] = {"op": "history", "trail": "transitions", "key": key_id, "limit": limit}
+    request.update({k: v for k, v in (("since", since), ("until", until)) if v is not None})
+    with trio.fail_after(target.timeout):
+        async with await connect(path) as client:
+            answer = await client.request(request)
+    rows = data_of(answer, path)
+    if target.as_json:
+        _print_json({"key": key_id, "transitions": rows})
+        return
+    console = _console()
+    if not rows:
+        console.print(f"no transitions of {key_id} in the store for that range")
+    for row in rows:
+        until_text = f" until {row['until_wall']}" if row.get("until_wall") else ""
+        console.print(
+            f"{row['at_wall']}  {row['from_state']} -> {row['to_state']}{until_text}  ({row['cause']}) {row['reason']}",
+            markup=False,
+            highlight=False,
+        )
+
+
 @inspect.command("events")
 @click.option("--kind", "kinds", multiple=True, metavar="K", help="an event kind or prefix (repeatable), e.g. key")
 @_socket_option

@@ -47,11 +47,12 @@ from apikeyrouter.debug.protocol import (
     to_jsonable,
 )
 from apikeyrouter.debug.requests import BadArgument, BadRequest, Request, int_arg, parse_request, str_arg, strs_arg
-from apikeyrouter.errors import DebugChannelError, DebugSocketInUse, UnknownKey
+from apikeyrouter.errors import DebugChannelError, DebugSocketInUse, InvalidRequest, UnknownKey
 from apikeyrouter.kernel.actor import Actor, ActorRef
 from apikeyrouter.messages.debug import DebugServerStatus
 from apikeyrouter.observe import KINDS, SubscriberLagged, event_json, unknown_kinds
 from apikeyrouter.runtime.api import RouterAPI
+from apikeyrouter.runtime.history import QUERY_PARAMS, parse_state_query, rows_json
 from apikeyrouter.runtime.views import tree_to_json
 
 __all__ = ["OPS", "DebugServer", "open_debug_channel"]
@@ -71,6 +72,7 @@ OPS: dict[str, str] = {
     "transitions": '{"key": KEY, "limit": N (default 50)}: recent lifecycle transitions of a key',
     "decisions": '{"limit": N (default 20)}: latest routing decisions with explanations',
     "policies": "the live policies, their latest changes (who, when, before/after) and every budget",
+    "history": '{"trail", "key", "since", ...} (GET /state/query\'s parameters): the store\'s history',
     "subscribe": '{"events": [KIND or PREFIX, ...]} (optional): stream events until the client leaves',
 }
 
@@ -288,13 +290,15 @@ class DebugServer(Actor[Never]):
             if not isinstance(line, LineTooLong) and not line.strip():
                 continue  # blank lines are harmless (handy with `socat` or `nc`)
             outcome = self._respond(line)
+            if isinstance(outcome, _History):
+                outcome = await self._history(outcome.request)
             if isinstance(outcome, _Subscribe):
                 await self._subscribe(stream, reader, outcome.kinds)
                 return
             if not await self._send(stream, outcome):
                 return
 
-    def _respond(self, line: bytes | LineTooLong) -> dict[str, Any] | _Subscribe:
+    def _respond(self, line: bytes | LineTooLong) -> dict[str, Any] | _Subscribe | _History:
         """The answer to one request line, or, for a valid `subscribe`, the switch to streaming."""
         if isinstance(line, LineTooLong):
             return error_response(ErrorCode.LINE_TOO_LONG, f"request lines are limited to {line.limit} bytes")
@@ -303,6 +307,8 @@ class DebugServer(Actor[Never]):
             request = parse_request(line)
         except BadRequest as exc:
             return error_response(exc.code, str(exc), exc.op)
+        if request.op == "history":
+            return _History(request)  # asks the store: answered by the connection's task, not here
         if request.op != "subscribe":
             return self._answer(request)
         try:
@@ -397,6 +403,19 @@ class DebugServer(Actor[Never]):
                 "budgets": budgets() if callable(budgets) else {},
             }
         )
+    async def _history(self, req: Request) -> dict[str, Any]:
+        """The store's history rows (runtime/history.py's parameters, as strings or numbers)."""
+        # Other fields of the request object are ignored, as for every op (forward compatible).
+        params = {k: str(v) for k, v in req.args.items() if k in QUERY_PARAMS and v is not None}
+        try:
+            wall_offset = self.router.events.wall_offset
+            rows = await self.router.query_state(parse_state_query(params, wall_offset))
+        except InvalidRequest as exc:
+            return error_response(ErrorCode.BAD_ARGUMENT, str(exc), "history")
+        except Exception as exc:
+            log.exception("debug_op_failed", op="history")
+            return error_response(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", "history")
+        return ok_response("history", to_jsonable(rows_json(rows, wall_offset)))
 
     async def _subscribe(self, stream: trio.SocketStream, reader: LineReader, kinds: list[str]) -> None:
         sub = self.router.events.subscribe(kinds or None, capacity=self.subscriber_queue)
@@ -440,6 +459,11 @@ class _NotFound(Exception):
 @attrs.frozen
 class _Subscribe:
     kinds: list[str]
+
+
+@attrs.frozen
+class _History:
+    request: Request
 
 
 @contextlib.asynccontextmanager

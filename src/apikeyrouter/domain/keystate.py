@@ -16,7 +16,6 @@ from apikeyrouter.domain.failures import DEFAULT_ACTIONS, FailureAction, Failure
 from apikeyrouter.domain.lifecycle import Lifecycle
 from apikeyrouter.domain.quota import Capacity, Prediction, Quota, QuotaConfig
 from apikeyrouter.domain.stats import Stats, StatsConfig
-from apikeyrouter.secret import Secret
 
 __all__ = ["KeyRecord", "KeySettings", "KeySnapshot"]
 
@@ -39,14 +38,16 @@ class KeySettings:
 
 @attrs.frozen
 class KeyRecord:
-    """The durable part of a key's state: what a restart restores."""
+    """The durable part of a key's state: what a restart restores. It names the key material by its
+    fingerprint only (a record may be written to disk); the material itself comes back from the config
+    or the admin API."""
 
     lifecycle: Lifecycle
     quota: Quota
     breaker: Breaker
     stats: Stats
     spend: Decimal
-    secret: Secret
+    fingerprint: str
 
 
 @attrs.frozen

@@ -113,6 +113,7 @@ class Request:
         "objective_header",
         "origin",
         "path",
+        "query",
         "request_id",
         "tags_header",
     )
@@ -123,6 +124,7 @@ class Request:
         if len(path) > 1 and path[-1] == "/":
             path = path.rstrip("/") or "/"
         self.path = path
+        self.query: bytes = scope.get("query_string", b"")
         self.authorization: bytes | None = None
         self.api_key: bytes | None = None
         self.content_length: int | None = None

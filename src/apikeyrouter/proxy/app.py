@@ -60,6 +60,7 @@ from apikeyrouter.proxy.admin import AdminAPI
 from apikeyrouter.proxy.dashboard import Dashboard
 from apikeyrouter.proxy.dashboard_routes import dashboard_routes
 from apikeyrouter.proxy.policies import PolicyAPI, PolicyRouter
+from apikeyrouter.proxy.state_query import state_query
 from apikeyrouter.runtime.api import RouterAPI
 from apikeyrouter.secret import Secret
 
@@ -143,6 +144,7 @@ class ProxyApp:
             "/health/ready": {"GET": self._ready},
             "/metrics": {"GET": self._metrics},
             "/state": {"GET": self._state},
+            "/state/query": {"GET": self._state_query},
             "/keys": {"GET": self._list_keys, "POST": self._add_key},
             "/decisions": {"GET": self._list_decisions},
             "/budgets": {"GET": self._list_budgets},
@@ -593,6 +595,10 @@ class ProxyApp:
     async def _state(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
         self._authorize_admin(ex)
         await self._reply(ex, send, *self.admin.state())
+
+    async def _state_query(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+        self._authorize_admin(ex)
+        await self._reply(ex, send, *await state_query(self.router, ex.request.query))
 
     async def _list_keys(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
         self._authorize_admin(ex)

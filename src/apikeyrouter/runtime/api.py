@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from apikeyrouter.domain.history import HistoryRow, StateQuery
 from apikeyrouter.domain.request import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse
 from apikeyrouter.kernel.actor import TreeNode
 from apikeyrouter.observe import EventBus
@@ -90,6 +91,8 @@ class RouterAPI(Protocol):
     def tree(self) -> TreeNode: ...
 
     def get_state_summary(self) -> dict[str, Any]: ...
+
+    async def query_state(self, query: StateQuery) -> list[HistoryRow]: ...
 
     async def register_key(
         self,

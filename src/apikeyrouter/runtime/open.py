@@ -24,6 +24,7 @@ from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.config import RouterConfig, default_config, structure_policies
+from apikeyrouter.domain.history import HistoryRow, StateQuery
 from apikeyrouter.domain.policy import Policy
 from apikeyrouter.domain.request import RequestIntent, StreamChunk, SystemResponse
 from apikeyrouter.domain.scoring import ScoringConfig, Weights
@@ -33,6 +34,7 @@ from apikeyrouter.kernel.spec import ChildSpec
 from apikeyrouter.messages.key import KeyCommand
 from apikeyrouter.messages.provider import ProviderCommand
 from apikeyrouter.messages.router import RouterCommand
+from apikeyrouter.messages.store import Flush, Query
 from apikeyrouter.observe import EventBus
 from apikeyrouter.runtime import views
 from apikeyrouter.runtime.api import APIKey
@@ -44,7 +46,8 @@ from apikeyrouter.runtime.registry import Registry
 from apikeyrouter.runtime.reload import apply_config
 from apikeyrouter.runtime.tree import root_supervisor
 from apikeyrouter.secret import Secret
-from apikeyrouter.store.memory import MemoryStore, StateStore
+from apikeyrouter.store.backend import StateStore
+from apikeyrouter.store.open import store_from_config
 from apikeyrouter.store.redis_shared import SharedLimits, open_shared
 
 if TYPE_CHECKING:
@@ -83,7 +86,7 @@ class ApiKeyRouter:
         self._registry = Registry(
             config,
             settings,
-            store=store if store is not None else MemoryStore(),  # an empty store is falsy (len 0)
+            store=store if store is not None else store_from_config(config.store),  # an empty store is falsy
             events=events if events is not None else EventBus(),
             scoring=scoring or ScoringConfig(),
         )
@@ -101,10 +104,13 @@ class ApiKeyRouter:
         reg.wall_offset = reg.events.wall_offset
         root = reg.root = root_supervisor(
             on_event=reg.on_event,
+            make_store=reg.make_store,
             make_budgets=reg.make_budgets,
             make_router=reg.make_router,
             grace=reg.config.server.grace_period,
         )
+        # Read before the tree starts: a corrupt or newer file is one StoreError, and no actor waits on it.
+        reg.store_state.latest.update(await reg.store.open(reg.wall_offset))
         # With [store] kind = "redis": the shared limits run outside the tree, up before it and down after.
         async with open_shared(reg.config.store, reg.events, lambda: reg.budget_specs, reg.apply_shared) as shared:
             reg.shared = shared
@@ -152,6 +158,16 @@ class ApiKeyRouter:
     @property
     def store(self) -> StateStore:
         return self._registry.store
+
+    async def query_state(self, query: StateQuery) -> list[HistoryRow]:
+        """History from the store: transitions, decisions (attempts) or budget movements, newest first."""
+        ref = self._registry.store_port.require()
+        rows: list[HistoryRow] = await ref.ask(lambda r: Query(query, r))
+        return rows
+
+    async def flush_store(self) -> None:
+        """Wait until every change told to the store so far is written."""
+        await self._registry.store_port.require().ask(Flush)
 
     @property
     def shared(self) -> SharedLimits | None:

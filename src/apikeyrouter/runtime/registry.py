@@ -30,24 +30,28 @@ from apikeyrouter.config import ClientConfig, RouterConfig, universe_of, valid_i
 from apikeyrouter.domain import reconcile
 from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.cost import ModelPrice
+from apikeyrouter.domain.history import DecisionRow
 from apikeyrouter.domain.keystate import KeySettings
 from apikeyrouter.domain.policy import EffectivePolicy, Policy, Universe
 from apikeyrouter.domain.quota import QuotaConfig
 from apikeyrouter.domain.request import Usage
 from apikeyrouter.domain.scoring import ScoringConfig
-from apikeyrouter.errors import ActorStopped, InvalidRequest, RouterNotRunning, UnknownKey, UnknownProvider
+from apikeyrouter.errors import ActorStopped, InvalidRequest, MailboxFull, RouterNotRunning, UnknownKey, UnknownProvider
 from apikeyrouter.kernel.actor import ActorRef
 from apikeyrouter.messages.budget import BudgetCommand, SetBudget, SetBudgets
 from apikeyrouter.messages.key import ApplyShared, KeyCommand, Operate
 from apikeyrouter.messages.router import RouterCommand
-from apikeyrouter.observe import Event, EventBus, KeyRegistered
+from apikeyrouter.messages.store import Append
+from apikeyrouter.observe import Event, EventBus, KeyRegistered, RequestAttempted
 from apikeyrouter.runtime.api import APIKey
 from apikeyrouter.runtime.deps import Routing, parse_objective
 from apikeyrouter.runtime.policies import PolicyBook
 from apikeyrouter.runtime.tree import key_child, provider_child
 from apikeyrouter.secret import Secret, secret_problem
-from apikeyrouter.store.memory import StateStore
+from apikeyrouter.store.backend import StateStore
+from apikeyrouter.store.port import StorePort
 from apikeyrouter.store.redis_shared import SharedLimits
+from apikeyrouter.store.writer import StoreState, StoreWriter
 from apikeyrouter.supervisors import Supervisor
 
 __all__ = ["Registry"]
@@ -100,6 +104,10 @@ class Registry:
         self.config = config
         self.routing = routing
         self.store = store
+        self.store_state = StoreState(store)
+        self.store_port = StorePort()
+        self.decisions_dropped = 0
+        events.observe(RequestAttempted, self.record_attempt)
         self.events = events
         self.scoring = scoring
         self.board = SnapshotBoard()
@@ -256,10 +264,33 @@ class Registry:
     def on_event(self, event: Event) -> None:
         self.events.publish(event)
 
+    def record_attempt(self, ev: RequestAttempted) -> None:
+        """Every upstream attempt, for the store's decision trail. Called inline by the event bus on the
+        request path, so it cannot wait: a full store mailbox drops the row, counted and logged."""
+        router = self._router
+        decision = router.lookup(ev.decision_id) if router is not None else None
+        outcome = ev.failure.value if ev.failure is not None else "ok"
+        row = DecisionRow(
+            ev.request_id, ev.decision_id, ev.key, ev.provider, decision.model if decision is not None else None,
+            ev.client, outcome, ev.attempt, ev.latency_s, ev.at,
+        )
+        try:
+            self.store_port.require().tell_nowait(Append((row,)))
+        except (MailboxFull, ActorStopped):
+            self.decisions_dropped += 1
+            if self.decisions_dropped % 1000 == 1:
+                log.warning("store_decision_rows_dropped", dropped=self.decisions_dropped)
+
+    def make_store(self) -> StoreWriter:
+        cfg = self.config.store
+        writer = StoreWriter(self.store_state, flush_interval=cfg.flush_interval)
+        self.store_port.bind(writer.ref)  # the first instance's ref is the address's, for every restart
+        return writer
+
     def make_budgets(self) -> BudgetActor:
         return BudgetActor(
             self.budget_specs,
-            store=self.store,
+            store=self.store_port,
             events=self.events,
             templates=self.budget_templates,
             limits=self.rate_limits,
@@ -424,7 +455,7 @@ class Registry:
         spec = key_child(
             settings,
             secret,
-            store=self.store,
+            store=self.store_port,
             board=self.board,
             events=self.events,
             wall_offset=self.wall_offset,
@@ -474,10 +505,11 @@ class Registry:
         if meta is not None:
             self.key_meta[key_id] = attrs.evolve(meta, fingerprint=material.fingerprint)
 
-    def stored_secret_differs(self, key_id: str, secret: Secret) -> bool:
-        record = self.store.load(f"key:{key_id}")
-        current = getattr(record, "secret", None)
-        return isinstance(current, Secret) and current != secret
+    async def stored_secret_differs(self, key_id: str, secret: Secret) -> bool:
+        """Is the key's stored record for other material than `secret`? (Records keep fingerprints.)"""
+        record = await self.store_port.load("key", key_id)
+        current = getattr(record, "fingerprint", None)
+        return isinstance(current, str) and current != secret.fingerprint
 
     # -- config ---------------------------------------------------------------------------------------
 
@@ -488,6 +520,12 @@ class Registry:
             await self.register_provider(pcfg.id, adapter_from_config(pcfg))
         for kcfg in self.config.keys:
             await self.register(kcfg.id, kcfg.secret, kcfg.provider, self.key_settings(kcfg))
+            if await self.stored_secret_differs(kcfg.id, kcfg.secret):
+                # Restored from a store, for material since changed (rotated, or edited in the config).
+                try:
+                    await self.operate(kcfg.id, "rotate", "key material from the config", kcfg.secret)
+                except InvalidRequest as exc:  # a revoked key stays revoked
+                    log.warning("stored_key_not_rotated", key=kcfg.id, reason=str(exc))
             if not kcfg.enabled:
                 await self.update_key_state(kcfg.id, "disabled", reason="disabled in config")
 

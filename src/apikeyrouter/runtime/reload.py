@@ -101,7 +101,7 @@ async def _add_keys(
         # A re-registered key restores its stored record (lifecycle, windows, breaker).
         await reg.register(kcfg.id, kcfg.secret, kcfg.provider, reg.key_settings(kcfg))
         try:
-            if reg.stored_secret_differs(kcfg.id, kcfg.secret):
+            if await reg.stored_secret_differs(kcfg.id, kcfg.secret):
                 await reg.operate(kcfg.id, "rotate", "key material from reloaded config", kcfg.secret)
             if not kcfg.enabled:
                 await reg.update_key_state(kcfg.id, "disabled", reason="disabled in config")

@@ -1,6 +1,7 @@
 """The application's supervision tree, as data: the `ChildSpec`s the router runs.
 
     root (one_for_one)
+    ├── store                                StoreWriter: persistence (started first, stopped last)
     ├── providers (one_for_one)
     │   └── provider:<id> (rest_for_one)    ProviderActor first, then its keys supervisor
     │       └── keys (one_for_one)          KeyActors
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.budget import BudgetActor
-from apikeyrouter.actors.key import KeyActor
+from apikeyrouter.actors.key import KeyActor, KeyMaterial
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.adapters.base import ProviderAdapter
@@ -25,7 +26,8 @@ from apikeyrouter.domain.keystate import KeySettings
 from apikeyrouter.kernel.spec import ChildSpec, Restart, Strategy, SupervisorSpec
 from apikeyrouter.observe import Event, EventBus
 from apikeyrouter.secret import Secret
-from apikeyrouter.store.memory import StateStore
+from apikeyrouter.store.port import StorePort
+from apikeyrouter.store.writer import StoreWriter
 from apikeyrouter.supervisors import Supervisor
 
 __all__ = ["key_child", "provider_child", "root_supervisor"]
@@ -36,6 +38,7 @@ OnEvent = Callable[[Event], None]
 def root_supervisor(
     *,
     on_event: OnEvent,
+    make_store: Callable[[], StoreWriter],
     make_budgets: Callable[[], BudgetActor],
     make_router: Callable[[], RouterActor],
     grace: float,
@@ -45,6 +48,8 @@ def root_supervisor(
         SupervisorSpec(Strategy.ONE_FOR_ONE, intensity=10, period=60),
         on_event=on_event,
         children=[
+            # Generous: its stop writes everything still pending.
+            ChildSpec("store", make_store, shutdown=max(grace, 10.0)),
             ChildSpec(
                 "providers",
                 lambda: Supervisor(
@@ -100,15 +105,16 @@ def key_child(
     settings: KeySettings,
     secret: Secret,
     *,
-    store: StateStore,
+    store: StorePort,
     board: SnapshotBoard,
     events: EventBus,
     wall_offset: float,
     grace: float,
 ) -> ChildSpec:
+    material = KeyMaterial(secret)  # outlives the key's restarts, so a rotation does too
     return ChildSpec(
         f"key:{settings.id}",
-        lambda: KeyActor(settings, secret, store=store, board=board, events=events, wall_offset=wall_offset),
+        lambda: KeyActor(settings, material, store=store, board=board, events=events, wall_offset=wall_offset),
         restart=Restart.PERMANENT,
         shutdown=grace,
     )

@@ -1,5 +1,9 @@
-"""Persistence of actor state: `StateStore` protocol and the in-memory default."""
+"""Persistence of actor state: the async `StateStore` interface, its backends (memory, SQLite) and the
+store writer actor that alone talks to them."""
 
-from apikeyrouter.store.memory import MemoryStore, StateStore
+from apikeyrouter.store.backend import Batch, StateStore
+from apikeyrouter.store.memory import MemoryStore
+from apikeyrouter.store.sqlite import SqliteStore
+from apikeyrouter.store.writer import StoreState, StoreWriter
 
-__all__ = ["MemoryStore", "StateStore"]
+__all__ = ["Batch", "MemoryStore", "SqliteStore", "StateStore", "StoreState", "StoreWriter"]

@@ -1,0 +1,147 @@
+"""What persistence costs a routed request: the memory store against the SQLite store, same run, same load.
+
+    PYTHONPATH=src python benchmarks/store.py [--calls 1000] [--rounds 9] [--concurrency 32]
+
+Each round runs the same calls through a router on each store, one after the other (so drift on a shared
+machine hits both alike): `concurrency` trio tasks calling `route()` against the simulator's handler
+in-process (`benchmarks/aio.py`'s adapter: no sockets), 4 keys, a global budget (so every request also
+holds and charges money). Per store, per round:
+
+- CPU µs per request: `time.process_time()` over the calls (every thread: the SQLite worker thread too),
+  divided by the calls; the figure that matters is SQLite minus memory, the CPU persistence adds;
+- wall µs per request (the added latency; writes are off the request path, so it should be noise);
+- the CPU the SQLite worker thread spent encoding and writing (`SqliteStore.write_cpu_s`, measured with
+  `time.thread_time()` in that thread), per request: the part of the added CPU that is off the request
+  path; the rest (added minus this) is what the request path and the event loop pay;
+- writes/s: changes the store writer took in (`Save` messages: one per change of one record, plus the
+  history rows), and the transactions (batches) it committed, over the wall time of the calls.
+
+The SQLite round ends with the router's stop, which writes what is still pending: that flush is outside
+the timed calls (it is not on any request's path) but inside the check that the file holds every request.
+Figures are medians over rounds; the last line is one JSON object (target: sqlite adds <= 50 µs CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+from aio import CHAT, KEYS, InProcessAdapter  # benchmarks/aio.py: run as `python benchmarks/store.py`
+
+from apikeyrouter import ApiKeyRouter
+from apikeyrouter.config import parse_config
+from apikeyrouter.store import MemoryStore, SqliteStore, StateStore
+
+CONFIG = {"budgets": {"global": {"limit": "1000000", "period": "month"}}}
+
+
+async def _calls(router: ApiKeyRouter, calls: int, concurrency: int) -> None:
+    async def worker(n: int) -> None:
+        for _ in range(n):
+            await router.route(CHAT)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker, calls // concurrency)
+
+
+def _store_state(router: ApiKeyRouter) -> dict[str, Any]:
+    node = next(n for n in router.tree().children if n.name == "store")
+    state: dict[str, Any] = node.state
+    return state
+
+
+def one_round(store: StateStore, calls: int, concurrency: int) -> dict[str, float]:
+    async def main() -> dict[str, float]:
+        async with ApiKeyRouter(parse_config(CONFIG, env={}), store=store) as router:
+            await router.register_provider("openai", InProcessAdapter())
+            for i in range(KEYS):
+                await router.register_key(f"sk-sim-bench-{i}", "openai", key_id=f"k{i}")
+            for _ in range(20):  # warm: clients made, tokenizer tables paged in
+                await router.route(CHAT)
+            await router.flush_store()
+            before = _store_state(router)
+            writer_cpu = getattr(store, "write_cpu_s", 0.0)
+            cpu, wall = time.process_time(), time.perf_counter()
+            await _calls(router, calls, concurrency)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            after = _store_state(router)
+            writer_cpu = getattr(store, "write_cpu_s", 0.0) - writer_cpu  # the timed calls' share, roughly
+        made = calls // concurrency * concurrency
+        return {
+            "cpu_us": cpu / made * 1e6,
+            "wall_us": wall / made * 1e6,
+            "writer_thread_cpu_us": writer_cpu / made * 1e6,
+            "saves_per_s": (after["saves"] - before["saves"]) / wall,
+            "batches_per_s": (after["batches"] - before["batches"]) / wall,
+        }
+
+    return trio.run(main)
+
+
+def _check_file(path: Path, expected_requests: int) -> None:
+    async def main() -> None:
+        store = SqliteStore(path)
+        records = await store.open(0.0)
+        await store.close()
+        got = sum(r.stats.requests for (kind, _), r in records.items() if kind == "key")
+        assert got == expected_requests, f"the file holds {got} requests, {expected_requests} were made"
+
+    trio.run(main)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    results: dict[str, list[dict[str, float]]] = {"memory": [], "sqlite": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in range(args.rounds):
+            results["memory"].append(one_round(MemoryStore(), args.calls, args.concurrency))
+            path = Path(tmp) / f"round-{n}.db"
+            results["sqlite"].append(one_round(SqliteStore(path), args.calls, args.concurrency))
+            _check_file(path, args.calls // args.concurrency * args.concurrency + 20)
+            for name in ("memory", "sqlite"):
+                r = results[name][-1]
+                print(
+                    f"round {n + 1} {name:6}  cpu {r['cpu_us']:7.1f} µs/req  wall {r['wall_us']:7.1f} µs/req  "
+                    f"saves {r['saves_per_s']:8.0f}/s  transactions {r['batches_per_s']:6.1f}/s"
+                )
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in results.items()}
+    pairs = list(zip(results["memory"], results["sqlite"], strict=True))  # same round, one after the other
+    added_cpu = statistics.median(s["cpu_us"] - m["cpu_us"] for m, s in pairs)
+    added_wall = statistics.median(s["wall_us"] - m["wall_us"] for m, s in pairs)
+    writer = med["sqlite"]["writer_thread_cpu_us"]
+    print(
+        f"median: memory {med['memory']['cpu_us']:.1f} µs CPU/req, sqlite {med['sqlite']['cpu_us']:.1f} µs CPU/req; "
+        f"sqlite adds {added_cpu:.1f} µs CPU and {added_wall:.1f} µs wall per request "
+        f"of which {writer:.1f} µs in the writer's thread, off the request path (target: the request path "
+        f"<= 50 µs); {med['sqlite']['saves_per_s']:.0f} changes/s in "
+        f"{med['sqlite']['batches_per_s']:.1f} transactions/s"
+    )
+    summary = {
+        "calls": args.calls,
+        "rounds": args.rounds,
+        "concurrency": args.concurrency,
+        "median": {k: {m: round(v, 1) for m, v in d.items()} for k, d in med.items()},
+        "sqlite_added_cpu_us": round(added_cpu, 1),
+        "sqlite_added_wall_us": round(added_wall, 1),
+        "sqlite_writer_thread_cpu_us": round(writer, 1),
+        "sqlite_added_request_path_cpu_us": round(added_cpu - writer, 1),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
