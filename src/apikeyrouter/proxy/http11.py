@@ -84,7 +84,7 @@ class MalformedBody(Exception):
 class Request:
     """One request's head, and its body on demand. Header names are lower-case bytes (h11 makes them so)."""
 
-    __slots__ = ("_conn", "client_gone", "content_length", "headers", "method", "path", "query", "target")
+    __slots__ = ("_conn", "client_gone", "content_length", "head_bytes", "headers", "method", "path", "query", "target")
 
     def __init__(self, conn: _Connection, event: h11.Request) -> None:
         self._conn = conn
@@ -95,9 +95,12 @@ class Request:
         self.path: str = unquote(path) if "%" in path else path
         self.headers: Headers = list(event.headers)
         self.content_length: int | None = None
+        size = len(event.method) + len(event.target) + 12
         for name, value in self.headers:
+            size += len(name) + len(value) + 4
             if name == b"content-length":
                 self.content_length = int(value)  # h11 has checked that it is a number
+        self.head_bytes = size  # about the size on the wire (h11 limits only a head that came in pieces)
         # Set by the server before it cancels the handler: the client left before the answer was out.
         self.client_gone = False
 
@@ -251,7 +254,11 @@ class _Connection:
                         h.receive_data(data)
                         continue
                     if type(event) is h11.Request:
-                        return self._begin(event)
+                        request = self._begin(event)
+                        if request.head_bytes > limits.max_header_bytes:
+                            await self._refuse(431, "")
+                            return None
+                        return request
                     return None  # ConnectionClosed (or PAUSED after a peer that closed)
             except h11.RemoteProtocolError as exc:
                 await self._refuse(exc.error_status_hint, str(exc))
