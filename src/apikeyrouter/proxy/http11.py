@@ -29,6 +29,7 @@ keep-alive connections, answer `Connection: close` to anything that starts now, 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from urllib.parse import unquote
@@ -122,6 +123,10 @@ class Request:
                         out[name] = val
         return out
 
+    def body_complete(self) -> bool:
+        """The whole body is here already (it came with the head): `read_body` will not wait."""
+        return self._conn.body_complete()
+
     async def read_body(self, limit: int) -> bytes:
         """The whole body, refusing more than `limit` bytes (before reading any when declared)."""
         return await self._conn.read_body(limit)
@@ -187,17 +192,21 @@ def protocol_error_body(status: int, message: str) -> bytes:
 
 
 class _Connection:
-    """One accepted socket: reads requests, runs the handler for each, watches for the client leaving."""
+    """One accepted socket. Two tasks: a reader that alone receives from the socket (it feeds h11, watches
+    the deadlines and sees the client leave at once), and the serving loop that parses requests and runs the
+    handler for each. Both live in the connection's nursery: cancelling it ends the connection."""
 
     __slots__ = (
         "_ahead",
         "_body_broken",
         "_body_done",
+        "_deadline",
         "_first",
-        "_idle_scope",
         "_nursery",
-        "_watching",
+        "_paused",
+        "_wake",
         "h11",
+        "handling",
         "idle",
         "peer_closed",
         "request",
@@ -213,16 +222,33 @@ class _Connection:
         self.response = Response(self)
         self.request: Request | None = None
         self.idle = True  # waiting for a request of which no byte has come: a drain closes it at once
+        self.handling = False  # a handler runs: EOF before its answer is out is a client that left
         self.peer_closed = False
-        self._idle_scope: trio.CancelScope | None = None
-        self._nursery: trio.Nursery | None = None  # the request's: its handler and the socket watcher
+        self._nursery: trio.Nursery | None = None
+        # The reader's deadline: for the next request's first byte, then for the rest of its head; none
+        # while a request is served (the handler's own deadlines apply).
+        self._deadline = trio.CancelScope(deadline=trio.current_time() + server.limits.keep_alive_s)
+        self._wake: trio.Event | None = None  # the serving loop waits for data
+        self._paused: trio.Event | None = None  # the reader waits for the loop to consume what it read
+        self._ahead = 0  # bytes received since the serving loop last ran out of data
         self._first = b""  # body bytes that came with the head
         self._body_done = False
         self._body_broken = False
-        self._watching = False
-        self._ahead = 0
 
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._reader)
+            try:
+                await self._serve()
+            finally:
+                nursery.cancel_scope.cancel(reason="connection done")
+
+    def close(self, reason: str) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel(reason=reason)
+
+    async def _serve(self) -> None:
         while True:
             request = await self._next_request()
             if request is None:
@@ -231,49 +257,89 @@ class _Connection:
             if not await self._next_cycle():
                 return
 
-    # -- reading ----------------------------------------------------------------------------------------
+    # -- the reader -------------------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        h = self.h11
+        limit = self.server.limits.pipeline_bytes
+        with self._deadline:
+            while True:
+                if self._ahead >= limit:  # read far enough ahead: wait (a disconnect shows when writing)
+                    self._paused = trio.Event()
+                    await self._paused.wait()
+                data = await self._receive()
+                if not data:
+                    self._peer_left()
+                    return
+                if self.idle:
+                    self.idle = False
+                    self._deadline.deadline = trio.current_time() + self.server.limits.header_read_s
+                h.receive_data(data)
+                self._ahead += len(data)
+                if self._wake is not None:
+                    self._wake.set()
+        # A deadline ran out while waiting for a request (idle keep-alive, or a slow head).
+        self.close("request head deadline")
+
+    def _peer_left(self) -> None:
+        self.peer_closed = True
+        if self.handling and not self.response.finished and self.request is not None:
+            self.request.client_gone = True
+            self.close("client disconnected")
+            return
+        self.h11.receive_data(b"")  # after the answer: whatever was pipelined is still read, then close
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _receive(self) -> bytes:
+        try:
+            return await self.stream.receive_some(RECEIVE_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return b""  # a reset is the peer leaving, like EOF
+
+    async def _need_data(self) -> None:
+        """Wait for the reader to bring more (h11 has used up what it had)."""
+        self._ahead = 0
+        if self._paused is not None:
+            self._paused.set()
+            self._paused = None
+        wake = self._wake = trio.Event()
+        try:
+            await wake.wait()
+        finally:
+            self._wake = None
+
+    # -- reading requests -------------------------------------------------------------------------------
 
     async def _next_request(self) -> Request | None:
         h = self.h11
         limits = self.server.limits
-        now = trio.current_time()
-        buffered = self._ahead > 0
-        self.idle = not buffered
-        if self.idle and self.server.draining:
+        try:
+            while True:
+                event = h.next_event()
+                if event is h11.NEED_DATA:
+                    if self.peer_closed:
+                        return None
+                    await self._need_data()
+                    continue
+                if type(event) is h11.Request:
+                    request = self._begin(event)
+                    if request.head_bytes > limits.max_header_bytes:
+                        await self._refuse(431, "")
+                        return None
+                    return request
+                return None  # ConnectionClosed (or PAUSED after a peer that closed)
+        except h11.RemoteProtocolError as exc:
+            await self._refuse(exc.error_status_hint, str(exc))
             return None
-        with trio.CancelScope(deadline=now + (limits.header_read_s if buffered else limits.keep_alive_s)) as scope:
-            self._idle_scope = scope
-            try:
-                while True:
-                    event = h.next_event()
-                    if event is h11.NEED_DATA:
-                        data = await self._receive()
-                        if self.idle and data:
-                            self.idle = False
-                            scope.deadline = trio.current_time() + limits.header_read_s
-                        h.receive_data(data)
-                        continue
-                    if type(event) is h11.Request:
-                        request = self._begin(event)
-                        if request.head_bytes > limits.max_header_bytes:
-                            await self._refuse(431, "")
-                            return None
-                        return request
-                    return None  # ConnectionClosed (or PAUSED after a peer that closed)
-            except h11.RemoteProtocolError as exc:
-                await self._refuse(exc.error_status_hint, str(exc))
-                return None
-            finally:
-                self._idle_scope = None
-                self.idle = False
-        return None  # a deadline ran out (idle, or a slow head), or a drain closed an idle connection
 
     def _begin(self, event: h11.Request) -> Request:
+        self.idle = False
+        self._deadline.deadline = math.inf
         self._first = b""
-        self._body_done = self._body_broken = self._watching = False
-        self._ahead = 0
+        self._body_done = self._body_broken = False
         request = self.request = Request(self, event)
-        # A body that came with the head (or none at all) is here already: peek without reading.
+        # A body that came with the head (or none at all) is here already: peek without waiting.
         try:
             while True:
                 more = self.h11.next_event()
@@ -287,11 +353,8 @@ class _Connection:
             self._body_broken = True
         return request
 
-    async def _receive(self) -> bytes:
-        try:
-            return await self.stream.receive_some(RECEIVE_BYTES)
-        except (trio.BrokenResourceError, OSError):
-            return b""  # a reset is the peer leaving, like EOF
+    def body_complete(self) -> bool:
+        return self._body_done
 
     async def read_body(self, limit: int) -> bytes:
         request = self.request
@@ -315,7 +378,6 @@ class _Connection:
             self._body_broken = True
             raise
         self._body_done = True
-        self._watch()
         return body
 
     async def _read_rest(self, limit: int) -> bytes:
@@ -330,10 +392,9 @@ class _Connection:
                     raise ClientGone from None
                 raise MalformedBody(str(exc)) from None
             if event is h11.NEED_DATA:
-                data = await self._receive()
-                if not data:
-                    self.peer_closed = True
-                h.receive_data(data)
+                if self.peer_closed:
+                    raise ClientGone
+                await self._need_data()
             elif type(event) is h11.Data:
                 size += len(event.data)
                 if size > limit:
@@ -349,64 +410,40 @@ class _Connection:
     async def _answer(self, request: Request) -> None:
         response = self.response
         response._reset()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            if self._body_done:
-                self._watch()
-            try:
-                await self.server.handler(request, response)
-            except ClientGone:
-                request.client_gone = True
-            except Exception as exc:
-                await self._handler_failed(exc)
+        self.handling = True
+        try:
+            await self.server.handler(request, response)
+        except ClientGone:
+            request.client_gone = True
+        except Exception as exc:
+            log.error("handler_failed", path=request.path, exc_info=exc)
+            if not response.started:
+                await self._plain_error(500, "internal error in apikeyrouter (see the server log)")
+        else:
             if not response.started and not request.client_gone:
                 log.error("handler_returned_without_answering", path=request.path)
                 await self._plain_error(500, "internal error in apikeyrouter (see the server log)")
-            nursery.cancel_scope.cancel(reason="request answered")
-        self._nursery = None
-
-    async def _handler_failed(self, exc: Exception) -> None:
-        log.error("handler_failed", exc_info=exc)
-        if not self.response.started:
-            await self._plain_error(500, "internal error in apikeyrouter (see the server log)")
+        finally:
+            self.handling = False
 
     async def _plain_error(self, status: int, message: str) -> None:
         headers = [(b"content-type", b"application/json")]
         with contextlib.suppress(ClientGone, h11.LocalProtocolError):
             await self.response.respond(status, headers, protocol_error_body(status, message))
 
-    def _watch(self) -> None:
-        """Once the body is in, watch the socket: what comes is the next request, or the client leaving."""
-        if not self._watching and self._nursery is not None:
-            self._watching = True
-            self._nursery.start_soon(self._watch_socket)
-
-    async def _watch_socket(self) -> None:
-        h = self.h11
-        while self._ahead < self.server.limits.pipeline_bytes:
-            data = await self._receive()
-            if not data:
-                self.peer_closed = True
-                if not self.response.finished and self.request is not None and self._nursery is not None:
-                    self.request.client_gone = True
-                    self._nursery.cancel_scope.cancel(reason="client disconnected")
-                else:
-                    h.receive_data(b"")  # after the answer: whatever was pipelined is still read, then close
-                return
-            h.receive_data(data)
-            self._ahead += len(data)
-        # Read far enough ahead: stop reading (back-pressure); a disconnect now shows when writing.
-
     async def _next_cycle(self) -> bool:
         h = self.h11
-        if h.our_state is not h11.DONE or self._body_broken or (self.peer_closed and self._ahead == 0):
+        if h.our_state is not h11.DONE or self._body_broken:
             return False
         if h.their_state is h11.SEND_BODY and not await self._discard_body():
             return False
         if h.their_state is not h11.DONE or self.server.draining:
             return False
         h.start_next_cycle()
-        self._ahead = len(h.trailing_data[0])
+        self.idle = not h.trailing_data[0]  # nothing of the next request here yet
+        self._deadline.deadline = trio.current_time() + (
+            self.server.limits.keep_alive_s if self.idle else self.server.limits.header_read_s
+        )
         return True
 
     async def _discard_body(self) -> bool:
@@ -422,10 +459,9 @@ class _Connection:
                 except h11.RemoteProtocolError:
                     return False
                 if event is h11.NEED_DATA:
-                    data = await self._receive()
-                    if not data:
+                    if self.peer_closed:
                         return False
-                    h.receive_data(data)
+                    await self._need_data()
                 elif type(event) is h11.Data:
                     left -= len(event.data)
                 else:
@@ -481,8 +517,8 @@ class HTTPServer:
     def drain(self) -> None:
         self.draining = True
         for conn in self._connections:
-            if conn.idle and conn._idle_scope is not None:
-                conn._idle_scope.cancel(reason="server shutting down")
+            if conn.idle:
+                conn.close("server shutting down")
         if not self._connections:
             self._emptied.set()
 
