@@ -29,7 +29,6 @@ keep-alive connections, answer `Connection: close` to anything that starts now, 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from urllib.parse import unquote
@@ -191,6 +190,16 @@ def protocol_error_body(status: int, message: str) -> bytes:
     return orjson.dumps({"error": error})
 
 
+class _Phase:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+_IDLE, _HEAD, _BUSY = _Phase("idle"), _Phase("head"), _Phase("busy")
+
+
 class _Connection:
     """One accepted socket. Two tasks: a reader that alone receives from the socket (it feeds h11, watches
     the deadlines and sees the client leave at once), and the serving loop that parses requests and runs the
@@ -204,11 +213,13 @@ class _Connection:
         "_first",
         "_nursery",
         "_paused",
+        "_since",
+        "_tightened",
         "_wake",
         "h11",
         "handling",
-        "idle",
         "peer_closed",
+        "phase",
         "request",
         "response",
         "server",
@@ -221,13 +232,18 @@ class _Connection:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=server.limits.max_header_bytes)
         self.response = Response(self)
         self.request: Request | None = None
-        self.idle = True  # waiting for a request of which no byte has come: a drain closes it at once
         self.handling = False  # a handler runs: EOF before its answer is out is a client that left
         self.peer_closed = False
         self._nursery: trio.Nursery | None = None
-        # The reader's deadline: for the next request's first byte, then for the rest of its head; none
-        # while a request is served (the handler's own deadlines apply).
-        self._deadline = trio.CancelScope(deadline=trio.current_time() + server.limits.keep_alive_s)
+        # Where the connection is, for its deadlines: IDLE (no byte of the next request yet; a drain closes
+        # it at once), HEAD (a head is coming: `header_read_s`) or BUSY (a request is served: the handler's
+        # own deadlines apply), and since when. The reader's cancel scope fires at or before the deadline
+        # that applies; moving a deadline costs more than a request, so it is only ever moved earlier (a
+        # slow head) and otherwise checked when it fires (`_reader`).
+        self.phase = _IDLE
+        self._since = trio.current_time()
+        self._tightened = False
+        self._deadline = trio.CancelScope()
         self._wake: trio.Event | None = None  # the serving loop waits for data
         self._paused: trio.Event | None = None  # the reader waits for the loop to consume what it read
         self._ahead = 0  # bytes received since the serving loop last ran out of data
@@ -259,27 +275,47 @@ class _Connection:
 
     # -- the reader -------------------------------------------------------------------------------------
 
+    @property
+    def idle(self) -> bool:
+        return self.phase is _IDLE
+
+    def _due(self) -> float:
+        """When the deadline that applies now runs out."""
+        limits = self.server.limits
+        if self.phase is _IDLE:
+            return self._since + limits.keep_alive_s
+        if self.phase is _HEAD:
+            return self._since + limits.header_read_s
+        return trio.current_time() + limits.keep_alive_s  # BUSY: look again later
+
     async def _reader(self) -> None:
+        while True:
+            with trio.CancelScope(deadline=self._due()) as scope:
+                self._deadline = scope
+                await self._read()
+                return
+            if trio.current_time() >= self._due():
+                self.close("request head deadline")  # idle keep-alive ran out, or a head came too slowly
+                return
+
+    async def _read(self) -> None:
         h = self.h11
         limit = self.server.limits.pipeline_bytes
-        with self._deadline:
-            while True:
-                if self._ahead >= limit:  # read far enough ahead: wait (a disconnect shows when writing)
-                    self._paused = trio.Event()
-                    await self._paused.wait()
-                data = await self._receive()
-                if not data:
-                    self._peer_left()
-                    return
-                if self.idle:
-                    self.idle = False
-                    self._deadline.deadline = trio.current_time() + self.server.limits.header_read_s
-                h.receive_data(data)
-                self._ahead += len(data)
-                if self._wake is not None:
-                    self._wake.set()
-        # A deadline ran out while waiting for a request (idle keep-alive, or a slow head).
-        self.close("request head deadline")
+        while True:
+            if self._ahead >= limit:  # read far enough ahead: wait (a disconnect shows when writing)
+                self._paused = trio.Event()
+                await self._paused.wait()
+            data = await self._receive()
+            if not data:
+                self._peer_left()
+                return
+            if self.phase is _IDLE:
+                self.phase = _HEAD
+                self._since = trio.current_time()
+            h.receive_data(data)
+            self._ahead += len(data)
+            if self._wake is not None:
+                self._wake.set()
 
     def _peer_left(self) -> None:
         self.peer_closed = True
@@ -320,6 +356,9 @@ class _Connection:
                 if event is h11.NEED_DATA:
                     if self.peer_closed:
                         return None
+                    if self.phase is _HEAD and not self._tightened:  # a head in pieces: its deadline applies
+                        self._tightened = True
+                        self._deadline.deadline = min(self._deadline.deadline, self._due())
                     await self._need_data()
                     continue
                 if type(event) is h11.Request:
@@ -334,8 +373,8 @@ class _Connection:
             return None
 
     def _begin(self, event: h11.Request) -> Request:
-        self.idle = False
-        self._deadline.deadline = math.inf
+        self.phase = _BUSY
+        self._tightened = False
         self._first = b""
         self._body_done = self._body_broken = False
         request = self.request = Request(self, event)
@@ -440,10 +479,8 @@ class _Connection:
         if h.their_state is not h11.DONE or self.server.draining:
             return False
         h.start_next_cycle()
-        self.idle = not h.trailing_data[0]  # nothing of the next request here yet
-        self._deadline.deadline = trio.current_time() + (
-            self.server.limits.keep_alive_s if self.idle else self.server.limits.header_read_s
-        )
+        self.phase = _HEAD if h.trailing_data[0] else _IDLE  # some of the next request is here already
+        self._since = trio.current_time()
         return True
 
     async def _discard_body(self) -> bool:
