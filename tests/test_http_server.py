@@ -290,3 +290,21 @@ async def test_a_drain_closes_idle_connections_at_once_and_lets_a_stream_finish(
     assert b"data: [DONE]" in received and received.endswith(b"0\r\n\r\n")  # the whole stream, then closed
     assert all(f'"{i},"'.encode() in received for i in range(5))
     assert not router.stream_cancelled.is_set()
+
+
+async def test_an_http10_client_and_a_head_request_get_answers_they_can_frame() -> None:
+    async with server(handler(Seen())) as (port, _):
+        async with await trio.open_tcp_stream("127.0.0.1", port) as s:
+            await s.send_all(b"GET /old HTTP/1.0\r\n\r\n")
+            answer = await read_answer(s, bytearray())
+            assert answer.status == 200 and answer.headers[b"connection"] == b"close"
+            assert await closed(s)  # HTTP/1.0 has no keep-alive here
+        async with await trio.open_tcp_stream("127.0.0.1", port) as s:
+            await s.send_all(b"HEAD /h HTTP/1.1\r\nhost: t\r\n\r\n" + get("/after"))
+            buf = bytearray()
+            while b"\r\n\r\n" not in buf:
+                buf += await s.receive_some(65536)
+            head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"content-length: 14" in head  # "HEAD /h None 0", not sent
+            answer = await read_answer(s, bytearray(rest))  # no body came between the two answers
+            assert answer.body == b"GET /after b'' 0"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from http import HTTPStatus
 from urllib.parse import unquote
 
 import attrs
@@ -84,7 +85,18 @@ class MalformedBody(Exception):
 class Request:
     """One request's head, and its body on demand. Header names are lower-case bytes (h11 makes them so)."""
 
-    __slots__ = ("_conn", "client_gone", "content_length", "head_bytes", "headers", "method", "path", "query", "target")
+    __slots__ = (
+        "_conn",
+        "client_gone",
+        "close_requested",
+        "content_length",
+        "head_bytes",
+        "headers",
+        "method",
+        "path",
+        "query",
+        "target",
+    )
 
     def __init__(self, conn: _Connection, event: h11.Request) -> None:
         self._conn = conn
@@ -95,11 +107,14 @@ class Request:
         self.path: str = unquote(path) if "%" in path else path
         self.headers: Headers = list(event.headers)
         self.content_length: int | None = None
+        self.close_requested = False  # `Connection: close`
         size = len(event.method) + len(event.target) + 12
         for name, value in self.headers:
             size += len(name) + len(value) + 4
             if name == b"content-length":
                 self.content_length = int(value)  # h11 has checked that it is a number
+            elif name == b"connection" and b"close" in value.lower():
+                self.close_requested = True
         self.head_bytes = size  # about the size on the wire (h11 limits only a head that came in pieces)
         # Set by the server before it cancels the handler: the client left before the answer was out.
         self.client_gone = False
@@ -131,53 +146,80 @@ class Request:
         return await self._conn.read_body(limit)
 
 
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
 class Response:
     """How a handler answers. `respond` sends a whole answer in one write; a stream is `start`, any number
-    of `send`, then `end`. Header names are lower-case bytes; `content-length` is added by `respond`."""
+    of `send`, then `end`. Header names are lower-case bytes; `respond` adds `content-length`, `start`
+    chunked framing (close-delimited for an HTTP/1.0 client).
 
-    __slots__ = ("_conn", "finished", "started", "status")
+    Written here rather than through h11's writer, which validates every header with regular expressions
+    at about the cost of parsing the request; values are checked for CR and LF (no header injection),
+    names are our own code's literals."""
+
+    __slots__ = ("_chunked", "_conn", "finished", "started", "status")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
         self.started = False  # the status line went out: from here on an error can only end the body
         self.finished = False  # the last byte is on its way
         self.status = 0
+        self._chunked = False
 
     def _reset(self) -> None:
-        self.started = self.finished = False
+        self.started = self.finished = self._chunked = False
         self.status = 0
 
     async def respond(self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
-        conn = self._conn
-        h = conn.h11
-        head = [*headers, (b"content-length", b"%d" % len(body))]
-        out = self._head(status, head)
-        if body:
-            out += h.send(h11.Data(data=body))
+        out = self._head(status, headers, b"content-length: %d\r\n" % len(body))
         self.finished = True
-        await conn.send_all(out + h.send(h11.EndOfMessage()))
+        if self._conn.head_only:
+            await self._conn.send_all(out)
+        else:
+            await self._conn.send_all(out + body)
 
     async def start(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
-        await self._conn.send_all(self._head(status, list(headers)))
+        if self._conn.http10:
+            self._conn.keep_alive = False  # an HTTP/1.0 client reads to the end of the connection
+            framing = b""
+        else:
+            self._chunked = True
+            framing = b"transfer-encoding: chunked\r\n"
+        await self._conn.send_all(self._head(status, headers, framing))
 
     async def send(self, data: bytes) -> None:
         if data:
-            await self._conn.send_all(self._conn.h11.send(h11.Data(data=data)))
+            await self._conn.send_all(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
 
     async def end(self, data: bytes = b"") -> None:
-        h = self._conn.h11
-        out = h.send(h11.Data(data=data)) if data else b""
         self.finished = True
-        await self._conn.send_all(out + h.send(h11.EndOfMessage()))
+        if self._chunked:
+            await self._conn.send_all((b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)) if data else b"0\r\n\r\n")
+        elif data:
+            await self._conn.send_all(data)
 
-    def _head(self, status: int, head: Headers) -> bytes:
-        if self._conn.server.draining:
-            head.append((b"connection", b"close"))
-        out = self._conn.h11.send(h11.Response(status_code=status, headers=head))
-        assert out is not None
+    def _head(self, status: int, headers: Sequence[tuple[bytes, bytes]], framing: bytes) -> bytes:
+        if self.started:
+            raise RuntimeError("the response has started already")
+        conn = self._conn
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
+        for name, value in headers:
+            if b"\n" in value or b"\r" in value:
+                raise ValueError(f"header {name!r} has a CR or LF in its value")
+            if name == b"connection" and value.lower() == b"close":
+                conn.keep_alive = False
+                continue
+            parts.append(b"%s: %s\r\n" % (name, value))
+        parts.append(framing)
+        if conn.server.draining:
+            conn.keep_alive = False
+        if not conn.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
         self.started = True
         self.status = status
-        return out
+        return b"".join(parts)
 
 
 Handler = Callable[[Request, Response], Awaitable[None]]
@@ -218,6 +260,9 @@ class _Connection:
         "_wake",
         "h11",
         "handling",
+        "head_only",
+        "http10",
+        "keep_alive",
         "peer_closed",
         "phase",
         "request",
@@ -233,6 +278,9 @@ class _Connection:
         self.response = Response(self)
         self.request: Request | None = None
         self.handling = False  # a handler runs: EOF before its answer is out is a client that left
+        self.keep_alive = True  # the request being answered allows another after it
+        self.http10 = False
+        self.head_only = False  # a HEAD request: the answer's head without its body
         self.peer_closed = False
         self._nursery: trio.Nursery | None = None
         # Where the connection is, for its deadlines: IDLE (no byte of the next request yet; a drain closes
@@ -299,7 +347,6 @@ class _Connection:
                 return
 
     async def _read(self) -> None:
-        h = self.h11
         limit = self.server.limits.pipeline_bytes
         while True:
             if self._ahead >= limit:  # read far enough ahead: wait (a disconnect shows when writing)
@@ -312,7 +359,7 @@ class _Connection:
             if self.phase is _IDLE:
                 self.phase = _HEAD
                 self._since = trio.current_time()
-            h.receive_data(data)
+            self.h11.receive_data(data)  # not a local: `_next_cycle` swaps the parser
             self._ahead += len(data)
             if self._wake is not None:
                 self._wake.set()
@@ -375,9 +422,12 @@ class _Connection:
     def _begin(self, event: h11.Request) -> Request:
         self.phase = _BUSY
         self._tightened = False
+        self.http10 = event.http_version == b"1.0"
+        self.head_only = event.method == b"HEAD"
         self._first = b""
         self._body_done = self._body_broken = False
         request = self.request = Request(self, event)
+        self.keep_alive = not self.http10 and not request.close_requested
         # A body that came with the head (or none at all) is here already: peek without waiting.
         try:
             while True:
@@ -411,7 +461,7 @@ class _Connection:
         h = self.h11
         try:
             if h.they_are_waiting_for_100_continue:
-                await self.send_all(h.send(h11.InformationalResponse(status_code=100, headers=[])))
+                await self.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await self._read_rest(limit)
         except BaseException:
             self._body_broken = True
@@ -448,7 +498,6 @@ class _Connection:
 
     async def _answer(self, request: Request) -> None:
         response = self.response
-        response._reset()
         self.handling = True
         try:
             await self.server.handler(request, response)
@@ -467,19 +516,27 @@ class _Connection:
 
     async def _plain_error(self, status: int, message: str) -> None:
         headers = [(b"content-type", b"application/json")]
-        with contextlib.suppress(ClientGone, h11.LocalProtocolError):
+        with contextlib.suppress(ClientGone, RuntimeError):
             await self.response.respond(status, headers, protocol_error_body(status, message))
 
     async def _next_cycle(self) -> bool:
         h = self.h11
-        if h.our_state is not h11.DONE or self._body_broken:
+        if not self.response.finished or self._body_broken or not self.keep_alive or self.server.draining:
             return False
         if h.their_state is h11.SEND_BODY and not await self._discard_body():
             return False
-        if h.their_state is not h11.DONE or self.server.draining:
+        if h.their_state is not h11.DONE:
             return False
-        h.start_next_cycle()
-        self.phase = _HEAD if h.trailing_data[0] else _IDLE  # some of the next request is here already
+        # h11 parses; the answers are ours (`Response`), so each request gets a fresh parser (cheap) fed
+        # with what came after the last one.
+        data, closed = h.trailing_data
+        h = self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.server.limits.max_header_bytes)
+        if data:
+            h.receive_data(data)
+        if closed:
+            h.receive_data(b"")
+        self.response._reset()
+        self.phase = _HEAD if data else _IDLE  # some of the next request is here already
         self._since = trio.current_time()
         return True
 
@@ -507,18 +564,16 @@ class _Connection:
 
     async def _refuse(self, status: int, reason: str) -> None:
         """Answer a request h11 could not parse, then close."""
-        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        if self.response.started:
             return
+        self.keep_alive = False
         message = {
             431: f"the request line and headers are larger than {self.server.limits.max_header_bytes} bytes",
         }.get(status, f"malformed HTTP request: {reason}")
         body = protocol_error_body(status, message)
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-        try:
-            with trio.move_on_after(self.server.limits.header_read_s):
-                await self.response.respond(status, headers, body)
-        except (ClientGone, h11.LocalProtocolError):
-            pass
+        headers = [(b"content-type", b"application/json")]
+        with contextlib.suppress(ClientGone), trio.move_on_after(self.server.limits.header_read_s):
+            await self.response.respond(status, headers, body)
 
     async def send_all(self, data: bytes) -> None:
         try:
