@@ -23,8 +23,9 @@ import trio
 
 from apikeyrouter.errors import ConfigError
 from apikeyrouter.kernel.actor import Actor
+from apikeyrouter.proxy._conn import serve_http
 from apikeyrouter.proxy.app import ProxyApp
-from apikeyrouter.proxy.http11 import Handler, ServerLimits, serve_http
+from apikeyrouter.proxy.http11 import Handler, ServerLimits
 
 __all__ = ["Listening", "ProxyServer", "ServerLimits", "is_loopback", "serve_proxy"]
 
