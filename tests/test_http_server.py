@@ -308,3 +308,20 @@ async def test_an_http10_client_and_a_head_request_get_answers_they_can_frame() 
             assert head.startswith(b"HTTP/1.1 200") and b"content-length: 14" in head  # "HEAD /h None 0", not sent
             answer = await read_answer(s, bytearray(rest))  # no body came between the two answers
             assert answer.body == b"GET /after b'' 0"
+
+
+async def test_a_refused_body_already_sent_does_not_reset_the_answer_away() -> None:
+    # Closing a socket with unread bytes resets the connection: the client, still sending its body, lost
+    # the 413 (httpx: "Server disconnected without sending a response").
+    app = ProxyApp(FakeRouter(), client_tokens=[Secret(CLIENT_TOKEN)], max_body_bytes=1000, log_requests=False)
+    body = b"x" * 300_000
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {CLIENT_TOKEN}\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode()
+    async with server(app) as (port, _), await trio.open_tcp_stream("127.0.0.1", port) as s:
+        await s.send_all(head + body)
+        await trio.sleep(0.2)  # the answer and the close are out before we read
+        answer = await read_answer(s, bytearray())
+        assert answer.status == 413 and openai_error(answer)["code"] == "request_too_large"
+        assert await closed(s)

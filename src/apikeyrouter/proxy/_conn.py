@@ -30,6 +30,8 @@ __all__ = ["serve_http"]
 log = structlog.get_logger("apikeyrouter.proxy")
 
 RECEIVE_BYTES = 65536
+LINGER_S = 2.0  # after a refusal, how long the rest of the request is read and dropped...
+LINGER_BYTES = 4 * 1024 * 1024  # ...and how much of it
 
 
 class _Phase:
@@ -107,6 +109,21 @@ class _Connection:
                 await self._serve()
             finally:
                 nursery.cancel_scope.cancel(reason="connection done")
+        if not self.peer_closed and (self._body_broken or self.h11.their_state in (h11.SEND_BODY, h11.ERROR)):
+            await self._linger()
+
+    async def _linger(self) -> None:
+        """Close after refusing a request whose bytes are still coming (a 413, a malformed head): closing a
+        socket with unread data resets the connection, and the client would lose the answer before reading
+        it. So: end our side, read and drop what the client still sends, for a bounded time and size."""
+        with (
+            trio.move_on_after(LINGER_S),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+        ):
+            await self.stream.send_eof()
+            left = LINGER_BYTES
+            while left > 0 and (data := await self.stream.receive_some(RECEIVE_BYTES)):
+                left -= len(data)
 
     @property
     def draining(self) -> bool:
