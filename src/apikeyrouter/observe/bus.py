@@ -86,6 +86,17 @@ class Subscriber:
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 return out
 
+    async def receive(self) -> Event:
+        """The next event, waiting for it. Unlike iterating, a cancelled wait (a consumer that also
+        wakes on a timer) leaves the subscription open. Raises `SubscriberLagged` once dropped for
+        lagging, `trio.EndOfChannel` once closed."""
+        try:
+            return await self._recv.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            if self.lagged:
+                raise SubscriberLagged(self.capacity) from None
+            raise trio.EndOfChannel from None
+
     async def __aiter__(self) -> AsyncIterator[Event]:
         try:
             async for event in self._recv:

@@ -104,10 +104,13 @@ class Request:
     __slots__ = (
         "api_key",
         "authorization",
+        "cookie",
         "deadline_header",
+        "host",
         "http",
         "method",
         "objective_header",
+        "origin",
         "path",
         "request_id",
     )
@@ -124,6 +127,9 @@ class Request:
         self.deadline_header: bytes | None = None
         self.objective_header: bytes | None = None
         self.request_id: str | None = None
+        self.cookie: bytes | None = None  # the dashboard's session; origin and host for its CSRF check
+        self.origin: bytes | None = None
+        self.host: bytes | None = None
         for name, value in http.headers:
             # h11 hands header names over lower-cased.
             if name == b"authorization":
@@ -136,6 +142,12 @@ class Request:
                 self.deadline_header = value
             elif name == b"x-apikeyrouter-objective":
                 self.objective_header = value
+            elif name == b"cookie":
+                self.cookie = value if self.cookie is None else self.cookie + b"; " + value
+            elif name == b"origin":
+                self.origin = value
+            elif name == b"host":
+                self.host = value
 
     def bearer(self) -> str | None:
         raw = self.authorization
@@ -165,6 +177,7 @@ class Exchange:
         "client",
         "decision_id",
         "disconnected",
+        "endless",
         "key_id",
         "request",
         "request_id",
@@ -192,6 +205,7 @@ class Exchange:
         self.status = 500
         self.started = False  # response headers sent: from here on, errors can only end the body
         self.disconnected = False  # a write found the client gone (the server also says so: `gone`)
+        self.endless = False  # an event stream that ends only when its client leaves: that is not a 499
         self.key_id: str | None = None
         self.attempts: int | None = None
         self.decision_id: str | None = None

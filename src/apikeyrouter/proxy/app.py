@@ -60,6 +60,8 @@ from apikeyrouter.proxy._http import (
 )
 from apikeyrouter.proxy._openai import OpenAIRelay, completion_json, models_json
 from apikeyrouter.proxy.admin import AdminAPI
+from apikeyrouter.proxy.dashboard import Dashboard
+from apikeyrouter.proxy.dashboard_routes import dashboard_routes
 from apikeyrouter.runtime.api import RouterAPI
 from apikeyrouter.secret import Secret
 
@@ -129,6 +131,7 @@ class ProxyApp:
         # Every attempt, failovers included, counted inline as the router publishes it (EventBus.observe).
         router.events.observe(RequestAttempted, self.metrics.attempt)
         self.admin = AdminAPI(router)
+        self.dashboard = Dashboard(router, admin_token)
         self._static: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat},
             "/v1/messages": {"POST": self._messages},
@@ -141,6 +144,7 @@ class ProxyApp:
             "/keys": {"GET": self._list_keys, "POST": self._add_key},
             "/decisions": {"GET": self._list_decisions},
             "/budgets": {"GET": self._list_budgets},
+            **dashboard_routes(self.dashboard, self.request_deadline),
         }
         self._key_routes: dict[str, dict[str, Handler]] = {
             "": {"GET": self._get_key, "DELETE": self._revoke_key},
@@ -198,7 +202,7 @@ class ProxyApp:
         except Exception as exc:
             await self._fail(ex, exc)
         finally:
-            if ex.gone():
+            if ex.gone() and not ex.endless:
                 ex.status = CLIENT_CLOSED
             elapsed = trio.current_time() - start
             self.metrics.observe(route, ex.status, elapsed)

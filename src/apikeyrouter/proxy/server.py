@@ -139,6 +139,7 @@ class ProxyServer(Actor[Never]):
     async def post_stop(self) -> None:
         # The serving task is in this actor's nursery: the actor finishes when the drain does.
         self._shutdown.set()
+        self.app.dashboard.close()  # open dashboards would hold the drain for the whole grace period
 
     def state_summary(self) -> Listening | None:
         return self.listening
