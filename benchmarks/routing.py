@@ -22,8 +22,15 @@ since the previous decision, so no re-indexing), and the baseline a router witho
 10,000 keys are registered, divided by 10,000: the actor with its task and mailbox, its supervisor slot,
 its stored record, its published snapshot and its place in the router's index.
 
+Policies (issue 11): `decide()+100 pol.` is the pure decision with 100 policies loaded — 98 scoped to
+other clients, one global eligibility filter every key passes, one global routing policy — i.e. what the
+request path pays: the cached effective-policy lookup (runtime/policies.py) plus `decide()` reading it.
+It is measured in rounds interleaved with the plain `decide()` rounds, and `policy_ratio` is their ratio
+(goal <= 2).
+
 The last line is one JSON object: decision_us {N: {state: µs}}, ratio_10k_to_10 (healthy), pure_decide_us,
-scan_us, rss_per_key_kib, register_us_per_key (targets from issue 4: <= 20 µs at 10,000 keys, ratio <= 2).
+policy_decide_us, policy_ratio, scan_us, rss_per_key_kib, register_us_per_key (targets from issue 4:
+<= 20 µs at 10,000 keys, ratio <= 2).
 """
 
 from __future__ import annotations
@@ -47,11 +54,13 @@ from apikeyrouter.actors.router import RouterActor, view_of
 from apikeyrouter.adapters import OpenAIAdapter
 from apikeyrouter.domain.decision import RoutingDecision
 from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.domain.policy import Match, Policy, PolicyEffect, Universe
 from apikeyrouter.domain.scoring import rank
 from apikeyrouter.kernel.actor import ActorRef, Reply
 from apikeyrouter.messages.key import Granted, KeyCommand, Outcome, Release, Reserve, Settle
 from apikeyrouter.messages.router import Decide
 from apikeyrouter.runtime import ApiKeyRouter
+from apikeyrouter.runtime.policies import PolicyBook
 
 MODEL = "gpt-4o-mini"
 OBJECTIVE = "reliability"
@@ -130,6 +139,30 @@ def pure_decides(actor: RouterActor, count: int) -> list[float]:
     return out
 
 
+def hundred_policies() -> PolicyBook:
+    policies = [
+        Policy(f"c{i}", f"client:c{i}", "eligibility", Match(), PolicyEffect(deny_keys=(f"k{i}",))) for i in range(98)
+    ]
+    policies.append(
+        Policy("no-reserved", "global", "eligibility", effect=PolicyEffect(deny_key_metadata={"tier": "r"}))
+    )
+    policies.append(Policy("mini", "global", "routing", Match(models=(MODEL,)), PolicyEffect(objective=OBJECTIVE)))
+    return PolicyBook(policies, universe=Universe, wall_offset=lambda: 0.0)
+
+
+def policy_decides(actor: RouterActor, book: PolicyBook, count: int) -> list[float]:
+    """As `pure_decides`, with the request path's per-request policy step: resolve (cached), then decide."""
+    out = []
+    clock = time.perf_counter
+    now = trio.current_time()
+    for i in range(count):
+        t0 = clock()
+        eff = book.effective(MODEL, "bench", None, frozenset(), now)
+        actor.decide(Decide(f"pol-{i}", MODEL, OBJECTIVE, frozenset(), Reply(), policy=eff, client="bench"))
+        out.append(clock() - t0)
+    return out
+
+
 def scan_seconds(router: ApiKeyRouter, adapter: OpenAIAdapter, repeats: int) -> tuple[float, str]:
     price = adapter.prices.price(MODEL)
     assert price is not None
@@ -178,7 +211,11 @@ async def bench_one(n: int, state: str, args: argparse.Namespace, report: dict[s
             means.append(statistics.fmean(tot))
         actor = router.router_actor()
         assert actor is not None
-        pure = [statistics.median(pure_decides(actor, args.iterations)) for _ in range(args.repeats)]
+        book = hundred_policies()
+        pure, with_policies = [], []
+        for _ in range(args.repeats):  # interleaved rounds: the same machine load for both
+            pure.append(statistics.median(pure_decides(actor, args.iterations)))
+            with_policies.append(statistics.median(policy_decides(actor, book, args.iterations)))
         scan, scan_best = scan_seconds(router, adapter, max(3, min(50, 20_000 // n)))
         indexed_best = actor.decide(Decide("check", MODEL, OBJECTIVE, frozenset(), Reply())).candidates[0].key_id
         assert scan_best == indexed_best, (scan_best, indexed_best)  # the index ranks like the full scan
@@ -190,6 +227,7 @@ async def bench_one(n: int, state: str, args: argparse.Namespace, report: dict[s
         "decide_ask_us": statistics.median(decides) * 1e6,
         "reserve_us": statistics.median(reserves) * 1e6,
         "pure_decide_us": statistics.median(pure) * 1e6,
+        "policy_decide_us": statistics.median(with_policies) * 1e6,
         "scan_us": scan * 1e6,
         "register_s": registered,
         "drive_s": drive_s,
@@ -216,7 +254,7 @@ def main() -> None:
             results[n, state] = trio.run(bench_one, n, state, args, report)
     header = (
         f"{'keys':>6} {'state':<15} {'decision µs':>11} {'(mean)':>7} {'Decide ask':>10} {'Reserve':>8}"
-        f" {'decide()':>9} {'scan µs':>9} {'register s':>10} {'stop s':>7}"
+        f" {'decide()':>9} {'decide()+100 pol.':>17} {'scan µs':>9} {'register s':>10} {'stop s':>7}"
     )
     print(header)
     for n in COUNTS:
@@ -225,6 +263,7 @@ def main() -> None:
             print(
                 f"{n:>6} {state:<15} {r['decision_us']:>11.2f} {r['decision_mean_us']:>7.2f}"
                 f" {r['decide_ask_us']:>10.2f} {r['reserve_us']:>8.2f} {r['pure_decide_us']:>9.2f}"
+                f" {r['policy_decide_us']:>17.2f}"
                 f" {r['scan_us']:>9.1f} {r['register_s']:>10.2f} {r['stop_s']:>7.2f}"
             )
     print(
@@ -242,6 +281,13 @@ def main() -> None:
                 "decision_us": table("decision_us", 2),
                 "ratio_10k_to_10": round(healthy, 2),
                 "pure_decide_us": table("pure_decide_us", 2),
+                "policy_decide_us": table("policy_decide_us", 2),
+                "policy_ratio": {
+                    str(n): {
+                        s: round(results[n, s]["policy_decide_us"] / results[n, s]["pure_decide_us"], 2) for s in STATES
+                    }
+                    for n in COUNTS
+                },
                 "scan_us": table("scan_us", 1),
                 "rss_per_key_kib": report["rss_per_key_kib"],
                 "register_us_per_key": report["register_us_per_key"],

@@ -17,6 +17,7 @@ import trio
 
 from apikeyrouter.adapters import OpenAIAdapter
 from apikeyrouter.config import parse_config
+from apikeyrouter.observe import EventBus
 from apikeyrouter.runtime import ApiKeyRouter
 from apikeyrouter.sim import parse_sim_config
 from apikeyrouter.sim.provider import Fault, Reply, SimProvider
@@ -92,11 +93,13 @@ async def sim_env(
     sim_keys: Sequence[Mapping[str, Any]] = (),
     sim_defaults: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
+    events: EventBus | None = None,
 ) -> AsyncIterator[SimEnv]:
-    """`keys`: (key id, secret the simulator sees, register_key kwargs), all on provider "openai"."""
+    """`keys`: (key id, secret the simulator sees, register_key kwargs), all on provider "openai".
+    `events`: e.g. an `EventBus(wall_offset=...)`, to put the wall clock where a scenario needs it."""
     sim = SimProvider(parse_sim_config({"defaults": dict(sim_defaults or {}), "keys": list(sim_keys)}))
     transport = SimTransport(sim)
-    async with ApiKeyRouter(parse_config(dict(config or {}), env={})) as router:
+    async with ApiKeyRouter(parse_config(dict(config or {}), env={}), events=events) as router:
         await router.register_provider("openai", SimAdapter(transport))
         for key_id, secret, kwargs in keys:
             await router.register_key(secret, "openai", key_id=key_id, **kwargs)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import httpx
 import trio
+from click.testing import CliRunner
 
+from apikeyrouter.cli import main
 from apikeyrouter.debug import open_debug_channel
 from apikeyrouter.debug.client import call, subscribe
 from apikeyrouter.messages.key import InjectCrash
@@ -62,3 +64,25 @@ async def test_inspect_data_matches_the_actors_snapshots(tmp_path: Path) -> None
         assert crashed["restarts"] == 1 and "debug channel test" in (crashed["last_crash"] or "")
         decisions = await call(socket, "decisions", limit=5)
         assert decisions[-1]["chosen"] == "good" and "tight" in decisions[-1]["explanation"]
+
+
+async def test_inspect_policies_shows_the_live_set_its_changes_and_the_budgets(tmp_path: Path) -> None:
+    socket = str(tmp_path / "debug.sock")
+    config = {"clients": [{"id": "acme", "budget": {"limit": "1", "period": "day", "mode": "soft"}}]}
+    policy = {"id": "acme-eu", "scope": "client:acme", "kind": "eligibility",
+              "effect": {"require_key_metadata": {"region": "eu"}}, "description": "EU only"}  # fmt: skip
+    async with (
+        routing_env([("eu", "sk-sim-eu", {"metadata": {"region": "eu"}})], config=config) as env,
+        open_debug_channel(env.router, socket),
+    ):
+        await env.router.configure_policy(policy, who="ops")
+        doc = await call(socket, "policies")
+        assert [p["id"] for p in doc["policies"]] == ["acme-eu"]
+        assert [(a["who"], a["action"]) for a in doc["audit"]] == [("ops", "configure")]
+        assert doc["budgets"]["client:acme"]["mode"] == "soft"
+        shown = await trio.to_thread.run_sync(
+            lambda: CliRunner().invoke(main, ["inspect", "--socket", socket, "policies"])
+        )
+        assert shown.exit_code == 0, shown.output
+        assert "acme-eu  client:acme  eligibility  EU only" in shown.stdout
+        assert "client:acme  soft  spent 0 of 1, 1 left" in shown.stdout

@@ -166,7 +166,9 @@ async def test_ping_and_help(path: str, served: FakeRouter) -> None:
     assert ping["data"]["pong"] is True and ping["data"]["pid"] == os.getpid()
     assert isinstance(ping["now"], float) and ping["now_wall"].endswith("Z")
     ops = (await call(path, "help"))["ops"]
-    assert set(ops) == {"ping", "help", "tree", "actor", "keys", "key", "transitions", "decisions", "subscribe"}
+    assert set(ops) == {
+        "ping", "help", "tree", "actor", "keys", "key", "transitions", "decisions", "policies", "subscribe",
+    }  # fmt: skip
 
 
 # -- bad input --------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from apikeyrouter import ChatMessage
-from apikeyrouter.demo import ADMIN_TOKEN, CLIENT_TOKEN
+from apikeyrouter.demo import ADMIN_TOKEN, CLIENT_TOKEN, EU_CLIENT_TOKEN
 from apikeyrouter.sim.wire import answer_for
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -130,3 +130,20 @@ async def test_a_reload_reads_the_users_environment_and_says_what_changed(tmpdir
         with trio.fail_after(10):
             while demo.stdout.count("config reloaded: nothing changed") < 1:
                 await trio.sleep(0.05)
+
+
+async def test_the_demo_client_has_its_budget_and_its_policy_keeps_it_on_eu_keys(tmpdir_short: Path) -> None:
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with running_demo(tmpdir_short) as demo, httpx.AsyncClient() as http:
+        assert any("As client demo-eu" in line for line in demo.stdout)
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Bonjour"}]}
+        for _ in range(4):
+            got = await http.post(
+                f"{demo.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {EU_CLIENT_TOKEN}"}
+            )
+            assert got.status_code == 200, got.text
+            assert got.headers["x-apikeyrouter-key-id"] == "healthy"
+        decision = (await http.get(f"{demo.url}/decisions", headers=admin)).json()
+        assert "eu-only" in str(decision) and "demo-eu" in str(decision)
+        budgets = {b["id"]: b for b in (await http.get(f"{demo.url}/budgets", headers=admin)).json()["data"]}
+        assert budgets["client:demo-eu"]["limit"] == "0.05" and budgets["client:demo-eu"]["spent"] != "0"

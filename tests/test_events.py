@@ -12,7 +12,7 @@ import attrs
 import httpx
 import pytest
 
-from apikeyrouter.domain.budget import BudgetOverrun, HoldExpired
+from apikeyrouter.domain.budget import BudgetOverrun, BudgetSoftExceeded, HoldExpired
 from apikeyrouter.domain.circuit import (
     BreakerClosed,
     BreakerHalfOpened,
@@ -28,6 +28,7 @@ from apikeyrouter.observe import (
     KINDS,
     BudgetHoldExpired,
     BudgetOverran,
+    BudgetSoftExceededEvent,
     ConfigReloaded,
     Event,
     EventBus,
@@ -71,6 +72,10 @@ ONE_OF_EACH: list[Event] = [
     ConfigReloaded(T, keys_added=["k3"], providers_changed=["openai"], refused=["k4: revoked"]),
     BudgetHoldExpired(HoldExpired("req-2:3", ("global", "key:k1"), Decimal("0.0040"), T)),
     BudgetOverran(BudgetOverrun("req-1:1", "monthly", Decimal("0.0012"), T)),
+    BudgetSoftExceededEvent(
+        BudgetSoftExceeded("req-3:1", "team:search", Decimal("1"), Decimal("0.99"), Decimal("0"), Decimal("0.02"), T),
+        client="acme",
+    ),
 ]
 
 # Fields whose JSON name differs from the attribute (the names subscribers have always seen).
@@ -92,7 +97,7 @@ def test_the_samples_cover_every_event_class_and_kinds_are_todays_names() -> Non
     assert {
         "key.registered", "key.transition", "key.breaker", "request.attempt", "provider.health",
         "supervisor.child_crashed", "supervisor.child_restarted", "supervisor.escalated",
-        "config.reloaded", "budget.overrun", "budget.hold_expired",
+        "config.reloaded", "budget.overrun", "budget.hold_expired", "budget.soft_exceeded",
     } == KINDS  # fmt: skip
 
 
@@ -113,14 +118,14 @@ def test_every_event_encodes_every_field_with_times_in_iso_8601(event: Event) ->
 
 
 def test_encoded_values_are_plain_json_values() -> None:
-    transition, attempt, overrun = ONE_OF_EACH[1], ONE_OF_EACH[9], ONE_OF_EACH[-1]
+    transition, attempt, overrun = ONE_OF_EACH[1], ONE_OF_EACH[9], ONE_OF_EACH[-2]
     assert event_json(transition, WALL).items() >= {"from": "active", "to": "throttled", "cause": "failure"}.items()
     assert event_json(transition, WALL)["until_wall"] == "2026-12-01T20:38:27.123Z"
     assert event_json(attempt, WALL)["outcome"] == "server_error" and event_json(attempt, WALL)["latency_ms"] == 42.1
     assert event_json(ONE_OF_EACH[10], WALL)["outcome"] == "success"
     assert event_json(overrun, WALL)["over_by"] == "0.0012"
-    assert event_json(ONE_OF_EACH[-3], WALL)["keys_added"] == ["k3"]
-    expired = event_json(ONE_OF_EACH[-2], WALL)
+    assert event_json(ONE_OF_EACH[-4], WALL)["keys_added"] == ["k3"]
+    expired = event_json(ONE_OF_EACH[-3], WALL)
     assert (expired["budgets"], expired["amount"]) == (["global", "key:k1"], "0.0040")
 
 
@@ -155,7 +160,10 @@ def _publish_one_of_each(bus: EventBus) -> None:
     [
         (["key"], {"key.registered", "key.transition", "key.breaker"}),
         (["key.breaker"], {"key.breaker"}),
-        (["request.attempt", "budget"], {"request.attempt", "budget.overrun", "budget.hold_expired"}),
+        (
+            ["request.attempt", "budget"],
+            {"request.attempt", "budget.overrun", "budget.hold_expired", "budget.soft_exceeded"},
+        ),
         (
             ["supervisor", "config.reloaded"],
             {"supervisor.child_crashed", "supervisor.child_restarted", "supervisor.escalated", "config.reloaded"},

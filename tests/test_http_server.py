@@ -325,3 +325,14 @@ async def test_a_refused_body_already_sent_does_not_reset_the_answer_away() -> N
         answer = await read_answer(s, bytearray())
         assert answer.status == 413 and openai_error(answer)["code"] == "request_too_large"
         assert await closed(s)
+
+
+async def test_an_answer_before_the_body_was_read_says_the_connection_closes() -> None:
+    # The 413 went out without `Connection: close`: httpx pooled the connection the server then closed,
+    # and its next request got "Server disconnected without sending a response".
+    app = ProxyApp(FakeRouter(), client_tokens=[Secret(CLIENT_TOKEN)], max_body_bytes=100, log_requests=False)
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {CLIENT_TOKEN}\r\n"
+    async with server(app) as (port, _), await trio.open_tcp_stream("127.0.0.1", port) as s:
+        await s.send_all(f"{head}content-length: 100000\r\n\r\n".encode())
+        answer = await read_answer(s, bytearray())
+        assert answer.status == 413 and answer.headers[b"connection"] == b"close"

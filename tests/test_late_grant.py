@@ -65,6 +65,7 @@ class Deps:
         self.routing = Routing(objective="reliability", max_attempts=3, wait_for_reset=True, max_wait=60.0)
         self.wall_offset = 0.0
         self.budgets_enabled = False
+        self.shared = None
         self._router = router
         self._key = key
         self._ids = itertools.count(1)

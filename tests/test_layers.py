@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "apikeyrouter.cli",
             "apikeyrouter.ops_commands",
+            "apikeyrouter.policy_commands",
             "apikeyrouter.admin_client",
             "apikeyrouter.standalone",
             "apikeyrouter.demo",

@@ -155,7 +155,8 @@ async def test_budgets_shows_each_budget_as_a_table_and_as_json() -> None:
         assert "global" in table.stdout and "5.00" in table.stdout
 
         rows = parsed(await ops.run("budgets", "--json"))
-        assert rows == [{"id": "global", "limit": "5.00", "spent": "0", "reserved": "0"}]
+        assert len(rows) == 1
+        assert rows[0].items() >= {"id": "global", "limit": "5.00", "spent": "0", "reserved": "0"}.items()
 
 
 async def test_a_wrong_or_missing_admin_token_is_one_line_naming_the_variable() -> None:

@@ -85,7 +85,8 @@ async def test_a_router_actor_that_keeps_crashing_is_a_typed_error_within_a_boun
 ) -> None:
     # Each retry waits a little longer; a router that never comes back is `NoKeyAvailable` (nothing was
     # sent, the caller may retry), not an ActorCrashed from the kernel, and not a wait for the deadline.
-    async with sim_env([]) as env:
+    # The cost objective prices every key it scores (an objective that gives cost no weight never looks).
+    async with sim_env([], config={"routing": {"objective": "cost"}}) as env:
         adapter = SimAdapter(env.transport, provider="priceless")
         adapter.prices = BrokenPrices()  # type: ignore[assignment]
         await env.router.register_provider("priceless", adapter)
@@ -161,4 +162,5 @@ async def test_a_hold_asked_while_the_budget_actor_restarts_is_asked_again(autoj
         budgets = next(n for n in router.tree().children if n.name == "budgets")
         assert budgets.restarts == 1 and "OSError" in (budgets.last_crash or "")
         await trio.testing.wait_all_tasks_blocked()
-        assert router.budgets()["global"] == {"limit": "1", "spent": str(response.metadata.cost), "reserved": "0"}
+        shown = router.budgets()["global"]
+        assert shown.items() >= {"limit": "1", "spent": str(response.metadata.cost), "reserved": "0"}.items()

@@ -98,6 +98,17 @@ class AdminClient:
     def budgets(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/budgets")["data"])
 
+    def policies(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/policies")["data"])
+
+    def dry_run_policies(
+        self, policies: Sequence[Mapping[str, Any]], requests: Sequence[Mapping[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"policies": list(policies)}
+        if requests is not None:
+            body["requests"] = list(requests)
+        return dict(self._call("POST", "/policies/dry-run", body))
+
     # -- transport and errors -------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:

@@ -19,6 +19,7 @@ from apikeyrouter.config import bind_allowed, load_config
 from apikeyrouter.debug.commands import inspect
 from apikeyrouter.errors import ConfigError, DebugChannelError
 from apikeyrouter.ops_commands import budgets, keys
+from apikeyrouter.policy_commands import policy
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:
@@ -231,3 +232,4 @@ def demo(port: int) -> None:
 main.add_command(inspect)
 main.add_command(keys)
 main.add_command(budgets)
+main.add_command(policy)

@@ -23,9 +23,10 @@ from apikeyrouter.config import RouterConfig, load_config
 from apikeyrouter.sim import SimServer, parse_sim_config
 from apikeyrouter.standalone import Started, run_standalone
 
-__all__ = ["DEMO_ENV", "demo_config_text", "demo_environment", "reload_summary", "run_demo"]
+__all__ = ["DEMO_ENV", "EU_CLIENT_TOKEN", "demo_config_text", "demo_environment", "reload_summary", "run_demo"]
 
 CLIENT_TOKEN = "sk-client-demo"
+EU_CLIENT_TOKEN = "sk-client-demo-eu"  # the `demo-eu` client: a budget of its own and a policy
 ADMIN_TOKEN = "admin-demo"
 
 # The simulator accepts any key; these names choose each key's behaviour in SIM_CONFIG.
@@ -36,6 +37,7 @@ DEMO_ENV = {
     "DEMO_KEY_HEALTHY": "sk-sim-healthy",
     "DEMO_KEY_CLAUDE": "sk-ant-sim-claude",
     "DEMO_CLIENT_TOKEN": CLIENT_TOKEN,
+    "DEMO_EU_CLIENT_TOKEN": EU_CLIENT_TOKEN,
     "DEMO_ADMIN_TOKEN": ADMIN_TOKEN,
 }
 
@@ -110,11 +112,25 @@ secret_env = "DEMO_KEY_FLAKY"
 id = "healthy"
 provider = "openai-sim"
 secret_env = "DEMO_KEY_HEALTHY"
+metadata = {{ region = "eu" }}
 
 [[keys]]
 id = "claude"
 provider = "anthropic-sim"
 secret_env = "DEMO_KEY_CLAUDE"
+
+# A client with a budget of its own, and a policy that keeps it on EU keys (only "healthy" is).
+[[clients]]
+id = "demo-eu"
+token_env = "DEMO_EU_CLIENT_TOKEN"
+budget = {{ limit = "0.05", period = "day" }}
+
+[[policies]]
+id = "eu-only"
+scope = "client:demo-eu"
+kind = "eligibility"
+description = "demo-eu's requests stay on keys in the EU"
+effect = {{ require_key_metadata = {{ region = "eu" }} }}
 
 [debug]
 socket = "{socket}"
@@ -136,6 +152,13 @@ def instructions(started: Started, config_path: Path) -> list[str]:
         f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='{CLIENT_TOKEN}'); "
         "print(c.chat.completions.create(model='gpt-4o-mini', "
         "messages=[{'role': 'user', 'content': 'Hi'}]).choices[0].message.content)\"",
+        "",
+        "As client demo-eu (its own budget, 0.05 a day; policy eu-only keeps it on key 'healthy'):",
+        f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {EU_CLIENT_TOKEN}' \\",
+        "    -H 'Content-Type: application/json' -i \\",
+        '    -d \'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Bonjour"}]}\'',
+        f"  curl -s {url}/budgets -H 'Authorization: Bearer {ADMIN_TOKEN}'      # client:demo-eu spending",
+        f"  curl -s {url}/decisions -H 'Authorization: Bearer {ADMIN_TOKEN}'    # 'excluded by policy eu-only'",
         "",
         "Watch the keys live (throttled, invalid, breaker open...):",
         f"  apikeyrouter inspect --socket {started.debug_socket} --watch",

@@ -12,7 +12,8 @@
     │   ├── NoKeyAvailable          no key can serve before the deadline; `retry_at` says when one might
     │   ├── UnknownModel            no registered key serves the requested model
     │   ├── UnknownKey / UnknownProvider
-    │   └── BudgetExceeded          a hard budget would be overspent
+    │   ├── BudgetExceeded          a hard budget would be overspent
+    │   └── ClientRateLimited       the client's (or its team's) rpm/tpm is used up; `retry_at` says when not
     ├── InvalidRequest              the caller's request is malformed (never sent upstream)
     ├── DebugChannelError           the debug channel's Unix socket could not be bound or used
     │   ├── DebugChannelUnavailable nothing listens at the socket, or permissions forbid connecting
@@ -41,6 +42,7 @@ __all__ = [
     "ActorStopped",
     "ApiKeyRouterError",
     "BudgetExceeded",
+    "ClientRateLimited",
     "ConfigError",
     "DebugChannelError",
     "DebugChannelUnavailable",
@@ -170,6 +172,19 @@ class BudgetExceeded(RoutingError):
         super().__init__(message)
         self.budget = budget
         self.refusals = tuple(refusals)
+
+
+class ClientRateLimited(RoutingError):
+    """The caller's own limit, not a key's: `scope` ("client:acme", "team:search") has no room in its
+    rpm or tpm window before the deadline. `retry_at` (trio time) / `retry_after` (seconds): when it has."""
+
+    def __init__(
+        self, message: str, *, scope: str, retry_at: float | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.retry_at = retry_at
+        self.retry_after = retry_after
 
 
 class InvalidRequest(ApiKeyRouterError):

@@ -24,7 +24,7 @@ import attrs
 import structlog
 import trio
 
-from apikeyrouter.config import RouterConfig, bind_allowed, load_config
+from apikeyrouter.config import RouterConfig, bind_allowed, client_identities, load_config
 from apikeyrouter.debug.server import DebugServer
 from apikeyrouter.errors import ConfigError
 from apikeyrouter.kernel.spec import ChildSpec, Restart
@@ -115,6 +115,7 @@ async def run_standalone(
                     log.warning("reload_partial", reason="server.host/port changes need a restart")
                 # Tokens first: a token removed because it leaked stops working with this reload.
                 app.client_tokens = tuple(new.server.client_tokens)
+                app.clients = client_identities(new)
                 app.admin_token = new.server.admin_token
                 app.metrics_require_admin = new.server.metrics_require_admin
                 app.stream_idle_timeout = new.server.stream_idle_timeout
@@ -131,6 +132,7 @@ async def run_standalone(
             app = ProxyApp(
                 router,
                 client_tokens=server.client_tokens,
+                clients=client_identities(config),
                 admin_token=server.admin_token,
                 max_body_bytes=server.max_body_bytes,
                 request_deadline=server.request_deadline,

@@ -1,4 +1,5 @@
-"""`BudgetActor`: alone owns the money ledger (global, per-provider and per-key hard budgets).
+"""`BudgetActor`: alone owns the money ledger (global, provider, key, team and client budgets, hard or
+soft) and the client and team rpm/tpm windows.
 
 Every hold is one atomic transition of the pure ledger (domain/budget.py): the check and the hold
 happen together, so no number of concurrent requests can overspend a budget. The ledger is stored
@@ -9,6 +10,9 @@ lost — sent while this actor restarted, or the very message it crashed on — 
 ends, before any message is handled from then on, and by a timer set for the earliest lease so an
 idle router frees it on time too. Each expiry is a `budget.hold_expired` event and a warning. A charge
 that comes after its hold expired is still charged to the budgets the hold named (a warning too).
+
+A hold first takes its request in the rpm/tpm windows of the scopes it names (domain/rates.py), then
+holds the money; if either refuses, neither changes: one message, one atomic step.
 """
 
 from __future__ import annotations
@@ -17,16 +21,28 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any, assert_never
 
+import attrs
 import structlog
 import trio
 
-from apikeyrouter.domain import budget
-from apikeyrouter.domain.budget import BudgetEvent, BudgetOverrun, BudgetRefused, BudgetSpec, LateCharged, Ledger
+from apikeyrouter.domain import budget, rates
+from apikeyrouter.domain.budget import (
+    BudgetEvent,
+    BudgetOverrun,
+    BudgetRefused,
+    BudgetSoftExceeded,
+    BudgetSpec,
+    LateCharged,
+    Ledger,
+)
+from apikeyrouter.domain.period import CalendarPeriod, PeriodUnit
+from apikeyrouter.domain.rates import RateLimit, RateRefused, Rates
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
+from apikeyrouter.domain.walltime import render_wall
 from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.kernel.timer import WakeTimer
 from apikeyrouter.messages.budget import BudgetCommand, Charge, Free, Hold, HoldPlaced, SetBudget, SetBudgets, Wake
-from apikeyrouter.observe import BudgetHoldExpired, BudgetOverran, EventBus
+from apikeyrouter.observe import BudgetHoldExpired, BudgetOverran, BudgetSoftExceededEvent, EventBus
 from apikeyrouter.store.memory import StateStore
 
 __all__ = ["BudgetActor"]
@@ -39,18 +55,32 @@ _STORE_KEY = "budgets"
 class BudgetActor(Actor[BudgetCommand]):
     kind = "budget"
 
-    def __init__(self, specs: Iterable[BudgetSpec], *, store: StateStore, events: EventBus) -> None:
+    def __init__(
+        self,
+        specs: Iterable[BudgetSpec],
+        *,
+        store: StateStore,
+        events: EventBus,
+        templates: Iterable[BudgetSpec] = (),
+        limits: Iterable[RateLimit] = (),
+        wall_offset: float = 0.0,
+    ) -> None:
         super().__init__("budgets", mailbox=1024)
         self._specs = tuple(specs)
+        self._templates = tuple(templates)
         self._store = store
         self._events = events
+        self._wall_offset = wall_offset
         self._ledger: Ledger | None = None
+        self._rates: Rates = rates.new_rates(limits)
         self._timer = WakeTimer(Wake())
 
     async def pre_start(self) -> None:
         now = trio.current_time()
         restored = self._store.load(_STORE_KEY)
         ledger = restored if isinstance(restored, Ledger) else budget.new_ledger((), now)
+        # Calendar periods are cut on this process's wall clock (a restored ledger's may be stale).
+        ledger = budget.set_templates(attrs.evolve(ledger, wall_offset=self._wall_offset), self._templates)
         for spec in self._specs:  # the configured limits win over stored ones
             ledger = budget.set_budget(ledger, spec, now)
         self._ledger = ledger
@@ -73,33 +103,56 @@ class BudgetActor(Actor[BudgetCommand]):
         for bid in sorted(self.ledger.budgets):
             st = budget.status(self.ledger, bid, now)
             if st is not None:
-                out[bid] = {"limit": str(st.spec.limit), "spent": str(st.spent), "reserved": str(st.reserved)}
+                out[bid] = self._describe(st, now)
         return out
+
+    def _describe(self, st: budget.BudgetStatus, now: float) -> dict[str, Any]:
+        spec = st.spec
+        out: dict[str, Any] = {
+            "limit": str(spec.limit),
+            "spent": str(st.spent),
+            "reserved": str(st.reserved),
+            "remaining": str(max(Decimal(0), spec.limit - st.spent - st.reserved)),
+            "mode": spec.mode,
+        }
+        bounds = budget.period_bounds(self.ledger, spec, now)
+        if bounds is not None:
+            start, end = bounds
+            out["period"] = spec.calendar.unit if spec.calendar is not None else f"{spec.period_s:g}s"
+            out["period_start"] = render_wall(start, self._wall_offset)
+            out["period_end"] = render_wall(end, self._wall_offset)
+        fc = budget.forecast(self.ledger, st, now)
+        if fc is not None:
+            out["burn_rate_per_hour"] = str(round(fc.burn_rate * 3600, 8))
+            at = fc.exhausted_at
+            out["projected_exhaustion"] = None if at is None else render_wall(at, self._wall_offset)
+            out["projection_confidence"] = fc.confidence
+        return out
+
+    def status_of(self, budget_id: str) -> dict[str, Any] | None:
+        """One budget as `state_summary` shows it (None: no such budget)."""
+        st = budget.status(self.ledger, budget_id, trio.current_time())
+        return None if st is None else {"id": budget_id, **self._describe(st, trio.current_time())}
 
     def receive(self, msg: BudgetCommand) -> None:
         now = trio.current_time()
         self._expire(now)  # first: the message sees every ended lease freed, whether the timer ran or not
         match msg:
-            case Hold(hold_id=hold_id, budgets=ids, worst_case=amount, lease_until=until, reply_to=reply):
-                ledger, events = budget.reserve(self.ledger, hold_id, ids, amount, now, until=until)
-                refused = budget.refusal(events)
-                self._commit(ledger)
-                reply.send(_refusal(msg.key_id, refused) if refused is not None else HoldPlaced(hold_id))
-            case Charge(hold_id=hold_id, actual=actual):
+            case Hold():
+                msg.reply_to.send(self._hold(msg, now))
+            case Charge(hold_id=hold_id, actual=actual, tokens=tokens):
                 ledger, events = budget.settle(self.ledger, hold_id, actual, now)
+                if tokens is not None:
+                    self._rates = rates.settle(self._rates, hold_id, tokens)
                 self._report(events)
                 self._commit(ledger)
             case Free(hold_id=hold_id):
                 ledger, _ = budget.release(self.ledger, hold_id, now)
+                self._rates = rates.release(self._rates, hold_id)
                 self._commit(ledger)
-            case SetBudgets(specs=specs):
-                ledger = self.ledger
-                for bid in [b for b in ledger.budgets if b not in {sp.id for sp in specs}]:
-                    ledger = budget.remove_budget(ledger, bid)
-                for spec in specs:
-                    ledger = budget.set_budget(ledger, spec, now)
-                self._specs = specs
-                self._commit(ledger)
+            case SetBudgets(specs=specs, templates=templates, rates=limits):
+                self._set_budgets(specs, templates, now)
+                self._rates = rates.set_limits(self._rates, limits)
             case SetBudget(spec=spec):
                 self._specs = (*(s for s in self._specs if s.id != spec.id), spec)
                 self._commit(budget.set_budget(self.ledger, spec, now))
@@ -109,6 +162,35 @@ class BudgetActor(Actor[BudgetCommand]):
                 assert_never(msg)
         self._arm_timer(now)
 
+    def _hold(self, msg: Hold, now: float) -> HoldPlaced | Refusal:
+        """Take the request's place in the rate windows, then hold its money: both, or neither."""
+        admitted, limited = rates.admit(self._rates, msg.hold_id, msg.budgets, msg.tokens, now)
+        if limited is not None:
+            return _rate_refusal(msg.key_id, limited)
+        ledger, events = budget.reserve(
+            self.ledger, msg.hold_id, msg.budgets, msg.worst_case, now, until=msg.lease_until
+        )
+        refused = budget.refusal(events)
+        if refused is not None:
+            return _refusal(msg.key_id, refused)
+        self._rates = admitted
+        self._report(events, client=msg.client)
+        self._commit(ledger)
+        return HoldPlaced(msg.hold_id)
+
+    def _set_budgets(self, specs: tuple[BudgetSpec, ...], templates: tuple[BudgetSpec, ...], now: float) -> None:
+        """A reload: configured budgets replaced; budgets made from a template kept while it lasts."""
+        ledger = budget.set_templates(self.ledger, templates)
+        prefixes = tuple(t.id for t in templates)
+        keep = {sp.id for sp in specs}
+        for bid in [b for b in ledger.budgets if b not in keep and not (prefixes and b.startswith(prefixes))]:
+            ledger = budget.remove_budget(ledger, bid)
+        for spec in specs:
+            ledger = budget.set_budget(ledger, spec, now)
+        self._specs = specs
+        self._templates = templates
+        self._commit(ledger)
+
     def _expire(self, now: float) -> None:
         ledger, expired = budget.expire(self.ledger, now)
         for ev in expired:
@@ -117,9 +199,12 @@ class BudgetActor(Actor[BudgetCommand]):
             self._events.publish(BudgetHoldExpired(ev))
         self._commit(ledger)
 
-    def _report(self, events: Sequence[BudgetEvent]) -> None:
+    def _report(self, events: Sequence[BudgetEvent], *, client: str | None = None) -> None:
         for ev in events:
-            if isinstance(ev, BudgetOverrun):
+            if isinstance(ev, BudgetSoftExceeded):
+                log.info("budget_soft_exceeded", budget=ev.budget, limit=str(ev.limit), hold=ev.hold_id, client=client)
+                self._events.publish(BudgetSoftExceededEvent(ev, client=client))
+            elif isinstance(ev, BudgetOverrun):
                 log.warning("budget_overrun", budget=ev.budget, over_by=str(ev.over_by), hold=ev.hold_id)
                 self._events.publish(BudgetOverran(ev))
             elif isinstance(ev, LateCharged):
@@ -148,16 +233,56 @@ def _refusal(key_id: str, refused: BudgetRefused) -> Refusal:
     return Refusal(key_id, RefusalKind.BUDGET, budget=refused.budget, detail=detail)
 
 
+def _rate_refusal(key_id: str, limited: RateRefused) -> Refusal:
+    """A client's or team's rpm/tpm window is full: a quota refusal that lifts when the window slides."""
+    detail = {
+        "window": f"{limited.scope} {limited.window}",
+        "reason": limited.message.split(": ", 1)[1],
+        "scope": limited.scope,  # the caller's own limit: no other key would take it
+    }
+    return Refusal(key_id, RefusalKind.QUOTA, retry_at=limited.retry_at, detail=detail)
+
+
+def budget_spec(budget_id: str, b: Any, timezone: str) -> BudgetSpec:
+    """A config `Budget` table (limit, period, mode) as the ledger's spec, its period on the calendar."""
+    unit: PeriodUnit = b.period
+    return BudgetSpec(budget_id, Decimal(b.limit), calendar=CalendarPeriod(unit, timezone), mode=b.mode)
+
+
 def month_specs(config: Any) -> list[BudgetSpec]:
-    """Budget specs from a RouterConfig: `global`, `provider:<id>` and `key:<id>` (a month is 30 days)."""
-    periods = {"day": 86_400.0, "month": 30 * 86_400.0}
+    """Budget specs from a RouterConfig: `global`, `provider:<id>`, `key:<id>` (monthly), `team:<id>`
+    and `client:<id>`, each on the calendar of `budgets.timezone`."""
+    tz = config.budgets.timezone
     specs: list[BudgetSpec] = []
     if config.budgets.global_ is not None:
-        b = config.budgets.global_
-        specs.append(BudgetSpec("global", Decimal(b.limit), periods[b.period]))
+        specs.append(budget_spec("global", config.budgets.global_, tz))
     for pid, b in config.budgets.providers.items():
-        specs.append(BudgetSpec(f"provider:{pid}", Decimal(b.limit), periods[b.period]))
+        specs.append(budget_spec(f"provider:{pid}", b, tz))
     for key in config.keys:
         if key.budget is not None:
-            specs.append(BudgetSpec(f"key:{key.id}", Decimal(key.budget), periods["month"]))
-    return specs
+            specs.append(BudgetSpec(f"key:{key.id}", Decimal(key.budget), calendar=CalendarPeriod("month", tz)))
+    for team in config.teams:
+        if team.budget is not None:
+            specs.append(budget_spec(f"team:{team.id}", team.budget, tz))
+    for client in config.clients:
+        if client.budget is not None:
+            specs.append(budget_spec(f"client:{client.id}", client.budget, tz))
+    return specs + policy_specs(config.policies, tz)
+
+
+def policy_specs(policies: Iterable[Any], timezone: str) -> list[BudgetSpec]:
+    """`policy:<id>` for every cost policy with a budget: held by each request the policy applies to."""
+    return [budget_spec(f"policy:{p.id}", p.effect.budget, timezone) for p in policies if p.effect.budget is not None]
+
+
+def client_templates(config: Any) -> list[BudgetSpec]:
+    """The budget every client without one of its own gets (`budgets.client_default`), if set."""
+    default = config.budgets.client_default
+    return [] if default is None else [budget_spec("client:", default, config.budgets.timezone)]
+
+
+def rate_limits(config: Any) -> list[RateLimit]:
+    """The rpm/tpm of every configured client and team."""
+    limits = [RateLimit(f"team:{t.id}", t.rpm, t.tpm) for t in config.teams]
+    limits += [RateLimit(f"client:{c.id}", c.rpm, c.tpm) for c in config.clients]
+    return [lim for lim in limits if lim.rpm is not None or lim.tpm is not None]

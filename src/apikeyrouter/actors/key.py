@@ -29,6 +29,7 @@ from apikeyrouter.domain.view import bench_until
 from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.kernel.timer import WakeTimer
 from apikeyrouter.messages.key import (
+    ApplyShared,
     Granted,
     InjectCrash,
     KeyCommand,
@@ -156,6 +157,8 @@ class KeyActor(Actor[KeyCommand]):
                 self._wake()
             case InjectCrash(reason=reason):
                 raise RuntimeError(reason)
+            case ApplyShared():
+                self._apply_shared(msg)
             case _:
                 assert_never(msg)
 
@@ -178,9 +181,7 @@ class KeyActor(Actor[KeyCommand]):
             retry = breaker.open_until if is_open else breaker.probe_deadline
             state = "open" if is_open else "half_open"
             return Refusal(self.key_id, RefusalKind.BREAKER, retry, detail={"state": state})
-        q, reservation = quota.reserve(rec.quota, req.tokens, now)
-        if not isinstance(reservation, QuotaReservation):  # can_reserve said yes a moment ago
-            return self._quota_refusal(reservation)
+        q, reservation = quota.take(rec.quota, req.tokens, now)  # `_refusal` saw can_reserve admit it
         probe = breaker.probe_id if breaker.state is BreakerState.HALF_OPEN else None
         rid = self._next_reservation_id()
         self._leases[rid] = _Lease(reservation, probe, req.worst_case_cost, req.lease_until, req.request_id)
@@ -306,6 +307,24 @@ class KeyActor(Actor[KeyCommand]):
         self._commit(now, lifecycle_=lc, lc_events=events, secret=secret)
         return refused.why if refused is not None else None
 
+    def _apply_shared(self, msg: ApplyShared) -> None:
+        now = trio.current_time()
+        lc = self.record.lifecycle
+        match msg.state:
+            case "throttled":
+                lc, events = lifecycle.throttle(lc, until=msg.until or now, reason=msg.reason, now=now)
+            case "invalid":
+                lc, events = lifecycle.invalidate(lc, reason=msg.reason, now=now)
+            case "revoked":
+                lc, events = lifecycle.revoke(lc, reason=msg.reason, now=now)
+            case "active":
+                if lc.state not in (KeyState.INVALID, KeyState.REVOKED):
+                    return  # only what was shared without an end is lifted this way
+                lc, events = lifecycle.enable(lc, reason=msg.reason, now=now)
+            case _:
+                assert_never(msg.state)
+        self._commit(now, lifecycle_=lc, lc_events=events)
+
     # -- committing state -----------------------------------------------------------------------------
 
     def _commit(
@@ -387,10 +406,15 @@ class KeyActor(Actor[KeyCommand]):
     def _arm_timer(self, now: float) -> None:
         """Wake up when a bench or a breaker cooldown ends, so the transition is published on time."""
         rec = self.record
-        leases = min((lease.until for lease in self._leases.values()), default=None)
-        candidates = [t for t in (rec.lifecycle.until, rec.breaker.open_until, rec.breaker.probe_deadline, leases) if t]
-        future = [t for t in candidates if t > now]
-        self._timer.arm(min(future, default=None), ref=self.ref, nursery=self._nursery)
+        at: float | None = None
+        for t in (rec.lifecycle.until, rec.breaker.open_until, rec.breaker.probe_deadline):
+            if t and t > now and (at is None or t < at):
+                at = t
+        for lease in self._leases.values():  # runs on every commit: no lists built
+            t = lease.until
+            if t and t > now and (at is None or t < at):
+                at = t
+        self._timer.arm(at, ref=self.ref, nursery=self._nursery)
 
     def _wake(self) -> None:
         now = trio.current_time()

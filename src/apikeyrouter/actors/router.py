@@ -22,9 +22,10 @@ from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.decision import Candidate, RoutingDecision
 from apikeyrouter.domain.index import KeyIndex
 from apikeyrouter.domain.keystate import KeySnapshot
-from apikeyrouter.domain.scoring import KeyView, ScoringConfig, weights_for
+from apikeyrouter.domain.policy import EffectivePolicy
+from apikeyrouter.domain.scoring import KeyView, ScoringConfig, Weights, weights_for
 from apikeyrouter.domain.view import key_view
-from apikeyrouter.kernel.actor import Actor
+from apikeyrouter.kernel.actor import Actor, Reply
 from apikeyrouter.messages.router import Decide, RouterCommand
 from apikeyrouter.observe import EventBus
 
@@ -145,6 +146,10 @@ class RouterActor(Actor[RouterCommand]):
         """The latest retained decisions, oldest first (a read of frozen values)."""
         return list(self._decisions.values())[-limit:] if limit > 0 else []
 
+    def retained(self) -> int:
+        """How many decisions are retained."""
+        return len(self._decisions)
+
     def lookup(self, decision_id: str) -> RoutingDecision | None:
         return self._decisions.get(decision_id)
 
@@ -167,25 +172,29 @@ class RouterActor(Actor[RouterCommand]):
             if snap is not None:
                 self._index_key(snap)
 
-    def decide(self, msg: Decide) -> RoutingDecision:
+    def preview(
+        self, model: str, objective: str | Weights, policy: EffectivePolicy | None, client: str | None
+    ) -> RoutingDecision:
+        """The decision this router would make now, neither retained nor counted (a dry run): a plain
+        read of the index, run between two messages like any handler."""
+        msg = Decide("dry-run", model, objective, frozenset(), Reply(), policy=policy, client=client)
+        return self.decide(msg, remember=False)
+
+    def decide(self, msg: Decide, *, remember: bool = True) -> RoutingDecision:
         now = trio.current_time()
         self._refresh()
         model = msg.model
         objective = msg.objective
         weights = weights_for(objective)
         index = self._index
-        ranked = index.top(model, weights, now, msg.k + len(msg.exclude))
-        candidates: list[Candidate] = []
         excluded: dict[str, str] = {}
-        for key_id, value in ranked:
-            if key_id in msg.exclude:
-                excluded[key_id] = f"{key_id}: already tried by this request"
-                continue
-            if len(candidates) >= msg.k:
-                break
-            view = index.view(key_id)
-            assert view is not None
-            candidates.append(Candidate(key_id, view.provider, value, view, model, weights, self._scoring))
+        policy = msg.policy
+        if policy is not None and (policy.filters_keys or policy.fallback):
+            candidates, by_policy = self._candidates_under(policy, msg, weights, now, excluded)
+        else:
+            by_policy = 0
+            ranked = index.top(model, weights, now, msg.k + len(msg.exclude))
+            candidates = self._candidates(ranked, msg, weights, excluded)
         summary = index.excluded_summary(model, now, limit=5)
         tried_but_eligible = 0
         for key_id in msg.exclude:
@@ -200,23 +209,78 @@ class RouterActor(Actor[RouterCommand]):
         retry_at = None if candidates else index.earliest_available(model, now)
         serving = summary.eligible + summary.excluded
         objective_name = objective if isinstance(objective, str) else "custom"
+        by_kind = summary.by_kind if not by_policy else (*summary.by_kind, ("policy", by_policy))
         decision = RoutingDecision(
-            id=f"dec-{next(self._ids)}",
+            id=f"dec-{next(self._ids)}" if remember else "dry-run",
             request_id=msg.request_id,
             at=now,
             model=model,
             objective=objective_name,
             candidates=tuple(candidates),
             excluded=excluded,
-            excluded_total=summary.excluded + tried_but_eligible,
-            excluded_by_kind=summary.by_kind,
+            excluded_total=summary.excluded + tried_but_eligible + by_policy,
+            excluded_by_kind=by_kind,
             retry_at=retry_at,
             serving=serving,
             wall_offset=self._wall_offset,
+            client=msg.client,
+            policies=() if policy is None else policy.policies,
+            policy_notes=() if policy is None else policy.notes,
         )
-        self._remember(decision)
-        self.decided += 1
+        if remember:
+            self._remember(decision)
+            self.decided += 1
         return decision
+
+    def _candidates(
+        self, ranked: list[tuple[str, float]], msg: Decide, weights: Weights, excluded: dict[str, str]
+    ) -> list[Candidate]:
+        candidates: list[Candidate] = []
+        for key_id, value in ranked:
+            if key_id in msg.exclude:
+                excluded[key_id] = f"{key_id}: already tried by this request"
+                continue
+            if len(candidates) >= msg.k:
+                break
+            view = self._index.view(key_id)
+            assert view is not None
+            candidates.append(Candidate(key_id, view.provider, value, view, msg.model, weights, self._scoring))
+        return candidates
+
+    def _candidates_under(
+        self, policy: EffectivePolicy, msg: Decide, weights: Weights, now: float, excluded: dict[str, str]
+    ) -> tuple[list[Candidate], int]:
+        """The top candidates the policy allows, asking the index for more while it filters them out.
+        Returns them (in the policy's provider order, if it sets one) and how many keys it excluded."""
+        keys = self._board.keys
+        want = msg.k + len(msg.exclude)
+        ask = want  # most filters exclude few keys: ask for more only when they did
+        while True:
+            ranked = self._index.top(msg.model, weights, now, ask)
+            allowed: list[tuple[str, float]] = []
+            dropped = 0
+            for key_id, value in ranked:
+                snap = keys.get(key_id)
+                view = self._index.view(key_id)
+                provider = view.provider if view is not None else ""
+                by = policy.excluded_by(key_id, provider, snap.metadata if snap is not None else {})
+                if by is None:
+                    allowed.append((key_id, value))
+                    continue
+                dropped += 1
+                if len(excluded) < 5:
+                    excluded[key_id] = f"{key_id}: excluded by policy {by}"
+            if len(allowed) >= want or len(ranked) < ask:
+                break
+            ask *= 4
+        if policy.fallback:
+            order = {p: i for i, p in enumerate(policy.fallback)}
+            allowed.sort(key=lambda kv: order.get(self._provider_of(kv[0]), len(order)))
+        return self._candidates(allowed, msg, weights, excluded), dropped
+
+    def _provider_of(self, key_id: str) -> str:
+        view = self._index.view(key_id)
+        return "" if view is None else view.provider
 
     def _remember(self, decision: RoutingDecision) -> None:
         self._decisions[decision.id] = decision

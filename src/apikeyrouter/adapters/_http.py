@@ -154,6 +154,10 @@ class SSEDecoder:
         self._limit = limit
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if not self._buffer and not self._data and not self._event and chunk.endswith(b"\n\n"):
+            fast = self._whole_events(chunk)
+            if fast is not None:
+                return fast
         self._buffer += chunk
         events: list[SSEEvent] = []
         buf = self._buffer
@@ -180,6 +184,19 @@ class SSEDecoder:
         if len(buf) > self._limit:
             raise SSETooLarge(f"an event stream line longer than {self._limit} bytes")
         return events
+
+    def _whole_events(self, chunk: bytes) -> list[SSEEvent] | None:
+        """The events of a chunk that is whole `data: ...` events and nothing else (what providers send,
+        one network read per event), without the line-by-line scan; None: anything else (CR line ends,
+        comments, other fields, several data lines), for the general reader."""
+        if b"\r" in chunk:
+            return None
+        blocks = chunk.split(b"\n\n")
+        blocks.pop()  # the empty tail after the last blank line
+        for block in blocks:
+            if block and (not block.startswith(b"data: ") or b"\n" in block or len(block) > self._limit):
+                return None
+        return [SSEEvent("message", block[6:].decode("utf-8", errors="replace")) for block in blocks if block]
 
     def flush(self) -> list[SSEEvent]:
         """End of stream: a final line without terminator counts; an undispatched event is dropped (per spec)."""

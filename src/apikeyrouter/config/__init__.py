@@ -13,6 +13,7 @@ down: structural and semantic errors are collected into one `ConfigError` whose 
 so no repr of a config can show them. docs/config.md is the reference for every field.
 """
 
+from apikeyrouter.config._clients import client_identities
 from apikeyrouter.config._compare import ConfigDiff, config_fingerprint, config_to_dict, diff_keys, diff_providers
 from apikeyrouter.config._load import (
     bind_allowed,
@@ -23,6 +24,7 @@ from apikeyrouter.config._load import (
     private_socket_dir,
     valid_id,
 )
+from apikeyrouter.config._policies import structure_policies, universe_of
 from apikeyrouter.config._schema import (
     ENV_ADMIN_TOKEN,
     ENV_CLIENT_TOKENS,
@@ -35,6 +37,7 @@ from apikeyrouter.config._schema import (
     Budget,
     BudgetsConfig,
     CapacityConfig,
+    ClientConfig,
     DebugConfig,
     GenericAdapterConfig,
     KeyConfig,
@@ -47,6 +50,7 @@ from apikeyrouter.config._schema import (
     RoutingConfig,
     ServerConfig,
     StoreConfig,
+    TeamConfig,
 )
 
 __all__ = [
@@ -61,6 +65,7 @@ __all__ = [
     "Budget",
     "BudgetsConfig",
     "CapacityConfig",
+    "ClientConfig",
     "ConfigDiff",
     "DebugConfig",
     "GenericAdapterConfig",
@@ -74,7 +79,9 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "StoreConfig",
+    "TeamConfig",
     "bind_allowed",
+    "client_identities",
     "config_fingerprint",
     "config_to_dict",
     "default_config",
@@ -84,5 +91,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "private_socket_dir",
+    "structure_policies",
+    "universe_of",
     "valid_id",
 ]

@@ -27,6 +27,8 @@ def config_to_dict(config: RouterConfig) -> dict[str, Any]:
     server["admin_token_fingerprint"] = server.pop("admin_token")
     for key in out["keys"]:
         key["secret_fingerprint"] = key.pop("secret")
+    for client in out.get("clients", ()):
+        client["token_fingerprint"] = client.pop("token")
     out["failures"] = {cls.value: unstructure(action) for cls, action in config.failures.items()}
     cleaned: dict[str, Any] = _drop_none(out)
     return cleaned

@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
+from apikeyrouter.config._clients import check_budget, check_timezone_of, parse_clients, parse_teams
 from apikeyrouter.config._convert import converter, describe_errors, did_you_mean, quote_choice
+from apikeyrouter.config._policies import parse_policies, universe_of
 from apikeyrouter.config._schema import (
     ENV_ADMIN_TOKEN,
     ENV_CLIENT_TOKENS,
@@ -55,7 +58,8 @@ __all__ = [
 
 _SECTIONS: Final = (
     "server", "routing", "breaker", "capacity", "providers", "keys",
-    "budgets", "failures", "debug", "store", "logging",
+    "budgets", "failures", "debug", "store", "logging", "clients", "teams",
+    "policies",
 )  # fmt: skip
 _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
@@ -214,6 +218,10 @@ class _Parser:
         keys = self.keys(data, providers)
         budgets = self.table(data, "budgets", BudgetsConfig) or BudgetsConfig()
         self.check_budgets(budgets)
+        check_timezone_of(self, budgets)
+        teams = parse_teams(self, data)
+        clients = parse_clients(self, data, teams, server.client_tokens)
+        policies = parse_policies(self, data, universe_of(list(providers.values()), keys, teams, clients))
         failures = self.failures(data)
         debug = self.debug(data, server.port)
         store = self.store(data)
@@ -237,6 +245,9 @@ class _Parser:
             debug=debug,
             store=store,
             logging=logging,
+            clients=tuple(clients),
+            teams=tuple(teams),
+            policies=tuple(policies),
             source=self.source,
             warnings=tuple(self.warnings),
         )
@@ -297,9 +308,34 @@ class _Parser:
             self.error('the sqlite store is not available yet; use kind = "memory"', "config.store.kind")
         if store.kind == "memory" and store.path is not None:
             self.error("only the sqlite store uses a path", "config.store.path")
+        self.check_redis(store)
         if store.path is not None:
             store = attrs.evolve(store, path=self.local_path(store.path))
         return store
+
+    def check_redis(self, store: StoreConfig) -> None:
+        if store.kind != "redis":
+            for name in ("url", "instance_id"):
+                if getattr(store, name) is not None:
+                    self.error("only the redis store uses " + name, f"config.store.{name}")
+            return
+        if store.path is not None:
+            self.error("the redis store uses url, not path", "config.store.path")
+        if store.url is None:
+            self.error('the redis store needs a url, e.g. url = "redis://127.0.0.1:6379/0"', "config.store.url")
+        elif not store.url.startswith(("redis://", "rediss://", "unix://")):
+            self.error("must start with redis://, rediss:// or unix://", "config.store.url")
+        else:
+            try:
+                urllib.parse.urlsplit(store.url).port  # noqa: B018 -- parsing it is the check
+            except ValueError:
+                self.error("the port is not a number from 0 to 65535", "config.store.url")
+        if store.instance_id is not None and not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", store.instance_id):
+            self.error("1-64 characters of letters, digits and . _ : -", "config.store.instance_id")
+        if not 0 < store.redis_deadline <= 10:
+            self.error("must be > 0 and <= 10 seconds", "config.store.redis_deadline")
+        if not store.redis_deadline < store.instance_ttl <= 600:
+            self.error("must be above redis_deadline and <= 600 seconds", "config.store.instance_ttl")
 
     def unique_id(self, raw: Mapping[str, Any], seen: set[str], kind: str, path: str) -> bool:
         """Check a table's `id` before structuring, so a duplicate shows even when the table has other errors."""
@@ -470,13 +506,12 @@ class _Parser:
                     self.error(f"model {model!r} is not among provider {provider.id!r}'s models", f"{path}.models")
 
     def check_budgets(self, budgets: BudgetsConfig) -> None:
-        if budgets.global_ is not None:
-            self.at_least(budgets.global_.limit, 0, "config.budgets.global.limit")
+        check_budget(self, budgets.global_, "config.budgets.global")
         for provider_id, budget in budgets.providers.items():
             path = f"config.budgets.providers[{provider_id!r}]"
             if provider_id not in self.declared_providers:
                 self.error(f"unknown provider {quote_choice(provider_id)}", path)
-            self.at_least(budget.limit, 0, f"{path}.limit")
+            check_budget(self, budget, path)
 
 
 def private_socket_dir() -> Path:
@@ -550,7 +585,7 @@ def bind_allowed(config: RouterConfig) -> str | None:
     whoever can reach the port.
     """
     host = config.server.host
-    if config.server.client_tokens or _is_loopback(host):
+    if config.server.client_tokens or any(c.token is not None for c in config.clients) or _is_loopback(host):
         return None
     return (
         f"refusing to listen on {host}:{config.server.port} without a client token: set server.client_tokens "

@@ -19,6 +19,7 @@ from apikeyrouter.config._convert import Invalid, converter
 from apikeyrouter.domain.circuit import BreakerConfig
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import FailureAction, FailureClass, KeyEffect
+from apikeyrouter.domain.policy import Policy
 from apikeyrouter.secret import Secret
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "Budget",
     "BudgetsConfig",
     "CapacityConfig",
+    "ClientConfig",
     "DebugConfig",
     "GenericAdapterConfig",
     "KeyConfig",
@@ -45,6 +47,7 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "StoreConfig",
+    "TeamConfig",
 ]
 
 ENV_HOST: Final = "APIKEYROUTER_HOST"
@@ -166,16 +169,50 @@ class KeyConfig:
 
 @attrs.frozen
 class Budget:
+    """A spending limit per calendar period (in `budgets.timezone`); `soft` serves past it and says so."""
+
     limit: Decimal
-    period: Literal["day", "month"] = "month"
+    period: Literal["hour", "day", "week", "month"] = "month"
+    mode: Literal["hard", "soft"] = "hard"
 
 
 @attrs.frozen
 class BudgetsConfig:
-    """Hard spending limits. `global_` is spelled `global` in TOML."""
+    """Spending limits. `global_` is spelled `global` in TOML. `client_default`: the budget each client
+    without one of its own gets (clients never configured included)."""
 
     global_: Budget | None = None
     providers: Mapping[str, Budget] = attrs.field(factory=dict, converter=_frozen_mapping)
+    timezone: str = "UTC"
+    client_default: Budget | None = None
+
+
+@attrs.frozen
+class TeamConfig:
+    """A team: clients that share its budget and rate limits."""
+
+    id: str
+    budget: Budget | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+
+@attrs.frozen
+class ClientConfig:
+    """A caller: its token (resolved from `token_env` or inline), team, limits and defaults. The id is
+    what logs, metrics, decisions and /state show; the token never is."""
+
+    id: str
+    token: Secret | None = None
+    token_env: str | None = None
+    team: str | None = None
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+    rpm: int | None = None
+    tpm: int | None = None
+    budget: Budget | None = None
+    models: tuple[str, ...] = ()  # empty: every model
+    objective: str | None = None  # its requests' objective when they name none
 
 
 @attrs.frozen
@@ -186,8 +223,13 @@ class DebugConfig:
 
 @attrs.frozen
 class StoreConfig:
-    kind: Literal["memory", "sqlite"] = "memory"
+    kind: Literal["memory", "sqlite", "redis"] = "memory"
     path: Path | None = None
+    # redis: several instances share key windows, in-flight slots, budgets and benches (store/redis_shared.py).
+    url: str | None = None
+    instance_id: str | None = None  # unset: hostname-pid; must be unique among live instances
+    redis_deadline: float = 0.25  # seconds per Redis call before this instance falls back / fails closed
+    instance_ttl: float = 5.0  # a silent instance's slots and holds are reclaimed after this
 
 
 @attrs.frozen
@@ -209,6 +251,9 @@ class RouterConfig:
     debug: DebugConfig
     store: StoreConfig
     logging: LoggingConfig
+    clients: tuple[ClientConfig, ...] = ()
+    teams: tuple[TeamConfig, ...] = ()
+    policies: tuple[Policy, ...] = ()
     source: str = attrs.field(default="<config>", eq=False)
     warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
 
@@ -220,6 +265,9 @@ class RouterConfig:
 
     def keys_for(self, provider_id: str) -> tuple[KeyConfig, ...]:
         return tuple(k for k in self.keys if k.provider == provider_id)
+
+    def client(self, client_id: str) -> ClientConfig | None:
+        return next((c for c in self.clients if c.id == client_id), None)
 
 
 # The file's shape where it differs from the resolved classes above.

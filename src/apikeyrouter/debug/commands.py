@@ -279,6 +279,40 @@ def decisions_command(target: _Target, limit: int, socket_path: str | None, as_j
     _run(_show_decisions, path, target, limit, path=path, timeout=target.timeout)
 
 
+async def _show_policies(path: str, target: _Target) -> None:
+    with trio.fail_after(target.timeout):
+        async with await connect(path) as client:
+            answer = await client.request({"op": "policies"})
+    doc = data_of(answer, path)
+    if target.as_json:
+        _print_json(doc)
+        return
+    console = _console()
+    console.print(f"policies ({len(doc['policies'])}):")
+    for p in doc["policies"]:
+        console.print(f"  {p['id']}  {p['scope']}  {p['kind']}  {p.get('description', '')}".rstrip(), markup=False)
+    console.print("recent changes:")
+    for a in doc["audit"]:
+        console.print(f"  {a['at_wall']}  {a['who']}  {a['action']}  {a['policy']}", markup=False)
+    console.print("budgets:")
+    for bid, b in sorted(doc["budgets"].items()):
+        left = b.get("remaining", "?")
+        console.print(
+            f"  {bid}  {b.get('mode', 'hard')}  spent {b['spent']} of {b['limit']}, {left} left", markup=False
+        )
+
+
+@inspect.command("policies")
+@_socket_option
+@_json_option
+@click.pass_obj
+def policies_command(target: _Target, socket_path: str | None, as_json: bool) -> None:
+    """The live policies, their latest changes and every budget."""
+    target = target.merged(socket_path, as_json)
+    path = _resolve_socket(target)
+    _run(_show_policies, path, target, path=path, timeout=target.timeout)
+
+
 @inspect.command("events")
 @click.option("--kind", "kinds", multiple=True, metavar="K", help="an event kind or prefix (repeatable), e.g. key")
 @_socket_option

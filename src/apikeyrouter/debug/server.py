@@ -70,6 +70,7 @@ OPS: dict[str, str] = {
     "key": '{"id": KEY}: one key\'s entry',
     "transitions": '{"key": KEY, "limit": N (default 50)}: recent lifecycle transitions of a key',
     "decisions": '{"limit": N (default 20)}: latest routing decisions with explanations',
+    "policies": "the live policies, their latest changes (who, when, before/after) and every budget",
     "subscribe": '{"events": [KIND or PREFIX, ...]} (optional): stream events until the client leaves',
 }
 
@@ -343,6 +344,7 @@ class DebugServer(Actor[Never]):
             "key": self._op_key,
             "transitions": self._op_transitions,
             "decisions": self._op_decisions,
+            "policies": self._op_policies,
         }
 
     def _op_ping(self, _req: Request) -> dict[str, Any]:
@@ -382,6 +384,19 @@ class DebugServer(Actor[Never]):
 
     def _op_decisions(self, req: Request) -> Any:
         return to_jsonable(self.router.decisions(int_arg(req, "limit", default=20)))
+
+    def _op_policies(self, _req: Request) -> Any:
+        # A router without policies (an embedding's own RouterAPI) answers with empty lists.
+        policies = getattr(self.router, "policies", None)
+        audit = getattr(self.router, "policy_audit", None)
+        budgets = getattr(self.router, "budgets", None)
+        return to_jsonable(
+            {
+                "policies": policies() if callable(policies) else [],
+                "audit": audit(20) if callable(audit) else [],
+                "budgets": budgets() if callable(budgets) else {},
+            }
+        )
 
     async def _subscribe(self, stream: trio.SocketStream, reader: LineReader, kinds: list[str]) -> None:
         sub = self.router.events.subscribe(kinds or None, capacity=self.subscriber_queue)

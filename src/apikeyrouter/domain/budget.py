@@ -39,8 +39,18 @@ note is dropped); a late `release` just drops the note. A settlement later than 
 the lease (or once `_MAX_EXPIRED` newer holds expired) is dropped, as for any unknown hold id.
 
 Periods: a budget with `period_s` resets its `spent` at every multiple of `period_s` after the
-ledger's `origin` (lazily, when next touched). Holds made in an earlier period stay reserved in the
-new one and are charged to the period in which they settle: conservative, never overspending.
+ledger's `origin`; one with a `calendar` period (domain/period.py) at the start of each calendar hour,
+day, week or month, the wall time being `now + ledger.wall_offset` (lazily, when next touched). Holds
+made in an earlier period stay reserved in the new one and are charged to the period in which they
+settle: conservative, never overspending.
+
+Modes: a `hard` budget refuses a hold that would take it past its limit; a `soft` one holds it anyway
+and returns a `BudgetSoftExceeded` with the hold (serve, but say so). The invariant above is for hard
+budgets; a soft one records what was spent, however far past its limit.
+
+Templates: a budget id that is not configured but starts with a template's prefix ("client:") gets
+a budget of its own from the template, in the same step that holds on it, so the first burst of a
+client never seen before meets the default budget exactly like every later one.
 
 Budget ids named in a reservation that have no budget configured are skipped (no budget = no
 limit). Unlike quota windows (`quota.py`), the ledger is plain Decimal arithmetic: exact.
@@ -51,8 +61,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
+from typing import Literal
 
 import attrs
+
+from apikeyrouter.domain.period import CalendarPeriod, bounds
 
 __all__ = [
     "LATE_CHARGE_S",
@@ -62,19 +75,24 @@ __all__ = [
     "BudgetReleased",
     "BudgetReserved",
     "BudgetSettled",
+    "BudgetSoftExceeded",
     "BudgetSpec",
     "BudgetStatus",
+    "Forecast",
     "HoldExpired",
     "LateCharged",
     "Ledger",
     "expire",
+    "forecast",
     "new_ledger",
     "next_expiry",
+    "period_bounds",
     "refusal",
     "release",
     "remove_budget",
     "reserve",
     "set_budget",
+    "set_templates",
     "settle",
     "status",
 ]
@@ -88,13 +106,19 @@ _MAX_EXPIRED = 10_000  # notes of expired holds kept at most (the oldest go firs
 class BudgetSpec:
     id: str
     limit: Decimal
-    period_s: float | None = None  # None: the budget never resets
+    period_s: float | None = None  # None (and no calendar): the budget never resets
+    calendar: CalendarPeriod | None = None  # resets at each calendar hour/day/week/month instead
+    mode: Literal["hard", "soft"] = "hard"
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.limit, Decimal) or self.limit < 0:
             raise ValueError(f"budget {self.id!r}: limit must be a Decimal >= 0, got {self.limit!r}")
         if self.period_s is not None and self.period_s <= 0:
             raise ValueError(f"budget {self.id!r}: period_s must be > 0")
+        if self.period_s is not None and self.calendar is not None:
+            raise ValueError(f"budget {self.id!r}: set period_s or calendar, not both")
+        if self.mode not in ("hard", "soft"):
+            raise ValueError(f"budget {self.id!r}: mode must be 'hard' or 'soft', got {self.mode!r}")
 
 
 @attrs.frozen
@@ -102,7 +126,8 @@ class BudgetStatus:
     spec: BudgetSpec
     spent: Decimal = _ZERO  # in the current period
     reserved: Decimal = _ZERO  # held by live reservations
-    period: int = 0  # index of the current period (0 for budgets without one)
+    period: int = 0  # the current period: its index, or (calendar) its start in wall seconds; 0 without one
+    charges: int = 0  # settlements charged in the current period (how much a burn rate rests on)
 
     @property
     def available(self) -> Decimal:
@@ -130,6 +155,8 @@ class Ledger:
     budgets: Mapping[str, BudgetStatus] = attrs.field(factory=dict)
     holds: Mapping[str, _Hold] = attrs.field(factory=dict)
     expired: Mapping[str, _Expired] = attrs.field(factory=dict)  # in expiry order
+    wall_offset: float = 0.0  # wall seconds minus trio seconds: where calendar periods are cut
+    templates: Mapping[str, BudgetSpec] = attrs.field(factory=dict)  # id prefix -> the budget it gets
 
 
 @attrs.frozen
@@ -156,6 +183,19 @@ class BudgetRefused:
             f"budget {self.budget}: {self.requested} requested, {self.limit - self.spent - self.reserved} available "
             f"(limit {self.limit}, spent {self.spent}, reserved {self.reserved})"
         )
+
+
+@attrs.frozen
+class BudgetSoftExceeded:
+    """A hold took a soft budget past its limit: held anyway (soft budgets serve), and said."""
+
+    hold_id: str
+    budget: str
+    limit: Decimal
+    spent: Decimal
+    reserved: Decimal
+    requested: Decimal
+    at: float
 
 
 @attrs.frozen
@@ -204,12 +244,19 @@ class LateCharged:
 
 
 BudgetEvent = (
-    BudgetReserved | BudgetRefused | BudgetSettled | BudgetReleased | BudgetOverrun | HoldExpired | LateCharged
+    BudgetReserved
+    | BudgetRefused
+    | BudgetSoftExceeded
+    | BudgetSettled
+    | BudgetReleased
+    | BudgetOverrun
+    | HoldExpired
+    | LateCharged
 )
 
 
-def new_ledger(specs: Iterable[BudgetSpec], now: float) -> Ledger:
-    ledger = Ledger(origin=now)
+def new_ledger(specs: Iterable[BudgetSpec], now: float, *, wall_offset: float = 0.0) -> Ledger:
+    ledger = Ledger(origin=now, wall_offset=wall_offset)
     for spec in specs:
         ledger = set_budget(ledger, spec, now)
     return ledger
@@ -223,14 +270,27 @@ def refusal(events: list[BudgetEvent]) -> BudgetRefused | None:
 
 
 def _period(ledger: Ledger, spec: BudgetSpec, now: float) -> int:
+    if spec.calendar is not None:
+        return int(bounds(spec.calendar, now + ledger.wall_offset)[0])
     if spec.period_s is None:
         return 0
     return max(0, math.floor((now - ledger.origin) / spec.period_s))
 
 
+def period_bounds(ledger: Ledger, spec: BudgetSpec, now: float) -> tuple[float, float] | None:
+    """The current period of `spec` as trio times [start, end), or None for a budget that never resets."""
+    if spec.calendar is not None:
+        start, end = bounds(spec.calendar, now + ledger.wall_offset)
+        return start - ledger.wall_offset, end - ledger.wall_offset
+    if spec.period_s is None:
+        return None
+    index = _period(ledger, spec, now)
+    return ledger.origin + index * spec.period_s, ledger.origin + (index + 1) * spec.period_s
+
+
 def _current(ledger: Ledger, b: BudgetStatus, now: float) -> BudgetStatus:
     period = _period(ledger, b.spec, now)
-    return attrs.evolve(b, spent=_ZERO, period=period) if period > b.period else b
+    return attrs.evolve(b, spent=_ZERO, period=period, charges=0) if period > b.period else b
 
 
 def status(ledger: Ledger, budget_id: str, now: float) -> BudgetStatus | None:
@@ -252,6 +312,19 @@ def set_budget(ledger: Ledger, spec: BudgetSpec, now: float) -> Ledger:
     return attrs.evolve(ledger, budgets={**ledger.budgets, spec.id: new})
 
 
+def set_templates(ledger: Ledger, templates: Iterable[BudgetSpec]) -> Ledger:
+    """The budgets ids starting with each template's id (its prefix, "client:") get when first named.
+    Budgets already made from a template keep their limits (a reload sets them again explicitly)."""
+    return attrs.evolve(ledger, templates={t.id: t for t in templates})
+
+
+def _from_template(ledger: Ledger, budget_id: str) -> BudgetSpec | None:
+    for prefix, template in ledger.templates.items():
+        if budget_id.startswith(prefix) and len(budget_id) > len(prefix):
+            return attrs.evolve(template, id=budget_id)
+    return None
+
+
 def remove_budget(ledger: Ledger, budget_id: str) -> Ledger:
     """Drop a budget; holds that named it simply stop counting against it."""
     if budget_id not in ledger.budgets:
@@ -268,19 +341,30 @@ def reserve(
         raise ValueError(f"worst_case must be a Decimal >= 0, got {worst_case!r}")
     if hold_id in ledger.holds:
         return ledger, []
-    ids = tuple(dict.fromkeys(b for b in budget_ids if b in ledger.budgets))
+    ids: list[str] = []
     updated: dict[str, BudgetStatus] = {}
-    for bid in ids:
-        b = _current(ledger, ledger.budgets[bid], now)
+    soft: list[BudgetEvent] = []
+    for bid in dict.fromkeys(budget_ids):
+        found = ledger.budgets.get(bid)
+        if found is None:
+            spec = _from_template(ledger, bid) if ledger.templates else None
+            if spec is None:
+                continue  # no budget = no limit
+            found = BudgetStatus(spec=spec, period=_period(ledger, spec, now))
+        b = _current(ledger, found, now)
         if b.spent + b.reserved + worst_case > b.spec.limit:
-            return ledger, [BudgetRefused(hold_id, bid, b.spec.limit, b.spent, b.reserved, worst_case, now)]
+            if b.spec.mode == "hard":
+                return ledger, [BudgetRefused(hold_id, bid, b.spec.limit, b.spent, b.reserved, worst_case, now)]
+            soft.append(BudgetSoftExceeded(hold_id, bid, b.spec.limit, b.spent, b.reserved, worst_case, now))
+        ids.append(bid)
         updated[bid] = attrs.evolve(b, reserved=b.reserved + worst_case)
+    held = tuple(ids)
     new = attrs.evolve(
         ledger,
         budgets={**ledger.budgets, **updated},
-        holds={**ledger.holds, hold_id: _Hold(worst_case, ids, until)},
+        holds={**ledger.holds, hold_id: _Hold(worst_case, held, until)},
     )
-    return new, [BudgetReserved(hold_id, worst_case, ids, now)]
+    return new, [BudgetReserved(hold_id, worst_case, held, now), *soft]
 
 
 def _finish(ledger: Ledger, hold_id: str, actual: Decimal | None, now: float) -> tuple[Ledger, list[BudgetEvent]]:
@@ -295,7 +379,8 @@ def _finish(ledger: Ledger, hold_id: str, actual: Decimal | None, now: float) ->
         b = _current(ledger, ledger.budgets[bid], now)
         spent = b.spent if actual is None else b.spent + actual
         # Clamped: a budget removed and re-added while this hold was live never counted it.
-        updated[bid] = attrs.evolve(b, reserved=max(_ZERO, b.reserved - hold.amount), spent=spent)
+        charges = b.charges if actual is None else b.charges + 1
+        updated[bid] = attrs.evolve(b, reserved=max(_ZERO, b.reserved - hold.amount), spent=spent, charges=charges)
         if actual is not None and actual > hold.amount:
             events.append(BudgetOverrun(hold_id, bid, actual - hold.amount, now))
     holds = {k: v for k, v in ledger.holds.items() if k != hold_id}
@@ -367,3 +452,32 @@ def settle(ledger: Ledger, hold_id: str, actual: Decimal, now: float) -> tuple[L
 def release(ledger: Ledger, hold_id: str, now: float) -> tuple[Ledger, list[BudgetEvent]]:
     """Free the hold without charging (the call failed before costing anything, or was cancelled)."""
     return _finish(ledger, hold_id, None, now)
+
+
+@attrs.frozen
+class Forecast:
+    """Where a budget is heading in its current period, at the rate it has been spent so far."""
+
+    burn_rate: Decimal  # money per second since the period began
+    exhausted_at: float | None  # when spent + reserved reaches the limit at that rate (None: not this period)
+    confidence: float  # 0..1: grows with the charges seen and the share of the period elapsed
+
+
+def forecast(ledger: Ledger, b: BudgetStatus, now: float) -> Forecast | None:
+    """The burn rate and projected exhaustion of a budget with a period (None for one that never resets)."""
+    bounds_ = period_bounds(ledger, b.spec, now)
+    if bounds_ is None:
+        return None
+    start, end = bounds_
+    elapsed = max(now - max(start, ledger.origin), 1e-9)
+    rate = b.spent / Decimal(repr(elapsed))
+    left = b.spec.limit - b.spent - b.reserved
+    if left <= 0:
+        at: float | None = now
+    elif rate > 0:
+        at = now + float(left / rate)
+        at = at if at < end else None
+    else:
+        at = None
+    share = min(1.0, elapsed / max(end - start, 1e-9) * 10)  # a tenth of the period seen: as good as it gets
+    return Forecast(rate, at, round(min(1.0, b.charges / 20) * share, 3))

@@ -48,6 +48,9 @@ class RoutingDecision:
     serving: int  # keys that serve the model at all
     wall_offset: float = attrs.field(default=0.0, repr=False, eq=False)
     refused: tuple[Refusal, ...] = ()  # added after the decision: keys that refused when asked to reserve
+    client: str | None = None  # who asked (a client id, never a token)
+    policies: tuple[str, ...] = ()  # the policies that applied to the request
+    policy_notes: tuple[str, ...] = ()  # what they did: "objective cost set by policy p1", ...
 
     @functools.cached_property
     def explanation(self) -> str:
@@ -70,6 +73,8 @@ class RoutingDecision:
             more = self.excluded_total - len(self.excluded)
             tail = f" (+{more} more)" if more > 0 else ""
             parts.append("excluded: " + "; ".join(self.excluded.values()) + tail)
+        if self.policy_notes:
+            parts.append("policy: " + "; ".join(self.policy_notes))
         if self.refused:
             # The decision ranked on snapshots; say which keys refused when asked to reserve.
             parts.append("refused at reservation: " + "; ".join(describe(r, self.wall_offset) for r in self.refused))
@@ -83,6 +88,8 @@ class RoutingDecision:
             "at_wall": render_wall(self.at, self.wall_offset),
             "model": self.model,
             "objective": self.objective,
+            "client": self.client,
+            "policies": list(self.policies),
             "chosen": self.candidates[0].key_id if self.candidates else None,
             "candidates": [
                 {"key": c.key_id, "score": round(c.score, 4), "breakdown": c.breakdown} for c in self.candidates

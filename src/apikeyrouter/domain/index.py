@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import operator
 from collections import OrderedDict
 
 import attrs
@@ -166,6 +167,12 @@ class KeyIndex:
     def update(self, view: KeyView) -> None:
         """Insert or replace a key's view; eligibility is judged as of `view.at`."""
         old = self._views.get(view.key_id)
+        if old is not None and _figures(old) == _figures(view):
+            # Nothing the index files or ranks by changed (a republished snapshot, a timer that found
+            # nothing due): keep its place. Eligibility only moves toward eligible as time passes with
+            # the same figures, and the wake heap already holds when that happens.
+            self._views[view.key_id] = view
+            return
         moved = old is None or old.models != view.models
         if old is not None and moved:
             self._forget_membership(old)
@@ -329,6 +336,8 @@ class KeyIndex:
         """Counts by kind and up to `limit` example reasons (one per kind first) — never a full list."""
         bucket = self._bucket(model)
         self._wake(bucket, now)
+        if not bucket.benched:  # the common case: nothing excluded, nothing to sort or sample
+            return ExclusionSummary(model, len(bucket.eligible), 0, (), (), len(self._views) - len(bucket.members))
         kinds = sorted(bucket.benched.items(), key=lambda kv: (-len(kv[1]), kv[0]))
         # Round-robin over kinds so each kind shows an example before any shows two: O(limit).
         iters = [iter(members.values()) for _, members in kinds]
@@ -370,3 +379,5 @@ class KeyIndex:
 
 
 _NAMED = frozenset(OBJECTIVES.values())
+# Every field of a KeyView but `at`: what eligibility and every score read.
+_figures = operator.attrgetter(*(a.name for a in attrs.fields(KeyView) if a.name != "at"))

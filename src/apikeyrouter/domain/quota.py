@@ -72,6 +72,7 @@ __all__ = [
     "release",
     "reserve",
     "settle",
+    "take",
     "usage",
 ]
 
@@ -82,6 +83,12 @@ _LEARNED_DEFAULT_RESET_S = 60.0
 class Metric(enum.Enum):
     REQUESTS = "requests"
     TOKENS = "tokens"
+
+
+# Iterating the enum class runs a generator and hashing a member runs Python code: the hot paths below
+# zip with this tuple and index by position instead.
+_METRICS = (Metric.REQUESTS, Metric.TOKENS)
+_PROVIDER_WINDOWS = tuple(f"provider {m.value}" for m in _METRICS)  # learned windows' names, by position
 
 
 class CapacityState(enum.Enum):
@@ -292,7 +299,7 @@ def can_reserve(q: Quota, tokens: int, now: float) -> QuotaRefusal | None:
         elif used + need > limit:
             retry = _drained_at(ring, spec, used + need - limit)
             refusals.append(QuotaRefusal(spec.name, f"{spec.name} limit {limit} reached ({used} used)", retry))
-    for metric, learned in zip(Metric, q.learned, strict=True):
+    for metric, learned in zip(_METRICS, q.learned, strict=True):
         need = 1 if metric is Metric.REQUESTS else tokens
         if learned is not None and learned.active(now) and learned.remaining < need:
             refusals.append(
@@ -321,6 +328,12 @@ def reserve(q: Quota, tokens: int, now: float) -> tuple[Quota, QuotaReservation 
     refusal = can_reserve(q, tokens, now)
     if refusal is not None:
         return q, refusal
+    return take(q, tokens, now)
+
+
+def take(q: Quota, tokens: int, now: float) -> tuple[Quota, QuotaReservation]:
+    """`reserve` for a caller that has just seen `can_reserve(q, tokens, now)` admit it: counts without
+    checking again (the same quota at the same time gives the same answer)."""
     q = effective(q, now)
     res = QuotaReservation(at=now, tokens=tokens, epoch=q.epoch)
     return _count(q, res, requests=1, tokens=tokens, now=now), res
@@ -335,10 +348,10 @@ def _count(q: Quota, res: QuotaReservation, *, requests: int, tokens: int, now: 
     learned = q.learned
     if res.epoch == q.epoch:
         req, tok = (
-            attrs.evolve(lrn, remaining=lrn.remaining - (requests if m is Metric.REQUESTS else tokens))
+            _Learned(lrn.limit, lrn.remaining - (requests if m is Metric.REQUESTS else tokens), lrn.reset_at)
             if lrn is not None and lrn.active(now)
             else lrn
-            for m, lrn in zip(Metric, q.learned, strict=True)
+            for m, lrn in zip(_METRICS, q.learned, strict=True)
         )
         learned = (req, tok)
     return attrs.evolve(q, rings=rings, learned=learned)
@@ -411,12 +424,12 @@ def _fractions(q: Quota, now: float) -> list[tuple[str, float]]:
         limit = _limit(q, i, now)
         if limit is not None:
             out.append((spec.name, max(0, limit - sum(ring.counts)) / limit if limit else 0.0))
-    for metric, lrn in zip(Metric, q.learned, strict=True):
-        if lrn is not None and lrn.active(now):
+    for window, lrn in zip(_PROVIDER_WINDOWS, q.learned, strict=True):
+        if lrn is not None and now < lrn.reset_at:  # lrn.active(now), inline: this runs per snapshot
             if lrn.limit:
-                out.append((f"provider {metric.value}", max(0, lrn.remaining) / lrn.limit))
+                out.append((window, max(0, lrn.remaining) / lrn.limit))
             elif lrn.remaining <= 0:
-                out.append((f"provider {metric.value}", 0.0))
+                out.append((window, 0.0))
     return out
 
 
@@ -427,22 +440,21 @@ def predict(q: Quota, now: float) -> Prediction:
     n_req, n_tok = q.rate.decayed(cfg.rate_tau_s, now)
     observed = 0.0 if q.rate.since is None else max(0.0, now - q.rate.since)
     confidence = (1.0 - math.exp(-n_req / cfg.confidence_events)) * min(1.0, observed / cfg.rate_tau_s)
-    rates = {Metric.REQUESTS: n_req / cfg.rate_tau_s, Metric.TOKENS: n_tok / cfg.rate_tau_s}
+    rates = (n_req / cfg.rate_tau_s, n_tok / cfg.rate_tau_s)  # by position in _METRICS
     if q.blocked_until is not None:
         return Prediction(0.0, True, confidence, "retry-after")
     candidates: list[tuple[float, bool, str]] = []
     for i, (spec, ring) in enumerate(zip(cfg.windows, q.rings, strict=True)):
         limit = _limit(q, i, now)
-        rate = rates[spec.metric]
+        rate = rates[0 if spec.metric is Metric.REQUESTS else 1]
         if limit is None or rate <= 0.0:
             continue
         left = max(0, limit - sum(ring.counts))
         candidates.append((left / rate, rate * spec.length_s > limit, spec.name))
-    for metric, lrn in zip(Metric, q.learned, strict=True):
-        rate = rates[metric]
-        if lrn is not None and lrn.active(now) and rate > 0.0:
+    for rate, window, lrn in zip(rates, _PROVIDER_WINDOWS, q.learned, strict=True):
+        if lrn is not None and now < lrn.reset_at and rate > 0.0:
             secs = max(0, lrn.remaining) / rate
-            candidates.append((secs, secs < lrn.reset_at - now, f"provider {metric.value}"))
+            candidates.append((secs, secs < lrn.reset_at - now, window))
     if not candidates:
         return Prediction(None, False, confidence)
     exhausting = [c for c in candidates if c[1]]

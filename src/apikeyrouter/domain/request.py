@@ -51,6 +51,8 @@ class RequestIntent:
     extra: Mapping[str, Any] = attrs.field(factory=dict)
     # Set by `from_anthropic`: the Messages API's own parts (blocks, system blocks, tools), as sent.
     anthropic: AnthropicParts | None = None
+    # The caller's labels (the proxy's `x-apikeyrouter-tags`): policies match on them; never sent upstream.
+    tags: frozenset[str] = frozenset()
 
     @classmethod
     def from_anthropic(cls, body: Any, *, count_only: bool = False) -> RequestIntent:

@@ -30,8 +30,9 @@ its share of all traffic for the reason above; with the tie-break it spreads loa
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
@@ -53,6 +54,7 @@ __all__ = [
     "rank",
     "rank_key",
     "score",
+    "score_value",
     "weights_for",
 ]
 
@@ -65,7 +67,7 @@ def _weight(_inst: object, attribute: attrs.Attribute[float], value: float) -> N
         raise ValueError(f"weight {attribute.name} must be a finite number >= 0, got {value!r}")
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # hashed on every decision (the index's orders and `_terms` are keyed by it)
 class Weights:
     """Custom objective: relative weights (any scale; they are normalised). At least one must be > 0."""
 
@@ -222,49 +224,82 @@ def eligibility(view: KeyView, model: str | None, now: float, *, wall_offset: fl
     return attrs.evolve(timed[0], until=until)
 
 
-def _components(view: KeyView, model: str, cfg: ScoringConfig) -> dict[str, float]:
-    reliability = view.success_ewma * (0.5 if view.breaker is BreakerState.HALF_OPEN else 1.0)
-    latency = 0.5 if view.latency_ewma_s is None else 1.0 / (1.0 + view.latency_ewma_s / cfg.latency_ref_s)
+def _reliability(view: KeyView, _model: str, _cfg: ScoringConfig) -> float:
+    value = view.success_ewma * (0.5 if view.breaker is BreakerState.HALF_OPEN else 1.0)
+    return min(1.0, max(0.0, value))
+
+
+def _cost(view: KeyView, model: str, cfg: ScoringConfig) -> float:
     price = view.price_for(model)
-    cost = (
-        0.5
-        if price is None
-        else 1.0 / (1.0 + blended_per_million(price, output_share=cfg.output_share) / cfg.cost_ref_per_m)
-    )
+    if price is None:
+        return 0.5
+    return 1.0 / (1.0 + blended_per_million(price, output_share=cfg.output_share) / cfg.cost_ref_per_m)
+
+
+def _latency(view: KeyView, _model: str, cfg: ScoringConfig) -> float:
+    return 0.5 if view.latency_ewma_s is None else 1.0 / (1.0 + view.latency_ewma_s / cfg.latency_ref_s)
+
+
+def _fairness(view: KeyView, _model: str, cfg: ScoringConfig) -> float:
+    return 1.0 / (1.0 + max(0.0, view.recent_requests) / cfg.fairness_ref)
+
+
+def _quality(view: KeyView, _model: str, _cfg: ScoringConfig) -> float:
+    return min(1.0, max(0.0, view.quality))
+
+
+def _headroom(view: KeyView, _model: str, cfg: ScoringConfig) -> float:
     headroom = view.capacity_left
     p = view.prediction
     if p is not None and p.exhausts_before_reset and p.seconds_to_exhaustion is not None:
         headroom *= 1.0 - p.confidence * math.exp(-p.seconds_to_exhaustion / cfg.prediction_horizon_s)
+    return min(1.0, max(0.0, headroom))
+
+
+def _load(view: KeyView, _model: str, _cfg: ScoringConfig) -> float:
     if view.in_flight_limit:
-        load = max(0.0, 1.0 - view.in_flight / view.in_flight_limit)
-    else:
-        load = 1.0 / (1.0 + view.in_flight / 8.0)
-    return {
-        "reliability": min(1.0, max(0.0, reliability)),
-        "cost": cost,
-        "latency": latency,
-        "fairness": 1.0 / (1.0 + max(0.0, view.recent_requests) / cfg.fairness_ref),
-        "quality": min(1.0, max(0.0, view.quality)),
-        "headroom": min(1.0, max(0.0, headroom)),
-        "load": load,
-    }
+        return max(0.0, 1.0 - view.in_flight / view.in_flight_limit)
+    return 1.0 / (1.0 + view.in_flight / 8.0)
+
+
+_COMPONENT = {
+    "reliability": _reliability,
+    "cost": _cost,
+    "latency": _latency,
+    "fairness": _fairness,
+    "quality": _quality,
+    "headroom": _headroom,
+    "load": _load,
+}
+
+
+@functools.cache
+def _terms(weights: Weights) -> tuple[tuple[str, Callable[[KeyView, str, ScoringConfig], float], float], ...]:
+    """(component, its function, normalised weight) for the weights > 0, in `_COMPONENTS` order.
+    Cached per `Weights` value (frozen, hashable): the few objectives in use are each computed once."""
+    total = weights.total
+    return tuple(
+        (name, _COMPONENT[name], getattr(weights, name) / total) for name in _COMPONENTS if getattr(weights, name) > 0
+    )
 
 
 def score(view: KeyView, model: str, weights: Weights, cfg: ScoringConfig = ScoringConfig()) -> Score:
     """The weighted mean of the key's components for `model`, with the breakdown for explanations."""
-    comps = _components(view, model, cfg)
-    total = weights.total
-    parts = tuple(
-        (name, comps[name], getattr(weights, name) / total) for name in _COMPONENTS if getattr(weights, name) > 0
-    )
+    parts = tuple((name, part(view, model, cfg), w) for name, part, w in _terms(weights))
     return Score(sum(v * w for _, v, w in parts), parts)
+
+
+def score_value(view: KeyView, model: str, weights: Weights, cfg: ScoringConfig = ScoringConfig()) -> float:
+    """`score(...).value` without the breakdown: only the weighted components are computed (the same
+    floating-point operations in the same order, so the value is identical)."""
+    return sum([part(view, model, cfg) * w for _, part, w in _terms(weights)])
 
 
 def rank_key(
     view: KeyView, model: str, weights: Weights, cfg: ScoringConfig = ScoringConfig()
 ) -> tuple[int, int, str, float]:
     """Sort key, best first: (-quantised score, served, key id, exact score)."""
-    value = score(view, model, weights, cfg).value
+    value = score_value(view, model, weights, cfg)
     return (-round(value / SCORE_RESOLUTION), view.served, view.key_id, value)
 
 

@@ -165,8 +165,18 @@ class ActorRef(Generic[M]):
 
     async def ask(self, make: Callable[[Reply[T]], M]) -> T:
         reply: Reply[T] = Reply()
-        await self.tell(make(reply))
+        await self.put(make(reply))
         return await reply.wait()
+
+    async def put(self, msg: M) -> None:
+        """`tell` for a sender that checkpoints right after (an ask waits for its reply): a message that
+        fits goes in at once, sparing the scheduler pass `tell` makes; a full mailbox is waited for. As
+        with `tell`, a caller already cancelled sends nothing."""
+        await trio.lowlevel.checkpoint_if_cancelled()  # raises if cancelled; otherwise does not yield
+        try:
+            self.tell_nowait(msg)
+        except MailboxFull:
+            await self.tell(msg)
 
     def ask_nowait(self, make: Callable[[Reply[T]], M]) -> Reply[T]:
         """Send an ask without waiting for mailbox space; `await reply.wait()` later."""

@@ -7,6 +7,7 @@ from decimal import Decimal
 import attrs
 
 from apikeyrouter.domain.budget import BudgetSpec
+from apikeyrouter.domain.rates import RateLimit
 from apikeyrouter.domain.refusal import Refusal
 from apikeyrouter.kernel.actor import Reply
 
@@ -18,7 +19,9 @@ class Hold:
     """Reply: `HoldPlaced` when held on every budget, else a `Refusal` (kind budget) naming the budget
     that would be overspent. `key_id`: the key the request would use (carried into the refusal).
     `lease_until`: the hold is freed then if it was neither charged nor freed (its settlement was lost);
-    a charge that comes later is still charged (domain/budget.py)."""
+    a charge that comes later is still charged (domain/budget.py). `tokens`: the request's worst-case
+    tokens, taken with one request in the rpm/tpm window of every named scope that has one
+    (domain/rates.py); `client`: who asked, for the events a soft budget emits."""
 
     hold_id: str
     budgets: tuple[str, ...]
@@ -26,6 +29,8 @@ class Hold:
     lease_until: float
     reply_to: Reply[HoldPlaced | Refusal]
     key_id: str = ""
+    tokens: int = 0
+    client: str | None = None
 
 
 @attrs.frozen
@@ -39,6 +44,7 @@ class Charge:
 
     hold_id: str
     actual: Decimal
+    tokens: int | None = None  # the actual tokens, for the rpm/tpm windows (None: keep the worst case)
 
 
 @attrs.frozen
@@ -59,6 +65,8 @@ class SetBudgets:
     ones no longer configured removed. Spent and held amounts of kept budgets stay."""
 
     specs: tuple[BudgetSpec, ...]
+    templates: tuple[BudgetSpec, ...] = ()  # e.g. "client:": the budget each client not configured gets
+    rates: tuple[RateLimit, ...] = ()  # client and team rpm/tpm
 
 
 @attrs.frozen

@@ -15,6 +15,7 @@ from apikeyrouter.kernel.actor import Reply
 from apikeyrouter.secret import Secret
 
 __all__ = [
+    "ApplyShared",
     "Granted",
     "InjectCrash",
     "KeyCommand",
@@ -108,4 +109,15 @@ class InjectCrash:
     reason: str = "injected crash"
 
 
-KeyCommand = Reserve | Settle | Release | Operate | Wake | InjectCrash
+@attrs.frozen
+class ApplyShared:
+    """Another instance sharing this key on Redis benched it until `until` (its breaker opened, or it was
+    throttled or exhausted: here it is throttled until then), found it invalid, revoked it, or put it back
+    ("active"). Applied to the lifecycle like a local change, so this instance routes around it too."""
+
+    state: Literal["throttled", "invalid", "revoked", "active"]
+    reason: str
+    until: float | None = None
+
+
+KeyCommand = Reserve | Settle | Release | Operate | Wake | InjectCrash | ApplyShared

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from apikeyrouter.domain.policy import EffectivePolicy
 from apikeyrouter.domain.scoring import Weights
 from apikeyrouter.kernel.actor import Reply
 
@@ -18,7 +19,9 @@ __all__ = ["Decide", "RouterCommand"]
 
 @attrs.frozen
 class Decide:
-    """Rank the keys that can serve `model` now. `exclude`: keys already tried by this request."""
+    """Rank the keys that can serve `model` now. `exclude`: keys already tried by this request.
+    `policy`: the request's effective policy (keys it excludes are left out, named in the decision);
+    `client`: who asked, carried into the decision."""
 
     request_id: str
     model: str
@@ -26,6 +29,8 @@ class Decide:
     exclude: frozenset[str]
     reply_to: Reply[RoutingDecision]
     k: int = 3
+    policy: EffectivePolicy | None = None
+    client: str | None = None
 
 
 RouterCommand = Decide

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, assert_never
 
 import attrs
 
-from apikeyrouter.domain.budget import BudgetOverrun, HoldExpired
+from apikeyrouter.domain.budget import BudgetOverrun, BudgetSoftExceeded, HoldExpired
 from apikeyrouter.domain.circuit import (
     BreakerClosed,
     BreakerEvent,
@@ -43,6 +43,7 @@ __all__ = [
     "KINDS",
     "BudgetHoldExpired",
     "BudgetOverran",
+    "BudgetSoftExceededEvent",
     "ConfigReloaded",
     "Event",
     "KeyBreakerChanged",
@@ -107,6 +108,7 @@ class RequestAttempted:
     latency_s: float
     at: float
     client: str | None = None  # the caller's client id (never its token), when it gave one
+    team: str | None = None  # the client's team, when it has one
 
 
 @attrs.frozen
@@ -192,6 +194,19 @@ class BudgetHoldExpired:
         return self.expired.at
 
 
+@attrs.frozen
+class BudgetSoftExceededEvent:
+    """A request was served past a soft budget's limit (the domain's `BudgetSoftExceeded`)."""
+
+    kind: ClassVar[str] = "budget.soft_exceeded"
+    exceeded: BudgetSoftExceeded
+    client: str | None = None
+
+    @property
+    def at(self) -> float:
+        return self.exceeded.at
+
+
 Event = (
     KeyRegistered
     | KeyTransitioned
@@ -204,6 +219,7 @@ Event = (
     | ConfigReloaded
     | BudgetOverran
     | BudgetHoldExpired
+    | BudgetSoftExceededEvent
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(Event)
@@ -253,6 +269,7 @@ def _fields(event: Event, off: float) -> dict[str, Any]:
             return {
                 "request_id": event.request_id,
                 "client": event.client,
+                "team": event.team,
                 "key": event.key,
                 "provider": event.provider,
                 "attempt": event.attempt,
@@ -274,6 +291,16 @@ def _fields(event: Event, off: float) -> dict[str, Any]:
             return {"budget": o.budget, "over_by": _money(o.over_by), "hold_id": o.hold_id}
         case BudgetHoldExpired(expired=x):
             return {"hold_id": x.hold_id, "budgets": list(x.budgets), "amount": _money(x.amount)}
+        case BudgetSoftExceededEvent(exceeded=x, client=client):
+            return {
+                "budget": x.budget,
+                "limit": _money(x.limit),
+                "spent": _money(x.spent),
+                "reserved": _money(x.reserved),
+                "requested": _money(x.requested),
+                "hold_id": x.hold_id,
+                "client": client,
+            }
         case _:
             assert_never(event)
 

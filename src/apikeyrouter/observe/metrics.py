@@ -48,7 +48,11 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class ProxyMetrics:
-    def __init__(self, keys: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+    def __init__(
+        self,
+        keys: Callable[[], list[dict[str, Any]]] | None = None,
+        store: Callable[[], dict[str, Any] | None] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self._requests = Counter(
@@ -92,8 +96,11 @@ class ProxyMetrics:
         self._duration_children: dict[str, Any] = {}
         self._served_children: dict[tuple[str, str], Any] = {}
         self._attempt_children: dict[tuple[str, str], Any] = {}
+        self._failure_children: dict[str, Any] = {}
         if keys is not None:
             r.register(_KeyStateCollector(keys))
+        if store is not None:
+            r.register(_StoreCollector(store))
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         child = self._request_children.get((route, status))
@@ -123,10 +130,37 @@ class ProxyMetrics:
         child.inc()
 
     def failed(self, failure_class: str) -> None:
-        self._failures.labels(failure_class).inc()
+        child = self._failure_children.get(failure_class)
+        if child is None:
+            child = self._failure_children[failure_class] = self._failures.labels(failure_class)
+        child.inc()
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
+
+
+class _StoreCollector:
+    """The shared store (Redis, with several instances): reachable or not, how many instances are live."""
+
+    def __init__(self, status: Callable[[], dict[str, Any] | None]) -> None:
+        self._status = status
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        st = self._status()
+        if st is None:
+            return
+        rows = (
+            ("apikeyrouter_store_up", "1 while the shared store answers; 0: limits on local shares.", st["up"]),
+            ("apikeyrouter_store_live_instances", "Instances heartbeating on the shared store.", st["live_instances"]),
+            ("apikeyrouter_store_pending_settlements", "Settlements waiting for the store.", st["pending_settlements"]),
+        )
+        for name, doc, value in rows:
+            family = GaugeMetricFamily(name, doc)
+            family.add_metric([], float(value))
+            yield family
 
 
 class _KeyStateCollector:

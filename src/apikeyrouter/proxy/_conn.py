@@ -277,7 +277,8 @@ class _Connection:
             raise MalformedBody("the request body is not valid HTTP framing")
         declared = request.content_length
         if (declared is not None and declared > limit) or len(self._first) > limit:
-            self._body_broken = True  # unread: the connection closes after the answer
+            self._body_broken = True  # unread: the connection closes after the answer, which says so
+            self.keep_alive = False
             raise BodyTooLarge
         h = self.h11
         try:
@@ -286,6 +287,7 @@ class _Connection:
             body = await self._read_rest(limit)
         except BaseException:
             self._body_broken = True
+            self.keep_alive = False  # the answer says `Connection: close`: the client must not reuse it
             raise
         self._body_done = True
         return body

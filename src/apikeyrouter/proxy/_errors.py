@@ -9,6 +9,7 @@ The table, in one place:
     NoKeyAvailable                         503 service_unavailable    code no_key_available, Retry-After
         ... every key rate-limited         429 rate_limit_error       code rate_limit_exceeded, Retry-After
     BudgetExceeded                         429 insufficient_quota     code budget_exceeded
+    ClientRateLimited                      429 rate_limit_error       code client_rate_limited, Retry-After
     UpstreamError, caller's fault          upstream status (400 by default), upstream type/code/message
       (bad_request, context_length, content_policy)
     UpstreamError, timeout                 504 upstream_error         code timeout
@@ -31,6 +32,7 @@ from apikeyrouter.domain.failures import DEFAULT_ACTIONS, FailureClass
 from apikeyrouter.errors import (
     ActorError,
     BudgetExceeded,
+    ClientRateLimited,
     ConfigError,
     InvalidRequest,
     NoKeyAvailable,
@@ -108,6 +110,10 @@ def http_error_for(exc: BaseException) -> HTTPError:
         return HTTPError(503, scrub(str(exc)), type="service_unavailable", code="no_key_available", headers=headers)
     if isinstance(exc, BudgetExceeded):
         return HTTPError(429, scrub(str(exc)), type="insufficient_quota", code="budget_exceeded")
+    if isinstance(exc, ClientRateLimited):
+        after = None if exc.retry_after is None else max(1, math.ceil(exc.retry_after))
+        headers = [(b"retry-after", str(after).encode())] if after is not None else []
+        return HTTPError(429, scrub(str(exc)), type="rate_limit_error", code="client_rate_limited", headers=headers)
     if isinstance(exc, UpstreamError):
         return _upstream(exc)
     if isinstance(exc, RouterNotRunning | ActorError):

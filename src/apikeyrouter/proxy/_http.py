@@ -113,6 +113,7 @@ class Request:
         "origin",
         "path",
         "request_id",
+        "tags_header",
     )
 
     def __init__(self, http: http11.Request) -> None:
@@ -126,6 +127,7 @@ class Request:
         self.api_key: bytes | None = None
         self.deadline_header: bytes | None = None
         self.objective_header: bytes | None = None
+        self.tags_header: bytes | None = None
         self.request_id: str | None = None
         self.cookie: bytes | None = None  # the dashboard's session; origin and host for its CSRF check
         self.origin: bytes | None = None
@@ -148,6 +150,8 @@ class Request:
                 self.origin = value
             elif name == b"host":
                 self.host = value
+            elif name == b"x-apikeyrouter-tags":
+                self.tags_header = value
 
     def bearer(self) -> str | None:
         raw = self.authorization

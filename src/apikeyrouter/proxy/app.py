@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
 import orjson
 import structlog
 import trio
@@ -38,6 +39,7 @@ import trio
 from apikeyrouter.domain.request import RequestIntent, SystemResponse
 from apikeyrouter.errors import UpstreamError
 from apikeyrouter.observe import RequestAttempted
+from apikeyrouter.observe.client_metrics import ClientMetrics
 from apikeyrouter.observe.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from apikeyrouter.proxy import http11
 from apikeyrouter.proxy._anthropic import AnthropicRelay, anthropic_error_shape, count_tokens_json, message_json
@@ -62,6 +64,7 @@ from apikeyrouter.proxy._openai import OpenAIRelay, completion_json, models_json
 from apikeyrouter.proxy.admin import AdminAPI
 from apikeyrouter.proxy.dashboard import Dashboard
 from apikeyrouter.proxy.dashboard_routes import dashboard_routes
+from apikeyrouter.proxy.policies import PolicyAPI, PolicyRouter
 from apikeyrouter.runtime.api import RouterAPI
 from apikeyrouter.secret import Secret
 
@@ -96,6 +99,7 @@ class ProxyApp:
     """The proxy's application. Serve it with `serve_proxy` (our h11 server on trio sockets).
 
     client_tokens: bearer tokens accepted for inference; empty means inference is open (serve only on loopback).
+    clients: (token, client id) of each `[[clients]]` entry with a token: its requests carry the id.
     admin_token: bearer token for management endpoints; None disables them (403).
     max_body_bytes: larger request bodies get 413 (checked against Content-Length before reading).
     request_deadline: seconds a request may take (see the module docstring for streams).
@@ -109,6 +113,7 @@ class ProxyApp:
         router: RouterAPI,
         *,
         client_tokens: Sequence[Secret] = (),
+        clients: Sequence[tuple[Secret, str]] = (),
         admin_token: Secret | None = None,
         max_body_bytes: int = 4 * 1024 * 1024,
         request_deadline: float = 120.0,
@@ -121,15 +126,19 @@ class ProxyApp:
             raise ValueError("max_body_bytes, request_deadline and stream_idle_timeout must be positive")
         self.router = router
         self.client_tokens = tuple(client_tokens)
+        self.clients = tuple(clients)
         self.admin_token = admin_token
         self.max_body_bytes = max_body_bytes
         self.request_deadline = float(request_deadline)
         self.stream_idle_timeout = float(stream_idle_timeout)
         self.metrics_require_admin = metrics_require_admin
         self.log_requests = log_requests
-        self.metrics = metrics if metrics is not None else ProxyMetrics(router.keys)
+        # Only the real router has a shared store to report (test doubles of RouterAPI need not).
+        self._store_status: Callable[[], dict[str, Any] | None] = getattr(router, "store_status", lambda: None)
+        self.metrics = metrics if metrics is not None else ProxyMetrics(router.keys, self._store_status)
         # Every attempt, failovers included, counted inline as the router publishes it (EventBus.observe).
         router.events.observe(RequestAttempted, self.metrics.attempt)
+        self.client_metrics = ClientMetrics(self.metrics.registry, router.events, router.budgets)
         self.admin = AdminAPI(router)
         self.dashboard = Dashboard(router, admin_token)
         self._static: dict[str, dict[str, Handler]] = {
@@ -145,7 +154,12 @@ class ProxyApp:
             "/decisions": {"GET": self._list_decisions},
             "/budgets": {"GET": self._list_budgets},
             **dashboard_routes(self.dashboard, self.request_deadline),
+            "/policies": {"GET": self._list_policies, "POST": self._post_policies},
+            "/policies/dry-run": {"POST": self._dry_run_policies},
+            "/policies/audit": {"GET": self._policy_audit},
         }
+        self.policy_api = PolicyAPI(router) if isinstance(router, PolicyRouter) else None
+        self._policy_route: dict[str, Handler] = {"DELETE": self._delete_policy}
         self._key_routes: dict[str, dict[str, Handler]] = {
             "": {"GET": self._get_key, "DELETE": self._revoke_key},
             "rotate": {"POST": self._rotate_key},
@@ -176,6 +190,8 @@ class ProxyApp:
                 return ("/keys/{id}/" + action if action else "/keys/{id}"), methods, parts[2]
         if len(parts) == 3 and parts[1] == "decisions" and parts[2]:
             return "/decisions/{id}", self._decision_route, parts[2]
+        if len(parts) == 3 and parts[1] == "policies" and parts[2]:
+            return "/policies/{id}", self._policy_route, parts[2]
         return "other", None, ""
 
     async def _http(self, http: http11.Request, response: http11.Response) -> None:
@@ -278,7 +294,7 @@ class ProxyApp:
 
     def _authorize_client(self, ex: Exchange, *, x_api_key: bool = False) -> None:
         """A client token from `Authorization: Bearer`, or (Anthropic's clients, `x_api_key`) `x-api-key`."""
-        if not self.client_tokens:
+        if not self.client_tokens and not self.clients:
             return
         token = ex.request.bearer()
         if token is None and x_api_key:
@@ -290,14 +306,18 @@ class ProxyApp:
                 f"missing API key: send {how}'Authorization: Bearer <client token>'",
                 code="invalid_api_key",
             )
-        matched: Secret | None = None
+        matched: str | None = None
         # Compare against every token, whatever matched, so timing says nothing about which one did.
+        # A flat token is an anonymous client named by its fingerprint; a [[clients]] token, by its id.
         for secret in self.client_tokens:
             if secret.matches(token) and matched is None:
-                matched = secret
+                matched = secret.fingerprint
+        for secret, client_id in self.clients:
+            if secret.matches(token) and matched is None:
+                matched = client_id
         if matched is None:
             raise HTTPError(401, "incorrect API key provided", code="invalid_api_key")
-        ex.client = matched.fingerprint
+        ex.client = matched
 
     def _authorize_admin(self, ex: Exchange) -> None:
         if self.admin_token is None:
@@ -410,6 +430,9 @@ class ProxyApp:
     async def _infer(self, ex: Exchange, intent: RequestIntent, render: Render, relay: Callable[[], Relay]) -> None:
         deadline = self._deadline(ex.request)
         objective = ex.request.objective_header.decode("latin-1") if ex.request.objective_header else None
+        if ex.request.tags_header:  # policies match on them (comma-separated)
+            tags = ex.request.tags_header.decode("latin-1").split(",")
+            intent = attrs.evolve(intent, tags=frozenset(t.strip() for t in tags if t.strip()))
         in_flight = self.metrics.in_flight
         in_flight.inc()
         try:
@@ -521,7 +544,14 @@ class ProxyApp:
 
     async def _ready(self, ex: Exchange, _: str) -> None:
         if self.router.ready():
-            await self._reply(ex, 200, {"status": "ready"})
+            store = self._store_status()
+            if store is not None and not store["up"]:  # still serving, on local shares: say so
+                await self._reply(ex, 200, {"status": "degraded", "store": store})
+                return
+            body: dict[str, Any] = {"status": "ready"}
+            if store is not None:
+                body["store"] = store
+            await self._reply(ex, 200, body)
             return
         raise HTTPError(503, "no key can serve requests right now", type="service_unavailable", code="not_ready")
 
@@ -574,6 +604,30 @@ class ProxyApp:
     async def _list_budgets(self, ex: Exchange, _: str) -> None:
         self._authorize_admin(ex)
         await self._reply(ex, *self.admin.list_budgets())
+
+    def _policies(self, ex: Exchange) -> tuple[PolicyAPI, str]:
+        """The policy API and who is asking (the admin token's fingerprint, for the audit)."""
+        self._authorize_admin(ex)
+        if self.policy_api is None:
+            raise HTTPError(404, "this router does not manage policies", code="not_found")
+        return self.policy_api, f"admin:{self.admin_token.fingerprint if self.admin_token else '?'}"
+
+    async def _list_policies(self, ex: Exchange, _: str) -> None:
+        await self._reply(ex, *self._policies(ex)[0].list())
+
+    async def _post_policies(self, ex: Exchange, _: str) -> None:
+        api, who = self._policies(ex)
+        await self._reply(ex, *await api.post(await self._json_body(ex), who))
+
+    async def _delete_policy(self, ex: Exchange, policy_id: str) -> None:
+        api, who = self._policies(ex)
+        await self._reply(ex, *await api.delete(policy_id, who))
+
+    async def _dry_run_policies(self, ex: Exchange, _: str) -> None:
+        await self._reply(ex, *self._policies(ex)[0].dry_run(await self._json_body(ex)))
+
+    async def _policy_audit(self, ex: Exchange, _: str) -> None:
+        await self._reply(ex, *self._policies(ex)[0].audit())
 
     async def _get_decision(self, ex: Exchange, decision_id: str) -> None:
         self._authorize_admin(ex)

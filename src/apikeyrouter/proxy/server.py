@@ -72,7 +72,7 @@ async def serve_proxy(
     Start it with `listening = await nursery.start(serve_proxy, app, host, port, ...)`: `listening.port` is
     the bound port. A `ProxyApp` without client tokens (open inference) may only bind a loopback address.
     """
-    if isinstance(app, ProxyApp) and not app.client_tokens and not is_loopback(host):
+    if isinstance(app, ProxyApp) and not app.client_tokens and not app.clients and not is_loopback(host):
         raise ConfigError(
             f"refusing to serve on {host}: inference would be open to the network. Configure client tokens "
             "(server.client_tokens or server.client_tokens_env) or bind 127.0.0.1",

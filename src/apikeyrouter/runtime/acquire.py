@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from types import TracebackType
 
@@ -31,6 +32,7 @@ import trio
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.domain.cost import CostEstimate
 from apikeyrouter.domain.decision import Candidate, RoutingDecision
+from apikeyrouter.domain.policy import EffectivePolicy
 from apikeyrouter.domain.refusal import Refusal, RefusalKind, describe, explain
 from apikeyrouter.domain.request import RequestIntent
 from apikeyrouter.domain.scoring import Weights
@@ -39,6 +41,7 @@ from apikeyrouter.errors import (
     ActorError,
     ActorStopped,
     BudgetExceeded,
+    ClientRateLimited,
     InvalidRequest,
     MailboxFull,
     NoKeyAvailable,
@@ -54,6 +57,7 @@ from apikeyrouter.messages.key import Granted, KeyCommand, Outcome, Release, Res
 from apikeyrouter.messages.router import Decide
 from apikeyrouter.runtime.asks import GRACE, ask_bounded, ask_restarting, tell_bounded
 from apikeyrouter.runtime.deps import Deps
+from apikeyrouter.store.redis_shared import KeyLimits, SharedAsk, SharedGrant, SharedLimits
 
 __all__ = ["Held", "Request", "acquire"]
 
@@ -74,6 +78,8 @@ class Request:
     client: str | None
     lease_s: float
     start: float
+    team: str | None = None
+    policy: EffectivePolicy | None = None  # resolved once (pipeline); None: no policy is loaded
     attempts: int = 0
     last_error: UpstreamError | None = None
     tried: set[str] = attrs.Factory(set)
@@ -95,7 +101,19 @@ class Held:
     removed and registered again (a reload that changes it) is a new address whose reservation ids
     start over, and the old grant must not settle the new actor's lease of the same number."""
 
-    __slots__ = ("_deps", "_open", "adapter", "decision", "grant", "hold_id", "key_id", "provider", "ref", "started")
+    __slots__ = (
+        "_deps",
+        "_open",
+        "adapter",
+        "decision",
+        "grant",
+        "hold_id",
+        "key_id",
+        "provider",
+        "ref",
+        "shared",
+        "started",
+    )
 
     def __init__(
         self,
@@ -116,6 +134,7 @@ class Held:
         self.adapter = adapter
         self.decision = decision
         self.hold_id = hold_id
+        self.shared: SharedGrant | None = None  # what the attempt holds on Redis, with several instances
         self.started = trio.current_time()
 
     async def __aenter__(self) -> Held:
@@ -131,7 +150,11 @@ class Held:
         """Charge `charge` (None: free the hold) and hand the outcome to the key. Returns once the outcome
         is in the key's mailbox; for a key with an in-flight limit, once the key has applied it."""
         self._open = False
-        await unhold(self._deps, self.hold_id, charge)
+        usage = outcome.usage
+        tokens = 0 if usage is None else usage.total_tokens
+        await unhold(self._deps, self.hold_id, charge, None if usage is None else tokens)
+        if self.shared is not None and self._deps.shared is not None:
+            await self._deps.shared.finish(self.shared, tokens=tokens, charge=charge)
         ref = self.ref
         try:
             if self.grant.confirm_settle:
@@ -146,6 +169,8 @@ class Held:
         """The call produced no outcome: free the hold and give the reservation back."""
         self._open = False
         await unhold(self._deps, self.hold_id, None)
+        if self.shared is not None and self._deps.shared is not None:
+            await self._deps.shared.finish(self.shared, tokens=None, charge=None)
         rid = self.grant.reservation_id
         ref = self.ref
         with contextlib.suppress(*_GONE):
@@ -155,12 +180,13 @@ class Held:
                 await tell_bounded(ref, Release(rid, reason))
 
 
-async def unhold(deps: Deps, hold_id: str | None, charge: Decimal | None) -> None:
-    """Charge the actual cost of a hold, or free it (`charge` None). Never raises for a gone actor."""
+async def unhold(deps: Deps, hold_id: str | None, charge: Decimal | None, tokens: int | None = None) -> None:
+    """Charge the actual cost (and tokens) of a hold, or free it (`charge` None). Never raises for a
+    gone actor."""
     if hold_id is None:
         return
     with contextlib.suppress(*_GONE):
-        await tell_bounded(deps.budget_ref(), Free(hold_id) if charge is None else Charge(hold_id, charge))
+        await tell_bounded(deps.budget_ref(), Free(hold_id) if charge is None else Charge(hold_id, charge, tokens))
 
 
 async def acquire(deps: Deps, req: Request) -> Held:
@@ -173,10 +199,14 @@ async def acquire(deps: Deps, req: Request) -> Held:
             got = await _take(deps, req, cand, decision)
             if isinstance(got, Held):
                 return got
+            if "scope" in got.detail:  # the client's (or team's) own rpm/tpm: no other key helps
+                await _client_limited(deps, req, got)
+                break
             req.refused[cand.key_id] = got
             log.debug("reserve_refused", request_id=req.id, key=cand.key_id, kind=got.kind.value)
-        if not decision.candidates:  # else every candidate refused: decide again without them
-            await _no_candidate(deps, req, decision)
+        else:
+            if not decision.candidates:  # else every candidate refused: decide again without them
+                await _no_candidate(deps, req, decision)
 
 
 async def _decide(deps: Deps, req: Request, exclude: frozenset[str]) -> RoutingDecision:
@@ -185,7 +215,9 @@ async def _decide(deps: Deps, req: Request, exclude: frozenset[str]) -> RoutingD
 
     async def ask() -> RoutingDecision:
         ref = deps.router_ref()
-        return await ref.ask(lambda r: Decide(req.id, model, objective, exclude, r))
+        return await ref.ask(
+            lambda r: Decide(req.id, model, objective, exclude, r, policy=req.policy, client=req.client)
+        )
 
     try:
         return await ask_restarting(ask)
@@ -211,11 +243,15 @@ async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDeci
     except (ActorError, UnknownKey, UnknownProvider) as exc:
         return _unavailable(cand.key_id, str(exc))
     est = req.estimate(cand.provider, adapter)
+    policy = req.policy
+    if policy is not None and policy.max_cost is not None and est.worst_case_cost > policy.max_cost:
+        return _capped(cand.key_id, policy, est.worst_case_cost)
     hold_id: str | None = None
     if deps.budgets_enabled:
         hold_id = f"{req.id}:{deps.next_id()}"
         # The charge is sent before the key's settlement: the hold outlives the reservation by a grace.
-        refusal = await _hold(deps, hold_id, cand, est.worst_case_cost, _lease_until(req) + GRACE)
+        tokens = est.input_tokens + est.max_output_tokens
+        refusal = await _hold(deps, req, hold_id, cand, est.worst_case_cost, tokens, _lease_until(req) + GRACE)
         if refusal is not None:
             return refusal
     try:
@@ -228,17 +264,72 @@ async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDeci
         return reply
     if req.refused:
         decision = attrs.evolve(decision, refused=tuple(req.refused.values()))
-    return Held(deps, ref, reply, cand.provider, adapter, decision, hold_id)
+    held = Held(deps, ref, reply, cand.provider, adapter, decision, hold_id)
+    if deps.shared is not None:  # several instances: the shared side must agree too
+        async with _unless_kept(held) as keep:
+            refusal = await _share(deps, deps.shared, req, held, est)
+            if refusal is None:
+                keep()
+        if refusal is not None:
+            return refusal
+    return held
 
 
-async def _hold(deps: Deps, hold_id: str, cand: Candidate, amount: Decimal, until: float) -> Refusal | None:
-    """Hold `amount` on every budget that applies until `until` at the latest: None when held. A budget
-    actor that is restarting is asked again (a hold is idempotent by its id). Fails closed: a hard
-    budget is never overspent because its keeper was not answering."""
-    ids = ("global", f"provider:{cand.provider}", f"key:{cand.key_id}")
+@contextlib.asynccontextmanager
+async def _unless_kept(held: Held) -> AsyncIterator[Callable[[], None]]:
+    """Release `held` on the way out, whatever raised, unless `keep()` was called."""
+    kept = False
+
+    def keep() -> None:
+        nonlocal kept
+        kept = True
+
+    try:
+        yield keep
+    finally:
+        if not kept:
+            with trio.CancelScope(shield=True):  # the release is the cleanup of a cancelled attempt too
+                await held.release("refused by the shared store")
+
+
+async def _share(deps: Deps, shared: SharedLimits, req: Request, held: Held, est: CostEstimate) -> Refusal | None:
+    """The key's shared windows, in-flight slot, bench and budgets (one Redis round trip): None when held."""
+    snap = deps.board.keys.get(held.key_id)
+    limits = KeyLimits()
+    if snap is not None:
+        limits = KeyLimits(snap.quota.config.rpm, snap.quota.config.tpm, snap.max_in_flight)
+    budgets = shared.budgets_for(_budget_ids(held.provider, held.key_id)) if deps.budgets_enabled else ()
+    lease_s = _lease_until(req) + GRACE - trio.current_time()
+    tokens = est.input_tokens + est.max_output_tokens
+    ask = SharedAsk(held.key_id, req.id, tokens, limits, lease_s, est.worst_case_cost, budgets)
+    got = await shared.reserve(ask)
+    if isinstance(got, Refusal):
+        return got
+    held.shared = got
+    return None
+
+
+def _budget_ids(provider: str, key_id: str) -> tuple[str, ...]:
+    return ("global", f"provider:{provider}", f"key:{key_id}")
+
+
+async def _hold(
+    deps: Deps, req: Request, hold_id: str, cand: Candidate, amount: Decimal, tokens: int, until: float
+) -> Refusal | None:
+    """Hold `amount` on every budget that applies (and the request's place in its client's and team's
+    rpm/tpm windows) until `until` at the latest: None when held. A budget actor that is restarting is
+    asked again (a hold is idempotent by its id). Fails closed: a hard budget is never overspent because
+    its keeper was not answering."""
+    ids = _budget_ids(cand.provider, cand.key_id)
+    if req.team is not None:
+        ids = (*ids, f"team:{req.team}")
+    if req.client is not None:
+        ids = (*ids, f"client:{req.client}")
+    if req.policy is not None and req.policy.budgets:
+        ids = (*ids, *req.policy.budgets)
 
     def make(reply: Reply[HoldPlaced | Refusal]) -> Hold:
-        return Hold(hold_id, ids, amount, until, reply, cand.key_id)
+        return Hold(hold_id, ids, amount, until, reply, cand.key_id, tokens, req.client)
 
     try:
         answer = await ask_restarting(lambda: ask_bounded(deps.budget_ref(), make))
@@ -271,6 +362,13 @@ async def _reserve(req: Request, key_id: str, ref: ActorRef[KeyCommand], est: Co
     if reply is None:  # the key did not answer in time; a late grant is given back (give_back)
         return _unavailable(key_id, f"did not answer within {GRACE:g} s")
     return reply
+
+
+def _capped(key_id: str, policy: EffectivePolicy, worst_case: Decimal) -> Refusal:
+    """A cost policy caps what one request may cost: this key's provider would cost more (worst case)."""
+    cap = policy.max_cost
+    detail = {"requested": worst_case, "available": cap, "limit": cap, "spent": Decimal(0), "reserved": Decimal(0)}
+    return Refusal(key_id, RefusalKind.BUDGET, budget=f"policy:{policy.max_cost_by}", detail=detail)
 
 
 def _unavailable(key_id: str, error: str, *, budget: str | None = None) -> Refusal:
@@ -314,6 +412,25 @@ async def _no_candidate(deps: Deps, req: Request, decision: RoutingDecision) -> 
     if req.last_error is not None:
         raise req.last_error
     raise _no_key(deps, req, decision, retry_at, now)
+
+
+async def _client_limited(deps: Deps, req: Request, refusal: Refusal) -> None:
+    """The client's or team's window is full: wait until it slides (within the deadline), or raise."""
+    now = trio.current_time()
+    deadline = trio.current_effective_deadline()
+    horizon = deadline if deadline != math.inf else now + deps.routing.max_wait
+    retry_at = refusal.retry_at
+    if deps.routing.wait_for_reset and retry_at is not None and retry_at <= horizon:
+        await trio.sleep_until(retry_at)
+        return
+    scope = str(refusal.detail.get("scope"))
+    when = "" if retry_at is None else f"; room again at {render_wall(retry_at, deps.wall_offset)}"
+    raise ClientRateLimited(
+        f"{scope} {refusal.detail.get('reason')}{when}",
+        scope=scope,
+        retry_at=retry_at,
+        retry_after=None if retry_at is None else max(0.0, retry_at - now),
+    )
 
 
 def _refuse_what_never_fits(deps: Deps, req: Request, decision: RoutingDecision) -> None:

@@ -80,7 +80,7 @@ async def ask_bounded(
     reply: Reply[T] = Reply() if undo is None else _Undoable(undo)
     with trio.move_on_after(grace) as cs:
         cs.shield = True
-        await ref.tell(make(reply))
+        await ref.put(make(reply))
         return await reply.wait()
     if isinstance(reply, _Undoable):
         reply.abandon()

@@ -10,7 +10,9 @@ import attrs
 from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.adapters.base import ProviderAdapter
-from apikeyrouter.config import RouterConfig
+from apikeyrouter.config import ClientConfig, RouterConfig
+from apikeyrouter.domain.policy import EffectivePolicy
+from apikeyrouter.domain.request import Usage
 from apikeyrouter.domain.scoring import Weights, weights_for
 from apikeyrouter.errors import InvalidRequest
 from apikeyrouter.kernel.actor import ActorRef
@@ -18,6 +20,7 @@ from apikeyrouter.messages.budget import BudgetCommand
 from apikeyrouter.messages.key import KeyCommand
 from apikeyrouter.messages.router import RouterCommand
 from apikeyrouter.observe import EventBus
+from apikeyrouter.store.redis_shared import SharedLimits
 
 __all__ = ["AttemptObserver", "Deps", "Routing", "parse_objective"]
 
@@ -43,6 +46,7 @@ class Deps(Protocol):
     events: EventBus
     board: SnapshotBoard
     wall_offset: float
+    shared: SharedLimits | None  # several instances on one Redis ([store] kind = "redis"); None: this one alone
 
     def check(self, operation: str) -> None: ...
 
@@ -58,6 +62,14 @@ class Deps(Protocol):
     def provider(self, provider_id: str) -> ProviderActor: ...
 
     def router_ref(self) -> ActorRef[RouterCommand]: ...
+
+    def client_config(self, client_id: str) -> ClientConfig | None: ...
+
+    def reconcile(self, provider: str, model: str, estimated_input: int, max_output: int, usage: Usage) -> None: ...
+
+    def policy_for(
+        self, model: str, client: str | None, team: str | None, tags: frozenset[str], now: float
+    ) -> EffectivePolicy | None: ...
 
     def budget_ref(self) -> ActorRef[BudgetCommand]: ...
 

@@ -12,7 +12,7 @@ path, given the registry as its explicit dependencies) and the views (views.py).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
 from types import TracebackType
@@ -23,11 +23,11 @@ import trio
 from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.adapters.base import ProviderAdapter
-from apikeyrouter.adapters.tokens import warm as warm_tokenizers
-from apikeyrouter.config import RouterConfig, default_config
+from apikeyrouter.config import RouterConfig, default_config, structure_policies
+from apikeyrouter.domain.policy import Policy
 from apikeyrouter.domain.request import RequestIntent, StreamChunk, SystemResponse
 from apikeyrouter.domain.scoring import ScoringConfig, Weights
-from apikeyrouter.errors import ActorStopped, RouterNotRunning, UnknownProvider
+from apikeyrouter.errors import ActorStopped, InvalidRequest, RouterNotRunning, UnknownProvider
 from apikeyrouter.kernel.actor import ActorRef, TreeNode
 from apikeyrouter.kernel.spec import ChildSpec
 from apikeyrouter.messages.key import KeyCommand
@@ -37,12 +37,15 @@ from apikeyrouter.observe import EventBus
 from apikeyrouter.runtime import views
 from apikeyrouter.runtime.api import APIKey
 from apikeyrouter.runtime.deps import Routing, parse_objective
+from apikeyrouter.runtime.dryrun import DryRunRequest, dry_run, requests_from_decisions
 from apikeyrouter.runtime.pipeline import Pipeline, RoutedStreamHandle
+from apikeyrouter.runtime.policies import PolicyRejected, policy_json
 from apikeyrouter.runtime.registry import Registry
 from apikeyrouter.runtime.reload import apply_config
 from apikeyrouter.runtime.tree import root_supervisor
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import MemoryStore, StateStore
+from apikeyrouter.store.redis_shared import SharedLimits, open_shared
 
 if TYPE_CHECKING:
     pass
@@ -102,20 +105,21 @@ class ApiKeyRouter:
             make_router=reg.make_router,
             grace=reg.config.server.grace_period,
         )
-        # The tokenizer's tables take ~0.3 s to load: load them off the event loop now, not on the
-        # first request (which would otherwise pay it inside its deadline).
-        await trio.to_thread.run_sync(warm_tokenizers)
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(root.run)
-                reg.running = True
-                try:
-                    await reg.load_config()
-                    yield
-                finally:
-                    root.stop()
-        finally:
-            reg.running = False
+        # With [store] kind = "redis": the shared limits run outside the tree, up before it and down after.
+        async with open_shared(reg.config.store, reg.events, lambda: reg.budget_specs, reg.apply_shared) as shared:
+            reg.shared = shared
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(root.run)
+                    reg.running = True
+                    try:
+                        await reg.load_config()
+                        yield
+                    finally:
+                        root.stop()
+            finally:
+                reg.running = False
+                reg.shared = None
 
     async def __aenter__(self) -> ApiKeyRouter:
         lifetime = self._running()
@@ -148,6 +152,16 @@ class ApiKeyRouter:
     @property
     def store(self) -> StateStore:
         return self._registry.store
+
+    @property
+    def shared(self) -> SharedLimits | None:
+        """The shared limits on Redis while running with `[store] kind = "redis"`; else None."""
+        return self._registry.shared
+
+    def store_status(self) -> dict[str, Any] | None:
+        """Redis reachability, live instances and mode (shared / local share); None without Redis."""
+        shared = self._registry.shared
+        return shared.status() if shared is not None else None
 
     @property
     def objective(self) -> str | Weights:
@@ -306,6 +320,76 @@ class ApiKeyRouter:
             return {}
         return summary
 
+    # -- policies -------------------------------------------------------------------------------------
+
+    def policies(self) -> list[dict[str, Any]]:
+        """Every live policy, as JSON values, in the order they were configured."""
+        return [policy_json(p) for p in self._registry.policy_book.policies]
+
+    def policy_audit(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest policy changes, oldest first: who, when, action, the policy before and after."""
+        return list(self._registry.policy_book.audit)[-limit:] if limit > 0 else []
+
+    def validate_policies(self, policies: Sequence[Policy | Mapping[str, Any]]) -> list[str]:
+        """Every problem of this policy set (`policies[3].match.models: unknown model 'gpt-5o'`); []: valid."""
+        return self._checked(policies)[1]
+
+    def _checked(self, policies: Sequence[Policy | Mapping[str, Any]]) -> tuple[list[Policy], list[str]]:
+        parsed, errors, indexes = _policies(policies)
+        errors += self._registry.policy_book.check(parsed, indexes)
+        return parsed, sorted(errors, key=_error_order)
+
+    async def set_policies(self, policies: Sequence[Policy | Mapping[str, Any]], *, who: str = "library") -> None:
+        """Replace the whole set: validated first, applied at once (`PolicyRejected`: nothing changed)."""
+        parsed, errors = self._checked(policies)
+        if errors:
+            raise PolicyRejected(errors)
+        await self._registry.set_policies(parsed, who=who)
+
+    async def configure_policy(self, policy: Policy | Mapping[str, Any], *, who: str = "library") -> None:
+        """Add a policy, or replace the live one with its id (validated with the rest of the set)."""
+        book = self._registry.policy_book
+        parsed, errors, _ = _policies([policy])
+        if errors:
+            raise PolicyRejected(errors)
+        kept = [p for p in book.policies if p.id != parsed[0].id]
+        at = next((i for i, p in enumerate(book.policies) if p.id == parsed[0].id), len(kept))
+        await self._registry.set_policies([*kept[:at], parsed[0], *kept[at:]], who=who, action="configure")
+
+    async def remove_policy(self, policy_id: str, *, who: str = "library") -> bool:
+        """Remove a live policy; False when there is none with that id."""
+        book = self._registry.policy_book
+        if book.get(policy_id) is None:
+            return False
+        await self._registry.set_policies([p for p in book.policies if p.id != policy_id], who=who, action="remove")
+        return True
+
+    def dry_run_policy(
+        self,
+        policies: Sequence[Policy | Mapping[str, Any]],
+        requests: Sequence[DryRunRequest | Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """What `policies` would change if they replaced the live set: each request (default: the
+        recent decisions) decided under both against the current keys. Nothing sent, nothing changed."""
+        parsed, errors = self._checked(policies)
+        if errors:
+            raise PolicyRejected(errors)
+        router = self._registry.router_actor()
+        if requests is None:
+            reqs = requests_from_decisions([d.to_json() for d in router.recent(router.retained())])
+        else:
+            reqs = [r if isinstance(r, DryRunRequest) else _dry_request(r) for r in requests]
+        return dry_run(self._registry, router, parsed, reqs, trio.current_time())
+
+    def get_budget_status(self, scope: str) -> dict[str, Any] | None:
+        """One budget ("global", "provider:openai", "key:k1", "team:search", "client:acme", "policy:p"):
+        limit, spent, reserved, remaining, mode, period start/end, burn rate, projected exhaustion and its
+        confidence (money as strings). None when there is no such budget."""
+        try:
+            return self._registry.budget_actor().status_of(scope)
+        except _NOT_NOW:
+            return None
+
     def tree(self) -> TreeNode:
         root = self._registry.root
         if root is None:
@@ -322,7 +406,7 @@ class ApiKeyRouter:
                 snap = self.board.providers.get(pid)
                 if snap is not None:
                     providers.append(snap)
-        return views.state_summary(
+        summary = views.state_summary(
             running=self.running,
             ready=self.ready(),
             objective=self.objective,
@@ -332,6 +416,46 @@ class ApiKeyRouter:
             budgets=self.budgets(),
             tree=self.tree(),
         )
+        summary["reconcile"] = self.reconcile_ratios()
+        summary["policies"] = [p["id"] for p in self.policies()]
+        summary["clients"] = sorted(c.id for c in reg.config.clients)
+        return summary
+
+    def reconcile_ratios(self) -> dict[str, dict[str, Any]]:
+        """Per "provider/model": actual output / max_tokens and actual input / our estimate, as learned."""
+        return {
+            f"{p}/{m}": {"output_ratio": round(r.output, 4), "input_ratio": round(r.input, 4), "samples": r.samples}
+            for (p, m), r in sorted(self._registry.ratios.items())
+        }
+
+
+def _policies(items: Sequence[Policy | Mapping[str, Any]]) -> tuple[list[Policy], list[str], list[int]]:
+    """Policy values as given, or structured from tables like the config's."""
+    if all(isinstance(p, Policy) for p in items):
+        return [p for p in items if isinstance(p, Policy)], [], list(range(len(items)))
+    return structure_policies([p if isinstance(p, Mapping) else policy_json(p) for p in items])
+
+
+def _error_order(error: str) -> tuple[int, str]:
+    """Errors in the order of the policies they are about."""
+    head = error.partition("]")[0].removeprefix("policies[")
+    return (int(head) if head.isdigit() else -1), error
+
+
+def _dry_request(raw: Mapping[str, Any]) -> DryRunRequest:
+    """A dry-run request from a table: `model` (or an OpenAI body with messages), `client`, `tags`."""
+    if not isinstance(raw.get("model"), str):
+        raise InvalidRequest("each dry-run request needs a model", param="requests")
+    intent = RequestIntent.from_openai(raw) if "messages" in raw else None
+    tags = raw.get("tags", ())
+    return DryRunRequest(
+        model=raw["model"],
+        client=raw.get("client") if isinstance(raw.get("client"), str) else None,
+        tags=frozenset(t for t in tags if isinstance(t, str)) if isinstance(tags, list | tuple) else frozenset(),
+        objective=raw.get("objective") if isinstance(raw.get("objective"), str) else None,
+        intent=intent,
+        request_id=str(raw.get("request_id", "")),
+    )
 
 
 @asynccontextmanager

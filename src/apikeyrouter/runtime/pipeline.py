@@ -10,6 +10,7 @@ reservation is released and the budget hold freed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from decimal import Decimal
@@ -22,10 +23,18 @@ import trio
 
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.adapters.base import AdapterResult, AdapterStream
+from apikeyrouter.adapters.tokens import load_for
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.request import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.domain.scoring import Weights
-from apikeyrouter.errors import ActorStopped, MalformedResponse, StreamInterrupted, UnknownProvider, UpstreamError
+from apikeyrouter.errors import (
+    ActorStopped,
+    InvalidRequest,
+    MalformedResponse,
+    StreamInterrupted,
+    UnknownProvider,
+    UpstreamError,
+)
 from apikeyrouter.messages.key import Outcome
 from apikeyrouter.observe import RequestAttempted
 from apikeyrouter.runtime import upstream
@@ -94,12 +103,32 @@ class Pipeline:
         self._deps = deps
 
     def _begin(self, operation: str, intent: Any, objective: Objective, client: str | None, lease_s: float) -> Request:
-        """Check the router runs, validate the request and objective, and name the request."""
+        """Check the router runs, validate the request and objective, and name the request and its
+        (client, team). A configured client's models bound what it may ask for; the policies that apply
+        are resolved once, here (a model alias, an objective, the filters the router reads). Objective:
+        the request's own, else the policies', else the client's, else the router's."""
         deps = self._deps
         deps.check(operation)
         req = intent if isinstance(intent, RequestIntent) else RequestIntent.from_openai(intent)
+        ident = None if client is None else deps.client_config(client)
+        if ident is not None and ident.models and req.model not in ident.models:
+            raise InvalidRequest(f"client {client} may not use model {req.model!r}", param="model")
+        team = None if ident is None else ident.team
+        now = trio.current_time()
+        policy = deps.policy_for(req.model, client, team, req.tags, now)
+        if policy is not None:
+            if policy.model_denied_by is not None:
+                raise InvalidRequest(
+                    f"policy {policy.model_denied_by} does not allow model {policy.model!r} here", param="model"
+                )
+            if policy.model != req.model:
+                req = attrs.evolve(req, model=policy.model)
+            if objective is None and policy.objective is not None:
+                objective = policy.objective
+        if objective is None and ident is not None and ident.objective is not None:
+            objective = ident.objective
         goal = deps.routing.objective if objective is None else parse_objective(objective)
-        return Request(f"req-{deps.next_id()}", req, goal, client, lease_s, trio.current_time())
+        return Request(f"req-{deps.next_id()}", req, goal, client, lease_s, now, team=team, policy=policy)
 
     async def _attempts(self, req: Request, call: Callable[[Request, Held], Awaitable[T]]) -> tuple[Held, T]:
         """Acquire a key and call upstream; on a retryable failure, the next key. Returns the attempt that
@@ -122,6 +151,7 @@ class Pipeline:
         self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
     ) -> SystemResponse:
         req = self._begin("route", intent, objective, client, _MAX_LEASE_S)
+        await load_for(req.intent)  # the first request of a model family loads its tokenizer, off the loop
         held, result = await self._attempts(req, self._complete)
         async with held:
             response = result.response
@@ -129,6 +159,7 @@ class Pipeline:
             cost = self._cost(req, held, response.usage)
             outcome = Outcome(None, usage=response.usage, cost=cost, latency_s=latency, signal=result.signal)
             await held.settle(outcome, cost)
+        self._learn(req, held, response.usage)
         self._record(req, held, None, latency)
         return attrs.evolve(response, metadata=self._metadata(req, held, cost))
 
@@ -137,6 +168,7 @@ class Pipeline:
         self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
     ) -> AsyncIterator[RoutedStreamHandle]:
         req = self._begin("stream", intent, objective, client, _MAX_LEASE_S * 6)
+        await load_for(req.intent)
         held, opened = await self._attempts(req, self._open_first)
         async with held, opened:
             handle = RoutedStreamHandle(self._metadata(req, held, _ZERO), opened.first, opened.rest)
@@ -251,6 +283,12 @@ class Pipeline:
             return Usage(est.input_tokens, output, estimated=True)
         return usage if usage is not None else Usage(est.input_tokens, 0, estimated=True)
 
+    def _learn(self, req: Request, held: Held, usage: Usage) -> None:
+        """Reconcile: how this answer's reported usage compares with what its estimate held."""
+        if not usage.estimated:
+            est = req.estimate(held.provider, held.adapter)
+            self._deps.reconcile(held.provider, req.intent.model, est.input_tokens, est.max_output_tokens, usage)
+
     def _outcome_of(self, exc: UpstreamError, held: Held, latency: float) -> Outcome:
         provider = self._deps.board.providers.get(held.provider)
         return Outcome(
@@ -280,32 +318,44 @@ class Pipeline:
         )
 
     def _record(self, req: Request, held: Held, failure: FailureClass | None, latency: float) -> None:
-        data = {
-            "request_id": req.id,
-            "client": req.client,
-            "key": held.key_id,
-            "provider": held.provider,
-            "attempt": req.attempts,
-            "decision_id": held.decision.id,
-            "outcome": "success" if failure is None else failure.value,
-            "latency_ms": round(latency * 1000, 3),
-        }
-        self._deps.events.publish(
-            RequestAttempted(
-                req.id,
-                held.key_id,
-                held.provider,
-                req.attempts,
-                held.decision.id,
-                failure,
-                latency,
-                trio.current_time(),
-                client=req.client,
-            )
+        """Publish the attempt's `RequestAttempted` and log it: a failure at info, a success at debug,
+        its fields taken from the event, and built only when the line is logged."""
+        event = RequestAttempted(
+            req.id,
+            held.key_id,
+            held.provider,
+            req.attempts,
+            held.decision.id,
+            failure,
+            latency,
+            trio.current_time(),
+            client=req.client,
+            team=req.team,
         )
+        self._deps.events.publish(event)
         if failure is not None:
-            log.info("attempt_failed", **data)
-        else:
+            log.info("attempt_failed", **_log_fields(event))
+        elif _logs_debug():
             # The decision's full explanation is one GET /decisions/{id} (or `inspect decisions`) away;
             # rendering it for every request would cost more than the decision itself.
-            log.debug("attempt_succeeded", chosen_by=held.decision.objective, **data)
+            log.debug("attempt_succeeded", chosen_by=held.decision.objective, **_log_fields(event))
+
+
+def _logs_debug() -> bool:
+    """Whether the request logger writes debug lines (a logger that cannot say is taken to write them)."""
+    enabled = getattr(log, "is_enabled_for", None)
+    return True if enabled is None else bool(enabled(logging.DEBUG))
+
+
+def _log_fields(event: RequestAttempted) -> dict[str, Any]:
+    return {
+        "request_id": event.request_id,
+        "client": event.client,
+        "team": event.team,
+        "key": event.key,
+        "provider": event.provider,
+        "attempt": event.attempt,
+        "decision_id": event.decision_id,
+        "outcome": "success" if event.failure is None else event.failure.value,
+        "latency_ms": round(event.latency_s * 1000, 3),
+    }

@@ -9,9 +9,10 @@ the tree again.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -20,28 +21,33 @@ import structlog
 import trio
 
 from apikeyrouter.actors.board import SnapshotBoard
-from apikeyrouter.actors.budget import BudgetActor, month_specs
+from apikeyrouter.actors.budget import BudgetActor, client_templates, month_specs, policy_specs, rate_limits
 from apikeyrouter.actors.key import KeyActor
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.adapters.base import ProviderAdapter
-from apikeyrouter.config import RouterConfig, valid_id
+from apikeyrouter.config import ClientConfig, RouterConfig, universe_of, valid_id
+from apikeyrouter.domain import reconcile
 from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.keystate import KeySettings
+from apikeyrouter.domain.policy import EffectivePolicy, Policy, Universe
 from apikeyrouter.domain.quota import QuotaConfig
+from apikeyrouter.domain.request import Usage
 from apikeyrouter.domain.scoring import ScoringConfig
 from apikeyrouter.errors import ActorStopped, InvalidRequest, RouterNotRunning, UnknownKey, UnknownProvider
 from apikeyrouter.kernel.actor import ActorRef
-from apikeyrouter.messages.budget import BudgetCommand, SetBudget
-from apikeyrouter.messages.key import KeyCommand, Operate
+from apikeyrouter.messages.budget import BudgetCommand, SetBudget, SetBudgets
+from apikeyrouter.messages.key import ApplyShared, KeyCommand, Operate
 from apikeyrouter.messages.router import RouterCommand
 from apikeyrouter.observe import Event, EventBus, KeyRegistered
 from apikeyrouter.runtime.api import APIKey
 from apikeyrouter.runtime.deps import Routing, parse_objective
+from apikeyrouter.runtime.policies import PolicyBook
 from apikeyrouter.runtime.tree import key_child, provider_child
 from apikeyrouter.secret import Secret, secret_problem
 from apikeyrouter.store.memory import StateStore
+from apikeyrouter.store.redis_shared import SharedLimits
 from apikeyrouter.supervisors import Supervisor
 
 __all__ = ["Registry"]
@@ -105,6 +111,13 @@ class Registry:
         self.key_meta: dict[str, APIKey] = {}
         self.budget_specs: list[BudgetSpec] = month_specs(config)
         self.api_budgets: dict[str, BudgetSpec] = {}  # key budgets set through register_key
+        self.budget_templates: list[BudgetSpec] = client_templates(config)
+        self.rate_limits = rate_limits(config)
+        self.clients = {c.id: c for c in config.clients}
+        self.ratios: dict[tuple[str, str], reconcile.Ratio] = {}  # reconcile: learned per (provider, model)
+        self.policy_book = PolicyBook(
+            config.policies, universe=self.policy_universe, wall_offset=lambda: self.wall_offset
+        )
         # Bounded: clients choose model names, so a cache keyed by them must not grow with what they invent.
         self._price_cache: OrderedDict[tuple[str, str], ModelPrice | None] = OrderedDict()
         self._ids = itertools.count(1)
@@ -112,6 +125,7 @@ class Registry:
         self._providers: dict[str, ProviderActor] = {}
         self._router: RouterActor | None = None
         self._budgets: BudgetActor | None = None
+        self.shared: SharedLimits | None = None  # set while running with [store] kind = "redis" (open.py)
 
     # -- Deps -----------------------------------------------------------------------------------------
 
@@ -128,7 +142,7 @@ class Registry:
 
     @property
     def budgets_enabled(self) -> bool:
-        return bool(self.budget_specs)
+        return bool(self.budget_specs or self.budget_templates or self.rate_limits)
 
     def adapter(self, provider_id: str) -> ProviderAdapter | None:
         return self.adapters.get(provider_id)
@@ -145,6 +159,15 @@ class Registry:
             raise ActorStopped(f"key:{key_id}", "is restarting")
         self._key_refs[key_id] = actor.ref
         return actor.ref
+
+    async def apply_shared(self, key_id: str, change: ApplyShared) -> None:
+        """A bench another instance published: to this instance's key actor (a key not here is skipped)."""
+        try:
+            ref = self.key_ref(key_id)
+        except (UnknownKey, UnknownProvider, ActorStopped, RouterNotRunning):
+            return
+        with contextlib.suppress(ActorStopped):
+            await ref.tell(change)
 
     def provider(self, provider_id: str) -> ProviderActor:
         actor = self._providers.get(provider_id)
@@ -177,6 +200,54 @@ class Registry:
             actor = self._budgets = found
         return actor
 
+    def client_config(self, client_id: str) -> ClientConfig | None:
+        return self.clients.get(client_id)
+
+    def policy_for(
+        self, model: str, client: str | None, team: str | None, tags: frozenset[str], now: float
+    ) -> EffectivePolicy | None:
+        return self.policy_book.effective(model, client, team, tags, now)
+
+    def reconcile(self, provider: str, model: str, estimated_input: int, max_output: int, usage: Usage) -> None:
+        if len(self.ratios) >= 4096 and (provider, model) not in self.ratios:
+            return  # bounded: model names come from callers
+        self.ratios = reconcile.observe(
+            self.ratios,
+            provider,
+            model,
+            estimated_input=estimated_input,
+            max_output=max_output,
+            actual_input=usage.input_tokens,
+            actual_output=usage.output_tokens,
+        )
+
+    def policy_universe(self) -> Universe:
+        """What policies may name: the config's parts plus what the library registered since."""
+        cfg = self.config
+        base = universe_of(cfg.providers, cfg.keys, cfg.teams, cfg.clients)
+        extra_providers = set(self.adapters) - {p.id for p in cfg.providers}
+        return attrs.evolve(
+            base,
+            models=None if extra_providers else base.models,
+            providers=frozenset(base.providers or ()) | set(self.adapters),
+            keys=frozenset(base.keys or ()) | set(self.key_provider),
+        )
+
+    async def set_policies(self, policies: Sequence[Policy], *, who: str, action: str = "replace") -> None:
+        """Validate and apply a whole policy set, then give the budget actor the policies' budgets."""
+        self.policy_book.replace(policies, who=who, now=trio.current_time(), action=action)
+        await self.sync_policy_budgets()
+
+    async def sync_policy_budgets(self) -> None:
+        kept = [s for s in self.budget_specs if not s.id.startswith("policy:")]
+        specs = kept + policy_specs(self.policy_book.policies, self.config.budgets.timezone)
+        if specs == self.budget_specs:
+            return
+        self.budget_specs = specs
+        if self.running:
+            msg = SetBudgets(tuple(specs), tuple(self.budget_templates), tuple(self.rate_limits))
+            await self.budget_ref().tell(msg)
+
     def budget_ref(self) -> ActorRef[BudgetCommand]:
         return self.budget_actor().ref
 
@@ -186,7 +257,14 @@ class Registry:
         self.events.publish(event)
 
     def make_budgets(self) -> BudgetActor:
-        return BudgetActor(self.budget_specs, store=self.store, events=self.events)
+        return BudgetActor(
+            self.budget_specs,
+            store=self.store,
+            events=self.events,
+            templates=self.budget_templates,
+            limits=self.rate_limits,
+            wall_offset=self.wall_offset,
+        )
 
     def make_router(self) -> RouterActor:
         return RouterActor(
@@ -415,6 +493,7 @@ class Registry:
 
     def apply_routing(self, new: RouterConfig) -> None:
         self.config = new
+        self.clients = {c.id: c for c in new.clients}
         self.routing.objective = parse_objective(new.routing.objective)
         self.routing.max_attempts = new.routing.max_attempts
         self.routing.wait_for_reset = new.routing.wait_for_reset

@@ -12,7 +12,7 @@ from __future__ import annotations
 import structlog
 import trio
 
-from apikeyrouter.actors.budget import month_specs
+from apikeyrouter.actors.budget import client_templates, month_specs, rate_limits
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.adapters.factory import build_adapters
 from apikeyrouter.config import RouterConfig
@@ -58,10 +58,13 @@ async def apply_config(reg: Registry, new: RouterConfig) -> dict[str, list[str]]
         await reg.remove_provider(pid)
         report["providers_removed" if pid not in changed_providers else "providers_changed"].append(pid)
     reg.apply_routing(new)
+    if new.policies != reg.policy_book.policies:  # a reload sets the file's policies (validated on load)
+        reg.policy_book.replace(new.policies, who="config reload", now=trio.current_time())
     specs = [*month_specs(new), *reg.api_budgets.values()]
-    if specs or reg.budget_specs:
-        reg.budget_specs = specs
-        await reg.budget_ref().tell(SetBudgets(tuple(specs)))
+    templates, limits = client_templates(new), rate_limits(new)
+    if specs or templates or limits or reg.budgets_enabled:
+        reg.budget_specs, reg.budget_templates, reg.rate_limits = specs, templates, limits
+        await reg.budget_ref().tell(SetBudgets(tuple(specs), tuple(templates), tuple(limits)))
     await _add_providers(reg, new, built, changed_providers, report)
     await _add_keys(reg, new, {k.id for k in keys.changed}, {k.id for k in moved}, report)
     reg.events.publish(ConfigReloaded(trio.current_time(), **report))

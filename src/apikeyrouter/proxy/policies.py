@@ -1,0 +1,83 @@
+"""The policy endpoints: `GET /policies`, `POST /policies`, `DELETE /policies/{id}`, `POST /policies/dry-run`,
+`GET /policies/audit`. Every route here needs the admin token; the handlers in app.py are one line each.
+
+`POST /policies` takes one policy (a table like `[[policies]]`) or `{"policies": [...]}`, which replaces the
+whole set; either is validated with the rest of the live set and applied at once, or refused with a 400
+listing every error (`policies[3].match.models: unknown model 'gpt-5o'`), nothing changed. Changes are
+audited under the admin token's fingerprint (never the token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from apikeyrouter.domain.policy import Policy
+from apikeyrouter.errors import InvalidRequest
+from apikeyrouter.proxy._http import HTTPError
+
+__all__ = ["PolicyAPI", "PolicyRouter"]
+
+
+@runtime_checkable
+class PolicyRouter(Protocol):
+    def policies(self) -> list[dict[str, Any]]: ...
+
+    def policy_audit(self, limit: int = 50) -> list[dict[str, Any]]: ...
+
+    async def set_policies(self, policies: Sequence[Policy | Mapping[str, Any]], *, who: str = ...) -> None: ...
+
+    async def configure_policy(self, policy: Policy | Mapping[str, Any], *, who: str = ...) -> None: ...
+
+    async def remove_policy(self, policy_id: str, *, who: str = ...) -> bool: ...
+
+    def dry_run_policy(
+        self, policies: Sequence[Policy | Mapping[str, Any]], requests: Sequence[Any] | None = None
+    ) -> dict[str, Any]: ...
+
+
+def _rejected(exc: InvalidRequest) -> HTTPError:
+    errors = list(getattr(exc, "errors", ()) or [str(exc)])
+    return HTTPError(400, "invalid policies: " + "; ".join(errors), param="policies", code="invalid_policies")
+
+
+class PolicyAPI:
+    def __init__(self, router: PolicyRouter) -> None:
+        self.router = router
+
+    def list(self) -> tuple[int, Any]:
+        return 200, {"object": "list", "data": self.router.policies()}
+
+    def audit(self) -> tuple[int, Any]:
+        return 200, {"object": "list", "data": self.router.policy_audit(200)}
+
+    async def post(self, body: Any, who: str) -> tuple[int, Any]:
+        if not isinstance(body, Mapping):
+            raise HTTPError(400, 'the body must be a policy object or {"policies": [...]}', param="policies")
+        try:
+            if "policies" in body:
+                items = body["policies"]
+                if not isinstance(items, list):
+                    raise HTTPError(400, "'policies' must be a list of policy objects", param="policies")
+                await self.router.set_policies(items, who=who)
+            else:
+                await self.router.configure_policy(body, who=who)
+        except InvalidRequest as exc:
+            raise _rejected(exc) from None
+        return 200, {"object": "list", "data": self.router.policies()}
+
+    async def delete(self, policy_id: str, who: str) -> tuple[int, Any]:
+        if not await self.router.remove_policy(policy_id, who=who):
+            raise HTTPError(404, f"no policy with id '{policy_id}'", type="not_found_error", code="policy_not_found")
+        return 200, {"id": policy_id, "deleted": True}
+
+    def dry_run(self, body: Any) -> tuple[int, Any]:
+        if not isinstance(body, Mapping) or not isinstance(body.get("policies"), list):
+            raise HTTPError(400, 'the body must be {"policies": [...], "requests": [...]?}', param="policies")
+        requests = body.get("requests")
+        if requests is not None and not isinstance(requests, list):
+            raise HTTPError(400, "'requests' must be a list of requests", param="requests")
+        try:
+            return 200, self.router.dry_run_policy(body["policies"], requests)
+        except InvalidRequest as exc:
+            raise _rejected(exc) from None

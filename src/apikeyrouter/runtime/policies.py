@@ -1,0 +1,143 @@
+"""The live policy set: one immutable tuple swapped whole, a bounded cache of resolutions, and an audit.
+
+A request resolves its effective policy once (domain/policy.py `resolve`), from a cache keyed by what
+resolution reads — (model, client, team, tags, wall hour) — so with 100 policies loaded a decision
+pays a dict lookup, not a scan. Every change replaces the tuple and clears the cache in one step (the
+event loop runs one task at a time: no request ever sees half a change). A change is validated before
+it is applied: a set with any error is refused whole, with every error.
+
+The audit keeps the recent changes: who (the admin token's fingerprint, "config", "library"), when
+(wall clock, for humans), what (configure / remove / replace) and the policy before and after.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import attrs
+
+from apikeyrouter.domain.policy import EffectivePolicy, Policy, RequestContext, Universe, resolve, validate
+from apikeyrouter.domain.walltime import render_wall
+from apikeyrouter.errors import InvalidRequest
+
+__all__ = ["PolicyBook", "PolicyRejected", "policy_json"]
+
+_CACHE = 4096
+_AUDIT = 200
+
+
+class PolicyRejected(InvalidRequest):
+    """A policy change failed validation; `errors`: every problem as "policies[i].field: message"."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        super().__init__("invalid policies: " + "; ".join(errors), param="policies")
+        self.errors = tuple(errors)
+
+
+def policy_json(policy: Policy) -> dict[str, Any]:
+    """A policy as plain JSON values (Decimals as strings)."""
+
+    def value(v: Any) -> Any:
+        if attrs.has(type(v)):
+            return {f.name: value(getattr(v, f.name)) for f in attrs.fields(type(v))}
+        if isinstance(v, tuple):
+            return [value(x) for x in v]
+        if isinstance(v, dict):
+            return {k: value(x) for k, x in v.items()}
+        if v is None or isinstance(v, bool | int | float | str):
+            return v
+        return str(v)
+
+    out: dict[str, Any] = value(policy)
+    return out
+
+
+class PolicyBook:
+    def __init__(
+        self, policies: Iterable[Policy], *, universe: Callable[[], Universe], wall_offset: Callable[[], float]
+    ):
+        self._policies: tuple[Policy, ...] = tuple(policies)
+        self._universe = universe
+        self._wall_offset = wall_offset
+        self._cache: OrderedDict[tuple[Any, ...], EffectivePolicy] = OrderedDict()
+        self.audit: deque[dict[str, Any]] = deque(maxlen=_AUDIT)
+        self.version = 0
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        return self._policies
+
+    def get(self, policy_id: str) -> Policy | None:
+        return next((p for p in self._policies if p.id == policy_id), None)
+
+    # -- reading ----------------------------------------------------------------------------------------
+
+    def effective(
+        self, model: str, client: str | None, team: str | None, tags: frozenset[str], now: float
+    ) -> EffectivePolicy | None:
+        """The effective policy of a request (None when no policy is loaded: the router's fast path)."""
+        if not self._policies:
+            return None
+        wall = now + self._wall_offset()
+        key = (model, client, team, tags, int(wall // 3600))  # time-of-day matches are by the hour
+        found = self._cache.get(key)
+        if found is None:
+            found = resolve(self._policies, RequestContext(model, client, team, tags, wall))
+            self._cache[key] = found
+            if len(self._cache) > _CACHE:
+                self._cache.popitem(last=False)
+        return found
+
+    def check(self, policies: Sequence[Policy], indexes: Sequence[int] | None = None) -> list[str]:
+        """Every problem as `policies[i].field: message`; `indexes`: each policy's place among what the
+        caller was given (when some could not even be structured), so paths point at the caller's list."""
+        out = []
+        for path, message in validate(policies, self._universe()):
+            if indexes is not None:
+                head, _, rest = path.partition("]")
+                path = f"policies[{indexes[int(head.removeprefix('policies['))]}]{rest}"
+            out.append(f"{path}: {message}")
+        return out
+
+    # -- changing ---------------------------------------------------------------------------------------
+
+    def replace(self, policies: Sequence[Policy], *, who: str, now: float, action: str = "replace") -> None:
+        """Validate the whole new set, then apply it at once (or raise `PolicyRejected`, nothing changed)."""
+        errors = self.check(policies)
+        if errors:
+            raise PolicyRejected(errors)
+        before = {p.id: p for p in self._policies}
+        after = {p.id: p for p in policies}
+        self._policies = tuple(policies)
+        self._cache.clear()
+        self.version += 1
+        for pid in sorted(before.keys() | after.keys()):
+            if before.get(pid) != after.get(pid):
+                self._audit(who, now, action, before.get(pid), after.get(pid), pid)
+
+    def configure(self, policy: Policy, *, who: str, now: float) -> None:
+        """Add a policy, or replace the one with its id."""
+        kept = [p for p in self._policies if p.id != policy.id]
+        at = next((i for i, p in enumerate(self._policies) if p.id == policy.id), len(kept))
+        self.replace([*kept[:at], policy, *kept[at:]], who=who, now=now, action="configure")
+
+    def remove(self, policy_id: str, *, who: str, now: float) -> bool:
+        if self.get(policy_id) is None:
+            return False
+        self.replace([p for p in self._policies if p.id != policy_id], who=who, now=now, action="remove")
+        return True
+
+    def _audit(self, who: str, now: float, action: str, before: Policy | None, after: Policy | None, pid: str) -> None:
+        self.audit.append(
+            {
+                "at": now,
+                "at_wall": render_wall(now, self._wall_offset()),
+                "who": who,
+                "action": action,
+                "policy": pid,
+                "before": None if before is None else policy_json(before),
+                "after": None if after is None else policy_json(after),
+            }
+        )

@@ -1,0 +1,170 @@
+"""One Redis connection pool, driven from trio: redis-py's sync client in worker threads.
+
+Why the sync client in threads rather than redis-py's asyncio client: the asyncio client needs an
+asyncio loop, and hosting one beside trio (a guest run, or a bridge) puts a second scheduler on the
+request path with its own cancellation rules. A thread per call costs ~50 µs, runs through a
+`CapacityLimiter` (bounded: a slow Redis cannot grow threads without limit) and is cancelled the trio way:
+every call runs under `fail_after(deadline)` with `abandon_on_cancel=True`, so the caller is never held
+past its deadline; the abandoned thread ends at the socket timeout (the same deadline), still holding its
+limiter token until then. An abandoned call may still have run on the server: callers treat a timeout
+as "maybe applied" (a reserve is followed by a release, which is idempotent).
+
+Every failure (refused connection, timeout, a script error) is one `StoreUnavailable`, and flips `up` to
+False until a call succeeds again; each flip is logged once, not per call.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import structlog
+import trio
+
+from apikeyrouter.errors import ConfigError
+from apikeyrouter.store.redis_lua import HEARTBEAT, REPLAY, RESERVE, SETTLE, SHARE_STATE
+
+try:
+    import redis
+except ImportError:  # an optional extra: only `[store] kind = "redis"` needs it, and says so (RedisLink)
+    redis = None  # type: ignore[assignment]
+
+__all__ = ["RedisLink", "StoreUnavailable"]
+
+log = structlog.get_logger("apikeyrouter.store")
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """Redis did not answer in time, refused, or failed the call. `reason` is safe to show (no URL password)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RedisLink:
+    def __init__(self, url: str, *, deadline: float, max_threads: int = 16) -> None:
+        self.deadline = deadline
+        self.up = False
+        self.last_error: str | None = None
+        self.calls = 0
+        self.failures = 0
+        if redis is None:
+            raise ConfigError(
+                "the redis store needs redis-py: pip install 'apikeyrouter[redis]' @ config.store.kind",
+                path="config.store.kind",
+            )
+        try:
+            self._client: redis.Redis = redis.Redis.from_url(
+                url, socket_timeout=deadline, socket_connect_timeout=deadline, retry_on_timeout=False
+            )
+        except ValueError as exc:  # the message is redis-py's, about the URL's shape; the URL is never shown
+            raise ConfigError(f"invalid redis url ({exc}) @ config.store.url", path="config.store.url") from None
+        self._limiter = trio.CapacityLimiter(max_threads)
+        # Script objects send EVALSHA and load the script once when the server does not know it (NOSCRIPT).
+        self._reserve = self._client.register_script(RESERVE)
+        self._settle = self._client.register_script(SETTLE)
+        self._heartbeat = self._client.register_script(HEARTBEAT)
+        self._share = self._client.register_script(SHARE_STATE)
+        self._replay = self._client.register_script(REPLAY)
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        self.calls += 1
+        try:
+            with trio.fail_after(self.deadline):
+                result = await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)
+        except trio.TooSlowError:
+            self._down(f"no answer within {self.deadline:g} s")
+        except (redis.RedisError, OSError) as exc:
+            self._down(f"{type(exc).__name__}: {_first_line(exc)}")
+        if not self.up:
+            log.info("redis_up", calls=self.calls)
+        self.up, self.last_error = True, None
+        return result
+
+    def _down(self, reason: str) -> Any:
+        self.failures += 1
+        if self.up or self.last_error is None:
+            log.warning("redis_down", reason=reason)
+        self.up, self.last_error = False, reason
+        raise StoreUnavailable(reason)
+
+    async def reserve(self, args: list[str]) -> list[Any]:
+        result: list[Any] = await self._call(functools.partial(self._reserve, keys=[], args=args))
+        return result
+
+    async def settle(self, args: list[str]) -> None:
+        await self._call(functools.partial(self._settle, keys=[], args=args))
+
+    async def settle_many(self, batch: list[list[str]]) -> None:
+        """Many settlements in one pipelined round trip (one transaction-free batch of EVALSHAs).
+
+        Plain EVALSHAs rather than redis-py's Script objects in the pipeline: those check SCRIPT EXISTS
+        first, a second round trip per batch. A Redis that forgot the script (restarted) answers NOSCRIPT
+        to every one of them, so none ran: load it and send the batch again."""
+        sha = self._settle.sha
+
+        def run() -> None:
+            for attempt in (1, 2):
+                pipe = self._client.pipeline(transaction=False)
+                for args in batch:
+                    pipe.evalsha(sha, 0, *args)
+                try:
+                    pipe.execute()
+                    return
+                except redis.exceptions.NoScriptError:
+                    if attempt == 2:
+                        raise
+                    self._client.script_load(SETTLE)
+
+        await self._call(run)
+
+    async def replay(self, instance: str, key_id: str, entries: list[tuple[int, int]]) -> None:
+        args = [instance, key_id, str(len(entries))]
+        for age_ms, tokens in entries:
+            args += [str(age_ms), str(tokens)]
+        await self._call(functools.partial(self._replay, keys=[], args=args))
+
+    async def heartbeat(self, instance: str, ttl_ms: int, *, fresh: bool) -> tuple[int, int]:
+        args = [instance, str(ttl_ms), "1" if fresh else "0"]
+        live, reclaimed, _ = await self._call(functools.partial(self._heartbeat, keys=[], args=args))
+        return int(live), int(reclaimed)
+
+    async def share(self, key_id: str, what: str, value: str, ttl_ms: int) -> bool:
+        """Write a bench or lifecycle for every instance: True when Redis did not know it yet."""
+        changed = await self._call(functools.partial(self._share, keys=[], args=[key_id, what, value, str(ttl_ms)]))
+        return bool(changed)
+
+    def subscriber(self, channel: str) -> Callable[[float], dict[str, Any] | None]:
+        """A blocking `next(wait_s)` over `channel`'s messages (run it in a thread): a message, or None."""
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        subscribed = False
+
+        def next_message(wait_s: float) -> dict[str, Any] | None:
+            nonlocal subscribed
+            try:
+                if not subscribed:
+                    pubsub.subscribe(channel)
+                    subscribed = True
+                found: dict[str, Any] | None = pubsub.get_message(timeout=wait_s)
+            except (redis.RedisError, OSError) as exc:
+                subscribed = False  # subscribe again on the next connection
+                pubsub.reset()
+                raise StoreUnavailable(f"{type(exc).__name__}: {_first_line(exc)}") from None
+            return found
+
+        return next_message
+
+    async def publish(self, channel: str, message: str) -> None:
+        await self._call(functools.partial(self._client.publish, channel, message))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

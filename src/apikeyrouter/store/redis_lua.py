@@ -1,0 +1,253 @@
+"""The Lua scripts that make shared limits atomic on one Redis, and the key names they use.
+
+Each script runs as one atomic step on the server, on the server's clock (`TIME`, milliseconds): every
+instance sees the same time, so no clock skew between hosts can widen a window or stretch a lease.
+
+Layout (all under `akr:`; `K` a key id, `B` a budget id, `I` an instance id):
+
+    akr:w:K      ZSET  request log of the key's 60 s window: member "rid|tokens", score = reserved at (ms)
+    akr:wt:K     STR   the tokens of the members above (kept in step, so tpm needs no scan)
+    akr:f:K      ZSET  in-flight reservations: member rid, score = its lease end (ms)
+    akr:bench:K  STR   the key is benched for every instance (an open breaker, a throttle) until its PTTL ends
+    akr:life:K   STR   a lifecycle state shared without end ("invalid", "revoked"), cleared by an enable
+    akr:b:B      HASH  p = period index, spent, res (nano-dollars, integers)
+    akr:bh:B     ZSET  holds: member rid, score = lease end (ms)
+    akr:ba:B     HASH  hold amounts: rid -> nano-dollars
+    akr:ix:I     HASH  what instance I holds: rid -> "fkey budget budget ..." (to reclaim it when I dies)
+    akr:inst     ZSET  live instances: member I, score = heartbeat expiry (ms)
+
+Windows are sliding logs, not GCRA: a provider's "rpm" counts requests in any trailing minute, and a
+log holds exactly that (at most `rpm` members in any 60 s), where GCRA's burst plus refill lets up to
+twice the limit through in a minute that starts with a full bucket. The log costs one member per
+request in the window (bounded by the limit itself) and trimming is amortised O(1).
+
+Money is integer nano-dollars (exact in Lua's doubles below 2**53, about $9 million per budget).
+Numbers go back to Redis through `s()`, because Lua would print 1e15 as "1e+15", which HINCRBY refuses.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["HEARTBEAT", "PREFIX", "REPLAY", "RESERVE", "SETTLE", "SHARE_STATE"]
+
+PREFIX: Final = "akr:"
+
+_COMMON = """
+local function s(n) return string.format('%d', n) end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- trim a window log: members older than cutoff leave, their tokens with them
+local function trim(w, wt, cutoff)
+  local old = redis.call('ZRANGEBYSCORE', w, '-inf', '(' .. s(cutoff))
+  if #old == 0 then return end
+  local gone = 0
+  for _, m in ipairs(old) do gone = gone + tonumber(string.match(m, '|(%d+)$')) end
+  redis.call('ZREMRANGEBYSCORE', w, '-inf', '(' .. s(cutoff))
+  redis.call('DECRBY', wt, s(gone))
+end
+-- free the holds of a budget whose lease ended
+local function expire_holds(b, bh, ba, now)
+  local old = redis.call('ZRANGEBYSCORE', bh, '-inf', s(now))
+  if #old == 0 then return end
+  for _, rid in ipairs(old) do
+    local amt = redis.call('HGET', ba, rid)
+    if amt then redis.call('HINCRBY', b, 'res', '-' .. amt); redis.call('HDEL', ba, rid) end
+  end
+  redis.call('ZREMRANGEBYSCORE', bh, '-inf', s(now))
+end
+local function roll(b, period_s, now)
+  local p = 0
+  if period_s > 0 then p = math.floor(now / 1000 / period_s) elseif period_s < 0 then p = -period_s end
+  if tonumber(redis.call('HGET', b, 'p') or '-1') ~= p then
+    redis.call('HSET', b, 'p', s(p), 'spent', '0')
+  end
+end
+local function unhold(bkey, rid)
+  local bh, ba = 'akr:bh:' .. bkey, 'akr:ba:' .. bkey
+  local amt = redis.call('HGET', ba, rid)
+  if amt then
+    redis.call('HINCRBY', 'akr:b:' .. bkey, 'res', '-' .. amt)
+    redis.call('HDEL', ba, rid)
+    redis.call('ZREM', bh, rid)
+  end
+end
+local function reclaim(inst)
+  local ix = 'akr:ix:' .. inst
+  local entries = redis.call('HGETALL', ix)
+  for i = 1, #entries, 2 do
+    local rid = entries[i]
+    local first = true
+    for part in string.gmatch(entries[i + 1], '%S+') do
+      if first then redis.call('ZREM', 'akr:f:' .. part, rid); first = false else unhold(part, rid) end
+    end
+  end
+  redis.call('DEL', ix)
+  return #entries / 2
+end
+"""
+
+# KEYS: none (names are built from ARGV, for a single Redis, not a cluster).
+# ARGV: inst, rid, key, tokens, rpm, tpm, max_in_flight (-1: none), lease_ms, amount (nano$), n, then n x
+#       (budget id, limit nano$, period: period_s > 0, or minus a calendar period's start, or 0: none)
+# Returns {"ok", now} or {refusal kind, retry_ms (-1: unknown, -2: never), detail...}.
+RESERVE: Final = (
+    _COMMON
+    + """
+local inst, rid, key = ARGV[1], ARGV[2], ARGV[3]
+local tokens, rpm, tpm, maxf = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local lease, amount, n = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
+local now = now_ms()
+local w, wt, f = 'akr:w:' .. key, 'akr:wt:' .. key, 'akr:f:' .. key
+local life = redis.call('GET', 'akr:life:' .. key)
+if life then return {'lifecycle', -1, life} end
+local bench = redis.call('PTTL', 'akr:bench:' .. key)
+if bench > 0 then return {'bench', bench, redis.call('GET', 'akr:bench:' .. key) or ''} end
+redis.call('ZREMRANGEBYSCORE', f, '-inf', s(now))
+if maxf >= 0 and redis.call('ZCARD', f) >= maxf then return {'in_flight', -1, s(maxf)} end
+trim(w, wt, now - 60000)
+if rpm >= 0 and redis.call('ZCARD', w) >= rpm then
+  if rpm == 0 then return {'rpm', -2, s(rpm)} end
+  local oldest = redis.call('ZRANGE', w, 0, 0, 'WITHSCORES')
+  return {'rpm', tonumber(oldest[2]) + 60000 - now, s(rpm)}
+end
+if tpm >= 0 then
+  local used = tonumber(redis.call('GET', wt) or '0')
+  if used + tokens > tpm then
+    if tokens > tpm then return {'tpm', -2, s(tpm)} end
+    local excess = used + tokens - tpm
+    local log = redis.call('ZRANGE', w, 0, -1, 'WITHSCORES')
+    for i = 1, #log, 2 do
+      excess = excess - tonumber(string.match(log[i], '|(%d+)$'))
+      if excess <= 0 then return {'tpm', tonumber(log[i + 1]) + 60000 - now, s(tpm)} end
+    end
+    return {'tpm', 60000, s(tpm)}
+  end
+end
+local base = 10
+for i = 0, n - 1 do
+  local bid, limit, period = ARGV[base + 1 + i * 3], tonumber(ARGV[base + 2 + i * 3]), tonumber(ARGV[base + 3 + i * 3])
+  local b, bh, ba = 'akr:b:' .. bid, 'akr:bh:' .. bid, 'akr:ba:' .. bid
+  expire_holds(b, bh, ba, now)
+  roll(b, period, now)
+  if not redis.call('HGET', ba, rid) then
+    local spent = tonumber(redis.call('HGET', b, 'spent') or '0')
+    local res = tonumber(redis.call('HGET', b, 'res') or '0')
+    if spent + res + tonumber(amount) > limit then
+      return {'budget', -1, bid, s(limit), s(spent), s(res)}
+    end
+  end
+end
+local index = key
+for i = 0, n - 1 do
+  local bid = ARGV[base + 1 + i * 3]
+  local ba = 'akr:ba:' .. bid
+  if not redis.call('HGET', ba, rid) then
+    redis.call('HSET', ba, rid, amount)
+    redis.call('HINCRBY', 'akr:b:' .. bid, 'res', amount)
+    redis.call('ZADD', 'akr:bh:' .. bid, s(now + lease), rid)
+  end
+  index = index .. ' ' .. bid
+end
+redis.call('ZADD', w, s(now), rid .. '|' .. s(tokens))
+redis.call('INCRBY', wt, s(tokens))
+redis.call('ZADD', f, s(now + lease), rid)
+redis.call('HSET', 'akr:ix:' .. inst, rid, index)
+return {'ok', now}
+"""
+)
+
+# ARGV: inst, rid, key, est_tokens, actual_tokens (-1: release, the provider never saw it), charge (nano$,
+#       -1: none), n, then n x (budget id, period_s)
+SETTLE: Final = (
+    _COMMON
+    + """
+local inst, rid, key = ARGV[1], ARGV[2], ARGV[3]
+local est, actual, charge, n = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local now = now_ms()
+local w, wt = 'akr:w:' .. key, 'akr:wt:' .. key
+local member = rid .. '|' .. s(est)
+if actual < 0 then
+  if redis.call('ZREM', w, member) == 1 then redis.call('DECRBY', wt, s(est)) end
+elseif actual ~= est then
+  local at = redis.call('ZSCORE', w, member)
+  if at then
+    redis.call('ZREM', w, member)
+    redis.call('ZADD', w, at, rid .. '|' .. s(actual))
+    redis.call('INCRBY', wt, s(actual - est))
+  end
+end
+redis.call('ZREM', 'akr:f:' .. key, rid)
+for i = 0, n - 1 do
+  local bid, period = ARGV[8 + i * 2], tonumber(ARGV[9 + i * 2])
+  unhold(bid, rid)
+  if tonumber(charge) >= 0 then
+    roll('akr:b:' .. bid, period, now)
+    redis.call('HINCRBY', 'akr:b:' .. bid, 'spent', charge)
+  end
+end
+redis.call('HDEL', 'akr:ix:' .. inst, rid)
+return now
+"""
+)
+
+# ARGV: inst, ttl_ms, reclaim_self ("1": this instance's previous life left holds behind; give them back)
+# Returns {live instances, reservations reclaimed, now}.
+HEARTBEAT: Final = (
+    _COMMON
+    + """
+local inst, ttl, fresh = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local now = now_ms()
+local reclaimed = 0
+if fresh == '1' then reclaimed = reclaimed + reclaim(inst) end
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', 'akr:inst', '-inf', s(now))) do
+  if dead ~= inst then reclaimed = reclaimed + reclaim(dead) end
+  redis.call('ZREM', 'akr:inst', dead)
+end
+redis.call('ZADD', 'akr:inst', s(now + ttl), inst)
+return {redis.call('ZCOUNT', 'akr:inst', s(now), '+inf'), reclaimed, now}
+"""
+)
+
+# Share a key's bench or lifecycle with every instance. ARGV: key, what ("bench" | "life" | "clear"),
+# value, ttl_ms (bench only). Returns 1 when it changed something (the caller then publishes it), 0 when
+# Redis knew already: an instance applying another's bench shares it back within a second of the same
+# end, which changes nothing here, so an echo is never published again (no ping-pong between instances).
+SHARE_STATE: Final = """
+local key, what, value, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+if what == 'bench' then
+  local left = redis.call('PTTL', 'akr:bench:' .. key)
+  if ttl <= left + 1000 then return 0 end
+  redis.call('SET', 'akr:bench:' .. key, value, 'PX', string.format('%d', ttl))
+  return 1
+elseif what == 'life' then
+  if redis.call('GET', 'akr:life:' .. key) == value then return 0 end
+  redis.call('SET', 'akr:life:' .. key, value)
+  return 1
+end
+return redis.call('DEL', 'akr:life:' .. key, 'akr:bench:' .. key) > 0 and 1 or 0
+"""
+
+# What an instance admitted on its local share while Redis was away, written into the key's window when
+# it is back, so the requests already sent count against the rest of their minute. ARGV: inst, key, n,
+# then n x (age_ms, tokens). Replayed members are named "<inst>/replay/<n>:<now>" (never settled).
+REPLAY: Final = (
+    _COMMON
+    + """
+local inst, key, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now = now_ms()
+local w, wt = 'akr:w:' .. key, 'akr:wt:' .. key
+local total = 0
+for i = 0, n - 1 do
+  local age, tokens = tonumber(ARGV[4 + i * 2]), tonumber(ARGV[5 + i * 2])
+  if age < 60000 then
+    redis.call('ZADD', w, s(now - age), inst .. '/replay/' .. s(i) .. ':' .. s(now) .. '|' .. s(tokens))
+    total = total + tokens
+  end
+end
+redis.call('INCRBY', wt, s(total))
+return n
+"""
+)
