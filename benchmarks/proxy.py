@@ -8,21 +8,25 @@ process is used (it costs more per request than wrk, so its req/s figures are a 
 - upstream: `--upstream sim` (default) is `python -m apikeyrouter sim --port 0` with limits high enough never
   to trip; `--upstream fixed` is a minimal fixed HTTP/1.1 server in this script (trio, raw sockets,
   keep-alive) answering every POST with the same `chat.completion` JSON, so the upstream costs next to nothing;
+- floor: `benchmarks/floor.py`, the least a forwarder on this stack costs (trio + h11 server, a keep-alive
+  h11 client pool, orjson; no routing), measured in the same rounds so `serve`'s ratio to it shows;
 - proxy: the real thing, `python -m apikeyrouter serve --config <generated router.toml>`: the supervision tree
-  (router actor, key actors, provider actor with httpx) behind `ProxyApp` on hypercorn's trio worker, with
+  (router actor, key actors, provider actor with httpx) behind `ProxyApp` on our h11 server, with
   four simulated keys whose limits never interfere, the debug channel off and logging at "warning" (no
   per-request log line). A second `serve` at logging level "info" (one JSON line per request, to a file) is
   measured once, so the cost of request logging shows;
 - load: wrk (or the fallback), one connection for latency, 32 for throughput.
 
 With two or more cores the proxy is pinned to core 0 and the upstream and the load to the others, so the
-figures are "one proxy process on one core". Each figure is the median of `repeats` rounds; in each round
-direct, proxied and `/health` are measured in turn, so machine noise hits them alike. `proxy_cpu_us` is the
+figures are "one proxy process on one core" (the floor is pinned the same way). Each figure is the median of
+`repeats` rounds; in each round direct, floor, proxied and `/health` are measured in turn, so machine noise
+hits them alike. `proxy_cpu_us` is the
 proxy's CPU time (user + system) per request under the concurrency-32 load: at 100% CPU, req/s is its inverse.
 Two in-process figures help split the proxied latency: `embedded_p50_us` (the library `router.route()`
 against the same upstream, no HTTP server) and `app_only_us` (`ProxyApp` alone with a router that answers
 at once, no sockets). The last line is one JSON object: direct_p50_us, proxy_p50_us, added_p50_us, direct_rps,
-proxy_rps, proxy_rss_mib, plus p99s, the info-logging figures and the rest.
+proxy_rps, proxy_rss_mib, proxy_cpu_us, the floor's figures (floor_added_p50_us, floor_rps, floor_cpu_us) and
+the proxy's ratios to them (proxy_over_floor_*), plus p99s, the info-logging figures and the rest.
 `--profile FILE` also samples the proxy with py-spy (`pip install py-spy`) under the concurrency-32 load and
 writes its top costs, grouped by stage of the request path, to FILE (collapsed stacks next to it).
 """
@@ -147,7 +151,7 @@ async def run_fixed_upstream(port: int) -> None:
         print(f"fixed upstream listening on http://127.0.0.1:{listeners[0].socket.getsockname()[1]}", flush=True)
 
 
-# -- in-process figures: the library router alone, the ASGI app alone -------------------------------------
+# -- in-process figures: the library router alone, the app alone -------------------------------------
 
 
 def _quiet_logging(level: str) -> None:
@@ -218,41 +222,64 @@ class _InstantRouter:
         return []
 
 
+class _NullResponse:
+    """Where the app's answer goes when there is no socket: `http11.Response`'s surface, writing nothing."""
+
+    started = finished = False
+    status = 0
+
+    async def respond(self, status: int, headers: Any, body: bytes) -> None:
+        self.status = status
+
+    async def start(self, status: int, headers: Any) -> None:
+        self.status = status
+
+    async def send(self, data: bytes) -> None:
+        pass
+
+    async def end(self, data: bytes = b"") -> None:
+        pass
+
+
 async def run_app_only(n: int, level: str) -> None:
-    """The ASGI app's own cost per request: no server, no sockets, a router that answers at once. At level
+    """The app's own cost per request: no server, no sockets, a router that answers at once. At level
     "info" it includes the per-request log line (JSON, written to /dev/null)."""
+    import h11
+
     from apikeyrouter.proxy import ProxyApp
+    from apikeyrouter.proxy.http11 import Request
     from apikeyrouter.secret import Secret
 
     _quiet_logging(level)
     app = ProxyApp(_InstantRouter(), client_tokens=[Secret(CLIENT_TOKEN)])  # type: ignore[arg-type]
     body = CHAT_BODY.encode()
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/chat/completions",
-        "headers": [
+    head = h11.Request(
+        method="POST",
+        target="/v1/chat/completions",
+        headers=[
             (b"host", b"127.0.0.1"),
             (b"authorization", f"Bearer {CLIENT_TOKEN}".encode()),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ],
-    }
-    request = {"type": "http.request", "body": body, "more_body": False}
+    )
 
-    async def once() -> None:
-        messages = iter([request])
+    class BodyOnly:  # the part of a connection a request reads its body from
+        def body_complete(self) -> bool:
+            return True
 
-        async def receive() -> Any:
-            try:
-                return next(messages)
-            except StopIteration:
-                await trio.sleep_forever()
+        async def read_body(self, limit: int) -> bytes:
+            return body
 
-        async def send(message: Any) -> None:
-            pass
+    conn = BodyOnly()
 
-        await app(scope, receive, send)
+    async def once() -> int:
+        response = _NullResponse()
+        await app(Request(conn, head), response)  # type: ignore[arg-type]
+        return response.status
+
+    if (status := await once()) != 200:
+        raise SystemExit(f"the app answered {status}, not 200: the app-only figure would measure an error path")
 
     for _ in range(1000):
         await once()
@@ -298,7 +325,7 @@ def run_wrk(url: str, connections: int, duration: float, script: Path | None, cp
     percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if rps is None or not percentiles or errors is not None:
+    if rps is None or set(percentiles) != {"50", "99"} or errors is not None:
         raise RuntimeError(f"wrk run against {url} went wrong:\n{out}")
     return {"p50_us": _us(percentiles["50"]), "p99_us": _us(percentiles["99"]), "rps": float(rps.group(1))}
 
@@ -450,7 +477,7 @@ def _func(frame: str) -> str:
 
 # Stages of a proxied request, matched from the innermost frame outwards: the first frame that belongs to a
 # stage owns the sample. trio, h11, the stdlib, attrs and `apikeyrouter.domain` own nothing themselves: their
-# samples go to whoever called them (h11 under httpcore is the client side, under hypercorn the server side;
+# samples go to whoever called them (h11 under the adapters is the client side, under http11 the server side;
 # json under the adapter is parsing the upstream body, under ProxyApp writing the response).
 _STAGES: list[tuple[str, str]] = [
     ("tiktoken", "tiktoken estimate"),
@@ -469,9 +496,9 @@ _STAGES: list[tuple[str, str]] = [
     ("apikeyrouter/actors/base.py", "actor messaging: ask/tell, mailbox loop"),
     ("apikeyrouter/observe/", "event bus"),
     ("apikeyrouter/runtime/", "runtime: route/acquire/settle glue"),
-    ("apikeyrouter/proxy/server.py", "hypercorn server (accept side)"),
+    ("apikeyrouter/proxy/http11.py", "h11 server (accept side)"),
+    ("apikeyrouter/proxy/server.py", "h11 server (accept side)"),
     ("apikeyrouter/proxy/", "ProxyApp"),
-    ("hypercorn/", "hypercorn server (accept side)"),
 ]
 
 
@@ -538,7 +565,7 @@ def _py_spy() -> str:
 
 @contextlib.contextmanager
 def children(args: argparse.Namespace, work: Path, cpus: tuple[str | None, str | None]) -> Iterator[list[Child]]:
-    """The upstream, the `serve` at warning level and the `serve` at info level, stopped in reverse."""
+    """The upstream, the floor, the `serve` at warning level and the `serve` at info level, stopped in reverse."""
     proxy_cpus, other_cpus = cpus
     started: list[Child] = []
     try:
@@ -548,6 +575,8 @@ def children(args: argparse.Namespace, work: Path, cpus: tuple[str | None, str |
         else:
             command = [sys.executable, __file__, "--role", "upstream"]
         started.append(Child(f"upstream ({args.upstream})", command, other_cpus, work / "upstream.log"))
+        floor = [sys.executable, str(Path(__file__).with_name("floor.py")), "--upstream", started[0].url]
+        started.append(Child("floor", floor, proxy_cpus, work / "floor.log"))
         for level in ("warning", "info"):
             config = work / f"router-{level}.toml"
             config.write_text(router_toml(started[0].url, level))
@@ -586,24 +615,31 @@ def orchestrate(args: argparse.Namespace) -> None:
         return result
 
     rounds: dict[str, list[dict[str, float]]] = {}
-    with children(args, work, cpus) as (upstream, proxy, proxy_info):
+    with children(args, work, cpus) as (upstream, floor, proxy, proxy_info):
         direct_url = f"{upstream.url}/v1/chat/completions"
+        floor_url = f"{floor.url}/v1/chat/completions"
         proxy_url = f"{proxy.url}/v1/chat/completions"
         info_url = f"{proxy_info.url}/v1/chat/completions"
         health_url = f"{proxy.url}/health"
-        for url in (direct_url, proxy_url, info_url):  # warm up: connections, tiktoken, caches, allocators
+        for url in (direct_url, floor_url, proxy_url, info_url):  # warm up: connections, tiktoken, caches, allocators
             load(url, 8, 2)
         for i in range(args.repeats):
-            for name, url in (("direct", direct_url), ("proxy", proxy_url), ("health", health_url)):
+            targets = (("direct", direct_url), ("floor", floor_url), ("proxy", proxy_url), ("health", health_url))
+            for name, url in targets:
                 for c in (1, 32):
-                    run = load(url, c, args.duration) if name == "direct" else proxy_load(proxy, url, c, args.duration)
+                    if name == "direct":
+                        run = load(url, c, args.duration)
+                    else:
+                        run = proxy_load(floor if name == "floor" else proxy, url, c, args.duration)
                     rounds.setdefault(f"{name}{c}", []).append(run)
             print(
                 f"round {i + 1}: direct p50 {rounds['direct1'][-1]['p50_us']:.0f} us, "
+                f"floor p50 {rounds['floor1'][-1]['p50_us']:.0f} us, "
                 f"proxy p50 {rounds['proxy1'][-1]['p50_us']:.0f} us, "
                 f"/health p50 {rounds['health1'][-1]['p50_us']:.0f} us; "
-                f"direct {rounds['direct32'][-1]['rps']:.0f} req/s, proxy {rounds['proxy32'][-1]['rps']:.0f} req/s "
-                f"({rounds['proxy32'][-1]['cpu_us']:.0f} us CPU/request)",
+                f"direct {rounds['direct32'][-1]['rps']:.0f} req/s, floor {rounds['floor32'][-1]['rps']:.0f} req/s "
+                f"({rounds['floor32'][-1]['cpu_us']:.0f} us CPU/request), proxy {rounds['proxy32'][-1]['rps']:.0f} "
+                f"req/s ({rounds['proxy32'][-1]['cpu_us']:.0f} us CPU/request)",
                 flush=True,
             )
         # Logging at "info": one run at each concurrency, next to one more at "warning" so noise hits both alike.
@@ -666,6 +702,13 @@ def orchestrate(args: argparse.Namespace) -> None:
         "proxy_p99_us_c32": med("proxy32", "p99_us"),
         "proxy_cpu_us": med("proxy32", "cpu_us"),
         "proxy_cpu_us_c1": med("proxy1", "cpu_us"),
+        "floor_p50_us": med("floor1", "p50_us"),
+        "floor_added_p50_us": added("floor1"),
+        "floor_rps": med("floor32", "rps"),
+        "floor_cpu_us": med("floor32", "cpu_us"),
+        "proxy_over_floor_added_p50": round(added("proxy1") / max(added("floor1"), 1.0), 2),
+        "proxy_over_floor_rps": round(med("proxy32", "rps") / med("floor32", "rps"), 3),
+        "proxy_over_floor_cpu": round(med("proxy32", "cpu_us") / med("floor32", "cpu_us"), 2),
         "proxy_core_share_c32": round(statistics.median(r["core_share"] for r in rounds["proxy32"]), 2),
         "health_p50_us": med("health1", "p50_us"),
         "health_rps": med("health32", "rps"),

@@ -99,58 +99,9 @@ async def one_run(port: int, concurrency: int, seconds: float, stream: bool) -> 
 # Limits high enough that the benchmark measures serving, not the 429 path.
 SIM_TOML = "[defaults]\nrpm = 100000000\ntpm = 100000000000\n"
 
-# For comparison only: the same SimProvider behind a minimal ASGI app on hypercorn's trio worker
-# (non-streamed requests only). Run with --hypercorn.
-HYPERCORN_SERVER = """
-import sys, trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
-from apikeyrouter.sim import SimProvider, load_sim_config
-
-provider = SimProvider(load_sim_config(sys.argv[1]))
-
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-    reply = provider.handle(scope["method"], scope["path"], headers, body)
-    out = [*reply.headers, (b"content-length", b"%d" % len(reply.body))]
-    await send({"type": "http.response.start", "status": reply.status, "headers": out})
-    await send({"type": "http.response.body", "body": reply.body})
-
-async def main():
-    from apikeyrouter.sim.wire import words
-    words()
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.errorlog = None
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(serve, app, config)
-        print("apikeyrouter sim listening on " + binds[0], flush=True)
-
-trio.run(main)
-"""
-
-
-def start_sim(config_path: Path, hypercorn: bool) -> tuple[subprocess.Popen[str], int]:
+def start_sim(config_path: Path) -> tuple[subprocess.Popen[str], int]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    if hypercorn:
-        argv = [sys.executable, "-c", HYPERCORN_SERVER, str(config_path)]
-    else:
-        argv = [sys.executable, "-m", "apikeyrouter", "sim", "--port", "0", "--config", str(config_path)]
+    argv = [sys.executable, "-m", "apikeyrouter", "sim", "--port", "0", "--config", str(config_path)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -166,11 +117,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--stream", action="store_true", help="streamed requests instead of plain JSON")
-    parser.add_argument("--hypercorn", action="store_true", help="serve the same provider via hypercorn+ASGI")
     args = parser.parse_args()
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write(SIM_TOML)
-    proc, port = start_sim(Path(f.name), args.hypercorn)
+    proc, port = start_sim(Path(f.name))
     try:
         trio.run(one_run, port, args.concurrency, 0.5, args.stream)  # warm-up: connections, tokenizer caches
         rates = []
@@ -187,7 +137,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "sim",
-                "server": "hypercorn-asgi" if args.hypercorn else "h11",
+                "server": "h11",
                 "mode": "stream" if args.stream else "json",
                 "concurrency": args.concurrency,
                 "runs": args.runs,

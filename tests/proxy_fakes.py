@@ -1,4 +1,4 @@
-"""A scripted `RouterAPI` for proxy tests, and a helper running the proxy on a real hypercorn server.
+"""A scripted `RouterAPI` for proxy tests, and a helper running the proxy on our real server (h11 on trio).
 
 `FakeRouter` answers from a script (responses or errors, in order), can hold a route or a stream open,
 and records what happened to it (calls, deadlines seen, cancellations) so tests can assert on it.
@@ -246,7 +246,7 @@ class RunningProxy:
 async def running_proxy(
     router: FakeRouter, *, grace: float = 5.0, admin: bool = True, open_inference: bool = False, **options: Any
 ) -> AsyncIterator[RunningProxy]:
-    """The proxy on a real hypercorn server on 127.0.0.1 (a free port), stopped gracefully on exit."""
+    """The proxy on its real server on 127.0.0.1 (a free port), stopped gracefully on exit."""
     app = ProxyApp(
         router,
         client_tokens=() if open_inference else [Secret(CLIENT_TOKEN)],

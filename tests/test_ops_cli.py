@@ -1,6 +1,6 @@
 """`apikeyrouter keys …` and `apikeyrouter budgets`, run as an operator would, against a real proxy.
 
-The proxy (hypercorn on 127.0.0.1) serves a real router in front of the simulator; the commands run with
+The proxy (its h11 server on 127.0.0.1) serves a real router in front of the simulator; the commands run with
 click's CliRunner in a worker thread (they are blocking, the server is trio in this thread).
 """
 

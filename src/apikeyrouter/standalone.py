@@ -3,7 +3,7 @@
     root (one_for_one)
     ├── providers → provider:<id> (rest_for_one) → provider actor, keys (one_for_one) → key:<id> …
     ├── router
-    ├── proxy        hypercorn-trio serving the OpenAI-compatible ASGI app
+    ├── proxy        our HTTP/1.1 server (h11 on trio) serving the OpenAI-compatible app
     └── debug        the debug channel on a Unix socket (temporary: a socket problem never escalates)
 
 Signals: SIGTERM/SIGINT stop accepting connections, let requests in flight (streams included) finish

@@ -118,7 +118,7 @@ def serve_data(upstream: str, socket_dir: str, keys: Mapping[str, str] = KEYS, *
 @asynccontextmanager
 async def serving(config: RouterConfig) -> AsyncIterator[Started]:
     """The standalone process's own code path (`run_standalone`, as `apikeyrouter serve` runs it), in this
-    test's nursery: hypercorn on a real socket, the supervision tree, the debug channel."""
+    test's nursery: the h11 server on a real socket, the supervision tree, the debug channel."""
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         started: Started = await nursery.start(partial(run_standalone, config, handle_signals=False, stop=stop))

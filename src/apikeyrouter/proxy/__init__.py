@@ -1,7 +1,7 @@
-"""The OpenAI-compatible HTTP proxy and management API (ASGI), served by hypercorn's trio worker."""
+"""The OpenAI-compatible HTTP proxy and management API, served by our own HTTP/1.1 server on h11 and trio."""
 
 from apikeyrouter.observe.metrics import ProxyMetrics
 from apikeyrouter.proxy.app import ProxyApp
-from apikeyrouter.proxy.server import Listening, ProxyServer, hypercorn_config, is_loopback, serve_proxy
+from apikeyrouter.proxy.server import Listening, ProxyServer, ServerLimits, is_loopback, serve_proxy
 
-__all__ = ["Listening", "ProxyApp", "ProxyMetrics", "ProxyServer", "hypercorn_config", "is_loopback", "serve_proxy"]
+__all__ = ["Listening", "ProxyApp", "ProxyMetrics", "ProxyServer", "ServerLimits", "is_loopback", "serve_proxy"]

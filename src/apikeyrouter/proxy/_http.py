@@ -1,18 +1,21 @@
-"""ASGI primitives for the proxy: parse a request once, read a bounded body, send JSON and errors.
+"""The proxy app's side of a request: its headers parsed once, JSON and errors sent, an exchange's progress.
 
 Hand-written rather than a framework because this is the hot path: one pass over the headers, no
-per-request objects beyond `Request`, and responses built as bytes directly.
+per-request objects beyond `Request` and `Exchange`, JSON through orjson, answers sent in one write
+(`http11.Response.respond`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import trio
+import orjson
 
 from apikeyrouter.domain.request import StreamChunk
+from apikeyrouter.proxy import http11
+from apikeyrouter.proxy.http11 import BodyTooLarge, ClientGone, MalformedBody
 
 __all__ = [
     "BodyTooLarge",
@@ -20,26 +23,18 @@ __all__ = [
     "ErrorShape",
     "Exchange",
     "HTTPError",
-    "Receive",
+    "MalformedBody",
     "Relay",
     "Request",
-    "Scope",
-    "Send",
     "deadline_error",
     "error_body",
     "json_bytes",
     "openai_error_shape",
-    "read_body",
     "send_error",
     "send_json",
     "send_response",
-    "watch_disconnect",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 _JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
@@ -47,8 +42,12 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def json_bytes(value: Any) -> bytes:
-    # Answers may echo client text: an unencodable character (a lone surrogate) never turns into a 500.
-    return _dumps(value).encode("utf-8", "backslashreplace")
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        # What orjson refuses: a lone surrogate in text an answer echoes, a non-string key, an int beyond
+        # 64 bits. The stdlib writes those; an unencodable character never turns into a 500.
+        return _dumps(value).encode("utf-8", "backslashreplace")
 
 
 class HTTPError(Exception):
@@ -100,15 +99,15 @@ class Relay(Protocol):
 
 
 class Request:
-    """The parts of an ASGI scope the proxy uses, read in one pass over the headers."""
+    """The headers the proxy uses, read in one pass; `http` is the server's request (body, other headers)."""
 
     __slots__ = (
         "api_key",
         "authorization",
-        "content_length",
         "cookie",
         "deadline_header",
         "host",
+        "http",
         "method",
         "objective_header",
         "origin",
@@ -118,16 +117,16 @@ class Request:
         "tags_header",
     )
 
-    def __init__(self, scope: Scope) -> None:
-        self.method: str = scope["method"]
-        path: str = scope["path"]
+    def __init__(self, http: http11.Request) -> None:
+        self.http = http
+        self.method: str = http.method
+        path = http.path
         if len(path) > 1 and path[-1] == "/":
             path = path.rstrip("/") or "/"
         self.path = path
-        self.query: bytes = scope.get("query_string", b"")
+        self.query: bytes = http.query  # raw, as sent (state_query decodes it)
         self.authorization: bytes | None = None
         self.api_key: bytes | None = None
-        self.content_length: int | None = None
         self.deadline_header: bytes | None = None
         self.objective_header: bytes | None = None
         self.tags_header: bytes | None = None
@@ -135,17 +134,12 @@ class Request:
         self.cookie: bytes | None = None  # the dashboard's session; origin and host for its CSRF check
         self.origin: bytes | None = None
         self.host: bytes | None = None
-        for name, value in scope["headers"]:
-            # Servers hand header names over lower-cased (ASGI spec).
+        for name, value in http.headers:
+            # h11 hands header names over lower-cased.
             if name == b"authorization":
                 self.authorization = value
             elif name == b"x-api-key":
                 self.api_key = value
-            elif name == b"content-length":
-                try:
-                    self.content_length = int(value)
-                except ValueError:
-                    self.content_length = None
             elif name == b"x-request-id":
                 self.request_id = _clean_request_id(value)
             elif name == b"x-apikeyrouter-deadline":
@@ -189,10 +183,11 @@ class Exchange:
         "client",
         "decision_id",
         "disconnected",
-        "finished",
+        "endless",
         "key_id",
         "request",
         "request_id",
+        "response",
         "route",
         "shape",
         "started",
@@ -200,72 +195,46 @@ class Exchange:
         "stream_error",
     )
 
-    def __init__(self, request: Request, route: str, request_id: str, shape: ErrorShape = openai_error_shape) -> None:
+    def __init__(
+        self,
+        request: Request,
+        response: http11.Response,
+        route: str,
+        request_id: str,
+        shape: ErrorShape = openai_error_shape,
+    ) -> None:
         self.request = request
+        self.response = response
         self.route = route
         self.request_id = request_id
         self.shape = shape  # how errors on this route are said (OpenAI's shape, or Anthropic's)
         self.status = 500
         self.started = False  # response headers sent: from here on, errors can only end the body
-        self.disconnected = False
-        # The last body is being handed to the server: an `http.disconnect` from here on is the connection
-        # closing after the answer (Connection: close), not the client leaving before it.
-        self.finished = False
+        self.disconnected = False  # a write found the client gone (the server also says so: `gone`)
+        self.endless = False  # an event stream that ends only when its client leaves: that is not a 499
         self.key_id: str | None = None
         self.attempts: int | None = None
         self.decision_id: str | None = None
         self.client: str | None = None
         self.stream_error: str | None = None
 
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class ClientGone(Exception):
-    pass
+    def gone(self) -> bool:
+        """The client left before the answer was out (the server cancels the handler when it sees it)."""
+        return self.disconnected or self.request.http.client_gone
 
 
-async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
-    """The whole request body, refusing more than `limit` bytes (before reading when declared)."""
-    if declared is not None and declared > limit:
-        raise BodyTooLarge
-    message = await receive()
-    if message["type"] != "http.request":
-        raise ClientGone
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise BodyTooLarge
-        return body
-    parts = [body]
-    size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
+async def send_response(response: http11.Response, status: int, body: bytes, headers: Headers) -> None:
+    await response.respond(status, headers, body)
 
 
-async def send_response(send: Send, status: int, body: bytes, headers: Headers) -> None:
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_json(send: Send, status: int, value: Any, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    headers = [*_JSON_HEADERS, *extra]
-    await send_response(send, status, json_bytes(value), headers)
+async def send_json(
+    response: http11.Response, status: int, value: Any, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    await response.respond(status, [*_JSON_HEADERS, *extra], json_bytes(value))
 
 
 async def send_error(
-    send: Send,
+    response: http11.Response,
     error: HTTPError,
     extra: Sequence[tuple[bytes, bytes]] = (),
     *,
@@ -274,24 +243,8 @@ async def send_error(
 ) -> int:
     """Send `error` in `shape`; returns the status sent."""
     status, body, headers = shape(error, request_id)
-    await send_json(send, status, body, [*error.headers, *headers, *extra])
+    await send_json(response, status, body, [*error.headers, *headers, *extra])
     return status
-
-
-async def watch_disconnect(receive: Receive, scope: trio.CancelScope, ex: Exchange) -> None:
-    """Cancel `scope` when the client goes away (the body has been read: only `http.disconnect` remains).
-
-    Not once the last body is on its way (`ex.finished`): with `Connection: close` the server closes the
-    connection while that send is still returning, and its disconnect must neither cancel the send (the
-    connection would never close) nor count the completed answer as a client that left (499)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if ex.finished:
-                return
-            ex.disconnected = True
-            scope.cancel(reason="client disconnected")
-            return
 
 
 def deadline_error(deadline: float) -> HTTPError:

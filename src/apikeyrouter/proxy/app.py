@@ -1,9 +1,17 @@
-"""`ProxyApp`: the OpenAI- and Anthropic-compatible proxy and management API as one lean ASGI 3 application.
+"""`ProxyApp`: the OpenAI- and Anthropic-compatible proxy and management API, one `http11.Handler`.
 
 Routing is a dict lookup on the path (plus three parametrised shapes), auth a constant-time comparison
-against every configured token, and each inference request runs the router call in a nursery next to a
-task watching for `http.disconnect`: hypercorn does not cancel a handler whose client went away, so we do,
-and cancelling the route cancels the upstream call and releases its reservation.
+against every configured token. A client that leaves is seen by the server (`http11`), which cancels the
+handler: cancelling the route cancels the upstream call and releases its reservation, and the request is
+counted as 499.
+
+Adding an endpoint: write the logic in a class like `AdminAPI` (returns `(status, JSON value)`), add a thin
+handler `async def _x(self, ex: Exchange, param: str) -> None` here, and name it in `_static` (or a
+parametrised table in `_resolve`). In a handler: `self._authorize_admin(ex)`, `await self._json_body(ex)`,
+`await self._reply(ex, status, value, headers)` for JSON, `await self._send(ex, status, body, content_type,
+headers)` for HTML or other bytes, `ex.request.http.header(b"...")` / `.cookies()` for any header, and for a
+server-sent event stream `await self._start_sse(ex)`, then `await ex.response.send(event)` until done (the
+handler is cancelled when the client leaves) and `await ex.response.end()`.
 
 Deadlines: `request_deadline` (lowered per request by `x-apikeyrouter-deadline`) bounds a non-streaming
 request end to end and a stream until its headers go out (key chosen, upstream answering); the router sees
@@ -17,7 +25,6 @@ a request is read (`RequestIntent.from_openai` / `from_anthropic`), how an answe
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -25,14 +32,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+import orjson
 import structlog
 import trio
 
+from apikeyrouter.adapters.tokens import load_for
 from apikeyrouter.domain.request import RequestIntent, SystemResponse
 from apikeyrouter.errors import UpstreamError
 from apikeyrouter.observe import RequestAttempted
 from apikeyrouter.observe.client_metrics import ClientMetrics
 from apikeyrouter.observe.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
+from apikeyrouter.proxy import http11
 from apikeyrouter.proxy._anthropic import AnthropicRelay, anthropic_error_shape, count_tokens_json, message_json
 from apikeyrouter.proxy._errors import http_error_for, unwrap
 from apikeyrouter.proxy._http import (
@@ -41,19 +51,15 @@ from apikeyrouter.proxy._http import (
     ErrorShape,
     Exchange,
     HTTPError,
-    Receive,
+    MalformedBody,
     Relay,
     Request,
-    Scope,
-    Send,
     deadline_error,
     json_bytes,
     openai_error_shape,
-    read_body,
     send_error,
     send_json,
     send_response,
-    watch_disconnect,
 )
 from apikeyrouter.proxy._openai import OpenAIRelay, completion_json, models_json
 from apikeyrouter.proxy.admin import AdminAPI
@@ -68,7 +74,7 @@ __all__ = ["ProxyApp"]
 
 log = structlog.get_logger("apikeyrouter.proxy")
 
-Handler = Callable[[Exchange, Receive, Send, str], Awaitable[None]]
+Handler = Callable[[Exchange, str], Awaitable[None]]
 Render = Callable[[SystemResponse], Any]
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the answer"
@@ -82,15 +88,17 @@ _SSE_HEADERS = [
 _WWW_AUTH = [(b"www-authenticate", b'Bearer realm="apikeyrouter"')]
 
 
-
-def _not_json(name: str) -> Any:
-    # Python's parser takes NaN and Infinity, which JSON does not have: no adapter could send them on, and
-    # a body that fails to encode upstream would count against the key instead of against its sender.
-    raise ValueError(f"{name} is not a JSON value")
+def _json_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    # orjson says "unexpected character": name the constant Python's parser would have taken.
+    for at in (exc.pos - 1, exc.pos):
+        for constant in (b"-Infinity", b"NaN", b"Infinity"):
+            if at >= 0 and raw.startswith(constant, at):
+                return f"{constant.decode()} is not a JSON value (at char {at})"
+    return str(exc)
 
 
 class ProxyApp:
-    """The proxy's ASGI application. Serve it with `serve_proxy` (hypercorn's trio worker).
+    """The proxy's application. Serve it with `serve_proxy` (our h11 server on trio sockets).
 
     client_tokens: bearer tokens accepted for inference; empty means inference is open (serve only on loopback).
     clients: (token, client id) of each `[[clients]]` entry with a token: its requests carry the id.
@@ -167,20 +175,10 @@ class ProxyApp:
             "/v1/messages/count_tokens": anthropic_error_shape,
         }
 
-    # -- ASGI entry -----------------------------------------------------------------------------------
+    # -- entry ------------------------------------------------------------------------------------------
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+    async def __call__(self, http: http11.Request, response: http11.Response) -> None:
+        await self._http(http, response)
 
     def _resolve(self, path: str) -> tuple[str, dict[str, Handler] | None, str]:
         """(route template for metrics and logs, handlers by method, path parameter)."""
@@ -199,12 +197,12 @@ class ProxyApp:
             return "/policies/{id}", self._policy_route, parts[2]
         return "other", None, ""
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(self, http: http11.Request, response: http11.Response) -> None:
         start = trio.current_time()
-        request = Request(scope)
+        request = Request(http)
         route, methods, param = self._resolve(request.path)
         shape = self._shapes.get(route, openai_error_shape)
-        ex = Exchange(request, route, request.request_id or os.urandom(12).hex(), shape)
+        ex = Exchange(request, response, route, request.request_id or os.urandom(12).hex(), shape)
         try:
             if methods is None:
                 raise HTTPError(404, f"no route {request.method} {request.path}", code="not_found")
@@ -217,20 +215,20 @@ class ProxyApp:
                     code="method_not_allowed",
                     headers=[(b"allow", allow)],
                 )
-            await handler(ex, receive, send, param)
+            await handler(ex, param)
         except ClientGone:
             ex.disconnected = True
         except Exception as exc:
-            await self._fail(ex, send, exc)
+            await self._fail(ex, exc)
         finally:
-            if ex.disconnected:
+            if ex.gone() and not ex.endless:
                 ex.status = CLIENT_CLOSED
             elapsed = trio.current_time() - start
             self.metrics.observe(route, ex.status, elapsed)
             if self.log_requests:
                 self._log(ex, elapsed)
 
-    async def _fail(self, ex: Exchange, send: Send, exc: Exception) -> None:
+    async def _fail(self, ex: Exchange, exc: Exception) -> None:
         inner = unwrap(exc)
         error = http_error_for(inner)
         if isinstance(inner, UpstreamError):
@@ -246,7 +244,10 @@ class ProxyApp:
             extra += _WWW_AUTH
         ex.started = True
         ex.status = error.status  # counted as said, should the send fail
-        ex.status = await send_error(send, error, extra, shape=ex.shape, request_id=ex.request_id)
+        try:
+            ex.status = await send_error(ex.response, error, extra, shape=ex.shape, request_id=ex.request_id)
+        except ClientGone:
+            ex.disconnected = True
 
     def _log(self, ex: Exchange, elapsed: float) -> None:
         log.info(
@@ -266,10 +267,33 @@ class ProxyApp:
 
     # -- helpers --------------------------------------------------------------------------------------
 
-    async def _reply(self, ex: Exchange, send: Send, status: int, value: Any) -> None:
+    async def _reply(
+        self, ex: Exchange, status: int, value: Any, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        """Answer with `value` as JSON (and any extra `headers`, a `set-cookie` say)."""
         ex.status = status
         ex.started = True
-        await send_json(send, status, value, [(b"x-request-id", ex.request_id.encode())])
+        await send_json(ex.response, status, value, [(b"x-request-id", ex.request_id.encode()), *headers])
+
+    async def _send(
+        self,
+        ex: Exchange,
+        status: int,
+        body: bytes,
+        content_type: bytes = b"text/html; charset=utf-8",
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """Answer with `body` as it is (HTML by default)."""
+        ex.status = status
+        ex.started = True
+        head = [(b"content-type", content_type), (b"x-request-id", ex.request_id.encode()), *headers]
+        await send_response(ex.response, status, body, head)
+
+    async def _start_sse(self, ex: Exchange, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """Start a server-sent event stream: then `ex.response.send(event)` each event, `ex.response.end()`."""
+        ex.status = 200
+        ex.started = True
+        await ex.response.start(200, [*_SSE_HEADERS, (b"x-request-id", ex.request_id.encode()), *headers])
 
     def _authorize_client(self, ex: Exchange, *, x_api_key: bool = False) -> None:
         """A client token from `Authorization: Bearer`, or (Anthropic's clients, `x_api_key`) `x-api-key`."""
@@ -313,11 +337,16 @@ class ProxyApp:
                 401, "admin token required: send 'Authorization: Bearer <admin token>'", code="invalid_admin_token"
             )
 
-    async def _json_body(self, ex: Exchange, receive: Receive, *, optional: bool = False) -> Any:
+    async def _json_body(self, ex: Exchange, *, optional: bool = False) -> Any:
+        http = ex.request.http
         try:
-            # A client that stops sending its body must not hold this task: the body gets the deadline.
-            with trio.fail_after(self.request_deadline):
-                raw = await read_body(receive, self.max_body_bytes, ex.request.content_length)
+            if http.body_complete():  # it came with the head: nothing to wait for
+                raw = await http.read_body(self.max_body_bytes)
+            else:  # a client that stops sending its body must not hold this task: the body gets the deadline
+                with trio.fail_after(self.request_deadline):
+                    raw = await http.read_body(self.max_body_bytes)
+        except MalformedBody as exc:
+            raise HTTPError(400, f"malformed request body: {exc}") from None
         except trio.TooSlowError:
             raise HTTPError(408, "the request body did not arrive in time", code="request_timeout") from None
         except BodyTooLarge:
@@ -329,17 +358,11 @@ class ProxyApp:
                 return None
             raise HTTPError(400, "request body is empty: expected a JSON object")
         try:
-            body = json.loads(raw, parse_constant=_not_json)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise HTTPError(400, "request body is nested too deeply") from None
-        try:
-            # JSON admits lone UTF-16 surrogates ("\ud800") that no UTF-8 encoder will send on.
-            json.dumps(body, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise HTTPError(400, "request body contains text that is not valid Unicode (a lone surrogate)") from None
-        return body
+            # orjson refuses what no adapter could send on and Python's own parser takes: NaN and Infinity
+            # (not JSON), lone UTF-16 surrogates ("\ud800", not UTF-8), nesting deeper than 1024.
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise HTTPError(400, f"request body is not valid JSON: {_json_problem(raw, exc)}") from None
 
     def _deadline(self, request: Request) -> float:
         raw = request.deadline_header
@@ -374,52 +397,41 @@ class ProxyApp:
 
     # -- inference ------------------------------------------------------------------------------------
 
-    async def _chat(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+    async def _chat(self, ex: Exchange, _: str) -> None:
         self._authorize_client(ex)
-        body = await self._json_body(ex, receive)
+        body = await self._json_body(ex)
         intent = RequestIntent.from_openai(body)
         completion_id, created = "chatcmpl-" + ex.request_id, int(time.time())
         options = intent.extra.get("stream_options")
         include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
         await self._infer(
             ex,
-            receive,
-            send,
             intent,
             lambda response: completion_json(response, completion_id, created),
             lambda: OpenAIRelay(completion_id, created, intent.model, include_usage),
         )
 
-    async def _messages(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+    async def _messages(self, ex: Exchange, _: str) -> None:
         """Anthropic's Messages API: the same routing, in Anthropic's request, answer, event and error shapes."""
         self._authorize_client(ex, x_api_key=True)
-        body = await self._json_body(ex, receive)
+        body = await self._json_body(ex)
         intent = RequestIntent.from_anthropic(body)
         message_id = "msg_" + ex.request_id
         await self._infer(
             ex,
-            receive,
-            send,
             intent,
             lambda response: message_json(response, message_id),
             lambda: AnthropicRelay(message_id, intent),
         )
 
-    async def _count_tokens(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+    async def _count_tokens(self, ex: Exchange, _: str) -> None:
         self._authorize_client(ex, x_api_key=True)
-        body = await self._json_body(ex, receive)
+        body = await self._json_body(ex)
         intent = RequestIntent.from_anthropic(body, count_only=True)
-        await self._reply(ex, send, 200, count_tokens_json(intent))
+        await load_for(intent)  # a first count loads its tokenizer table in a worker thread, not on the loop
+        await self._reply(ex, 200, count_tokens_json(intent))
 
-    async def _infer(
-        self,
-        ex: Exchange,
-        receive: Receive,
-        send: Send,
-        intent: RequestIntent,
-        render: Render,
-        relay: Callable[[], Relay],
-    ) -> None:
+    async def _infer(self, ex: Exchange, intent: RequestIntent, render: Render, relay: Callable[[], Relay]) -> None:
         deadline = self._deadline(ex.request)
         objective = ex.request.objective_header.decode("latin-1") if ex.request.objective_header else None
         if ex.request.tags_header:  # policies match on them (comma-separated)
@@ -429,38 +441,21 @@ class ProxyApp:
         in_flight.inc()
         try:
             if intent.stream:
-                error = await self._stream(ex, receive, send, intent, objective, deadline, relay())
+                error = await self._pump(ex, intent, objective, deadline, relay())
             else:
-                error = await self._complete(ex, receive, send, intent, objective, deadline, render)
+                error = await self._complete(ex, intent, objective, deadline, render)
         finally:
             in_flight.dec()
         if error is not None:
             raise error
 
     async def _complete(
-        self,
-        ex: Exchange,
-        receive: Receive,
-        send: Send,
-        intent: RequestIntent,
-        objective: str | None,
-        deadline: float,
-        render: Render,
+        self, ex: Exchange, intent: RequestIntent, objective: str | None, deadline: float, render: Render
     ) -> BaseException | None:
+        # A client that leaves cancels this task (the server sees it): the route and its upstream call end.
         response = None
-        error: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, ex)
-            with trio.move_on_after(deadline) as timer:
-                try:
-                    response = await self.router.route(intent, objective=objective, client=ex.client)
-                except Exception as exc:
-                    error = exc
-            nursery.cancel_scope.cancel(reason="request answered")
-        if ex.disconnected:
-            return None
-        if error is not None:
-            return error
+        with trio.move_on_after(deadline) as timer:
+            response = await self.router.route(intent, objective=objective, client=ex.client)
         if timer.cancelled_caught or response is None:
             return deadline_error(deadline)
         headers = self._metadata_headers(ex, response.metadata)
@@ -468,67 +463,50 @@ class ProxyApp:
         body = render(response)
         ex.status = 200
         ex.started = True
-        await send_response(send, 200, json_bytes(body), headers)
+        await send_response(ex.response, 200, json_bytes(body), headers)
         return None
 
-    async def _stream(
-        self,
-        ex: Exchange,
-        receive: Receive,
-        send: Send,
-        intent: RequestIntent,
-        objective: str | None,
-        deadline: float,
-        relay: Relay,
-    ) -> BaseException | None:
-        outcome: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, ex)
-            outcome = await self._pump(ex, send, intent, objective, deadline, relay)
-            nursery.cancel_scope.cancel(reason="stream finished")
-        return None if ex.disconnected else outcome
-
     async def _pump(
-        self,
-        ex: Exchange,
-        send: Send,
-        intent: RequestIntent,
-        objective: str | None,
-        deadline: float,
-        relay: Relay,
+        self, ex: Exchange, intent: RequestIntent, objective: str | None, deadline: float, relay: Relay
     ) -> BaseException | None:
         """Open the routed stream and relay it as SSE. Returns an error to answer with if no header went out."""
         idle = self.stream_idle_timeout
+        out = ex.response
         with trio.CancelScope(deadline=trio.current_time() + deadline) as timer:
             try:
                 async with self.router.stream(intent, objective=objective, client=ex.client) as routed:
                     headers = [*_SSE_HEADERS, *self._metadata_headers(ex, routed.metadata)]
                     timer.deadline = trio.current_time() + idle
-                    await send({"type": "http.response.start", "status": 200, "headers": headers})
                     ex.status = 200
+                    await out.start(200, headers)
                     ex.started = True
                     async for chunk in routed:
                         event = relay.event(chunk)
                         if event is not None:
-                            await send({"type": "http.response.body", "body": event, "more_body": True})
+                            await out.send(event)
                         timer.deadline = trio.current_time() + idle
+            except ClientGone:
+                ex.disconnected = True
+                return None
             except Exception as exc:
-                return await self._stream_failed(ex, send, relay, exc)
+                return await self._stream_failed(ex, relay, exc)
             except trio.Cancelled:
-                if ex.started and not ex.disconnected and not timer.cancel_called:
-                    await self._shutting_down(ex, send, relay)
+                if ex.started and not ex.gone() and not timer.cancel_called:
+                    await self._shutting_down(ex, relay)
                 raise
         if timer.cancelled_caught:
             if not ex.started:
                 return deadline_error(deadline)
             message = f"the upstream sent nothing for {idle:g}s"
-            await self._end_stream(ex, send, relay, HTTPError(504, message, type="timeout_error", code="stream_idle"))
+            await self._end_stream(ex, relay, HTTPError(504, message, type="timeout_error", code="stream_idle"))
             return None
-        ex.finished = True
-        await send({"type": "http.response.body", "body": relay.tail(), "more_body": False})
+        try:
+            await out.end(relay.tail())
+        except ClientGone:
+            ex.disconnected = True
         return None
 
-    async def _stream_failed(self, ex: Exchange, send: Send, relay: Relay, exc: Exception) -> BaseException | None:
+    async def _stream_failed(self, ex: Exchange, relay: Relay, exc: Exception) -> BaseException | None:
         """A routed stream raised: before the headers went out, the error to answer with; after, the
         error event that ends the stream."""
         if not ex.started:
@@ -538,103 +516,102 @@ class ProxyApp:
             self.metrics.failed(inner.failure.value)
         else:
             log.error("stream_failed", request_id=ex.request_id, exc_info=inner)
-        await self._end_stream(ex, send, relay, http_error_for(inner))
+        await self._end_stream(ex, relay, http_error_for(inner))
         return None
 
-    async def _shutting_down(self, ex: Exchange, send: Send, relay: Relay) -> None:
+    async def _shutting_down(self, ex: Exchange, relay: Relay) -> None:
         """Cancelled from outside (the server's shutdown grace ran out): say so before the end."""
         with trio.move_on_after(1.0) as cleanup:
             cleanup.shield = True
             error = HTTPError(503, "the server is shutting down", type="service_unavailable", code="server_shutdown")
-            await self._end_stream(ex, send, relay, error)
+            await self._end_stream(ex, relay, error)
 
-    async def _end_stream(self, ex: Exchange, send: Send, relay: Relay, error: HTTPError) -> None:
+    async def _end_stream(self, ex: Exchange, relay: Relay, error: HTTPError) -> None:
         ex.stream_error = error.code or error.type
         body = relay.failed(error)
-        ex.finished = True
         try:
             with trio.move_on_after(5) as cs:  # a client that stopped reading cannot hold us here
-                await send({"type": "http.response.body", "body": body, "more_body": False})
+                await ex.response.end(body)
             if cs.cancelled_caught:
                 ex.disconnected = True
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except ClientGone:
             ex.disconnected = True
 
-    async def _models(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+    async def _models(self, ex: Exchange, _: str) -> None:
         self._authorize_client(ex)
-        await self._reply(ex, send, 200, models_json(self.router.models()))
+        await self._reply(ex, 200, models_json(self.router.models()))
 
     # -- health and metrics ---------------------------------------------------------------------------
 
-    async def _health(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
-        await self._reply(ex, send, 200, {"status": "ok"})
+    async def _health(self, ex: Exchange, _: str) -> None:
+        await self._reply(ex, 200, {"status": "ok"})
 
-    async def _ready(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+    async def _ready(self, ex: Exchange, _: str) -> None:
         if self.router.ready():
             store = self._store_status()
             if store is not None and not store["up"]:  # still serving, on local shares: say so
-                await self._reply(ex, send, 200, {"status": "degraded", "store": store})
+                await self._reply(ex, 200, {"status": "degraded", "store": store})
                 return
             body: dict[str, Any] = {"status": "ready"}
             if store is not None:
                 body["store"] = store
-            await self._reply(ex, send, 200, body)
+            await self._reply(ex, 200, body)
             return
         raise HTTPError(503, "no key can serve requests right now", type="service_unavailable", code="not_ready")
 
-    async def _metrics(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+    async def _metrics(self, ex: Exchange, _: str) -> None:
         if self.metrics_require_admin:
             self._authorize_admin(ex)
         ex.status = 200
         ex.started = True
         headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"x-request-id", ex.request_id.encode())]
-        await send_response(send, 200, self.metrics.render(), headers)
+        await send_response(ex.response, 200, self.metrics.render(), headers)
 
     # -- management -----------------------------------------------------------------------------------
 
-    async def _state(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+    async def _state(self, ex: Exchange, _: str) -> None:
         self._authorize_admin(ex)
-        await self._reply(ex, send, *self.admin.state())
+        await self._reply(ex, *self.admin.state())
 
-    async def _state_query(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+    async def _state_query(self, ex: Exchange, _: str) -> None:
         self._authorize_admin(ex)
-        await self._reply(ex, send, *await state_query(self.router, ex.request.query))
+        await self._reply(ex, *await state_query(self.router, ex.request.query))
 
-    async def _list_keys(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+    async def _list_keys(self, ex: Exchange, _: str) -> None:
         self._authorize_admin(ex)
-        await self._reply(ex, send, *self.admin.list_keys())
+        await self._reply(ex, *self.admin.list_keys())
 
-    async def _add_key(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+    async def _add_key(self, ex: Exchange, _: str) -> None:
         self._authorize_admin(ex)
-        body = await self._json_body(ex, receive)
-        await self._reply(ex, send, *await self.admin.add_key(body))
+        body = await self._json_body(ex)
+        await self._reply(ex, *await self.admin.add_key(body))
 
-    async def _get_key(self, ex: Exchange, receive: Receive, send: Send, key_id: str) -> None:
+    async def _get_key(self, ex: Exchange, key_id: str) -> None:
         self._authorize_admin(ex)
-        await self._reply(ex, send, *self.admin.get_key(key_id))
+        await self._reply(ex, *self.admin.get_key(key_id))
 
-    async def _revoke_key(self, ex: Exchange, receive: Receive, send: Send, key_id: str) -> None:
+    async def _revoke_key(self, ex: Exchange, key_id: str) -> None:
         self._authorize_admin(ex)
-        body = await self._json_body(ex, receive, optional=True)
-        await self._reply(ex, send, *await self.admin.revoke_key(key_id, body))
+        body = await self._json_body(ex, optional=True)
+        await self._reply(ex, *await self.admin.revoke_key(key_id, body))
 
-    async def _rotate_key(self, ex: Exchange, receive: Receive, send: Send, key_id: str) -> None:
+    async def _rotate_key(self, ex: Exchange, key_id: str) -> None:
         self._authorize_admin(ex)
-        body = await self._json_body(ex, receive)
-        await self._reply(ex, send, *await self.admin.rotate_key(key_id, body))
+        body = await self._json_body(ex)
+        await self._reply(ex, *await self.admin.rotate_key(key_id, body))
 
-    async def _set_key_state(self, ex: Exchange, receive: Receive, send: Send, key_id: str) -> None:
+    async def _set_key_state(self, ex: Exchange, key_id: str) -> None:
         self._authorize_admin(ex)
-        body = await self._json_body(ex, receive)
-        await self._reply(ex, send, *await self.admin.set_key_state(key_id, body))
+        body = await self._json_body(ex)
+        await self._reply(ex, *await self.admin.set_key_state(key_id, body))
 
-    async def _list_decisions(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+    async def _list_decisions(self, ex: Exchange, _: str) -> None:
         self._authorize_admin(ex)
-        await self._reply(ex, send, *self.admin.list_decisions(20))
+        await self._reply(ex, *self.admin.list_decisions(20))
 
-    async def _list_budgets(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+    async def _list_budgets(self, ex: Exchange, _: str) -> None:
         self._authorize_admin(ex)
-        await self._reply(ex, send, *self.admin.list_budgets())
+        await self._reply(ex, *self.admin.list_budgets())
 
     def _policies(self, ex: Exchange) -> tuple[PolicyAPI, str]:
         """The policy API and who is asking (the admin token's fingerprint, for the audit)."""
@@ -643,23 +620,23 @@ class ProxyApp:
             raise HTTPError(404, "this router does not manage policies", code="not_found")
         return self.policy_api, f"admin:{self.admin_token.fingerprint if self.admin_token else '?'}"
 
-    async def _list_policies(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
-        await self._reply(ex, send, *self._policies(ex)[0].list())
+    async def _list_policies(self, ex: Exchange, _: str) -> None:
+        await self._reply(ex, *self._policies(ex)[0].list())
 
-    async def _post_policies(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
+    async def _post_policies(self, ex: Exchange, _: str) -> None:
         api, who = self._policies(ex)
-        await self._reply(ex, send, *await api.post(await self._json_body(ex, receive), who))
+        await self._reply(ex, *await api.post(await self._json_body(ex), who))
 
-    async def _delete_policy(self, ex: Exchange, receive: Receive, send: Send, policy_id: str) -> None:
+    async def _delete_policy(self, ex: Exchange, policy_id: str) -> None:
         api, who = self._policies(ex)
-        await self._reply(ex, send, *await api.delete(policy_id, who))
+        await self._reply(ex, *await api.delete(policy_id, who))
 
-    async def _dry_run_policies(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
-        await self._reply(ex, send, *self._policies(ex)[0].dry_run(await self._json_body(ex, receive)))
+    async def _dry_run_policies(self, ex: Exchange, _: str) -> None:
+        await self._reply(ex, *self._policies(ex)[0].dry_run(await self._json_body(ex)))
 
-    async def _policy_audit(self, ex: Exchange, receive: Receive, send: Send, _: str) -> None:
-        await self._reply(ex, send, *self._policies(ex)[0].audit())
+    async def _policy_audit(self, ex: Exchange, _: str) -> None:
+        await self._reply(ex, *self._policies(ex)[0].audit())
 
-    async def _get_decision(self, ex: Exchange, receive: Receive, send: Send, decision_id: str) -> None:
+    async def _get_decision(self, ex: Exchange, decision_id: str) -> None:
         self._authorize_admin(ex)
-        await self._reply(ex, send, *self.admin.get_decision(decision_id))
+        await self._reply(ex, *self.admin.get_decision(decision_id))

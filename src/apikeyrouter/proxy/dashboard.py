@@ -8,7 +8,7 @@ Routes (all under `/dashboard`, the session cookie's path):
     GET  /dashboard/events          the live stream (SSE): `snapshot` about once a second, `bus` per event
     GET  /dashboard/static/<asset>  the page's script and style sheet (no data in them; no session needed)
 
-Nothing here speaks ASGI: a handler gets a `Response` (status, headers, body) or, for the stream, the
+Nothing here speaks HTTP: a handler gets a `Response` (status, headers, body) or, for the stream, the
 frames to send; the HTTP app sends them. The page is one self-contained document (HTML, CSS and JS ship in
 the package under `proxy/static/`; no CDN, no chart library) served under a CSP that allows only itself.
 

@@ -11,7 +11,7 @@ CSRF: `SameSite=Strict` already keeps a cross-site form from carrying the cookie
 POSTs also require an `Origin` naming this host, so a cross-site page cannot log a browser in with an
 attacker's token (login CSRF) or out.
 
-Nothing here knows about ASGI: functions take header values and return header values.
+Nothing here knows about the server: functions take header values and return header values.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The simulator's HTTP/1.1 server: h11 on trio sockets.
 
-Why not hypercorn + ASGI like the proxy: fault injection needs what ASGI cannot express: dropping a
-connection without an answer (`reset_rate`), ending a chunked body abruptly (`cut_stream_after`), and
-seeing the client hang up while we hang (`timeout_rate`). A lean h11 loop is also faster: ~2.8x the
-same provider behind hypercorn (`benchmarks/sim.py --hypercorn`), which matters because the sim must
-never be the bottleneck of our benchmarks.
+Why not the proxy's server (`proxy/http11.py`): fault injection needs what a well-behaved server never
+does: dropping a connection without an answer (`reset_rate`), ending a chunked body abruptly
+(`cut_stream_after`), and seeing the client hang up while we hang (`timeout_rate`). A lean h11 loop is
+also fast (~2.8x the same provider behind hypercorn, when that was measured), which matters because the
+sim must never be the bottleneck of our benchmarks.
 
 While a response is pending (latency, a hang, a stream), a watcher task reads the socket: EOF means
 the client went away, the response is cancelled and the disconnect is recorded against the key. That
