@@ -59,8 +59,9 @@ async def headless_chromium() -> AsyncIterator[webdriver.Chrome]:
             await trio.to_thread.run_sync(browser.quit)
 
 
-def wait_until(browser: webdriver.Chrome, what: Callable[[Any], Any], seconds: float = 10.0) -> Any:
-    return WebDriverWait(browser, seconds, poll_frequency=0.05).until(what)
+def wait_until(browser: webdriver.Chrome, what: Callable[[Any], Any], seconds: float = 30.0) -> Any:
+    # Generous: Chromium on a loaded 2-core machine can take seconds to render what it got at once.
+    return WebDriverWait(browser, seconds, poll_frequency=0.05).until(what, message=f"waited {seconds:g} s")
 
 
 def lifecycle_of(key: str) -> Callable[[webdriver.Chrome], str | None]:
