@@ -209,8 +209,11 @@ class _InstantRouter:
             metadata=ResponseMetadata("bench-1", "upstream", Decimal(0), 1, 0.0, "d-bench"),
         )
 
-    async def route(self, intent: Any, *, objective: Any = None, client: Any = None) -> Any:
+    async def route(self, intent: Any, **options: Any) -> Any:  # objective, client, tags: unused
         return self.canned
+
+    def budgets(self) -> dict[str, Any]:
+        return {}
 
     def models(self) -> list[str]:
         return ["gpt-4o-mini"]
