@@ -83,3 +83,37 @@ async def test_a_restart_on_the_next_day_starts_the_day_budgets_afresh(
         assert after["client:newbie"]["period_start"] == "2027-03-02T00:00:00.000Z"
         assert Decimal(after["client:newbie"]["spent"]) == 0 and Decimal(after["global"]["spent"]) == 0
         await spend(env.router, "newbie", 1)  # a new day: the whole budget again
+
+
+async def test_a_restart_with_a_budget_taken_out_of_the_config_no_longer_refuses_on_the_stored_one(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    db = tmp_path / "state.db"
+    tight = config(db)
+    tight["budgets"]["global"] = {"limit": str(worst_case()), "period": "day"}
+    async with sim_env(KEYS, config=tight, events=bus_at(2027, 3, 1, 10)) as env:
+        await spend(env.router, "acme", 1)
+        with pytest.raises(BudgetExceeded, match="budget global"):
+            await spend(env.router, "other", 1)
+    loose = config(db)
+    del loose["budgets"]["global"]  # the operator took the global budget out, and restarted
+    async with sim_env(KEYS, config=loose, events=bus_at(2027, 3, 1, 11)) as env:
+        assert "global" not in env.router.budgets()
+        await spend(env.router, "other", 1)  # as a reload would: no budget configured, no limit
+
+
+async def test_a_restart_with_a_raised_client_default_gives_clients_seen_before_the_new_limit(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    db = tmp_path / "state.db"
+    async with sim_env(KEYS, config=config(db), events=bus_at(2027, 3, 1, 10)) as env:
+        await spend(env.router, "newbie", 1)
+        with pytest.raises(BudgetExceeded, match="client:newbie"):
+            await spend(env.router, "newbie", 1)
+        spent = env.router.budgets()["client:newbie"]["spent"]
+    raised = config(db)
+    raised["budgets"]["client_default"] = {"limit": str(worst_case() * 10), "period": "day", "mode": "soft"}
+    async with sim_env(KEYS, config=raised, events=bus_at(2027, 3, 1, 11)) as env:
+        newbie = env.router.budgets()["client:newbie"]
+        assert (newbie["limit"], newbie["mode"], newbie["spent"]) == (str(worst_case() * 10), "soft", spent)
+        await spend(env.router, "newbie", 2)  # the raised limit, with what was spent still counted
