@@ -117,3 +117,19 @@ async def test_a_restart_with_a_raised_client_default_gives_clients_seen_before_
         newbie = env.router.budgets()["client:newbie"]
         assert (newbie["limit"], newbie["mode"], newbie["spent"]) == (str(worst_case() * 10), "soft", spent)
         await spend(env.router, "newbie", 2)  # the raised limit, with what was spent still counted
+
+
+async def test_a_budget_given_to_register_key_keeps_its_spend_across_a_restart(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    # Keys the library registers come after the budget actor has started on the stored ledger.
+    keys = [("k1", "sk-sim-1", {"budget": str(worst_case())})]
+    store = {"store": {"kind": "sqlite", "path": str(tmp_path / "state.db")}}
+    async with sim_env(keys, config=store, events=bus_at(2027, 3, 1, 10)) as env:
+        await spend(env.router, "acme", 1)
+        spent = env.router.budgets()["key:k1"]["spent"]
+        assert Decimal(spent) > 0
+    async with sim_env(keys, config=store, events=bus_at(2027, 3, 1, 11)) as env:
+        assert env.router.budgets()["key:k1"]["spent"] == spent
+        with pytest.raises(BudgetExceeded, match="key:k1"):
+            await spend(env.router, "acme", 1)

@@ -17,7 +17,7 @@ holds the money; if either refuses, neither changes: one message, one atomic ste
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any, assert_never
 
@@ -70,8 +70,11 @@ class BudgetActor(Actor[BudgetCommand]):
         templates: Iterable[BudgetSpec] = (),
         limits: Iterable[RateLimit] = (),
         wall_offset: float = 0.0,
+        later: Callable[[str], bool] | None = None,
     ) -> None:
+        """`later`: budget ids set after start (keys the library registers): a stored one is kept for them."""
         super().__init__("budgets", mailbox=1024)
+        self._later = later
         self._specs = tuple(specs)
         self._templates = tuple(templates)
         self._port = store
@@ -91,7 +94,7 @@ class BudgetActor(Actor[BudgetCommand]):
         # Calendar periods are cut on this process's wall clock (a restored ledger's may be stale).
         ledger = attrs.evolve(ledger, wall_offset=self._wall_offset)
         # The configured budgets win over stored ones (written under another config, perhaps): as a reload.
-        self._ledger = budget.reconfigure(ledger, self._specs, self._templates, now)
+        self._ledger = budget.reconfigure(ledger, self._specs, self._templates, now, later=self._later)
         self._outbox.save(_KIND, _ID, self._ledger)
         self._expire(now)  # restored holds whose lease ended while no instance ran
         self._arm_timer(now)
