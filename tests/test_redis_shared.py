@@ -248,3 +248,39 @@ async def test_a_soft_calendar_budget_is_counted_on_redis_per_calendar_day_and_n
     assert int(ledger[b"p"]) == int(today.timestamp())
     spent = Decimal(int(ledger[b"spent"])) / Decimal("1e9")
     assert spent >= sum((r.metadata.cost for r in served), Decimal(0)) > Decimal("0.000001")
+
+
+async def test_client_team_and_policy_budgets_are_held_by_each_instance_beside_the_shared_ones(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """Client, team and policy budgets stay in each instance's own ledger (documented); with a Redis store they
+    are still held and refused there, and the shared global budget still counts every request."""
+    one = "0.000001"  # below the worst case of one CHAT: a hard budget refuses the first
+    extra = {
+        "budgets": {"global": {"limit": "100", "period": "day"}, "client_default": {"limit": one, "period": "day"}},
+        "teams": [{"id": "search", "budget": {"limit": "100", "period": "day"}}],
+        "clients": [{"id": "acme", "team": "search", "budget": {"limit": one, "period": "day", "mode": "soft"}}],
+        "policies": [
+            {"id": "cap", "scope": "global", "kind": "cost", "effect": {"budget": {"limit": "100", "period": "day"}}}
+        ],
+    }
+    async with trio.open_nursery() as nursery:
+        _, sim_url = await start_sim(nursery)
+        configs = [_config(sim_url, redis_url, f"c{i}", key={}, extra=extra) for i in range(2)]
+        async with routers(configs) as rs:
+            served = 0
+            for router in rs:
+                for _ in range(4):  # soft: each served, however far past the limit
+                    await router.route(CHAT, client="acme")
+                    served += 1
+                with pytest.raises(BudgetExceeded, match="client:newbie"):  # hard, from the template
+                    await router.route(CHAT, client="newbie")
+                own = router.budgets()
+                assert {"client:acme", "team:search", "policy:cap"} <= own.keys()
+                assert Decimal(own["client:acme"]["spent"]) > Decimal(one)
+            with trio.fail_after(5):  # the settlements reach Redis
+                while Decimal(int(redis_server.client().hget("akr:b:global", "spent") or 0)) == 0:
+                    await trio.sleep(0.05)
+            assert not redis_server.client().exists("akr:b:client:acme")  # not shared: documented
+        nursery.cancel_scope.cancel()
+    assert served == 8

@@ -77,6 +77,22 @@ def test_a_template_gives_each_new_client_its_own_budget_in_the_step_that_holds_
     assert set(ledger.budgets) == {"client:a", "client:b"}
 
 
+def test_reconfigure_drops_what_is_no_longer_configured_and_puts_template_budgets_on_the_new_template() -> None:
+    old = [BudgetSpec("global", Decimal("1")), BudgetSpec("key:k1", Decimal("1"))]
+    ledger = budget.set_templates(budget.new_ledger(old, 0.0), [BudgetSpec("client:", Decimal("1"))])
+    ledger, _ = budget.reserve(ledger, "h", ["global", "key:k1", "client:a"], Decimal("0.5"), 0.0, until=9.0)
+    ledger, _ = budget.settle(ledger, "h", Decimal("0.4"), 1.0)
+    new = budget.reconfigure(
+        ledger, [], [BudgetSpec("client:", Decimal("5"), mode="soft")], 2.0, later=lambda b: b == "key:k1"
+    )
+    assert set(new.budgets) == {"key:k1", "client:a"}  # global: no longer configured, no longer limiting
+    client = budget.status(new, "client:a", 2.0)
+    assert client is not None and (client.spec.limit, client.spec.mode) == (Decimal("5"), "soft")
+    assert client.spent == Decimal("0.4")
+    _, events = budget.reserve(new, "h2", ["global"], Decimal("3"), 2.0, until=9.0)
+    assert not isinstance(events[0], BudgetRefused)
+
+
 def test_rpm_admits_exactly_its_limit_in_any_sixty_seconds_and_release_gives_room_back() -> None:
     state = rates.new_rates([RateLimit("client:a", rpm=2)])
     state, refused = rates.admit(state, "r1", ["client:a"], 10, 0.0)

@@ -17,7 +17,7 @@ holds the money; if either refuses, neither changes: one message, one atomic ste
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any, assert_never
 
@@ -70,8 +70,11 @@ class BudgetActor(Actor[BudgetCommand]):
         templates: Iterable[BudgetSpec] = (),
         limits: Iterable[RateLimit] = (),
         wall_offset: float = 0.0,
+        later: Callable[[str], bool] | None = None,
     ) -> None:
+        """`later`: budget ids set after start (keys the library registers): a stored one is kept for them."""
         super().__init__("budgets", mailbox=1024)
+        self._later = later
         self._specs = tuple(specs)
         self._templates = tuple(templates)
         self._port = store
@@ -89,11 +92,10 @@ class BudgetActor(Actor[BudgetCommand]):
         restored = await self._port.load(_KIND, _ID)
         ledger = restored if isinstance(restored, Ledger) else budget.new_ledger((), now)
         # Calendar periods are cut on this process's wall clock (a restored ledger's may be stale).
-        ledger = budget.set_templates(attrs.evolve(ledger, wall_offset=self._wall_offset), self._templates)
-        for spec in self._specs:  # the configured limits win over stored ones
-            ledger = budget.set_budget(ledger, spec, now)
-        self._ledger = ledger
-        self._outbox.save(_KIND, _ID, ledger)
+        ledger = attrs.evolve(ledger, wall_offset=self._wall_offset)
+        # The configured budgets win over stored ones (written under another config, perhaps): as a reload.
+        self._ledger = budget.reconfigure(ledger, self._specs, self._templates, now, later=self._later)
+        self._outbox.save(_KIND, _ID, self._ledger)
         self._expire(now)  # restored holds whose lease ended while no instance ran
         self._arm_timer(now)
         pending = self._outbox.drain()
@@ -209,17 +211,11 @@ class BudgetActor(Actor[BudgetCommand]):
         return HoldPlaced(msg.hold_id)
 
     def _set_budgets(self, specs: tuple[BudgetSpec, ...], templates: tuple[BudgetSpec, ...], now: float) -> None:
-        """A reload: configured budgets replaced; budgets made from a template kept while it lasts."""
-        ledger = budget.set_templates(self.ledger, templates)
-        prefixes = tuple(t.id for t in templates)
-        keep = {sp.id for sp in specs}
-        for bid in [b for b in ledger.budgets if b not in keep and not (prefixes and b.startswith(prefixes))]:
-            ledger = budget.remove_budget(ledger, bid)
-        for spec in specs:
-            ledger = budget.set_budget(ledger, spec, now)
+        """A reload: configured budgets replaced; budgets made from a template kept (on its new limits)
+        while it lasts."""
         self._specs = specs
         self._templates = templates
-        self._commit(ledger)
+        self._commit(budget.reconfigure(self.ledger, specs, templates, now))
 
     def _expire(self, now: float) -> None:
         ledger, expired = budget.expire(self.ledger, now)

@@ -59,7 +59,7 @@ limit). Unlike quota windows (`quota.py`), the ledger is plain Decimal arithmeti
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Literal
 
@@ -87,6 +87,7 @@ __all__ = [
     "new_ledger",
     "next_expiry",
     "period_bounds",
+    "reconfigure",
     "refusal",
     "release",
     "remove_budget",
@@ -314,8 +315,31 @@ def set_budget(ledger: Ledger, spec: BudgetSpec, now: float) -> Ledger:
 
 def set_templates(ledger: Ledger, templates: Iterable[BudgetSpec]) -> Ledger:
     """The budgets ids starting with each template's id (its prefix, "client:") get when first named.
-    Budgets already made from a template keep their limits (a reload sets them again explicitly)."""
+    Budgets already made from a template keep their limits (`reconfigure` sets them anew)."""
     return attrs.evolve(ledger, templates={t.id: t for t in templates})
+
+
+def reconfigure(
+    ledger: Ledger,
+    specs: Iterable[BudgetSpec],
+    templates: Iterable[BudgetSpec],
+    now: float,
+    *,
+    later: Callable[[str], bool] | None = None,
+) -> Ledger:
+    """The ledger under a (new) configuration, keeping what is spent and reserved: `specs` set, budgets
+    made from a template given that template's limit, period and mode, every other budget dropped (a
+    budget no longer configured limits nothing) but those `later` says will be set again soon. For a
+    reload, and for a ledger restored from a store, which may have been written under another configuration."""
+    specs = tuple(specs)
+    ledger = set_templates(ledger, templates)
+    keep = {sp.id for sp in specs}
+    for bid in [b for b in ledger.budgets if b not in keep and not (later is not None and later(b))]:
+        spec = _from_template(ledger, bid)
+        ledger = remove_budget(ledger, bid) if spec is None else set_budget(ledger, spec, now)
+    for spec in specs:
+        ledger = set_budget(ledger, spec, now)
+    return ledger
 
 
 def _from_template(ledger: Ledger, budget_id: str) -> BudgetSpec | None:

@@ -295,7 +295,12 @@ class Registry:
             templates=self.budget_templates,
             limits=self.rate_limits,
             wall_offset=self.wall_offset,
+            later=self.set_after_start,
         )
+
+    def set_after_start(self, budget_id: str) -> bool:
+        """A key budget `register_key` may set again once running (not a configured key's: the config says)."""
+        return budget_id.startswith("key:") and all(f"key:{k.id}" != budget_id for k in self.config.keys)
 
     def make_router(self) -> RouterActor:
         return RouterActor(
