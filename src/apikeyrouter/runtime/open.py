@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -49,9 +49,6 @@ from apikeyrouter.secret import Secret
 from apikeyrouter.store.backend import StateStore
 from apikeyrouter.store.open import store_from_config
 from apikeyrouter.store.redis_shared import SharedLimits, open_shared
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["ApiKeyRouter", "open_router"]
 
