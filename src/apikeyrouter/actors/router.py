@@ -244,7 +244,8 @@ class RouterActor(Actor[RouterCommand]):
                 break
             view = self._index.view(key_id)
             assert view is not None
-            candidates.append(Candidate(key_id, view.provider, value, view, msg.model, weights, self._scoring))
+            ratio = self._scoring.ratios.get((view.provider, msg.model))
+            candidates.append(Candidate(key_id, view.provider, value, view, msg.model, weights, self._scoring, ratio))
         return candidates
 
     def _candidates_under(

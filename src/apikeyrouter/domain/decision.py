@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from apikeyrouter.domain.reconcile import Ratio
 from apikeyrouter.domain.refusal import Refusal, describe
 from apikeyrouter.domain.scoring import KeyView, ScoringConfig, Weights, score
 from apikeyrouter.domain.walltime import render_wall
@@ -27,10 +28,13 @@ class Candidate:
     model: str = attrs.field(repr=False, eq=False)
     weights: Weights = attrs.field(repr=False, eq=False)
     scoring: ScoringConfig = attrs.field(repr=False, eq=False)
+    # The reconcile ratio the cost component read at decision time (the live mapping moves on).
+    ratio: Ratio | None = attrs.field(default=None, repr=False, eq=False)
 
     @functools.cached_property
     def breakdown(self) -> str:
-        return score(self.view, self.model, self.weights, self.scoring).explain()
+        ratios = {} if self.ratio is None else {(self.provider, self.model): self.ratio}
+        return score(self.view, self.model, self.weights, attrs.evolve(self.scoring, ratios=ratios)).explain()
 
 
 @attrs.frozen
