@@ -3,14 +3,21 @@ request, and a dry run over recorded decisions knows its cost delta."""
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import re
 from decimal import Decimal
 
+import trio
+import trio.testing
+
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.reconcile import Ratio
+from apikeyrouter.domain.request import RequestIntent
 from apikeyrouter.domain.scoring import KeyView, ScoringConfig, rank
+from apikeyrouter.observe import EventBus
 from tests.routing_env import chat
-from tests.sim_transport import sim_env
+from tests.sim_transport import SimAdapter, SimTransport, sim_env
 
 KEYS = [("k1", "sk-sim-1", {}), ("k2", "sk-sim-2", {})]
 
@@ -49,3 +56,40 @@ async def test_the_router_scores_cost_with_the_ratios_its_answers_taught_it() ->
         assert _cost_part(after.metadata.decision.candidates[0].breakdown) > before
         # An explanation read later still says what the decision saw (the ratio of its time, not today's).
         assert _cost_part(first.metadata.decision.candidates[0].breakdown) == before
+
+
+def worst_case() -> Decimal:
+    """What a budget holds for one `chat()` request on the simulated provider."""
+    adapter = SimAdapter(SimTransport(None))  # type: ignore[arg-type]
+    return adapter.estimate(RequestIntent.from_openai(chat("burst"))).worst_case_cost
+
+
+async def test_a_soft_budget_projects_from_expected_spend_and_a_hard_one_from_the_worst_case(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    limit = str(worst_case() * 15)
+    config = {
+        "clients": [
+            {"id": "soft", "budget": {"limit": limit, "period": "day", "mode": "soft"}},
+            {"id": "hard", "budget": {"limit": limit, "period": "day"}},
+        ]
+    }
+    events = EventBus(wall_offset=dt.datetime(2027, 3, 1, 9, tzinfo=dt.UTC).timestamp() - trio.current_time())
+    async with sim_env(KEYS, sim_defaults={"latency_ms": 500}, config=config, events=events) as env:
+        for _ in range(3):  # answers teach reconcile that they use far less than max_tokens
+            for client in ("soft", "hard"):
+                await env.router.route(chat("burst"), client=client)
+        async with trio.open_nursery() as nursery:
+            for i in range(20):  # ten each, all in flight (held) when the status is read
+                nursery.start_soon(functools.partial(env.router.route, chat("burst"), client=("soft", "hard")[i % 2]))
+            await trio.testing.wait_all_tasks_blocked()
+            soft, hard = env.router.get_budget_status("client:soft"), env.router.get_budget_status("client:hard")
+            assert soft is not None and hard is not None
+            assert soft["spent"] == hard["spent"] and soft["reserved"] == hard["reserved"] == str(worst_case() * 10)
+            assert hard["projection_basis"] == "worst_case" and "reserved_expected" not in hard
+            assert soft["projection_basis"] == "expected"
+            assert Decimal(0) < Decimal(soft["reserved_expected"]) < Decimal(soft["reserved"])
+            # The same spend, the same holds: the soft budget expects to last longer.
+            assert hard["projected_exhaustion"] is not None
+            assert soft["projected_exhaustion"] is not None
+            assert soft["projected_exhaustion"] > hard["projected_exhaustion"]

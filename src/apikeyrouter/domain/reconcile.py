@@ -28,7 +28,9 @@ class Ratio:
     samples: int = 0
 
 
-def learn(old: Ratio | None, *, estimated_input: int, max_output: int, actual_input: int, actual_output: int) -> Ratio | None:
+def learn(
+    old: Ratio | None, *, estimated_input: int, max_output: int, actual_input: int, actual_output: int
+) -> Ratio | None:
     """`old` with one answer's usage learned (None when the estimate had nothing to compare)."""
     if estimated_input <= 0 or max_output <= 0:
         return old

@@ -41,9 +41,9 @@ import attrs
 
 from apikeyrouter.domain.circuit import BreakerState
 from apikeyrouter.domain.cost import ModelPrice
-from apikeyrouter.domain.reconcile import Ratio, expected_per_million
 from apikeyrouter.domain.lifecycle import KeyState
 from apikeyrouter.domain.quota import CapacityState, Prediction
+from apikeyrouter.domain.reconcile import Ratio, expected_per_million
 from apikeyrouter.domain.walltime import render_wall
 
 __all__ = [
