@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import re
 from decimal import Decimal
 
+import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -16,10 +19,13 @@ from apikeyrouter.domain.reconcile import Ratio
 from apikeyrouter.domain.request import RequestIntent
 from apikeyrouter.domain.scoring import KeyView, ScoringConfig, rank
 from apikeyrouter.observe import EventBus
-from tests.routing_env import chat
+from apikeyrouter.runtime.policies import PolicyRejected
+from tests.proxy_fakes import CHAT, auth, running_proxy
+from tests.routing_env import chat, routing_env
 from tests.sim_transport import SimAdapter, SimTransport, sim_env
 
 KEYS = [("k1", "sk-sim-1", {}), ("k2", "sk-sim-2", {})]
+HEADER = "x-apikeyrouter-policy"
 
 # Worst case (a quarter of the tokens output), "wordy" is dearer; but its answers use a tenth of max_tokens.
 TERSE = ModelPrice(Decimal("3.00"), Decimal("3.00"))
@@ -93,3 +99,87 @@ async def test_a_soft_budget_projects_from_expected_spend_and_a_hard_one_from_th
             assert hard["projected_exhaustion"] is not None
             assert soft["projected_exhaustion"] is not None
             assert soft["projected_exhaustion"] > hard["projected_exhaustion"]
+
+
+# -- a request's own policy --------------------------------------------------------------------------
+
+REGIONS = [
+    ("eu-1", "sk-sim-eu1", {"metadata": {"region": "eu"}}),
+    ("us-1", "sk-sim-us1", {"metadata": {"region": "us"}}),
+    ("us-2", "sk-sim-us2", {"metadata": {"region": "us"}}),
+]
+ACME_POLICY = {
+    "id": "acme-keys",
+    "scope": "client:acme",
+    "kind": "routing",
+    "effect": {"allow_keys": ["eu-1", "us-1"], "objective": "cost"},
+}
+ACME = {"clients": [{"id": "acme"}]}
+
+
+async def test_a_request_policy_is_the_most_specific_and_wins_over_the_clients(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    own = {"kind": "routing", "effect": {"deny_keys": ["eu-1"], "objective": "latency"}}
+    async with sim_env(REGIONS, config=ACME) as env:
+        await env.router.configure_policy(ACME_POLICY)  # it names keys registered at run time
+        plain = {(await env.router.route(chat(f"n{i}"), client="acme")).metadata.key_used for i in range(12)}
+        assert "eu-1" in plain and plain <= {"eu-1", "us-1"}  # the client's policy alone
+        for i in range(12):
+            response = await env.router.route(chat(f"o{i}"), client="acme", policy=own)
+            decision = response.metadata.decision
+            assert response.metadata.key_used == "us-1"  # the client allows eu-1 by name; this request denies it
+            assert decision.objective == "latency"  # the request's objective over the client's
+            assert set(decision.policies) == {"acme-keys", "request"}
+            assert decision.excluded["eu-1"] == "eu-1: excluded by policy request"
+            assert decision.excluded["us-2"] == "us-2: excluded by policy acme-keys"
+        assert "objective latency set by policy request" in decision.explanation
+        # Nothing stays behind: the next request without one is the client's again.
+        after = await env.router.route(chat("again"), client="acme")
+        assert after.metadata.decision.objective == "cost" and "request" not in after.metadata.decision.policies
+        assert [p["id"] for p in env.router.policies()] == ["acme-keys"]
+
+
+async def test_a_request_policy_is_validated_like_any_and_names_the_field(autojump_clock: trio.abc.Clock) -> None:
+    async with sim_env(REGIONS, config=ACME) as env:
+        cases = [
+            ({"kind": "routing", "effect": {"objective": "fastest"}}, "policy.effect.objective: "),
+            ({"kind": "routing", "effect": {"deny_keys": ["nope"]}}, "policy.effect.deny_keys: unknown key 'nope'"),
+            ({"kind": "routing", "effect": {"objectiv": "cost"}}, "policy.effect: extra fields found (objectiv)"),
+            ({"scope": "client:acme", "kind": "routing"}, "policy.scope: a request's own policy has scope request"),
+            ({"kind": "cost", "effect": {"budget": {"limit": "1"}}}, "policy.effect.budget: "),
+            ([{"kind": "routing"}, {"kind": "nonsense"}], "policy[1].kind: "),
+        ]
+        for given, error in cases:
+            with pytest.raises(PolicyRejected) as caught:
+                await env.router.route(chat("x"), client="acme", policy=given)
+            assert caught.value.param == "policy"
+            assert any(e.startswith(error) for e in caught.value.errors), (error, caught.value.errors)
+        assert env.router.decisions(10) == []  # refused before any decision
+
+
+async def test_the_proxy_takes_a_request_policy_from_its_header_and_refuses_a_bad_one() -> None:
+    keys = REGIONS[:2]
+    eu = json.dumps({"kind": "eligibility", "effect": {"require_key_metadata": {"region": "eu"}}})
+    async with (
+        routing_env(keys) as env,
+        running_proxy(env.router) as proxy,  # type: ignore[arg-type]
+        httpx.AsyncClient(base_url=proxy.url) as http,
+    ):
+        for _ in range(6):
+            ok = await http.post("/v1/chat/completions", json=CHAT, headers={**auth(), HEADER: eu})
+            assert ok.status_code == 200, ok.text
+            assert ok.headers["x-apikeyrouter-key-id"] == "eu-1"
+        decision = env.router.decisions(1)[0]
+        assert decision["policies"] == ["request"] and "excluded by policy request" in decision["explanation"]
+        bad = {"kind": "routing", "effect": {"objective": "fastest"}}
+        for raw, field in [
+            (json.dumps(bad), "policy.effect.objective"),
+            ("{not json", "not valid JSON"),
+            ('"eu"', "expected a JSON object"),
+        ]:
+            refused = await http.post("/v1/chat/completions", json=CHAT, headers={**auth(), HEADER: raw})
+            assert refused.status_code == 400, refused.text
+            error = refused.json()["error"]
+            assert error["type"] == "invalid_request_error" and error["param"] == HEADER
+            assert field in error["message"]

@@ -212,9 +212,15 @@ class Registry:
         return self.clients.get(client_id)
 
     def policy_for(
-        self, model: str, client: str | None, team: str | None, tags: frozenset[str], now: float
+        self,
+        model: str,
+        client: str | None,
+        team: str | None,
+        tags: frozenset[str],
+        now: float,
+        own: tuple[Policy, ...] = (),
     ) -> EffectivePolicy | None:
-        return self.policy_book.effective(model, client, team, tags, now)
+        return self.policy_book.effective(model, client, team, tags, now, own)
 
     def reconcile(self, provider: str, model: str, estimated_input: int, max_output: int, usage: Usage) -> None:
         if len(self.ratios) >= 4096 and (provider, model) not in self.ratios:
