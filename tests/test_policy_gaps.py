@@ -183,3 +183,44 @@ async def test_the_proxy_takes_a_request_policy_from_its_header_and_refuses_a_ba
             error = refused.json()["error"]
             assert error["type"] == "invalid_request_error" and error["param"] == HEADER
             assert field in error["message"]
+
+
+# -- dry run over recorded decisions: the cost delta -------------------------------------------------
+
+UPGRADE = {"id": "upgrade", "scope": "global", "kind": "routing", "effect": {"aliases": {"gpt-4o-mini": "gpt-4o"}}}
+
+
+async def test_recorded_decisions_carry_their_tokens_and_a_dry_run_prices_its_cost_delta(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    adapter = SimAdapter(SimTransport(None))  # type: ignore[arg-type]
+    async with sim_env(KEYS) as env:
+        bodies = [chat("short"), chat("a somewhat longer question, with more words in it", max_tokens=200)]
+        for body in bodies * 3:
+            await env.router.route(body)
+        recorded = env.router.decisions(6)
+        for d, body in zip(recorded, bodies * 3, strict=True):
+            est = adapter.estimate(RequestIntent.from_openai(body))
+            assert (d["input_tokens"], d["max_tokens"]) == (est.input_tokens, est.max_output_tokens)
+
+        def worst(body: dict[str, object], model: str) -> Decimal:
+            return adapter.estimate(RequestIntent.from_openai({**body, "model": model})).worst_case_cost
+
+        expected = sum((worst(b, "gpt-4o") - worst(b, "gpt-4o-mini") for b in bodies * 3), Decimal(0))
+        report = env.router.dry_run_policy([UPGRADE])  # the recorded decisions, replayed
+        assert report["requests"] == 6 and Decimal(report["cost_delta"]) == expected > 0
+        # Decisions from a file (`policy dry-run --against`) carry them too; one without them: unknown.
+        assert Decimal(env.router.dry_run_policy([UPGRADE], recorded)["cost_delta"]) == expected
+        unpriced = [{k: v for k, v in d.items() if k != "input_tokens"} for d in recorded]
+        assert env.router.dry_run_policy([UPGRADE], unpriced)["cost_delta"] is None
+
+
+async def test_a_recorded_decision_with_custom_weights_replays_under_the_routers_objective(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with sim_env(KEYS) as env:
+        await env.router.route(chat("weighed"), objective={"cost": 1.0, "latency": 1.0})
+        recorded = env.router.decisions(1)
+        assert recorded[0]["objective"] == "custom"  # the weights themselves are not recorded
+        report = env.router.dry_run_policy([UPGRADE], recorded)
+        assert report["requests"] == 1 and report["refused_total"] == 0 and report["cost_delta"] is not None

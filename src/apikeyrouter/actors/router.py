@@ -226,6 +226,7 @@ class RouterActor(Actor[RouterCommand]):
             client=msg.client,
             policies=() if policy is None else policy.policies,
             policy_notes=() if policy is None else policy.notes,
+            estimates=msg.estimates,
         )
         if remember:
             self._remember(decision)

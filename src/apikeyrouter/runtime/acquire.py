@@ -216,7 +216,9 @@ async def _decide(deps: Deps, req: Request, exclude: frozenset[str]) -> RoutingD
     async def ask() -> RoutingDecision:
         ref = deps.router_ref()
         return await ref.ask(
-            lambda r: Decide(req.id, model, objective, exclude, r, policy=req.policy, client=req.client)
+            lambda r: Decide(
+                req.id, model, objective, exclude, r, policy=req.policy, client=req.client, estimates=req.estimates
+            )
         )
 
     try:

@@ -482,18 +482,22 @@ def _error_order(error: str) -> tuple[int, str]:
 
 
 def _dry_request(raw: Mapping[str, Any]) -> DryRunRequest:
-    """A dry-run request from a table: `model` (or an OpenAI body with messages), `client`, `tags`."""
+    """A dry-run request from a table: `model` (or an OpenAI body with messages), `client`, `tags`; or a
+    recorded decision (`GET /decisions`), whose `input_tokens` and `max_tokens` price its worst case."""
     if not isinstance(raw.get("model"), str):
         raise InvalidRequest("each dry-run request needs a model", param="requests")
     intent = RequestIntent.from_openai(raw) if "messages" in raw else None
     tags = raw.get("tags", ())
+    given, most = raw.get("input_tokens"), raw.get("max_tokens")
     return DryRunRequest(
         model=raw["model"],
         client=raw.get("client") if isinstance(raw.get("client"), str) else None,
         tags=frozenset(t for t in tags if isinstance(t, str)) if isinstance(tags, list | tuple) else frozenset(),
-        objective=raw.get("objective") if isinstance(raw.get("objective"), str) else None,
+        objective=raw["objective"] if isinstance(raw.get("objective"), str) and raw["objective"] != "custom" else None,
         intent=intent,
         request_id=str(raw.get("request_id", "")),
+        input_tokens=given if intent is None and isinstance(given, int) and given >= 0 else None,
+        max_tokens=most if intent is None and isinstance(most, int) and most >= 0 else None,
     )
 
 
