@@ -138,8 +138,14 @@ class BudgetActor(Actor[BudgetCommand]):
             out["period"] = spec.calendar.unit if spec.calendar is not None else f"{spec.period_s:g}s"
             out["period_start"] = render_wall(start, self._wall_offset)
             out["period_end"] = render_wall(end, self._wall_offset)
-        fc = budget.forecast(self.ledger, st, now)
+        # Soft: projected from what the holds in flight are expected to cost (reconcile); hard: from
+        # the worst case they hold, as the budget enforces.
+        expected = budget.expected_reserved(self.ledger, spec.id) if spec.mode == "soft" else None
+        fc = budget.forecast(self.ledger, st, now, reserved=expected)
         if fc is not None:
+            out["projection_basis"] = "worst_case" if expected is None else "expected"
+            if expected is not None:
+                out["reserved_expected"] = str(expected)
             out["burn_rate_per_hour"] = str(round(fc.burn_rate * 3600, 8))
             at = fc.exhausted_at
             out["projected_exhaustion"] = None if at is None else render_wall(at, self._wall_offset)
@@ -200,7 +206,15 @@ class BudgetActor(Actor[BudgetCommand]):
         if limited is not None:
             return _rate_refusal(msg.key_id, limited)
         ledger, events = budget.reserve(
-            self.ledger, msg.hold_id, msg.budgets, msg.worst_case, now, until=msg.lease_until
+            self.ledger,
+            msg.hold_id,
+            msg.budgets,
+            msg.worst_case,
+            now,
+            until=msg.lease_until,
+            ratio=msg.ratio,
+            price=msg.price,
+            max_output=msg.max_output,
         )
         refused = budget.refusal(events)
         if refused is not None:

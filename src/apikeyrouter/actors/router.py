@@ -226,6 +226,7 @@ class RouterActor(Actor[RouterCommand]):
             client=msg.client,
             policies=() if policy is None else policy.policies,
             policy_notes=() if policy is None else policy.notes,
+            estimates=msg.estimates,
         )
         if remember:
             self._remember(decision)
@@ -244,7 +245,8 @@ class RouterActor(Actor[RouterCommand]):
                 break
             view = self._index.view(key_id)
             assert view is not None
-            candidates.append(Candidate(key_id, view.provider, value, view, msg.model, weights, self._scoring))
+            ratio = self._scoring.ratios.get((view.provider, msg.model))
+            candidates.append(Candidate(key_id, view.provider, value, view, msg.model, weights, self._scoring, ratio))
         return candidates
 
     def _candidates_under(

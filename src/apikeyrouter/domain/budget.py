@@ -52,6 +52,11 @@ Templates: a budget id that is not configured but starts with a template's prefi
 a budget of its own from the template, in the same step that holds on it, so the first burst of a
 client never seen before meets the default budget exactly like every later one.
 
+Expected spend: a hold may carry what reconcile learned for its (provider, model) when it was placed
+(its ratio, the price and `max_tokens`), references only. `expected_reserved` reads them when someone
+asks — a soft budget's projection (`forecast(..., reserved=...)`) rests on what the holds in flight are
+expected to cost; a hard budget's on the worst case it holds, which is also all it ever enforces.
+
 Budget ids named in a reservation that have no budget configured are skipped (no budget = no
 limit). Unlike quota windows (`quota.py`), the ledger is plain Decimal arithmetic: exact.
 """
@@ -65,6 +70,8 @@ from typing import Literal
 
 import attrs
 
+from apikeyrouter.domain import reconcile
+from apikeyrouter.domain.cost import PER_MILLION, ModelPrice
 from apikeyrouter.domain.period import CalendarPeriod, bounds
 
 __all__ = [
@@ -82,6 +89,7 @@ __all__ = [
     "HoldExpired",
     "LateCharged",
     "Ledger",
+    "expected_reserved",
     "expire",
     "forecast",
     "new_ledger",
@@ -140,6 +148,9 @@ class _Hold:
     amount: Decimal
     budgets: tuple[str, ...]
     until: float  # the lease: freed by `expire` from then on
+    ratio: reconcile.Ratio | None = None  # learned for its (provider, model) when placed: None, nothing yet
+    price: ModelPrice | None = None  # with `max_output`: the output part of `amount`
+    max_output: int = 0
 
 
 @attrs.frozen
@@ -357,10 +368,19 @@ def remove_budget(ledger: Ledger, budget_id: str) -> Ledger:
 
 
 def reserve(
-    ledger: Ledger, hold_id: str, budget_ids: Iterable[str], worst_case: Decimal, now: float, *, until: float
+    ledger: Ledger,
+    hold_id: str,
+    budget_ids: Iterable[str],
+    worst_case: Decimal,
+    now: float,
+    *,
+    until: float,
+    ratio: reconcile.Ratio | None = None,
+    price: ModelPrice | None = None,
+    max_output: int = 0,
 ) -> tuple[Ledger, list[BudgetEvent]]:
     """Hold `worst_case` against every named budget until `until` at the latest, or refuse (ledger
-    unchanged, one `BudgetRefused`)."""
+    unchanged, one `BudgetRefused`). `ratio`, `price`, `max_output`: what its expected cost is read from."""
     if not isinstance(worst_case, Decimal) or worst_case < 0:
         raise ValueError(f"worst_case must be a Decimal >= 0, got {worst_case!r}")
     if hold_id in ledger.holds:
@@ -386,7 +406,7 @@ def reserve(
     new = attrs.evolve(
         ledger,
         budgets={**ledger.budgets, **updated},
-        holds={**ledger.holds, hold_id: _Hold(worst_case, held, until)},
+        holds={**ledger.holds, hold_id: _Hold(worst_case, held, until, ratio, price, max_output)},
     )
     return new, [BudgetReserved(hold_id, worst_case, held, now), *soft]
 
@@ -487,15 +507,33 @@ class Forecast:
     confidence: float  # 0..1: grows with the charges seen and the share of the period elapsed
 
 
-def forecast(ledger: Ledger, b: BudgetStatus, now: float) -> Forecast | None:
-    """The burn rate and projected exhaustion of a budget with a period (None for one that never resets)."""
+def _expected(hold: _Hold) -> Decimal:
+    if hold.ratio is None or hold.price is None:
+        return hold.amount  # nothing learned when it was placed: the worst case
+    output_cost = min(hold.amount, hold.max_output * hold.price.output / PER_MILLION)
+    return reconcile.expected(hold.amount, hold.amount - output_cost, hold.ratio)
+
+
+def expected_reserved(ledger: Ledger, budget_id: str) -> Decimal:
+    """What the live holds on a budget are expected to cost (never more than they hold). A read, for
+    status: it scans the holds."""
+    b = ledger.budgets.get(budget_id)
+    if b is None:
+        return _ZERO
+    total = sum((_expected(h) for h in ledger.holds.values() if budget_id in h.budgets), _ZERO)
+    return min(b.reserved, total)
+
+
+def forecast(ledger: Ledger, b: BudgetStatus, now: float, *, reserved: Decimal | None = None) -> Forecast | None:
+    """The burn rate and projected exhaustion of a budget with a period (None for one that never resets).
+    `reserved`: what the holds in flight count for (default: the worst case they hold)."""
     bounds_ = period_bounds(ledger, b.spec, now)
     if bounds_ is None:
         return None
     start, end = bounds_
     elapsed = max(now - max(start, ledger.origin), 1e-9)
     rate = b.spent / Decimal(repr(elapsed))
-    left = b.spec.limit - b.spent - b.reserved
+    left = b.spec.limit - b.spent - (b.reserved if reserved is None else reserved)
     if left <= 0:
         at: float | None = now
     elif rate > 0:

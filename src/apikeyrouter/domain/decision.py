@@ -10,6 +10,8 @@ from typing import Any
 
 import attrs
 
+from apikeyrouter.domain.cost import CostEstimate
+from apikeyrouter.domain.reconcile import Ratio
 from apikeyrouter.domain.refusal import Refusal, describe
 from apikeyrouter.domain.scoring import KeyView, ScoringConfig, Weights, score
 from apikeyrouter.domain.walltime import render_wall
@@ -27,10 +29,13 @@ class Candidate:
     model: str = attrs.field(repr=False, eq=False)
     weights: Weights = attrs.field(repr=False, eq=False)
     scoring: ScoringConfig = attrs.field(repr=False, eq=False)
+    # The reconcile ratio the cost component read at decision time (the live mapping moves on).
+    ratio: Ratio | None = attrs.field(default=None, repr=False, eq=False)
 
     @functools.cached_property
     def breakdown(self) -> str:
-        return score(self.view, self.model, self.weights, self.scoring).explain()
+        ratios = {} if self.ratio is None else {(self.provider, self.model): self.ratio}
+        return score(self.view, self.model, self.weights, attrs.evolve(self.scoring, ratios=ratios)).explain()
 
 
 @attrs.frozen
@@ -51,6 +56,16 @@ class RoutingDecision:
     client: str | None = None  # who asked (a client id, never a token)
     policies: tuple[str, ...] = ()  # the policies that applied to the request
     policy_notes: tuple[str, ...] = ()  # what they did: "objective cost set by policy p1", ...
+    # The request's estimates by provider: a reference to the request's own dict, filled once a key is
+    # chosen (the decision is made before any estimate), read by `tokens`. Nothing is copied per decision.
+    estimates: Mapping[str, CostEstimate] | None = attrs.field(default=None, repr=False, eq=False)
+
+    @property
+    def tokens(self) -> tuple[int | None, int | None]:
+        """(estimated input tokens, max output tokens) of the request at the chosen key's provider;
+        (None, None) before it was estimated, or for a decision that chose no key."""
+        est = None if self.estimates is None or not self.candidates else self.estimates.get(self.candidates[0].provider)
+        return (None, None) if est is None else (est.input_tokens, est.max_output_tokens)
 
     @functools.cached_property
     def explanation(self) -> str:
@@ -91,6 +106,8 @@ class RoutingDecision:
             "client": self.client,
             "policies": list(self.policies),
             "chosen": self.candidates[0].key_id if self.candidates else None,
+            "input_tokens": self.tokens[0],
+            "max_tokens": self.tokens[1],
             "candidates": [
                 {"key": c.key_id, "score": round(c.score, 4), "breakdown": c.breakdown} for c in self.candidates
             ],

@@ -15,7 +15,10 @@ view changes instead of rescoring everything. Components:
 
     reliability  success EWMA, halved while the breaker is half-open
     latency      1 / (1 + latency_ewma / latency_ref_s); 0.5 while unknown
-    cost         1 / (1 + blended price per 1M tokens / cost_ref); 0.5 when the price is unknown
+    cost         1 / (1 + expected price per 1M tokens / cost_ref); 0.5 when the price is unknown. The
+                 expected price weighs the input (1 - output_share) and output (output_share) prices
+                 by the ratios learned for the key's (provider, model) (domain/reconcile.py: actual
+                 input / our estimate, actual output / max_tokens); the worst case until one is learned
     fairness     1 / (1 + recent_requests / fairness_ref): fewer recent requests is better
     quality      the key's quality tier mapped to [0, 1] by whoever builds the view
     headroom     capacity fraction left, cut by a predicted exhaustion:
@@ -37,9 +40,10 @@ from collections.abc import Callable, Iterable, Mapping
 import attrs
 
 from apikeyrouter.domain.circuit import BreakerState
-from apikeyrouter.domain.cost import ModelPrice, blended_per_million
+from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.lifecycle import KeyState
 from apikeyrouter.domain.quota import CapacityState, Prediction
+from apikeyrouter.domain.reconcile import Ratio, expected_per_million
 from apikeyrouter.domain.walltime import render_wall
 
 __all__ = [
@@ -121,6 +125,9 @@ class ScoringConfig:
     fairness_ref: float = 10.0
     prediction_horizon_s: float = 60.0
     output_share: float = 0.25  # for the blended price
+    # Learned per (provider, model), read by the cost component: a live mapping the runtime updates in
+    # place (a key re-ranks with what it holds when its view next changes). Not part of eq/hash.
+    ratios: Mapping[tuple[str, str], Ratio] = attrs.field(factory=dict, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -233,7 +240,9 @@ def _cost(view: KeyView, model: str, cfg: ScoringConfig) -> float:
     price = view.price_for(model)
     if price is None:
         return 0.5
-    return 1.0 / (1.0 + blended_per_million(price, output_share=cfg.output_share) / cfg.cost_ref_per_m)
+    ratio = cfg.ratios.get((view.provider, model))
+    per_m = expected_per_million(float(price.input), float(price.output), cfg.output_share, ratio)
+    return 1.0 / (1.0 + per_m / cfg.cost_ref_per_m)
 
 
 def _latency(view: KeyView, _model: str, cfg: ScoringConfig) -> float:

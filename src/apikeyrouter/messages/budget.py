@@ -7,7 +7,9 @@ from decimal import Decimal
 import attrs
 
 from apikeyrouter.domain.budget import BudgetSpec
+from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.rates import RateLimit
+from apikeyrouter.domain.reconcile import Ratio
 from apikeyrouter.domain.refusal import Refusal
 from apikeyrouter.kernel.actor import Reply
 
@@ -21,7 +23,10 @@ class Hold:
     `lease_until`: the hold is freed then if it was neither charged nor freed (its settlement was lost);
     a charge that comes later is still charged (domain/budget.py). `tokens`: the request's worst-case
     tokens, taken with one request in the rpm/tpm window of every named scope that has one
-    (domain/rates.py); `client`: who asked, for the events a soft budget emits."""
+    (domain/rates.py); `client`: who asked, for the events a soft budget emits. `ratio`, `price`,
+    `max_output`: what reconcile had learned for the request's (provider, model), the price and its
+    `max_tokens` — references the request already had, from which a soft budget's projection reads the
+    hold's expected cost (domain/budget.py)."""
 
     hold_id: str
     budgets: tuple[str, ...]
@@ -31,6 +36,9 @@ class Hold:
     key_id: str = ""
     tokens: int = 0
     client: str | None = None
+    ratio: Ratio | None = None
+    price: ModelPrice | None = None
+    max_output: int = 0
 
 
 @attrs.frozen

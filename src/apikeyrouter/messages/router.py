@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import attrs
 
+from apikeyrouter.domain.cost import CostEstimate
 from apikeyrouter.domain.policy import EffectivePolicy
 from apikeyrouter.domain.scoring import Weights
 from apikeyrouter.kernel.actor import Reply
@@ -21,7 +23,9 @@ __all__ = ["Decide", "RouterCommand"]
 class Decide:
     """Rank the keys that can serve `model` now. `exclude`: keys already tried by this request.
     `policy`: the request's effective policy (keys it excludes are left out, named in the decision);
-    `client`: who asked, carried into the decision."""
+    `client`: who asked, carried into the decision. `estimates`: the request's own estimates by provider
+    (a reference to the dict the request path fills once a key is chosen), from which the decision tells
+    its token counts when read (`RoutingDecision.tokens`)."""
 
     request_id: str
     model: str
@@ -31,6 +35,7 @@ class Decide:
     k: int = 3
     policy: EffectivePolicy | None = None
     client: str | None = None
+    estimates: Mapping[str, CostEstimate] | None = None
 
 
 RouterCommand = Decide

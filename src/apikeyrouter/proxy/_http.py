@@ -112,6 +112,7 @@ class Request:
         "objective_header",
         "origin",
         "path",
+        "policy_header",
         "query",
         "request_id",
         "tags_header",
@@ -130,6 +131,7 @@ class Request:
         self.deadline_header: bytes | None = None
         self.objective_header: bytes | None = None
         self.tags_header: bytes | None = None
+        self.policy_header: bytes | None = None  # x-apikeyrouter-policy: this request's own policy, JSON
         self.request_id: str | None = None
         self.cookie: bytes | None = None  # the dashboard's session; origin and host for its CSRF check
         self.origin: bytes | None = None
@@ -154,6 +156,8 @@ class Request:
                 self.host = value
             elif name == b"x-apikeyrouter-tags":
                 self.tags_header = value
+            elif name == b"x-apikeyrouter-policy":
+                self.policy_header = value
 
     def bearer(self) -> str | None:
         raw = self.authorization

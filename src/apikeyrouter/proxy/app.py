@@ -65,7 +65,7 @@ from apikeyrouter.proxy._openai import OpenAIRelay, completion_json, models_json
 from apikeyrouter.proxy.admin import AdminAPI
 from apikeyrouter.proxy.dashboard import Dashboard
 from apikeyrouter.proxy.dashboard_routes import dashboard_routes
-from apikeyrouter.proxy.policies import PolicyAPI, PolicyRouter
+from apikeyrouter.proxy.policies import PolicyAPI, PolicyRouter, own_policy
 from apikeyrouter.proxy.state_query import state_query
 from apikeyrouter.runtime.api import RouterAPI
 from apikeyrouter.secret import Secret
@@ -76,6 +76,7 @@ log = structlog.get_logger("apikeyrouter.proxy")
 
 Handler = Callable[[Exchange, str], Awaitable[None]]
 Render = Callable[[SystemResponse], Any]
+Own = Mapping[str, Any]  # {"policy": the request's own policies} or {} (route/stream keyword arguments)
 
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the answer"
 MIN_DEADLINE_S = 0.001  # the smallest x-apikeyrouter-deadline taken; anything smaller is a 400
@@ -437,25 +438,26 @@ class ProxyApp:
         if ex.request.tags_header:  # policies match on them (comma-separated)
             tags = ex.request.tags_header.decode("latin-1").split(",")
             intent = attrs.evolve(intent, tags=frozenset(t.strip() for t in tags if t.strip()))
+        own = own_policy(self.router, ex.request.policy_header) if ex.request.policy_header else {}
         in_flight = self.metrics.in_flight
         in_flight.inc()
         try:
             if intent.stream:
-                error = await self._pump(ex, intent, objective, deadline, relay())
+                error = await self._pump(ex, intent, objective, deadline, relay(), own)
             else:
-                error = await self._complete(ex, intent, objective, deadline, render)
+                error = await self._complete(ex, intent, objective, deadline, render, own)
         finally:
             in_flight.dec()
         if error is not None:
             raise error
 
     async def _complete(
-        self, ex: Exchange, intent: RequestIntent, objective: str | None, deadline: float, render: Render
+        self, ex: Exchange, intent: RequestIntent, objective: str | None, deadline: float, render: Render, own: Own
     ) -> BaseException | None:
         # A client that leaves cancels this task (the server sees it): the route and its upstream call end.
         response = None
         with trio.move_on_after(deadline) as timer:
-            response = await self.router.route(intent, objective=objective, client=ex.client)
+            response = await self.router.route(intent, objective=objective, client=ex.client, **own)
         if timer.cancelled_caught or response is None:
             return deadline_error(deadline)
         headers = self._metadata_headers(ex, response.metadata)
@@ -467,14 +469,14 @@ class ProxyApp:
         return None
 
     async def _pump(
-        self, ex: Exchange, intent: RequestIntent, objective: str | None, deadline: float, relay: Relay
+        self, ex: Exchange, intent: RequestIntent, objective: str | None, deadline: float, relay: Relay, own: Own
     ) -> BaseException | None:
         """Open the routed stream and relay it as SSE. Returns an error to answer with if no header went out."""
         idle = self.stream_idle_timeout
         out = ex.response
         with trio.CancelScope(deadline=trio.current_time() + deadline) as timer:
             try:
-                async with self.router.stream(intent, objective=objective, client=ex.client) as routed:
+                async with self.router.stream(intent, objective=objective, client=ex.client, **own) as routed:
                     headers = [*_SSE_HEADERS, *self._metadata_headers(ex, routed.metadata)]
                     timer.deadline = trio.current_time() + idle
                     ex.status = 200

@@ -5,6 +5,9 @@
 whole set; either is validated with the rest of the live set and applied at once, or refused with a 400
 listing every error (`policies[3].match.models: unknown model 'gpt-5o'`), nothing changed. Changes are
 audited under the admin token's fingerprint (never the token).
+
+`own_policy` reads a request's own policy from its `x-apikeyrouter-policy` header (any client may send
+one: it can only narrow or steer its own request, never change what others get).
 """
 
 from __future__ import annotations
@@ -12,11 +15,30 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import orjson
+
 from apikeyrouter.domain.policy import Policy
 from apikeyrouter.errors import InvalidRequest
 from apikeyrouter.proxy._http import HTTPError
 
-__all__ = ["PolicyAPI", "PolicyRouter"]
+__all__ = ["PolicyAPI", "PolicyRouter", "own_policy"]
+
+_HEADER = "x-apikeyrouter-policy"
+
+
+def own_policy(router: object, raw: bytes) -> dict[str, Any]:
+    """The `x-apikeyrouter-policy` header (one policy, or a list, as JSON; scope `request`) validated like
+    any policy: `{"policy": (...)}` for the route call, or a 400 naming the field."""
+    parse = getattr(router, "request_policies", None)
+    if parse is None:
+        raise HTTPError(400, f"this router takes no {_HEADER} header", param=_HEADER)
+    try:
+        given = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise HTTPError(400, f"{_HEADER} is not valid JSON: {exc}", param=_HEADER) from None
+    if not isinstance(given, dict | list):
+        raise HTTPError(400, f"{_HEADER}: expected a JSON object (a policy) or a list of them", param=_HEADER)
+    return {"policy": parse(given, param=_HEADER)}
 
 
 @runtime_checkable

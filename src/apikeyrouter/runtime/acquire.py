@@ -216,7 +216,9 @@ async def _decide(deps: Deps, req: Request, exclude: frozenset[str]) -> RoutingD
     async def ask() -> RoutingDecision:
         ref = deps.router_ref()
         return await ref.ask(
-            lambda r: Decide(req.id, model, objective, exclude, r, policy=req.policy, client=req.client)
+            lambda r: Decide(
+                req.id, model, objective, exclude, r, policy=req.policy, client=req.client, estimates=req.estimates
+            )
         )
 
     try:
@@ -251,7 +253,7 @@ async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDeci
         hold_id = f"{req.id}:{deps.next_id()}"
         # The charge is sent before the key's settlement: the hold outlives the reservation by a grace.
         tokens = est.input_tokens + est.max_output_tokens
-        refusal = await _hold(deps, req, hold_id, cand, est.worst_case_cost, tokens, _lease_until(req) + GRACE)
+        refusal = await _hold(deps, req, hold_id, cand, est, tokens, _lease_until(req) + GRACE)
         if refusal is not None:
             return refusal
     try:
@@ -314,9 +316,9 @@ def _budget_ids(provider: str, key_id: str) -> tuple[str, ...]:
 
 
 async def _hold(
-    deps: Deps, req: Request, hold_id: str, cand: Candidate, amount: Decimal, tokens: int, until: float
+    deps: Deps, req: Request, hold_id: str, cand: Candidate, est: CostEstimate, tokens: int, until: float
 ) -> Refusal | None:
-    """Hold `amount` on every budget that applies (and the request's place in its client's and team's
+    """Hold the worst case of `est` on every budget that applies (and the request's place in its client's and team's
     rpm/tpm windows) until `until` at the latest: None when held. A budget actor that is restarting is
     asked again (a hold is idempotent by its id). Fails closed: a hard budget is never overspent because
     its keeper was not answering."""
@@ -328,8 +330,14 @@ async def _hold(
     if req.policy is not None and req.policy.budgets:
         ids = (*ids, *req.policy.budgets)
 
+    ratio = cand.ratio  # what the router read for the cost score: references, no copy
+    price = None if ratio is None else cand.view.price_for(cand.model)
+
     def make(reply: Reply[HoldPlaced | Refusal]) -> Hold:
-        return Hold(hold_id, ids, amount, until, reply, cand.key_id, tokens, req.client)
+        return Hold(
+            hold_id, ids, est.worst_case_cost, until, reply, cand.key_id, tokens, req.client,
+            ratio, price, est.max_output_tokens,
+        )  # fmt: skip
 
     try:
         answer = await ask_restarting(lambda: ask_bounded(deps.budget_ref(), make))

@@ -62,6 +62,7 @@ class RouterAPI(Protocol):
         *,
         objective: str | Mapping[str, float] | None = None,
         client: str | None = None,
+        policy: Any = None,  # the request's own policy (ApiKeyRouter.route); the proxy passes it only when set
     ) -> SystemResponse: ...
 
     def stream(
@@ -70,6 +71,7 @@ class RouterAPI(Protocol):
         *,
         objective: str | Mapping[str, float] | None = None,
         client: str | None = None,
+        policy: Any = None,
     ) -> AbstractAsyncContextManager[RoutedStream]: ...
 
     def models(self) -> list[str]: ...

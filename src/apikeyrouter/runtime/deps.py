@@ -11,7 +11,7 @@ from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.adapters.base import ProviderAdapter
 from apikeyrouter.config import ClientConfig, RouterConfig
-from apikeyrouter.domain.policy import EffectivePolicy
+from apikeyrouter.domain.policy import EffectivePolicy, Policy
 from apikeyrouter.domain.request import Usage
 from apikeyrouter.domain.scoring import Weights, weights_for
 from apikeyrouter.errors import InvalidRequest
@@ -68,7 +68,13 @@ class Deps(Protocol):
     def reconcile(self, provider: str, model: str, estimated_input: int, max_output: int, usage: Usage) -> None: ...
 
     def policy_for(
-        self, model: str, client: str | None, team: str | None, tags: frozenset[str], now: float
+        self,
+        model: str,
+        client: str | None,
+        team: str | None,
+        tags: frozenset[str],
+        now: float,
+        own: tuple[Policy, ...] = (),
     ) -> EffectivePolicy | None: ...
 
     def budget_ref(self) -> ActorRef[BudgetCommand]: ...

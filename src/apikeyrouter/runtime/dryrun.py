@@ -3,9 +3,10 @@
 Each request — given, or rebuilt from a recorded decision (model, client, team, objective) — is decided
 twice by the router's own read-only `preview`: under the live policies and under the proposed ones.
 Both read the same current snapshots, so every difference is the policies' doing: a different key or
-provider, a refusal (and by which policy), the load shift per key, and, for given requests (whose
-tokens are known), the worst-case cost delta. Budgets are not consulted: they are state, and a dry run
-changes none (a hard budget still refuses at run time whatever a dry run said).
+provider, a refusal (and by which policy), the load shift per key, and the worst-case cost delta, from
+a given request's own tokens or a recorded decision's (its estimated input tokens and max_tokens).
+Budgets are not consulted: they are state, and a dry run changes none (a hard budget still refuses at
+run time whatever a dry run said).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import attrs
 from apikeyrouter.actors.router import RouterActor
 from apikeyrouter.domain.decision import RoutingDecision
 from apikeyrouter.domain.policy import EffectivePolicy, Policy, RequestContext, resolve
-from apikeyrouter.domain.request import RequestIntent
+from apikeyrouter.domain.request import RequestIntent, Usage
 from apikeyrouter.domain.scoring import Weights
 from apikeyrouter.runtime.registry import Registry
 
@@ -37,6 +38,13 @@ class DryRunRequest:
     objective: str | Weights | None = None
     intent: RequestIntent | None = None  # with it, the cost delta is known
     request_id: str = ""
+    input_tokens: int | None = None  # a recorded decision's (without an intent): the cost delta is known too
+    max_tokens: int | None = None
+
+    @property
+    def priced(self) -> bool:
+        """Whether its worst case can be priced (its tokens are known)."""
+        return self.intent is not None or (self.input_tokens is not None and self.max_tokens is not None)
 
 
 def requests_from_decisions(decisions: Sequence[Mapping[str, Any]]) -> list[DryRunRequest]:
@@ -44,12 +52,15 @@ def requests_from_decisions(decisions: Sequence[Mapping[str, Any]]) -> list[DryR
     out = []
     for d in decisions:
         objective = d.get("objective")
+        given, most = d.get("input_tokens"), d.get("max_tokens")
         out.append(
             DryRunRequest(
                 model=str(d["model"]),
                 client=d.get("client"),
                 objective=objective if isinstance(objective, str) and objective != "custom" else None,
                 request_id=str(d.get("request_id", "")),
+                input_tokens=given if isinstance(given, int) and given >= 0 else None,
+                max_tokens=most if isinstance(most, int) and most >= 0 else None,
             )
         )
     return out
@@ -96,9 +107,13 @@ def _policy_of(decision: RoutingDecision) -> str | None:
 
 def _worst_case(reg: Registry, req: DryRunRequest, provider: str, model: str) -> Decimal | None:
     adapter = reg.adapter(provider)
-    if req.intent is None or adapter is None:
+    if adapter is None:
         return None
-    return adapter.estimate(attrs.evolve(req.intent, model=model)).worst_case_cost
+    if req.intent is not None:
+        return adapter.estimate(attrs.evolve(req.intent, model=model)).worst_case_cost
+    if req.input_tokens is None or req.max_tokens is None:
+        return None
+    return adapter.cost(model, Usage(req.input_tokens, req.max_tokens))  # all of max_tokens: the worst case
 
 
 def dry_run(
@@ -143,6 +158,6 @@ def dry_run(
         "refused": refused,
         "changed_total": changed_total,
         "changed": changed,
-        "cost_delta": None if any(r.intent is None for r in requests) else str(delta),
+        "cost_delta": str(delta) if all(r.priced for r in requests) else None,
         "load_shift": shift,
     }

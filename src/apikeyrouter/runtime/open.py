@@ -41,7 +41,7 @@ from apikeyrouter.runtime.api import APIKey
 from apikeyrouter.runtime.deps import Routing, parse_objective
 from apikeyrouter.runtime.dryrun import DryRunRequest, dry_run, requests_from_decisions
 from apikeyrouter.runtime.pipeline import Pipeline, RoutedStreamHandle
-from apikeyrouter.runtime.policies import PolicyRejected, policy_json
+from apikeyrouter.runtime.policies import PolicyRejected, RequestPolicy, policy_json, request_policies
 from apikeyrouter.runtime.registry import Registry
 from apikeyrouter.runtime.reload import apply_config
 from apikeyrouter.runtime.tree import root_supervisor
@@ -187,28 +187,51 @@ class ApiKeyRouter:
     # -- requests -------------------------------------------------------------------------------------
 
     async def route(
-        self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
+        self,
+        intent: RequestIntent | Mapping[str, Any],
+        *,
+        objective: Objective = None,
+        client: str | None = None,
+        policy: RequestPolicy | None = None,
     ) -> SystemResponse:
         """Send one chat request through the best key now, failing over as needed.
 
         The deadline is the caller's: wrap the call in `trio.fail_after(...)`. Raises `NoKeyAvailable`,
         `UnknownModel`, `BudgetExceeded`, `InvalidRequest`, or the last `UpstreamError`. `client` (who
-        sent it) is carried into the response's metadata and the `request.attempt` events.
+        sent it) is carried into the response's metadata and the `request.attempt` events. `policy`: this
+        request's own policy (a table or `Policy`, or a list of them; scope `request`, the most specific),
+        validated like any other (`PolicyRejected`, an `InvalidRequest`, naming the field).
         """
-        return await self._pipeline.route(intent, objective=objective, client=client)
+        own = self.request_policies(policy)
+        return await self._pipeline.route(intent, objective=objective, client=client, policies=own)
 
     def stream(
-        self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
+        self,
+        intent: RequestIntent | Mapping[str, Any],
+        *,
+        objective: Objective = None,
+        client: str | None = None,
+        policy: RequestPolicy | None = None,
     ) -> AbstractAsyncContextManager[RoutedStreamHandle]:
         """Open a routed stream. Failover happens only before the first chunk is handed over; after it,
         an upstream failure raises `StreamInterrupted` from the iteration, and the usage seen is settled."""
-        return self._pipeline.stream(intent, objective=objective, client=client)
+        own = self.request_policies(policy)
+        return self._pipeline.stream(intent, objective=objective, client=client, policies=own)
+
+    def request_policies(self, policy: RequestPolicy | None, *, param: str = "policy") -> tuple[Policy, ...]:
+        """A request's own policies, validated (`PolicyRejected` with `param`); () for None."""
+        return () if policy is None else request_policies(self._registry.policy_book, policy, param=param)
 
     async def route_stream(
-        self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
+        self,
+        intent: RequestIntent | Mapping[str, Any],
+        *,
+        objective: Objective = None,
+        client: str | None = None,
+        policy: RequestPolicy | None = None,
     ) -> AsyncIterator[StreamChunk]:
         """`async for chunk in router.route_stream(...)`: the simple form of `stream()`."""
-        async with self.stream(intent, objective=objective, client=client) as handle:
+        async with self.stream(intent, objective=objective, client=client, policy=policy) as handle:
             async for chunk in handle:
                 yield chunk
 
@@ -456,18 +479,22 @@ def _error_order(error: str) -> tuple[int, str]:
 
 
 def _dry_request(raw: Mapping[str, Any]) -> DryRunRequest:
-    """A dry-run request from a table: `model` (or an OpenAI body with messages), `client`, `tags`."""
+    """A dry-run request from a table: `model` (or an OpenAI body with messages), `client`, `tags`; or a
+    recorded decision (`GET /decisions`), whose `input_tokens` and `max_tokens` price its worst case."""
     if not isinstance(raw.get("model"), str):
         raise InvalidRequest("each dry-run request needs a model", param="requests")
     intent = RequestIntent.from_openai(raw) if "messages" in raw else None
     tags = raw.get("tags", ())
+    given, most = raw.get("input_tokens"), raw.get("max_tokens")
     return DryRunRequest(
         model=raw["model"],
         client=raw.get("client") if isinstance(raw.get("client"), str) else None,
         tags=frozenset(t for t in tags if isinstance(t, str)) if isinstance(tags, list | tuple) else frozenset(),
-        objective=raw.get("objective") if isinstance(raw.get("objective"), str) else None,
+        objective=raw["objective"] if isinstance(raw.get("objective"), str) and raw["objective"] != "custom" else None,
         intent=intent,
         request_id=str(raw.get("request_id", "")),
+        input_tokens=given if intent is None and isinstance(given, int) and given >= 0 else None,
+        max_tokens=most if intent is None and isinstance(most, int) and most >= 0 else None,
     )
 
 

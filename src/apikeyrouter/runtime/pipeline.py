@@ -25,6 +25,7 @@ from apikeyrouter.actors.provider import ProviderActor
 from apikeyrouter.adapters.base import AdapterResult, AdapterStream
 from apikeyrouter.adapters.tokens import load_for
 from apikeyrouter.domain.failures import FailureClass
+from apikeyrouter.domain.policy import Policy
 from apikeyrouter.domain.request import RequestIntent, ResponseMetadata, StreamChunk, SystemResponse, Usage
 from apikeyrouter.domain.scoring import Weights
 from apikeyrouter.errors import (
@@ -102,10 +103,19 @@ class Pipeline:
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
 
-    def _begin(self, operation: str, intent: Any, objective: Objective, client: str | None, lease_s: float) -> Request:
+    def _begin(
+        self,
+        operation: str,
+        intent: Any,
+        objective: Objective,
+        client: str | None,
+        lease_s: float,
+        own: tuple[Policy, ...] = (),
+    ) -> Request:
         """Check the router runs, validate the request and objective, and name the request and its
         (client, team). A configured client's models bound what it may ask for; the policies that apply
-        are resolved once, here (a model alias, an objective, the filters the router reads). Objective:
+        are resolved once, here (a model alias, an objective, the filters the router reads), `own`: the
+        request's own policies (scope request, validated by the caller) among them. Objective:
         the request's own, else the policies', else the client's, else the router's."""
         deps = self._deps
         deps.check(operation)
@@ -115,7 +125,7 @@ class Pipeline:
             raise InvalidRequest(f"client {client} may not use model {req.model!r}", param="model")
         team = None if ident is None else ident.team
         now = trio.current_time()
-        policy = deps.policy_for(req.model, client, team, req.tags, now)
+        policy = deps.policy_for(req.model, client, team, req.tags, now, own)
         if policy is not None:
             if policy.model_denied_by is not None:
                 raise InvalidRequest(
@@ -148,9 +158,14 @@ class Pipeline:
                 raise
 
     async def route(
-        self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
+        self,
+        intent: RequestIntent | Mapping[str, Any],
+        *,
+        objective: Objective = None,
+        client: str | None = None,
+        policies: tuple[Policy, ...] = (),
     ) -> SystemResponse:
-        req = self._begin("route", intent, objective, client, _MAX_LEASE_S)
+        req = self._begin("route", intent, objective, client, _MAX_LEASE_S, policies)
         await load_for(req.intent)  # the first request of a model family loads its tokenizer, off the loop
         held, result = await self._attempts(req, self._complete)
         async with held:
@@ -165,9 +180,14 @@ class Pipeline:
 
     @asynccontextmanager
     async def stream(
-        self, intent: RequestIntent | Mapping[str, Any], *, objective: Objective = None, client: str | None = None
+        self,
+        intent: RequestIntent | Mapping[str, Any],
+        *,
+        objective: Objective = None,
+        client: str | None = None,
+        policies: tuple[Policy, ...] = (),
     ) -> AsyncIterator[RoutedStreamHandle]:
-        req = self._begin("stream", intent, objective, client, _MAX_LEASE_S * 6)
+        req = self._begin("stream", intent, objective, client, _MAX_LEASE_S * 6, policies)
         await load_for(req.intent)
         held, opened = await self._attempts(req, self._open_first)
         async with held, opened:

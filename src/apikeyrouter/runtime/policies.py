@@ -6,6 +6,10 @@ pays a dict lookup, not a scan. Every change replaces the tuple and clears the c
 event loop runs one task at a time: no request ever sees half a change). A change is validated before
 it is applied: a set with any error is refused whole, with every error.
 
+A request may carry policies of its own (`request_policies`: scope `request`, the most specific):
+validated like any other, resolved with the live set for that request alone, never cached (a request
+without one pays nothing for the feature).
+
 The audit keeps the recent changes: who (the admin token's fingerprint, "config", "library"), when
 (wall clock, for humans), what (configure / remove / replace) and the policy before and after.
 """
@@ -13,16 +17,19 @@ The audit keeps the recent changes: who (the admin token's fingerprint, "config"
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from apikeyrouter.config import structure_policies
 from apikeyrouter.domain.policy import EffectivePolicy, Policy, RequestContext, Universe, resolve, validate
 from apikeyrouter.domain.walltime import render_wall
 from apikeyrouter.errors import InvalidRequest
 
-__all__ = ["PolicyBook", "PolicyRejected", "policy_json"]
+__all__ = ["PolicyBook", "PolicyRejected", "RequestPolicy", "policy_json", "request_policies"]
+
+RequestPolicy = Policy | Mapping[str, Any] | Sequence[Policy | Mapping[str, Any]]
 
 _CACHE = 4096
 _AUDIT = 200
@@ -31,8 +38,8 @@ _AUDIT = 200
 class PolicyRejected(InvalidRequest):
     """A policy change failed validation; `errors`: every problem as "policies[i].field: message"."""
 
-    def __init__(self, errors: Sequence[str]) -> None:
-        super().__init__("invalid policies: " + "; ".join(errors), param="policies")
+    def __init__(self, errors: Sequence[str], *, param: str = "policies") -> None:
+        super().__init__(f"invalid {param}: " + "; ".join(errors), param=param)
         self.errors = tuple(errors)
 
 
@@ -75,9 +82,19 @@ class PolicyBook:
     # -- reading ----------------------------------------------------------------------------------------
 
     def effective(
-        self, model: str, client: str | None, team: str | None, tags: frozenset[str], now: float
+        self,
+        model: str,
+        client: str | None,
+        team: str | None,
+        tags: frozenset[str],
+        now: float,
+        own: tuple[Policy, ...] = (),
     ) -> EffectivePolicy | None:
-        """The effective policy of a request (None when no policy is loaded: the router's fast path)."""
+        """The effective policy of a request (None when no policy is loaded: the router's fast path).
+        `own`: the request's own policies (scope request), resolved with the live set, uncached."""
+        if own:
+            ctx = RequestContext(model, client, team, tags, now + self._wall_offset())
+            return resolve((*self._policies, *own), ctx)
         if not self._policies:
             return None
         wall = now + self._wall_offset()
@@ -141,3 +158,35 @@ class PolicyBook:
                 "after": None if after is None else policy_json(after),
             }
         )
+
+
+def request_policies(book: PolicyBook, given: RequestPolicy, *, param: str = "policy") -> tuple[Policy, ...]:
+    """A request's own policies, checked with the same validator as the live set (`PolicyRejected`,
+    with `param` and every error, field paths `policy.effect.objective` or `policy[1].kind`). A table
+    may leave out `scope` (it can only be `request`) and `id` ("request", or "request-<i>" in a list).
+    A budget needs a place to live between requests: a request's own policy cannot hold one."""
+    single = isinstance(given, Policy | Mapping)
+    items: list[Any] = [given] if single else list(given)  # type: ignore[arg-type]
+    if all(isinstance(p, Policy) and p.scope == "request" and p.effect.budget is None for p in items):
+        errors = book.check(items)  # values already (a proxy's header, validated once): no tables to read
+        if errors:
+            raise PolicyRejected([e.replace("policies[", "policy[", 1) for e in errors], param=param)
+        return tuple(items)
+    raws: list[Any] = []
+    for i, item in enumerate(items):
+        raw = policy_json(item) if isinstance(item, Policy) else dict(item) if isinstance(item, Mapping) else item
+        if isinstance(raw, dict):
+            raw.setdefault("scope", "request")
+            raw.setdefault("id", "request" if single else f"request-{i}")
+        raws.append(raw)
+    parsed, errors, indexes = structure_policies(raws)
+    errors += book.check(parsed, indexes)
+    for policy, i in zip(parsed, indexes, strict=True):
+        if policy.scope != "request":
+            errors.append(f"policies[{i}].scope: a request's own policy has scope request, not {policy.scope!r}")
+        if policy.effect.budget is not None:
+            errors.append(f"policies[{i}].effect.budget: a request's own policy cannot hold a budget (configure it)")
+    if errors:
+        old, new = ("policies[0]", "policy") if single else ("policies[", "policy[")
+        raise PolicyRejected(sorted(e.replace(old, new, 1) for e in errors), param=param)
+    return tuple(parsed)

@@ -109,7 +109,8 @@ class Registry:
         self.decisions_dropped = 0
         events.observe(RequestAttempted, self.record_attempt)
         self.events = events
-        self.scoring = scoring
+        self.ratios: dict[tuple[str, str], reconcile.Ratio] = {}  # reconcile: learned per (provider, model)
+        self.scoring = attrs.evolve(scoring, ratios=self.ratios)  # the cost objective reads them live
         self.board = SnapshotBoard()
         self.wall_offset = 0.0
         self.root: Supervisor | None = None
@@ -122,7 +123,6 @@ class Registry:
         self.budget_templates: list[BudgetSpec] = client_templates(config)
         self.rate_limits = rate_limits(config)
         self.clients = {c.id: c for c in config.clients}
-        self.ratios: dict[tuple[str, str], reconcile.Ratio] = {}  # reconcile: learned per (provider, model)
         self.policy_book = PolicyBook(
             config.policies, universe=self.policy_universe, wall_offset=lambda: self.wall_offset
         )
@@ -212,22 +212,29 @@ class Registry:
         return self.clients.get(client_id)
 
     def policy_for(
-        self, model: str, client: str | None, team: str | None, tags: frozenset[str], now: float
+        self,
+        model: str,
+        client: str | None,
+        team: str | None,
+        tags: frozenset[str],
+        now: float,
+        own: tuple[Policy, ...] = (),
     ) -> EffectivePolicy | None:
-        return self.policy_book.effective(model, client, team, tags, now)
+        return self.policy_book.effective(model, client, team, tags, now, own)
 
     def reconcile(self, provider: str, model: str, estimated_input: int, max_output: int, usage: Usage) -> None:
         if len(self.ratios) >= 4096 and (provider, model) not in self.ratios:
             return  # bounded: model names come from callers
-        self.ratios = reconcile.observe(
-            self.ratios,
-            provider,
-            model,
+        # In place: the scoring config holds this very mapping (no copy per answer).
+        new = reconcile.learn(
+            self.ratios.get((provider, model)),
             estimated_input=estimated_input,
             max_output=max_output,
             actual_input=usage.input_tokens,
             actual_output=usage.output_tokens,
         )
+        if new is not None:
+            self.ratios[(provider, model)] = new
 
     def policy_universe(self) -> Universe:
         """What policies may name: the config's parts plus what the library registered since."""
