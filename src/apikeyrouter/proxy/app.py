@@ -634,7 +634,7 @@ class ProxyApp:
         await self._reply(ex, *await api.delete(policy_id, who))
 
     async def _dry_run_policies(self, ex: Exchange, _: str) -> None:
-        await self._reply(ex, *self._policies(ex)[0].dry_run(await self._json_body(ex)))
+        await self._reply(ex, *await self._policies(ex)[0].dry_run(await self._json_body(ex)))
 
     async def _policy_audit(self, ex: Exchange, _: str) -> None:
         await self._reply(ex, *self._policies(ex)[0].audit())

@@ -16,7 +16,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
+import trio
 
+from apikeyrouter.adapters.tokens import loaded_encodings
+from apikeyrouter.adapters.tokens import warm as warm_tokenizers
 from apikeyrouter.domain.policy import Policy
 from apikeyrouter.errors import InvalidRequest
 from apikeyrouter.proxy._http import HTTPError
@@ -93,12 +96,16 @@ class PolicyAPI:
             raise HTTPError(404, f"no policy with id '{policy_id}'", type="not_found_error", code="policy_not_found")
         return 200, {"id": policy_id, "deleted": True}
 
-    def dry_run(self, body: Any) -> tuple[int, Any]:
+    async def dry_run(self, body: Any) -> tuple[int, Any]:
         if not isinstance(body, Mapping) or not isinstance(body.get("policies"), list):
             raise HTTPError(400, 'the body must be {"policies": [...], "requests": [...]?}', param="policies")
         requests = body.get("requests")
         if requests is not None and not isinstance(requests, list):
             raise HTTPError(400, "'requests' must be a list of requests", param="requests")
+        if requests and not {"o200k_base", "cl100k_base"} <= loaded_encodings():
+            # The replay counts the given requests' tokens: build the tables in a worker thread first, not
+            # on the event loop (they load lazily; a cold one takes ~0.2 s).
+            await trio.to_thread.run_sync(warm_tokenizers)
         try:
             return 200, self.router.dry_run_policy(body["policies"], requests)
         except InvalidRequest as exc:

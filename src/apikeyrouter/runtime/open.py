@@ -406,7 +406,9 @@ class ApiKeyRouter:
         requests: Sequence[DryRunRequest | Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """What `policies` would change if they replaced the live set: each request (default: the
-        recent decisions) decided under both against the current keys. Nothing sent, nothing changed."""
+        recent decisions) decided under both against the current keys. Nothing sent, nothing changed.
+        Given requests have their tokens counted here: a tokenizer table not loaded yet is built on the
+        spot (~0.2 s; `apikeyrouter.adapters.warm()` in a worker thread first avoids that)."""
         parsed, errors = self._checked(policies)
         if errors:
             raise PolicyRejected(errors)
