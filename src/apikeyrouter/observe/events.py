@@ -54,6 +54,7 @@ __all__ = [
     "SupervisorChildCrashed",
     "SupervisorChildRestarted",
     "SupervisorEscalated",
+    "attempt_fields",
     "event_json",
     "render_wall",
     "unknown_kinds",
@@ -266,17 +267,7 @@ def _fields(event: Event, off: float) -> dict[str, Any]:
         case KeyBreakerChanged(key=key, change=change):
             return {"key": key, "change": type(change).__name__, **_breaker_fields(change, off)}
         case RequestAttempted():
-            return {
-                "request_id": event.request_id,
-                "client": event.client,
-                "team": event.team,
-                "key": event.key,
-                "provider": event.provider,
-                "attempt": event.attempt,
-                "decision_id": event.decision_id,
-                "outcome": "success" if event.failure is None else event.failure.value,
-                "latency_ms": round(event.latency_s * 1000, 3),
-            }
+            return attempt_fields(event)
         case ProviderHealthChanged(provider=provider, degraded=degraded, reason=reason):
             return {"provider": provider, "degraded": degraded, "reason": reason}
         case SupervisorChildCrashed(supervisor=sup, child=child, reason=reason, restarts=restarts):
@@ -321,3 +312,18 @@ def _breaker_fields(change: BreakerEvent, off: float) -> dict[str, Any]:
 
 def _money(value: Decimal) -> str:
     return str(value)
+
+
+def attempt_fields(event: RequestAttempted) -> dict[str, Any]:
+    """An attempt's fields, as its log line and its JSON carry them."""
+    return {
+        "request_id": event.request_id,
+        "client": event.client,
+        "team": event.team,
+        "key": event.key,
+        "provider": event.provider,
+        "attempt": event.attempt,
+        "decision_id": event.decision_id,
+        "outcome": "success" if event.failure is None else event.failure.value,
+        "latency_ms": round(event.latency_s * 1000, 3),
+    }

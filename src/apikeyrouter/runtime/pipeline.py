@@ -38,6 +38,7 @@ from apikeyrouter.errors import (
 )
 from apikeyrouter.messages.key import Outcome
 from apikeyrouter.observe import RequestAttempted
+from apikeyrouter.observe.events import attempt_fields
 from apikeyrouter.runtime import upstream
 from apikeyrouter.runtime.acquire import Held, Request, acquire
 from apikeyrouter.runtime.deps import Deps, parse_objective
@@ -354,28 +355,14 @@ class Pipeline:
         )
         self._deps.events.publish(event)
         if failure is not None:
-            log.info("attempt_failed", **_log_fields(event))
+            log.info("attempt_failed", **attempt_fields(event))
         elif _logs_debug():
             # The decision's full explanation is one GET /decisions/{id} (or `inspect decisions`) away;
             # rendering it for every request would cost more than the decision itself.
-            log.debug("attempt_succeeded", chosen_by=held.decision.objective, **_log_fields(event))
+            log.debug("attempt_succeeded", chosen_by=held.decision.objective, **attempt_fields(event))
 
 
 def _logs_debug() -> bool:
     """Whether the request logger writes debug lines (a logger that cannot say is taken to write them)."""
     enabled = getattr(log, "is_enabled_for", None)
     return True if enabled is None else bool(enabled(logging.DEBUG))
-
-
-def _log_fields(event: RequestAttempted) -> dict[str, Any]:
-    return {
-        "request_id": event.request_id,
-        "client": event.client,
-        "team": event.team,
-        "key": event.key,
-        "provider": event.provider,
-        "attempt": event.attempt,
-        "decision_id": event.decision_id,
-        "outcome": "success" if event.failure is None else event.failure.value,
-        "latency_ms": round(event.latency_s * 1000, 3),
-    }
