@@ -34,23 +34,13 @@ from typing import Any
 
 import structlog
 import trio
-from aio import CHAT, KEYS, InProcessAdapter  # benchmarks/aio.py: run as `python benchmarks/store.py`
+from aio import CHAT, KEYS, InProcessAdapter, trio_calls  # benchmarks/aio.py: run as `python benchmarks/store.py`
 
 from apikeyrouter import ApiKeyRouter
 from apikeyrouter.config import parse_config
 from apikeyrouter.store import MemoryStore, SqliteStore, StateStore
 
 CONFIG = {"budgets": {"global": {"limit": "1000000", "period": "month"}}}
-
-
-async def _calls(router: ApiKeyRouter, calls: int, concurrency: int) -> None:
-    async def worker(n: int) -> None:
-        for _ in range(n):
-            await router.route(CHAT)
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(concurrency):
-            nursery.start_soon(worker, calls // concurrency)
 
 
 def _store_state(router: ApiKeyRouter) -> dict[str, Any]:
@@ -71,7 +61,7 @@ def one_round(store: StateStore, calls: int, concurrency: int) -> dict[str, floa
             before = _store_state(router)
             writer_cpu = getattr(store, "write_cpu_s", 0.0)
             cpu, wall = time.process_time(), time.perf_counter()
-            await _calls(router, calls, concurrency)
+            await trio_calls(router, calls, concurrency)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             after = _store_state(router)
             writer_cpu = getattr(store, "write_cpu_s", 0.0) - writer_cpu  # the timed calls' share, roughly

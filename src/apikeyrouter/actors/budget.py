@@ -85,7 +85,6 @@ class BudgetActor(Actor[BudgetCommand]):
         self._ledger: Ledger | None = None
         self._rates: Rates = rates.new_rates(limits)
         self._timer = WakeTimer(Wake())
-        self._draining = False  # stopping: charge and free what is queued, hold nothing new
 
     async def pre_start(self) -> None:
         now = trio.current_time()
@@ -160,15 +159,10 @@ class BudgetActor(Actor[BudgetCommand]):
     def stop(self) -> None:
         """Charge and free what is already queued before stopping (money the requests spent); holds
         asked for after the stop get `ActorStopped`."""
-        inbox = self._inbox
-        if self.status == "running" and inbox is not None:
-            self._draining = True
-            inbox.close()  # the loop ends once the queue is read; new tells fail with ActorStopped
-        else:
-            super().stop()
+        self.stop_after_queue()
 
     def receive(self, msg: BudgetCommand) -> Awaitable[None] | None:
-        if self._draining and isinstance(msg, Hold):
+        if self.draining and isinstance(msg, Hold):
             msg.reply_to.fail(ActorStopped(self.name))
             return None
         now = trio.current_time()

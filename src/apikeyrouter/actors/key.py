@@ -99,7 +99,6 @@ class KeyActor(Actor[KeyCommand]):
         self._reserved_cost = _ZERO
         self._timer = WakeTimer(Wake())
         self._retry_after: float | None = None
-        self._draining = False  # stopping: settle what is queued, take no new work
 
     @property
     def key_id(self) -> str:
@@ -159,15 +158,10 @@ class KeyActor(Actor[KeyCommand]):
     def stop(self) -> None:
         """Settle what is already queued before stopping (the settlements of requests that finished are
         in the mailbox, and their record is what the store keeps); asks for new work get `ActorStopped`."""
-        inbox = self._inbox
-        if self.status == "running" and inbox is not None:
-            self._draining = True
-            inbox.close()  # the loop ends once the queue is read; new tells fail with ActorStopped
-        else:
-            super().stop()
+        self.stop_after_queue()
 
     def receive(self, msg: KeyCommand) -> Awaitable[None] | None:
-        if self._draining and isinstance(msg, Reserve | Operate):
+        if self.draining and isinstance(msg, Reserve | Operate):
             msg.reply_to.fail(ActorStopped(self.name))
         else:
             self._handle(msg)

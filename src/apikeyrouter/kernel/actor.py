@@ -232,6 +232,7 @@ class Actor(Generic[M]):
         self.last_crash: str | None = None
         self.ref: ActorRef[M] = ActorRef(name)
         self._inbox: trio.MemorySendChannel[M] | None = None
+        self.draining = False  # stopping after the queued messages (stop_after_queue)
         self._recv: trio.MemoryReceiveChannel[M] | None = None
         self._pending: set[Reply[Any]] = set()
         self._loop_scope: trio.CancelScope | None = None
@@ -284,6 +285,17 @@ class Actor(Generic[M]):
         self._stop_requested = True
         if self._loop_scope is not None:
             self._loop_scope.cancel(reason=f"actor {self.name} asked to stop")
+
+    def stop_after_queue(self) -> None:
+        """Stop once the messages already in the mailbox are handled (an actor whose queued tells carry
+        what must not be lost: settlements, charges): the mailbox closes, so new tells and asks fail with
+        `ActorStopped`, and `draining` tells `receive` to refuse new work still queued behind them."""
+        inbox = self._inbox
+        if self.status == "running" and inbox is not None:
+            self.draining = True
+            inbox.close()  # the loop ends once the queue is read
+        else:
+            self.stop()
 
     def snapshot(self) -> ActorSnapshot:
         depth = self._recv.statistics().current_buffer_used if self._recv is not None else 0
