@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, get_args
 
 import attrs
+import trio
 
 from apikeyrouter.domain.history import HistoryRow, StateQuery, Trail
 from apikeyrouter.domain.walltime import render_wall
@@ -68,7 +68,8 @@ def parse_state_query(params: Mapping[str, str], wall_offset: float) -> StateQue
     trail = params.get("trail", "transitions")
     if trail not in get_args(Trail):
         raise InvalidRequest(f"trail must be one of {list(get_args(Trail))} (got {trail[:40]!r})", param="trail")
-    now_wall = time.time()  # an age ("15m") is counted back from the wall clock a person reads
+    # An age ("15m") counts back from now on the clock the rows are stored against (trio time + the offset).
+    now_wall = trio.current_time() + wall_offset
     since = params.get("since")
     until = params.get("until")
     raw_limit = params.get("limit", "100")
