@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apikeyrouter import RouterNotRunning, aio
+from apikeyrouter import PolicyRejected, RouterNotRunning, aio
 from apikeyrouter.adapters import OpenAIAdapter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,5 +210,24 @@ def test_the_runtime_stopping_fails_pending_calls_with_router_not_running() -> N
                 with pytest.raises(RouterNotRunning):
                     router.keys()
                 assert not router.running
+
+    run(scenario)
+
+
+def test_a_request_policy_crosses_from_asyncio_for_route_and_route_stream() -> None:
+    async def scenario() -> None:
+        own = {"kind": "routing", "effect": {"objective": "latency"}}
+        async with service() as (router, _client):
+            response = await router.route(CHAT, policy=own)
+            assert response.metadata is not None and response.metadata.decision is not None
+            decision = response.metadata.decision
+            assert decision.objective == "latency" and "request" in decision.policies
+            async with aclosing(router.route_stream(CHAT, policy=own)) as chunks:
+                assert [c async for c in chunks]
+            latest = router.decisions(1)[0]
+            assert latest["objective"] == "latency" and "request" in latest["policies"]
+            with pytest.raises(PolicyRejected) as caught:
+                await router.route(CHAT, policy={"kind": "routing", "effect": {"objective": "fastest"}})
+            assert "policy.effect.objective" in str(caught.value)
 
     run(scenario)

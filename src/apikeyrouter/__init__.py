@@ -25,6 +25,7 @@ from apikeyrouter.errors import (
     UpstreamError,
 )
 from apikeyrouter.runtime import ApiKeyRouter, open_router
+from apikeyrouter.runtime.policies import PolicyRejected
 from apikeyrouter.secret import Secret
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "MailboxFull",
     "MalformedResponse",
     "NoKeyAvailable",
+    "PolicyRejected",
     "Refusal",
     "RefusalKind",
     "RequestIntent",

@@ -55,6 +55,7 @@ from apikeyrouter.errors import RouterNotRunning
 from apikeyrouter.runtime import ApiKeyRouter
 from apikeyrouter.runtime.api import APIKey
 from apikeyrouter.runtime.open import Objective
+from apikeyrouter.runtime.policies import RequestPolicy
 from apikeyrouter.secret import Secret
 
 __all__ = ["STREAM_BUFFER", "AsyncRouter", "AsyncStream", "open_router"]
@@ -234,8 +235,15 @@ class AsyncStream:
 
     # -- trio side ------------------------------------------------------------------------------------
 
-    async def _pump(self, router: ApiKeyRouter, intent: Intent, objective: Objective, client: str | None) -> None:
-        async with router.stream(intent, objective=objective, client=client) as handle:
+    async def _pump(
+        self,
+        router: ApiKeyRouter,
+        intent: Intent,
+        objective: Objective,
+        client: str | None,
+        policy: RequestPolicy | None,
+    ) -> None:
+        async with router.stream(intent, objective=objective, client=client, policy=policy) as handle:
             self.metadata = handle.metadata
             self._opened.set_result(None)
             async for chunk in handle:
@@ -300,13 +308,28 @@ class AsyncRouter:
 
     # -- requests -------------------------------------------------------------------------------------
 
-    async def route(self, intent: Intent, *, objective: Objective = None, client: str | None = None) -> SystemResponse:
-        """`ApiKeyRouter.route` from asyncio; the deadline is the caller's (`asyncio.timeout(...)`)."""
-        return await self._bridge.run(lambda: self._router.route(intent, objective=objective, client=client), "route()")
+    async def route(
+        self,
+        intent: Intent,
+        *,
+        objective: Objective = None,
+        client: str | None = None,
+        policy: RequestPolicy | None = None,
+    ) -> SystemResponse:
+        """`ApiKeyRouter.route` from asyncio; the deadline is the caller's (`asyncio.timeout(...)`).
+        `policy`: the request's own policies (scope `request`), as for the trio API."""
+        return await self._bridge.run(
+            lambda: self._router.route(intent, objective=objective, client=client, policy=policy), "route()"
+        )
 
     @asynccontextmanager
     async def stream(
-        self, intent: Intent, *, objective: Objective = None, client: str | None = None
+        self,
+        intent: Intent,
+        *,
+        objective: Objective = None,
+        client: str | None = None,
+        policy: RequestPolicy | None = None,
     ) -> AsyncIterator[AsyncStream]:
         """Open a routed stream; leaving the block closes the upstream stream (and settles what it used)
         before the block's exit returns."""
@@ -314,7 +337,7 @@ class AsyncRouter:
         async with bridge.slots:
             stream = AsyncStream(bridge)
             call = stream._call = bridge.submit(
-                lambda: stream._pump(self._router, intent, objective, client), "stream()"
+                lambda: stream._pump(self._router, intent, objective, client, policy), "stream()"
             )
             try:
                 await asyncio.wait((stream._opened, call.future), return_when=asyncio.FIRST_COMPLETED)
@@ -325,11 +348,16 @@ class AsyncRouter:
                 await bridge.abandon(call)
 
     async def route_stream(
-        self, intent: Intent, *, objective: Objective = None, client: str | None = None
+        self,
+        intent: Intent,
+        *,
+        objective: Objective = None,
+        client: str | None = None,
+        policy: RequestPolicy | None = None,
     ) -> AsyncIterator[StreamChunk]:
         """`async for chunk in router.route_stream(...)`. Breaking out closes the upstream stream when the
         generator is closed: at once with `contextlib.aclosing(...)`, else when asyncio finalizes it."""
-        async with self.stream(intent, objective=objective, client=client) as stream:
+        async with self.stream(intent, objective=objective, client=client, policy=policy) as stream:
             async for chunk in stream:
                 yield chunk
 
