@@ -494,9 +494,12 @@ _STAGES: list[tuple[str, str]] = [
     ("apikeyrouter/actors/board.py", "snapshot board"),
     ("httpx/", "httpx/httpcore (client)"),
     ("httpcore/", "httpx/httpcore (client)"),
+    ("apikeyrouter/adapters/transport.py", "client transport: h11 pool, sockets"),
+    ("apikeyrouter/adapters/pool.py", "client transport: h11 pool, sockets"),
     ("apikeyrouter/adapters/", "adapter: body, JSON parse, normalise, headers"),
     ("apikeyrouter/actors/provider.py", "provider actor: client lease"),
-    ("apikeyrouter/actors/base.py", "actor messaging: ask/tell, mailbox loop"),
+    ("apikeyrouter/kernel/", "actor messaging: ask/tell, mailbox loop"),
+    ("apikeyrouter/store/", "store writer"),
     ("apikeyrouter/observe/", "event bus"),
     ("apikeyrouter/runtime/", "runtime: route/acquire/settle glue"),
     ("apikeyrouter/proxy/http11.py", "h11 server (accept side)"),
@@ -519,6 +522,12 @@ def _stage(modules: list[str], funcs: list[str]) -> str:
     return "trio run loop, I/O wait, scheduling (no app frame)"
 
 
+def _idle_worker(leaf: str) -> bool:
+    """A trio worker thread parked waiting for its next job: py-spy samples it as running (it waits in
+    `lock.acquire` with a timeout), but it costs no CPU, so it is left out of the shares."""
+    return leaf.startswith("WorkerThread._work (") and "_thread_cache.py" in leaf
+
+
 def summarize_profile(raw: Path, out: Path, cpu_us: float, top: int = 30) -> None:
     """py-spy's collapsed stacks -> samples by stage (with µs per request out of `cpu_us`, the CPU time per
     request measured while sampling), by package (own time) and by function (own, inclusive)."""
@@ -532,8 +541,10 @@ def summarize_profile(raw: Path, out: Path, cpu_us: float, top: int = 30) -> Non
         if not stack:
             continue
         count = int(count_text)
-        samples += count
         frames = stack.split(";")
+        if _idle_worker(frames[-1]):
+            continue
+        samples += count
         modules = [_module(f) for f in frames]
         funcs = [_func(f) for f in frames]
         names = [f"{fn} ({m})" for fn, m in zip(funcs, modules, strict=True)]
