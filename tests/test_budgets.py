@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import trio
 
@@ -52,3 +54,16 @@ async def test_key_budget_moves_traffic_to_other_keys() -> None:
         used = [(await env.router.route(chat(f"n{i}"))).metadata.key_used for i in range(6)]  # type: ignore[union-attr]
         assert used[0] == "capped" and used[-1] == "open"
         assert "capped" not in used[used.index("open") :]
+
+
+async def test_a_key_budget_given_at_run_time_is_per_calendar_month_like_a_configured_one() -> None:
+    async with routing_env(
+        [("capped", "sk-sim-capped", {"budget": Decimal("5")})], config={"budgets": {"timezone": "Europe/Paris"}}
+    ) as env:
+        state = env.router.budgets()["key:capped"]
+        assert state["period"] == "month"
+        paris = ZoneInfo("Europe/Paris")
+        start, end = (datetime.fromisoformat(state[f]).astimezone(paris) for f in ("period_start", "period_end"))
+        # Midnight on the 1st in Paris, to midnight on the next 1st: not 30 days from when the key was added.
+        assert (start.day, start.hour, start.minute, end.day, end.hour) == (1, 0, 0, 1, 0)
+        assert end.month == start.month % 12 + 1

@@ -30,7 +30,7 @@ class KeySettings:
     breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
     stats: StatsConfig = attrs.field(factory=StatsConfig)
     max_in_flight: int | None = None
-    budget: Decimal | None = None  # shown in snapshots; enforced per 30 days by the BudgetActor
+    budget: Decimal | None = None  # shown in snapshots; enforced per calendar month by the BudgetActor
     failures: Mapping[FailureClass, FailureAction] = attrs.field(factory=lambda: dict(DEFAULT_ACTIONS))
     default_throttle_s: float = 30.0  # a 429 without Retry-After or reset headers benches this long
     exhausted_cooldown_s: float = 3600.0  # quota gone with no window reset known

@@ -32,6 +32,7 @@ from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.history import DecisionRow
 from apikeyrouter.domain.keystate import KeySettings
+from apikeyrouter.domain.period import CalendarPeriod
 from apikeyrouter.domain.policy import EffectivePolicy, Policy, Universe
 from apikeyrouter.domain.quota import QuotaConfig
 from apikeyrouter.domain.request import Usage
@@ -446,13 +447,18 @@ class Registry:
         if unknown:
             raise InvalidRequest(f"unknown limits: {sorted(unknown)}", param="limits")
         settings = self.settings(kid, provider, models or (), metadata or {}, limits, max_in_flight, budget)
-        api_key = await self.register(kid, material, provider, settings)
+        if kid in self.key_provider:
+            raise InvalidRequest(f"key {kid!r} is already registered", param="id")
         if budget is not None:
-            spec = BudgetSpec(f"key:{kid}", Decimal(budget), 30 * 86_400.0)
+            # Set before the key exists: the budget actor reads its mailbox in order, so the first hold of
+            # the key's first request comes after it and is held against it. The period is a configured
+            # key's: the calendar month in budgets.timezone.
+            month = CalendarPeriod("month", self.config.budgets.timezone)
+            spec = BudgetSpec(f"key:{kid}", Decimal(budget), calendar=month)
             self.api_budgets[kid] = spec
             self.budget_specs.append(spec)
             await self.budget_ref().tell(SetBudget(spec))
-        return api_key
+        return await self.register(kid, material, provider, settings)
 
     async def register(self, key_id: str, secret: Secret, provider: str, settings: KeySettings) -> APIKey:
         if key_id in self.key_provider:
