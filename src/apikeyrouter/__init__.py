@@ -15,6 +15,7 @@ from apikeyrouter.errors import (
     MailboxFull,
     MalformedResponse,
     NoKeyAvailable,
+    PolicyRejected,
     RouterNotRunning,
     RoutingError,
     StreamInterrupted,
@@ -25,7 +26,6 @@ from apikeyrouter.errors import (
     UpstreamError,
 )
 from apikeyrouter.runtime import ApiKeyRouter, open_router
-from apikeyrouter.runtime.policies import PolicyRejected
 from apikeyrouter.secret import Secret
 
 __all__ = [

@@ -15,6 +15,7 @@
     │   ├── BudgetExceeded          a hard budget would be overspent
     │   └── ClientRateLimited       the client's (or its team's) rpm/tpm is used up; `retry_at` says when not
     ├── InvalidRequest              the caller's request is malformed (never sent upstream)
+    │   └── PolicyRejected          a policy (or a change to the policies) failed validation; `errors` lists why
     ├── StoreError                  the state store cannot be opened (corrupt, newer schema) or written
     ├── DebugChannelError           the debug channel's Unix socket could not be bound or used
     │   ├── DebugChannelUnavailable nothing listens at the socket, or permissions forbid connecting
@@ -33,6 +34,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from apikeyrouter.domain.failures import FailureClass
     from apikeyrouter.domain.refusal import Refusal
     from apikeyrouter.domain.signal import QuotaSignal
@@ -53,6 +56,7 @@ __all__ = [
     "MailboxFull",
     "MalformedResponse",
     "NoKeyAvailable",
+    "PolicyRejected",
     "RouterNotRunning",
     "RoutingError",
     "StoreError",
@@ -193,6 +197,14 @@ class InvalidRequest(ApiKeyRouterError):
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class PolicyRejected(InvalidRequest):
+    """A policy change failed validation; `errors`: every problem as "policies[i].field: message"."""
+
+    def __init__(self, errors: Sequence[str], *, param: str = "policies") -> None:
+        super().__init__(f"invalid {param}: " + "; ".join(errors), param=param)
+        self.errors = tuple(errors)
 
 
 class UpstreamError(ApiKeyRouterError):

@@ -25,7 +25,7 @@ import attrs
 from apikeyrouter.config import structure_policies
 from apikeyrouter.domain.policy import EffectivePolicy, Policy, RequestContext, Universe, resolve, validate
 from apikeyrouter.domain.walltime import render_wall
-from apikeyrouter.errors import InvalidRequest
+from apikeyrouter.errors import PolicyRejected
 
 __all__ = ["PolicyBook", "PolicyRejected", "RequestPolicy", "policy_json", "request_policies"]
 
@@ -33,14 +33,6 @@ RequestPolicy = Policy | Mapping[str, Any] | Sequence[Policy | Mapping[str, Any]
 
 _CACHE = 4096
 _AUDIT = 200
-
-
-class PolicyRejected(InvalidRequest):
-    """A policy change failed validation; `errors`: every problem as "policies[i].field: message"."""
-
-    def __init__(self, errors: Sequence[str], *, param: str = "policies") -> None:
-        super().__init__(f"invalid {param}: " + "; ".join(errors), param=param)
-        self.errors = tuple(errors)
 
 
 def policy_json(policy: Policy) -> dict[str, Any]:
