@@ -96,7 +96,7 @@ class RedisStore:
             return {}
         records: dict[RecordId, Any] = {}
         for field, value in stored.items():
-            kind, _, rid = field.decode().partition("/")
+            kind, _, rid = _text(field).partition("/")
             if kind in RECORD_TYPES:  # kinds a later version added are kept, not read
                 records[kind, rid] = decode(kind, json.loads(value), wall_offset)
         return records
@@ -108,11 +108,11 @@ class RedisStore:
         offset = self._wall_offset
         pipe = self._client.pipeline(transaction=True)
         if batch.records:
-            mapping = {
+            mapping: dict[str | bytes, str | bytes] = {
                 f"{kind}/{rid}": json.dumps(encode(record, offset), separators=(",", ":"))
                 for (kind, rid), record in batch.records.items()
             }
-            pipe.hset(records_key(self.instance_id), mapping=mapping)
+            pipe.hset(records_key(self.instance_id), mapping=mapping)  # type: ignore[arg-type]
         trails: dict[str, dict[str, float]] = {}
         for row in batch.rows:
             wall = shift_row(row, offset)
@@ -138,7 +138,7 @@ class RedisStore:
         while len(found) < query.limit:
             page = self._client.zrevrangebyscore(trail_key(query.trail), high, low, start=start, num=_PAGE)
             for member in page:
-                row = shift_row(_row(query.trail, json.loads(member)["row"]), -offset)
+                row = shift_row(_row(query.trail, json.loads(_text(member))["row"]), -offset)
                 if query.matches(row):
                     found.append(row)
                     if len(found) == query.limit:
@@ -164,6 +164,10 @@ def _row(trail: str, doc: dict[str, Any]) -> HistoryRow:
         doc = {**doc, "amount": Decimal(doc["amount"])}
     row: HistoryRow = _ROW_TYPES[trail](**doc)
     return row
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _first_line(exc: BaseException) -> str:
