@@ -109,7 +109,9 @@ class ApiKeyRouter:
         # Read before the tree starts: a corrupt or newer file is one StoreError, and no actor waits on it.
         reg.store_state.latest.update(await reg.store.open(reg.wall_offset))
         # With [store] kind = "redis": the shared limits run outside the tree, up before it and down after.
-        async with open_shared(reg.config.store, reg.events, lambda: reg.budget_specs, reg.apply_shared) as shared:
+        async with open_shared(
+            reg.config.store, reg.events, lambda: reg.budget_specs, reg.apply_shared, lambda: reg.budget_templates
+        ) as shared:
             reg.shared = shared
             try:
                 async with trio.open_nursery() as nursery:

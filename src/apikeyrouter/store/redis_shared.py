@@ -74,6 +74,7 @@ async def open_shared(
     events: EventBus,
     budget_specs: Callable[[], Iterable[BudgetSpec]],
     apply: Callable[[str, ApplyShared], Awaitable[None]] | None = None,
+    budget_templates: Callable[[], Iterable[BudgetSpec]] = tuple,
 ) -> AsyncIterator[SharedLimits | None]:
     """Run `SharedLimits` for a redis store while the block runs (None for any other store)."""
     if store.kind != "redis" or store.url is None:
@@ -86,6 +87,7 @@ async def open_shared(
         instance_ttl=store.instance_ttl,
         events=events,
         budget_specs=budget_specs,
+        budget_templates=budget_templates,
     )
     shared.apply = apply
     async with trio.open_nursery() as nursery:
@@ -155,6 +157,7 @@ class SharedLimits:
         instance_ttl: float,
         events: EventBus,
         budget_specs: Callable[[], Iterable[BudgetSpec]] = tuple,
+        budget_templates: Callable[[], Iterable[BudgetSpec]] = tuple,
     ) -> None:
         self.link = link
         self.instance_id = instance_id
@@ -167,6 +170,7 @@ class SharedLimits:
         # How a bench another instance published reaches this instance's key actor (set by the runtime).
         self.apply: Callable[[str, ApplyShared], Awaitable[None]] | None = None
         self._budget_specs = budget_specs
+        self._budget_templates = budget_templates  # "client:" -> the budget of every client without its own
         self._budget_index: dict[str, BudgetSpec] = {}
         self._budget_list: Iterable[BudgetSpec] | None = None
         self._budget_len = -1
@@ -239,7 +243,16 @@ class SharedLimits:
             self._budget_index = {s.id: s for s in specs}
             # The list itself is kept (not its id): a list freed by a reload can never pass for the new one.
             self._budget_list, self._budget_len = specs, len(specs) if isinstance(specs, list) else -1
-        return tuple(self._budget_index[i] for i in ids if i in self._budget_index)
+        index = self._budget_index
+        found = [index[i] if i in index else self._from_template(i) for i in ids]
+        return tuple(spec for spec in found if spec is not None)
+
+    def _from_template(self, budget_id: str) -> BudgetSpec | None:
+        """A budget made from a template (a client's from `client_default`), as the local ledger makes it."""
+        for template in self._budget_templates():
+            if budget_id.startswith(template.id) and len(budget_id) > len(template.id):
+                return attrs.evolve(template, id=budget_id)
+        return None
 
     async def reserve(self, ask: SharedAsk) -> SharedGrant | Refusal:
         """One round trip: the grant, or why the shared side refuses. Never raises for Redis trouble."""
@@ -295,7 +308,7 @@ class SharedLimits:
     def _fallback(self, ask: SharedAsk, rid: str, reason: str) -> SharedGrant | Refusal:
         hard = [spec.id for spec in ask.budgets if spec.mode == "hard"]
         if hard:
-            error = f"redis unavailable ({reason}): hard budgets fail closed"
+            error = f"redis unavailable ({reason}): hard budgets fail closed ({', '.join(hard)})"
             return Refusal(ask.key_id, RefusalKind.UNAVAILABLE, budget=hard[0], detail={"error": error})
         now = trio.current_time()
         live = max(1, self.live)
