@@ -86,6 +86,29 @@ async def test_four_instances_hold_a_keys_global_rpm_exactly(redis_url: str) -> 
     assert all(isinstance(e, NoKeyAvailable) and "shared limit 120" in str(e.reasons) for e in refused)
 
 
+async def test_four_instances_share_a_keys_rpd_and_count_its_month_in_actual_tokens(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    async with trio.open_nursery() as nursery:
+        sim, sim_url = await start_sim(nursery, {"defaults": {"rpm": 100_000, "tpm": 100_000_000}})
+        key = {"rpd": 50, "tokens_per_month": 10_000_000}
+        configs = [_config(sim_url, redis_url, f"i{i}", key=key) for i in range(4)]
+        refused: list[Exception] = []
+        async with routers(configs) as rs:
+            served = await hammer(rs, 120, refused.append)  # each instance's own day would let 50 through
+            served += await hammer(rs, 40, refused.append)
+            ledger = redis_server.client()
+            used = sum((r.usage.input_tokens + r.usage.output_tokens for r in served), 0)
+            with trio.fail_after(5):  # settled: the month counts what was used, not the worst cases held
+                while sum(int(v) for v in ledger.hvals("akr:m:k1")) != used:
+                    await trio.sleep(0.05)
+            day = sum(int(v) for v in ledger.hvals("akr:d:k1"))
+        nursery.cancel_scope.cancel()
+    assert len(served) == 50 == day == sim.provider.stats("sk-sim-shared-1").requests
+    assert all(isinstance(e, NoKeyAvailable) and "rpd" in str(e.reasons) for e in refused)
+    assert 0 < ledger.pttl("akr:d:k1") <= 26 * 3600 * 1000  # a key no one uses leaves Redis
+
+
 async def test_a_budget_hammered_by_four_instances_is_never_overspent(
     redis_url: str, redis_server: RedisServer
 ) -> None:

@@ -299,7 +299,8 @@ async def _share(deps: Deps, shared: SharedLimits, req: Request, held: Held, est
     snap = deps.board.keys.get(held.key_id)
     limits = KeyLimits()
     if snap is not None:
-        limits = KeyLimits(snap.quota.config.rpm, snap.quota.config.tpm, snap.max_in_flight)
+        qc = snap.quota.config
+        limits = KeyLimits(qc.rpm, qc.tpm, snap.max_in_flight, qc.rpd, qc.tokens_per_month)
     budgets = shared.budgets_for(_request_budget_ids(req, held.provider, held.key_id)) if deps.budgets_enabled else ()
     lease_s = _lease_until(req) + GRACE - trio.current_time()
     tokens = est.input_tokens + est.max_output_tokens

@@ -122,10 +122,14 @@ class RedisLink:
 
         await self._call(run)
 
-    async def replay(self, instance: str, key_id: str, entries: list[tuple[int, int]]) -> None:
+    async def replay(
+        self, instance: str, key_id: str, entries: list[tuple[int, int]], counts: tuple[bool, bool] = (False, False)
+    ) -> None:
+        """`counts`: the key has an rpd, a tokens_per_month limit (their buckets count the entries too)."""
         args = [instance, key_id, str(len(entries))]
         for age_ms, tokens in entries:
             args += [str(age_ms), str(tokens)]
+        args += ["1" if c else "0" for c in counts]
         await self._call(functools.partial(self._replay, keys=[], args=args))
 
     async def heartbeat(self, instance: str, ttl_ms: int, *, fresh: bool) -> tuple[int, int]:

@@ -3,8 +3,9 @@
 The routing decision never waits on Redis: each instance decides on its own key actors' snapshots. The
 reservation does: after the local key granted, `reserve` makes one script call (redis_lua.RESERVE) that
 checks and takes, atomically for every instance at once, the key's shared bench and lifecycle, its
-in-flight slot, its 60 s request and token windows and every budget's hold. `finish` gives it back
-(settle or release), batched in one pipelined round trip per burst by a writer task, off the request path.
+in-flight slot, its 60 s request and token windows, its day (`rpd`) and month (`tokens_per_month`)
+windows and every budget's hold. `finish` gives it back (settle or release), batched in one pipelined
+round trip per burst by a writer task, off the request path.
 
 Redis down or slow (no answer within `redis_deadline`): the instance is degraded, not stopped.
 - Hard budgets fail closed: the attempt is refused (UNAVAILABLE, naming the budget), so the request
@@ -14,7 +15,8 @@ Redis down or slow (no answer within `redis_deadline`): the instance is degraded
 - The heartbeat keeps probing; the first answer ends the outage and flushes the settlements that failed
   meanwhile (bounded, and counted if it overflows).
 What the local shares admitted in the last minute is written into the keys' Redis windows when Redis is
-back (`REPLAY`), so the requests already sent count against the rest of their minute on every instance.
+back (`REPLAY`), so the requests already sent count against the rest of their minute on every instance
+(and all they admitted, into the day and month windows of a key with `rpd` or `tokens_per_month`).
 
 Instances: each heartbeats `akr:inst` with a TTL (`instance_ttl`); a heartbeat that finds a silent
 instance reclaims what it held (in-flight slots and budget holds), so a killed instance holds nothing for
@@ -110,6 +112,8 @@ class KeyLimits:
     rpm: int | None = None
     tpm: int | None = None
     max_in_flight: int | None = None
+    rpd: int | None = None
+    tokens_per_month: int | None = None
 
 
 @attrs.frozen
@@ -132,6 +136,7 @@ class SharedGrant:
     tokens: int
     budgets: tuple[BudgetSpec, ...]
     local: QuotaReservation | None = None
+    at_ms: int = -1  # when Redis reserved it, on Redis's clock (-1: unknown); settles its day/month bucket
 
 
 @attrs.define
@@ -266,6 +271,7 @@ class SharedLimits:
         args.append(str(len(ask.budgets)))
         for spec in ask.budgets:
             args += [spec.id, self._limit_arg(spec), self._period_arg(spec)]
+        args += [_opt(lim.rpd), _opt(lim.tokens_per_month)]
         try:
             reply = await self.link.reserve(args)
         except BaseException as exc:
@@ -290,6 +296,7 @@ class SharedLimits:
         args.append(str(len(grant.budgets)))
         for spec in grant.budgets:
             args += [spec.id, self._period_arg(spec)]
+        args.append(str(grant.at_ms))
         return args
 
     def _period_arg(self, spec: BudgetSpec) -> str:
@@ -313,7 +320,12 @@ class SharedLimits:
         now = trio.current_time()
         live = max(1, self.live)
         lim = ask.limits
-        cfg = QuotaConfig(rpm=_part(lim.rpm, live), tpm=_part(lim.tpm, live))
+        cfg = QuotaConfig(
+            rpm=_part(lim.rpm, live),
+            tpm=_part(lim.tpm, live),
+            rpd=_part(lim.rpd, live),
+            tokens_per_month=_part(lim.tokens_per_month, live),
+        )
         share = self._shares.get(ask.key_id)
         if share is None:
             share = self._shares[ask.key_id] = _Share(quota.new_quota(cfg, now))
@@ -402,12 +414,15 @@ class SharedLimits:
         """Write what the local shares admitted during an outage into the Redis windows (once each)."""
         now = trio.current_time()
         for key_id, share in self._shares.items():
-            entries = [(int((now - at) * 1000), tokens) for at, tokens in share.admitted if now - at < 60.0]
+            cfg = share.quota.config
+            counts = (cfg.rpd is not None, cfg.tokens_per_month is not None)
+            horizon = math.inf if any(counts) else 60.0  # a day or month window counts the whole outage
+            entries = [(int((now - at) * 1000), tokens) for at, tokens in share.admitted if now - at < horizon]
             if not entries:
                 share.admitted.clear()
                 continue
             try:
-                await self.link.replay(self.instance_id, key_id, entries)
+                await self.link.replay(self.instance_id, key_id, entries, counts)
             except StoreUnavailable:
                 return  # the next heartbeat tries again
             share.admitted.clear()
@@ -498,7 +513,7 @@ def _part(limit: int | None, live: int) -> int | None:
 def _answer(ask: SharedAsk, rid: str, reply: list[Any]) -> SharedGrant | Refusal:
     kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
     if kind == "ok":
-        return SharedGrant(ask.key_id, rid, ask.tokens, ask.budgets)
+        return SharedGrant(ask.key_id, rid, ask.tokens, ask.budgets, at_ms=int(reply[1]))
     retry_ms = int(reply[1])
     retry_at = trio.current_time() + retry_ms / 1000 if retry_ms >= 0 else None
     rest = [r.decode() if isinstance(r, bytes) else str(r) for r in reply[2:]]
@@ -511,7 +526,7 @@ def _answer(ask: SharedAsk, rid: str, reply: list[Any]) -> SharedGrant | Refusal
             return Refusal(key, RefusalKind.LIFECYCLE, retry_at, detail={"state": "benched", "reason": rest[0]})
         case "in_flight":
             return Refusal(key, RefusalKind.IN_FLIGHT, busy=True, detail={"limit": int(rest[0]), "scope": "shared"})
-        case "rpm" | "tpm":
+        case "rpm" | "tpm" | "rpd" | "tokens/month":
             reason = f"shared limit {rest[0]} reached across instances"
             if retry_ms == -2:
                 reason = f"bigger than the shared limit {rest[0]}"
