@@ -359,3 +359,36 @@ async def test_with_redis_down_a_hard_client_budget_fails_closed_and_a_soft_one_
             await router.route(CHAT, client="soft")  # soft budgets never refuse
             await router.route(CHAT)  # no budget: routed on the key's local share
         nursery.cancel_scope.cancel()
+
+
+async def test_each_instance_shows_what_all_of_them_spent_and_its_own_share_beside_it(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    extra = {
+        "budgets": {"global": {"limit": "10", "period": "day"}},
+        "clients": [{"id": "acme", "budget": {"limit": "5", "period": "day"}}],
+    }
+    async with trio.open_nursery() as nursery:
+        _, sim_url = await start_sim(nursery)
+        async with routers([_config(sim_url, redis_url, f"i{i}", key={}, extra=extra) for i in range(2)]) as (a, b):
+            spent = {"a": Decimal(0), "b": Decimal(0)}
+            for name, router, n in (("a", a, 3), ("b", b, 2)):
+                for _ in range(n):
+                    spent[name] += (await router.route(CHAT, client="acme")).metadata.cost
+            total = spent["a"] + spent["b"]
+            with trio.fail_after(5):  # the settlements reach Redis
+                while Decimal((await a.shared_budgets())["global"]["spent"]) < total:
+                    await trio.sleep(0.05)
+            for router, own in ((a, spent["a"]), (b, spent["b"])):
+                view = await router.shared_budgets()
+                for bid, limit in (("global", 10), ("client:acme", 5)):
+                    got = view[bid]
+                    assert got["scope"] == "shared" and got["reserved"] == "0"
+                    assert total <= Decimal(got["spent"]) < total + Decimal("1e-8")  # nano-dollars, rounded up
+                    assert Decimal(got["remaining"]) == limit - Decimal(got["spent"])
+                    assert Decimal(got["local"]["spent"]) == own == Decimal(router.budgets()[bid]["spent"])
+            redis_server.stop()
+            down = await a.shared_budgets()
+            assert down["global"]["scope"] == "local" and "onnect" in down["global"]["shared_error"]
+            assert Decimal(down["global"]["spent"]) == spent["a"]
+        nursery.cancel_scope.cancel()

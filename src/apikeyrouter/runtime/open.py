@@ -358,6 +358,13 @@ class ApiKeyRouter:
             return {}
         return summary
 
+    async def shared_budgets(self) -> dict[str, Any]:
+        """`budgets()`, with every instance's spend from Redis under `[store] kind = "redis"` (one round trip;
+        this instance's own under `local`, `scope` says which); else `budgets()` as it is."""
+        shared = self._registry.shared
+        local = self.budgets()
+        return local if shared is None or not local else await shared.shared_budgets(local)
+
     # -- policies -------------------------------------------------------------------------------------
 
     def policies(self) -> list[dict[str, Any]]:

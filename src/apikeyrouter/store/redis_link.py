@@ -23,7 +23,7 @@ import structlog
 import trio
 
 from apikeyrouter.errors import ConfigError
-from apikeyrouter.store.redis_lua import HEARTBEAT, REPLAY, RESERVE, SETTLE, SHARE_STATE
+from apikeyrouter.store.redis_lua import BUDGETS, HEARTBEAT, REPLAY, RESERVE, SETTLE, SHARE_STATE
 
 try:
     import redis
@@ -70,6 +70,7 @@ class RedisLink:
         self._heartbeat = self._client.register_script(HEARTBEAT)
         self._share = self._client.register_script(SHARE_STATE)
         self._replay = self._client.register_script(REPLAY)
+        self._budgets = self._client.register_script(BUDGETS)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         self.calls += 1
@@ -131,6 +132,14 @@ class RedisLink:
             args += [str(age_ms), str(tokens)]
         args += ["1" if c else "0" for c in counts]
         await self._call(functools.partial(self._replay, keys=[], args=args))
+
+    async def budgets(self, periods: list[tuple[str, str]]) -> list[tuple[int, int]]:
+        """(spent, held) in nano-dollars of each (budget id, period argument), in one script call."""
+        args = [str(len(periods))]
+        for bid, period_arg in periods:
+            args += [bid, period_arg]
+        flat = await self._call(functools.partial(self._budgets, keys=[], args=args))
+        return [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def heartbeat(self, instance: str, ttl_ms: int, *, fresh: bool) -> tuple[int, int]:
         args = [instance, str(ttl_ms), "1" if fresh else "0"]

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["HEARTBEAT", "PREFIX", "REPLAY", "RESERVE", "SETTLE", "SHARE_STATE"]
+__all__ = ["BUDGETS", "HEARTBEAT", "PREFIX", "REPLAY", "RESERVE", "SETTLE", "SHARE_STATE"]
 
 PREFIX: Final = "akr:"
 
@@ -317,5 +317,32 @@ for i = 0, n - 1 do
 end
 redis.call('INCRBY', wt, s(total))
 return n
+"""
+)
+
+# What every instance together has spent and holds on each budget, for `GET /budgets` (reads only: a hold
+# whose lease ended is not counted, a period that has turned reads as 0 spent, as the next reserve would
+# roll it). ARGV: n, then n x (budget id, period as in RESERVE). Returns 2n numbers: spent, held (nano$).
+BUDGETS: Final = (
+    _COMMON
+    + """
+local n = tonumber(ARGV[1])
+local now = now_ms()
+local out = {}
+for i = 0, n - 1 do
+  local bid, period = ARGV[2 + i * 2], tonumber(ARGV[3 + i * 2])
+  local b, ba = 'akr:b:' .. bid, 'akr:ba:' .. bid
+  local p = 0
+  if period > 0 then p = math.floor(now / 1000 / period) elseif period < 0 then p = -period end
+  local spent = 0
+  if tonumber(redis.call('HGET', b, 'p') or '-1') == p then spent = tonumber(redis.call('HGET', b, 'spent') or '0') end
+  local held = 0
+  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', 'akr:bh:' .. bid, '(' .. s(now), '+inf')) do
+    held = held + tonumber(redis.call('HGET', ba, rid) or '0')
+  end
+  out[#out + 1] = s(spent)
+  out[#out + 1] = s(held)
+end
+return out
 """
 )

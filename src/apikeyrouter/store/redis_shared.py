@@ -237,6 +237,30 @@ class SharedLimits:
             "pending_replay": sum(len(s.admitted) for s in self._shares.values()),
         }
 
+    async def shared_budgets(self, local: dict[str, Any]) -> dict[str, Any]:
+        """`local` (this instance's budget view, as `budgets()` gives it) with the fleet's spend from Redis,
+        in one round trip, off the request path: `spent`, `reserved` and `remaining` become every instance's
+        together (`scope: "shared"`), this instance's own stay under `local`. Redis away: the local view
+        as it is, `scope: "local"` and the reason."""
+        specs = self.budgets_for(local)
+        try:
+            totals = await self.link.budgets([(spec.id, self._period_arg(spec)) for spec in specs])
+        except StoreUnavailable as exc:
+            return {bid: {**view, "scope": "local", "shared_error": exc.reason} for bid, view in local.items()}
+        merged = {bid: {**view, "scope": "local"} for bid, view in local.items()}
+        for spec, (spent_n, held_n) in zip(specs, totals, strict=True):
+            view = local[spec.id]
+            spent, held = Decimal(spent_n) / _NANO, Decimal(held_n) / _NANO
+            merged[spec.id] = {
+                **view,
+                "spent": _money(spent),
+                "reserved": _money(held),
+                "remaining": _money(max(Decimal(0), spec.limit - spent - held)),
+                "scope": "shared",
+                "local": {key: view[key] for key in ("spent", "reserved", "remaining") if key in view},
+            }
+        return merged
+
     # -- the request path ------------------------------------------------------------------------------
 
     def budgets_for(self, ids: Iterable[str]) -> tuple[BudgetSpec, ...]:
@@ -500,6 +524,10 @@ def _remote_change(data: object, own: str) -> tuple[str, ApplyShared] | None:
             return key_id, ApplyShared("active", f"put back on instance {sender}")
         case _:
             return None
+
+
+def _money(amount: Decimal) -> str:
+    return format(amount.normalize(), "f")  # "0.000123", never "1.23E-4"
 
 
 def _opt(limit: int | None) -> str:
