@@ -13,16 +13,22 @@ row's wall-clock time, its member the row as JSON with the writing instance and 
 (rows that are otherwise equal stay two rows). Transitions are all kept (the audit trail); decisions
 and budget rows keep the newest `retention`.
 
-Each `write` is one MULTI/EXEC (all or nothing: the writer keeps a failed batch and writes it again),
-through redis-py's sync client in a worker thread, one call at a time, like SqliteStore. `open` with
-Redis down logs a warning and starts fresh rather than refusing to start: the instance runs degraded
-(redis_shared.py), as it would if Redis went away a moment later.
+Each `write` is one MULTI/EXEC, through redis-py's sync client in a worker thread, one call at a time,
+like SqliteStore. Redis going away is a mode the instance runs through (redis_shared.py: budgets fail
+closed, routing goes on), so the store must not hold routing up either: a write that fails is kept here,
+not raised (a raise would make the writer keep it, and past its `max_rows` stop reading, which pauses
+every key actor). Kept: the newest value of each record (one per record, however long the outage) and
+the newest `keep_rows` rows; older rows beyond that are dropped, counted (`dropped_rows`) and logged once
+per outage. While Redis is away the store tries again at most once a second, then writes all it kept in
+one transaction. `open` with Redis down logs a warning and starts fresh rather than refusing to start.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -51,7 +57,8 @@ T = TypeVar("T")
 _TRAILS: dict[type[Any], str] = {TransitionRow: "transitions", DecisionRow: "decisions", BudgetRow: "budgets"}
 _ROW_TYPES: dict[str, type[Any]] = {trail: t for t, trail in _TRAILS.items()}
 _PAGE = 500  # rows read per round trip while a query filters
-_TIMEOUT_S = 5.0  # one store call (a batch may be large); the writer retries a failed write
+_TIMEOUT_S = 2.0  # one store call (a batch may be large)
+_RETRY_S = 1.0  # while Redis is away: how often a write tries again
 
 
 def records_key(instance_id: str) -> str:
@@ -65,7 +72,7 @@ def trail_key(trail: str) -> str:
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, url: str, instance_id: str, *, retention: int = 100_000) -> None:
+    def __init__(self, url: str, instance_id: str, *, retention: int = 100_000, keep_rows: int = 100_000) -> None:
         if redis is None:
             raise ConfigError(
                 "the redis store needs redis-py: pip install 'apikeyrouter[redis]' @ config.store.kind",
@@ -79,10 +86,16 @@ class RedisStore:
             raise ConfigError(f"invalid redis url ({exc}) @ config.store.url", path="config.store.url") from None
         self.instance_id = instance_id
         self.retention = retention
+        self.keep_rows = keep_rows
         self._limiter = trio.CapacityLimiter(1)
         self._wall_offset = 0.0
         self._seq = itertools.count(1)
+        self._records: dict[RecordId, Any] = {}  # kept while Redis is away: the newest of each
+        self._rows: collections.deque[HistoryRow] = collections.deque()
+        self._retry_at = 0.0  # monotonic seconds: no write tried before (Redis was away)
         self.writes = 0  # batches committed
+        self.failures = 0  # writes that failed (what they held is kept for the next)
+        self.dropped_rows = 0  # rows dropped, oldest first, past `retention` kept during an outage
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
@@ -102,7 +115,37 @@ class RedisStore:
         return records
 
     async def write(self, batch: Batch) -> None:
-        await self._run(lambda: self._write_sync(batch))
+        self._keep(batch)
+        if time.monotonic() < self._retry_at:
+            return  # Redis was away a moment ago: kept for the next try
+        pending = Batch(dict(self._records), tuple(self._rows))
+        try:
+            await self._run(lambda: self._write_sync(pending))
+        except (redis.RedisError, OSError) as exc:
+            self.failures += 1
+            if self._retry_at == 0.0:
+                log.warning("redis_store_write_failed", reason=_first_line(exc), kept=len(pending))
+            self._retry_at = time.monotonic() + _RETRY_S
+            return
+        if self._retry_at:
+            log.info("redis_store_written", records=len(pending.records), rows=len(pending.rows))
+        self._retry_at = 0.0
+        for rid in pending.records:  # those changed again meanwhile stay, with their newer value
+            if self._records.get(rid) is pending.records[rid]:
+                del self._records[rid]
+        for _ in pending.rows:
+            self._rows.popleft()
+
+    def _keep(self, batch: Batch) -> None:
+        self._records.update(batch.records)
+        self._rows.extend(batch.rows)
+        over = len(self._rows) - self.keep_rows
+        if over > 0:
+            if self.dropped_rows == 0 or self._retry_at == 0.0:
+                log.error("redis_store_rows_dropped", dropped=over, reason="redis away; the oldest rows go first")
+            self.dropped_rows += over
+            for _ in range(over):
+                self._rows.popleft()
 
     def _write_sync(self, batch: Batch) -> None:
         offset = self._wall_offset
@@ -149,6 +192,10 @@ class RedisStore:
         return found
 
     async def close(self) -> None:
+        self._retry_at = 0.0
+        await self.write(Batch())  # what an outage left here: one last try
+        if self._records or self._rows:
+            log.error("redis_store_not_written", records=len(self._records), rows=len(self._rows))
         await self._run(self._client.close)
 
 
