@@ -1,6 +1,7 @@
-"""What persistence costs a routed request: the memory store against the SQLite store, same run, same load.
+"""What persistence costs a routed request: the memory store against the SQLite store (and the Redis store,
+when `redis-server` is on PATH), same run, same load.
 
-    PYTHONPATH=src python benchmarks/store.py [--calls 1000] [--rounds 9] [--concurrency 32]
+    PYTHONPATH=src python benchmarks/store.py [--calls 1000] [--rounds 9] [--concurrency 32] [--no-redis]
 
 Each round runs the same calls through a router on each store, one after the other (so drift on a shared
 machine hits both alike): `concurrency` trio tasks calling `route()` against the simulator's handler
@@ -9,12 +10,18 @@ holds and charges money). Per store, per round:
 
 - CPU µs per request: `time.process_time()` over the calls (every thread: the SQLite worker thread too),
   divided by the calls; the figure that matters is SQLite minus memory, the CPU persistence adds;
+- event-loop CPU µs per request: `time.thread_time()` of the trio thread alone, what the request path and
+  the event loop pay (the worker threads' CPU left out, though their holding the GIL is not);
 - wall µs per request (the added latency; writes are off the request path, so it should be noise);
 - the CPU the SQLite worker thread spent encoding and writing (`SqliteStore.write_cpu_s`, measured with
   `time.thread_time()` in that thread), per request: the part of the added CPU that is off the request
   path; the rest (added minus this) is what the request path and the event loop pay;
 - writes/s: changes the store writer took in (`Save` messages: one per change of one record, plus the
   history rows), and the transactions (batches) it committed, over the wall time of the calls.
+
+The Redis round is `[store] kind = "redis"` on a `redis-server` this script starts (no persistence, flushed
+before each round): the Redis store for records and history, and the shared limits, so each request also
+makes its reserve round trip and a batched settle (the budget is held on Redis).
 
 The SQLite round ends with the router's stop, which writes what is still pending: that flush is outside
 the timed calls (it is not on any request's path) but inside the check that the file holds every request.
@@ -26,19 +33,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import redis
 import structlog
 import trio
 from aio import CHAT, KEYS, InProcessAdapter, trio_calls  # benchmarks/aio.py: run as `python benchmarks/store.py`
+from redis_store import free_port  # benchmarks/redis_store.py
 
 from apikeyrouter import ApiKeyRouter
 from apikeyrouter.config import parse_config
 from apikeyrouter.store import MemoryStore, SqliteStore, StateStore
+from apikeyrouter.store.redis_store import RedisStore
 
 CONFIG = {"budgets": {"global": {"limit": "1000000", "period": "month"}}}
 
@@ -49,9 +61,11 @@ def _store_state(router: ApiKeyRouter) -> dict[str, Any]:
     return state
 
 
-def one_round(store: StateStore, calls: int, concurrency: int) -> dict[str, float]:
+def one_round(store: StateStore, calls: int, concurrency: int, redis_url: str | None = None) -> dict[str, float]:
+    config = CONFIG if redis_url is None else {**CONFIG, "store": {"kind": "redis", "url": redis_url}}
+
     async def main() -> dict[str, float]:
-        async with ApiKeyRouter(parse_config(CONFIG, env={}), store=store) as router:
+        async with ApiKeyRouter(parse_config(config, env={}), store=store) as router:
             await router.register_provider("openai", InProcessAdapter())
             for i in range(KEYS):
                 await router.register_key(f"sk-sim-bench-{i}", "openai", key_id=f"k{i}")
@@ -60,14 +74,16 @@ def one_round(store: StateStore, calls: int, concurrency: int) -> dict[str, floa
             await router.flush_store()
             before = _store_state(router)
             writer_cpu = getattr(store, "write_cpu_s", 0.0)
-            cpu, wall = time.process_time(), time.perf_counter()
+            cpu, loop_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
             await trio_calls(router, calls, concurrency)
+            loop_cpu = time.thread_time() - loop_cpu
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             after = _store_state(router)
             writer_cpu = getattr(store, "write_cpu_s", 0.0) - writer_cpu  # the timed calls' share, roughly
         made = calls // concurrency * concurrency
         return {
             "cpu_us": cpu / made * 1e6,
+            "loop_cpu_us": loop_cpu / made * 1e6,
             "wall_us": wall / made * 1e6,
             "writer_thread_cpu_us": writer_cpu / made * 1e6,
             "saves_per_s": (after["saves"] - before["saves"]) / wall,
@@ -88,26 +104,68 @@ def _check_file(path: Path, expected_requests: int) -> None:
     trio.run(main)
 
 
+def _start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str] | None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            if redis.Redis(port=port).ping():
+                return proc, f"redis://127.0.0.1:{port}/0"
+        except redis.RedisError:
+            time.sleep(0.02)
+    proc.kill()
+    raise SystemExit("redis-server did not start")
+
+
+def _redis_round(url: str, calls: int, concurrency: int) -> dict[str, float]:
+    redis.Redis.from_url(url).flushall()
+    return one_round(RedisStore(url, "bench"), calls, concurrency, redis_url=url)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--no-redis", action="store_true", help="leave the Redis store out")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     results: dict[str, list[dict[str, float]]] = {"memory": [], "sqlite": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for n in range(args.rounds):
-            results["memory"].append(one_round(MemoryStore(), args.calls, args.concurrency))
-            path = Path(tmp) / f"round-{n}.db"
-            results["sqlite"].append(one_round(SqliteStore(path), args.calls, args.concurrency))
-            _check_file(path, args.calls // args.concurrency * args.concurrency + 20)
-            for name in ("memory", "sqlite"):
-                r = results[name][-1]
-                print(
-                    f"round {n + 1} {name:6}  cpu {r['cpu_us']:7.1f} µs/req  wall {r['wall_us']:7.1f} µs/req  "
-                    f"saves {r['saves_per_s']:8.0f}/s  transactions {r['batches_per_s']:6.1f}/s"
-                )
+        server = None if args.no_redis else _start_redis(tmp)
+        if server is not None:
+            results["redis"] = []
+        try:
+            _rounds(args, tmp, results, server[1] if server is not None else None)
+        finally:
+            if server is not None:
+                server[0].kill()
+                server[0].wait()
+    _report(args, results)
+
+
+def _rounds(args: argparse.Namespace, tmp: str, results: dict[str, list[dict[str, float]]], url: str | None) -> None:
+    for n in range(args.rounds):
+        results["memory"].append(one_round(MemoryStore(), args.calls, args.concurrency))
+        path = Path(tmp) / f"round-{n}.db"
+        results["sqlite"].append(one_round(SqliteStore(path), args.calls, args.concurrency))
+        _check_file(path, args.calls // args.concurrency * args.concurrency + 20)
+        if url is not None:
+            results["redis"].append(_redis_round(url, args.calls, args.concurrency))
+        for name in results:
+            r = results[name][-1]
+            print(
+                f"round {n + 1} {name:6}  cpu {r['cpu_us']:7.1f} µs/req (loop {r['loop_cpu_us']:7.1f})  "
+                f"wall {r['wall_us']:7.1f} µs/req  saves {r['saves_per_s']:8.0f}/s  "
+                f"transactions {r['batches_per_s']:6.1f}/s"
+            )
+
+
+def _report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]]) -> None:
     med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in results.items()}
     pairs = list(zip(results["memory"], results["sqlite"], strict=True))  # same round, one after the other
     added_cpu = statistics.median(s["cpu_us"] - m["cpu_us"] for m, s in pairs)
@@ -120,6 +178,20 @@ def main() -> None:
         f"<= 50 µs); {med['sqlite']['saves_per_s']:.0f} changes/s in "
         f"{med['sqlite']['batches_per_s']:.1f} transactions/s"
     )
+    # Each store against the memory round of the same round (run one after the other).
+    added = {
+        name: {
+            fig: round(statistics.median(r[fig] - m[fig] for m, r in zip(results["memory"], rs, strict=True)), 1)
+            for fig in ("cpu_us", "loop_cpu_us", "wall_us")
+        }
+        for name, rs in results.items()
+        if name != "memory"
+    }
+    for name, figs in added.items():
+        print(
+            f"{name} adds (median of same-round differences): {figs['cpu_us']:.1f} µs CPU, "
+            f"{figs['loop_cpu_us']:.1f} µs of it on the event loop, {figs['wall_us']:.1f} µs wall per request"
+        )
     summary = {
         "calls": args.calls,
         "rounds": args.rounds,
@@ -129,6 +201,7 @@ def main() -> None:
         "sqlite_added_wall_us": round(added_wall, 1),
         "sqlite_writer_thread_cpu_us": round(writer, 1),
         "sqlite_added_request_path_cpu_us": round(added_cpu - writer, 1),
+        "added_vs_memory": added,
     }
     print(json.dumps(summary))
 

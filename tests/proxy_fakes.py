@@ -173,6 +173,9 @@ class FakeRouter:
     def budgets(self) -> dict[str, Any]:
         return {}
 
+    async def shared_budgets(self) -> dict[str, Any]:
+        return self.budgets()
+
     def tree(self) -> TreeNode:
         return TreeNode(name="root", kind="supervisor", status="running", restarts=0)
 

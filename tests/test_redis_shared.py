@@ -49,14 +49,16 @@ async def routers(configs: list[Any]) -> AsyncIterator[list[ApiKeyRouter]]:
         yield [await stack.enter_async_context(open_router(c)) for c in configs]
 
 
-async def hammer(rs: list[ApiKeyRouter], n: int, on_error: Callable[[Exception], None]) -> list[Any]:
+async def hammer(
+    rs: list[ApiKeyRouter], n: int, on_error: Callable[[Exception], None], client: str | None = None
+) -> list[Any]:
     """`n` requests spread over the routers, all at once; the responses that came back."""
     done: list[Any] = []
 
     async def one(router: ApiKeyRouter) -> None:
         try:
             with trio.fail_after(10):
-                done.append(await router.route(CHAT))
+                done.append(await router.route(CHAT, client=client))
         except (NoKeyAvailable, BudgetExceeded) as exc:
             on_error(exc)
 
@@ -82,6 +84,29 @@ async def test_four_instances_hold_a_keys_global_rpm_exactly(redis_url: str) -> 
     assert sim.provider.stats("sk-sim-shared-1").requests == 120
     assert len(served) == 120 and len(refused) == 600 - 120
     assert all(isinstance(e, NoKeyAvailable) and "shared limit 120" in str(e.reasons) for e in refused)
+
+
+async def test_four_instances_share_a_keys_rpd_and_count_its_month_in_actual_tokens(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    async with trio.open_nursery() as nursery:
+        sim, sim_url = await start_sim(nursery, {"defaults": {"rpm": 100_000, "tpm": 100_000_000}})
+        key = {"rpd": 50, "tokens_per_month": 10_000_000}
+        configs = [_config(sim_url, redis_url, f"i{i}", key=key) for i in range(4)]
+        refused: list[Exception] = []
+        async with routers(configs) as rs:
+            served = await hammer(rs, 120, refused.append)  # each instance's own day would let 50 through
+            served += await hammer(rs, 40, refused.append)
+            ledger = redis_server.client()
+            used = sum((r.usage.input_tokens + r.usage.output_tokens for r in served), 0)
+            with trio.fail_after(5):  # settled: the month counts what was used, not the worst cases held
+                while sum(int(v) for v in ledger.hvals("akr:m:k1")) != used:
+                    await trio.sleep(0.05)
+            day = sum(int(v) for v in ledger.hvals("akr:d:k1"))
+        nursery.cancel_scope.cancel()
+    assert len(served) == 50 == day == sim.provider.stats("sk-sim-shared-1").requests
+    assert all(isinstance(e, NoKeyAvailable) and "rpd" in str(e.reasons) for e in refused)
+    assert 0 < ledger.pttl("akr:d:k1") <= 26 * 3600 * 1000  # a key no one uses leaves Redis
 
 
 async def test_a_budget_hammered_by_four_instances_is_never_overspent(
@@ -250,11 +275,12 @@ async def test_a_soft_calendar_budget_is_counted_on_redis_per_calendar_day_and_n
     assert spent >= sum((r.metadata.cost for r in served), Decimal(0)) > Decimal("0.000001")
 
 
-async def test_client_team_and_policy_budgets_are_held_by_each_instance_beside_the_shared_ones(
+async def test_client_team_and_policy_budgets_are_shared_soft_ones_never_refuse(
     redis_url: str, redis_server: RedisServer
 ) -> None:
-    """Client, team and policy budgets stay in each instance's own ledger (documented); with a Redis store they
-    are still held and refused there, and the shared global budget still counts every request."""
+    """Client, team, policy and template budgets are held on Redis like the global one: every instance counts
+    against one ledger each. A soft one serves past its limit on every instance; a hard one made from the
+    client template refuses on both."""
     one = "0.000001"  # below the worst case of one CHAT: a hard budget refuses the first
     extra = {
         "budgets": {"global": {"limit": "100", "period": "day"}, "client_default": {"limit": one, "period": "day"}},
@@ -268,19 +294,101 @@ async def test_client_team_and_policy_budgets_are_held_by_each_instance_beside_t
         _, sim_url = await start_sim(nursery)
         configs = [_config(sim_url, redis_url, f"c{i}", key={}, extra=extra) for i in range(2)]
         async with routers(configs) as rs:
-            served = 0
+            served = []
             for router in rs:
                 for _ in range(4):  # soft: each served, however far past the limit
-                    await router.route(CHAT, client="acme")
-                    served += 1
+                    served.append(await router.route(CHAT, client="acme"))
                 with pytest.raises(BudgetExceeded, match="client:newbie"):  # hard, from the template
                     await router.route(CHAT, client="newbie")
-                own = router.budgets()
-                assert {"client:acme", "team:search", "policy:cap"} <= own.keys()
-                assert Decimal(own["client:acme"]["spent"]) > Decimal(one)
+            ledger = redis_server.client()
+            ids = ("global", "client:acme", "team:search", "policy:cap")
+            cost = sum((r.metadata.cost for r in served), Decimal(0))
             with trio.fail_after(5):  # the settlements reach Redis
-                while Decimal(int(redis_server.client().hget("akr:b:global", "spent") or 0)) == 0:
+                while any(Decimal(int(ledger.hget(f"akr:b:{b}", "spent") or 0)) / Decimal("1e9") < cost for b in ids):
                     await trio.sleep(0.05)
-            assert not redis_server.client().exists("akr:b:client:acme")  # not shared: documented
+            assert not ledger.hget("akr:b:client:newbie", "spent")  # refused: nothing held, nothing spent
         nursery.cancel_scope.cancel()
-    assert served == 8
+    assert len(served) == 8
+
+
+async def test_a_client_budget_hammered_by_four_instances_is_never_overspent(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    limit = Decimal("0.0004")
+    extra = {"clients": [{"id": "acme", "budget": {"limit": str(limit), "period": "day"}}]}
+    async with trio.open_nursery() as nursery:
+        sim, sim_url = await start_sim(nursery, {"defaults": {"rpm": 100_000, "tpm": 100_000_000, "latency_ms": 20}})
+        configs = [_config(sim_url, redis_url, f"i{i}", key={}, extra=extra) for i in range(4)]
+        refused: list[Exception] = []
+        async with routers(configs) as rs:
+            served = []
+            for _ in range(20):  # as the global one above: until a burst gets nothing
+                got = await hammer(rs, 100, refused.append, client="acme")
+                served += got
+                await trio.sleep(0.3)
+                if not got:
+                    break
+            ledger = redis_server.client().hgetall("akr:b:client:acme")
+            after = await hammer(rs, 4, refused.append, client="acme")
+            other = await hammer(rs, 4, pytest.fail, client="other")  # another client is not held by acme's
+        nursery.cancel_scope.cancel()
+    actual = sum((r.metadata.cost for r in served), Decimal(0))
+    assert served and refused and not after and len(other) == 4
+    assert actual <= limit  # each instance's own ledger would have let 4 x the limit through
+    assert Decimal(int(ledger[b"spent"])) / Decimal("1e9") >= actual and int(ledger[b"res"]) == 0
+    assert sim.provider.stats("sk-sim-shared-1").requests == len(served) + len(other)
+    assert all(isinstance(e, BudgetExceeded) and "client:acme" in str(e) for e in refused)
+
+
+async def test_with_redis_down_a_hard_client_budget_fails_closed_and_a_soft_one_serves(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    extra = {
+        "clients": [
+            {"id": "hard", "budget": {"limit": "10", "period": "day"}},
+            {"id": "soft", "budget": {"limit": "10", "period": "day", "mode": "soft"}},
+        ]
+    }
+    async with trio.open_nursery() as nursery:
+        _, sim_url = await start_sim(nursery)
+        async with open_router(_config(sim_url, redis_url, "i0", key={}, extra=extra)) as router:
+            await router.route(CHAT, client="hard")  # held on Redis while it is up
+            redis_server.stop()
+            with pytest.raises(BudgetExceeded, match=r"redis unavailable .*hard budgets fail closed \(client:hard\)"):
+                await router.route(CHAT, client="hard")
+            await router.route(CHAT, client="soft")  # soft budgets never refuse
+            await router.route(CHAT)  # no budget: routed on the key's local share
+        nursery.cancel_scope.cancel()
+
+
+async def test_each_instance_shows_what_all_of_them_spent_and_its_own_share_beside_it(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    extra = {
+        "budgets": {"global": {"limit": "10", "period": "day"}},
+        "clients": [{"id": "acme", "budget": {"limit": "5", "period": "day"}}],
+    }
+    async with trio.open_nursery() as nursery:
+        _, sim_url = await start_sim(nursery)
+        async with routers([_config(sim_url, redis_url, f"i{i}", key={}, extra=extra) for i in range(2)]) as (a, b):
+            spent = {"a": Decimal(0), "b": Decimal(0)}
+            for name, router, n in (("a", a, 3), ("b", b, 2)):
+                for _ in range(n):
+                    spent[name] += (await router.route(CHAT, client="acme")).metadata.cost
+            total = spent["a"] + spent["b"]
+            with trio.fail_after(5):  # the settlements reach Redis
+                while Decimal((await a.shared_budgets())["global"]["spent"]) < total:
+                    await trio.sleep(0.05)
+            for router, own in ((a, spent["a"]), (b, spent["b"])):
+                view = await router.shared_budgets()
+                for bid, limit in (("global", 10), ("client:acme", 5)):
+                    got = view[bid]
+                    assert got["scope"] == "shared" and got["reserved"] == "0"
+                    assert total <= Decimal(got["spent"]) < total + Decimal("1e-8")  # nano-dollars, rounded up
+                    assert Decimal(got["remaining"]) == limit - Decimal(got["spent"])
+                    assert Decimal(got["local"]["spent"]) == own == Decimal(router.budgets()[bid]["spent"])
+            redis_server.stop()
+            down = await a.shared_budgets()
+            assert down["global"]["scope"] == "local" and "onnect" in down["global"]["shared_error"]
+            assert Decimal(down["global"]["spent"]) == spent["a"]
+        nursery.cancel_scope.cancel()

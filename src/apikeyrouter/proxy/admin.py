@@ -154,9 +154,10 @@ class AdminAPI:
         await self.router.update_key_state(key_id, state, reason)
         return 200, self.router.key(key_id) or {"id": key_id, "lifecycle": state}
 
-    def list_budgets(self) -> tuple[int, Any]:
-        """Every hard budget with its limit, spent and reserved money (strings, exact decimals)."""
-        budgets = self.router.budgets()
+    async def list_budgets(self) -> tuple[int, Any]:
+        """Every budget with its limit, spent and reserved money (strings, exact decimals); with several
+        instances on Redis, what they spent together."""
+        budgets = await self.router.shared_budgets()
         return 200, {"object": "list", "data": [{"id": bid, **budgets[bid]} for bid in sorted(budgets)]}
 
     def list_decisions(self, limit: int) -> tuple[int, Any]:

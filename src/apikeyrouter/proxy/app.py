@@ -613,7 +613,7 @@ class ProxyApp:
 
     async def _list_budgets(self, ex: Exchange, _: str) -> None:
         self._authorize_admin(ex)
-        await self._reply(ex, *self.admin.list_budgets())
+        await self._reply(ex, *await self.admin.list_budgets())
 
     def _policies(self, ex: Exchange) -> tuple[PolicyAPI, str]:
         """The policy API and who is asking (the admin token's fingerprint, for the audit)."""

@@ -299,8 +299,9 @@ async def _share(deps: Deps, shared: SharedLimits, req: Request, held: Held, est
     snap = deps.board.keys.get(held.key_id)
     limits = KeyLimits()
     if snap is not None:
-        limits = KeyLimits(snap.quota.config.rpm, snap.quota.config.tpm, snap.max_in_flight)
-    budgets = shared.budgets_for(_budget_ids(held.provider, held.key_id)) if deps.budgets_enabled else ()
+        qc = snap.quota.config
+        limits = KeyLimits(qc.rpm, qc.tpm, snap.max_in_flight, qc.rpd, qc.tokens_per_month)
+    budgets = shared.budgets_for(_request_budget_ids(req, held.provider, held.key_id)) if deps.budgets_enabled else ()
     lease_s = _lease_until(req) + GRACE - trio.current_time()
     tokens = est.input_tokens + est.max_output_tokens
     ask = SharedAsk(held.key_id, req.id, tokens, limits, lease_s, est.worst_case_cost, budgets)
@@ -315,6 +316,18 @@ def _budget_ids(provider: str, key_id: str) -> tuple[str, ...]:
     return ("global", f"provider:{provider}", f"key:{key_id}")
 
 
+def _request_budget_ids(req: Request, provider: str, key_id: str) -> tuple[str, ...]:
+    """Every budget an attempt holds on: the key's, then its team's, its client's and its policies'."""
+    ids = _budget_ids(provider, key_id)
+    if req.team is not None:
+        ids = (*ids, f"team:{req.team}")
+    if req.client is not None:
+        ids = (*ids, f"client:{req.client}")
+    if req.policy is not None and req.policy.budgets:
+        ids = (*ids, *req.policy.budgets)
+    return ids
+
+
 async def _hold(
     deps: Deps, req: Request, hold_id: str, cand: Candidate, est: CostEstimate, tokens: int, until: float
 ) -> Refusal | None:
@@ -322,13 +335,7 @@ async def _hold(
     rpm/tpm windows) until `until` at the latest: None when held. A budget actor that is restarting is
     asked again (a hold is idempotent by its id). Fails closed: a hard budget is never overspent because
     its keeper was not answering."""
-    ids = _budget_ids(cand.provider, cand.key_id)
-    if req.team is not None:
-        ids = (*ids, f"team:{req.team}")
-    if req.client is not None:
-        ids = (*ids, f"client:{req.client}")
-    if req.policy is not None and req.policy.budgets:
-        ids = (*ids, *req.policy.budgets)
+    ids = _request_budget_ids(req, cand.provider, cand.key_id)
 
     ratio = cand.ratio  # what the router read for the cost score: references, no copy
     price = None if ratio is None else cand.view.price_for(cand.model)

@@ -109,7 +109,9 @@ class ApiKeyRouter:
         # Read before the tree starts: a corrupt or newer file is one StoreError, and no actor waits on it.
         reg.store_state.latest.update(await reg.store.open(reg.wall_offset))
         # With [store] kind = "redis": the shared limits run outside the tree, up before it and down after.
-        async with open_shared(reg.config.store, reg.events, lambda: reg.budget_specs, reg.apply_shared) as shared:
+        async with open_shared(
+            reg.config.store, reg.events, lambda: reg.budget_specs, reg.apply_shared, lambda: reg.budget_templates
+        ) as shared:
             reg.shared = shared
             try:
                 async with trio.open_nursery() as nursery:
@@ -355,6 +357,13 @@ class ApiKeyRouter:
         except _NOT_NOW:
             return {}
         return summary
+
+    async def shared_budgets(self) -> dict[str, Any]:
+        """`budgets()`, with every instance's spend from Redis under `[store] kind = "redis"` (one round trip;
+        this instance's own under `local`, `scope` says which); else `budgets()` as it is."""
+        shared = self._registry.shared
+        local = self.budgets()
+        return local if shared is None or not local else await shared.shared_budgets(local)
 
     # -- policies -------------------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from apikeyrouter.config import StoreConfig
 from apikeyrouter.store.backend import StateStore
 from apikeyrouter.store.memory import MemoryStore
+from apikeyrouter.store.redis_shared import default_instance_id
+from apikeyrouter.store.redis_store import RedisStore
 from apikeyrouter.store.sqlite import SqliteStore
 
 __all__ = ["DEFAULT_SQLITE_PATH", "store_from_config"]
@@ -20,4 +22,6 @@ def store_from_config(cfg: StoreConfig, *, default_kind: str = "memory") -> Stat
     kind = cfg.kind or ("sqlite" if cfg.path is not None else default_kind)
     if kind == "sqlite":
         return SqliteStore(cfg.path or DEFAULT_SQLITE_PATH, retention=cfg.retention)
+    if kind == "redis" and cfg.url is not None:
+        return RedisStore(cfg.url, cfg.instance_id or default_instance_id(), retention=cfg.retention)
     return MemoryStore(retention=cfg.retention)

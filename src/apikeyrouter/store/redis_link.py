@@ -23,7 +23,7 @@ import structlog
 import trio
 
 from apikeyrouter.errors import ConfigError
-from apikeyrouter.store.redis_lua import HEARTBEAT, REPLAY, RESERVE, SETTLE, SHARE_STATE
+from apikeyrouter.store.redis_lua import BUDGETS, HEARTBEAT, REPLAY, RESERVE, SETTLE, SHARE_STATE
 
 try:
     import redis
@@ -70,6 +70,7 @@ class RedisLink:
         self._heartbeat = self._client.register_script(HEARTBEAT)
         self._share = self._client.register_script(SHARE_STATE)
         self._replay = self._client.register_script(REPLAY)
+        self._budgets = self._client.register_script(BUDGETS)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         self.calls += 1
@@ -122,11 +123,23 @@ class RedisLink:
 
         await self._call(run)
 
-    async def replay(self, instance: str, key_id: str, entries: list[tuple[int, int]]) -> None:
+    async def replay(
+        self, instance: str, key_id: str, entries: list[tuple[int, int]], counts: tuple[bool, bool] = (False, False)
+    ) -> None:
+        """`counts`: the key has an rpd, a tokens_per_month limit (their buckets count the entries too)."""
         args = [instance, key_id, str(len(entries))]
         for age_ms, tokens in entries:
             args += [str(age_ms), str(tokens)]
+        args += ["1" if c else "0" for c in counts]
         await self._call(functools.partial(self._replay, keys=[], args=args))
+
+    async def budgets(self, periods: list[tuple[str, str]]) -> list[tuple[int, int]]:
+        """(spent, held) in nano-dollars of each (budget id, period argument), in one script call."""
+        args = [str(len(periods))]
+        for bid, period_arg in periods:
+            args += [bid, period_arg]
+        flat = await self._call(functools.partial(self._budgets, keys=[], args=args))
+        return [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def heartbeat(self, instance: str, ttl_ms: int, *, fresh: bool) -> tuple[int, int]:
         args = [instance, str(ttl_ms), "1" if fresh else "0"]

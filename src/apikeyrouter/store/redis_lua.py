@@ -8,6 +8,8 @@ Layout (all under `akr:`; `K` a key id, `B` a budget id, `I` an instance id):
     akr:w:K      ZSET  request log of the key's 60 s window: member "rid|tokens", score = reserved at (ms)
     akr:wt:K     STR   the tokens of the members above (kept in step, so tpm needs no scan)
     akr:f:K      ZSET  in-flight reservations: member rid, score = its lease end (ms)
+    akr:d:K      HASH  the key's rpd window: hour index -> requests (25 hours kept; only while rpd is set)
+    akr:m:K      HASH  its tokens/month window: day index -> tokens (31 days; only while tokens_per_month is set)
     akr:bench:K  STR   the key is benched for every instance (an open breaker, a throttle) until its PTTL ends
     akr:life:K   STR   a lifecycle state shared without end ("invalid", "revoked"), cleared by an enable
     akr:b:B      HASH  p = period index, spent, res (nano-dollars, integers)
@@ -19,7 +21,11 @@ Layout (all under `akr:`; `K` a key id, `B` a budget id, `I` an instance id):
 Windows are sliding logs, not GCRA: a provider's "rpm" counts requests in any trailing minute, and a
 log holds exactly that (at most `rpm` members in any 60 s), where GCRA's burst plus refill lets up to
 twice the limit through in a minute that starts with a full bucket. The log costs one member per
-request in the window (bounded by the limit itself) and trimming is amortised O(1).
+request in the window (bounded by the limit itself) and trimming is amortised O(1). The day and month
+windows (`rpd`, `tokens_per_month`) would make such a log as long as a day's or a month's requests, so they
+count in buckets instead, the shape the key actor's own quota has (domain/quota.py): 24 hours plus the
+current one, 30 days plus the current one; a request leaves with its bucket (up to one bucket late: the
+window errs long, never short).
 
 Money is integer nano-dollars (exact in Lua's doubles below 2**53, about $9 million per budget).
 Numbers go back to Redis through `s()`, because Lua would print 1e15 as "1e+15", which HINCRBY refuses.
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["HEARTBEAT", "PREFIX", "REPLAY", "RESERVE", "SETTLE", "SHARE_STATE"]
+__all__ = ["BUDGETS", "HEARTBEAT", "PREFIX", "REPLAY", "RESERVE", "SETTLE", "SHARE_STATE"]
 
 PREFIX: Final = "akr:"
 
@@ -74,6 +80,33 @@ local function unhold(bkey, rid)
     redis.call('ZREM', bh, rid)
   end
 end
+-- a long window in buckets (rpd: hours, tokens/month: days), the local quota's shape: HASH bucket -> count.
+-- Counts the current bucket and the n before it; older ones leave. Returns the count and the buckets kept.
+local function long_used(h, width, n, now)
+  local cur = math.floor(now / width)
+  local all = redis.call('HGETALL', h)
+  local used, keep, old = 0, {}, {}
+  for i = 1, #all, 2 do
+    local idx, c = tonumber(all[i]), tonumber(all[i + 1])
+    if idx < cur - n then old[#old + 1] = all[i] else used = used + c; keep[#keep + 1] = {idx, c} end
+  end
+  if #old > 0 then redis.call('HDEL', h, unpack(old)) end
+  table.sort(keep, function(a, b) return a[1] < b[1] end)
+  return used, keep
+end
+-- when `need` has left the window: the end of the bucket whose leaving frees enough
+local function long_retry(keep, need, width, n, now)
+  for _, b in ipairs(keep) do
+    need = need - b[2]
+    if need <= 0 then return (b[1] + n + 1) * width - now end
+  end
+  return width
+end
+local function long_add(h, width, n, at, count)
+  redis.call('HINCRBY', h, s(math.floor(at / width)), s(count))
+  redis.call('PEXPIRE', h, s((n + 2) * width))
+end
+local HOUR, DAY = 3600000, 86400000
 local function reclaim(inst)
   local ix = 'akr:ix:' .. inst
   local entries = redis.call('HGETALL', ix)
@@ -91,7 +124,8 @@ end
 
 # KEYS: none (names are built from ARGV, for a single Redis, not a cluster).
 # ARGV: inst, rid, key, tokens, rpm, tpm, max_in_flight (-1: none), lease_ms, amount (nano$), n, then n x
-#       (budget id, limit nano$, period: period_s > 0, or minus a calendar period's start, or 0: none)
+#       (budget id, limit nano$, period: period_s > 0, or minus a calendar period's start, or 0: none),
+#       then rpd, tokens_per_month (-1: none; counted only while set)
 # Returns {"ok", now} or {refusal kind, retry_ms (-1: unknown, -2: never), detail...}.
 RESERVE: Final = (
     _COMMON
@@ -127,6 +161,22 @@ if tpm >= 0 then
   end
 end
 local base = 10
+local rpd, tmo = tonumber(ARGV[base + 1 + n * 3] or '-1'), tonumber(ARGV[base + 2 + n * 3] or '-1')
+local dh, mh = 'akr:d:' .. key, 'akr:m:' .. key
+if rpd >= 0 then
+  local used, keep = long_used(dh, HOUR, 24, now)
+  if used + 1 > rpd then
+    if rpd == 0 then return {'rpd', -2, s(rpd)} end
+    return {'rpd', long_retry(keep, used + 1 - rpd, HOUR, 24, now), s(rpd)}
+  end
+end
+if tmo >= 0 then
+  local used, keep = long_used(mh, DAY, 30, now)
+  if used + tokens > tmo then
+    if tokens > tmo then return {'tokens/month', -2, s(tmo)} end
+    return {'tokens/month', long_retry(keep, used + tokens - tmo, DAY, 30, now), s(tmo)}
+  end
+end
 for i = 0, n - 1 do
   local bid, limit, period = ARGV[base + 1 + i * 3], tonumber(ARGV[base + 2 + i * 3]), tonumber(ARGV[base + 3 + i * 3])
   local b, bh, ba = 'akr:b:' .. bid, 'akr:bh:' .. bid, 'akr:ba:' .. bid
@@ -154,13 +204,17 @@ end
 redis.call('ZADD', w, s(now), rid .. '|' .. s(tokens))
 redis.call('INCRBY', wt, s(tokens))
 redis.call('ZADD', f, s(now + lease), rid)
+if rpd >= 0 then long_add(dh, HOUR, 24, now, 1) end
+if tmo >= 0 then long_add(mh, DAY, 30, now, tokens) end
 redis.call('HSET', 'akr:ix:' .. inst, rid, index)
 return {'ok', now}
 """
 )
 
 # ARGV: inst, rid, key, est_tokens, actual_tokens (-1: release, the provider never saw it), charge (nano$,
-#       -1: none), n, then n x (budget id, period_s)
+#       -1: none), n, then n x (budget id, period_s), then the reserve's time (ms; -1: unknown, read from the
+#       window log). The rpd and tokens/month buckets are corrected once per reservation: while this
+#       instance's index still lists it (a reclaimed one stays counted at its estimate: never under).
 SETTLE: Final = (
     _COMMON
     + """
@@ -169,6 +223,18 @@ local est, actual, charge, n = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], to
 local now = now_ms()
 local w, wt = 'akr:w:' .. key, 'akr:wt:' .. key
 local member = rid .. '|' .. s(est)
+local at = tonumber(ARGV[8 + n * 2] or '-1')
+if at < 0 then at = tonumber(redis.call('ZSCORE', w, member) or '-1') end
+if redis.call('HDEL', 'akr:ix:' .. inst, rid) == 1 and at >= 0 then
+  local dh, mh = 'akr:d:' .. key, 'akr:m:' .. key
+  local hour, day = s(math.floor(at / HOUR)), s(math.floor(at / DAY))
+  if actual < 0 then
+    if redis.call('HEXISTS', dh, hour) == 1 then redis.call('HINCRBY', dh, hour, '-1') end
+    if redis.call('HEXISTS', mh, day) == 1 then redis.call('HINCRBY', mh, day, s(-est)) end
+  elseif actual ~= est and redis.call('HEXISTS', mh, day) == 1 then
+    redis.call('HINCRBY', mh, day, s(actual - est))
+  end
+end
 if actual < 0 then
   if redis.call('ZREM', w, member) == 1 then redis.call('DECRBY', wt, s(est)) end
 elseif actual ~= est then
@@ -188,7 +254,6 @@ for i = 0, n - 1 do
     redis.call('HINCRBY', 'akr:b:' .. bid, 'spent', charge)
   end
 end
-redis.call('HDEL', 'akr:ix:' .. inst, rid)
 return now
 """
 )
@@ -231,8 +296,9 @@ return redis.call('DEL', 'akr:life:' .. key, 'akr:bench:' .. key) > 0 and 1 or 0
 """
 
 # What an instance admitted on its local share while Redis was away, written into the key's window when
-# it is back, so the requests already sent count against the rest of their minute. ARGV: inst, key, n,
-# then n x (age_ms, tokens). Replayed members are named "<inst>/replay/<n>:<now>" (never settled).
+# it is back, so the requests already sent count against the rest of their minute (and day and month, when
+# the key has rpd or tokens_per_month). ARGV: inst, key, n, then n x (age_ms, tokens), then "1"/"0": count
+# rpd, count tokens/month. Replayed members are named "<inst>/replay/<n>:<now>" (never settled).
 REPLAY: Final = (
     _COMMON
     + """
@@ -246,8 +312,37 @@ for i = 0, n - 1 do
     redis.call('ZADD', w, s(now - age), inst .. '/replay/' .. s(i) .. ':' .. s(now) .. '|' .. s(tokens))
     total = total + tokens
   end
+  if ARGV[4 + n * 2] == '1' then long_add('akr:d:' .. key, HOUR, 24, now - age, 1) end
+  if ARGV[5 + n * 2] == '1' then long_add('akr:m:' .. key, DAY, 30, now - age, tokens) end
 end
 redis.call('INCRBY', wt, s(total))
 return n
+"""
+)
+
+# What every instance together has spent and holds on each budget, for `GET /budgets` (reads only: a hold
+# whose lease ended is not counted, a period that has turned reads as 0 spent, as the next reserve would
+# roll it). ARGV: n, then n x (budget id, period as in RESERVE). Returns 2n numbers: spent, held (nano$).
+BUDGETS: Final = (
+    _COMMON
+    + """
+local n = tonumber(ARGV[1])
+local now = now_ms()
+local out = {}
+for i = 0, n - 1 do
+  local bid, period = ARGV[2 + i * 2], tonumber(ARGV[3 + i * 2])
+  local b, ba = 'akr:b:' .. bid, 'akr:ba:' .. bid
+  local p = 0
+  if period > 0 then p = math.floor(now / 1000 / period) elseif period < 0 then p = -period end
+  local spent = 0
+  if tonumber(redis.call('HGET', b, 'p') or '-1') == p then spent = tonumber(redis.call('HGET', b, 'spent') or '0') end
+  local held = 0
+  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', 'akr:bh:' .. bid, '(' .. s(now), '+inf')) do
+    held = held + tonumber(redis.call('HGET', ba, rid) or '0')
+  end
+  out[#out + 1] = s(spent)
+  out[#out + 1] = s(held)
+end
+return out
 """
 )

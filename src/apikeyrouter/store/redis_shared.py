@@ -3,8 +3,9 @@
 The routing decision never waits on Redis: each instance decides on its own key actors' snapshots. The
 reservation does: after the local key granted, `reserve` makes one script call (redis_lua.RESERVE) that
 checks and takes, atomically for every instance at once, the key's shared bench and lifecycle, its
-in-flight slot, its 60 s request and token windows and every budget's hold. `finish` gives it back
-(settle or release), batched in one pipelined round trip per burst by a writer task, off the request path.
+in-flight slot, its 60 s request and token windows, its day (`rpd`) and month (`tokens_per_month`)
+windows and every budget's hold. `finish` gives it back (settle or release), batched in one pipelined
+round trip per burst by a writer task, off the request path.
 
 Redis down or slow (no answer within `redis_deadline`): the instance is degraded, not stopped.
 - Hard budgets fail closed: the attempt is refused (UNAVAILABLE, naming the budget), so the request
@@ -14,7 +15,8 @@ Redis down or slow (no answer within `redis_deadline`): the instance is degraded
 - The heartbeat keeps probing; the first answer ends the outage and flushes the settlements that failed
   meanwhile (bounded, and counted if it overflows).
 What the local shares admitted in the last minute is written into the keys' Redis windows when Redis is
-back (`REPLAY`), so the requests already sent count against the rest of their minute on every instance.
+back (`REPLAY`), so the requests already sent count against the rest of their minute on every instance
+(and all they admitted, into the day and month windows of a key with `rpd` or `tokens_per_month`).
 
 Instances: each heartbeats `akr:inst` with a TTL (`instance_ttl`); a heartbeat that finds a silent
 instance reclaims what it held (in-flight slots and budget holds), so a killed instance holds nothing for
@@ -74,6 +76,7 @@ async def open_shared(
     events: EventBus,
     budget_specs: Callable[[], Iterable[BudgetSpec]],
     apply: Callable[[str, ApplyShared], Awaitable[None]] | None = None,
+    budget_templates: Callable[[], Iterable[BudgetSpec]] = tuple,
 ) -> AsyncIterator[SharedLimits | None]:
     """Run `SharedLimits` for a redis store while the block runs (None for any other store)."""
     if store.kind != "redis" or store.url is None:
@@ -86,6 +89,7 @@ async def open_shared(
         instance_ttl=store.instance_ttl,
         events=events,
         budget_specs=budget_specs,
+        budget_templates=budget_templates,
     )
     shared.apply = apply
     async with trio.open_nursery() as nursery:
@@ -108,6 +112,8 @@ class KeyLimits:
     rpm: int | None = None
     tpm: int | None = None
     max_in_flight: int | None = None
+    rpd: int | None = None
+    tokens_per_month: int | None = None
 
 
 @attrs.frozen
@@ -130,6 +136,7 @@ class SharedGrant:
     tokens: int
     budgets: tuple[BudgetSpec, ...]
     local: QuotaReservation | None = None
+    at_ms: int = -1  # when Redis reserved it, on Redis's clock (-1: unknown); settles its day/month bucket
 
 
 @attrs.define
@@ -155,6 +162,7 @@ class SharedLimits:
         instance_ttl: float,
         events: EventBus,
         budget_specs: Callable[[], Iterable[BudgetSpec]] = tuple,
+        budget_templates: Callable[[], Iterable[BudgetSpec]] = tuple,
     ) -> None:
         self.link = link
         self.instance_id = instance_id
@@ -167,6 +175,7 @@ class SharedLimits:
         # How a bench another instance published reaches this instance's key actor (set by the runtime).
         self.apply: Callable[[str, ApplyShared], Awaitable[None]] | None = None
         self._budget_specs = budget_specs
+        self._budget_templates = budget_templates  # "client:" -> the budget of every client without its own
         self._budget_index: dict[str, BudgetSpec] = {}
         self._budget_list: Iterable[BudgetSpec] | None = None
         self._budget_len = -1
@@ -228,6 +237,30 @@ class SharedLimits:
             "pending_replay": sum(len(s.admitted) for s in self._shares.values()),
         }
 
+    async def shared_budgets(self, local: dict[str, Any]) -> dict[str, Any]:
+        """`local` (this instance's budget view, as `budgets()` gives it) with the fleet's spend from Redis,
+        in one round trip, off the request path: `spent`, `reserved` and `remaining` become every instance's
+        together (`scope: "shared"`), this instance's own stay under `local`. Redis away: the local view
+        as it is, `scope: "local"` and the reason."""
+        specs = self.budgets_for(local)
+        try:
+            totals = await self.link.budgets([(spec.id, self._period_arg(spec)) for spec in specs])
+        except StoreUnavailable as exc:
+            return {bid: {**view, "scope": "local", "shared_error": exc.reason} for bid, view in local.items()}
+        merged = {bid: {**view, "scope": "local"} for bid, view in local.items()}
+        for spec, (spent_n, held_n) in zip(specs, totals, strict=True):
+            view = local[spec.id]
+            spent, held = Decimal(spent_n) / _NANO, Decimal(held_n) / _NANO
+            merged[spec.id] = {
+                **view,
+                "spent": _money(spent),
+                "reserved": _money(held),
+                "remaining": _money(max(Decimal(0), spec.limit - spent - held)),
+                "scope": "shared",
+                "local": {key: view[key] for key in ("spent", "reserved", "remaining") if key in view},
+            }
+        return merged
+
     # -- the request path ------------------------------------------------------------------------------
 
     def budgets_for(self, ids: Iterable[str]) -> tuple[BudgetSpec, ...]:
@@ -239,7 +272,16 @@ class SharedLimits:
             self._budget_index = {s.id: s for s in specs}
             # The list itself is kept (not its id): a list freed by a reload can never pass for the new one.
             self._budget_list, self._budget_len = specs, len(specs) if isinstance(specs, list) else -1
-        return tuple(self._budget_index[i] for i in ids if i in self._budget_index)
+        index = self._budget_index
+        found = [index[i] if i in index else self._from_template(i) for i in ids]
+        return tuple(spec for spec in found if spec is not None)
+
+    def _from_template(self, budget_id: str) -> BudgetSpec | None:
+        """A budget made from a template (a client's from `client_default`), as the local ledger makes it."""
+        for template in self._budget_templates():
+            if budget_id.startswith(template.id) and len(budget_id) > len(template.id):
+                return attrs.evolve(template, id=budget_id)
+        return None
 
     async def reserve(self, ask: SharedAsk) -> SharedGrant | Refusal:
         """One round trip: the grant, or why the shared side refuses. Never raises for Redis trouble."""
@@ -253,6 +295,7 @@ class SharedLimits:
         args.append(str(len(ask.budgets)))
         for spec in ask.budgets:
             args += [spec.id, self._limit_arg(spec), self._period_arg(spec)]
+        args += [_opt(lim.rpd), _opt(lim.tokens_per_month)]
         try:
             reply = await self.link.reserve(args)
         except BaseException as exc:
@@ -277,6 +320,7 @@ class SharedLimits:
         args.append(str(len(grant.budgets)))
         for spec in grant.budgets:
             args += [spec.id, self._period_arg(spec)]
+        args.append(str(grant.at_ms))
         return args
 
     def _period_arg(self, spec: BudgetSpec) -> str:
@@ -295,12 +339,17 @@ class SharedLimits:
     def _fallback(self, ask: SharedAsk, rid: str, reason: str) -> SharedGrant | Refusal:
         hard = [spec.id for spec in ask.budgets if spec.mode == "hard"]
         if hard:
-            error = f"redis unavailable ({reason}): hard budgets fail closed"
+            error = f"redis unavailable ({reason}): hard budgets fail closed ({', '.join(hard)})"
             return Refusal(ask.key_id, RefusalKind.UNAVAILABLE, budget=hard[0], detail={"error": error})
         now = trio.current_time()
         live = max(1, self.live)
         lim = ask.limits
-        cfg = QuotaConfig(rpm=_part(lim.rpm, live), tpm=_part(lim.tpm, live))
+        cfg = QuotaConfig(
+            rpm=_part(lim.rpm, live),
+            tpm=_part(lim.tpm, live),
+            rpd=_part(lim.rpd, live),
+            tokens_per_month=_part(lim.tokens_per_month, live),
+        )
         share = self._shares.get(ask.key_id)
         if share is None:
             share = self._shares[ask.key_id] = _Share(quota.new_quota(cfg, now))
@@ -389,12 +438,15 @@ class SharedLimits:
         """Write what the local shares admitted during an outage into the Redis windows (once each)."""
         now = trio.current_time()
         for key_id, share in self._shares.items():
-            entries = [(int((now - at) * 1000), tokens) for at, tokens in share.admitted if now - at < 60.0]
+            cfg = share.quota.config
+            counts = (cfg.rpd is not None, cfg.tokens_per_month is not None)
+            horizon = math.inf if any(counts) else 60.0  # a day or month window counts the whole outage
+            entries = [(int((now - at) * 1000), tokens) for at, tokens in share.admitted if now - at < horizon]
             if not entries:
                 share.admitted.clear()
                 continue
             try:
-                await self.link.replay(self.instance_id, key_id, entries)
+                await self.link.replay(self.instance_id, key_id, entries, counts)
             except StoreUnavailable:
                 return  # the next heartbeat tries again
             share.admitted.clear()
@@ -474,6 +526,10 @@ def _remote_change(data: object, own: str) -> tuple[str, ApplyShared] | None:
             return None
 
 
+def _money(amount: Decimal) -> str:
+    return format(amount.normalize(), "f")  # "0.000123", never "1.23E-4"
+
+
 def _opt(limit: int | None) -> str:
     return "-1" if limit is None else str(limit)
 
@@ -485,7 +541,7 @@ def _part(limit: int | None, live: int) -> int | None:
 def _answer(ask: SharedAsk, rid: str, reply: list[Any]) -> SharedGrant | Refusal:
     kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
     if kind == "ok":
-        return SharedGrant(ask.key_id, rid, ask.tokens, ask.budgets)
+        return SharedGrant(ask.key_id, rid, ask.tokens, ask.budgets, at_ms=int(reply[1]))
     retry_ms = int(reply[1])
     retry_at = trio.current_time() + retry_ms / 1000 if retry_ms >= 0 else None
     rest = [r.decode() if isinstance(r, bytes) else str(r) for r in reply[2:]]
@@ -498,7 +554,7 @@ def _answer(ask: SharedAsk, rid: str, reply: list[Any]) -> SharedGrant | Refusal
             return Refusal(key, RefusalKind.LIFECYCLE, retry_at, detail={"state": "benched", "reason": rest[0]})
         case "in_flight":
             return Refusal(key, RefusalKind.IN_FLIGHT, busy=True, detail={"limit": int(rest[0]), "scope": "shared"})
-        case "rpm" | "tpm":
+        case "rpm" | "tpm" | "rpd" | "tokens/month":
             reason = f"shared limit {rest[0]} reached across instances"
             if retry_ms == -2:
                 reason = f"bigger than the shared limit {rest[0]}"

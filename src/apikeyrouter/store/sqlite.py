@@ -179,8 +179,7 @@ class SqliteStore:
         ]
         inserts: dict[str, list[tuple[Any, ...]]] = {}
         for row in batch.rows:
-            table = _TABLE[type(row)]
-            inserts.setdefault(table, []).append(_values(shift_row(row, offset)))
+            inserts.setdefault(_TABLE[type(row)], []).append(_values(row, offset))
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(
@@ -244,17 +243,20 @@ class SqliteStore:
             await self._run(conn.close)
 
 
-def _values(row: HistoryRow) -> tuple[Any, ...]:
+def _values(row: HistoryRow, offset: float) -> tuple[Any, ...]:
+    """A row's column values, its times moved by `offset` (as codec.shift_row would, without a new row)."""
+    at = row.at + offset
     match row:
         case TransitionRow():
-            return (row.key, row.at, row.from_state, row.to_state, row.reason, row.cause, row.until)
+            until = None if row.until is None else row.until + offset
+            return (row.key, at, row.from_state, row.to_state, row.reason, row.cause, until)
         case DecisionRow():
             return (
-                row.at, row.request_id, row.decision_id, row.key, row.provider, row.model, row.client,
+                at, row.request_id, row.decision_id, row.key, row.provider, row.model, row.client,
                 row.outcome, row.attempt, row.latency_s,
             )
         case BudgetRow():
-            return (row.at, row.budget, row.event, row.hold_id, str(row.amount))
+            return (at, row.budget, row.event, row.hold_id, str(row.amount))
     raise TypeError(f"not a history row: {type(row).__name__}")
 
 
