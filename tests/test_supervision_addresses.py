@@ -39,7 +39,6 @@ EVENTS = EventBus()
 async def store_running() -> AsyncIterator[None]:
     async with run_store(MemoryStore()) as port:
         STORE.ref = port.ref  # each test gets a writer of its own at the one port the specs hold
-        STORE.nudge = port.nudge  # and a restarted key's Load wakes that writer, not the last test's
         yield
 
 
