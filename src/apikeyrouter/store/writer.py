@@ -10,8 +10,7 @@ The writer wakes once per `flush_interval`, not once per change: after a turn th
 its receive loop pauses for the interval, so the tells of every request meanwhile only queue in its
 mailbox (a tell to a task that is not waiting reschedules nothing), and the next turn takes them all
 at once into one batch. A request's settle thus costs its actors a `tell_nowait` each, no task switch.
-A stop cuts the pause short, and so does a starting actor's `Load` (`StorePort.load` nudges the writer:
-a restart is not held up); a `Flush` or `Query` asked during it waits for the rest of it.
+A stop cuts the pause short; a `Load` or `Flush` asked during it waits for the rest of it.
 
 Backpressure, never a silent drop: when more than `max_rows` rows wait to be written (the backend is
 slow or down), the receive loop stops reading until a flush makes room; the bounded mailbox then
