@@ -292,7 +292,7 @@ class Registry:
     def make_store(self) -> StoreWriter:
         cfg = self.config.store
         writer = StoreWriter(self.store_state, flush_interval=cfg.flush_interval)
-        self.store_port.bind(writer.ref, writer.nudge)  # the first ref stays the address, for every restart
+        self.store_port.bind(writer.ref)  # the first instance's ref is the address's, for every restart
         return writer
 
     def make_budgets(self) -> BudgetActor:

@@ -10,7 +10,7 @@ mailbox then fills, and its callers wait in turn. Nothing is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import trio
@@ -30,14 +30,10 @@ class StorePort:
 
     def __init__(self) -> None:
         self.ref: ActorRef[StoreCommand] | None = None
-        self.nudge: Callable[[], None] = _nothing  # the running writer's: ends its pause (writer.py)
 
-    def bind(self, ref: ActorRef[StoreCommand], nudge: Callable[[], None] | None = None) -> None:
-        """The first instance's ref (refs outlive restarts); every instance's `nudge`."""
+    def bind(self, ref: ActorRef[StoreCommand]) -> None:
         if self.ref is None:
             self.ref = ref
-        if nudge is not None:
-            self.nudge = nudge
 
     def require(self) -> ActorRef[StoreCommand]:
         """The writer's ref; `ActorStopped` before its first instance was made."""
@@ -48,7 +44,6 @@ class StorePort:
     async def load(self, kind: str, record_id: str) -> Any:
         ref = self.require()
         while True:
-            self.nudge()  # a starting actor waits for this answer: the writer reads its mailbox now
             try:
                 return await ref.ask(lambda r: Load(kind, record_id, r))
             except ActorStopped:
@@ -96,7 +91,3 @@ class Outbox:
                 await trio.sleep(_RETRY_S)
                 continue
             del self._backlog[0]
-
-
-def _nothing() -> None:
-    return None

@@ -2,15 +2,10 @@
 
 Actors tell it what changed (`Save`, `Append`) through their `Outbox` (port.py) and go on: its
 receive loop only notes the change — the newest value of each record replaces the one not yet
-written (coalescing), rows queue in order — and wakes the flush task, which writes the batch at once
-(`StateStore.write`, in a worker thread for SQLite). A failed write is logged and tried again with
-backoff; nothing is dropped.
-
-The writer wakes once per `flush_interval`, not once per change: after a turn that took changes in,
-its receive loop pauses for the interval, so the tells of every request meanwhile only queue in its
-mailbox (a tell to a task that is not waiting reschedules nothing), and the next turn takes them all
-at once into one batch. A request's settle thus costs its actors a `tell_nowait` each, no task switch.
-A stop cuts the pause short; a `Load` or `Flush` asked during it waits for the rest of it.
+written (coalescing), rows queue in order — and wakes the flush task. The flush task waits
+`flush_interval` seconds so one transaction carries everything that changed meanwhile, then writes
+the batch (`StateStore.write`, in a worker thread for SQLite). A failed write is logged and tried
+again with backoff; nothing is dropped.
 
 Backpressure, never a silent drop: when more than `max_rows` rows wait to be written (the backend is
 slow or down), the receive loop stops reading until a flush makes room; the bounded mailbox then
@@ -59,7 +54,6 @@ class StoreState:
     rows: list[HistoryRow] = attrs.field(factory=list)
     writing: Batch | None = None  # taken for the write under way: given back if the writer crashes
     saves: int = 0  # Save messages received (each is one change of one record)
-    turns: int = 0  # times the receive loop woke for messages (at most one per flush interval under load)
     batches: int = 0  # batches written
     failures: int = 0  # writes that failed (and were tried again)
 
@@ -78,24 +72,17 @@ class StoreWriter(Actor[StoreCommand]):
         self._room = trio.Event()
         self._waiters: list[Reply[None]] = []
         self._stopping = False
-        self._hurry = trio.Event()  # set by stop(): the receive loop's pause ends
-        self._nudged = trio.Event()  # set by nudge(): this pause ends
+        self._stop = trio.Event()
         self._done = trio.Event()
 
     def stop(self) -> None:
         """Finish what is queued first: closing the mailbox (new tells fail with `ActorStopped`) ends the
         receive loop once every change told before the stop is taken in; the stop flush writes them all."""
         inbox = self._inbox
-        self._hurry.set()
-        self._nudged.set()
         if self.status == "running" and inbox is not None:
             inbox.close()
         else:
             super().stop()
-
-    def nudge(self) -> None:
-        """End the receive loop's pause now: an ask (a starting actor's `Load`) is queued behind it."""
-        self._nudged.set()
 
     async def pre_start(self) -> None:
         st = self._state
@@ -109,6 +96,7 @@ class StoreWriter(Actor[StoreCommand]):
 
     async def post_stop(self) -> None:
         self._stopping = True
+        self._stop.set()
         self._wake.set()
         await self._done.wait()
         await self._state.backend.close()
@@ -121,13 +109,11 @@ class StoreWriter(Actor[StoreCommand]):
             "pending_records": len(st.dirty),
             "pending_rows": len(st.rows),
             "saves": st.saves,
-            "turns": st.turns,
             "batches": st.batches,
             "failures": st.failures,
         }
 
     def receive(self, msg: StoreCommand) -> Awaitable[None] | None:
-        self._state.turns += 1
         self._take(msg)
         # Everything else already queued is taken in the same turn: one message per turn of the scheduler
         # cannot keep up with a thousand request tasks each telling a few.
@@ -173,23 +159,16 @@ class StoreWriter(Actor[StoreCommand]):
 
     def _changed(self) -> Awaitable[None] | None:
         st = self._state
-        if not (st.dirty or st.rows):
+        if st.dirty or st.rows:
+            self._wake.set()
+        if len(st.rows) < self._max_rows:
             return None
-        self._wake.set()
-        if len(st.rows) < self._max_rows and (self._interval <= 0 or self._hurry.is_set()):
-            return None
-        return self._pause()
+        return self._wait_for_room()
 
-    async def _pause(self) -> None:
-        """Let the next interval's changes gather in the mailbox (and, past `max_rows`, wait for a flush to
-        make room first)."""
+    async def _wait_for_room(self) -> None:
         while len(self._state.rows) >= self._max_rows:
             self._room = trio.Event()
             await self._room.wait()
-        if self._interval > 0 and not self._hurry.is_set():
-            self._nudged = trio.Event()
-            with trio.move_on_after(self._interval):
-                await self._nudged.wait()
 
     async def _query(self, query: Any, flushed: Reply[None], reply: Reply[list[HistoryRow]]) -> None:
         try:
@@ -212,6 +191,9 @@ class StoreWriter(Actor[StoreCommand]):
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            if not self._stopping and self._interval > 0:
+                with trio.move_on_after(self._interval):
+                    await self._stop.wait()  # a stop cuts the wait short
             batch = Batch(records=st.dirty, rows=tuple(st.rows))
             waiters, self._waiters = self._waiters, []
             st.dirty, st.rows = {}, []
@@ -257,7 +239,7 @@ async def run_store(
     writer = StoreWriter(state, flush_interval=flush_interval, mailbox=mailbox, max_rows=max_rows)
     port = StorePort()
     async with trio.open_nursery() as nursery:
-        port.bind(await nursery.start(writer.run), writer.nudge)
+        port.bind(await nursery.start(writer.run))
         try:
             yield port
         finally:
