@@ -30,6 +30,7 @@ An actor run on its own (no supervisor) is incarnation 0 with a ref of its own.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -45,6 +46,11 @@ T = TypeVar("T")
 M = TypeVar("M")
 
 _UNSET: Any = object()
+
+# Where an actor's receive loop is (`Actor._park`), for direct delivery (module docstring):
+_AWAKE = 0  # running, or a message was handed to it that it has not run yet: the mailbox path
+_PARKED = 1  # waiting on an empty mailbox, nothing handed to it: a message may be handled at once
+_DIRECT = 2  # parked, and a message is being handled directly right now (a nested send must queue)
 
 
 class Reply(Generic[T]):
@@ -86,9 +92,15 @@ class Reply(Generic[T]):
 
     async def wait(self) -> T:
         await self._event.wait()
+        return self.result()
+
+    def result(self) -> T:
+        """The answer of a reply that is `done` (raises its error); no checkpoint."""
         if self._error is not None:
             raise self._error
         value: T = self._value
+        if value is _UNSET:
+            raise RuntimeError("Reply.result() before the reply was answered")
         return value
 
     def __repr__(self) -> str:
@@ -144,6 +156,13 @@ class ActorRef(Generic[M]):
         return self._actor is not None and self._actor.status == "running"
 
     async def tell(self, msg: M) -> None:
+        actor = self._actor
+        if actor is not None:
+            if actor._park == _PARKED:
+                await trio.lowlevel.checkpoint_if_cancelled()  # raises if cancelled; otherwise does not yield
+                actor._direct(msg)
+                return
+            actor._park = _AWAKE  # whatever the send hands the loop runs before any direct delivery
         send = self._send
         if send is None:
             raise ActorStopped(self.name, "is not running")
@@ -153,6 +172,12 @@ class ActorRef(Generic[M]):
             raise ActorStopped(self.name) from None
 
     def tell_nowait(self, msg: M) -> None:
+        actor = self._actor
+        if actor is not None:
+            if actor._park == _PARKED:
+                actor._direct(msg)
+                return
+            actor._park = _AWAKE
         send = self._send
         if send is None:
             raise ActorStopped(self.name, "is not running")
@@ -166,12 +191,15 @@ class ActorRef(Generic[M]):
     async def ask(self, make: Callable[[Reply[T]], M]) -> T:
         reply: Reply[T] = Reply()
         await self.put(make(reply))
-        return await reply.wait()
+        # Handled at once (direct delivery, module docstring): no scheduler pass. The request path's
+        # next step (its upstream call) is the schedule point.
+        return reply.result() if reply.done else await reply.wait()
 
     async def put(self, msg: M) -> None:
         """`tell` for a sender that checkpoints right after (an ask waits for its reply): a message that
-        fits goes in at once, sparing the scheduler pass `tell` makes; a full mailbox is waited for. As
-        with `tell`, a caller already cancelled sends nothing."""
+        fits goes in at once (or is handled at once, by direct delivery), sparing the scheduler pass
+        `tell` makes; a full mailbox is waited for. As with `tell`, a caller already cancelled sends
+        nothing."""
         await trio.lowlevel.checkpoint_if_cancelled()  # raises if cancelled; otherwise does not yield
         try:
             self.tell_nowait(msg)
@@ -220,6 +248,8 @@ class Actor(Generic[M]):
     """
 
     kind: ClassVar[str] = "actor"
+    direct: ClassVar[bool] = True
+    """May take direct delivery (module docstring) when `receive` is a plain `def`; False opts out."""
 
     def __init__(self, name: str, *, mailbox: int = 64) -> None:
         if not (isinstance(mailbox, int) and 0 < mailbox < math.inf):
@@ -238,6 +268,11 @@ class Actor(Generic[M]):
         self._loop_scope: trio.CancelScope | None = None
         self._stop_requested = False
         self._nursery: trio.Nursery | None = None
+        self._park = _AWAKE
+        self._direct_ok = type(self).direct and not inspect.iscoroutinefunction(type(self).receive)
+        self._park_wake: trio.CancelScope | None = None  # cancelled to wake the parked loop for `_cont`
+        self._park_cont: tuple[Reply[Any] | None, Awaitable[None]] | None = None
+        self._direct_crash: Exception | None = None
 
     # -- hooks for subclasses -------------------------------------------------------------------------
 
@@ -283,6 +318,7 @@ class Actor(Generic[M]):
         run `post_stop`, and let background work in `self.nursery` finish (its supervisor cancels it
         when the grace runs out; asks it leaves unanswered then get `ActorStopped`)."""
         self._stop_requested = True
+        self._park = _AWAKE
         if self._loop_scope is not None:
             self._loop_scope.cancel(reason=f"actor {self.name} asked to stop")
 
@@ -292,6 +328,7 @@ class Actor(Generic[M]):
         `ActorStopped`, and `draining` tells `receive` to refuse new work still queued behind them."""
         inbox = self._inbox
         if self.status == "running" and inbox is not None:
+            self._park = _AWAKE  # a draining actor takes nothing directly
             self.draining = True
             inbox.close()  # the loop ends once the queue is read
         else:
@@ -354,29 +391,123 @@ class Actor(Generic[M]):
             self._loop_scope = scope
             if self._stop_requested:
                 return
-            pending = self._pending
-            async for msg in recv:
-                reply = _reply_of(msg)
+            try:
+                await self._read_mailbox(recv)
+            finally:
+                self._park = _AWAKE
+        if self._direct_crash is not None:
+            raise self._direct_crash
+
+    async def _read_mailbox(self, recv: trio.MemoryReceiveChannel[M]) -> None:
+        """The receive loop: take the next message (parking on an empty mailbox) and handle it; first
+        finish the work a directly delivered message left (`_cont`)."""
+        while True:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
                 try:
-                    result = self.receive(msg)
-                    if result is not None:
-                        await result
-                except Exception as exc:
-                    if reply is not None:
-                        reply.fail(ActorCrashed(self.name, exc))
-                    raise
-                except BaseException:
-                    # A stop (or its supervisor's kill) interrupted the message: its ask is answered
-                    # with the rest when the actor finishes, never left waiting.
-                    if reply is not None and not reply.done:
-                        reply._owner = pending
-                        pending.add(reply)
-                    raise
+                    msg: Any = recv.receive_nowait()
+                except trio.WouldBlock:
+                    msg = await self._park_until_sent(recv)
+                else:
+                    await trio.lowlevel.cancel_shielded_checkpoint()  # as `receive` does: fair, loses nothing
+            except trio.EndOfChannel:
+                return
+            cont = self._park_cont
+            if cont is not None:
+                self._park_cont = None
+                await self._finish_handled(cont[0], cont[1])
+            if self._direct_crash is not None:  # a direct delivery crashed the actor: stop here
+                reply = _reply_of(msg)
+                if reply is not None:
+                    reply.fail(ActorCrashed(self.name, self._direct_crash))
+                return
+            if msg is _UNSET:  # woken only for `_cont`
+                continue
+            reply = _reply_of(msg)
+            try:
+                result = self.receive(msg)
+            except Exception as exc:
+                if reply is not None:
+                    reply.fail(ActorCrashed(self.name, exc))
+                raise
+            except BaseException:
+                self._track_reply(reply)
+                raise
+            if result is not None:
+                await self._finish_handled(reply, result)
+            else:
                 self.handled += 1
-                if reply is not None and not reply.done:
-                    # Answered later (by a background task): tracked so a stop or crash still answers it.
-                    reply._owner = pending
-                    pending.add(reply)
+                self._track_reply(reply)
+
+    async def _park_until_sent(self, recv: trio.MemoryReceiveChannel[M]) -> Any:
+        """Wait on the empty mailbox; while parked, a sync actor takes messages directly (`_direct`).
+        Returns the message a send handed over, or `_UNSET` when woken to finish a direct one's work."""
+        if not self._direct_ok:
+            return await recv.receive()
+        with trio.CancelScope() as wake:
+            self._park_wake = wake
+            self._park = _PARKED
+            try:
+                return await recv.receive()
+            finally:
+                self._park = _AWAKE
+                self._park_wake = None
+        return _UNSET
+
+    async def _finish_handled(self, reply: Reply[Any] | None, result: Awaitable[None]) -> None:
+        """Await what a plain-`def` receive returned (the rare wait, e.g. for room in the store), with
+        the accounting of the message it belongs to."""
+        try:
+            await result
+        except Exception as exc:
+            if reply is not None:
+                reply.fail(ActorCrashed(self.name, exc))
+            raise
+        except BaseException:
+            self._track_reply(reply)
+            raise
+        self.handled += 1
+        self._track_reply(reply)
+
+    def _track_reply(self, reply: Reply[Any] | None) -> None:
+        """An ask not answered by its handler (answered later by a background task, or interrupted by a
+        stop): tracked so a stop or crash still answers it."""
+        if reply is not None and not reply.done:
+            reply._owner = self._pending
+            self._pending.add(reply)
+
+    def _direct(self, msg: M) -> None:
+        """Direct delivery: handle `msg` now, in the sender's task, while the loop stays parked. Only
+        called when `_park` is `_PARKED` (the message would have been the loop's next)."""
+        self._park = _DIRECT
+        reply = _reply_of(msg)
+        try:
+            result = self.receive(msg)
+        except Exception as exc:
+            # The actor's crash, as in its loop: the asker hears so, and the loop raises it.
+            if reply is not None:
+                reply.fail(ActorCrashed(self.name, exc))
+            self._park = _AWAKE
+            self._direct_crash = exc
+            if self._loop_scope is not None:
+                self._loop_scope.cancel(reason=f"actor {self.name} crashed")
+            return
+        except BaseException:
+            self._park = _AWAKE
+            self._track_reply(reply)
+            raise
+        if result is None:
+            self.handled += 1
+            self._track_reply(reply)
+            if self._park == _DIRECT:  # else a nested send handed the loop a message: it runs next
+                self._park = _PARKED
+            return
+        # The handler must wait (rare): its loop does that before it reads anything else.
+        self._park_cont = (reply, result)
+        if self._park == _DIRECT:
+            self._park = _AWAKE
+            if self._park_wake is not None:
+                self._park_wake.cancel()
 
     async def _tell_self(self, msg: M) -> None:
         """Queue a message in this actor's own mailbox. Works from the moment `run` opens the mailbox,
@@ -385,6 +516,7 @@ class Actor(Generic[M]):
         inbox = self._inbox
         if inbox is None:
             raise ActorStopped(self.name, "is not running")
+        self._park = _AWAKE  # always the mailbox: what it hands the loop runs before any direct delivery
         try:
             await inbox.send(msg)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -78,11 +78,7 @@ class StoreWriter(Actor[StoreCommand]):
     def stop(self) -> None:
         """Finish what is queued first: closing the mailbox (new tells fail with `ActorStopped`) ends the
         receive loop once every change told before the stop is taken in; the stop flush writes them all."""
-        inbox = self._inbox
-        if self.status == "running" and inbox is not None:
-            inbox.close()
-        else:
-            super().stop()
+        self.stop_after_queue()
 
     async def pre_start(self) -> None:
         st = self._state
