@@ -7,6 +7,24 @@ It is started with `ref = await nursery.start(actor.run)`. Others talk to it thr
 - `await ref.ask(lambda reply: Msg(..., reply_to=reply))` sends a message carrying a one-shot `Reply`
   and waits for the answer. The caller owns the deadline (`with trio.fail_after(...)`).
 
+Direct delivery (the fast path): when the target actor is idle -- its loop is parked on an empty mailbox,
+no message has been handed to it that it has not run yet, it is running (not draining, not asked to stop)
+-- and its `receive` is a plain `def`, `tell`/`tell_nowait`/`ask` run its `receive(msg)` at once in the
+sender's task instead of queuing. trio is cooperative and such a handler cannot await, so this is the
+actor taking the message next: same handler, same order, one writer. Otherwise (busy, queued messages,
+an `async def` receive, or `direct = False` on the class) the mailbox path. The hand-off race: a memory
+channel hands a sent value straight to a parked receiver, so every send into the mailbox marks the loop
+awake (`_park`), and only the loop marks it parked again, when it finds the mailbox empty. While a direct
+handler runs the actor is not idle either: a send that reaches it then (from a nested delivery) queues.
+The accounting is the loop's: `handled`, asks left unanswered tracked until the actor stops, and an
+exception is the actor's crash (the asker gets `ActorCrashed`, the loop raises it to the supervisor). An
+awaitable returned by a plain-`def` receive is awaited by the loop before it reads anything else. A
+direct `ask` is a cancellation point (`checkpoint_if_cancelled`), not a schedule point: the request path
+yields at its upstream call right after, and a schedule point per ask would cost more than the ask
+(benchmarks/kernel.py). A loop of nothing but asks must checkpoint itself. An actor cancelled from outside
+while parked (not through `stop`, as its supervisor does) may take one more message directly before its
+loop sees the cancellation, as if the message had come just before it.
+
 Failure semantics (the promise every other module relies on):
 - expected failures are reply *values*;
 - an exception while handling a message is the actor's crash: the asker of that message gets
@@ -298,6 +316,12 @@ class Actor(Generic[M]):
         return self._nursery
 
     @property
+    def handling_direct(self) -> bool:
+        """True while `receive` runs for a directly delivered message (module docstring): the mailbox is
+        empty then, so a handler that reads more of it at once (the store writer) need not look."""
+        return self._park == _DIRECT
+
+    @property
     def restarts(self) -> int:
         """Instances that ran at this actor's address before this one (the same number as `incarnation`)."""
         return self.incarnation
@@ -391,6 +415,9 @@ class Actor(Generic[M]):
             self._loop_scope = scope
             if self._stop_requested:
                 return
+            if not self._direct_ok:
+                await self._read_only_mailbox(recv)
+                return
             try:
                 await self._read_mailbox(recv)
             finally:
@@ -398,8 +425,28 @@ class Actor(Generic[M]):
         if self._direct_crash is not None:
             raise self._direct_crash
 
+    async def _read_only_mailbox(self, recv: trio.MemoryReceiveChannel[M]) -> None:
+        """The receive loop of an actor that takes no direct delivery (an `async def` receive)."""
+        async for msg in recv:
+            reply = _reply_of(msg)
+            try:
+                result = self.receive(msg)
+                if result is not None:
+                    await result
+            except Exception as exc:
+                if reply is not None:
+                    reply.fail(ActorCrashed(self.name, exc))
+                raise
+            except BaseException:
+                # A stop (or its supervisor's kill) interrupted the message: its ask is answered
+                # with the rest when the actor finishes, never left waiting.
+                self._track_reply(reply)
+                raise
+            self.handled += 1
+            self._track_reply(reply)
+
     async def _read_mailbox(self, recv: trio.MemoryReceiveChannel[M]) -> None:
-        """The receive loop: take the next message (parking on an empty mailbox) and handle it; first
+        """The receive loop of an actor that may take direct delivery: take the next message (parking on an empty mailbox) and handle it; first
         finish the work a directly delivered message left (`_cont`)."""
         while True:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -442,8 +489,6 @@ class Actor(Generic[M]):
     async def _park_until_sent(self, recv: trio.MemoryReceiveChannel[M]) -> Any:
         """Wait on the empty mailbox; while parked, a sync actor takes messages directly (`_direct`).
         Returns the message a send handed over, or `_UNSET` when woken to finish a direct one's work."""
-        if not self._direct_ok:
-            return await recv.receive()
         with trio.CancelScope() as wake:
             self._park_wake = wake
             self._park = _PARKED

@@ -113,7 +113,7 @@ class StoreWriter(Actor[StoreCommand]):
         self._take(msg)
         # Everything else already queued is taken in the same turn: one message per turn of the scheduler
         # cannot keep up with a thousand request tasks each telling a few.
-        recv = self._recv
+        recv = None if self.handling_direct else self._recv  # delivered directly: nothing is queued
         for _ in range(_GREEDY):
             try:
                 more = recv.receive_nowait() if recv is not None else None
