@@ -57,72 +57,19 @@ import attrs
 import trio
 
 from apikeyrouter.errors import ActorCrashed, ActorStopped, MailboxFull
+from apikeyrouter.kernel.reply import Reply
 
 __all__ = ["Actor", "ActorRef", "ActorSnapshot", "Home", "Reply", "TreeNode"]
 
 T = TypeVar("T")
 M = TypeVar("M")
 
-_UNSET: Any = object()
+_WOKEN: Any = object()  # `_park_until_sent` was woken to run `_park_cont`, no message
 
 # Where an actor's receive loop is (`Actor._park`), for direct delivery (module docstring):
 _AWAKE = 0  # running, or a message was handed to it that it has not run yet: the mailbox path
 _PARKED = 1  # waiting on an empty mailbox, nothing handed to it: a message may be handled at once
 _DIRECT = 2  # parked, and a message is being handled directly right now (a nested send must queue)
-
-
-class Reply(Generic[T]):
-    """A one-shot reply slot. The first `send`/`fail` wins; later ones are ignored.
-
-    Cheaper than a memory channel (one `trio.Event`), and safe to answer after the asker left:
-    nobody waits on the event any more, and the value is simply dropped.
-    """
-
-    __slots__ = ("_error", "_event", "_owner", "_value")
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-        self._value: Any = _UNSET
-        self._error: BaseException | None = None
-        self._owner: set[Reply[Any]] | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._event.is_set()
-
-    def send(self, value: T) -> None:
-        if self._event.is_set():
-            return
-        self._value = value
-        self._settle()
-
-    def fail(self, error: BaseException) -> None:
-        if self._event.is_set():
-            return
-        self._error = error
-        self._settle()
-
-    def _settle(self) -> None:
-        if self._owner is not None:
-            self._owner.discard(self)
-            self._owner = None
-        self._event.set()
-
-    async def wait(self) -> T:
-        await self._event.wait()
-        return self.result()
-
-    def result(self) -> T:
-        """The answer of a reply that is `done` (raises its error); no checkpoint."""
-        if self._error is not None:
-            raise self._error
-        value: T = self._value
-        if value is _UNSET:
-            raise RuntimeError("Reply.result() before the reply was answered")
-        return value
-
-    def __repr__(self) -> str:
-        return f"Reply(done={self.done})"
 
 
 @attrs.frozen
@@ -446,8 +393,8 @@ class Actor(Generic[M]):
             self._track_reply(reply)
 
     async def _read_mailbox(self, recv: trio.MemoryReceiveChannel[M]) -> None:
-        """The receive loop of an actor that may take direct delivery: take the next message (parking on an empty mailbox) and handle it; first
-        finish the work a directly delivered message left (`_cont`)."""
+        """The receive loop of an actor that may take direct delivery: take the next message (parking
+        on an empty mailbox) and handle it; first finish the work a direct delivery left (`_park_cont`)."""
         while True:
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
@@ -468,7 +415,7 @@ class Actor(Generic[M]):
                 if reply is not None:
                     reply.fail(ActorCrashed(self.name, self._direct_crash))
                 return
-            if msg is _UNSET:  # woken only for `_cont`
+            if msg is _WOKEN:  # woken only for `_park_cont`
                 continue
             reply = _reply_of(msg)
             try:
@@ -488,7 +435,7 @@ class Actor(Generic[M]):
 
     async def _park_until_sent(self, recv: trio.MemoryReceiveChannel[M]) -> Any:
         """Wait on the empty mailbox; while parked, a sync actor takes messages directly (`_direct`).
-        Returns the message a send handed over, or `_UNSET` when woken to finish a direct one's work."""
+        Returns the message a send handed over, or `_WOKEN` when woken to finish a direct one's work."""
         with trio.CancelScope() as wake:
             self._park_wake = wake
             self._park = _PARKED
@@ -497,7 +444,7 @@ class Actor(Generic[M]):
             finally:
                 self._park = _AWAKE
                 self._park_wake = None
-        return _UNSET
+        return _WOKEN
 
     async def _finish_handled(self, reply: Reply[Any] | None, result: Awaitable[None]) -> None:
         """Await what a plain-`def` receive returned (the rare wait, e.g. for room in the store), with
