@@ -48,6 +48,15 @@ class Hold:
 
 
 @attrs.frozen
+class AnswerAfter:
+    """A plain-def handler whose answer comes from the awaitable it returns (or whose wait crashes)."""
+
+    until: trio.Event
+    reply_to: Reply[int]
+    crash: bool = False
+
+
+@attrs.frozen
 class Bounce:
     """Tell `via` to tell us back `Add(n)` (a send that reaches us while our handler runs)."""
 
@@ -68,7 +77,7 @@ class Later:
     reply_to: Reply[int]
 
 
-Msg = Add | Total | WhoRuns | Boom | Hold | Bounce | AddTo | Later
+Msg = Add | Total | WhoRuns | Boom | Hold | AnswerAfter | Bounce | AddTo | Later
 
 
 class SyncCounter(Actor[Msg]):
@@ -101,6 +110,8 @@ class SyncCounter(Actor[Msg]):
             case Hold(until=until):
                 self.seen.append("hold")
                 return until.wait()  # awaited by the loop before it reads anything else
+            case AnswerAfter(until=until, reply_to=reply, crash=crash):
+                return self._answer_after(until, reply, crash)
             case Bounce(via=via, n=n):
                 via.tell_nowait(AddTo(self.ref, n))
                 self.seen.append("bounced")
@@ -111,6 +122,12 @@ class SyncCounter(Actor[Msg]):
             case _:
                 assert_never(msg)
         return None
+
+    async def _answer_after(self, until: trio.Event, reply: Reply[int], crash: bool) -> None:
+        await until.wait()
+        if crash:
+            raise RuntimeError("crashed while waiting")
+        reply.send(self.total)
 
     async def _answer_later(self, reply: Reply[int]) -> None:
         await trio.sleep(10)
@@ -275,3 +292,41 @@ async def test_an_ask_a_direct_handler_leaves_unanswered_is_answered_when_the_ac
         nursery.cancel_scope.cancel()  # the background answer never comes
     with pytest.raises(ActorStopped):
         reply.result()
+
+
+async def test_a_direct_ask_answered_by_the_wait_its_handler_returned() -> None:
+    actor = SyncCounter()
+    answers: list[int] = []
+    async with trio.open_nursery() as nursery:
+        ref = await started(nursery, actor)
+        ref.tell_nowait(Add(5))
+        gate = trio.Event()
+
+        async def ask_slow() -> None:
+            answers.append(await ref.ask(lambda r: AnswerAfter(gate, r)))
+
+        nursery.start_soon(ask_slow)
+        await trio.testing.wait_all_tasks_blocked()
+        ref.tell_nowait(Add(1))  # the actor is busy with the wait: queued behind it
+        assert answers == [] and actor.total == 5
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers == [5] and actor.total == 6
+        assert actor.snapshot().handled == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_crash_in_the_wait_a_direct_handler_returned_crashes_the_actor() -> None:
+    actor = SyncCounter()
+    gate = trio.Event()
+    with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="crashed while waiting")):
+        async with trio.open_nursery() as nursery:
+            ref = await started(nursery, actor)
+            reply = ref.ask_nowait(lambda r: AnswerAfter(gate, r, crash=True))
+            queued = ref.ask_nowait(Total)
+            gate.set()
+    with pytest.raises(ActorCrashed):
+        reply.result()
+    with pytest.raises(ActorCrashed):
+        queued.result()
+    assert actor.status == "crashed"
