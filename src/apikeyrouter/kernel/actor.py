@@ -48,6 +48,7 @@ An actor run on its own (no supervisor) is incarnation 0 with a ref of its own.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Awaitable, Callable
@@ -64,7 +65,7 @@ __all__ = ["Actor", "ActorRef", "ActorSnapshot", "Home", "Reply", "TreeNode"]
 T = TypeVar("T")
 M = TypeVar("M")
 
-_WOKEN: Any = object()  # `_park_until_sent` was woken to run `_park_cont`, no message
+_WOKEN: Any = object()  # handed to the parked loop to run `_park_cont`; never queued, never received by `receive`
 
 # Where an actor's receive loop is (`Actor._park`), for direct delivery (module docstring):
 _AWAKE = 0  # running, or a message was handed to it that it has not run yet: the mailbox path
@@ -235,7 +236,6 @@ class Actor(Generic[M]):
         self._nursery: trio.Nursery | None = None
         self._park = _AWAKE
         self._direct_ok = type(self).direct and not inspect.iscoroutinefunction(type(self).receive)
-        self._park_wake: trio.CancelScope | None = None  # cancelled to wake the parked loop for `_cont`
         self._park_cont: tuple[Reply[Any] | None, Awaitable[None]] | None = None
         self._direct_crash: Exception | None = None
 
@@ -401,7 +401,11 @@ class Actor(Generic[M]):
                 try:
                     msg: Any = recv.receive_nowait()
                 except trio.WouldBlock:
-                    msg = await self._park_until_sent(recv)
+                    self._park = _PARKED  # until a send hands it a message (module docstring)
+                    try:
+                        msg = await recv.receive()
+                    finally:
+                        self._park = _AWAKE
                 else:
                     await trio.lowlevel.cancel_shielded_checkpoint()  # as `receive` does: fair, loses nothing
             except trio.EndOfChannel:
@@ -432,19 +436,6 @@ class Actor(Generic[M]):
             else:
                 self.handled += 1
                 self._track_reply(reply)
-
-    async def _park_until_sent(self, recv: trio.MemoryReceiveChannel[M]) -> Any:
-        """Wait on the empty mailbox; while parked, a sync actor takes messages directly (`_direct`).
-        Returns the message a send handed over, or `_WOKEN` when woken to finish a direct one's work."""
-        with trio.CancelScope() as wake:
-            self._park_wake = wake
-            self._park = _PARKED
-            try:
-                return await recv.receive()
-            finally:
-                self._park = _AWAKE
-                self._park_wake = None
-        return _WOKEN
 
     async def _finish_handled(self, reply: Reply[Any] | None, result: Awaitable[None]) -> None:
         """Await what a plain-`def` receive returned (the rare wait, e.g. for room in the store), with
@@ -496,10 +487,14 @@ class Actor(Generic[M]):
             return
         # The handler must wait (rare): its loop does that before it reads anything else.
         self._park_cont = (reply, result)
-        if self._park == _DIRECT:
+        if self._park == _DIRECT:  # else a nested send handed the loop a message: it runs this first
             self._park = _AWAKE
-            if self._park_wake is not None:
-                self._park_wake.cancel()
+            inbox = self._inbox
+            if inbox is not None:
+                # The loop waits in `receive`: the channel hands the marker straight to it (it is never
+                # queued, so nothing that reads the mailbox sees it).
+                with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                    inbox.send_nowait(_WOKEN)
 
     async def _tell_self(self, msg: M) -> None:
         """Queue a message in this actor's own mailbox. Works from the moment `run` opens the mailbox,

@@ -147,7 +147,7 @@ class StoreWriter(Actor[StoreCommand]):
 
     def _handle_flush(self, reply: Reply[None]) -> None:
         st = self._state
-        if st.dirty or st.rows or self._waiters:
+        if st.dirty or st.rows or self._waiters or st.writing is not None:  # a write in flight is not done
             self._waiters.append(reply)
             self._wake.set()
         else:
@@ -200,7 +200,7 @@ class StoreWriter(Actor[StoreCommand]):
                 st.writing = None
             for reply in waiters:
                 reply.send(None)
-            if self._stopping and not (st.dirty or st.rows):
+            if self._stopping and not (st.dirty or st.rows or self._waiters):
                 self._done.set()
                 return
 
