@@ -297,3 +297,24 @@ async def test_a_rotated_key_keeps_its_new_material_across_a_crash_and_the_store
     store = SqliteStore(db)
     assert (await store.open(0.0))["key", "k"].fingerprint == fingerprint
     await store.close()
+
+
+async def test_a_flush_asked_while_a_write_is_in_flight_waits_for_that_write(autojump_clock: object) -> None:
+    backend = RecordingStore()
+    backend.stalled = trio.Event()  # the disk hangs inside the first write
+    async with run_store(backend, flush_interval=0.0) as port:
+        port.outbox().save("key", "k", key_record(spend="7"), (row(7),))
+        await trio.sleep(1)  # the write has begun: nothing is dirty or pending any more, but nothing is written
+        assert port.ref is not None
+        flushed = trio.Event()
+
+        async def flush() -> None:
+            await port.ref.ask(Flush)  # type: ignore[union-attr]
+            flushed.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flush)
+            await trio.sleep(1)
+            assert not flushed.is_set()  # "flushed" means written, not taken for a write
+            backend.stalled.set()
+        assert [r.reason for b in backend.batches for r in b.rows] == ["429 number 7"]

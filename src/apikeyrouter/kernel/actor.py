@@ -7,6 +7,24 @@ It is started with `ref = await nursery.start(actor.run)`. Others talk to it thr
 - `await ref.ask(lambda reply: Msg(..., reply_to=reply))` sends a message carrying a one-shot `Reply`
   and waits for the answer. The caller owns the deadline (`with trio.fail_after(...)`).
 
+Direct delivery (the fast path): when the target actor is idle -- its loop is parked on an empty mailbox,
+no message has been handed to it that it has not run yet, it is running (not draining, not asked to stop)
+-- and its `receive` is a plain `def`, `tell`/`tell_nowait`/`ask` run its `receive(msg)` at once in the
+sender's task instead of queuing. trio is cooperative and such a handler cannot await, so this is the
+actor taking the message next: same handler, same order, one writer. Otherwise (busy, queued messages,
+an `async def` receive, or `direct = False` on the class) the mailbox path. The hand-off race: a memory
+channel hands a sent value straight to a parked receiver, so every send into the mailbox marks the loop
+awake (`_park`), and only the loop marks it parked again, when it finds the mailbox empty. While a direct
+handler runs the actor is not idle either: a send that reaches it then (from a nested delivery) queues.
+The accounting is the loop's: `handled`, asks left unanswered tracked until the actor stops, and an
+exception is the actor's crash (the asker gets `ActorCrashed`, the loop raises it to the supervisor). An
+awaitable returned by a plain-`def` receive is awaited by the loop before it reads anything else. A
+direct `ask` is a cancellation point (`checkpoint_if_cancelled`), not a schedule point: the request path
+yields at its upstream call right after, and a schedule point per ask would cost more than the ask
+(benchmarks/kernel.py). A loop of nothing but asks must checkpoint itself. An actor cancelled from outside
+while parked (not through `stop`, as its supervisor does) may take one more message directly before its
+loop sees the cancellation, as if the message had come just before it.
+
 Failure semantics (the promise every other module relies on):
 - expected failures are reply *values*;
 - an exception while handling a message is the actor's crash: the asker of that message gets
@@ -30,6 +48,8 @@ An actor run on its own (no supervisor) is incarnation 0 with a ref of its own.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -38,61 +58,19 @@ import attrs
 import trio
 
 from apikeyrouter.errors import ActorCrashed, ActorStopped, MailboxFull
+from apikeyrouter.kernel.reply import Reply
 
 __all__ = ["Actor", "ActorRef", "ActorSnapshot", "Home", "Reply", "TreeNode"]
 
 T = TypeVar("T")
 M = TypeVar("M")
 
-_UNSET: Any = object()
+_WOKEN: Any = object()  # handed to the parked loop to run `_park_cont`; never queued, never received by `receive`
 
-
-class Reply(Generic[T]):
-    """A one-shot reply slot. The first `send`/`fail` wins; later ones are ignored.
-
-    Cheaper than a memory channel (one `trio.Event`), and safe to answer after the asker left:
-    nobody waits on the event any more, and the value is simply dropped.
-    """
-
-    __slots__ = ("_error", "_event", "_owner", "_value")
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-        self._value: Any = _UNSET
-        self._error: BaseException | None = None
-        self._owner: set[Reply[Any]] | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._event.is_set()
-
-    def send(self, value: T) -> None:
-        if self._event.is_set():
-            return
-        self._value = value
-        self._settle()
-
-    def fail(self, error: BaseException) -> None:
-        if self._event.is_set():
-            return
-        self._error = error
-        self._settle()
-
-    def _settle(self) -> None:
-        if self._owner is not None:
-            self._owner.discard(self)
-            self._owner = None
-        self._event.set()
-
-    async def wait(self) -> T:
-        await self._event.wait()
-        if self._error is not None:
-            raise self._error
-        value: T = self._value
-        return value
-
-    def __repr__(self) -> str:
-        return f"Reply(done={self.done})"
+# Where an actor's receive loop is (`Actor._park`), for direct delivery (module docstring):
+_AWAKE = 0  # running, or a message was handed to it that it has not run yet: the mailbox path
+_PARKED = 1  # waiting on an empty mailbox, nothing handed to it: a message may be handled at once
+_DIRECT = 2  # parked, and a message is being handled directly right now (a nested send must queue)
 
 
 @attrs.frozen
@@ -144,6 +122,13 @@ class ActorRef(Generic[M]):
         return self._actor is not None and self._actor.status == "running"
 
     async def tell(self, msg: M) -> None:
+        actor = self._actor
+        if actor is not None:
+            if actor._park == _PARKED:
+                await trio.lowlevel.checkpoint_if_cancelled()  # raises if cancelled; otherwise does not yield
+                actor._direct(msg)
+                return
+            actor._park = _AWAKE  # whatever the send hands the loop runs before any direct delivery
         send = self._send
         if send is None:
             raise ActorStopped(self.name, "is not running")
@@ -153,6 +138,12 @@ class ActorRef(Generic[M]):
             raise ActorStopped(self.name) from None
 
     def tell_nowait(self, msg: M) -> None:
+        actor = self._actor
+        if actor is not None:
+            if actor._park == _PARKED:
+                actor._direct(msg)
+                return
+            actor._park = _AWAKE
         send = self._send
         if send is None:
             raise ActorStopped(self.name, "is not running")
@@ -166,12 +157,15 @@ class ActorRef(Generic[M]):
     async def ask(self, make: Callable[[Reply[T]], M]) -> T:
         reply: Reply[T] = Reply()
         await self.put(make(reply))
-        return await reply.wait()
+        # Handled at once (direct delivery, module docstring): no scheduler pass. The request path's
+        # next step (its upstream call) is the schedule point.
+        return reply.result() if reply.done else await reply.wait()
 
     async def put(self, msg: M) -> None:
         """`tell` for a sender that checkpoints right after (an ask waits for its reply): a message that
-        fits goes in at once, sparing the scheduler pass `tell` makes; a full mailbox is waited for. As
-        with `tell`, a caller already cancelled sends nothing."""
+        fits goes in at once (or is handled at once, by direct delivery), sparing the scheduler pass
+        `tell` makes; a full mailbox is waited for. As with `tell`, a caller already cancelled sends
+        nothing."""
         await trio.lowlevel.checkpoint_if_cancelled()  # raises if cancelled; otherwise does not yield
         try:
             self.tell_nowait(msg)
@@ -220,6 +214,8 @@ class Actor(Generic[M]):
     """
 
     kind: ClassVar[str] = "actor"
+    direct: ClassVar[bool] = True
+    """May take direct delivery (module docstring) when `receive` is a plain `def`; False opts out."""
 
     def __init__(self, name: str, *, mailbox: int = 64) -> None:
         if not (isinstance(mailbox, int) and 0 < mailbox < math.inf):
@@ -238,6 +234,10 @@ class Actor(Generic[M]):
         self._loop_scope: trio.CancelScope | None = None
         self._stop_requested = False
         self._nursery: trio.Nursery | None = None
+        self._park = _AWAKE
+        self._direct_ok = type(self).direct and not inspect.iscoroutinefunction(type(self).receive)
+        self._park_cont: tuple[Reply[Any] | None, Awaitable[None]] | None = None
+        self._direct_crash: Exception | None = None
 
     # -- hooks for subclasses -------------------------------------------------------------------------
 
@@ -263,6 +263,12 @@ class Actor(Generic[M]):
         return self._nursery
 
     @property
+    def handling_direct(self) -> bool:
+        """True while `receive` runs for a directly delivered message (module docstring): the mailbox is
+        empty then, so a handler that reads more of it at once (the store writer) need not look."""
+        return self._park == _DIRECT
+
+    @property
     def restarts(self) -> int:
         """Instances that ran at this actor's address before this one (the same number as `incarnation`)."""
         return self.incarnation
@@ -283,6 +289,7 @@ class Actor(Generic[M]):
         run `post_stop`, and let background work in `self.nursery` finish (its supervisor cancels it
         when the grace runs out; asks it leaves unanswered then get `ActorStopped`)."""
         self._stop_requested = True
+        self._park = _AWAKE
         if self._loop_scope is not None:
             self._loop_scope.cancel(reason=f"actor {self.name} asked to stop")
 
@@ -292,6 +299,7 @@ class Actor(Generic[M]):
         `ActorStopped`, and `draining` tells `receive` to refuse new work still queued behind them."""
         inbox = self._inbox
         if self.status == "running" and inbox is not None:
+            self._park = _AWAKE  # a draining actor takes nothing directly
             self.draining = True
             inbox.close()  # the loop ends once the queue is read
         else:
@@ -354,29 +362,139 @@ class Actor(Generic[M]):
             self._loop_scope = scope
             if self._stop_requested:
                 return
-            pending = self._pending
-            async for msg in recv:
-                reply = _reply_of(msg)
+            if not self._direct_ok:
+                await self._read_only_mailbox(recv)
+                return
+            try:
+                await self._read_mailbox(recv)
+            finally:
+                self._park = _AWAKE
+        if self._direct_crash is not None:
+            raise self._direct_crash
+
+    async def _read_only_mailbox(self, recv: trio.MemoryReceiveChannel[M]) -> None:
+        """The receive loop of an actor that takes no direct delivery (an `async def` receive)."""
+        async for msg in recv:
+            reply = _reply_of(msg)
+            try:
+                result = self.receive(msg)
+                if result is not None:
+                    await result
+            except Exception as exc:
+                if reply is not None:
+                    reply.fail(ActorCrashed(self.name, exc))
+                raise
+            except BaseException:
+                # A stop (or its supervisor's kill) interrupted the message: its ask is answered
+                # with the rest when the actor finishes, never left waiting.
+                self._track_reply(reply)
+                raise
+            self.handled += 1
+            self._track_reply(reply)
+
+    async def _read_mailbox(self, recv: trio.MemoryReceiveChannel[M]) -> None:
+        """The receive loop of an actor that may take direct delivery: take the next message (parking
+        on an empty mailbox) and handle it; first finish the work a direct delivery left (`_park_cont`)."""
+        while True:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
                 try:
-                    result = self.receive(msg)
-                    if result is not None:
-                        await result
-                except Exception as exc:
-                    if reply is not None:
-                        reply.fail(ActorCrashed(self.name, exc))
-                    raise
-                except BaseException:
-                    # A stop (or its supervisor's kill) interrupted the message: its ask is answered
-                    # with the rest when the actor finishes, never left waiting.
-                    if reply is not None and not reply.done:
-                        reply._owner = pending
-                        pending.add(reply)
-                    raise
+                    msg: Any = recv.receive_nowait()
+                except trio.WouldBlock:
+                    self._park = _PARKED  # until a send hands it a message (module docstring)
+                    try:
+                        msg = await recv.receive()
+                    finally:
+                        self._park = _AWAKE
+                else:
+                    await trio.lowlevel.cancel_shielded_checkpoint()  # as `receive` does: fair, loses nothing
+            except trio.EndOfChannel:
+                return
+            cont = self._park_cont
+            if cont is not None:
+                self._park_cont = None
+                await self._finish_handled(cont[0], cont[1])
+            if self._direct_crash is not None:  # a direct delivery crashed the actor: stop here
+                reply = _reply_of(msg)
+                if reply is not None:
+                    reply.fail(ActorCrashed(self.name, self._direct_crash))
+                return
+            if msg is _WOKEN:  # woken only for `_park_cont`
+                continue
+            reply = _reply_of(msg)
+            try:
+                result = self.receive(msg)
+            except Exception as exc:
+                if reply is not None:
+                    reply.fail(ActorCrashed(self.name, exc))
+                raise
+            except BaseException:
+                self._track_reply(reply)
+                raise
+            if result is not None:
+                await self._finish_handled(reply, result)
+            else:
                 self.handled += 1
-                if reply is not None and not reply.done:
-                    # Answered later (by a background task): tracked so a stop or crash still answers it.
-                    reply._owner = pending
-                    pending.add(reply)
+                self._track_reply(reply)
+
+    async def _finish_handled(self, reply: Reply[Any] | None, result: Awaitable[None]) -> None:
+        """Await what a plain-`def` receive returned (the rare wait, e.g. for room in the store), with
+        the accounting of the message it belongs to."""
+        try:
+            await result
+        except Exception as exc:
+            if reply is not None:
+                reply.fail(ActorCrashed(self.name, exc))
+            raise
+        except BaseException:
+            self._track_reply(reply)
+            raise
+        self.handled += 1
+        self._track_reply(reply)
+
+    def _track_reply(self, reply: Reply[Any] | None) -> None:
+        """An ask not answered by its handler (answered later by a background task, or interrupted by a
+        stop): tracked so a stop or crash still answers it."""
+        if reply is not None and not reply.done:
+            reply._owner = self._pending
+            self._pending.add(reply)
+
+    def _direct(self, msg: M) -> None:
+        """Direct delivery: handle `msg` now, in the sender's task, while the loop stays parked. Only
+        called when `_park` is `_PARKED` (the message would have been the loop's next)."""
+        self._park = _DIRECT
+        reply = _reply_of(msg)
+        try:
+            result = self.receive(msg)
+        except Exception as exc:
+            # The actor's crash, as in its loop: the asker hears so, and the loop raises it.
+            if reply is not None:
+                reply.fail(ActorCrashed(self.name, exc))
+            self._park = _AWAKE
+            self._direct_crash = exc
+            if self._loop_scope is not None:
+                self._loop_scope.cancel(reason=f"actor {self.name} crashed")
+            return
+        except BaseException:
+            self._park = _AWAKE
+            self._track_reply(reply)
+            raise
+        if result is None:
+            self.handled += 1
+            self._track_reply(reply)
+            if self._park == _DIRECT:  # else a nested send handed the loop a message: it runs next
+                self._park = _PARKED
+            return
+        # The handler must wait (rare): its loop does that before it reads anything else.
+        self._park_cont = (reply, result)
+        if self._park == _DIRECT:  # else a nested send handed the loop a message: it runs this first
+            self._park = _AWAKE
+            inbox = self._inbox
+            if inbox is not None:
+                # The loop waits in `receive`: the channel hands the marker straight to it (it is never
+                # queued, so nothing that reads the mailbox sees it).
+                with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                    inbox.send_nowait(_WOKEN)
 
     async def _tell_self(self, msg: M) -> None:
         """Queue a message in this actor's own mailbox. Works from the moment `run` opens the mailbox,
@@ -385,6 +503,7 @@ class Actor(Generic[M]):
         inbox = self._inbox
         if inbox is None:
             raise ActorStopped(self.name, "is not running")
+        self._park = _AWAKE  # always the mailbox: what it hands the loop runs before any direct delivery
         try:
             await inbox.send(msg)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

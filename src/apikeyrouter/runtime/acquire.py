@@ -249,15 +249,16 @@ async def _take(deps: Deps, req: Request, cand: Candidate, decision: RoutingDeci
     if policy is not None and policy.max_cost is not None and est.worst_case_cost > policy.max_cost:
         return _capped(cand.key_id, policy, est.worst_case_cost)
     hold_id: str | None = None
+    lease_until = _lease_until(req)  # once per attempt: the hold's and the reservation's
     if deps.budgets_enabled:
         hold_id = f"{req.id}:{deps.next_id()}"
         # The charge is sent before the key's settlement: the hold outlives the reservation by a grace.
         tokens = est.input_tokens + est.max_output_tokens
-        refusal = await _hold(deps, req, hold_id, cand, est, tokens, _lease_until(req) + GRACE)
+        refusal = await _hold(deps, req, hold_id, cand, est, tokens, lease_until + GRACE)
         if refusal is not None:
             return refusal
     try:
-        reply = await _reserve(req, cand.key_id, ref, est)
+        reply = await _reserve(req, cand.key_id, ref, est, lease_until)
     except BaseException:
         await unhold(deps, hold_id, None)
         raise
@@ -356,8 +357,9 @@ async def _hold(
     return answer if isinstance(answer, Refusal) else None
 
 
-async def _reserve(req: Request, key_id: str, ref: ActorRef[KeyCommand], est: CostEstimate) -> Granted | Refusal:
-    lease_until = _lease_until(req)
+async def _reserve(
+    req: Request, key_id: str, ref: ActorRef[KeyCommand], est: CostEstimate, lease_until: float
+) -> Granted | Refusal:
     tokens = est.input_tokens + est.max_output_tokens
 
     def make(reply: Reply[Granted | Refusal]) -> Reserve:

@@ -76,11 +76,22 @@ async def ask_bounded(
 ) -> T | None:
     """Ask, shielded, waiting at most `grace`: None when no answer came in time. A cancelled caller still
     receives the answer (and so can give back what it grants). An answer that comes too late goes to
-    `undo`, when given. `ActorError`s propagate."""
+    `undo`, when given. `ActorError`s propagate. An actor that answers at once (direct delivery, see
+    kernel/actor.py) costs no cancel scope and no checkpoint."""
     reply: Reply[T] = Reply() if undo is None else _Undoable(undo)
+    msg = make(reply)
+    try:
+        ref.tell_nowait(msg)  # an idle actor answers right here (direct delivery): no scope, no wait
+    except MailboxFull:
+        queued = False
+    else:
+        if reply.done:
+            return reply.result()
+        queued = True
     with trio.move_on_after(grace) as cs:
         cs.shield = True
-        await ref.put(make(reply))
+        if not queued:
+            await ref.tell(msg)
         return await reply.wait()
     if isinstance(reply, _Undoable):
         reply.abandon()

@@ -78,11 +78,7 @@ class StoreWriter(Actor[StoreCommand]):
     def stop(self) -> None:
         """Finish what is queued first: closing the mailbox (new tells fail with `ActorStopped`) ends the
         receive loop once every change told before the stop is taken in; the stop flush writes them all."""
-        inbox = self._inbox
-        if self.status == "running" and inbox is not None:
-            inbox.close()
-        else:
-            super().stop()
+        self.stop_after_queue()
 
     async def pre_start(self) -> None:
         st = self._state
@@ -117,7 +113,7 @@ class StoreWriter(Actor[StoreCommand]):
         self._take(msg)
         # Everything else already queued is taken in the same turn: one message per turn of the scheduler
         # cannot keep up with a thousand request tasks each telling a few.
-        recv = self._recv
+        recv = None if self.handling_direct else self._recv  # delivered directly: nothing is queued
         for _ in range(_GREEDY):
             try:
                 more = recv.receive_nowait() if recv is not None else None
@@ -151,7 +147,7 @@ class StoreWriter(Actor[StoreCommand]):
 
     def _handle_flush(self, reply: Reply[None]) -> None:
         st = self._state
-        if st.dirty or st.rows or self._waiters:
+        if st.dirty or st.rows or self._waiters or st.writing is not None:  # a write in flight is not done
             self._waiters.append(reply)
             self._wake.set()
         else:
@@ -204,7 +200,7 @@ class StoreWriter(Actor[StoreCommand]):
                 st.writing = None
             for reply in waiters:
                 reply.send(None)
-            if self._stopping and not (st.dirty or st.rows):
+            if self._stopping and not (st.dirty or st.rows or self._waiters):
                 self._done.set()
                 return
 
