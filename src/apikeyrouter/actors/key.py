@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from decimal import Decimal
-from typing import Any, assert_never
+from typing import assert_never
 
 import attrs
 import structlog
@@ -375,28 +375,37 @@ class KeyActor(Actor[KeyCommand]):
         fingerprint: str | None = None,
     ) -> None:
         rec = self.record
-        changes: dict[str, Any] = {}
-        if lifecycle_ is not None:
-            changes["lifecycle"] = lifecycle_
-        if quota_ is not None:
-            changes["quota"] = quota_
-        if breaker is not None:
-            changes["breaker"] = breaker
-        if stats_ is not None:
-            changes["stats"] = stats_
-        if spend is not None:
-            changes["spend"] = spend
-        if fingerprint is not None and fingerprint != rec.fingerprint:
-            changes["fingerprint"] = fingerprint
-        rows = tuple(
-            TransitionRow(
-                self.key_id, ev.from_state.value, ev.to_state.value, ev.reason, ev.cause.value, ev.at, ev.until
+        rows = (
+            tuple(
+                TransitionRow(
+                    self.key_id, ev.from_state.value, ev.to_state.value, ev.reason, ev.cause.value, ev.at, ev.until
+                )
+                for ev in lc_events
+                if isinstance(ev, Transition)
             )
-            for ev in lc_events or ()
-            if isinstance(ev, Transition)
+            if lc_events
+            else ()
         )
-        if changes or rows:
-            self._record = attrs.evolve(rec, **changes)
+        if fingerprint is not None and fingerprint == rec.fingerprint:
+            fingerprint = None
+        changed = (
+            lifecycle_ is not None
+            or quota_ is not None
+            or breaker is not None
+            or stats_ is not None
+            or spend is not None
+            or fingerprint is not None
+        )
+        if changed or rows:
+            # Built directly (not `attrs.evolve`): this runs twice per request.
+            self._record = KeyRecord(
+                rec.lifecycle if lifecycle_ is None else lifecycle_,
+                rec.quota if quota_ is None else quota_,
+                rec.breaker if breaker is None else breaker,
+                rec.stats if stats_ is None else stats_,
+                rec.spend if spend is None else spend,
+                rec.fingerprint if fingerprint is None else fingerprint,
+            )
             self._outbox.save("key", self.key_id, self._record, rows)
         for ev in lc_events or ():
             self._emit_lifecycle(ev)

@@ -49,10 +49,15 @@ def key_view(
     """The key's view as of `now`. `retry_after_s` is the Retry-After behind a current throttle, if any.
     `capacity` and `prediction`, when the caller already has them for this quota at `now`, are used as
     they are (they are the costliest part of a view)."""
-    lc, _ = lifecycle.effective(lc, now)
-    b, _ = circuit.effective(breaker, breaker_cfg, now)
+    if lc.until is not None:  # only a timed state can change by itself
+        lc, _ = lifecycle.effective(lc, now)
+    b = breaker
+    if b.state is not BreakerState.CLOSED:  # a closed breaker stays closed whatever the time
+        b, _ = circuit.effective(breaker, breaker_cfg, now)
     q = quota.effective(q, now)
-    cap = capacity if capacity is not None else quota.capacity(q, now)
+    if capacity is None or prediction is None:
+        capacity, prediction = quota.assess(q, now)
+    cap = capacity
     retry_at = quota.available_at(q, 1, now) if cap.state is CapacityState.EXHAUSTED else None
     n_requests, _ = q.rate.decayed(q.config.rate_tau_s, now)
     return KeyView(
@@ -74,7 +79,7 @@ def key_view(
         capacity_left=cap.fraction_left,
         capacity_window=cap.tightest,
         capacity_retry_at=retry_at,
-        prediction=prediction if prediction is not None else quota.predict(q, now),
+        prediction=prediction,
         success_ewma=stats.success_ewma,
         latency_ewma_s=stats.latency_ewma_s,
         recent_requests=n_requests,
