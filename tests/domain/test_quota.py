@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -209,8 +210,9 @@ _signals = st.builds(
     )
 )
 def test_the_one_pass_assessment_and_the_running_sums_agree_with_the_full_computation(ops: list[tuple]) -> None:
-    """`assess` (what a snapshot shows) equals `capacity` and `predict` computed apart, and each window's
-    running total equals the sum of its buckets, whatever the reservations, settlements, slides and signals."""
+    """`assess` (what a snapshot shows) equals `capacity` and `predict` computed apart; each window's running
+    total equals the sum of its buckets; a primed `fresh_until` is what a fresh value computes. Whatever
+    the reservations, settlements, slides and signals."""
     cfg = QuotaConfig(rpm=20, tpm=2000, rpd=200, tokens_per_month=50_000)
     q, now = quota.new_quota(cfg, now=0.0), 0.0
     live: list[QuotaReservation] = []
@@ -227,6 +229,7 @@ def test_the_one_pass_assessment_and_the_running_sums_agree_with_the_full_comput
             res = live.pop(0)
             q = quota.settle(q, res, arg, now) if op == "settle" else quota.release(q, res, now)
         assert quota.assess(q, now) == (quota.capacity(q, now), quota.predict(q, now))
+        assert q.fresh_until == attrs.evolve(q).fresh_until  # a primed cache holds what a fresh value computes
         slid = quota.effective(q, now)
         assert [ring.total for ring in slid.rings] == [sum(ring.counts) for ring in slid.rings]
         assert {name: used for name, (used, _) in quota.usage(q, now).items()} == {

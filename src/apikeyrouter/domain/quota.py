@@ -282,9 +282,16 @@ def _with(
     blocked_until: float | None,
     epoch: int,
     rate: _Rate,
+    *,
+    same_heads: bool = False,
 ) -> Quota:
-    """A new quota (direct construction: `attrs.evolve` costs several times more on these paths)."""
-    return Quota(q.config, rings, learned, blocked_until, epoch, rate)
+    """A new quota (direct construction: `attrs.evolve` costs several times more on these paths).
+    `same_heads`: `rings` sit where `q.rings` do (only counts changed), so `fresh_until` is `q`'s: it is
+    primed in the new value's cache instead of being computed again."""
+    new = Quota(q.config, rings, learned, blocked_until, epoch, rate)
+    if same_heads:
+        object.__setattr__(new, "fresh_until", q.fresh_until)  # the cached_property's slot
+    return new
 
 
 def effective(q: Quota, now: float) -> Quota:
@@ -412,7 +419,7 @@ def _count(q: Quota, res: QuotaReservation, requests: int, tokens: int, now: flo
         if tok is not None and tokens and now < tok.reset_at:
             tok = _Learned(tok.limit, tok.remaining - tokens, tok.reset_at)
         learned = (req, tok)
-    return _with(q, rings, learned, q.blocked_until, q.epoch, rate)
+    return _with(q, rings, learned, q.blocked_until, q.epoch, rate, same_heads=True)
 
 
 def release(q: Quota, res: QuotaReservation, now: float) -> Quota:
@@ -454,7 +461,7 @@ def apply_signal(q: Quota, signal: QuotaSignal, now: float) -> Quota:
     if signal.retry_after_s is not None and signal.retry_after_s > 0:
         until = now + signal.retry_after_s
         blocked = until if blocked is None else max(blocked, until)
-    return _with(q, q.rings, (learned[0], learned[1]), blocked, q.epoch + 1, q.rate)
+    return _with(q, q.rings, (learned[0], learned[1]), blocked, q.epoch + 1, q.rate, same_heads=True)
 
 
 def earliest_reset(q: Quota, now: float) -> float | None:
