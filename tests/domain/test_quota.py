@@ -235,3 +235,13 @@ def test_the_one_pass_assessment_and_the_running_sums_agree_with_the_full_comput
         assert {name: used for name, (used, _) in quota.usage(q, now).items()} == {
             spec.name: sum(ring.counts) for spec, ring in zip(cfg.windows, slid.rings, strict=True)
         }
+
+
+def test_a_signal_is_empty_only_when_it_says_nothing_at_all() -> None:
+    """`empty` reads every field: one that says anything (a new field included) makes the signal count."""
+    assert QuotaSignal().empty
+    for field in attrs.fields(QuotaSignal):
+        said = QuotaSignal(**{field.name: 0})
+        assert not said.empty, field.name
+        q = quota.new_quota(_cfg, now=0.0)
+        assert quota.apply_signal(q, said, 1.0).epoch == 1, field.name  # each one is learned from

@@ -260,21 +260,6 @@ def _advance(ring: _Ring, width: float, now: float) -> _Ring:
     return _Ring(idx, counts[shift:] + (0,) * shift, ring.total - sum(counts[:shift]))
 
 
-def _add(ring: _Ring, width: float, at: float, delta: int) -> _Ring:
-    counts = ring.counts
-    n = len(counts)
-    pos = n - 1 - (ring.head - math.floor(at / width))
-    if delta == 0 or pos < 0 or pos >= n:
-        return ring  # slid out of the window already: nothing left to undo
-    old = counts[pos]
-    new = old + delta
-    if new < 0:
-        new = 0
-    if pos == n - 1:  # the current bucket: the common case
-        return _Ring(ring.head, (*counts[:-1], new), ring.total + new - old)
-    return _Ring(ring.head, (*counts[:pos], new, *counts[pos + 1 :]), ring.total + new - old)
-
-
 def _with(
     q: Quota,
     rings: tuple[_Ring, ...],
@@ -410,7 +395,22 @@ def _count(q: Quota, res: QuotaReservation, requests: int, tokens: int, now: flo
     q = effective(q, now)
     at = res.at
     deltas = (requests, tokens)
-    rings = tuple([_add(ring, p[0], at, deltas[p[1]]) for ring, p in zip(q.rings, q.config.plan, strict=True)])
+    rings: list[_Ring] = []
+    for ring, p in zip(q.rings, q.config.plan, strict=True):
+        delta = deltas[p[1]]
+        counts = ring.counts
+        n = len(counts)
+        pos = n - 1 - (ring.head - math.floor(at / p[0]))
+        if delta and 0 <= pos < n:  # else: nothing to add, or slid out of the window (nothing to undo)
+            old = counts[pos]
+            new = old + delta
+            if new < 0:
+                new = 0
+            if pos == n - 1:  # the current bucket: the common case
+                ring = _Ring(ring.head, counts[:-1] + (new,), ring.total + new - old)  # noqa: RUF005 - concat is faster
+            else:
+                ring = _Ring(ring.head, counts[:pos] + (new,) + counts[pos + 1 :], ring.total + new - old)  # noqa: RUF005
+        rings.append(ring)
     learned = q.learned
     if res.epoch == q.epoch:
         req, tok = learned
@@ -419,7 +419,7 @@ def _count(q: Quota, res: QuotaReservation, requests: int, tokens: int, now: flo
         if tok is not None and tokens and now < tok.reset_at:
             tok = _Learned(tok.limit, tok.remaining - tokens, tok.reset_at)
         learned = (req, tok)
-    return _with(q, rings, learned, q.blocked_until, q.epoch, rate, same_heads=True)
+    return _with(q, tuple(rings), learned, q.blocked_until, q.epoch, rate, same_heads=True)
 
 
 def release(q: Quota, res: QuotaReservation, now: float) -> Quota:
