@@ -163,3 +163,44 @@ async def test_secret_never_in_snapshot_or_reprs() -> None:
         seen = repr(actor.config) + repr(ref.snapshot()) + repr(h.board.keys) + repr(grant)
         assert "sk-test-key-material" not in seen
         nursery.cancel_scope.cancel()
+
+
+async def test_the_published_snapshot_carries_each_figure_in_its_own_field(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The key builds its snapshot positionally (for speed): every field is checked against what it holds."""
+    config = KeySettings(
+        id="k7",
+        provider="prov",
+        models=frozenset({"m"}),
+        metadata={"quality": "high"},
+        breaker=BreakerConfig(failure_threshold=9, cooldown=11.0),
+        max_in_flight=5,
+        budget=D("42"),
+    )
+    h = Harness(config)
+    async with h.running_store(), trio.open_nursery() as nursery:
+        actor = h.make()
+        ref = await nursery.start(actor.run)
+        await trio.sleep(2.5)
+        first = await reserve(ref, cost="0.75")
+        assert isinstance(first, Granted)
+        await ref.tell(Settle(first.reservation_id, Outcome(None, cost=D("0.5"), latency_s=0.1)))
+        await trio.sleep(1)
+        held = await reserve(ref, cost="0.25")
+        assert isinstance(held, Granted)
+        snap = h.board.keys["k7"]
+        rec = actor.record
+        assert (snap.id, snap.provider, snap.fingerprint) == ("k7", "prov", Secret("sk-test-key-material").fingerprint)
+        assert (snap.models, snap.metadata) == (frozenset({"m"}), {"quality": "high"})
+        assert (snap.lifecycle, snap.breaker, snap.stats, snap.quota) == (
+            rec.lifecycle,
+            rec.breaker,
+            rec.stats,
+            rec.quota,
+        )
+        assert snap.stats.requests == 1
+        assert (snap.in_flight, snap.max_in_flight) == (1, 5)
+        assert (snap.spend, snap.reserved_cost, snap.budget) == (D("0.5"), D("0.25"), D("42"))
+        assert (snap.at, snap.breaker_config, snap.retry_after_s, snap.restarts) == (3.5, config.breaker, None, 0)
+        nursery.cancel_scope.cancel()

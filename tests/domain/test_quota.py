@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -181,3 +182,66 @@ def test_never_admits_more_than_a_limit_within_any_window(ops: list[tuple[str, i
                         len(in_window) if spec.metric is quota.Metric.REQUESTS else sum(r.tokens for r in in_window)
                     )
                     assert spec.limit is None or amount <= spec.limit, spec.name
+
+
+_signals = st.builds(
+    QuotaSignal,
+    limit_requests=st.none() | st.integers(0, 50),
+    remaining_requests=st.none() | st.integers(-5, 50),
+    limit_tokens=st.none() | st.integers(0, 3000),
+    remaining_tokens=st.none() | st.integers(-5, 3000),
+    reset_requests_s=st.none() | st.floats(0, 120),
+    reset_tokens_s=st.none() | st.floats(0, 120),
+    retry_after_s=st.none() | st.floats(0, 5),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("reserve"), st.integers(0, 400)),
+            st.tuples(st.just("settle"), st.integers(0, 400)),
+            st.tuples(st.just("release"), st.integers(0, 10)),
+            st.tuples(st.just("wait"), st.floats(0, 200)),
+            st.tuples(st.just("signal"), _signals),
+        ),
+        max_size=60,
+    )
+)
+def test_the_one_pass_assessment_and_the_running_sums_agree_with_the_full_computation(ops: list[tuple]) -> None:
+    """`assess` (what a snapshot shows) equals `capacity` and `predict` computed apart; each window's running
+    total equals the sum of its buckets; a primed `fresh_until` is what a fresh value computes. Whatever
+    the reservations, settlements, slides and signals."""
+    cfg = QuotaConfig(rpm=20, tpm=2000, rpd=200, tokens_per_month=50_000)
+    q, now = quota.new_quota(cfg, now=0.0), 0.0
+    live: list[QuotaReservation] = []
+    for op, arg in ops:
+        if op == "wait":
+            now += arg
+        elif op == "signal":
+            q = quota.apply_signal(q, arg, now)
+        elif op == "reserve":
+            q, res = quota.reserve(q, arg, now)
+            if isinstance(res, QuotaReservation):
+                live.append(res)
+        elif live:
+            res = live.pop(0)
+            q = quota.settle(q, res, arg, now) if op == "settle" else quota.release(q, res, now)
+        assert quota.assess(q, now) == (quota.capacity(q, now), quota.predict(q, now))
+        assert q.fresh_until == attrs.evolve(q).fresh_until  # a primed cache holds what a fresh value computes
+        slid = quota.effective(q, now)
+        assert [ring.total for ring in slid.rings] == [sum(ring.counts) for ring in slid.rings]
+        assert {name: used for name, (used, _) in quota.usage(q, now).items()} == {
+            spec.name: sum(ring.counts) for spec, ring in zip(cfg.windows, slid.rings, strict=True)
+        }
+
+
+def test_a_signal_is_empty_only_when_it_says_nothing_at_all() -> None:
+    """`empty` reads every field: one that says anything (a new field included) makes the signal count."""
+    assert QuotaSignal().empty
+    for field in attrs.fields(QuotaSignal):
+        said = QuotaSignal(**{field.name: 0})
+        assert not said.empty, field.name
+        q = quota.new_quota(_cfg, now=0.0)
+        assert quota.apply_signal(q, said, 1.0).epoch == 1, field.name  # each one is learned from

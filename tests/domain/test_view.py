@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from apikeyrouter.domain import circuit, lifecycle, quota, stats
 from apikeyrouter.domain.circuit import Breaker, BreakerConfig, BreakerState
+from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import KeyEffect
 from apikeyrouter.domain.index import KeyIndex
 from apikeyrouter.domain.lifecycle import KeyState, Lifecycle
@@ -70,3 +73,65 @@ def test_exhaustion_waits_for_the_latest_reset_it_knows() -> None:
     assert bench_until(KeyEffect.EXHAUST, signal=None, q=q, now=10.0) == 40.0
     assert bench_until(KeyEffect.THROTTLE, signal=s, q=q, now=10.0) == 15.0
     assert bench_until(KeyEffect.NONE, signal=s, q=q, now=10.0) is None
+
+
+def test_each_figure_lands_in_its_own_field_of_the_view() -> None:
+    """`key_view` builds the view positionally (for speed): every field here holds a value no other field
+    could, and the result must equal the view spelled out field by field."""
+    q = quota.new_quota(QuotaConfig(rpm=100, tpm=10_000), now=0.0)
+    q, res = quota.reserve(q, 40, 1.0)
+    assert isinstance(res, QuotaReservation)
+    q = quota.settle(q, res, 25, 2.0)
+    q, _ = quota.reserve(q, 10, 3.0)
+    lc, _ = lifecycle.throttle(Lifecycle(), until=130.0, reason="429 from upstream", now=3.0)
+    b, _ = circuit.on_result(Breaker(), CFG, failed=True, now=3.5)
+    st = stats.record(stats.Stats(), stats.StatsConfig(), success=True, latency_s=0.25, now=2.0)
+    st = stats.record(st, stats.StatsConfig(), success=False, latency_s=None, now=2.5)
+    price = ModelPrice(Decimal("1.5"), Decimal("6"))
+    view = key_view(
+        key_id="k9",
+        provider="prov",
+        lc=lc,
+        q=q,
+        breaker=b,
+        breaker_cfg=CFG,
+        stats=st,
+        now=4.0,
+        models=frozenset({"m1"}),
+        prices={"m1": price},
+        default_price=ModelPrice(Decimal("2"), Decimal("3")),
+        in_flight=3,
+        in_flight_limit=9,
+        retry_after_s=7.0,
+        quality=0.75,
+    )
+    cap, prediction = quota.assess(q, 4.0)
+    n_requests, _ = q.rate.decayed(q.config.rate_tau_s, 4.0)
+    assert view == KeyView(
+        key_id="k9",
+        provider="prov",
+        models=frozenset({"m1"}),
+        prices={"m1": price},
+        default_price=ModelPrice(Decimal("2"), Decimal("3")),
+        lifecycle=KeyState.THROTTLED,
+        lifecycle_until=130.0,
+        lifecycle_reason="429 from upstream",
+        retry_after_s=7.0,
+        breaker=BreakerState.OPEN,
+        breaker_until=13.5,
+        probe_in_flight=False,
+        in_flight=3,
+        in_flight_limit=9,
+        capacity=cap.state,
+        capacity_left=cap.fraction_left,
+        capacity_window="rpm",
+        capacity_retry_at=None,
+        prediction=prediction,
+        success_ewma=st.success_ewma,
+        latency_ewma_s=0.25,
+        recent_requests=n_requests,
+        served=2,
+        quality=0.75,
+        at=4.0,
+    )
+    assert 0.0 < n_requests < 1.0 and 0.0 < st.success_ewma < 1.0 and cap.fraction_left < 1.0

@@ -158,6 +158,8 @@ def _open(b: Breaker, cfg: BreakerConfig, *, at: float, reason: str) -> tuple[Br
 def effective(b: Breaker, cfg: BreakerConfig, now: float) -> tuple[Breaker, list[BreakerEvent]]:
     """The breaker as of `now`: expired cooldowns half-open, overdue probes fail."""
     events: list[BreakerEvent] = []
+    if b.state is BreakerState.CLOSED:
+        return b, events  # the common case: a closed breaker has no timer
     # Each pass moves strictly forward in time (cooldown > 0), so this ends; at most three passes.
     while True:
         if b.state is BreakerState.OPEN and b.open_until is not None and now >= b.open_until:

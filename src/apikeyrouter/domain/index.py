@@ -234,6 +234,17 @@ class KeyIndex:
         self._next_seq += 1
         seq = self._next_seq
         buckets = self._buckets_of(view)
+        if excluded is None and key_id in self._excluded and self._excluded[key_id] is None:
+            # Eligible before and still: only its ranks move (`put` re-files it, or leaves it in place).
+            self._seq[key_id] = seq
+            cfg = self._cfg
+            for bucket in buckets:
+                if key_id not in bucket.members:
+                    break  # a bucket made since it was filed: file it everywhere, below
+                for (model, weights), order in bucket.orders.items():
+                    order.put(key_id, rank_key(view, model, weights, cfg))
+            else:
+                return
         for bucket in buckets:
             self._drop_from(bucket, key_id)  # uses the previous exclusion's kind
         self._excluded[key_id] = excluded

@@ -77,12 +77,16 @@ class KeySnapshot:
     # key publishes on each reservation and settlement, and most snapshots are never read whole.
 
     @functools.cached_property
-    def capacity(self) -> Capacity:
-        return quota.capacity(self.quota, self.at, self.prediction)
+    def _assessed(self) -> tuple[Capacity, Prediction]:
+        return quota.assess(self.quota, self.at)
 
-    @functools.cached_property
+    @property
+    def capacity(self) -> Capacity:
+        return self._assessed[0]
+
+    @property
     def prediction(self) -> Prediction:
-        return quota.predict(self.quota, self.at)
+        return self._assessed[1]
 
     @functools.cached_property
     def usage(self) -> Mapping[str, tuple[int, int | None]]:

@@ -62,6 +62,7 @@ __all__ = [
     "QuotaReservation",
     "WindowSpec",
     "apply_signal",
+    "assess",
     "available_at",
     "can_reserve",
     "capacity",
@@ -116,6 +117,11 @@ def _opt_limit(_inst: object, attribute: attrs.Attribute[int | None], value: int
         raise ValueError(f"{attribute.name} must be None or >= 0, got {value!r}")
 
 
+# A window as the per-request paths read it: (bucket width, metric position in _METRICS, name, length,
+# configured limit, whether a learned per-minute limit applies to it).
+_Plan = tuple[float, int, str, float, int | None, bool]
+
+
 @attrs.frozen
 class QuotaConfig:
     rpm: int | None = attrs.field(default=None, validator=_opt_limit)
@@ -139,11 +145,29 @@ class QuotaConfig:
             WindowSpec("tokens/month", Metric.TOKENS, 30 * _DAY, 30, self.tokens_per_month),
         )
 
+    @functools.cached_property
+    def plan(self) -> tuple[_Plan, ...]:
+        """`windows` as plain tuples, for the per-request paths (no property calls, no enum compares)."""
+        return tuple(
+            (s.width, _METRICS.index(s.metric), s.name, s.length_s, s.limit, s.name in ("rpm", "tpm"))
+            for s in self.windows
+        )
+
+    @functools.cached_property
+    def limitable(self) -> tuple[tuple[int, _Plan], ...]:
+        """The windows that can have a limit (configured, or learned per minute), with their positions."""
+        return tuple((i, p) for i, p in enumerate(self.plan) if p[4] is not None or p[5])
+
 
 @attrs.frozen
 class _Ring:
     head: int  # absolute bucket index of counts[-1]
     counts: tuple[int, ...]  # oldest first, len = buckets + 1
+    total: int = attrs.field(eq=False)  # sum(counts), kept running: reads are O(1)
+
+    @total.default
+    def _total(self) -> int:
+        return sum(self.counts)
 
 
 @attrs.frozen
@@ -180,7 +204,12 @@ class Quota:
     @functools.cached_property
     def fresh_until(self) -> float:
         """Until this time no ring needs to slide (`effective` is then the identity, minus blocking)."""
-        return min((r.head + 1) * s.width for r, s in zip(self.rings, self.config.windows, strict=True))
+        fresh = math.inf
+        for ring, p in zip(self.rings, self.config.plan, strict=True):
+            end = (ring.head + 1) * p[0]
+            if end < fresh:
+                fresh = end
+        return fresh
 
 
 @attrs.frozen
@@ -215,45 +244,63 @@ class Prediction:
 
 
 def new_quota(config: QuotaConfig, now: float) -> Quota:
-    rings = tuple(_Ring(math.floor(now / s.width), (0,) * (s.buckets + 1)) for s in config.windows)
+    rings = tuple(_Ring(math.floor(now / s.width), (0,) * (s.buckets + 1), 0) for s in config.windows)
     return Quota(config=config, rings=rings, rate=_Rate(at=now))
 
 
-def _advance(ring: _Ring, spec: WindowSpec, now: float) -> _Ring:
-    idx = math.floor(now / spec.width)
+def _advance(ring: _Ring, width: float, now: float) -> _Ring:
+    idx = math.floor(now / width)
     shift = idx - ring.head
     if shift <= 0:
         return ring
-    n = len(ring.counts)
-    counts = (0,) * n if shift >= n else ring.counts[shift:] + (0,) * shift
-    return _Ring(idx, counts)
+    counts = ring.counts
+    n = len(counts)
+    if shift >= n:
+        return _Ring(idx, (0,) * n, 0)
+    return _Ring(idx, counts[shift:] + (0,) * shift, ring.total - sum(counts[:shift]))
 
 
-def _add(ring: _Ring, spec: WindowSpec, at: float, delta: int) -> _Ring:
-    pos = len(ring.counts) - 1 - (ring.head - math.floor(at / spec.width))
-    if pos < 0 or pos >= len(ring.counts) or delta == 0:
-        return ring  # slid out of the window already: nothing left to undo
-    counts = list(ring.counts)
-    counts[pos] = max(0, counts[pos] + delta)
-    return _Ring(ring.head, tuple(counts))
+def _with(
+    q: Quota,
+    rings: tuple[_Ring, ...],
+    learned: tuple[_Learned | None, _Learned | None],
+    blocked_until: float | None,
+    epoch: int,
+    rate: _Rate,
+    *,
+    same_heads: bool = False,
+) -> Quota:
+    """A new quota (direct construction: `attrs.evolve` costs several times more on these paths).
+    `same_heads`: `rings` sit where `q.rings` do (only counts changed), so `fresh_until` is `q`'s: it is
+    primed in the new value's cache instead of being computed again."""
+    new = Quota(q.config, rings, learned, blocked_until, epoch, rate)
+    if same_heads:
+        object.__setattr__(new, "fresh_until", q.fresh_until)  # the cached_property's slot
+    return new
 
 
 def effective(q: Quota, now: float) -> Quota:
     """The quota as of `now`: rings slid forward, an expired Retry-After block dropped."""
-    if now < q.fresh_until and (q.blocked_until is None or now < q.blocked_until):
+    blocked = q.blocked_until
+    if now < q.fresh_until and (blocked is None or now < blocked):
         return q  # the common case, checked in O(1): nothing to slide, nothing expired
-    rings = tuple(_advance(r, s, now) for r, s in zip(q.rings, q.config.windows, strict=True))
-    blocked = q.blocked_until if q.blocked_until is not None and now < q.blocked_until else None
+    rings = tuple([_advance(r, p[0], now) for r, p in zip(q.rings, q.config.plan, strict=True)])
+    if blocked is not None and now >= blocked:
+        blocked = None
     if rings == q.rings and blocked == q.blocked_until:
         return q
-    return attrs.evolve(q, rings=rings, blocked_until=blocked)
+    return _with(q, rings, q.learned, blocked, q.epoch, q.rate)
 
 
 def _limit(q: Quota, i: int, now: float) -> int | None:
-    spec = q.config.windows[i]
-    limit = spec.limit
-    if spec.name in ("rpm", "tpm"):
-        learned = q.learned[0 if spec.metric is Metric.REQUESTS else 1]
+    return _plan_limit(q, q.config.plan[i])
+
+
+def _plan_limit(q: Quota, p: _Plan) -> int | None:
+    """A window's effective limit: the configured one, tightened by a learned per-minute limit."""
+    limit = p[4]
+    if p[5]:
+        learned = q.learned[p[1]]
         if learned is not None and learned.limit is not None:
             limit = learned.limit if limit is None else min(limit, learned.limit)
     return limit
@@ -262,10 +309,7 @@ def _limit(q: Quota, i: int, now: float) -> int | None:
 def usage(q: Quota, now: float) -> dict[str, tuple[int, int | None]]:
     """Per window: (used, effective limit) as of `now` — for snapshots and the debug channel."""
     q = effective(q, now)
-    return {
-        s.name: (sum(r.counts), _limit(q, i, now))
-        for i, (s, r) in enumerate(zip(q.config.windows, q.rings, strict=True))
-    }
+    return {p[2]: (r.total, _plan_limit(q, p)) for p, r in zip(q.config.plan, q.rings, strict=True)}
 
 
 def _drained_at(ring: _Ring, spec: WindowSpec, excess: int) -> float:
@@ -285,23 +329,29 @@ def can_reserve(q: Quota, tokens: int, now: float) -> QuotaRefusal | None:
     if tokens < 0:
         raise ValueError("tokens must be >= 0")
     q = effective(q, now)
-    refusals: list[QuotaRefusal] = []
+    refusals: list[QuotaRefusal] | None = None
     if q.blocked_until is not None:
-        refusals.append(QuotaRefusal("retry-after", "provider asked to retry later", q.blocked_until))
-    for i, (spec, ring) in enumerate(zip(q.config.windows, q.rings, strict=True)):
-        limit = _limit(q, i, now)
+        refusals = [QuotaRefusal("retry-after", "provider asked to retry later", q.blocked_until)]
+    needs = (1, tokens)
+    for p, ring, spec in zip(q.config.plan, q.rings, q.config.windows, strict=True):
+        limit = _plan_limit(q, p)
         if limit is None:
             continue
-        need = 1 if spec.metric is Metric.REQUESTS else tokens
-        used = sum(ring.counts)
+        need = needs[p[1]]
+        used = ring.total
+        if used + need <= limit:
+            continue  # the common case: it fits, nothing to build
+        refusals = refusals if refusals is not None else []
+        name = p[2]
+        unit = _METRICS[p[1]].value
         if need > limit:
-            refusals.append(QuotaRefusal(spec.name, f"needs {need} {spec.metric.value}, limit is {limit}", None))
-        elif used + need > limit:
+            refusals.append(QuotaRefusal(name, f"needs {need} {unit}, limit is {limit}", None))
+        else:
             retry = _drained_at(ring, spec, used + need - limit)
-            refusals.append(QuotaRefusal(spec.name, f"{spec.name} limit {limit} reached ({used} used)", retry))
-    for metric, learned in zip(_METRICS, q.learned, strict=True):
-        need = 1 if metric is Metric.REQUESTS else tokens
-        if learned is not None and learned.active(now) and learned.remaining < need:
+            refusals.append(QuotaRefusal(name, f"{name} limit {limit} reached ({used} used)", retry))
+    for metric, learned, need in zip(_METRICS, q.learned, needs, strict=True):
+        if learned is not None and learned.remaining < need and now < learned.reset_at:
+            refusals = refusals if refusals is not None else []
             refusals.append(
                 QuotaRefusal(
                     f"provider {metric.value}",
@@ -309,7 +359,7 @@ def can_reserve(q: Quota, tokens: int, now: float) -> QuotaRefusal | None:
                     learned.reset_at,
                 )
             )
-    if not refusals:
+    if refusals is None:
         return None
     never = [r for r in refusals if r.retry_at is None]
     if never:
@@ -335,47 +385,58 @@ def take(q: Quota, tokens: int, now: float) -> tuple[Quota, QuotaReservation]:
     """`reserve` for a caller that has just seen `can_reserve(q, tokens, now)` admit it: counts without
     checking again (the same quota at the same time gives the same answer)."""
     q = effective(q, now)
-    res = QuotaReservation(at=now, tokens=tokens, epoch=q.epoch)
-    return _count(q, res, requests=1, tokens=tokens, now=now), res
+    res = QuotaReservation(now, tokens, q.epoch)
+    return _count(q, res, 1, tokens, now, q.rate), res
 
 
-def _count(q: Quota, res: QuotaReservation, *, requests: int, tokens: int, now: float) -> Quota:
+def _count(q: Quota, res: QuotaReservation, requests: int, tokens: int, now: float, rate: _Rate) -> Quota:
+    """Add `requests` and `tokens` where `res` was counted (in the windows it is still inside, and in the
+    learned counts of its epoch), with `rate` as the new usage rate: one new quota."""
     q = effective(q, now)
-    rings = tuple(
-        _add(ring, spec, res.at, requests if spec.metric is Metric.REQUESTS else tokens)
-        for ring, spec in zip(q.rings, q.config.windows, strict=True)
-    )
+    at = res.at
+    deltas = (requests, tokens)
+    rings: list[_Ring] = []
+    for ring, p in zip(q.rings, q.config.plan, strict=True):
+        delta = deltas[p[1]]
+        counts = ring.counts
+        n = len(counts)
+        pos = n - 1 - (ring.head - math.floor(at / p[0]))
+        if delta and 0 <= pos < n:  # else: nothing to add, or slid out of the window (nothing to undo)
+            old = counts[pos]
+            new = old + delta
+            if new < 0:
+                new = 0
+            if pos == n - 1:  # the current bucket: the common case
+                ring = _Ring(ring.head, counts[:-1] + (new,), ring.total + new - old)  # noqa: RUF005 - concat is faster
+            else:
+                ring = _Ring(ring.head, counts[:pos] + (new,) + counts[pos + 1 :], ring.total + new - old)  # noqa: RUF005
+        rings.append(ring)
     learned = q.learned
     if res.epoch == q.epoch:
-        req, tok = (
-            _Learned(lrn.limit, lrn.remaining - (requests if m is Metric.REQUESTS else tokens), lrn.reset_at)
-            if lrn is not None and lrn.active(now)
-            else lrn
-            for m, lrn in zip(_METRICS, q.learned, strict=True)
-        )
+        req, tok = learned
+        if req is not None and requests and now < req.reset_at:
+            req = _Learned(req.limit, req.remaining - requests, req.reset_at)
+        if tok is not None and tokens and now < tok.reset_at:
+            tok = _Learned(tok.limit, tok.remaining - tokens, tok.reset_at)
         learned = (req, tok)
-    return attrs.evolve(q, rings=rings, learned=learned)
+    return _with(q, tuple(rings), learned, q.blocked_until, q.epoch, rate, same_heads=True)
 
 
 def release(q: Quota, res: QuotaReservation, now: float) -> Quota:
     """Undo a reservation exactly (the provider never counted that request)."""
-    return _count(q, res, requests=-1, tokens=-res.tokens, now=now)
+    return _count(q, res, -1, -res.tokens, now, q.rate)
 
 
 def settle(q: Quota, res: QuotaReservation, actual_tokens: int, now: float) -> Quota:
     """The request happened: replace the estimate by `actual_tokens` and feed the usage rate."""
     if actual_tokens < 0:
         raise ValueError("actual_tokens must be >= 0")
-    q = _count(q, res, requests=0, tokens=actual_tokens - res.tokens, now=now)
-    tau = q.config.rate_tau_s
-    reqs, toks = q.rate.decayed(tau, now)
+    old = q.rate
+    reqs, toks = old.decayed(q.config.rate_tau_s, now)
     rate = _Rate(
-        requests=reqs + 1.0,
-        tokens=toks + actual_tokens,
-        at=max(now, q.rate.at),
-        since=now if q.rate.since is None else q.rate.since,
+        reqs + 1.0, toks + actual_tokens, now if now > old.at else old.at, now if old.since is None else old.since
     )
-    return attrs.evolve(q, rate=rate)
+    return _count(q, res, 0, actual_tokens - res.tokens, now, rate)
 
 
 def apply_signal(q: Quota, signal: QuotaSignal, now: float) -> Quota:
@@ -393,16 +454,14 @@ def apply_signal(q: Quota, signal: QuotaSignal, now: float) -> Quota:
         if remaining is not None:
             reset_at = now + (reset_s if reset_s is not None else _LEARNED_DEFAULT_RESET_S)
             known_limit = limit if limit is not None else (old.limit if old is not None else None)
-            learned[i] = _Learned(limit=known_limit, remaining=max(0, remaining), reset_at=reset_at)
+            learned[i] = _Learned(known_limit, remaining if remaining > 0 else 0, reset_at)
         elif limit is not None:
-            learned[i] = (
-                _Learned(limit=limit, remaining=limit, reset_at=now) if old is None else attrs.evolve(old, limit=limit)
-            )
+            learned[i] = _Learned(limit, limit, now) if old is None else _Learned(limit, old.remaining, old.reset_at)
     blocked = q.blocked_until
     if signal.retry_after_s is not None and signal.retry_after_s > 0:
         until = now + signal.retry_after_s
         blocked = until if blocked is None else max(blocked, until)
-    return attrs.evolve(q, learned=(learned[0], learned[1]), blocked_until=blocked, epoch=q.epoch + 1)
+    return _with(q, q.rings, (learned[0], learned[1]), blocked, q.epoch + 1, q.rate, same_heads=True)
 
 
 def earliest_reset(q: Quota, now: float) -> float | None:
@@ -412,7 +471,7 @@ def earliest_reset(q: Quota, now: float) -> float | None:
     if q.blocked_until is not None:
         times.append(q.blocked_until)
     for ring, spec in zip(q.rings, q.config.windows, strict=True):
-        if any(ring.counts):
+        if ring.total:
             times.append(_drained_at(ring, spec, 1))
     times.extend(lrn.reset_at for lrn in q.learned if lrn is not None and lrn.active(now))
     return min(times) if times else None
@@ -420,10 +479,11 @@ def earliest_reset(q: Quota, now: float) -> float | None:
 
 def _fractions(q: Quota, now: float) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
-    for i, (spec, ring) in enumerate(zip(q.config.windows, q.rings, strict=True)):
-        limit = _limit(q, i, now)
+    for p, ring in zip(q.config.plan, q.rings, strict=True):
+        limit = _plan_limit(q, p)
         if limit is not None:
-            out.append((spec.name, max(0, limit - sum(ring.counts)) / limit if limit else 0.0))
+            left = limit - ring.total
+            out.append((p[2], (left if left > 0 else 0) / limit if limit else 0.0))
     for window, lrn in zip(_PROVIDER_WINDOWS, q.learned, strict=True):
         if lrn is not None and now < lrn.reset_at:  # lrn.active(now), inline: this runs per snapshot
             if lrn.limit:
@@ -440,17 +500,19 @@ def predict(q: Quota, now: float) -> Prediction:
     n_req, n_tok = q.rate.decayed(cfg.rate_tau_s, now)
     observed = 0.0 if q.rate.since is None else max(0.0, now - q.rate.since)
     confidence = (1.0 - math.exp(-n_req / cfg.confidence_events)) * min(1.0, observed / cfg.rate_tau_s)
-    rates = (n_req / cfg.rate_tau_s, n_tok / cfg.rate_tau_s)  # by position in _METRICS
     if q.blocked_until is not None:
         return Prediction(0.0, True, confidence, "retry-after")
+    rates = (n_req / cfg.rate_tau_s, n_tok / cfg.rate_tau_s)  # by position in _METRICS
     candidates: list[tuple[float, bool, str]] = []
-    for i, (spec, ring) in enumerate(zip(cfg.windows, q.rings, strict=True)):
-        limit = _limit(q, i, now)
-        rate = rates[0 if spec.metric is Metric.REQUESTS else 1]
-        if limit is None or rate <= 0.0:
+    for p, ring in zip(cfg.plan, q.rings, strict=True):
+        rate = rates[p[1]]
+        if rate <= 0.0:
             continue
-        left = max(0, limit - sum(ring.counts))
-        candidates.append((left / rate, rate * spec.length_s > limit, spec.name))
+        limit = _plan_limit(q, p)
+        if limit is None:
+            continue
+        left = limit - ring.total
+        candidates.append(((left if left > 0 else 0) / rate, rate * p[3] > limit, p[2]))
     for rate, window, lrn in zip(rates, _PROVIDER_WINDOWS, q.learned, strict=True):
         if lrn is not None and now < lrn.reset_at and rate > 0.0:
             secs = max(0, lrn.remaining) / rate
@@ -464,16 +526,16 @@ def predict(q: Quota, now: float) -> Prediction:
 
 def capacity(q: Quota, now: float, prediction: Prediction | None = None) -> Capacity:
     """Capacity state as of `now` (module docstring), prediction included (pass `predict(q, now)` if
-    you already have it)."""
+    you already have it). The prediction is computed only when it can change the state."""
     q = effective(q, now)
     cfg = q.config
-    fractions = _fractions(q, now)
     if q.blocked_until is not None:
         return Capacity(CapacityState.EXHAUSTED, 0.0, "retry-after")
+    fractions = _fractions(q, now)
     if not fractions:
         frac, tightest = 1.0, None
     else:
-        tightest, frac = min(fractions, key=lambda f: f[1])
+        tightest, frac = min(fractions, key=_second)
     if frac <= 0.0:
         state = CapacityState.EXHAUSTED
     elif frac <= cfg.critical_below:
@@ -482,7 +544,7 @@ def capacity(q: Quota, now: float, prediction: Prediction | None = None) -> Capa
         state = CapacityState.CONSTRAINED
     else:
         state = CapacityState.ABUNDANT
-    if state in (CapacityState.ABUNDANT, CapacityState.CONSTRAINED):
+    if state is CapacityState.ABUNDANT or state is CapacityState.CONSTRAINED:
         p = prediction if prediction is not None else predict(q, now)
         if (
             p.exhausts_before_reset
@@ -492,3 +554,77 @@ def capacity(q: Quota, now: float, prediction: Prediction | None = None) -> Capa
         ):
             state = CapacityState.CRITICAL
     return Capacity(state, frac, tightest)
+
+
+def _second(f: tuple[str, float]) -> float:
+    return f[1]
+
+
+def assess(q: Quota, now: float) -> tuple[Capacity, Prediction]:
+    """`(capacity(q, now), predict(q, now))` in one pass over the windows: what a key's snapshot shows
+    and the router ranks by, computed once per snapshot read. Equal to the two calls, value for value."""
+    q = effective(q, now)
+    cfg = q.config
+    tau = cfg.rate_tau_s
+    r = q.rate
+    decay = math.exp(-max(0.0, now - r.at) / tau)
+    n_req = r.requests * decay
+    observed = 0.0 if r.since is None else max(0.0, now - r.since)
+    confidence = (1.0 - math.exp(-n_req / cfg.confidence_events)) * min(1.0, observed / tau)
+    if q.blocked_until is not None:
+        return Capacity(CapacityState.EXHAUSTED, 0.0, "retry-after"), Prediction(0.0, True, confidence, "retry-after")
+    rates = (n_req / tau, r.tokens * decay / tau)  # by position in _METRICS
+    frac, tightest = 1.0, None
+    candidates: list[tuple[float, bool, str]] = []
+    rings = q.rings
+    learned = q.learned
+    for i, (_, m, name, length, limit, minute) in cfg.limitable:
+        if minute:
+            lrn = learned[m]
+            if lrn is not None and lrn.limit is not None:
+                limit = lrn.limit if limit is None or lrn.limit < limit else limit
+        if limit is None:
+            continue
+        left = limit - rings[i].total
+        if left < 0:
+            left = 0
+        f = left / limit if limit else 0.0
+        if tightest is None or f < frac:
+            frac, tightest = f, name
+        rate = rates[m]
+        if rate > 0.0:
+            candidates.append((left / rate, rate * length > limit, name))
+    for rate, window, lrn in zip(rates, _PROVIDER_WINDOWS, learned, strict=True):
+        if lrn is None or now >= lrn.reset_at:
+            continue
+        left = lrn.remaining if lrn.remaining > 0 else 0
+        limited = bool(lrn.limit) or lrn.remaining <= 0
+        if limited:
+            f = left / lrn.limit if lrn.limit else 0.0
+            if tightest is None or f < frac:
+                frac, tightest = f, window
+        if rate > 0.0:
+            secs = left / rate
+            candidates.append((secs, secs < lrn.reset_at - now, window))
+    if candidates:
+        exhausting = [c for c in candidates if c[1]]
+        secs_, exhausts, window_ = min(exhausting or candidates)
+        prediction = Prediction(secs_, exhausts, confidence, window_)
+    else:
+        prediction = Prediction(None, False, confidence)
+    return Capacity(_state(cfg, frac, prediction), frac, tightest), prediction
+
+
+def _state(cfg: QuotaConfig, frac: float, p: Prediction) -> CapacityState:
+    if frac <= 0.0:
+        return CapacityState.EXHAUSTED
+    if frac <= cfg.critical_below:
+        return CapacityState.CRITICAL
+    if (
+        p.exhausts_before_reset
+        and p.seconds_to_exhaustion is not None
+        and p.seconds_to_exhaustion <= cfg.critical_horizon_s
+        and p.confidence >= cfg.critical_confidence
+    ):
+        return CapacityState.CRITICAL  # predicted to run out soon: route away before the 429
+    return CapacityState.CONSTRAINED if frac <= cfg.constrained_below else CapacityState.ABUNDANT

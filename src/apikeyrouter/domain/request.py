@@ -101,14 +101,12 @@ class RequestIntent:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidRequest("'stream' must be a boolean", param="stream")
-        for where, text in (("model", model), *((f"messages[{i}].content", m.content) for i, m in enumerate(messages))):
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InvalidRequest(f"{where} is not valid Unicode text (a lone surrogate)", param=where) from None
-        known = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "stop", "stream"}
-        extra = {k: v for k, v in body.items() if k not in known}
-        _check_passthrough(extra)
+        _check_unicode("model", model)
+        for i, m in enumerate(messages):
+            _check_unicode(i, m.content)
+        extra = {k: v for k, v in body.items() if k not in _KNOWN}
+        if extra:
+            _check_passthrough(extra)
         return cls(
             model=model,
             messages=tuple(messages),
@@ -118,6 +116,20 @@ class RequestIntent:
             stream=stream,
             extra=extra,
         )
+
+
+_KNOWN = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "stop", "stream"})
+
+
+def _check_unicode(where: str | int, text: str) -> None:
+    """Text that cannot be sent (a lone surrogate): `where` is a field name or a message's position."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        name = where if isinstance(where, str) else f"messages[{where}].content"
+        raise InvalidRequest(f"{name} is not valid Unicode text (a lone surrogate)", param=name) from None
 
 
 def _is_int(value: Any) -> bool:
@@ -150,10 +162,11 @@ _PASSTHROUGH: Mapping[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def _check_passthrough(extra: Mapping[str, Any]) -> None:
-    for name, (check, what) in _PASSTHROUGH.items():
-        value = extra.get(name)
-        if value is not None and not check(value):
-            raise InvalidRequest(f"'{name}' must be {what}", param=name)
+    if any(name in _PASSTHROUGH for name in extra):  # most bodies carry none of them: nothing to walk
+        for name, (check, what) in _PASSTHROUGH.items():
+            value = extra.get(name)
+            if value is not None and not check(value):
+                raise InvalidRequest(f"'{name}' must be {what}", param=name)
     tools = extra.get("tools")
     if isinstance(tools, list):
         for i, tool in enumerate(tools):

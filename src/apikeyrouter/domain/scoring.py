@@ -217,8 +217,15 @@ def eligibility(view: KeyView, model: str | None, now: float, *, wall_offset: fl
     k = view.key_id
     if model is not None and not view.serves(model):
         return Excluded(k, "model", f"{k}: does not serve model {model}", None)
-    reason = f" ({view.lifecycle_reason})" if view.lifecycle_reason else ""
+    if (
+        view.lifecycle is KeyState.ACTIVE
+        and view.breaker_until is None
+        and view.capacity is not CapacityState.EXHAUSTED
+        and (view.in_flight_limit is None or view.in_flight < view.in_flight_limit)
+    ):
+        return None  # the common case, with no reason text built: nothing timed, nothing at a limit
     if view.lifecycle in (KeyState.REVOKED, KeyState.INVALID, KeyState.DISABLED):
+        reason = f" ({view.lifecycle_reason})" if view.lifecycle_reason else ""
         return Excluded(k, view.lifecycle.value, f"{k}: {view.lifecycle.value}{reason}", None)
     timed = _timed(view, now, wall_offset)
     if view.in_flight_limit is not None and view.in_flight >= view.in_flight_limit:

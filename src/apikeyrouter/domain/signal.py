@@ -23,7 +23,15 @@ class QuotaSignal:
 
     @property
     def empty(self) -> bool:
-        return self == QuotaSignal()
+        return (
+            self.limit_requests is None
+            and self.remaining_requests is None
+            and self.reset_requests_s is None
+            and self.limit_tokens is None
+            and self.remaining_tokens is None
+            and self.reset_tokens_s is None
+            and self.retry_after_s is None
+        )
 
 
 @attrs.frozen

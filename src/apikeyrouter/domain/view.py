@@ -49,38 +49,45 @@ def key_view(
     """The key's view as of `now`. `retry_after_s` is the Retry-After behind a current throttle, if any.
     `capacity` and `prediction`, when the caller already has them for this quota at `now`, are used as
     they are (they are the costliest part of a view)."""
-    lc, _ = lifecycle.effective(lc, now)
-    b, _ = circuit.effective(breaker, breaker_cfg, now)
+    if lc.until is not None:  # only a timed state can change by itself
+        lc, _ = lifecycle.effective(lc, now)
+    b = breaker
+    if b.state is not BreakerState.CLOSED:  # a closed breaker stays closed whatever the time
+        b, _ = circuit.effective(breaker, breaker_cfg, now)
     q = quota.effective(q, now)
-    cap = capacity if capacity is not None else quota.capacity(q, now)
+    if capacity is None or prediction is None:
+        capacity, prediction = quota.assess(q, now)
+    cap = capacity
     retry_at = quota.available_at(q, 1, now) if cap.state is CapacityState.EXHAUSTED else None
     n_requests, _ = q.rate.decayed(q.config.rate_tau_s, now)
+    # Positional, in field order (a test checks it against the keyword form): binding 25 keywords cost
+    # three times the construction itself, and the router builds a view per changed key per decision.
     return KeyView(
-        key_id=key_id,
-        provider=provider,
-        models=models,
-        prices=prices if prices is not None else {},  # may be a lazy table: not copied
-        default_price=default_price,
-        lifecycle=lc.state,
-        lifecycle_until=lc.until,
-        lifecycle_reason=lc.reason,
-        retry_after_s=retry_after_s if lc.state is lifecycle.KeyState.THROTTLED else None,
-        breaker=b.state,
-        breaker_until=_breaker_until(b),
-        probe_in_flight=b.probe_in_flight,
-        in_flight=in_flight,
-        in_flight_limit=in_flight_limit,
-        capacity=cap.state,
-        capacity_left=cap.fraction_left,
-        capacity_window=cap.tightest,
-        capacity_retry_at=retry_at,
-        prediction=prediction if prediction is not None else quota.predict(q, now),
-        success_ewma=stats.success_ewma,
-        latency_ewma_s=stats.latency_ewma_s,
-        recent_requests=n_requests,
-        served=stats.requests,
-        quality=quality,
-        at=now,
+        key_id,  # key_id
+        provider,  # provider
+        models,  # models
+        prices if prices is not None else {},  # prices; may be a lazy table: not copied
+        default_price,  # default_price
+        lc.state,  # lifecycle
+        lc.until,  # lifecycle_until
+        lc.reason,  # lifecycle_reason
+        retry_after_s if lc.state is lifecycle.KeyState.THROTTLED else None,  # retry_after_s
+        b.state,  # breaker
+        _breaker_until(b),  # breaker_until
+        b.probe_in_flight,  # probe_in_flight
+        in_flight,  # in_flight
+        in_flight_limit,  # in_flight_limit
+        cap.state,  # capacity
+        cap.fraction_left,  # capacity_left
+        cap.tightest,  # capacity_window
+        retry_at,  # capacity_retry_at
+        prediction,  # prediction
+        stats.success_ewma,  # success_ewma
+        stats.latency_ewma_s,  # latency_ewma_s
+        n_requests,  # recent_requests
+        stats.requests,  # served
+        quality,  # quality
+        now,  # at
     )
 
 
