@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Literal, TypeVar
 
 import attrs
 import httpx
@@ -429,16 +430,11 @@ class HTTPAdapterBase:
             provider=self.provider,
         )
 
-    @contextmanager
-    def guarded(self, secret: Secret) -> Iterator[None]:
+    def guarded(self, secret: Secret) -> _Guarded:
         """Building and sending a request: anything raised that is not already one of ours becomes an
-        ADAPTER_ERROR (`from None`: the original may hold the key material it failed to encode)."""
-        try:
-            yield
-        except ApiKeyRouterError:
-            raise
-        except Exception as exc:
-            raise self.adapter_error(exc, secret) from None
+        ADAPTER_ERROR (`from None`: the original may hold the key material it failed to encode). A plain
+        context manager object, not a generator: it wraps several steps of every request."""
+        return _Guarded(self, secret)
 
     def malformed(
         self, what: str, secret: Secret, *, status: int | None = None, signal: QuotaSignal | None = None
@@ -536,6 +532,23 @@ class HTTPAdapterBase:
                 f"expected a JSON object, got {snippet!r}", secret, status=response.status_code, signal=signal
             )
         return body
+
+
+class _Guarded:
+    __slots__ = ("_adapter", "_secret")
+
+    def __init__(self, adapter: HTTPAdapterBase, secret: Secret) -> None:
+        self._adapter, self._secret = adapter, secret
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        if exc is None or isinstance(exc, ApiKeyRouterError) or not isinstance(exc, Exception):
+            return False
+        raise self._adapter.adapter_error(exc, self._secret) from None
 
 
 def _build(
