@@ -16,6 +16,11 @@ a small chat body with a fixed JSON completion. In this process, in the same run
   headers, the normalised answer;
 - `adapter_httpx`: the same adapter on a plain `httpx.AsyncClient` over `H11Transport` (the httpx path).
 
+`--mode sse`: the upstream streams an OpenAI event stream (4 events: 2 deltas, the usage chunk, `[DONE]`,
+then the chunked terminator in its own write), and the clients are `stream` (`OpenAIAdapter.open_stream`
+read to its end on the direct path) and `stream_httpx` (the same on the httpx path); `cpu_us` is per stream
+and `chunk_cpu_us` per event (the socket-to-`StreamChunk` cost of one event, the stream's opening included).
+
 Rounds interleave the clients so machine noise hits them alike; each figure is the median over rounds.
 `cpu_us` is this process's CPU time (user + system) per request, the steadiest figure on a shared
 machine; `wall_us` is the elapsed time per request. The last line is one JSON object.
@@ -53,6 +58,8 @@ BODY = json.dumps(
 LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=30.0)
 CONCURRENCY = 32
 CLIENTS = ("direct", "h11", "httpx", "raw", "adapter", "adapter_httpx")
+SSE_CLIENTS = ("stream", "stream_httpx")
+SSE_EVENTS = 4
 INTENT = RequestIntent(model="gpt-4o-mini", messages=(ChatMessage("user", "Say hello in one word."),), max_tokens=8)
 KEY = Secret("sk-bench-0123456789abcdef")
 
@@ -161,6 +168,23 @@ async def one_round(
 
             out[name] = await run_clients(lambda _: call, requests, concurrency)
 
+    for name in SSE_CLIENTS:
+        if name not in only:
+            continue
+        adapter = OpenAIAdapter(base_url=f"http://127.0.0.1:{port}/v1", limits=LIMITS)
+        if name == "stream":
+            client = adapter.make_client()
+        else:
+            client = httpx.AsyncClient(transport=H11Transport(limits=LIMITS), timeout=adapter.timeout, trust_env=False)
+        async with client:
+
+            async def stream(client: httpx.AsyncClient = client, adapter: OpenAIAdapter = adapter) -> None:
+                async with adapter.open_stream(client, INTENT, KEY) as chunks:
+                    async for _ in chunks:
+                        pass
+
+            out[name] = await run_clients(lambda _: stream, requests, concurrency)
+
     if "raw" in only:
         raws = [RawH11(port) for _ in range(concurrency)]
         out["raw"] = await run_clients(lambda i: raws[i].send, requests, concurrency)
@@ -191,10 +215,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", default=",".join(CLIENTS), help=f"comma-separated, of {', '.join(CLIENTS)}")
+    parser.add_argument("--mode", choices=("fixed", "sse"), default="fixed", help="the upstream's answers")
+    parser.add_argument("--only", help=f"comma-separated, of {', '.join(CLIENTS)} (fixed) or {', '.join(SSE_CLIENTS)}")
     args = parser.parse_args()
-    only = tuple(name for name in CLIENTS if name in args.only.split(","))
-    proc, port = start_upstream("fixed")
+    names = SSE_CLIENTS if args.mode == "sse" else CLIENTS
+    only = tuple(name for name in names if args.only is None or name in args.only.split(","))
+    proc, port = start_upstream(args.mode)
     try:
         result = trio.run(bench, port, args.requests, args.rounds, only)
     finally:
@@ -207,6 +233,10 @@ def main() -> None:
             f"{name:<14} {result[f'{name}_c1_wall_us']:>12} {result[f'{name}_c1_cpu_us']:>11} "
             f"{result[f'{name}_c32_wall_us']:>13} {result[f'{name}_c32_cpu_us']:>12}"
         )
+    if args.mode == "sse":
+        for name in only:
+            for c in (1, CONCURRENCY):
+                result[f"{name}_c{c}_chunk_cpu_us"] = round(result[f"{name}_c{c}_cpu_us"] / SSE_EVENTS, 1)
     result["cpus"] = os.cpu_count() or 0
     print(json.dumps(result))
 
