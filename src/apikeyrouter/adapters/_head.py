@@ -1,4 +1,5 @@
-"""The bytes of an HTTP/1.1 request head, written directly for `H11Transport.request` (no h11 event
+"""How a request is put on the wire: its JSON body (both paths) and, for the direct path, the bytes of its
+HTTP/1.1 head, written directly for `H11Transport.request` (no h11 event
 validation per request): names and values are checked as h11 checks them, once per name and with one
 regex search per value; framing (`content-length`) and `host` are ours.
 
@@ -7,13 +8,16 @@ A value's offending character is never quoted in an error: header values carry k
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import h11
 import httpx
+import orjson
 
-__all__ = ["USER_AGENT", "encode_head", "request_line"]
+__all__ = ["USER_AGENT", "build_request", "encode_head", "encode_json", "request_line"]
 
 USER_AGENT = "apikeyrouter"
 
@@ -73,3 +77,23 @@ def encode_head(headers: Mapping[str, str], body: bytes | None, content_type: st
         parts.append(f"content-length: {len(body)}\r\n")
     parts.append("\r\n")
     return "".join(parts).encode("ascii")
+
+
+def encode_json(value: Any) -> bytes:
+    """A request body as both paths send it: orjson's compact UTF-8 (NaN and infinities as null); what
+    orjson cannot encode (integers beyond 64 bits, non-string keys) as the stdlib encodes it, as httpx did."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def build_request(
+    client: httpx.AsyncClient, method: str, url: str, headers: Mapping[str, str], content: bytes | None
+) -> httpx.Request:
+    """The httpx path's request: the same headers and body bytes as the direct path (JSON typed as such)."""
+    if content is None:
+        return client.build_request(method, url, headers=headers)
+    if not any(name.lower() == "content-type" for name in headers):
+        headers = {**headers, "content-type": "application/json"}
+    return client.build_request(method, url, headers=headers, content=content)

@@ -28,6 +28,8 @@ import httpx
 import orjson
 import structlog
 
+from apikeyrouter.adapters._head import build_request as _build
+from apikeyrouter.adapters._head import encode_json
 from apikeyrouter.adapters.base import AdapterResult
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
 from apikeyrouter.adapters.pricing import ModelPrice, PriceTable
@@ -255,15 +257,6 @@ def parse_json(text: bytes | str) -> Any:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-
-
-def encode_json(value: Any) -> bytes:
-    """A request body as both paths send it: orjson's compact UTF-8 (NaN and infinities as null); what
-    orjson cannot encode (integers beyond 64 bits, non-string keys) as the stdlib encodes it, as httpx did."""
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def error_fields(body: Any, raw: bytes) -> tuple[str | None, str | None, str]:
@@ -549,16 +542,6 @@ class _Guarded:
         if exc is None or isinstance(exc, ApiKeyRouterError) or not isinstance(exc, Exception):
             return False
         raise self._adapter.adapter_error(exc, self._secret) from None
-
-
-def _build(
-    client: httpx.AsyncClient, method: str, url: str, headers: Mapping[str, str], content: bytes | None
-) -> httpx.Request:
-    if content is None:
-        return client.build_request(method, url, headers=headers)
-    if not any(name.lower() == "content-type" for name in headers):
-        headers = {**headers, "content-type": "application/json"}
-    return client.build_request(method, url, headers=headers, content=content)
 
 
 async def _read_bounded(response: UpstreamResponse, limit: int) -> bytes:
