@@ -4,6 +4,12 @@ Error translation happens once, here: an `httpx` exception becomes an `UpstreamE
 CONNECTION) raised `from` it; an error status becomes an `UpstreamError` classified by the rule table.
 Messages that came from upstream are scrubbed of anything that looks like key material before they are
 stored on an exception, because exceptions end up in logs.
+
+Two paths, one behaviour: a client made by `make_client` is a `PooledClient`, and `exchange` drives its
+pool directly (`H11Transport.request`, a `PooledResponse`); any other `httpx.AsyncClient` (a test's
+`MockTransport`, an embedder's own client) goes through httpx. Both send the same bytes (the JSON body
+encoded here), hand `signal_from` a mapping with lowercase names, and raise the same httpx exceptions,
+translated here the same way.
 """
 
 from __future__ import annotations
@@ -11,20 +17,24 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Literal, TypeVar
 
 import attrs
 import httpx
+import orjson
 import structlog
 
+from apikeyrouter.adapters._head import build_request as _build
+from apikeyrouter.adapters._head import encode_json
 from apikeyrouter.adapters.base import AdapterResult
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
 from apikeyrouter.adapters.pricing import ModelPrice, PriceTable
 from apikeyrouter.adapters.tokens import count_request
-from apikeyrouter.adapters.transport import H11Transport
+from apikeyrouter.adapters.transport import H11Transport, PooledClient, PooledResponse
 from apikeyrouter.domain.cost import CostEstimate
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.request import RequestIntent, SystemResponse, Usage
@@ -33,6 +43,9 @@ from apikeyrouter.errors import ApiKeyRouterError, MalformedResponse, StreamInte
 from apikeyrouter.secret import Secret, redact
 
 _S = TypeVar("_S")
+
+# What `exchange` yields: httpx's response, or the direct path's (status_code, headers, aiter_bytes, aclose).
+UpstreamResponse = httpx.Response | PooledResponse
 
 log = structlog.get_logger("apikeyrouter.adapters")
 
@@ -53,7 +66,9 @@ __all__ = [
     "SSEDecoder",
     "SSEEvent",
     "SSETooLarge",
+    "UpstreamResponse",
     "dig",
+    "encode_json",
     "scrub",
     "usage_count",
 ]
@@ -230,7 +245,14 @@ class SSEDecoder:
 
 
 def parse_json(text: bytes | str) -> Any:
-    """The JSON value of `text`, or None when it is not JSON (or is nested deeper than Python recurses)."""
+    """The JSON value of `text`, or None when it is not JSON (or is nested deeper than Python recurses).
+
+    orjson first (several times faster); what it refuses and the stdlib reads (NaN, lone surrogates,
+    integers beyond 64 bits, deeper nesting) is read by the stdlib, so the answer is the stdlib's."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -286,9 +308,14 @@ class HTTPAdapterBase:
         return H11Transport(limits=self.limits)
 
     def make_client(self) -> httpx.AsyncClient:
+        """A `PooledClient` on our transport (the adapters then drive its pool directly), or, when
+        `make_transport` gives something else, a plain `httpx.AsyncClient` on it."""
+        transport = self.make_transport()
+        if isinstance(transport, H11Transport):
+            return PooledClient(transport, timeout=self.timeout)
         # trust_env=False: no proxy or netrc picked up from the environment behind the operator's back.
         return httpx.AsyncClient(
-            transport=self.make_transport(),
+            transport=transport,
             timeout=self.timeout,
             trust_env=False,
             follow_redirects=False,
@@ -333,14 +360,16 @@ class HTTPAdapterBase:
 
     # -- errors ----------------------------------------------------------------------------------------
 
-    def signal_from(self, headers: httpx.Headers) -> QuotaSignal:
+    def signal_from(self, headers: Mapping[str, str]) -> QuotaSignal:
+        """The quota signal in a response's headers: an `httpx.Headers`, or on the direct path a
+        `LowerHeaders` dict (names lowercase; read them lowercase and both work)."""
         return QuotaSignal()
 
     def error_info(self, status: int, body: Any, raw: bytes) -> ErrorInfo:
         etype, code, message = error_fields(body, raw)
         return ErrorInfo(status=status, error_type=etype, code=code, message=message, provider=self.kind)
 
-    def status_error(self, response: httpx.Response, raw: bytes, secret: Secret) -> UpstreamError:
+    def status_error(self, response: UpstreamResponse, raw: bytes, secret: Secret) -> UpstreamError:
         info = self.error_info(response.status_code, parse_json(raw), raw)
         failure = classify(info, self.rules)
         signal = self.signal_from(response.headers)
@@ -394,16 +423,11 @@ class HTTPAdapterBase:
             provider=self.provider,
         )
 
-    @contextmanager
-    def guarded(self, secret: Secret) -> Iterator[None]:
+    def guarded(self, secret: Secret) -> _Guarded:
         """Building and sending a request: anything raised that is not already one of ours becomes an
-        ADAPTER_ERROR (`from None`: the original may hold the key material it failed to encode)."""
-        try:
-            yield
-        except ApiKeyRouterError:
-            raise
-        except Exception as exc:
-            raise self.adapter_error(exc, secret) from None
+        ADAPTER_ERROR (`from None`: the original may hold the key material it failed to encode). A plain
+        context manager object, not a generator: it wraps several steps of every request."""
+        return _Guarded(self, secret)
 
     def malformed(
         self, what: str, secret: Secret, *, status: int | None = None, signal: QuotaSignal | None = None
@@ -428,7 +452,7 @@ class HTTPAdapterBase:
         secret: Secret,
         headers: Mapping[str, str],
         json_body: Any = None,
-    ) -> AsyncIterator[httpx.Response]:
+    ) -> AsyncIterator[UpstreamResponse]:
         """Send and yield the open response with a 2xx status; raise a classified error otherwise.
 
         The response is always opened in streaming mode and closed on exit, so a trio cancellation at any
@@ -436,9 +460,15 @@ class HTTPAdapterBase:
         sees the request aborted instead of finishing it for nobody.
         """
         with self.guarded(secret):
-            request = client.build_request(method, url, headers={**self.extra_headers, **headers}, json=json_body)
+            merged = {**self.extra_headers, **headers} if self.extra_headers else headers
+            content = None if json_body is None else encode_json(json_body)
+            request = None if isinstance(client, PooledClient) else _build(client, method, url, merged, content)
         try:
-            response = await client.send(request, stream=True)
+            if isinstance(client, PooledClient):
+                response: UpstreamResponse = await client.pool.request(method, url, merged, content, client.timeout)
+            else:
+                assert request is not None
+                response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise self.transport_error(exc, secret) from exc
         except Exception as exc:
@@ -463,7 +493,7 @@ class HTTPAdapterBase:
         secret: Secret,
         headers: Mapping[str, str],
         json_body: Any,
-        make: Callable[[httpx.Response], _S],
+        make: Callable[[UpstreamResponse], _S],
     ) -> AsyncIterator[_S]:
         """POST for a server-sent event stream; `make` wraps the open response (a 2xx `text/event-stream`)."""
         async with self.exchange(
@@ -479,7 +509,7 @@ class HTTPAdapterBase:
                 )
             yield make(response)
 
-    async def read_json(self, response: httpx.Response, secret: Secret, signal: QuotaSignal) -> Mapping[str, Any]:
+    async def read_json(self, response: UpstreamResponse, secret: Secret, signal: QuotaSignal) -> Mapping[str, Any]:
         try:
             raw = await _read_bounded(response, MAX_BODY_BYTES + 1)
         except httpx.HTTPError as exc:
@@ -497,7 +527,26 @@ class HTTPAdapterBase:
         return body
 
 
-async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+class _Guarded:
+    __slots__ = ("_adapter", "_secret")
+
+    def __init__(self, adapter: HTTPAdapterBase, secret: Secret) -> None:
+        self._adapter, self._secret = adapter, secret
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        if exc is None or isinstance(exc, ApiKeyRouterError) or not isinstance(exc, Exception):
+            return False
+        raise self._adapter.adapter_error(exc, self._secret) from None
+
+
+async def _read_bounded(response: UpstreamResponse, limit: int) -> bytes:
+    if type(response) is PooledResponse:
+        return await response.read(limit)
     parts: list[bytes] = []
     size = 0
     async for part in response.aiter_bytes():
@@ -551,7 +600,7 @@ class JSONChatAdapter(HTTPAdapterBase):
             headers, body = self._auth(secret), self.body(intent, stream=True)
             estimated, max_output = self.estimate(intent).input_tokens, self.max_output(intent)
 
-        def wrap(response: httpx.Response) -> _S:
+        def wrap(response: UpstreamResponse) -> _S:
             with self.guarded(secret):
                 return make(
                     self, response, secret, model=intent.model, estimated_input=estimated, max_output=max_output

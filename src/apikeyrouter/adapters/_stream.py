@@ -19,6 +19,7 @@ from apikeyrouter.adapters._http import (
     SSEDecoder,
     SSEEvent,
     SSETooLarge,
+    UpstreamResponse,
     log_bad_usage,
     scrub,
     usage_count,
@@ -41,7 +42,7 @@ class SSEStream:
     def __init__(
         self,
         adapter: HTTPAdapterBase,
-        response: httpx.Response,
+        response: UpstreamResponse,
         secret: Secret,
         *,
         model: str,

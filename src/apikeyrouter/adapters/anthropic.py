@@ -100,7 +100,7 @@ class AnthropicAdapter(JSONChatAdapter):
         self.anthropic_version = anthropic_version
         self.capabilities = Capabilities(models=frozenset(models), streaming=True, max_context=max_context)
 
-    def signal_from(self, headers: httpx.Headers) -> QuotaSignal:
+    def signal_from(self, headers: Mapping[str, str]) -> QuotaSignal:
         return parse_anthropic_headers(headers)
 
     def _auth(self, secret: Secret) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """The `ProviderAdapter` interface: everything provider-specific lives behind it.
 
 The core never sees a provider's wire format. An adapter:
-- builds its own `httpx.AsyncClient` (`make_client`), whose lifetime its owner (a ProviderActor) manages;
+- builds its own `httpx.AsyncClient` (`make_client`), whose lifetime its owner (a ProviderActor) manages
+  (the built-in ones build a `PooledClient`, whose h11 pool they then drive directly; they take any other
+  `httpx.AsyncClient` too, through httpx);
 - executes a `RequestIntent` with a `Secret`, non-streaming (`complete`) or streaming (`open_stream`);
 - raises `UpstreamError` (with a `FailureClass`) for every failure, never a bare httpx error;
 - reads quota signals from response headers into a `QuotaSignal`;

@@ -92,7 +92,7 @@ class GenericHTTPAdapter(HTTPAdapterBase):
         self.quota_headers = {k.lower(): v for k, v in (quota_headers or {}).items()}
         self.capabilities = Capabilities(models=frozenset(models), streaming=False)
 
-    def signal_from(self, headers: httpx.Headers) -> QuotaSignal:
+    def signal_from(self, headers: Mapping[str, str]) -> QuotaSignal:
         values: dict[str, Any] = {}
         for header, field in self.quota_headers.items():
             raw = headers.get(header)

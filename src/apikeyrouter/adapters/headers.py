@@ -28,6 +28,7 @@ from apikeyrouter.domain.signal import QuotaSignal
 __all__ = [
     "MAX_COUNT",
     "MAX_RESET_S",
+    "LowerHeaders",
     "clamp_seconds",
     "parse_anthropic_headers",
     "parse_count",
@@ -37,6 +38,22 @@ __all__ = [
 ]
 
 Headers = Mapping[str, str]
+
+
+class LowerHeaders(dict[str, str]):
+    """Response headers as a plain dict whose names are all lowercase (a repeated header's values joined
+    with ", ", as `httpx.Headers.get` gives them): what the direct transport path hands `signal_from`,
+    built once per response, and read here without another lowering pass."""
+
+    @classmethod
+    def from_raw(cls, items: list[tuple[bytes, bytes]]) -> LowerHeaders:
+        view = cls()
+        for raw_name, raw_value in items:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            seen = view.get(name)
+            view[name] = value if seen is None else f"{seen}, {value}"
+        return view
+
 
 # The longest wait an upstream may impose through a header; a longer one is read as this. Quota windows are
 # at most a month, and a wait beyond it is a broken or hostile header (it would not even render as a date).
@@ -48,8 +65,10 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s|d)")
 _UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
-def _lower(headers: Headers) -> dict[str, str]:
+def _lower(headers: Headers) -> Mapping[str, str]:
     # httpx.Headers is already case-insensitive, plain dicts are not; one lowering pass serves both.
+    if type(headers) is LowerHeaders:
+        return headers
     return {k.lower(): v for k, v in headers.items()}
 
 
@@ -148,7 +167,7 @@ def _between(at: _dt.datetime, reference: _dt.datetime) -> float:
     return min(MAX_RESET_S, max(0.0, (at - reference).total_seconds()))
 
 
-def _retry_after(h: dict[str, str]) -> float | None:
+def _retry_after(h: Mapping[str, str]) -> float | None:
     ms = h.get("retry-after-ms")
     if ms is not None:
         try:

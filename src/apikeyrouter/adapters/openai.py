@@ -60,7 +60,7 @@ class OpenAIAdapter(JSONChatAdapter):
         self.base_url = base_url.rstrip("/")
         self.capabilities = Capabilities(models=frozenset(models), streaming=True, max_context=max_context)
 
-    def signal_from(self, headers: httpx.Headers) -> QuotaSignal:
+    def signal_from(self, headers: Mapping[str, str]) -> QuotaSignal:
         return parse_openai_headers(headers)
 
     def _auth(self, secret: Secret) -> dict[str, str]:

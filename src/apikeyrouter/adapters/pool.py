@@ -70,6 +70,14 @@ class OriginPool(Generic[C]):
         while all slots are taken. The caller bounds the wait with its own cancel scope."""
         await self._slots.acquire()
 
+    def try_acquire(self) -> bool:
+        """`acquire()` when a slot is free and nobody waits for one (no checkpoint); False otherwise."""
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        return True
+
     def release(self) -> None:
         self._slots.release()
 

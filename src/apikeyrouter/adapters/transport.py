@@ -17,6 +17,14 @@ transport (httpcore) underneath, which spends most of a request's CPU walking it
   write, pool) becomes `trio.move_on_after` around each step and raises httpx's timeout exceptions;
 - errors are httpx's, as httpcore raises them (ConnectError, ReadError, WriteError, RemoteProtocolError,
   ...), so the adapters classify them unchanged. A cancelled call closes its connection and its slot.
+
+Besides the httpx interface the transport has a small one of its own, `H11Transport.request(...)` returning
+a `PooledResponse` (status, headers as a `LowerHeaders` dict, the body read whole or streamed), which the
+built-in adapters use through a `PooledClient` (an `httpx.AsyncClient` that carries its pool) to skip
+httpx's request and response machinery. It shares the connections, the pool, the retry rule and the error
+types above; the request head is written here (names and values checked as h11 would, the framing ours),
+h11 tracks the exchange's state and parses the response. One cancel scope bounds the send and the head
+(its deadline moved per step) instead of one per socket operation.
 """
 
 from __future__ import annotations
@@ -24,17 +32,22 @@ from __future__ import annotations
 import select
 import ssl
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 import h11
 import httpx
 import trio
 
+from apikeyrouter.adapters._head import encode_head, request_line
+from apikeyrouter.adapters.headers import LowerHeaders
 from apikeyrouter.adapters.pool import Origin, OriginPool, PoolStats
 
-__all__ = ["H11Transport"]
+__all__ = ["H11Transport", "PooledClient", "PooledResponse"]
 
 _READ_SIZE = 65536
+_INF = float("inf")
+_END = h11.EndOfMessage()
+_MAX_ROUTES = 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _Timeouts = Mapping[str, float | None]
 
@@ -51,10 +64,18 @@ class _NothingSent(Exception):
         self.error = error
 
 
-class _Connection:
-    """One HTTP/1.1 connection: a trio stream, its socket and an h11 client state machine."""
+_WRITE: Final = 1
+_READ: Final = 2
 
-    __slots__ = ("h11", "idle_since", "read_s", "socket", "stream", "tls", "write_s")
+
+class _Connection:
+    """One HTTP/1.1 connection: a trio stream, its socket and an h11 client state machine.
+
+    Timeouts (httpx's read and write, None: only the caller's cancel scope bounds it) are applied per
+    socket operation, each in its own `move_on_after`; or, while `scope` is set, by moving that one
+    scope's deadline before each operation (`phase` says which one a timeout interrupted)."""
+
+    __slots__ = ("h11", "idle_since", "phase", "poller", "read_s", "scope", "socket", "stream", "tls", "write_s")
 
     def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType, *, tls: bool) -> None:
         self.stream = stream
@@ -62,9 +83,13 @@ class _Connection:
         self.tls = tls
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
         self.idle_since = 0.0
-        # The exchange in progress's httpx timeouts (None: only the caller's cancel scope bounds it).
         self.read_s: float | None = None
         self.write_s: float | None = None
+        self.scope: trio.CancelScope | None = None
+        self.phase = 0
+        # One poller for the connection's life: a checkout costs one poll(2), not three calls and a setup.
+        self.poller = select.poll()
+        self.poller.register(socket.fileno(), select.POLLIN)
 
     # -- pool protocol ---------------------------------------------------------------------------------
 
@@ -74,9 +99,7 @@ class _Connection:
         if leftover or eof:
             return True
         try:
-            poller = select.poll()
-            poller.register(self.socket.fileno(), select.POLLIN)
-            return bool(poller.poll(0))
+            return bool(self.poller.poll(0))
         except (OSError, ValueError):
             return True
 
@@ -89,22 +112,32 @@ class _Connection:
     async def send(self, data: bytes, *, first: bool) -> None:
         """Write all of `data`. `first`: the request's first write on a reused connection, where a
         failure with nothing written raises `_NothingSent` (retryable)."""
+        scope, write_s = self.scope, self.write_s
+        if scope is not None:
+            self.phase = _WRITE
+            scope.deadline = _INF if write_s is None else trio.current_time() + write_s
+        elif write_s is not None:
+            with trio.move_on_after(write_s) as own:
+                await self._write(data, first)
+            if own.cancelled_caught:
+                raise httpx.WriteTimeout("timed out writing the request")
+            return
+        await self._write(data, first)
+
+    async def _write(self, data: bytes, first: bool) -> None:
         sent = 0
         try:
-            with trio.move_on_after(_seconds(self.write_s)) as scope:
-                if self.tls:
-                    await self.stream.send_all(data)
-                    return
-                view = memoryview(data)
-                while sent < len(view):
-                    sent += await self.socket.send(view[sent:])
+            if self.tls:
+                await self.stream.send_all(data)
+                return
+            view = memoryview(data)
+            while sent < len(view):
+                sent += await self.socket.send(view[sent:])
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             error = httpx.WriteError(_describe(exc))
             if first and sent == 0 and not self.tls:
                 raise _NothingSent(error) from exc
             raise error from exc
-        if scope.cancelled_caught:
-            raise httpx.WriteTimeout("timed out writing the request")
 
     async def next_event(self) -> Any:
         conn = self.h11
@@ -115,15 +148,28 @@ class _Connection:
                 raise httpx.RemoteProtocolError(str(exc)) from exc
             if event is not h11.NEED_DATA:
                 return event
-            conn.receive_data(await self._receive())
+            conn.receive_data(await self._receive())  # type: ignore[arg-type]  # h11 takes any bytes-like
 
-    async def _receive(self) -> bytes:
+    async def _receive(self) -> bytes | bytearray:
+        scope, read_s = self.scope, self.read_s
         try:
-            with trio.move_on_after(_seconds(self.read_s)):
-                return bytes(await self.stream.receive_some(_READ_SIZE))
+            if scope is not None:
+                self.phase = _READ
+                scope.deadline = _INF if read_s is None else trio.current_time() + read_s
+                return await self.stream.receive_some(_READ_SIZE)
+            if read_s is None:
+                return await self.stream.receive_some(_READ_SIZE)
+            with trio.move_on_after(read_s):
+                return await self.stream.receive_some(_READ_SIZE)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise httpx.ReadError(_describe(exc)) from exc
         raise httpx.ReadTimeout("timed out reading the response")
+
+    def timed_out(self) -> httpx.TimeoutException:
+        """The timeout that ended the shared `scope`, by the step it interrupted."""
+        if self.phase == _WRITE:
+            return httpx.WriteTimeout("timed out writing the request")
+        return httpx.ReadTimeout("timed out reading the response")
 
     def finish_buffered(self) -> bool:
         """Read what is left of the response from the parser's buffer only (no I/O): True when the
@@ -176,6 +222,38 @@ class _Body(httpx.AsyncByteStream):
         self._release(reuse=conn.next_cycle())
         raise StopAsyncIteration
 
+    async def read(self, limit: int) -> bytes:
+        """What `__anext__` would give, joined, up to `limit` bytes; one cancel scope for all the reads."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            with trio.CancelScope() as scope:
+                conn.scope = scope
+                while size < limit:
+                    event = await conn.next_event()
+                    kind = type(event)
+                    if kind is h11.Data:
+                        parts.append(event.data)
+                        size += len(event.data)
+                    elif kind is h11.EndOfMessage:
+                        conn.scope = None
+                        self._release(reuse=conn.next_cycle())
+                        break
+                    else:
+                        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+            conn.scope = None
+            if scope.cancelled_caught:
+                raise conn.timed_out()
+        except BaseException:
+            conn.scope = None
+            self._release(reuse=False)
+            raise
+        body = b"".join(parts)
+        return body if size <= limit else body[:limit]
+
     async def aclose(self) -> None:
         conn = self._conn
         if conn is not None:
@@ -204,6 +282,8 @@ class H11Transport(httpx.AsyncBaseTransport):
         self._expiry = limits.keepalive_expiry
         self._ssl_context = ssl_context
         self._pools: dict[Origin, OriginPool[_Connection]] = {}
+        # (method, URL) -> its pool, request line + host line, and the event h11 tracks it with.
+        self._routes: dict[tuple[str, str], tuple[OriginPool[_Connection], bytes, h11.Request]] = {}
         self._closed = False
 
     def stats(self) -> dict[Origin, PoolStats]:
@@ -219,10 +299,7 @@ class H11Transport(httpx.AsyncBaseTransport):
             raise RuntimeError("the transport is closed")
         timeouts: _Timeouts = request.extensions.get("timeout", {})
         pool = self._pool(request.url)
-        with trio.move_on_after(_seconds(timeouts.get("pool"))) as waited:
-            await pool.acquire()
-        if waited.cancelled_caught:
-            raise httpx.PoolTimeout("timed out waiting for a connection")
+        await _acquire(pool, timeouts.get("pool"))
         try:
             conn, head = await self._exchange(pool, request, timeouts)
         except BaseException:
@@ -247,6 +324,82 @@ class H11Transport(httpx.AsyncBaseTransport):
             )
         return pool
 
+    # -- the direct interface ----------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        steps: httpx.Timeout,
+        *,
+        content_type: str = "application/json",
+    ) -> PooledResponse:
+        """Send one request and return its response once the head is in (the body still on the wire).
+        `steps` (httpx's step timeouts: the client's `timeout`) bound the wait for a slot, the connect, each
+        write and each read; the caller's cancel scope bounds the whole. Raises httpx's exceptions, as
+        `handle_async_request` does; the response must be read to its end or closed (`aclose`), which
+        gives the slot back."""
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        route = self._routes.get((method, url)) or self._route(method, url)
+        pool, line, event = route
+        data = line + encode_head(headers, body, content_type)
+        if body:
+            data += body
+        await _acquire(pool, steps.pool)
+        try:
+            conn, head = await self._exchange_direct(pool, event, data, steps)
+        except BaseException:
+            pool.release()
+            raise
+        return PooledResponse(pool, conn, head)
+
+    def _route(self, method: str, url: str) -> tuple[OriginPool[_Connection], bytes, h11.Request]:
+        parsed = httpx.URL(url)
+        pool = self._pool(parsed)
+        line, event = request_line(method, parsed.raw_path, parsed.netloc)
+        if len(self._routes) >= _MAX_ROUTES:
+            self._routes.clear()
+        route = self._routes[(method, url)] = (pool, line, event)
+        return route
+
+    async def _exchange_direct(
+        self, pool: OriginPool[_Connection], event: h11.Request, data: bytes, steps: httpx.Timeout
+    ) -> tuple[_Connection, h11.Response]:
+        for attempt in (0, 1):
+            conn = pool.checkout()
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(pool.origin, steps.connect)
+                pool.note_opened()
+            conn.read_s, conn.write_s = steps.read, steps.write
+            try:
+                # h11 follows the exchange (a body-less request event of the same method); the bytes are ours.
+                conn.h11.send(event)
+                conn.h11.send(_END)
+                with trio.CancelScope() as scope:
+                    conn.scope = scope
+                    await conn.send(data, first=reused)
+                    head = await self._read_head(conn)
+                conn.scope = None
+                if scope.cancelled_caught:
+                    raise conn.timed_out()
+                return conn, head
+            except _NothingSent as exc:
+                conn.close()
+                if attempt == 0:
+                    continue
+                raise exc.error from exc.__cause__
+            except h11.LocalProtocolError as exc:
+                conn.close()
+                raise httpx.LocalProtocolError(str(exc)) from exc
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _exchange(
         self, pool: OriginPool[_Connection], request: httpx.Request, timeouts: _Timeouts
     ) -> tuple[_Connection, h11.Response]:
@@ -255,7 +408,7 @@ class H11Transport(httpx.AsyncBaseTransport):
             conn = pool.checkout()
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(pool.origin, timeouts)
+                conn = await self._connect(pool.origin, timeouts.get("connect"))
                 pool.note_opened()
             conn.read_s, conn.write_s = timeouts.get("read"), timeouts.get("write")
             try:
@@ -302,10 +455,10 @@ class H11Transport(httpx.AsyncBaseTransport):
                 continue  # 100 Continue and friends: the real answer follows
             raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
 
-    async def _connect(self, origin: Origin, timeouts: _Timeouts) -> _Connection:
+    async def _connect(self, origin: Origin, connect_s: float | None) -> _Connection:
         stream: trio.SocketStream | None = None
         try:
-            with trio.move_on_after(_seconds(timeouts.get("connect"))):
+            with trio.move_on_after(_seconds(connect_s)):
                 stream = await trio.open_tcp_stream(origin.host, origin.port)
                 if origin.scheme != "https":
                     return _Connection(stream, stream.socket, tls=False)
@@ -330,6 +483,54 @@ class H11Transport(httpx.AsyncBaseTransport):
             context.set_alpn_protocols(["http/1.1"])
             self._ssl_context = context
         return self._ssl_context
+
+
+class PooledResponse:
+    """A response on the direct path: `status_code`, `headers` (a `LowerHeaders` dict), `raw_headers` (as
+    they came, names in their case), and the body, read whole (`read`) or streamed (`aiter_bytes`). Read
+    to its end, the connection goes back to the pool; `aclose()` before that closes it (unless the rest
+    is already buffered). Either way the pool slot is given back exactly once."""
+
+    __slots__ = ("_body", "headers", "raw_headers", "reason_phrase", "status_code")
+
+    def __init__(self, pool: OriginPool[_Connection], conn: _Connection, head: h11.Response) -> None:
+        self.status_code: int = head.status_code
+        self.reason_phrase = head.reason.decode("latin-1")
+        self.raw_headers: list[tuple[bytes, bytes]] = head.headers.raw_items()
+        self.headers = LowerHeaders.from_raw(self.raw_headers)
+        self._body = _Body(pool, conn)
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        return self._body
+
+    async def read(self, limit: int) -> bytes:
+        """The body, or its first `limit` bytes when it is longer (then the connection is closed), under
+        one cancel scope for all its reads."""
+        return await self._body.read(limit)
+
+    async def aclose(self) -> None:
+        await self._body.aclose()
+
+
+class PooledClient(httpx.AsyncClient):
+    """An `httpx.AsyncClient` on an `H11Transport` that also carries it as `pool`: what the built-in
+    adapters' `make_client` returns, and how they recognise a client whose pool they may drive directly
+    (`pool.request`) instead of through httpx. As an httpx client it works like any other."""
+
+    def __init__(self, pool: H11Transport, *, timeout: httpx.Timeout) -> None:
+        # trust_env=False: no proxy or netrc picked up from the environment behind the operator's back.
+        super().__init__(transport=pool, timeout=timeout, trust_env=False, follow_redirects=False)
+        self.pool = pool
+
+
+async def _acquire(pool: OriginPool[_Connection], pool_s: float | None) -> None:
+    """A slot on `pool`: at once when one is free, else waiting at most `pool_s` (PoolTimeout)."""
+    if pool.try_acquire():
+        return
+    with trio.move_on_after(_seconds(pool_s)) as waited:
+        await pool.acquire()
+    if waited.cancelled_caught:
+        raise httpx.PoolTimeout("timed out waiting for a connection")
 
 
 def _seconds(timeout: float | None) -> float:
