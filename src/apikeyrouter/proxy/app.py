@@ -56,6 +56,7 @@ from apikeyrouter.proxy._http import (
     Request,
     deadline_error,
     json_bytes,
+    log_exchange,
     openai_error_shape,
     send_error,
     send_json,
@@ -227,7 +228,7 @@ class ProxyApp:
             elapsed = trio.current_time() - start
             self.metrics.observe(route, ex.status, elapsed)
             if self.log_requests:
-                self._log(ex, elapsed)
+                log_exchange(ex, elapsed)
 
     async def _fail(self, ex: Exchange, exc: Exception) -> None:
         inner = unwrap(exc)
@@ -249,22 +250,6 @@ class ProxyApp:
             ex.status = await send_error(ex.response, error, extra, shape=ex.shape, request_id=ex.request_id)
         except ClientGone:
             ex.disconnected = True
-
-    def _log(self, ex: Exchange, elapsed: float) -> None:
-        log.info(
-            "http_request",
-            method=ex.request.method,
-            path=ex.request.path,
-            route=ex.route,
-            status=ex.status,
-            latency_ms=round(elapsed * 1000, 3),
-            request_id=ex.request_id,
-            key_id=ex.key_id,
-            attempts=ex.attempts,
-            decision_id=ex.decision_id,
-            client=ex.client,
-            stream_error=ex.stream_error,
-        )
 
     # -- helpers --------------------------------------------------------------------------------------
 

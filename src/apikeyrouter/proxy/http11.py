@@ -116,7 +116,9 @@ class Request:
         raw, _, self.query = event.target.partition(b"?")
         path = raw.decode("latin-1")
         self.path: str = unquote(path) if "%" in path else path
-        self.headers: Headers = list(event.headers)
+        # `raw_items` is one list; iterating h11's `Headers` itself goes through `Sequence.__iter__`, an index
+        # lookup per header. h11 lower-cases names the same way (`bytes.lower`).
+        self.headers: Headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
         self.content_length: int | None = None
         self.close_requested = False  # `Connection: close`
         size = len(event.method) + len(event.target) + 12
@@ -214,23 +216,24 @@ class Response:
         if self.started:
             raise RuntimeError("the response has started already")
         conn = self._conn
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
+        lines = []
         for name, value in headers:
-            if b"\n" in value or b"\r" in value:
-                raise ValueError(f"header {name!r} has a CR or LF in its value")
             if name == b"connection" and value.lower() == b"close":
                 conn.keep_alive = False
                 continue
-            parts.append(b"%s: %s\r\n" % (name, value))
-        parts.append(framing)
+            lines.append(b"%s: %s\r\n" % (name, value))
+        block = b"".join(lines)
+        # One CR and one LF per line, or a value carried its own (header injection): two C-level counts
+        # instead of two searches per value.
+        if block.count(b"\n") != len(lines) or block.count(b"\r") != len(lines):
+            bad = [name for name, value in headers if b"\n" in name + value or b"\r" in name + value]
+            raise ValueError(f"header {bad[0]!r} has a CR or LF in it")
         if conn.draining:
             conn.keep_alive = False
-        if not conn.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
+        close = b"" if conn.keep_alive else b"connection: close\r\n"
         self.started = True
         self.status = status
-        return b"".join(parts)
+        return b"HTTP/1.1 %d %s\r\n%s%s%s\r\n" % (status, _REASONS.get(status, b""), block, framing, close)
 
 
 Handler = Callable[[Request, Response], Awaitable[None]]
