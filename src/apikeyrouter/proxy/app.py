@@ -463,15 +463,22 @@ class ProxyApp:
             try:
                 async with self.router.stream(intent, objective=objective, client=ex.client, **own) as routed:
                     headers = [*_SSE_HEADERS, *self._metadata_headers(ex, routed.metadata)]
-                    timer.deadline = trio.current_time() + idle
+                    # The idle deadline is moved only once it is `slack` behind (never early, at most `slack`
+                    # late): moving a cancel scope's deadline for every chunk cost more than writing it.
+                    slack = min(idle / 8, 1.0)
                     ex.status = 200
-                    await out.start(200, headers)
+                    # The router's stream opens with its first chunk read: it goes out with the head, one write.
+                    chunks = aiter(routed)
+                    first = await anext(chunks, None)
+                    await out.start(200, headers, (first and relay.event(first)) or b"")
                     ex.started = True
-                    async for chunk in routed:
+                    timer.deadline = trio.current_time() + idle + slack
+                    async for chunk in chunks:
                         event = relay.event(chunk)
                         if event is not None:
                             await out.send(event)
-                        timer.deadline = trio.current_time() + idle
+                        if (now := trio.current_time()) + idle > timer.deadline:
+                            timer.deadline = now + idle + slack
             except ClientGone:
                 ex.disconnected = True
                 return None

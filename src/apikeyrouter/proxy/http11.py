@@ -192,14 +192,18 @@ class Response:
         else:
             await self._conn.send_all(out + body)
 
-    async def start(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    async def start(self, status: int, headers: Sequence[tuple[bytes, bytes]], data: bytes = b"") -> None:
+        """The head, and `data` (the first piece of the body, if it is in hand) in the same write."""
         if self._conn.http10:
             self._conn.keep_alive = False  # an HTTP/1.0 client reads to the end of the connection
             framing = b""
         else:
             self._chunked = True
             framing = b"transfer-encoding: chunked\r\n"
-        await self._conn.send_all(self._head(status, headers, framing))
+        head = self._head(status, headers, framing)
+        if data:
+            head += b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data
+        await self._conn.send_all(head)
 
     async def send(self, data: bytes) -> None:
         if data:
