@@ -94,7 +94,7 @@ def _script(stream: bool, chunks: int) -> str:
     if stream:
         body["stream"] = True
     return (
-        f'wrk.method = "POST"\nwrk.body = \'{json.dumps(body)}\'\n'
+        f"wrk.method = \"POST\"\nwrk.body = '{json.dumps(body)}'\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {CLIENT_TOKEN}"\n'
     )

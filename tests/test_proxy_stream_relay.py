@@ -107,7 +107,7 @@ async def test_the_head_and_the_first_event_go_out_in_one_write() -> None:
         [StreamChunk(delta="plain"), StreamChunk(delta=" more"), StreamChunk(finish_reason="stop")],
         [StreamChunk(delta='quotes " and \\ and \n newlines and \u2028 and \x00')],
         [StreamChunk(delta="h\u00e9 \U0001f600"), StreamChunk(delta="lone \ud800 surrogate")],
-        [StreamChunk(delta="a", model="gpt-4o-2024"), StreamChunk(delta="b", model="other \"model\"")],
+        [StreamChunk(delta="a", model="gpt-4o-2024"), StreamChunk(delta="b", model='other "model"')],
         [StreamChunk(delta="", finish_reason="length"), StreamChunk(delta="x", finish_reason="content_filter")],
     ],
 )

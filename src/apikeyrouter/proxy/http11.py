@@ -248,5 +248,3 @@ def protocol_error_body(status: int, message: str) -> bytes:
     code = {431: "request_header_fields_too_large", 413: "request_too_large"}.get(status, "bad_request")
     error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
     return orjson.dumps({"error": error})
-
-
