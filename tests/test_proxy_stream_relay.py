@@ -13,13 +13,16 @@ import h11
 import pytest
 import trio
 
-from apikeyrouter.domain.request import StreamChunk
+from apikeyrouter.domain.request import RequestIntent, StreamChunk
 from apikeyrouter.proxy import ProxyApp
+from apikeyrouter.proxy._anthropic import AnthropicRelay
+from apikeyrouter.proxy._http import json_bytes
 from apikeyrouter.proxy._openai import OpenAIRelay, chunk_event
 from apikeyrouter.proxy.http11 import Request, Response
 from apikeyrouter.secret import Secret
 from tests.proxy_fakes import CLIENT_TOKEN, FakeRouter
 
+ANTHROPIC_BODY = {"model": "claude-3-5-haiku", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
 IDLE = 0.4
 SLACK = IDLE / 8  # the app moves the idle deadline only once it is this far behind
 
@@ -118,3 +121,13 @@ def test_openai_events_are_the_bytes_of_the_whole_chunk_object(chunks: list[Stre
     for chunk in chunks:
         first, model = relay.first, chunk.model or relay.model
         assert relay.event(chunk) == chunk_event(chunk, relay.completion_id, relay.created, model, first=first)
+
+
+@pytest.mark.parametrize("text", ["plain", 'quotes " \\ and \n', "h\u00e9 \U0001f600 \u2028", "lone \ud800 surrogate"])
+def test_anthropic_text_deltas_are_the_bytes_of_the_whole_event_object(text: str) -> None:
+    relay = AnthropicRelay("msg_1", RequestIntent.from_anthropic(ANTHROPIC_BODY))
+    opening = relay.event(StreamChunk(delta="first"))  # message_start, the text block, its first delta
+    assert opening is not None and opening.count(b"event: content_block_delta\n") == 1
+    event = relay.event(StreamChunk(delta=text))
+    expected = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+    assert event == b"event: content_block_delta\ndata: " + json_bytes(expected) + b"\n\n"
