@@ -413,12 +413,12 @@ async def _profile_relay(args: argparse.Namespace, proxy_port: int, serve_pid: i
     raw = Path(args.profile).with_suffix(".collapsed")
     seconds = max(2, round(args.chunks * PACED_GAP_S) + 1)
     command = [_py_spy(), "record", "-p", str(serve_pid), "-d", str(seconds), "-r", "250", "-f", "raw", "-o", str(raw)]
-    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spy = await trio.lowlevel.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await trio.sleep(0.5)
     cpu0 = _cpu_seconds(serve_pid)
     await concurrent_streams(proxy_port, args.cpu_streams, args.chunks)
     cpu_us = (_cpu_seconds(serve_pid) - cpu0) / (args.cpu_streams * args.chunks) * 1e6
-    await trio.to_thread.run_sync(spy.wait)
+    await spy.wait()
     summarize_profile(raw, Path(args.profile), cpu_us)  # "per request" there: per chunk here
 
 
