@@ -357,9 +357,10 @@ async def test_an_answer_larger_than_the_socket_buffer_reaches_a_slow_reader_who
             head, _, rest = bytes(buf).partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200") and f"content-length: {len(big)}".encode() in head
             body = bytearray(rest)
-            while len(body) < len(big):
-                body += await s.receive_some(256 * 1024)
-                await trio.sleep(0.001)  # a slow reader: the server's writes keep finding the buffer full
+            with trio.fail_after(10):  # a write that stopped early would leave this waiting
+                while len(body) < len(big):
+                    body += await s.receive_some(256 * 1024)
+                    await trio.sleep(0.001)  # a slow reader: the server's writes keep finding the buffer full
             assert body == big
 
 
