@@ -363,6 +363,8 @@ async def _proxy_rounds(args: argparse.Namespace, up_port: int, proxy_port: int,
         per_stream.setdefault(chunks, []).append((_cpu_seconds(serve_pid) - cpu0) / args.cpu_streams)
     lo, hi = statistics.median(per_stream[2]), statistics.median(per_stream[args.chunks])
     out["relay_cpu_us_per_chunk"] = round((hi - lo) / (args.chunks - 2) * 1e6, 1)
+    if args.profile:
+        await _profile_relay(args, proxy_port, serve_pid)
     out["serve_cpu_us_per_stream_2_chunks"] = round(lo * 1e6)
     # Concurrency ladder: each level direct, then through the proxy; kept while the proxy's gap p99 stays
     # within 1.2x the direct one at that level and every stream completes.
@@ -402,6 +404,22 @@ async def _proxy_rounds(args: argparse.Namespace, up_port: int, proxy_port: int,
     opened_total = sum(int(row["new_upstream_connections"]) for row in levels.values())
     out["new_upstream_connections_per_stream"] = round(opened_total / max(1, proxied_streams), 3)
     return out
+
+
+async def _profile_relay(args: argparse.Namespace, proxy_port: int, serve_pid: int) -> None:
+    """py-spy on `serve` while `--cpu-streams` streams of `--chunks` chunks run, summarised like proxy.py's."""
+    from proxy import _py_spy, summarize_profile
+
+    raw = Path(args.profile).with_suffix(".collapsed")
+    seconds = max(2, round(args.chunks * PACED_GAP_S) + 1)
+    command = [_py_spy(), "record", "-p", str(serve_pid), "-d", str(seconds), "-r", "250", "-f", "raw", "-o", str(raw)]
+    spy = await trio.lowlevel.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await trio.sleep(0.5)
+    cpu0 = _cpu_seconds(serve_pid)
+    await concurrent_streams(proxy_port, args.cpu_streams, args.chunks)
+    cpu_us = (_cpu_seconds(serve_pid) - cpu0) / (args.cpu_streams * args.chunks) * 1e6
+    await spy.wait()
+    summarize_profile(raw, Path(args.profile), cpu_us)  # "per request" there: per chunk here
 
 
 # -- the relay below the proxy: the routed stream's CPU per chunk, in-process ------------------------------
@@ -499,6 +517,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=1024, help="the provider's max_connections")
     parser.add_argument("--child", choices=("before", "upstream"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--profile", help="proxy part: py-spy `serve` during the relay CPU run, summary to FILE")
     parser.add_argument("--gap", type=float, default=PACED_GAP_S, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.levels = [int(c) for c in str(args.levels).split(",")]

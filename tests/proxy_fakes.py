@@ -56,9 +56,10 @@ class FakeStream:
     router: FakeRouter
 
     async def __aiter__(self) -> AsyncIterator[StreamChunk]:
-        for chunk in self.chunks:
-            if self.delay:
-                await trio.sleep(self.delay)
+        for i, chunk in enumerate(self.chunks):
+            pause = self.router.stream_pauses[i] if i < len(self.router.stream_pauses) else self.delay
+            if pause:
+                await trio.sleep(pause)
             self.router.chunks_sent += 1
             yield chunk
         if self.fail_with is not None:
@@ -85,6 +86,7 @@ class FakeRouter:
             StreamChunk(usage=Usage(input_tokens=9, output_tokens=3)),
         ]
         self.stream_delay = 0.0
+        self.stream_pauses: list[float] = []  # before chunk i, instead of `stream_delay`
         self.stream_open_error: Exception | None = None
         self.stream_fail_with: Exception | None = None
         self.stream_started = trio.Event()

@@ -10,6 +10,8 @@ its handler at once; a drain closes idle connections and lets a stream finish.
 from __future__ import annotations
 
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -336,3 +338,69 @@ async def test_an_answer_before_the_body_was_read_says_the_connection_closes() -
         await s.send_all(f"{head}content-length: 100000\r\n\r\n".encode())
         answer = await read_answer(s, bytearray())
         assert answer.status == 413 and answer.headers[b"connection"] == b"close"
+
+
+async def test_an_answer_larger_than_the_socket_buffer_reaches_a_slow_reader_whole() -> None:
+    # The server writes without trio's socket wrapper: a write the kernel takes only in part must wait for
+    # room and go on from where it stopped, however slowly the client reads.
+    big = bytes(range(256)) * (24 * 1024)  # 6 MiB, far beyond loopback's socket buffers
+
+    async def app(request: Request, response: Response) -> None:
+        await response.respond(200, [(b"content-type", b"application/octet-stream")], big)
+
+    async with server(app) as (port, _), await trio.open_tcp_stream("127.0.0.1", port) as s:
+        for _ in range(2):  # twice: the connection is kept after an answer written in many pieces
+            await s.send_all(get("/big"))
+            buf = bytearray()
+            while b"\r\n\r\n" not in buf:
+                buf += await s.receive_some(4096)
+            head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and f"content-length: {len(big)}".encode() in head
+            body = bytearray(rest)
+            with trio.fail_after(10):  # a write that stopped early would leave this waiting
+                while len(body) < len(big):
+                    body += await s.receive_some(256 * 1024)
+                    await trio.sleep(0.001)  # a slow reader: the server's writes keep finding the buffer full
+            assert body == big
+
+
+async def test_a_client_that_leaves_in_the_middle_of_a_large_answer_ends_its_connection_cleanly() -> None:
+    finished = trio.Event()
+    outcome: list[str] = []
+
+    async def app(request: Request, response: Response) -> None:
+        try:
+            await response.respond(200, [], b"x" * (32 * 1024 * 1024))
+            outcome.append("sent")
+        except BaseException as exc:
+            outcome.append(type(exc).__name__)
+            raise
+        finally:
+            finished.set()
+
+    async with server(app) as (port, _):
+        s = await trio.open_tcp_stream("127.0.0.1", port)
+        await s.send_all(get("/huge"))
+        await s.receive_some(65536)  # the answer has started
+        s.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await s.aclose()  # a reset, with most of the answer still to come
+        with trio.fail_after(5):
+            await finished.wait()
+    assert outcome == ["ClientGone"]
+
+
+async def test_a_header_value_with_a_line_break_is_refused_not_written() -> None:
+    refused: list[str] = []
+
+    async def app(request: Request, response: Response) -> None:
+        try:
+            await response.respond(200, [(b"x-echo", b"ok\r\nset-cookie: injected=1")], b"")
+        except ValueError as exc:
+            refused.append(str(exc))
+            raise
+
+    async with server(app) as (port, _), await trio.open_tcp_stream("127.0.0.1", port) as s:
+        await s.send_all(get("/echo"))
+        answer = await read_answer(s, bytearray())
+    assert answer.status == 500 and b"set-cookie" not in answer.headers
+    assert refused == ["header b'x-echo' has a CR or LF in it"]

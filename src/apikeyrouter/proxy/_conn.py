@@ -14,6 +14,7 @@ import h11
 import structlog
 import trio
 
+from apikeyrouter.proxy._sockio import SocketIO
 from apikeyrouter.proxy.http11 import (
     BodyTooLarge,
     ClientGone,
@@ -64,6 +65,7 @@ class _Connection:
         "handling",
         "head_only",
         "http10",
+        "io",
         "keep_alive",
         "peer_closed",
         "phase",
@@ -76,6 +78,7 @@ class _Connection:
     def __init__(self, server: HTTPServer, stream: trio.SocketStream) -> None:
         self.server = server
         self.stream = stream
+        self.io = SocketIO(stream)  # the hot path's reads and writes (`_sockio`); the rest through `stream`
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=server.limits.max_header_bytes)
         self.response = Response(self)
         self.request: Request | None = None
@@ -197,7 +200,7 @@ class _Connection:
 
     async def _receive(self) -> bytes:
         try:
-            return await self.stream.receive_some(RECEIVE_BYTES)
+            return await self.io.receive(RECEIVE_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return b""  # a reset is the peer leaving, like EOF
 
@@ -400,7 +403,7 @@ class _Connection:
 
     async def send_all(self, data: bytes) -> None:
         try:
-            await self.stream.send_all(data)
+            await self.io.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.peer_closed = True
             raise ClientGone from None

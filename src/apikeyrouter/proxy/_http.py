@@ -8,10 +8,12 @@ per-request objects beyond `Request` and `Exchange`, JSON through orjson, answer
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
+import structlog
 
 from apikeyrouter.domain.request import StreamChunk
 from apikeyrouter.proxy import http11
@@ -29,6 +31,7 @@ __all__ = [
     "deadline_error",
     "error_body",
     "json_bytes",
+    "log_exchange",
     "openai_error_shape",
     "send_error",
     "send_json",
@@ -36,6 +39,8 @@ __all__ = [
 ]
 
 Headers = list[tuple[bytes, bytes]]
+
+log = structlog.get_logger("apikeyrouter.proxy")
 
 _JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -254,4 +259,25 @@ async def send_error(
 def deadline_error(deadline: float) -> HTTPError:
     return HTTPError(
         504, f"no answer within the request deadline ({deadline:g}s)", type="timeout_error", code="deadline_exceeded"
+    )
+
+
+def log_exchange(ex: Exchange, elapsed: float) -> None:
+    """The request's one log line (`ProxyApp.log_requests`), built only when info lines are written."""
+    enabled = getattr(log, "is_enabled_for", None)  # a logger that cannot say is taken to write them
+    if enabled is not None and not enabled(logging.INFO):
+        return
+    log.info(
+        "http_request",
+        method=ex.request.method,
+        path=ex.request.path,
+        route=ex.route,
+        status=ex.status,
+        latency_ms=round(elapsed * 1000, 3),
+        request_id=ex.request_id,
+        key_id=ex.key_id,
+        attempts=ex.attempts,
+        decision_id=ex.decision_id,
+        client=ex.client,
+        stream_error=ex.stream_error,
     )

@@ -96,9 +96,14 @@ def models_json(models: list[str], owned_by: str = "apikeyrouter") -> dict[str, 
 
 class OpenAIRelay:
     """One streamed answer as an OpenAI client sees it: its id, creation time and model, and the usage the
-    upstream reported (sent before [DONE] when the client asked for it)."""
+    upstream reported (sent before [DONE] when the client asked for it).
 
-    __slots__ = ("completion_id", "created", "first", "include_usage", "model", "usage")
+    Each event is written from a prefix made once per model (`id`, `object`, `created`, `model`), the
+    chunk's text and its finish reason: the bytes `chunk_event` writes (orjson's compact form, keys in the
+    same order), without building and serialising the whole object for every chunk. The upstream's own
+    chunk cannot be forwarded as it came: the client sees our completion id and creation time."""
+
+    __slots__ = ("_prefix", "_prefix_model", "completion_id", "created", "first", "include_usage", "model", "usage")
 
     def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
         self.completion_id = completion_id
@@ -107,6 +112,8 @@ class OpenAIRelay:
         self.include_usage = include_usage
         self.usage: Usage | None = None
         self.first = True
+        self._prefix = b""
+        self._prefix_model: str | None = None
 
     def event(self, chunk: StreamChunk) -> bytes | None:
         """The SSE event for `chunk`, or None when it carries nothing to send (usage only, say)."""
@@ -116,9 +123,22 @@ class OpenAIRelay:
             self.model = chunk.model
         if not (self.first or chunk.delta or chunk.finish_reason is not None):
             return None
-        event = chunk_event(chunk, self.completion_id, self.created, self.model, first=self.first)
+        if self._prefix_model != self.model:
+            self._prefix_model = self.model
+            self._prefix = b'data: {"id":%s,"object":"chat.completion.chunk","created":%s,"model":%s,"choices":[' % (
+                json_bytes(self.completion_id),
+                json_bytes(self.created),
+                json_bytes(self.model),
+            )
+        role = b'"role":"assistant",' if self.first else b""
         self.first = False
-        return event
+        finish = b"null" if chunk.finish_reason is None else json_bytes(chunk.finish_reason)
+        return b'%s{"index":0,"delta":{%s"content":%s},"finish_reason":%s}]}\n\n' % (
+            self._prefix,
+            role,
+            json_bytes(chunk.delta),
+            finish,
+        )
 
     def tail(self) -> bytes:
         if self.include_usage and self.usage is not None:

@@ -56,6 +56,7 @@ from apikeyrouter.proxy._http import (
     Request,
     deadline_error,
     json_bytes,
+    log_exchange,
     openai_error_shape,
     send_error,
     send_json,
@@ -227,7 +228,7 @@ class ProxyApp:
             elapsed = trio.current_time() - start
             self.metrics.observe(route, ex.status, elapsed)
             if self.log_requests:
-                self._log(ex, elapsed)
+                log_exchange(ex, elapsed)
 
     async def _fail(self, ex: Exchange, exc: Exception) -> None:
         inner = unwrap(exc)
@@ -249,22 +250,6 @@ class ProxyApp:
             ex.status = await send_error(ex.response, error, extra, shape=ex.shape, request_id=ex.request_id)
         except ClientGone:
             ex.disconnected = True
-
-    def _log(self, ex: Exchange, elapsed: float) -> None:
-        log.info(
-            "http_request",
-            method=ex.request.method,
-            path=ex.request.path,
-            route=ex.route,
-            status=ex.status,
-            latency_ms=round(elapsed * 1000, 3),
-            request_id=ex.request_id,
-            key_id=ex.key_id,
-            attempts=ex.attempts,
-            decision_id=ex.decision_id,
-            client=ex.client,
-            stream_error=ex.stream_error,
-        )
 
     # -- helpers --------------------------------------------------------------------------------------
 
@@ -478,15 +463,22 @@ class ProxyApp:
             try:
                 async with self.router.stream(intent, objective=objective, client=ex.client, **own) as routed:
                     headers = [*_SSE_HEADERS, *self._metadata_headers(ex, routed.metadata)]
-                    timer.deadline = trio.current_time() + idle
+                    # The idle deadline is moved only once it is `slack` behind (never early, at most `slack`
+                    # late): moving a cancel scope's deadline for every chunk cost more than writing it.
+                    slack = min(idle / 8, 1.0)
                     ex.status = 200
-                    await out.start(200, headers)
+                    # The router's stream opens with its first chunk read: it goes out with the head, one write.
+                    chunks = aiter(routed)
+                    first = await anext(chunks, None)
+                    await out.start(200, headers, (first and relay.event(first)) or b"")
                     ex.started = True
-                    async for chunk in routed:
+                    timer.deadline = trio.current_time() + idle + slack
+                    async for chunk in chunks:
                         event = relay.event(chunk)
                         if event is not None:
                             await out.send(event)
-                        timer.deadline = trio.current_time() + idle
+                        if (now := trio.current_time()) + idle > timer.deadline:
+                            timer.deadline = now + idle + slack
             except ClientGone:
                 ex.disconnected = True
                 return None

@@ -116,7 +116,9 @@ class Request:
         raw, _, self.query = event.target.partition(b"?")
         path = raw.decode("latin-1")
         self.path: str = unquote(path) if "%" in path else path
-        self.headers: Headers = list(event.headers)
+        # `raw_items` is one list; iterating h11's `Headers` itself goes through `Sequence.__iter__`, an index
+        # lookup per header. h11 lower-cases names the same way (`bytes.lower`).
+        self.headers: Headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
         self.content_length: int | None = None
         self.close_requested = False  # `Connection: close`
         size = len(event.method) + len(event.target) + 12
@@ -190,14 +192,18 @@ class Response:
         else:
             await self._conn.send_all(out + body)
 
-    async def start(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    async def start(self, status: int, headers: Sequence[tuple[bytes, bytes]], data: bytes = b"") -> None:
+        """The head, and `data` (the first piece of the body, if it is in hand) in the same write."""
         if self._conn.http10:
             self._conn.keep_alive = False  # an HTTP/1.0 client reads to the end of the connection
             framing = b""
         else:
             self._chunked = True
             framing = b"transfer-encoding: chunked\r\n"
-        await self._conn.send_all(self._head(status, headers, framing))
+        head = self._head(status, headers, framing)
+        if data:
+            head += b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data
+        await self._conn.send_all(head)
 
     async def send(self, data: bytes) -> None:
         if data:
@@ -214,23 +220,24 @@ class Response:
         if self.started:
             raise RuntimeError("the response has started already")
         conn = self._conn
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
+        lines = []
         for name, value in headers:
-            if b"\n" in value or b"\r" in value:
-                raise ValueError(f"header {name!r} has a CR or LF in its value")
             if name == b"connection" and value.lower() == b"close":
                 conn.keep_alive = False
                 continue
-            parts.append(b"%s: %s\r\n" % (name, value))
-        parts.append(framing)
+            lines.append(b"%s: %s\r\n" % (name, value))
+        block = b"".join(lines)
+        # One CR and one LF per line, or a value carried its own (header injection): two C-level counts
+        # instead of two searches per value.
+        if block.count(b"\n") != len(lines) or block.count(b"\r") != len(lines):
+            bad = [name for name, value in headers if b"\n" in name + value or b"\r" in name + value]
+            raise ValueError(f"header {bad[0]!r} has a CR or LF in it")
         if conn.draining:
             conn.keep_alive = False
-        if not conn.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
+        close = b"" if conn.keep_alive else b"connection: close\r\n"
         self.started = True
         self.status = status
-        return b"".join(parts)
+        return b"HTTP/1.1 %d %s\r\n%s%s%s\r\n" % (status, _REASONS.get(status, b""), block, framing, close)
 
 
 Handler = Callable[[Request, Response], Awaitable[None]]
@@ -241,5 +248,3 @@ def protocol_error_body(status: int, message: str) -> bytes:
     code = {431: "request_header_fields_too_large", 413: "request_too_large"}.get(status, "bad_request")
     error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
     return orjson.dumps({"error": error})
-
-

@@ -1,0 +1,62 @@
+"""Receive and send on an accepted connection's socket without trio's two scheduler passes per call.
+
+trio's socket methods make every call look as if it blocked: a successful `recv` or `send` is wrapped in
+`checkpoint_if_cancelled` and `cancel_shielded_checkpoint`, so the task goes through the run queue (its
+whole coroutine stack resumed) even when the kernel had the bytes or the room at once. A proxied request
+makes two such calls on the client side (its request in, its answer out) and one more per streamed chunk;
+that was a tenth of the server's cost per request. Here a call tries the socket first and waits with
+`trio.lowlevel.wait_readable` / `wait_writable` only when it would block, so it is a checkpoint only then.
+
+What that means for callers: a call that completes at once neither yields nor raises `Cancelled`. Every
+loop that uses these waits on something else too (the reader on `wait_readable` whenever the socket is
+drained, a handler on its upstream), so nobody spins; code that must stop when cancelled checks before it
+sends (`Response` writes only what a handler asks for).
+
+`os.read` / `os.write` on the socket's descriptor: the stdlib socket object is private to trio's wrapper,
+and on a connected TCP socket `read(2)` and `write(2)` are `recv` and `send` without flags. Python ignores
+SIGPIPE, so a write to a reset connection is `BrokenPipeError`, an `OSError` like any other failure here.
+The descriptor stays owned by the `trio.SocketStream`: closing it is the stream's (`aclose`), which also
+wakes any task waiting on it (trio's `notify_closing`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import trio
+
+__all__ = ["SocketIO"]
+
+
+class SocketIO:
+    """The hot-path reads and writes of one connected socket (see the module docstring)."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._fd = stream.socket.fileno()
+
+    async def receive(self, max_bytes: int) -> bytes:
+        """Up to `max_bytes`; b"" at EOF. Raises OSError (a reset, a closed socket)."""
+        fd = self._fd
+        while True:
+            try:
+                return os.read(fd, max_bytes)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+
+    async def send_all(self, data: bytes) -> None:
+        """All of `data`, waiting for room only when the socket's buffer is full. Raises OSError."""
+        fd = self._fd
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        view = memoryview(data)
+        while sent < len(view):
+            await trio.lowlevel.wait_writable(fd)
+            with contextlib.suppress(BlockingIOError):  # woken without room after all: wait again
+                sent += os.write(fd, view[sent:])
