@@ -171,3 +171,22 @@ async def test_cancellation_is_not_swallowed_by_the_actor() -> None:
             await trio.sleep_forever()
     assert outer.cancelled_caught
     assert counter.status == "stopped"
+
+
+class Drains(Counter):
+    """An actor whose `stop` drains its queue first (as the key actor's does)."""
+
+    def stop(self) -> None:
+        self.stop_after_queue()
+
+
+async def test_an_actor_whose_stop_drains_can_be_stopped_before_it_runs() -> None:
+    # It recursed (stop -> stop_after_queue -> stop ...) until RecursionError: a key actor stopped
+    # during its pre_start (a reload or shutdown racing a restart) took its supervisor down with it.
+    actor = Drains("d")
+    actor.stop()
+    async with trio.open_nursery() as nursery:
+        ref: ActorRef[CounterMsg] = await nursery.start(actor.run)
+        with pytest.raises(ActorStopped):
+            await ref.ask(Get)
+    assert actor.status == "stopped"

@@ -303,7 +303,9 @@ class Actor(Generic[M]):
             self.draining = True
             inbox.close()  # the loop ends once the queue is read
         else:
-            self.stop()
+            # Not reading a mailbox yet (starting) or any more: the plain stop. Not `self.stop()`: an actor
+            # whose `stop` is this method (the key actor's) would recurse without end.
+            Actor.stop(self)
 
     def snapshot(self) -> ActorSnapshot:
         depth = self._recv.statistics().current_buffer_used if self._recv is not None else 0
