@@ -96,6 +96,8 @@ async def test_both_paths_send_the_same_request_and_read_the_same_answer() -> No
     assert {k: v for k, v in direct.headers if k in wanted} == {k: v for k, v in via_httpx.headers if k in wanted}
     assert dict(direct.headers)[b"authorization"] == b"Bearer " + KEY.reveal().encode()
     assert dict(direct.headers)[b"content-type"] == b"application/json"
+    # The direct path decodes no content coding, so it asks for none (without the header any is acceptable).
+    assert dict(direct.headers)[b"accept-encoding"] == b"identity"
     assert up.accepted == 2  # one connection per path: every later call reused it
 
 

@@ -57,7 +57,7 @@ def encode_head(headers: Mapping[str, str], body: bytes | None, content_type: st
     """The header lines after the host line, through the blank line. `content_type` is sent when a body
     is and the caller gave none. Non-ASCII text raises `UnicodeEncodeError`, as httpx does."""
     parts: list[str] = []
-    typed = agent = False
+    typed = agent = coded = False
     for name, value in headers.items():
         lower = _checked_name(name)
         if lower in _OURS:
@@ -68,9 +68,13 @@ def encode_head(headers: Mapping[str, str], body: bytes | None, content_type: st
             typed = True
         elif lower == "user-agent":
             agent = True
+        elif lower == "accept-encoding":
+            coded = True
         parts.append(f"{name}: {value}\r\n")
     if not agent:
         parts.append(f"user-agent: {USER_AGENT}\r\n")
+    if not coded:  # without the header any coding is acceptable (RFC 9110); this path decodes none
+        parts.append("accept-encoding: identity\r\n")
     if body is not None:
         if not typed:
             parts.append(f"content-type: {content_type}\r\n")
