@@ -44,8 +44,8 @@ class Served:
         return {"authorization": f"Bearer {ADMIN}"}
 
 
-def router_toml(sim_url: str, keys: list[tuple[str, str, str]], *, extra: str = "") -> str:
-    """keys: (id, secret env var, extra TOML lines)."""
+def router_toml(sim_url: str, keys: list[tuple[str, str, str]], *, extra: str = "", server: str = "") -> str:
+    """keys: (id, secret env var, extra TOML lines); `server`: more lines of the `[server]` table."""
     text = f"""
 [server]
 host = "127.0.0.1"
@@ -54,6 +54,7 @@ client_tokens_env = "TEST_CLIENT_TOKEN"
 admin_token_env = "TEST_ADMIN_TOKEN"
 grace_period = 5.0
 request_deadline = 2.0
+{server}
 
 [routing]
 objective = "quality"
@@ -84,13 +85,14 @@ async def serve_env(
     secrets: Mapping[str, str],
     sim_keys: list[dict[str, Any]] | None = None,
     extra: str = "",
+    server: str = "",
 ) -> AsyncIterator[Served]:
     sim = SimServer(parse_sim_config({"keys": sim_keys or []}))
     async with trio.open_nursery() as nursery:
         sim_port = await nursery.start(sim.serve, "127.0.0.1", 0)
         sim_url = f"http://127.0.0.1:{sim_port}"
         config_path = tmp_path / "router.toml"
-        config_path.write_text(router_toml(sim_url, keys, extra=extra))
+        config_path.write_text(router_toml(sim_url, keys, extra=extra, server=server))
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT / "src"),

@@ -309,6 +309,14 @@ BAD_CONFIGS = [
         "[server]\nrequest_deadline = -1\n",
         ("must be > 0 (got -1.0) @ config.server.request_deadline",),
     ),
+    (
+        "connection limits too small",
+        "[server]\nmax_header_bytes = 100\nkeep_alive_timeout = 0\n",
+        (
+            "must be >= 1024 (got 100) @ config.server.max_header_bytes",
+            "must be > 0 (got 0.0) @ config.server.keep_alive_timeout",
+        ),
+    ),
     ("rpm zero", PROVIDER + KEY + "rpm = 0\n", ("must be >= 1 (got 0) @ config.keys[0].rpm",)),
     (
         "capacity thresholds crossed",

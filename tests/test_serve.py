@@ -208,3 +208,25 @@ async def _stream_through_sigterm(served: Served, lines: list[str]) -> None:
                 lines.append(line)
                 if len(lines) == 2:
                     served.signal(signal.SIGTERM)  # mid-stream, once (a second one would force an exit)
+
+
+async def test_the_connection_limits_of_server_come_from_the_config(tmp_path: Path) -> None:
+    limits = "max_header_bytes = 2048\nkeep_alive_timeout = 0.5"
+    async with serve_env(tmp_path, [("k", "K_1", "")], secrets={"K_1": "sk-sim-1"}, server=limits) as served:
+        host, port = served.url.removeprefix("http://").split(":")
+        # A 3 KB head: within the default 16 KB, over this config's 2 KB.
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(b"GET /health HTTP/1.1\r\nhost: x\r\nx-pad: " + b"a" * 3000 + b"\r\n\r\n")
+        answer = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        # An idle keep-alive connection is closed after this config's 0.5 s, not the default 75 s.
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        answer = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"}")  # then the server closed it

@@ -29,13 +29,15 @@ from apikeyrouter.debug.server import DebugServer
 from apikeyrouter.errors import ConfigError
 from apikeyrouter.kernel.spec import ChildSpec, Restart
 from apikeyrouter.proxy.app import ProxyApp
-from apikeyrouter.proxy.server import Listening, ProxyServer
+from apikeyrouter.proxy.server import Listening, ProxyServer, ServerLimits
 from apikeyrouter.runtime import ApiKeyRouter
 from apikeyrouter.store.open import DEFAULT_SQLITE_PATH, store_from_config
 
 __all__ = ["Started", "run_standalone"]
 
 log = structlog.get_logger("apikeyrouter.serve")
+# `[server]` fields the listening socket and its connections were built with: a reload cannot change them.
+_READ_AT_START = ("host", "port", "max_header_bytes", "header_read_timeout", "keep_alive_timeout")
 
 
 @attrs.frozen
@@ -112,8 +114,9 @@ async def run_standalone(
                 except ConfigError as exc:
                     log.error("reload_rejected", errors=list(exc.errors), config=str(config_path))
                     return
-                if (new.server.host, new.server.port) != (router.config.server.host, router.config.server.port):
-                    log.warning("reload_partial", reason="server.host/port changes need a restart")
+                fixed = [f for f in _READ_AT_START if getattr(new.server, f) != getattr(router.config.server, f)]
+                if fixed:
+                    log.warning("reload_partial", reason=f"server.{', server.'.join(fixed)}: changes need a restart")
                 # Tokens first: a token removed because it leaked stops working with this reload.
                 app.client_tokens = tuple(new.server.client_tokens)
                 app.clients = client_identities(new)
@@ -148,8 +151,17 @@ async def run_standalone(
                 metrics_require_admin=server.metrics_require_admin,
             )
             grace = server.grace_period
+            limits = ServerLimits(
+                max_header_bytes=server.max_header_bytes,
+                header_read_s=server.header_read_timeout,
+                keep_alive_s=server.keep_alive_timeout,
+            )
             proxy = await router.add_service(
-                ChildSpec("proxy", lambda: ProxyServer(app, server.host, server.port, grace=grace), shutdown=grace + 5)
+                ChildSpec(
+                    "proxy",
+                    lambda: ProxyServer(app, server.host, server.port, grace=grace, limits=limits),
+                    shutdown=grace + 5,
+                )
             )
             assert isinstance(proxy, ProxyServer) and proxy.listening is not None
             listening: Listening = proxy.listening

@@ -443,6 +443,9 @@ class _Parser:
         self.at_least(server.stream_idle_timeout, 0, "config.server.stream_idle_timeout", strict=True)
         self.at_least(server.max_body_bytes, 1, "config.server.max_body_bytes")
         self.at_least(server.decision_retention, 0, "config.server.decision_retention")
+        self.at_least(server.max_header_bytes, 1024, "config.server.max_header_bytes")
+        self.at_least(server.header_read_timeout, 0, "config.server.header_read_timeout", strict=True)
+        self.at_least(server.keep_alive_timeout, 0, "config.server.keep_alive_timeout", strict=True)
 
     def check_routing(self, routing: RoutingConfig, objective_path: str) -> None:
         objective = routing.objective

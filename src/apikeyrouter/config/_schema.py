@@ -78,6 +78,9 @@ class ServerConfig:
     decision_retention: int = 1000
     stream_idle_timeout: float = 120.0
     metrics_require_admin: bool = False
+    max_header_bytes: int = 16_384  # request line and headers; more is a 431
+    header_read_timeout: float = 10.0  # from a request's first byte to the end of its head (slowloris)
+    keep_alive_timeout: float = 75.0  # an idle keep-alive connection is closed after this
 
 
 @attrs.frozen
