@@ -41,6 +41,7 @@ import trio
 from apikeyrouter.adapters._head import encode_head, request_line
 from apikeyrouter.adapters.headers import LowerHeaders
 from apikeyrouter.adapters.pool import Origin, OriginPool, PoolStats
+from apikeyrouter.adapters.sockio import SocketIO
 
 __all__ = ["H11Transport", "PooledClient", "PooledResponse"]
 
@@ -75,12 +76,16 @@ class _Connection:
     socket operation, each in its own `move_on_after`; or, while `scope` is set, by moving that one
     scope's deadline before each operation (`phase` says which one a timeout interrupted)."""
 
-    __slots__ = ("h11", "idle_since", "phase", "poller", "read_s", "scope", "socket", "stream", "tls", "write_s")
+    __slots__ = (
+        "h11", "idle_since", "io", "phase", "poller", "read_s", "scope", "socket", "stream", "tls", "write_s",
+    )  # fmt: skip
 
     def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType, *, tls: bool) -> None:
         self.stream = stream
         self.socket = socket
         self.tls = tls
+        # Plain TCP: reads and writes straight on the socket, a checkpoint only when they must wait (sockio.py).
+        self.io = None if tls else SocketIO(socket.fileno())
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
         self.idle_since = 0.0
         self.read_s: float | None = None
@@ -125,17 +130,18 @@ class _Connection:
         await self._write(data, first)
 
     async def _write(self, data: bytes, first: bool) -> None:
-        sent = 0
+        io = self.io
         try:
-            if self.tls:
+            if io is None:
                 await self.stream.send_all(data)
                 return
-            view = memoryview(data)
-            while sent < len(view):
-                sent += await self.socket.send(view[sent:])
+            await io.send_all(data)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             error = httpx.WriteError(_describe(exc))
-            if first and sent == 0 and not self.tls:
+            # A write that failed at once wrote nothing: a request's first one on a connection the server
+            # closed while it was idle is safe to send again (`send_all` raises past its first write only
+            # after that one fitted whole or in part, and then the request is not retried).
+            if first and io is not None and io.sent == 0:
                 raise _NothingSent(error) from exc
             raise error from exc
 
@@ -152,15 +158,16 @@ class _Connection:
 
     async def _receive(self) -> bytes | bytearray:
         scope, read_s = self.scope, self.read_s
+        receive = self.stream.receive_some if self.io is None else self.io.receive
         try:
             if scope is not None:
                 self.phase = _READ
                 scope.deadline = _INF if read_s is None else trio.current_time() + read_s
-                return await self.stream.receive_some(_READ_SIZE)
+                return await receive(_READ_SIZE)
             if read_s is None:
-                return await self.stream.receive_some(_READ_SIZE)
+                return await receive(_READ_SIZE)
             with trio.move_on_after(read_s):
-                return await self.stream.receive_some(_READ_SIZE)
+                return await receive(_READ_SIZE)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise httpx.ReadError(_describe(exc)) from exc
         raise httpx.ReadTimeout("timed out reading the response")

@@ -14,7 +14,7 @@ import h11
 import structlog
 import trio
 
-from apikeyrouter.proxy._sockio import SocketIO
+from apikeyrouter.adapters.sockio import SocketIO
 from apikeyrouter.proxy.http11 import (
     BodyTooLarge,
     ClientGone,
@@ -78,7 +78,7 @@ class _Connection:
     def __init__(self, server: HTTPServer, stream: trio.SocketStream) -> None:
         self.server = server
         self.stream = stream
-        self.io = SocketIO(stream)  # the hot path's reads and writes (`_sockio`); the rest through `stream`
+        self.io = SocketIO(stream.socket.fileno())  # the hot path's reads and writes; the rest through `stream`
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=server.limits.max_header_bytes)
         self.response = Response(self)
         self.request: Request | None = None

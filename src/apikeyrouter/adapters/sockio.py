@@ -1,16 +1,21 @@
-"""Receive and send on an accepted connection's socket without trio's two scheduler passes per call.
+"""Receive and send on a connected TCP socket without trio's two scheduler passes per call: the proxy's
+accepted connections (proxy/_conn.py) and the upstream client's plain-TCP connections (transport.py).
 
 trio's socket methods make every call look as if it blocked: a successful `recv` or `send` is wrapped in
 `checkpoint_if_cancelled` and `cancel_shielded_checkpoint`, so the task goes through the run queue (its
 whole coroutine stack resumed) even when the kernel had the bytes or the room at once. A proxied request
-makes two such calls on the client side (its request in, its answer out) and one more per streamed chunk;
-that was a tenth of the server's cost per request. Here a call tries the socket first and waits with
-`trio.lowlevel.wait_readable` / `wait_writable` only when it would block, so it is a checkpoint only then.
+makes two such calls on the client side (its request in, its answer out) and one more per streamed chunk,
+and as many on the upstream side; that was a tenth of the server's cost per request. Here a call tries
+the socket first and waits with `trio.lowlevel.wait_readable` / `wait_writable` only when it would block,
+so it is a checkpoint only then.
 
 What that means for callers: a call that completes at once neither yields nor raises `Cancelled`. Every
 loop that uses these waits on something else too (the reader on `wait_readable` whenever the socket is
 drained, a handler on its upstream), so nobody spins; code that must stop when cancelled checks before it
-sends (`Response` writes only what a handler asks for).
+sends (`Response` writes only what a handler asks for). A peer that always has bytes ready (a fast
+upstream's long body or stream, already in the socket buffer) would let its reader run on without a
+yield: every `_YIELD_EVERY`-th read in a row that did not wait is a schedule point, so no connection
+holds the event loop from the others for longer than that.
 
 `os.read` / `os.write` on the socket's descriptor: the stdlib socket object is private to trio's wrapper,
 and on a connected TCP socket `read(2)` and `write(2)` are `recv` and `send` without flags. Python ignores
@@ -28,31 +33,42 @@ import trio
 
 __all__ = ["SocketIO"]
 
+_YIELD_EVERY = 16  # reads in a row that found bytes at once, before one yields anyway
+
 
 class SocketIO:
     """The hot-path reads and writes of one connected socket (see the module docstring)."""
 
-    __slots__ = ("_fd",)
+    __slots__ = ("_eager", "_fd", "sent")
 
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self._fd = stream.socket.fileno()
+    def __init__(self, fd: int) -> None:
+        self._fd = fd  # a connected non-blocking TCP socket's, owned by its trio socket or stream
+        self.sent = 0  # bytes the last `send_all` wrote before it returned or raised
+        self._eager = 0  # reads in a row that did not wait
 
     async def receive(self, max_bytes: int) -> bytes:
         """Up to `max_bytes`; b"" at EOF. Raises OSError (a reset, a closed socket)."""
         fd = self._fd
+        self._eager += 1
+        if self._eager >= _YIELD_EVERY:
+            self._eager = 0
+            await trio.lowlevel.checkpoint()
         while True:
             try:
                 return os.read(fd, max_bytes)
             except BlockingIOError:
+                self._eager = 0
                 await trio.lowlevel.wait_readable(fd)
 
     async def send_all(self, data: bytes) -> None:
         """All of `data`, waiting for room only when the socket's buffer is full. Raises OSError."""
         fd = self._fd
+        self.sent = 0
         try:
             sent = os.write(fd, data)
         except BlockingIOError:
             sent = 0
+        self.sent = sent
         if sent == len(data):
             return
         view = memoryview(data)
@@ -60,3 +76,4 @@ class SocketIO:
             await trio.lowlevel.wait_writable(fd)
             with contextlib.suppress(BlockingIOError):  # woken without room after all: wait again
                 sent += os.write(fd, view[sent:])
+            self.sent = sent
