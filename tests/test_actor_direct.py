@@ -330,3 +330,30 @@ async def test_a_crash_in_the_wait_a_direct_handler_returned_crashes_the_actor()
     with pytest.raises(ActorCrashed):
         queued.result()
     assert actor.status == "crashed"
+
+
+async def test_an_ask_taken_directly_as_the_actor_is_cancelled_from_outside_is_answered_though_its_wait_never_ran(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Cancelled from outside (a parent's nursery, not `stop`), a parked actor may take one more message
+    # directly before its loop sees the cancellation. When that handler returns a wait, the loop is gone
+    # before it can run it: the ask must still be answered, not left waiting for ever.
+    actor = SyncCounter()
+    gate = trio.Event()
+    inner = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+
+        async def run_actor(task_status: trio.TaskStatus[ActorRef[Msg]] = trio.TASK_STATUS_IGNORED) -> None:
+            with inner:
+                await actor.run(task_status=task_status)
+
+        ref = await nursery.start(run_actor)
+        await trio.testing.wait_all_tasks_blocked()
+        inner.cancel()  # from outside: the actor's loop has not run since
+        reply = ref.ask_nowait(lambda r: AnswerAfter(gate, r))
+        assert actor.snapshot().handled == 0  # taken, its wait handed to the loop
+        await trio.sleep(1)
+    assert actor.status == "stopped"
+    assert reply.done  # before the fix: never answered (its asker would wait for ever)
+    with pytest.raises(ActorStopped):
+        reply.result()

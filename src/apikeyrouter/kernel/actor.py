@@ -371,6 +371,7 @@ class Actor(Generic[M]):
                 await self._read_mailbox(recv)
             finally:
                 self._park = _AWAKE
+                self._abandon_park_cont()
         if self._direct_crash is not None:
             raise self._direct_crash
 
@@ -453,6 +454,16 @@ class Actor(Generic[M]):
             raise
         self.handled += 1
         self._track_reply(reply)
+
+    def _abandon_park_cont(self) -> None:
+        """The loop ends with a direct delivery's wait not run (cancelled from outside just after the
+        message was taken): its ask is answered with the rest when the actor finishes, never left waiting."""
+        cont, self._park_cont = self._park_cont, None
+        if cont is not None:
+            reply, result = cont
+            if inspect.iscoroutine(result):
+                result.close()  # never to run: no "never awaited" warning
+            self._track_reply(reply)
 
     def _track_reply(self, reply: Reply[Any] | None) -> None:
         """An ask not answered by its handler (answered later by a background task, or interrupted by a
