@@ -412,6 +412,12 @@ class Actor(Generic[M]):
                 else:
                     await trio.lowlevel.cancel_shielded_checkpoint()  # as `receive` does: fair, loses nothing
             except trio.EndOfChannel:
+                # A direct handler that ended the mailbox (`stop_after_queue`) and returned a wait: the
+                # loop sees the end at once, but the wait is still that message's, run before the end.
+                cont = self._park_cont
+                if cont is not None:
+                    self._park_cont = None
+                    await self._finish_handled(cont[0], cont[1])
                 return
             cont = self._park_cont
             if cont is not None:
