@@ -464,12 +464,14 @@ class Actor(Generic[M]):
     def _abandon_park_cont(self) -> None:
         """The loop ends with a direct delivery's wait not run (cancelled from outside just after the
         message was taken): its ask is answered with the rest when the actor finishes, never left waiting."""
-        cont, self._park_cont = self._park_cont, None
-        if cont is not None:
-            reply, result = cont
-            if inspect.iscoroutine(result):
-                result.close()  # never to run: no "never awaited" warning
-            self._track_reply(reply)
+        cont = self._park_cont
+        if cont is None:
+            return
+        self._park_cont = None
+        reply, result = cont
+        if inspect.iscoroutine(result):
+            result.close()  # never to run: no "never awaited" warning
+        self._track_reply(reply)
 
     def _track_reply(self, reply: Reply[Any] | None) -> None:
         """An ask not answered by its handler (answered later by a background task, or interrupted by a
