@@ -54,6 +54,7 @@ class AnswerAfter:
     until: trio.Event
     reply_to: Reply[int]
     crash: bool = False
+    drain: bool = False  # stop after the queue first (its handler ends the mailbox, then waits)
 
 
 @attrs.frozen
@@ -110,7 +111,9 @@ class SyncCounter(Actor[Msg]):
             case Hold(until=until):
                 self.seen.append("hold")
                 return until.wait()  # awaited by the loop before it reads anything else
-            case AnswerAfter(until=until, reply_to=reply, crash=crash):
+            case AnswerAfter(until=until, reply_to=reply, crash=crash, drain=drain):
+                if drain:
+                    self.stop_after_queue()
                 return self._answer_after(until, reply, crash)
             case Bounce(via=via, n=n):
                 via.tell_nowait(AddTo(self.ref, n))
@@ -330,3 +333,46 @@ async def test_a_crash_in_the_wait_a_direct_handler_returned_crashes_the_actor()
     with pytest.raises(ActorCrashed):
         queued.result()
     assert actor.status == "crashed"
+
+
+async def test_an_ask_taken_directly_as_the_actor_is_cancelled_from_outside_is_answered_though_its_wait_never_ran(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Cancelled from outside (a parent's nursery, not `stop`), a parked actor may take one more message
+    # directly before its loop sees the cancellation. When that handler returns a wait, the loop is gone
+    # before it can run it: the ask must still be answered, not left waiting for ever.
+    actor = SyncCounter()
+    gate = trio.Event()
+    inner = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+
+        async def run_actor(task_status: trio.TaskStatus[ActorRef[Msg]] = trio.TASK_STATUS_IGNORED) -> None:
+            with inner:
+                await actor.run(task_status=task_status)
+
+        ref = await nursery.start(run_actor)
+        await trio.testing.wait_all_tasks_blocked()
+        inner.cancel()  # from outside: the actor's loop has not run since
+        reply = ref.ask_nowait(lambda r: AnswerAfter(gate, r))
+        assert actor.snapshot().handled == 0  # taken, its wait handed to the loop
+        await trio.sleep(1)
+    assert actor.status == "stopped"
+    assert reply.done  # before the fix: never answered (its asker would wait for ever)
+    with pytest.raises(ActorStopped):
+        reply.result()
+
+
+async def test_a_direct_handler_that_ends_its_mailbox_and_waits_still_runs_its_wait() -> None:
+    # The mailbox path awaits what a handler returned before it reads the end of the mailbox; the direct
+    # path must too (before the fix the loop saw the end first and the wait never ran).
+    actor = SyncCounter()
+    gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        ref = await started(nursery, actor)
+        ref.tell_nowait(Add(3))
+        reply = ref.ask_nowait(lambda r: AnswerAfter(gate, r, drain=True))
+        await trio.testing.wait_all_tasks_blocked()
+        assert actor.status == "running" and not reply.done  # still waiting, as its handler asked
+        gate.set()
+    assert reply.result() == 3
+    assert actor.status == "stopped" and actor.snapshot().handled == 2

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from apikeyrouter import NoKeyAvailable
 from apikeyrouter.config import parse_config
@@ -116,7 +117,7 @@ async def test_the_redis_store_moves_times_across_clocks_keeps_the_newest_rows_a
 
 
 async def test_with_redis_away_the_store_keeps_the_newest_records_and_rows_and_writes_them_when_it_is_back(
-    redis_url: str, redis_server: RedisServer
+    redis_url: str, redis_server: RedisServer, autojump_clock: trio.testing.MockClock
 ) -> None:
     redis_server.stop()
     store = RedisStore(redis_url, "a", keep_rows=3)
@@ -126,7 +127,7 @@ async def test_with_redis_away_the_store_keeps_the_newest_records_and_rows_and_w
         await store.write(Batch({("key", "k"): key_record(spend=str(n))}, rows[n : n + 1]))
     assert store.failures == 1 and store.dropped_rows == 2  # tried once; then kept, without a try each time
     redis_server.start()
-    await trio.sleep(1.05)  # the next try
+    await trio.sleep(1.05)  # the next try (on trio's clock, as every timer here)
     await store.write(Batch())
     assert store.failures == 1
     restored = await RedisStore(redis_url, "a").open(0.0)

@@ -52,3 +52,25 @@ async def test_a_reload_applies_new_client_tokens(tmp_path: Path) -> None:
                 json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
             )
         assert r.status_code == 401, f"old client token still accepted after reload: {r.status_code}"
+
+
+async def test_a_reload_applies_a_new_body_limit_and_warns_of_what_needs_a_restart(tmp_path: Path) -> None:
+    # docs/config.md lists what a reload does not change; `max_body_bytes` and `request_deadline` are not
+    # among them, yet the app kept the values it was built with (a lowered body limit never applied).
+    async with serve_env(tmp_path, [("one", "K_1", "")], secrets={"K_1": "sk-sim-1"}) as served:
+        text = router_toml(served.sim_url, [("one", "K_1", "")]).replace(
+            "request_deadline = 2.0", "request_deadline = 2.0\nmax_body_bytes = 200\ndecision_retention = 5"
+        )
+        served.config_path.write_text(text)
+        served.signal(signal.SIGHUP)
+        with trio.fail_after(5):
+            while b"config_reloaded" not in served.stderr:
+                await trio.sleep(0.05)
+        assert b"server.decision_retention: changes need a restart" in served.stderr
+        async with httpx.AsyncClient() as http:
+            r = await http.post(
+                f"{served.url}/v1/chat/completions",
+                headers=served.client_headers,
+                json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi " * 100}]},
+            )
+        assert r.status_code == 413, r.text

@@ -36,8 +36,17 @@ from apikeyrouter.store.open import DEFAULT_SQLITE_PATH, store_from_config
 __all__ = ["Started", "run_standalone"]
 
 log = structlog.get_logger("apikeyrouter.serve")
-# `[server]` fields the listening socket and its connections were built with: a reload cannot change them.
-_READ_AT_START = ("host", "port", "max_header_bytes", "header_read_timeout", "keep_alive_timeout")
+# `[server]` fields read once, at start (the listening socket and its connections, the shutdown grace, the
+# decision log's size): a reload cannot change them, and says so.
+_READ_AT_START = (
+    "host",
+    "port",
+    "grace_period",
+    "decision_retention",
+    "max_header_bytes",
+    "header_read_timeout",
+    "keep_alive_timeout",
+)
 
 
 @attrs.frozen
@@ -123,6 +132,8 @@ async def run_standalone(
                 app.admin_token = new.server.admin_token
                 app.metrics_require_admin = new.server.metrics_require_admin
                 app.stream_idle_timeout = new.server.stream_idle_timeout
+                app.max_body_bytes = new.server.max_body_bytes
+                app.request_deadline = float(new.server.request_deadline)
                 try:
                     report = await router.apply_config(new)
                 except Exception as exc:  # the running process must outlive a reload that went wrong

@@ -379,6 +379,7 @@ class Actor(Generic[M]):
                 await self._read_mailbox(recv)
             finally:
                 self._park = _AWAKE
+                self._abandon_park_cont()
         if self._direct_crash is not None:
             raise self._direct_crash
 
@@ -419,6 +420,12 @@ class Actor(Generic[M]):
                 else:
                     await trio.lowlevel.cancel_shielded_checkpoint()  # as `receive` does: fair, loses nothing
             except trio.EndOfChannel:
+                # A direct handler that ended the mailbox (`stop_after_queue`) and returned a wait: the
+                # loop sees the end at once, but the wait is still that message's, run before the end.
+                cont = self._park_cont
+                if cont is not None:
+                    self._park_cont = None
+                    await self._finish_handled(cont[0], cont[1])
                 return
             cont = self._park_cont
             if cont is not None:
@@ -460,6 +467,18 @@ class Actor(Generic[M]):
             self._track_reply(reply)
             raise
         self.handled += 1
+        self._track_reply(reply)
+
+    def _abandon_park_cont(self) -> None:
+        """The loop ends with a direct delivery's wait not run (cancelled from outside just after the
+        message was taken): its ask is answered with the rest when the actor finishes, never left waiting."""
+        cont = self._park_cont
+        if cont is None:
+            return
+        self._park_cont = None
+        reply, result = cont
+        if inspect.iscoroutine(result):
+            result.close()  # never to run: no "never awaited" warning
         self._track_reply(reply)
 
     def _track_reply(self, reply: Reply[Any] | None) -> None:

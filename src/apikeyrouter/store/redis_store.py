@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import itertools
 import json
-import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -92,7 +91,7 @@ class RedisStore:
         self._seq = itertools.count(1)
         self._records: dict[RecordId, Any] = {}  # kept while Redis is away: the newest of each
         self._rows: collections.deque[HistoryRow] = collections.deque()
-        self._retry_at = 0.0  # monotonic seconds: no write tried before (Redis was away)
+        self._retry_at = 0.0  # trio time: no write tried before (Redis was away); 0.0: no outage
         self.writes = 0  # batches committed
         self.failures = 0  # writes that failed (what they held is kept for the next)
         self.dropped_rows = 0  # rows dropped, oldest first, past `retention` kept during an outage
@@ -116,7 +115,7 @@ class RedisStore:
 
     async def write(self, batch: Batch) -> None:
         self._keep(batch)
-        if time.monotonic() < self._retry_at:
+        if trio.current_time() < self._retry_at:
             return  # Redis was away a moment ago: kept for the next try
         pending = Batch(dict(self._records), tuple(self._rows))
         try:
@@ -125,7 +124,7 @@ class RedisStore:
             self.failures += 1
             if self._retry_at == 0.0:
                 log.warning("redis_store_write_failed", reason=_first_line(exc), kept=len(pending))
-            self._retry_at = time.monotonic() + _RETRY_S
+            self._retry_at = trio.current_time() + _RETRY_S
             return
         if self._retry_at:
             log.info("redis_store_written", records=len(pending.records), rows=len(pending.rows))
