@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import trio
 
-from apikeyrouter import BudgetExceeded
+from apikeyrouter import BudgetExceeded, InvalidRequest
 from tests.routing_env import chat, routing_env, settle_down
 
 LIMIT = Decimal("0.0001")
@@ -67,3 +67,22 @@ async def test_a_key_budget_given_at_run_time_is_per_calendar_month_like_a_confi
         # Midnight on the 1st in Paris, to midnight on the next 1st: not 30 days from when the key was added.
         assert (start.day, start.hour, start.minute, end.day, end.hour) == (1, 0, 0, 1, 0)
         assert end.month == start.month % 12 + 1
+
+
+async def test_two_adds_of_one_key_id_at_once_keep_the_first_and_its_budget() -> None:
+    async with routing_env([("capped", "sk-sim-capped", {})]) as env:
+        results: dict[str, object] = {}
+
+        async def add(secret: str, budget: str) -> None:
+            try:
+                results[budget] = await env.router.register_key(secret, "openai", key_id="twin", budget=Decimal(budget))
+            except InvalidRequest as exc:
+                results[budget] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(add, "sk-sim-twin-a", "5")
+            nursery.start_soon(add, "sk-sim-twin-b", "7")
+        refused = [b for b, r in results.items() if isinstance(r, InvalidRequest)]
+        assert len(refused) == 1 and "already registered" in str(results[refused[0]])
+        kept = "7" if refused == ["5"] else "5"
+        assert env.router.budgets()["key:twin"]["limit"] == kept  # the refused one did not overwrite it

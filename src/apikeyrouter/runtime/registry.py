@@ -121,6 +121,7 @@ class Registry:
         self.key_meta: dict[str, APIKey] = {}
         self.budget_specs: list[BudgetSpec] = month_specs(config)
         self.api_budgets: dict[str, BudgetSpec] = {}  # key budgets set through register_key
+        self._adding: set[str] = set()  # key ids register_key is adding right now
         self.budget_templates: list[BudgetSpec] = client_templates(config)
         self.rate_limits = rate_limits(config)
         self.clients = {c.id: c for c in config.clients}
@@ -447,9 +448,12 @@ class Registry:
         if unknown:
             raise InvalidRequest(f"unknown limits: {sorted(unknown)}", param="limits")
         settings = self.settings(kid, provider, models or (), metadata or {}, limits, max_in_flight, budget)
-        if kid in self.key_provider:
+        if kid in self.key_provider or kid in self._adding:
             raise InvalidRequest(f"key {kid!r} is already registered", param="id")
-        if budget is not None:
+        self._adding.add(kid)  # held across the awaits below: a second add of this id is refused
+        try:
+            if budget is None:
+                return await self.register(kid, material, provider, settings)
             # Set before the key exists: the budget actor reads its mailbox in order, so the first hold of
             # the key's first request comes after it and is held against it. The period is a configured
             # key's: the calendar month in budgets.timezone.
@@ -458,7 +462,22 @@ class Registry:
             self.api_budgets[kid] = spec
             self.budget_specs.append(spec)
             await self.budget_ref().tell(SetBudget(spec))
-        return await self.register(kid, material, provider, settings)
+            try:
+                return await self.register(kid, material, provider, settings)
+            except BaseException:
+                with trio.CancelScope(shield=True):  # no budget stays behind for a key that was not added
+                    await self._drop_api_budget(kid, spec)
+                raise
+        finally:
+            self._adding.discard(kid)
+
+    async def _drop_api_budget(self, kid: str, spec: BudgetSpec) -> None:
+        self.api_budgets.pop(kid, None)
+        self.budget_specs = [s for s in self.budget_specs if s is not spec]
+        if self.running:
+            msg = SetBudgets(tuple(self.budget_specs), tuple(self.budget_templates), tuple(self.rate_limits))
+            with contextlib.suppress(ActorStopped, MailboxFull, RouterNotRunning):
+                await self.budget_ref().tell(msg)
 
     async def register(self, key_id: str, secret: Secret, provider: str, settings: KeySettings) -> APIKey:
         if key_id in self.key_provider:
