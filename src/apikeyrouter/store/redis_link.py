@@ -30,12 +30,30 @@ try:
 except ImportError:  # an optional extra: only `[store] kind = "redis"` needs it, and says so (RedisLink)
     redis = None  # type: ignore[assignment]
 
-__all__ = ["RedisLink", "StoreUnavailable"]
+__all__ = ["RedisLink", "StoreUnavailable", "redis_client"]
 
 log = structlog.get_logger("apikeyrouter.store")
 
 T = TypeVar("T")
 
+
+
+def redis_client(url: str, deadline: float) -> redis.Redis:
+    """redis-py's sync client for `[store] url`, each socket operation bounded by `deadline` seconds (it
+    runs in a worker thread, where the caller's cancel scope cannot reach). A missing redis-py or a
+    malformed URL is a ConfigError naming the field; the URL itself is never shown (it may hold a password)."""
+    if redis is None:
+        raise ConfigError(
+            "the redis store needs redis-py: pip install 'apikeyrouter[redis]' @ config.store.kind",
+            path="config.store.kind",
+        )
+    try:
+        client: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=deadline, socket_connect_timeout=deadline, retry_on_timeout=False
+        )
+    except ValueError as exc:  # redis-py's words about the URL's shape
+        raise ConfigError(f"invalid redis url ({exc}) @ config.store.url", path="config.store.url") from None
+    return client
 
 class StoreUnavailable(Exception):
     """Redis did not answer in time, refused, or failed the call. `reason` is safe to show (no URL password)."""
@@ -52,17 +70,7 @@ class RedisLink:
         self.last_error: str | None = None
         self.calls = 0
         self.failures = 0
-        if redis is None:
-            raise ConfigError(
-                "the redis store needs redis-py: pip install 'apikeyrouter[redis]' @ config.store.kind",
-                path="config.store.kind",
-            )
-        try:
-            self._client: redis.Redis = redis.Redis.from_url(
-                url, socket_timeout=deadline, socket_connect_timeout=deadline, retry_on_timeout=False
-            )
-        except ValueError as exc:  # the message is redis-py's, about the URL's shape; the URL is never shown
-            raise ConfigError(f"invalid redis url ({exc}) @ config.store.url", path="config.store.url") from None
+        self._client = redis_client(url, deadline)
         self._limiter = trio.CapacityLimiter(max_threads)
         # Script objects send EVALSHA and load the script once when the server does not know it (NOSCRIPT).
         self._reserve = self._client.register_script(RESERVE)

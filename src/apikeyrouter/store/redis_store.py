@@ -37,9 +37,9 @@ import structlog
 import trio
 
 from apikeyrouter.domain.history import BudgetRow, DecisionRow, HistoryRow, StateQuery, TransitionRow
-from apikeyrouter.errors import ConfigError
 from apikeyrouter.store.backend import Batch, RecordId
 from apikeyrouter.store.codec import RECORD_TYPES, decode, encode, shift_row
+from apikeyrouter.store.redis_link import redis_client
 from apikeyrouter.store.redis_lua import PREFIX
 
 try:
@@ -72,17 +72,7 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, instance_id: str, *, retention: int = 100_000, keep_rows: int = 100_000) -> None:
-        if redis is None:
-            raise ConfigError(
-                "the redis store needs redis-py: pip install 'apikeyrouter[redis]' @ config.store.kind",
-                path="config.store.kind",
-            )
-        try:
-            self._client: redis.Redis = redis.Redis.from_url(
-                url, socket_timeout=_TIMEOUT_S, socket_connect_timeout=_TIMEOUT_S, retry_on_timeout=False
-            )
-        except ValueError as exc:  # redis-py's words about the URL's shape; the URL itself is never shown
-            raise ConfigError(f"invalid redis url ({exc}) @ config.store.url", path="config.store.url") from None
+        self._client = redis_client(url, _TIMEOUT_S)
         self.instance_id = instance_id
         self.retention = retention
         self.keep_rows = keep_rows
