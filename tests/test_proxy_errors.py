@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from apikeyrouter.domain.failures import FailureClass
-from apikeyrouter.errors import BudgetExceeded, NoKeyAvailable, UnknownModel, UpstreamError
+from apikeyrouter.errors import BudgetExceeded, NoKeyAvailable, StoreError, UnknownModel, UpstreamError
 from apikeyrouter.proxy._errors import http_error_for, retry_after_seconds, scrub
 
 
@@ -75,3 +75,8 @@ def test_upstream_failures(failure: FailureClass, status: int) -> None:
     error = http_error_for(UpstreamError("upstream said sk-abcdef0123456789", failure=failure, status=upstream_status))
     assert error.status == status
     assert "sk-abcdef" not in error.message
+
+
+def test_a_store_that_cannot_answer_is_503_store_unavailable() -> None:
+    error = http_error_for(StoreError("the redis store is unavailable: connection refused", path="config.store.url"))
+    assert (error.status, error.code) == (503, "store_unavailable")

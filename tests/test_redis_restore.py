@@ -13,6 +13,7 @@ import trio.testing
 from apikeyrouter import NoKeyAvailable
 from apikeyrouter.config import parse_config
 from apikeyrouter.domain.history import BudgetRow, DecisionRow, HistoryRow, StateQuery, TransitionRow
+from apikeyrouter.errors import StoreError
 from apikeyrouter.runtime import open_router
 from apikeyrouter.store.backend import Batch
 from apikeyrouter.store.redis_store import RedisStore
@@ -126,6 +127,8 @@ async def test_with_redis_away_the_store_keeps_the_newest_records_and_rows_and_w
     for n in range(5):  # never raises: a raise would back the writer up, and it would stop every key actor
         await store.write(Batch({("key", "k"): key_record(spend=str(n))}, rows[n : n + 1]))
     assert store.failures == 1 and store.dropped_rows == 2  # tried once; then kept, without a try each time
+    with pytest.raises(StoreError, match="the redis store is unavailable"):  # a 503 at /state/query
+        await store.query(StateQuery("decisions"))
     redis_server.start()
     await trio.sleep(1.05)  # the next try (on trio's clock, as every timer here)
     await store.write(Batch())

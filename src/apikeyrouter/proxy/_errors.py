@@ -16,6 +16,7 @@ The table, in one place:
     UpstreamError, anything else           502 upstream_error         code <failure class>
     RouterNotRunning / ActorError          503 service_unavailable    code router_unavailable
     ConfigError (e.g. POST /keys)          400 invalid_request_error
+    StoreError (e.g. /state/query, Redis away) 503 service_unavailable code store_unavailable
     anything else                          500 server_error           (details only in the log)
 
 Messages never carry key material: adapters scrub upstream messages, and `scrub` redacts anything that
@@ -37,6 +38,7 @@ from apikeyrouter.errors import (
     InvalidRequest,
     NoKeyAvailable,
     RouterNotRunning,
+    StoreError,
     UnknownKey,
     UnknownModel,
     UnknownProvider,
@@ -120,6 +122,8 @@ def http_error_for(exc: BaseException) -> HTTPError:
         return HTTPError(503, "the router is not running", type="service_unavailable", code="router_unavailable")
     if isinstance(exc, ConfigError):
         return HTTPError(400, scrub(str(exc)))
+    if isinstance(exc, StoreError):  # the store cannot answer now (Redis away): the caller may retry
+        return HTTPError(503, scrub(str(exc)), type="service_unavailable", code="store_unavailable")
     return HTTPError(500, "internal error in apikeyrouter (see the server log)", type="server_error")
 
 

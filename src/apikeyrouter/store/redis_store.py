@@ -37,6 +37,7 @@ import structlog
 import trio
 
 from apikeyrouter.domain.history import BudgetRow, DecisionRow, HistoryRow, StateQuery, TransitionRow
+from apikeyrouter.errors import StoreError
 from apikeyrouter.store.backend import Batch, RecordId
 from apikeyrouter.store.codec import RECORD_TYPES, decode, encode, shift_row
 from apikeyrouter.store.redis_link import redis_client
@@ -158,7 +159,10 @@ class RedisStore:
         self.writes += 1
 
     async def query(self, query: StateQuery) -> list[HistoryRow]:
-        return await self._run(lambda: self._query_sync(query))
+        try:
+            return await self._run(lambda: self._query_sync(query))
+        except (redis.RedisError, OSError) as exc:  # one line, never the URL (it may hold a password)
+            raise StoreError(f"the redis store is unavailable: {_first_line(exc)}", path="config.store.url") from None
 
     def _query_sync(self, query: StateQuery) -> list[HistoryRow]:
         """Newest first between `since` and `until`, a page at a time until `limit` rows matched."""
