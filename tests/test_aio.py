@@ -78,6 +78,10 @@ def test_a_plain_request_over_http_is_routed_and_settled() -> None:
             assert [(k["id"], k["requests"], k["in_flight"]) for k in keys] == [("only", 1, 0)]
             shown = router.budgets()["key:only"]
             assert shown.items() >= {"limit": "1", "spent": body["cost"], "reserved": "0"}.items()
+            shared = (await router.shared_budgets())["key:only"]  # no Redis store: the local figures
+            assert {f: shared[f] for f in ("limit", "spent", "reserved", "mode")} == {
+                f: shown[f] for f in ("limit", "spent", "reserved", "mode")
+            }
             assert router.decisions(1)[0]["chosen"] == "only"
 
     run(scenario)

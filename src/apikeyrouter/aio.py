@@ -433,6 +433,11 @@ class AsyncRouter:
     def budgets(self) -> dict[str, Any]:
         return self._view("budgets").budgets()
 
+    async def shared_budgets(self) -> dict[str, Any]:
+        """`budgets()` with every instance's spend from Redis under `[store] kind = "redis"` (one round
+        trip, in the router's trio thread), as the trio API's `shared_budgets`; else `budgets()`."""
+        return await self._bridge.run(self._router.shared_budgets, "shared_budgets()")
+
     def get_state_summary(self) -> dict[str, Any]:
         return self._view("get_state_summary").get_state_summary()
 
