@@ -296,7 +296,8 @@ async def _unless_kept(held: Held) -> AsyncIterator[Callable[[], None]]:
 
 
 async def _share(deps: Deps, shared: SharedLimits, req: Request, held: Held, est: CostEstimate) -> Refusal | None:
-    """The key's shared windows, in-flight slot, bench and budgets (one Redis round trip): None when held."""
+    """The key's shared windows, in-flight slot, bench, budgets and the client's and team's rpm/tpm windows
+    (one Redis round trip): None when held."""
     snap = deps.board.keys.get(held.key_id)
     limits = KeyLimits()
     if snap is not None:
@@ -305,7 +306,9 @@ async def _share(deps: Deps, shared: SharedLimits, req: Request, held: Held, est
     budgets = shared.budgets_for(_request_budget_ids(req, held.provider, held.key_id)) if deps.budgets_enabled else ()
     lease_s = _lease_until(req) + GRACE - trio.current_time()
     tokens = est.input_tokens + est.max_output_tokens
-    ask = SharedAsk(held.key_id, req.id, tokens, limits, lease_s, est.worst_case_cost, budgets)
+    scope_ids = [f"{kind}:{who}" for kind, who in (("team", req.team), ("client", req.client)) if who is not None]
+    scopes = shared.rates_for(scope_ids)
+    ask = SharedAsk(held.key_id, req.id, tokens, limits, lease_s, est.worst_case_cost, budgets, scopes)
     got = await shared.reserve(ask)
     if isinstance(got, Refusal):
         return got

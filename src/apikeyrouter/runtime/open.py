@@ -110,7 +110,12 @@ class ApiKeyRouter:
         reg.store_state.latest.update(await reg.store.open(reg.wall_offset))
         # With [store] kind = "redis": the shared limits run outside the tree, up before it and down after.
         async with open_shared(
-            reg.config.store, reg.events, lambda: reg.budget_specs, reg.apply_shared, lambda: reg.budget_templates
+            reg.config.store,
+            reg.events,
+            lambda: reg.budget_specs,
+            reg.apply_shared,
+            lambda: reg.budget_templates,
+            lambda: reg.rate_limits,
         ) as shared:
             reg.shared = shared
             try:

@@ -23,7 +23,7 @@ import structlog
 import trio
 
 from apikeyrouter.errors import ConfigError
-from apikeyrouter.store.redis_lua import BUDGETS, HEARTBEAT, REPLAY, RESERVE, SETTLE, SHARE_STATE
+from apikeyrouter.store.redis_lua import BUDGETS, HEARTBEAT, REPLAY, REPLAY_SCOPES, RESERVE, SETTLE, SHARE_STATE
 
 try:
     import redis
@@ -78,6 +78,7 @@ class RedisLink:
         self._heartbeat = self._client.register_script(HEARTBEAT)
         self._share = self._client.register_script(SHARE_STATE)
         self._replay = self._client.register_script(REPLAY)
+        self._replay_scopes = self._client.register_script(REPLAY_SCOPES)
         self._budgets = self._client.register_script(BUDGETS)
 
     async def _call(self, fn: Callable[[], T]) -> T:
@@ -140,6 +141,13 @@ class RedisLink:
             args += [str(age_ms), str(tokens)]
         args += ["1" if c else "0" for c in counts]
         await self._call(functools.partial(self._replay, keys=[], args=args))
+
+    async def replay_scopes(self, instance: str, entries: list[tuple[str, int, int]]) -> None:
+        """(scope, age_ms, tokens) admitted on the local share, into the clients' and teams' windows."""
+        args = [instance, str(len(entries))]
+        for scope, age_ms, tokens in entries:
+            args += [scope, str(age_ms), str(tokens)]
+        await self._call(functools.partial(self._replay_scopes, keys=[], args=args))
 
     async def budgets(self, periods: list[tuple[str, str]]) -> list[tuple[int, int]]:
         """(spent, held) in nano-dollars of each (budget id, period argument), in one script call."""

@@ -15,6 +15,8 @@ Layout (all under `akr:`; `K` a key id, `B` a budget id, `I` an instance id):
     akr:b:B      HASH  p = period index, spent, res (nano-dollars, integers)
     akr:bh:B     ZSET  holds: member rid, score = lease end (ms)
     akr:ba:B     HASH  hold amounts: rid -> nano-dollars
+    akr:cw:S     ZSET  a client's or team's 60 s window (S "client:acme", "team:search"): as akr:w:K
+    akr:cwt:S    STR   the tokens of its members (as akr:wt:K); both expire a minute after the last entry
     akr:ix:I     HASH  what instance I holds: rid -> "fkey budget budget ..." (to reclaim it when I dies)
     akr:inst     ZSET  live instances: member I, score = heartbeat expiry (ms)
 
@@ -27,6 +29,13 @@ count in buckets instead, the shape the key actor's own quota has (domain/quota.
 current one, 30 days plus the current one; a request leaves with its bucket (up to one bucket late: the
 window errs long, never short).
 
+Client and team windows (`[[clients]] rpm/tpm`, `[[teams]] rpm/tpm`) are the same exact sliding logs,
+checked and taken in the reserve script with the key's windows and the money holds: all or nothing, on
+one clock, so every instance together admits at most `rpm` requests (and `tpm` worst-case tokens) of a
+client in any trailing 60 s of Redis's time: zero overshoot while Redis answers. A settle keeps the
+entry with its actual tokens, a release removes it; the entries of an instance that died stay for the
+rest of their minute (their requests were most likely sent).
+
 Money is integer nano-dollars (exact in Lua's doubles below 2**53, about $9 million per budget).
 Numbers go back to Redis through `s()`, because Lua would print 1e15 as "1e+15", which HINCRBY refuses.
 """
@@ -35,7 +44,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["BUDGETS", "HEARTBEAT", "PREFIX", "REPLAY", "RESERVE", "SETTLE", "SHARE_STATE"]
+__all__ = ["BUDGETS", "HEARTBEAT", "PREFIX", "REPLAY", "REPLAY_SCOPES", "RESERVE", "SETTLE", "SHARE_STATE"]
 
 PREFIX: Final = "akr:"
 
@@ -107,6 +116,23 @@ local function long_add(h, width, n, at, count)
   redis.call('PEXPIRE', h, s((n + 2) * width))
 end
 local HOUR, DAY = 3600000, 86400000
+-- an entry in a client's or team's window; the window leaves Redis a minute after its newest entry
+local function scope_add(cw, cwt, at, member, tokens)
+  redis.call('ZADD', cw, s(at), member)
+  redis.call('INCRBY', cwt, s(tokens))
+  redis.call('PEXPIRE', cw, 61000)
+  redis.call('PEXPIRE', cwt, 61000)
+end
+-- a settled (actual >= 0) or released (actual < 0) entry of a client's or team's window
+local function scope_settle(scope, member, rid, est, actual)
+  local cw, cwt = 'akr:cw:' .. scope, 'akr:cwt:' .. scope
+  local at = redis.call('ZSCORE', cw, member)
+  if not at then return end
+  redis.call('ZREM', cw, member)
+  if actual < 0 then redis.call('DECRBY', cwt, s(est)); return end
+  redis.call('ZADD', cw, at, rid .. '|' .. s(actual))
+  redis.call('INCRBY', cwt, s(actual - est))
+end
 local function reclaim(inst)
   local ix = 'akr:ix:' .. inst
   local entries = redis.call('HGETALL', ix)
@@ -125,8 +151,10 @@ end
 # KEYS: none (names are built from ARGV, for a single Redis, not a cluster).
 # ARGV: inst, rid, key, tokens, rpm, tpm, max_in_flight (-1: none), lease_ms, amount (nano$), n, then n x
 #       (budget id, limit nano$, period: period_s > 0, or minus a calendar period's start, or 0: none),
-#       then rpd, tokens_per_month (-1: none; counted only while set)
-# Returns {"ok", now} or {refusal kind, retry_ms (-1: unknown, -2: never), detail...}.
+#       then rpd, tokens_per_month (-1: none; counted only while set), then m, then m x (scope, rpm, tpm:
+#       a client's or team's window, -1: none)
+# Returns {"ok", now} or {refusal kind, retry_ms (-1: unknown, -2: never), detail...}; a full client or team
+# window is {"scope", retry_ms, scope, "rpm" | "tpm", limit, used}.
 RESERVE: Final = (
     _COMMON
     + """
@@ -177,6 +205,34 @@ if tmo >= 0 then
     return {'tokens/month', long_retry(keep, used + tokens - tmo, DAY, 30, now), s(tmo)}
   end
 end
+local m = tonumber(ARGV[base + 3 + n * 3] or '0')
+local sbase = base + 3 + n * 3
+for j = 0, m - 1 do
+  local scope = ARGV[sbase + 1 + j * 3]
+  local srpm, stpm = tonumber(ARGV[sbase + 2 + j * 3]), tonumber(ARGV[sbase + 3 + j * 3])
+  local cw, cwt = 'akr:cw:' .. scope, 'akr:cwt:' .. scope
+  trim(cw, cwt, now - 60000)
+  local count = redis.call('ZCARD', cw)
+  if srpm >= 0 and count + 1 > srpm then
+    local oldest = redis.call('ZRANGE', cw, 0, 0, 'WITHSCORES')
+    local retry = -2
+    if #oldest > 0 then retry = tonumber(oldest[2]) + 60000 - now end
+    return {'scope', retry, scope, 'rpm', s(srpm), s(count)}
+  end
+  if stpm >= 0 then
+    local used = tonumber(redis.call('GET', cwt) or '0')
+    if used + tokens > stpm then
+      if tokens > stpm then return {'scope', -2, scope, 'tpm', s(stpm), s(used)} end
+      local excess = used + tokens - stpm
+      local log = redis.call('ZRANGE', cw, 0, -1, 'WITHSCORES')
+      for i = 1, #log, 2 do
+        excess = excess - tonumber(string.match(log[i], '|(%d+)$'))
+        if excess <= 0 then return {'scope', tonumber(log[i + 1]) + 60000 - now, scope, 'tpm', s(stpm), s(used)} end
+      end
+      return {'scope', 60000, scope, 'tpm', s(stpm), s(used)}
+    end
+  end
+end
 for i = 0, n - 1 do
   local bid, limit, period = ARGV[base + 1 + i * 3], tonumber(ARGV[base + 2 + i * 3]), tonumber(ARGV[base + 3 + i * 3])
   local b, bh, ba = 'akr:b:' .. bid, 'akr:bh:' .. bid, 'akr:ba:' .. bid
@@ -204,6 +260,10 @@ end
 redis.call('ZADD', w, s(now), rid .. '|' .. s(tokens))
 redis.call('INCRBY', wt, s(tokens))
 redis.call('ZADD', f, s(now + lease), rid)
+for j = 0, m - 1 do
+  local scope = ARGV[sbase + 1 + j * 3]
+  scope_add('akr:cw:' .. scope, 'akr:cwt:' .. scope, now, rid .. '|' .. s(tokens), tokens)
+end
 if rpd >= 0 then long_add(dh, HOUR, 24, now, 1) end
 if tmo >= 0 then long_add(mh, DAY, 30, now, tokens) end
 redis.call('HSET', 'akr:ix:' .. inst, rid, index)
@@ -213,8 +273,9 @@ return {'ok', now}
 
 # ARGV: inst, rid, key, est_tokens, actual_tokens (-1: release, the provider never saw it), charge (nano$,
 #       -1: none), n, then n x (budget id, period_s), then the reserve's time (ms; -1: unknown, read from the
-#       window log). The rpd and tokens/month buckets are corrected once per reservation: while this
-#       instance's index still lists it (a reclaimed one stays counted at its estimate: never under).
+#       window log), then m, then m x scope (the client and team windows the reserve took). The rpd and
+#       tokens/month buckets are corrected once per reservation: while this instance's index still lists it
+#       (a reclaimed one stays counted at its estimate: never under).
 SETTLE: Final = (
     _COMMON
     + """
@@ -246,6 +307,8 @@ elseif actual ~= est then
   end
 end
 redis.call('ZREM', 'akr:f:' .. key, rid)
+local m = tonumber(ARGV[9 + n * 2] or '0')
+for j = 1, m do scope_settle(ARGV[9 + n * 2 + j], member, rid, est, actual) end
 for i = 0, n - 1 do
   local bid, period = ARGV[8 + i * 2], tonumber(ARGV[9 + i * 2])
   unhold(bid, rid)
@@ -316,6 +379,24 @@ for i = 0, n - 1 do
   if ARGV[5 + n * 2] == '1' then long_add('akr:m:' .. key, DAY, 30, now - age, tokens) end
 end
 redis.call('INCRBY', wt, s(total))
+return n
+"""
+)
+
+# What an instance admitted for clients and teams on its local share while Redis was away, written into
+# their windows when it is back (as REPLAY for a key). ARGV: inst, n, then n x (scope, age_ms, tokens).
+REPLAY_SCOPES: Final = (
+    _COMMON
+    + """
+local inst, n = ARGV[1], tonumber(ARGV[2])
+local now = now_ms()
+for i = 0, n - 1 do
+  local scope, age, tokens = ARGV[3 + i * 3], tonumber(ARGV[4 + i * 3]), tonumber(ARGV[5 + i * 3])
+  if age < 60000 then
+    local member = inst .. '/replay/' .. s(i) .. ':' .. s(now) .. '|' .. s(tokens)
+    scope_add('akr:cw:' .. scope, 'akr:cwt:' .. scope, now - age, member, tokens)
+  end
+end
 return n
 """
 )

@@ -4,19 +4,26 @@ The routing decision never waits on Redis: each instance decides on its own key 
 reservation does: after the local key granted, `reserve` makes one script call (redis_lua.RESERVE) that
 checks and takes, atomically for every instance at once, the key's shared bench and lifecycle, its
 in-flight slot, its 60 s request and token windows, its day (`rpd`) and month (`tokens_per_month`)
-windows and every budget's hold. `finish` gives it back (settle or release), batched in one pipelined
-round trip per burst by a writer task, off the request path.
+windows, every budget's hold and the 60 s request and token windows of the request's client and team
+(`[[clients]]`/`[[teams]]` rpm/tpm: exact sliding logs on Redis's clock, redis_lua.py). `finish` gives it
+back (settle or release), batched in one pipelined round trip per burst by a writer task, off the request
+path.
 
 Redis down or slow (no answer within `redis_deadline`): the instance is degraded, not stopped.
 - Hard budgets fail closed: the attempt is refused (UNAVAILABLE, naming the budget), so the request
   ends in `BudgetExceeded` with the reason; money is never spent that no instance can account for.
 - Rate limits fall back to this instance's share: `limit // live instances` (the count last seen in
-  Redis, heartbeats with a TTL), kept here in a quota window of the domain's own kind (domain/quota.py).
+  Redis, heartbeats with a TTL), kept here in a quota window of the domain's own kind (domain/quota.py);
+  a client's or team's rpm/tpm likewise, in windows of domain/rates.py (a share of 0 refuses).
+  Bound: while the live count is right, the instances together admit at most the limit in any minute
+  of the outage; the minute in which Redis goes away can see up to twice the limit (what the shared
+  window admitted before, and the local shares, which start empty), as for the key's windows.
 - The heartbeat keeps probing; the first answer ends the outage and flushes the settlements that failed
   meanwhile (bounded, and counted if it overflows).
 What the local shares admitted in the last minute is written into the keys' Redis windows when Redis is
 back (`REPLAY`), so the requests already sent count against the rest of their minute on every instance
-(and all they admitted, into the day and month windows of a key with `rpd` or `tokens_per_month`).
+(and all they admitted, into the day and month windows of a key with `rpd` or `tokens_per_month`), and
+what they admitted for clients and teams into those windows (`REPLAY_SCOPES`).
 
 Instances: each heartbeats `akr:inst` with a TTL (`instance_ttl`); a heartbeat that finds a silent
 instance reclaims what it held (in-flight slots and budget holds), so a killed instance holds nothing for
@@ -48,11 +55,12 @@ import structlog
 import trio
 
 from apikeyrouter.config import StoreConfig
-from apikeyrouter.domain import period, quota
+from apikeyrouter.domain import period, quota, rates
 from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.circuit import BreakerOpened
 from apikeyrouter.domain.lifecycle import KeyState
 from apikeyrouter.domain.quota import QuotaConfig, QuotaReservation
+from apikeyrouter.domain.rates import RateLimit, Rates
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
 from apikeyrouter.messages.key import ApplyShared
 from apikeyrouter.observe import EventBus, KeyBreakerChanged, KeyTransitioned
@@ -77,6 +85,7 @@ async def open_shared(
     budget_specs: Callable[[], Iterable[BudgetSpec]],
     apply: Callable[[str, ApplyShared], Awaitable[None]] | None = None,
     budget_templates: Callable[[], Iterable[BudgetSpec]] = tuple,
+    rate_limits: Callable[[], Iterable[RateLimit]] = tuple,
 ) -> AsyncIterator[SharedLimits | None]:
     """Run `SharedLimits` for a redis store while the block runs (None for any other store)."""
     if store.kind != "redis" or store.url is None:
@@ -90,6 +99,7 @@ async def open_shared(
         events=events,
         budget_specs=budget_specs,
         budget_templates=budget_templates,
+        rate_limits=rate_limits,
     )
     shared.apply = apply
     async with trio.open_nursery() as nursery:
@@ -125,6 +135,7 @@ class SharedAsk:
     lease_s: float
     worst_case: Decimal
     budgets: tuple[BudgetSpec, ...] = ()
+    scopes: tuple[RateLimit, ...] = ()  # the client's and team's rpm/tpm, shared like the key's windows
 
 
 @attrs.define(eq=False)
@@ -137,6 +148,7 @@ class SharedGrant:
     budgets: tuple[BudgetSpec, ...]
     local: QuotaReservation | None = None
     at_ms: int = -1  # when Redis reserved it, on Redis's clock (-1: unknown); settles its day/month bucket
+    scopes: tuple[str, ...] = ()  # the client and team windows it took an entry in
 
 
 @attrs.define
@@ -163,6 +175,7 @@ class SharedLimits:
         events: EventBus,
         budget_specs: Callable[[], Iterable[BudgetSpec]] = tuple,
         budget_templates: Callable[[], Iterable[BudgetSpec]] = tuple,
+        rate_limits: Callable[[], Iterable[RateLimit]] = tuple,
     ) -> None:
         self.link = link
         self.instance_id = instance_id
@@ -179,8 +192,14 @@ class SharedLimits:
         self._budget_index: dict[str, BudgetSpec] = {}
         self._budget_list: Iterable[BudgetSpec] | None = None
         self._budget_len = -1
+        self._rate_limits = rate_limits
+        self._rate_list: Iterable[RateLimit] | None = None
+        self._rate_index: dict[str, RateLimit] = {}
         self._events = events
         self._shares: dict[str, _Share] = {}
+        # Clients' and teams' windows while Redis is away (limits: their shares), and what they admitted.
+        self._scope_share = Rates()
+        self._scope_admitted: collections.deque[tuple[float, str, int]] = collections.deque(maxlen=_REPLAY_MAX)
         self._ids = 0
         self._send, self._recv = trio.open_memory_channel[list[str]](1024)
         self._retry: collections.deque[list[str]] = collections.deque()
@@ -234,7 +253,7 @@ class SharedLimits:
             "mode": "shared" if self.link.up else f"local share (1/{max(1, self.live)} of each limit)",
             "last_error": self.link.last_error,
             "pending_settlements": len(self._retry),
-            "pending_replay": sum(len(s.admitted) for s in self._shares.values()),
+            "pending_replay": sum(len(s.admitted) for s in self._shares.values()) + len(self._scope_admitted),
         }
 
     async def shared_budgets(self, local: dict[str, Any]) -> dict[str, Any]:
@@ -276,6 +295,16 @@ class SharedLimits:
         found = [index[i] if i in index else self._from_template(i) for i in ids]
         return tuple(spec for spec in found if spec is not None)
 
+    def rates_for(self, scopes: Iterable[str]) -> tuple[RateLimit, ...]:
+        """The rpm/tpm limits of `scopes` ("client:acme", "team:search") that have any (indexed once per
+        change of the list: a reload replaces it)."""
+        limits = self._rate_limits()
+        if limits is not self._rate_list:
+            self._rate_index = {lim.scope: lim for lim in limits}
+            self._rate_list = limits
+        index = self._rate_index
+        return tuple(index[s] for s in scopes if s in index)
+
     def _from_template(self, budget_id: str) -> BudgetSpec | None:
         """A budget made from a template (a client's from `client_default`), as the local ledger makes it."""
         for template in self._budget_templates():
@@ -295,12 +324,15 @@ class SharedLimits:
         args.append(str(len(ask.budgets)))
         for spec in ask.budgets:
             args += [spec.id, self._limit_arg(spec), self._period_arg(spec)]
-        args += [_opt(lim.rpd), _opt(lim.tokens_per_month)]
+        args += [_opt(lim.rpd), _opt(lim.tokens_per_month), str(len(ask.scopes))]
+        for rl in ask.scopes:
+            args += [rl.scope, _opt(rl.rpm), _opt(rl.tpm)]
         try:
             reply = await self.link.reserve(args)
         except BaseException as exc:
             # It may have run on the server (a timeout, or cancelled mid-call): give it back, idempotently.
-            self._queue(self._settle_args(SharedGrant(ask.key_id, rid, ask.tokens, ask.budgets), None, None))
+            taken = SharedGrant(ask.key_id, rid, ask.tokens, ask.budgets, scopes=tuple(rl.scope for rl in ask.scopes))
+            self._queue(self._settle_args(taken, None, None))
             if not isinstance(exc, StoreUnavailable):
                 raise
             return self._fallback(ask, rid, exc.reason)
@@ -320,7 +352,7 @@ class SharedLimits:
         args.append(str(len(grant.budgets)))
         for spec in grant.budgets:
             args += [spec.id, self._period_arg(spec)]
-        args.append(str(grant.at_ms))
+        args += [str(grant.at_ms), str(len(grant.scopes)), *grant.scopes]
         return args
 
     def _period_arg(self, spec: BudgetSpec) -> str:
@@ -358,6 +390,9 @@ class SharedLimits:
         flight = _part(lim.max_in_flight, live)
         if flight is not None and share.in_flight >= flight:
             return Refusal(ask.key_id, RefusalKind.IN_FLIGHT, busy=True, detail={"limit": flight})
+        scoped = self._scope_fallback(ask, rid, live, now)
+        if isinstance(scoped, Refusal):
+            return scoped
         q, got = quota.reserve(share.quota, ask.tokens, now)
         if not isinstance(got, QuotaReservation):
             why = f"{got.reason} (local share 1/{live}: redis unavailable)"
@@ -365,10 +400,42 @@ class SharedLimits:
         share.quota = q
         share.in_flight += 1
         share.admitted.append((now, ask.tokens))
+        self._scope_share = scoped
+        self._scope_admitted.extend((now, rl.scope, ask.tokens) for rl in ask.scopes)
         self.fallback_grants += 1
-        return SharedGrant(ask.key_id, rid, ask.tokens, (), local=got)
+        scopes = tuple(rl.scope for rl in ask.scopes)
+        return SharedGrant(ask.key_id, rid, ask.tokens, (), local=got, scopes=scopes)
+
+    def _scope_fallback(self, ask: SharedAsk, rid: str, live: int, now: float) -> Rates | Refusal:
+        """The client's and team's windows on this instance's share (`limit // live`), checked, not kept."""
+        if not ask.scopes:
+            return self._scope_share
+        limits: dict[str, RateLimit] = {}
+        for rl in ask.scopes:
+            rpm, tpm = _part(rl.rpm, live), _part(rl.tpm, live)
+            if rpm == 0 or tpm == 0:  # less than one request (or token) each: this instance admits none
+                window = "rpm" if rpm == 0 else "tpm"
+                why = f"{window} local share 0 (1/{live} of the limit: redis unavailable)"
+                detail = {"window": f"{rl.scope} {window}", "reason": why, "scope": rl.scope}
+                return Refusal(ask.key_id, RefusalKind.QUOTA, None, detail=detail)
+            limits[rl.scope] = RateLimit(rl.scope, rpm, tpm)
+        share = self._scope_share
+        if any(share.limits.get(scope) != lim for scope, lim in limits.items()):  # new live count or limits
+            share = attrs.evolve(share, limits={**share.limits, **limits})
+        admitted, limited = rates.admit(share, rid, limits, ask.tokens, now)
+        if limited is not None:
+            why = f"{limited.message.split(': ', 1)[1]} (local share 1/{live}: redis unavailable)"
+            detail = {"window": f"{limited.scope} {limited.window}", "reason": why, "scope": limited.scope}
+            return Refusal(ask.key_id, RefusalKind.QUOTA, limited.retry_at, detail=detail)
+        return admitted
 
     def _finish_local(self, grant: SharedGrant, tokens: int | None) -> None:
+        if grant.scopes:
+            self._scope_share = (
+                rates.release(self._scope_share, grant.rid)
+                if tokens is None
+                else rates.settle(self._scope_share, grant.rid, tokens)
+            )
         share = self._shares.get(grant.key_id)
         if share is None or grant.local is None:
             return
@@ -451,6 +518,17 @@ class SharedLimits:
                 return  # the next heartbeat tries again
             share.admitted.clear()
             log.info("redis_replayed", key=key_id, requests=len(entries))
+        await self._replay_scopes(now)
+
+    async def _replay_scopes(self, now: float) -> None:
+        scoped = [(scope, int((now - at) * 1000), n) for at, scope, n in self._scope_admitted if now - at < 60]
+        if scoped:
+            try:
+                await self.link.replay_scopes(self.instance_id, scoped)
+            except StoreUnavailable:
+                return
+            log.info("redis_replayed_scopes", entries=len(scoped))
+        self._scope_admitted.clear()
 
     async def _sharer(self, recv: trio.MemoryReceiveChannel[tuple[str, str, str, int]]) -> None:
         async for key_id, what, value, ttl_ms in recv:
@@ -541,7 +619,8 @@ def _part(limit: int | None, live: int) -> int | None:
 def _answer(ask: SharedAsk, rid: str, reply: list[Any]) -> SharedGrant | Refusal:
     kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
     if kind == "ok":
-        return SharedGrant(ask.key_id, rid, ask.tokens, ask.budgets, at_ms=int(reply[1]))
+        scopes = tuple(rl.scope for rl in ask.scopes)
+        return SharedGrant(ask.key_id, rid, ask.tokens, ask.budgets, at_ms=int(reply[1]), scopes=scopes)
     retry_ms = int(reply[1])
     retry_at = trio.current_time() + retry_ms / 1000 if retry_ms >= 0 else None
     rest = [r.decode() if isinstance(r, bytes) else str(r) for r in reply[2:]]
@@ -559,6 +638,13 @@ def _answer(ask: SharedAsk, rid: str, reply: list[Any]) -> SharedGrant | Refusal
             if retry_ms == -2:
                 reason = f"bigger than the shared limit {rest[0]}"
             return Refusal(key, RefusalKind.QUOTA, retry_at, detail={"window": kind, "reason": reason})
+        case "scope":  # the client's or team's own window: 429 client_rate_limited, no other key helps
+            scope, window, most, used = rest[:4]
+            reason = f"{window} limit {most} reached across instances ({used} used)"
+            if retry_ms == -2:
+                reason = f"bigger than the shared {window} limit {most}"
+            said = {"window": f"{scope} {window}", "reason": reason, "scope": scope}
+            return Refusal(key, RefusalKind.QUOTA, retry_at, detail=said)
         case "budget":
             limit, spent, held = (Decimal(int(v)) / _NANO for v in rest[1:4])
             detail = {
