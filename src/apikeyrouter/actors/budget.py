@@ -92,6 +92,10 @@ class BudgetActor(Actor[BudgetCommand]):
         ledger = restored if isinstance(restored, Ledger) else budget.new_ledger((), now)
         # Calendar periods are cut on this process's wall clock (a restored ledger's may be stale).
         ledger = attrs.evolve(ledger, wall_offset=self._wall_offset)
+        # The stored client and team windows, for the scopes still limited (on the configured limits).
+        # Renamed: a new process numbers its requests from 1 again, and an entry id already in a window is
+        # taken as admitted (idempotence), so a stored "req-1:2" would let the new "req-1:2" through.
+        self._rates = rates.set_limits(rates.restored(ledger.rates), self._rates.limits.values())
         # The configured budgets win over stored ones (written under another config, perhaps): as a reload.
         self._ledger = budget.reconfigure(ledger, self._specs, self._templates, now, later=self._later)
         self._outbox.save(_KIND, _ID, self._ledger)
@@ -246,6 +250,8 @@ class BudgetActor(Actor[BudgetCommand]):
                 log.warning("budget_charged_late", hold=ev.hold_id, budgets=list(ev.budgets), actual=str(ev.actual))
 
     def _commit(self, ledger: Ledger) -> None:
+        if ledger.rates is not self._rates:  # the windows travel in the ledger's record (restored on start)
+            ledger = attrs.evolve(ledger, rates=self._rates)
         if ledger is not self._ledger:
             self._ledger = ledger
             rows, self._rows = tuple(self._rows), []

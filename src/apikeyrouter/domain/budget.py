@@ -73,6 +73,7 @@ import attrs
 from apikeyrouter.domain import reconcile
 from apikeyrouter.domain.cost import PER_MILLION, ModelPrice
 from apikeyrouter.domain.period import CalendarPeriod, bounds
+from apikeyrouter.domain.rates import Rates
 
 __all__ = [
     "LATE_CHARGE_S",
@@ -169,6 +170,9 @@ class Ledger:
     expired: Mapping[str, _Expired] = attrs.field(factory=dict)  # in expiry order
     wall_offset: float = 0.0  # wall seconds minus trio seconds: where calendar periods are cut
     templates: Mapping[str, BudgetSpec] = attrs.field(factory=dict)  # id prefix -> the budget it gets
+    # The clients' and teams' rpm/tpm windows (domain/rates.py), kept by the budget actor beside the money
+    # and stored with it, so a restart does not hand a client its minute again. No rule here reads them.
+    rates: Rates = attrs.field(factory=Rates)
 
 
 @attrs.frozen

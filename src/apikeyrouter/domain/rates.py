@@ -30,6 +30,7 @@ __all__ = [
     "admit",
     "new_rates",
     "release",
+    "restored",
     "set_limits",
     "settle",
     "usage",
@@ -161,6 +162,17 @@ def settle(rates: Rates, entry_id: str, tokens: int) -> Rates:
 def release(rates: Rates, entry_id: str) -> Rates:
     """Nothing was sent upstream: the entry goes and its room is free again."""
     return _edit(rates, entry_id, None)
+
+
+def restored(rates: Rates) -> Rates:
+    """Windows read back from a store, their entry ids marked so no id of the new process can match one.
+    Entries already marked (restored twice) keep their id."""
+    mark = "restored/"
+    windows = {
+        scope: {(eid if eid.startswith(mark) else mark + eid): e for eid, e in w.items()}
+        for scope, w in rates.windows.items()
+    }
+    return attrs.evolve(rates, windows=windows)
 
 
 def set_limits(rates: Rates, limits: Iterable[RateLimit]) -> Rates:

@@ -32,6 +32,7 @@ from apikeyrouter.domain.history import BudgetRow, DecisionRow, HistoryRow, Tran
 from apikeyrouter.domain.keystate import KeyRecord
 from apikeyrouter.domain.lifecycle import Lifecycle, Transition
 from apikeyrouter.domain.quota import Quota
+from apikeyrouter.domain.rates import Rates
 from apikeyrouter.domain.stats import Stats
 
 __all__ = ["RECORD_TYPES", "converter", "decode", "encode", "shift_record", "shift_row"]
@@ -79,6 +80,11 @@ def _stats(st: Stats, delta: float) -> Stats:
     return attrs.evolve(st, last_at=_t(st.last_at, delta))
 
 
+def _rates(r: Rates, delta: float) -> Rates:
+    windows = {scope: {eid: attrs.evolve(e, at=e.at + delta) for eid, e in w.items()} for scope, w in r.windows.items()}
+    return attrs.evolve(r, windows=windows)
+
+
 def _ledger(ledger: Ledger, delta: float) -> Ledger:
     # Periods count from `origin`: moving it with the rest keeps each period's wall-clock bounds.
     return attrs.evolve(
@@ -86,6 +92,7 @@ def _ledger(ledger: Ledger, delta: float) -> Ledger:
         origin=ledger.origin + delta,
         holds={k: attrs.evolve(h, until=h.until + delta) for k, h in ledger.holds.items()},
         expired={k: attrs.evolve(e, at=e.at + delta) for k, e in ledger.expired.items()},
+        rates=_rates(ledger.rates, delta),
     )
 
 

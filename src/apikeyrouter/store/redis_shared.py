@@ -55,16 +55,16 @@ import structlog
 import trio
 
 from apikeyrouter.config import StoreConfig
-from apikeyrouter.domain import period, quota, rates
+from apikeyrouter.domain import period
 from apikeyrouter.domain.budget import BudgetSpec
 from apikeyrouter.domain.circuit import BreakerOpened
 from apikeyrouter.domain.lifecycle import KeyState
-from apikeyrouter.domain.quota import QuotaConfig, QuotaReservation
-from apikeyrouter.domain.rates import RateLimit, Rates
+from apikeyrouter.domain.rates import RateLimit
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
 from apikeyrouter.messages.key import ApplyShared
 from apikeyrouter.observe import EventBus, KeyBreakerChanged, KeyTransitioned
 from apikeyrouter.store.redis_link import RedisLink, StoreUnavailable
+from apikeyrouter.store.redis_local import KeyLimits, LocalShares, SharedAsk, SharedGrant
 
 __all__ = ["KeyLimits", "SharedAsk", "SharedGrant", "SharedLimits", "default_instance_id", "open_shared"]
 
@@ -74,7 +74,6 @@ _NANO = Decimal("1e9")
 _SOFT_LIMIT = str(2**53)  # nano-dollars no spend reaches: Lua numbers are doubles, exact up to 2**53
 _RETRY_MAX = 10_000  # settlements kept while Redis is down
 _BATCH = 128
-_REPLAY_MAX = 10_000  # admissions kept per key for the replay (beyond: the oldest are not replayed)
 _CHANNEL = "akr:events"
 
 
@@ -117,50 +116,6 @@ def default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-@attrs.frozen
-class KeyLimits:
-    rpm: int | None = None
-    tpm: int | None = None
-    max_in_flight: int | None = None
-    rpd: int | None = None
-    tokens_per_month: int | None = None
-
-
-@attrs.frozen
-class SharedAsk:
-    key_id: str
-    request_id: str
-    tokens: int
-    limits: KeyLimits
-    lease_s: float
-    worst_case: Decimal
-    budgets: tuple[BudgetSpec, ...] = ()
-    scopes: tuple[RateLimit, ...] = ()  # the client's and team's rpm/tpm, shared like the key's windows
-
-
-@attrs.define(eq=False)
-class SharedGrant:
-    """What one attempt holds on the shared side. `local` set: held on this instance's fallback share."""
-
-    key_id: str
-    rid: str
-    tokens: int
-    budgets: tuple[BudgetSpec, ...]
-    local: QuotaReservation | None = None
-    at_ms: int = -1  # when Redis reserved it, on Redis's clock (-1: unknown); settles its day/month bucket
-    scopes: tuple[str, ...] = ()  # the client and team windows it took an entry in
-
-
-@attrs.define
-class _Share:
-    """One key's fallback share while Redis is away."""
-
-    quota: quota.Quota
-    in_flight: int = 0
-    # (trio time, tokens) of what this share admitted, for the replay into Redis (the last minute only).
-    admitted: collections.deque[tuple[float, int]] = attrs.Factory(lambda: collections.deque(maxlen=_REPLAY_MAX))
-
-
 def _nano(amount: Decimal) -> int:
     return math.ceil(amount * _NANO)  # holds and charges round up: never under-count money
 
@@ -182,7 +137,6 @@ class SharedLimits:
         self.instance_ttl = instance_ttl
         self.live = 1
         self.reclaimed = 0
-        self.fallback_grants = 0
         self.dropped = 0
         self.applied = 0  # benches applied from other instances
         # How a bench another instance published reaches this instance's key actor (set by the runtime).
@@ -196,10 +150,7 @@ class SharedLimits:
         self._rate_list: Iterable[RateLimit] | None = None
         self._rate_index: dict[str, RateLimit] = {}
         self._events = events
-        self._shares: dict[str, _Share] = {}
-        # Clients' and teams' windows while Redis is away (limits: their shares), and what they admitted.
-        self._scope_share = Rates()
-        self._scope_admitted: collections.deque[tuple[float, str, int]] = collections.deque(maxlen=_REPLAY_MAX)
+        self._local = LocalShares()
         self._ids = 0
         self._send, self._recv = trio.open_memory_channel[list[str]](1024)
         self._retry: collections.deque[list[str]] = collections.deque()
@@ -253,7 +204,7 @@ class SharedLimits:
             "mode": "shared" if self.link.up else f"local share (1/{max(1, self.live)} of each limit)",
             "last_error": self.link.last_error,
             "pending_settlements": len(self._retry),
-            "pending_replay": sum(len(s.admitted) for s in self._shares.values()) + len(self._scope_admitted),
+            "pending_replay": self._local.pending(),
         }
 
     async def shared_budgets(self, local: dict[str, Any]) -> dict[str, Any]:
@@ -342,7 +293,7 @@ class SharedLimits:
         """Settle (`tokens` the actual count) or release (`tokens` None: the provider never saw it).
         Queued for the writer: waits only when its queue is full (backpressure, never a silent drop)."""
         if grant.local is not None:
-            self._finish_local(grant, tokens)
+            self._local.finish(grant, tokens)
             return
         await self._send.send(self._settle_args(grant, tokens, charge))
 
@@ -373,78 +324,7 @@ class SharedLimits:
         if hard:
             error = f"redis unavailable ({reason}): hard budgets fail closed ({', '.join(hard)})"
             return Refusal(ask.key_id, RefusalKind.UNAVAILABLE, budget=hard[0], detail={"error": error})
-        now = trio.current_time()
-        live = max(1, self.live)
-        lim = ask.limits
-        cfg = QuotaConfig(
-            rpm=_part(lim.rpm, live),
-            tpm=_part(lim.tpm, live),
-            rpd=_part(lim.rpd, live),
-            tokens_per_month=_part(lim.tokens_per_month, live),
-        )
-        share = self._shares.get(ask.key_id)
-        if share is None:
-            share = self._shares[ask.key_id] = _Share(quota.new_quota(cfg, now))
-        elif share.quota.config != cfg:  # the live count changed: same windows, new limits
-            share.quota = attrs.evolve(share.quota, config=cfg)
-        flight = _part(lim.max_in_flight, live)
-        if flight is not None and share.in_flight >= flight:
-            return Refusal(ask.key_id, RefusalKind.IN_FLIGHT, busy=True, detail={"limit": flight})
-        scoped = self._scope_fallback(ask, rid, live, now)
-        if isinstance(scoped, Refusal):
-            return scoped
-        q, got = quota.reserve(share.quota, ask.tokens, now)
-        if not isinstance(got, QuotaReservation):
-            why = f"{got.reason} (local share 1/{live}: redis unavailable)"
-            return Refusal(ask.key_id, RefusalKind.QUOTA, got.retry_at, detail={"window": got.window, "reason": why})
-        share.quota = q
-        share.in_flight += 1
-        share.admitted.append((now, ask.tokens))
-        self._scope_share = scoped
-        self._scope_admitted.extend((now, rl.scope, ask.tokens) for rl in ask.scopes)
-        self.fallback_grants += 1
-        scopes = tuple(rl.scope for rl in ask.scopes)
-        return SharedGrant(ask.key_id, rid, ask.tokens, (), local=got, scopes=scopes)
-
-    def _scope_fallback(self, ask: SharedAsk, rid: str, live: int, now: float) -> Rates | Refusal:
-        """The client's and team's windows on this instance's share (`limit // live`), checked, not kept."""
-        if not ask.scopes:
-            return self._scope_share
-        limits: dict[str, RateLimit] = {}
-        for rl in ask.scopes:
-            rpm, tpm = _part(rl.rpm, live), _part(rl.tpm, live)
-            if rpm == 0 or tpm == 0:  # less than one request (or token) each: this instance admits none
-                window = "rpm" if rpm == 0 else "tpm"
-                why = f"{window} local share 0 (1/{live} of the limit: redis unavailable)"
-                detail = {"window": f"{rl.scope} {window}", "reason": why, "scope": rl.scope}
-                return Refusal(ask.key_id, RefusalKind.QUOTA, None, detail=detail)
-            limits[rl.scope] = RateLimit(rl.scope, rpm, tpm)
-        share = self._scope_share
-        if any(share.limits.get(scope) != lim for scope, lim in limits.items()):  # new live count or limits
-            share = attrs.evolve(share, limits={**share.limits, **limits})
-        admitted, limited = rates.admit(share, rid, limits, ask.tokens, now)
-        if limited is not None:
-            why = f"{limited.message.split(': ', 1)[1]} (local share 1/{live}: redis unavailable)"
-            detail = {"window": f"{limited.scope} {limited.window}", "reason": why, "scope": limited.scope}
-            return Refusal(ask.key_id, RefusalKind.QUOTA, limited.retry_at, detail=detail)
-        return admitted
-
-    def _finish_local(self, grant: SharedGrant, tokens: int | None) -> None:
-        if grant.scopes:
-            self._scope_share = (
-                rates.release(self._scope_share, grant.rid)
-                if tokens is None
-                else rates.settle(self._scope_share, grant.rid, tokens)
-            )
-        share = self._shares.get(grant.key_id)
-        if share is None or grant.local is None:
-            return
-        now = trio.current_time()
-        share.in_flight = max(0, share.in_flight - 1)
-        if tokens is None:
-            share.quota = quota.release(share.quota, grant.local, now)
-        else:
-            share.quota = quota.settle(share.quota, grant.local, tokens, now)
+        return self._local.grant(ask, rid, max(1, self.live))
 
     # -- background ------------------------------------------------------------------------------------
 
@@ -504,7 +384,7 @@ class SharedLimits:
     async def _replay(self) -> None:
         """Write what the local shares admitted during an outage into the Redis windows (once each)."""
         now = trio.current_time()
-        for key_id, share in self._shares.items():
+        for key_id, share in self._local.keys.items():
             cfg = share.quota.config
             counts = (cfg.rpd is not None, cfg.tokens_per_month is not None)
             horizon = math.inf if any(counts) else 60.0  # a day or month window counts the whole outage
@@ -521,14 +401,15 @@ class SharedLimits:
         await self._replay_scopes(now)
 
     async def _replay_scopes(self, now: float) -> None:
-        scoped = [(scope, int((now - at) * 1000), n) for at, scope, n in self._scope_admitted if now - at < 60]
+        admitted = self._local.scope_admitted
+        scoped = [(scope, int((now - at) * 1000), n) for at, scope, n in admitted if now - at < 60]
         if scoped:
             try:
                 await self.link.replay_scopes(self.instance_id, scoped)
             except StoreUnavailable:
                 return
             log.info("redis_replayed_scopes", entries=len(scoped))
-        self._scope_admitted.clear()
+        admitted.clear()
 
     async def _sharer(self, recv: trio.MemoryReceiveChannel[tuple[str, str, str, int]]) -> None:
         async for key_id, what, value, ttl_ms in recv:
@@ -610,10 +491,6 @@ def _money(amount: Decimal) -> str:
 
 def _opt(limit: int | None) -> str:
     return "-1" if limit is None else str(limit)
-
-
-def _part(limit: int | None, live: int) -> int | None:
-    return None if limit is None else limit // live
 
 
 def _answer(ask: SharedAsk, rid: str, reply: list[Any]) -> SharedGrant | Refusal:
