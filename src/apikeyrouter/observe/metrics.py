@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from apikeyrouter.observe.events import RequestAttempted
@@ -52,6 +52,7 @@ class ProxyMetrics:
         self,
         keys: Callable[[], list[dict[str, Any]]] | None = None,
         store: Callable[[], dict[str, Any] | None] | None = None,
+        store_health: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
@@ -101,6 +102,8 @@ class ProxyMetrics:
             r.register(_KeyStateCollector(keys))
         if store is not None:
             r.register(_StoreCollector(store))
+        if store_health is not None:
+            r.register(_StoreHealthCollector(store_health))
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         child = self._request_children.get((route, status))
@@ -161,6 +164,41 @@ class _StoreCollector:
             family = GaugeMetricFamily(name, doc)
             family.add_metric([], float(value))
             yield family
+
+
+class _StoreHealthCollector:
+    """Any store (memory, SQLite, Redis): failing or not, and what failed or was dropped since start."""
+
+    _COUNTERS = (
+        ("apikeyrouter_store_write_failures", "Store writes that failed (kept and tried again).", "write_failures"),
+        ("apikeyrouter_store_dropped_rows", "History rows dropped while the store was away.", "dropped_rows"),
+        ("apikeyrouter_store_redis_call_failures", "Shared-limit calls to Redis that failed.", "redis_call_failures"),
+        ("apikeyrouter_store_shared_dropped", "Settlements or benches never sent to Redis.", "shared_dropped"),
+    )
+
+    def __init__(self, health: Callable[[], dict[str, Any] | None]) -> None:
+        self._health = health
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        st = self._health()
+        if st is None:
+            return
+        kind = [str(st["kind"])]
+        doc = "1 while the store fails to write or answer."
+        failing = GaugeMetricFamily("apikeyrouter_store_failing", doc, labels=["kind"])
+        failing.add_metric(kind, 1.0 if st["failing"] else 0.0)
+        yield failing
+        pending = GaugeMetricFamily("apikeyrouter_store_pending_rows", "History rows not written yet.", labels=["kind"])
+        pending.add_metric(kind, float(st["pending_rows"]))
+        yield pending
+        for name, doc, field in self._COUNTERS:
+            if field in st:
+                family = CounterMetricFamily(name, doc, labels=["kind"])
+                family.add_metric(kind, float(st[field]))
+                yield family
 
 
 class _KeyStateCollector:

@@ -139,7 +139,10 @@ class ProxyApp:
         self.log_requests = log_requests
         # Only the real router has a shared store to report (test doubles of RouterAPI need not).
         self._store_status: Callable[[], dict[str, Any] | None] = getattr(router, "store_status", lambda: None)
-        self.metrics = metrics if metrics is not None else ProxyMetrics(router.keys, self._store_status)
+        self._store_health: Callable[[], dict[str, Any] | None] = getattr(router, "store_health", lambda: None)
+        if metrics is None:
+            metrics = ProxyMetrics(router.keys, self._store_status, self._store_health)
+        self.metrics = metrics
         # Every attempt, failovers included, counted inline as the router publishes it (EventBus.observe).
         router.events.observe(RequestAttempted, self.metrics.attempt)
         self.client_metrics = ClientMetrics(self.metrics.registry, router.events, router.budgets)
@@ -543,8 +546,13 @@ class ProxyApp:
     async def _ready(self, ex: Exchange, _: str) -> None:
         if self.router.ready():
             store = self._store_status()
-            if store is not None and not store["up"]:  # still serving, on local shares: say so
-                await self._reply(ex, 200, {"status": "degraded", "store": store})
+            health = self._store_health()
+            failing = health is not None and health["failing"]
+            if (store is not None and not store["up"]) or failing:  # still serving (local shares): say so
+                down: dict[str, Any] = {"status": "degraded", "store": store if store is not None else health}
+                if store is not None and failing:
+                    down["store_health"] = health
+                await self._reply(ex, 200, down)
                 return
             body: dict[str, Any] = {"status": "ready"}
             if store is not None:

@@ -47,6 +47,7 @@ from apikeyrouter.runtime.reload import apply_config
 from apikeyrouter.runtime.tree import root_supervisor
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.backend import StateStore
+from apikeyrouter.store.health import store_health
 from apikeyrouter.store.open import store_from_config
 from apikeyrouter.store.redis_shared import SharedLimits, open_shared
 
@@ -182,6 +183,11 @@ class ApiKeyRouter:
         """Redis reachability, live instances and mode (shared / local share); None without Redis."""
         shared = self._registry.shared
         return shared.status() if shared is not None else None
+
+    def store_health(self) -> dict[str, Any]:
+        """Whether the store (SQLite, Redis, memory) is failing, why, and its failure and drop counts."""
+        reg = self._registry
+        return store_health(reg.store_state, reg.shared)
 
     @property
     def objective(self) -> str | Weights:

@@ -86,6 +86,7 @@ class RedisStore:
         self.writes = 0  # batches committed
         self.failures = 0  # writes that failed (what they held is kept for the next)
         self.dropped_rows = 0  # rows dropped, oldest first, past `retention` kept during an outage
+        self.last_error: str | None = None  # why the last write failed, until one succeeds (no URL in it)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
@@ -113,6 +114,7 @@ class RedisStore:
             await self._run(lambda: self._write_sync(pending))
         except (redis.RedisError, OSError) as exc:
             self.failures += 1
+            self.last_error = _first_line(exc)
             if self._retry_at == 0.0:
                 log.warning("redis_store_write_failed", reason=_first_line(exc), kept=len(pending))
             self._retry_at = trio.current_time() + _RETRY_S
@@ -120,6 +122,7 @@ class RedisStore:
         if self._retry_at:
             log.info("redis_store_written", records=len(pending.records), rows=len(pending.rows))
         self._retry_at = 0.0
+        self.last_error = None
         for rid in pending.records:  # those changed again meanwhile stay, with their newer value
             if self._records.get(rid) is pending.records[rid]:
                 del self._records[rid]

@@ -56,6 +56,7 @@ class StoreState:
     saves: int = 0  # Save messages received (each is one change of one record)
     batches: int = 0  # batches written
     failures: int = 0  # writes that failed (and were tried again)
+    last_error: str | None = None  # why the last write failed, until one succeeds (store/health.py)
 
 
 class StoreWriter(Actor[StoreCommand]):
@@ -212,11 +213,13 @@ class StoreWriter(Actor[StoreCommand]):
                 await st.backend.write(batch)
             except Exception as exc:
                 st.failures += 1
+                st.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
                 log.error("store_write_failed", error=f"{type(exc).__name__}: {exc}", retry_in=delay, size=len(batch))
                 await trio.sleep(delay)
                 delay = min(_BACKOFF_MAX_S, delay * 2)
             else:
                 st.batches += 1
+                st.last_error = None
                 return
 
 
