@@ -1,13 +1,15 @@
 """What the shared Redis store adds per routed request: latency and CPU, against the memory store, same run.
 
-    PYTHONPATH=src python benchmarks/redis_store.py [--requests 400] [--rounds 5] [--budget]
+    PYTHONPATH=src python benchmarks/redis_store.py [--requests 400] [--rounds 5] [--budget] [--client-rpm N]
 
 Starts `redis-server` (temp port, no persistence) and `apikeyrouter sim` in their own processes, then
 opens two embedded routers in this process on the same simulator: one with `[store] kind = "memory"`, one
 with `kind = "redis"`. Rounds are interleaved (memory, redis, memory, ...) so both see the same machine
 noise; each round sends `--requests` sequential requests through `router.route` and records the wall time
 of each and this process's CPU time for the round (`time.process_time`, all threads: the redis client
-runs in worker threads). With `--budget` both routers also hold a global budget (the redis one on Redis).
+runs in worker threads). With `--budget` both routers also hold a global budget (the redis one on Redis);
+with `--client-rpm N` every request is a client's with that rpm (its window shared on Redis, where the
+tree has it).
 
 Rounds are short (50 requests) and many (20) so that load from other tenants of the machine falls on both
 stores alike. Also measured, the floor under the redis figures: one script call through the link (a
@@ -76,7 +78,7 @@ def start_sim() -> tuple[subprocess.Popen[str], str]:
     return proc, line.split("listening on ", 1)[1].split()[0]
 
 
-def config(sim_url: str, store: dict[str, Any], budget: bool) -> Any:
+def config(sim_url: str, store: dict[str, Any], budget: bool, client_rpm: int | None = None) -> Any:
     data: dict[str, Any] = {
         "providers": [{"id": "sim", "kind": "openai", "base_url": f"{sim_url}/v1", "models": ["gpt-4o-mini"]}],
         "keys": [{"id": f"k{i}", "provider": "sim", "secret": f"sk-bench-{i}", "rpm": 1_000_000} for i in range(4)],
@@ -86,15 +88,17 @@ def config(sim_url: str, store: dict[str, Any], budget: bool) -> Any:
     }
     if budget:
         data["budgets"] = {"global": {"limit": "1000000", "period": "day"}}
+    if client_rpm is not None:
+        data["clients"] = [{"id": "bench", "rpm": client_rpm}]
     return parse_config(data, {}, "<bench>")
 
 
-async def one_round(router: ApiKeyRouter, n: int) -> tuple[list[float], float]:
+async def one_round(router: ApiKeyRouter, n: int, client: str | None = None) -> tuple[list[float], float]:
     times = []
     cpu0 = time.process_time()
     for _ in range(n):
         t0 = time.perf_counter()
-        await router.route(CHAT)
+        await router.route(CHAT, client=client)
         times.append(time.perf_counter() - t0)
     return times, time.process_time() - cpu0
 
@@ -105,18 +109,20 @@ def redis_cpu(port: int) -> float:
 
 
 async def run(args: argparse.Namespace, sim_url: str, redis_port: int) -> dict[str, Any]:
-    memory_cfg = config(sim_url, {"kind": "memory"}, args.budget)
-    redis_cfg = config(sim_url, {"kind": "redis", "url": f"redis://127.0.0.1:{redis_port}/0"}, args.budget)
+    memory_cfg = config(sim_url, {"kind": "memory"}, args.budget, args.client_rpm)
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    redis_cfg = config(sim_url, {"kind": "redis", "url": redis_url}, args.budget, args.client_rpm)
+    client = None if args.client_rpm is None else "bench"
     results: dict[str, dict[str, list[float]]] = {s: {"median": [], "p90": [], "cpu": []} for s in ("memory", "redis")}
     server_cpu: list[float] = []
     async with open_router(memory_cfg) as memory, open_router(redis_cfg) as shared:
         routers = {"memory": memory, "redis": shared}
         for router in routers.values():  # warm up: connections, tokenizer, scripts loaded
-            await one_round(router, 50)
+            await one_round(router, 50, client)
         for i in range(args.rounds):
             for name, router in routers.items():
                 before = redis_cpu(redis_port)
-                times, cpu = await one_round(router, args.requests)
+                times, cpu = await one_round(router, args.requests, client)
                 if name == "redis":
                     server_cpu.append((redis_cpu(redis_port) - before) / args.requests)
                 qs = statistics.quantiles(times, n=10)
@@ -140,6 +146,7 @@ async def run(args: argparse.Namespace, sim_url: str, redis_port: int) -> dict[s
     return {
         "bench": "redis_store",
         "budget": args.budget,
+        "client_rpm": args.client_rpm,
         "requests_per_round": args.requests,
         "rounds": args.rounds,
         "latency_median_us": {s: round(m["median"]) for s, m in med.items()},
@@ -157,6 +164,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--budget", action="store_true", help="hold a global budget too")
+    parser.add_argument("--client-rpm", type=int, default=None, help="every request a client's with this rpm")
     parser.add_argument("--verbose", action="store_true", help="print every round")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
