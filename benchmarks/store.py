@@ -4,11 +4,11 @@ when `redis-server` is on PATH), same run, same load.
     PYTHONPATH=src python benchmarks/store.py [--calls 1000] [--rounds 9] [--concurrency 32] [--no-redis]
 
 Each round runs the same calls through a router on each store, one after the other, the order rotated
-each round (so drift on a shared machine hits them alike): `concurrency` trio tasks calling `route()` against the simulator's handler
-in-process (`benchmarks/aio.py`'s adapter: no sockets, but one checkpoint per upstream call, where a
-socket read would wait: without it nothing on the path yields and the writer never flushes during the
-timed calls), 4 keys, a global budget (so every request also
-holds and charges money). Per store, per round:
+each round (so drift on a shared machine hits them alike): `concurrency` trio tasks calling `route()`
+against the simulator's handler in-process (`benchmarks/aio.py`'s adapter: no sockets, but one checkpoint
+per upstream call, where a socket read would wait: without it nothing on the path yields and the writer
+never flushes during the timed calls), 4 keys, a global budget (so every request also holds and charges
+money). Per store, per round:
 
 - CPU µs per request: `time.process_time()` over the calls (every thread: the SQLite worker thread too),
   divided by the calls;
