@@ -274,8 +274,11 @@ async def test_a_thousand_concurrent_requests_are_all_in_the_store(tmp_path: Pat
     assert budget.status(records["budgets", "ledger"], "global", 0.0).spent == sum(costs, D(0))
     decisions = await store.query(StateQuery("decisions", limit=10_000))
     assert len({d.request_id for d in decisions}) == 1000 and {d.outcome for d in decisions} == {"ok"}
-    charged = await store.query(StateQuery("budgets", budget="global", limit=10_000))
+    moved = await store.query(StateQuery("budgets", budget="global", limit=10_000))
+    charged = [c for c in moved if c.event == "charged"]
     assert len(charged) == 1000 and sum((c.amount for c in charged), D(0)) == sum(costs, D(0))
+    held = {h.hold_id for h in moved if h.event == "held"}
+    assert len(moved) == 2000 and held == {c.hold_id for c in charged}  # every hold, and how it ended
     await store.close()
 
 
