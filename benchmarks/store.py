@@ -84,7 +84,9 @@ def _store_state(router: ApiKeyRouter) -> dict[str, Any]:
 
 
 def one_round(store: StateStore, calls: int, concurrency: int, redis_url: str | None = None) -> dict[str, float]:
-    config = CONFIG if redis_url is None else {**CONFIG, "store": {"kind": "redis", "url": redis_url}}
+    # redis_deadline: at load ~4 the 0.25 s default timed out, failing the hard budget closed mid-round.
+    shared = {"kind": "redis", "url": redis_url, "redis_deadline": 2.0}
+    config = CONFIG if redis_url is None else {**CONFIG, "store": shared}
 
     async def main() -> dict[str, float]:
         async with ApiKeyRouter(parse_config(config, env={}), store=store) as router:
