@@ -42,7 +42,7 @@ class Harness:
     async def running_store(self) -> AsyncIterator[None]:
         async with run_store(self.store) as port:
             assert port.ref is not None
-            self.port.bind(port.ref)  # actors made before the store started hold this port
+            self.port.bind(port.ref, port.pending)  # actors made before the store started hold this port
             yield
 
     def make(self) -> KeyActor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,35 @@ async def test_inspect_transitions_reads_the_store_through_the_debug_channel(tmp
         assert json.loads(as_json.output)["transitions"][0]["to_state"] == "throttled"
         none = await trio.to_thread.run_sync(inspect, "transitions", "good")
         assert "no transitions of good in the store" in none.output
+
+
+async def test_budget_history_has_a_row_for_every_hold_and_how_it_ended(tmp_path: Path) -> None:
+    config = {
+        "routing": {"objective": "quality"},
+        "store": {"kind": "sqlite", "path": str(tmp_path / "s.db")},
+        "budgets": {"global": {"limit": "100", "period": "month"}},
+    }
+    async with sim_env(KEYS, sim_keys=SIM_KEYS, config=config) as env:
+        first = await env.router.route(chat("hot answers 429, good serves it"), client="acme")
+        await env.router.route(chat("hot is benched now: good at once"), client="acme")
+        async with running_proxy(env.router) as proxy, httpx.AsyncClient(base_url=proxy.url) as http:
+
+            async def query(params: str) -> Any:
+                got = await http.get(f"/state/query?{params}", headers=ADMIN)
+                assert got.status_code == 200, got.text
+                return got.json()["data"]
+
+            rows = list(reversed(await query("trail=budgets&budget=global&since=1h")))  # oldest first
+            assert [r["event"] for r in rows] == ["held", "released", "held", "charged", "held", "charged"]
+            assert {r["budget"] for r in rows} == {"global"} and all(r["at_wall"].endswith("Z") for r in rows)
+            held, released, *_ = rows
+            assert released["hold_id"] == held["hold_id"] and released["amount"] == held["amount"]
+            assert Decimal(held["amount"]) > 0  # the worst case it held
+            charged = rows[3]
+            assert charged["hold_id"] == rows[2]["hold_id"]
+            assert first.metadata is not None and Decimal(charged["amount"]) == first.metadata.cost
+            assert await query("trail=budgets&budget=client:nobody") == []
+            assert await query("trail=budgets&budget=global&until=2001-01-01T00:00:00Z") == []
+            assert len(await query("trail=budgets&limit=2")) == 2
+            text = json.dumps(rows)
+            assert "sk-sim-hot" not in text and "sk-sim-good" not in text

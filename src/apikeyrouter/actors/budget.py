@@ -182,8 +182,9 @@ class BudgetActor(Actor[BudgetCommand]):
                 self._history(self.ledger, events)
                 self._commit(ledger)
             case Free(hold_id=hold_id):
-                ledger, _ = budget.release(self.ledger, hold_id, now)
+                ledger, events = budget.release(self.ledger, hold_id, now)
                 self._rates = rates.release(self._rates, hold_id)
+                self._history(self.ledger, events)
                 self._commit(ledger)
             case SetBudgets(specs=specs, templates=templates, rates=limits):
                 self._set_budgets(specs, templates, now)
@@ -219,6 +220,7 @@ class BudgetActor(Actor[BudgetCommand]):
             return _refusal(msg.key_id, refused)
         self._rates = admitted
         self._report(events, client=msg.client)
+        self._history(self.ledger, events)
         self._commit(ledger)
         return HoldPlaced(msg.hold_id)
 
@@ -258,9 +260,16 @@ class BudgetActor(Actor[BudgetCommand]):
             self._outbox.save(_KIND, _ID, ledger, rows)
 
     def _history(self, before: Ledger, events: Sequence[BudgetEvent]) -> None:
-        """Money that moved, one row per budget it moved on, for the store's budget history."""
+        """Money that moved, one row per budget it moved on, for the store's budget history (written by
+        the store writer off the request path: here a row is built and queued, nothing more)."""
         for ev in events:
             match ev:
+                case BudgetReserved():
+                    self._rows.extend(BudgetRow(b, "held", ev.hold_id, ev.amount, ev.at) for b in ev.budgets)
+                case BudgetReleased():
+                    hold = before.holds.get(ev.hold_id)
+                    names = hold.budgets if hold is not None else ()
+                    self._rows.extend(BudgetRow(b, "released", ev.hold_id, ev.amount, ev.at) for b in names)
                 case BudgetSettled():
                     hold = before.holds.get(ev.hold_id)
                     names = hold.budgets if hold is not None else ()
@@ -271,8 +280,8 @@ class BudgetActor(Actor[BudgetCommand]):
                     self._rows.append(BudgetRow(ev.budget, "overrun", ev.hold_id, ev.over_by, ev.at))
                 case HoldExpired():
                     self._rows.extend(BudgetRow(b, "hold_expired", ev.hold_id, ev.amount, ev.at) for b in ev.budgets)
-                case BudgetReserved() | BudgetRefused() | BudgetReleased() | BudgetSoftExceeded():
-                    pass  # holds placed, refused and released move no money (nor does a soft limit passed)
+                case BudgetRefused() | BudgetSoftExceeded():
+                    pass  # a hold refused moves no money (nor does a soft limit passed: its hold is a row)
                 case _:
                     assert_never(ev)
 

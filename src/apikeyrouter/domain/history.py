@@ -5,8 +5,11 @@ Three append-only trails sit next to the records (a key's or the ledger's latest
 - `TransitionRow`: every lifecycle move of every key, never trimmed (the audit trail);
 - `DecisionRow`: every upstream attempt of a routed request (which key, model, client, outcome),
   kept for the last `decisions_retention` rows;
-- `BudgetRow`: every movement of money against a budget (a charge, a late charge, an overrun, an
-  expired hold), never trimmed.
+- `BudgetRow`: every movement of money against a budget, one row per budget it moved on: a hold
+  placed (`held`, the worst case), then its end — `charged` (the settle: the actual cost), `released`
+  (freed uncharged: the call failed before costing anything, or was cancelled) or `hold_expired` (its
+  lease ended unsettled) — and `charged_late` (a charge after the hold expired) and `overrun` (a charge
+  past the worst case held, by how much); the newest `retention` rows are kept.
 
 Rows carry trio-clock times like every other value in the runtime; a store turns them into wall
 clock at its edge. `StateQuery` selects one trail by key, model, client, outcome or budget and a
@@ -53,7 +56,7 @@ class DecisionRow:
 @attrs.frozen
 class BudgetRow:
     budget: str
-    event: Literal["charged", "charged_late", "overrun", "hold_expired"]
+    event: Literal["held", "charged", "released", "charged_late", "overrun", "hold_expired"]
     hold_id: str
     amount: Decimal
     at: float

@@ -18,6 +18,11 @@ stops reading (its socket full) stops pulling, its queue fills, the bus drops it
 counted inline from `RequestAttempted` (see `dashboard_model`), so a busy router costs the dashboard a
 dict increment per attempt and nothing per page.
 
+Budgets are the fleet's with a Redis store, as `GET /budgets` shows them: `refresh()` asks the router's
+`shared_budgets()` (one read-only Redis round trip) at most once per snapshot interval, however many
+pages watch, and never on the request path; the snapshot uses the last answer while it is fresh, and
+each budget says its `scope` — `shared`, or `local` with `shared_error` when Redis is away.
+
 Never a secret: keys appear by id and fingerprint; the snapshot is built from an allow-list of fields;
 the admin token is compared and forgotten.
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import html
+import math
 from collections.abc import AsyncGenerator, Iterable
 from importlib import resources
 from typing import Any
@@ -116,6 +122,8 @@ class Dashboard:
         self.samples = Samples()
         self._streams: set[Subscriber] = set()
         self._cache: tuple[float, dict[str, Any]] | None = None
+        self._shared: tuple[float, dict[str, Any]] | None = None  # (asked at, shared_budgets())
+        self._shared_asked = -math.inf
         self._login = _static("login.html")
         self._page = _static("dashboard.html").encode("utf-8")
         self._assets = {name: _static(name).encode("utf-8") for name in ASSETS}
@@ -162,6 +170,14 @@ class Dashboard:
         headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
         return Response(200, headers, json_bytes(self.snapshot(now)))
 
+    async def refresh(self, now: float) -> None:
+        """Ask for the fleet's budgets when the last answer is an interval old (module docstring). Callers
+        check the session first: strangers cause no round trip."""
+        if now - self._shared_asked < self.interval:
+            return  # fresh, or being asked for by another page right now
+        self._shared_asked = now
+        self._shared = (now, await self.router.shared_budgets())
+
     def check(self, cookie: bytes | None, now: float) -> Response | None:
         """None when `cookie` holds a live session; else the answer to give (JSON: scripts ask these)."""
         if self.admin_token is None:
@@ -187,6 +203,7 @@ class Dashboard:
             offset = self.router.events.wall_offset
             earlier = self.router.events.recent(30, STREAM_KINDS)  # what led here: the events list starts full
             recent = b"".join(sse_frame("bus", event_json(e, offset)) for e in earlier)
+            await self.refresh(trio.current_time())
             yield b"retry: 2000\n\n" + recent + sse_frame("snapshot", self.snapshot(trio.current_time()))
             next_tick = trio.current_time() + self.interval
             while True:
@@ -206,7 +223,8 @@ class Dashboard:
                     yield sse_frame("bus", event_json(event, offset))
                     next_tick = min(next_tick, now + self.interval / 10)  # the state it changed, soon
                     continue
-                yield sse_frame("snapshot", self.snapshot(now))
+                await self.refresh(now)
+                yield sse_frame("snapshot", self.snapshot(trio.current_time()))
                 next_tick = now + self.interval
         finally:
             self._streams.discard(sub)
@@ -220,7 +238,7 @@ class Dashboard:
             return self._cache[1]
         offset = self.router.events.wall_offset
         keys = [{f: k.get(f) for f in KEY_FIELDS} for k in self.router.keys()]
-        budgets = self.router.budgets()
+        budgets = self._budgets(now)
         if self.samples.due(now):
             values = {f"key:{k['id']}": float(k.get("capacity_left_pct") or 0.0) for k in keys}
             values.update({f"budget:{bid}": float(money(b.get("spent"))) for bid, b in budgets.items()})
@@ -253,6 +271,15 @@ class Dashboard:
             )
         return out
 
+    def _budgets(self, now: float) -> dict[str, Any]:
+        """The last `shared_budgets()` answer while fresh (3 intervals: a page or two may miss a beat),
+        else this instance's own figures."""
+        local = self.router.budgets()
+        if self._shared is None or now - self._shared[0] > 3 * self.interval:
+            return local
+        shared = self._shared[1]
+        return {bid: shared.get(bid, view) for bid, view in local.items()}  # budgets now, figures as asked
+
     def _budget(self, bid: str, b: dict[str, Any], now: float, offset: float) -> dict[str, Any]:
         limit, spent, reserved = money(b.get("limit")), money(b.get("spent")), money(b.get("reserved"))
         remaining = limit - spent - reserved
@@ -269,6 +296,11 @@ class Dashboard:
             "seconds_to_exhaustion": None if seconds is None else round(seconds, 1),
             "exhaustion_wall": None if seconds is None else _wall(now + seconds, offset),
             "confidence": projection.confidence,
+            # "shared": every instance's spend (Redis); "local": this instance's alone (no Redis store, or
+            # Redis away: `shared_error` says why).
+            "scope": b.get("scope", "local"),
+            "shared_error": b.get("shared_error"),
+            "local_spent": str(money((b.get("local") or b).get("spent"))),
         }
 
     # -- helpers --------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ def dashboard_routes(dashboard: Dashboard, body_deadline: float) -> dict[str, di
         await _send(ex, dashboard.logout(r.cookie, r.origin, r.host))
 
     async def state(ex: Exchange, _: str) -> None:
+        if dashboard.check(ex.request.cookie, trio.current_time()) is None:
+            await dashboard.refresh(trio.current_time())  # the fleet's budgets, with a Redis store
         await _send(ex, dashboard.state(ex.request.cookie, trio.current_time()))
 
     async def events(ex: Exchange, _: str) -> None:

@@ -42,7 +42,6 @@ from apikeyrouter.kernel.actor import ActorRef
 from apikeyrouter.messages.budget import BudgetCommand, SetBudget, SetBudgets
 from apikeyrouter.messages.key import ApplyShared, KeyCommand, Operate
 from apikeyrouter.messages.router import RouterCommand
-from apikeyrouter.messages.store import Append
 from apikeyrouter.observe import Event, EventBus, KeyRegistered, RequestAttempted
 from apikeyrouter.runtime.api import APIKey
 from apikeyrouter.runtime.deps import Routing, parse_objective
@@ -106,7 +105,7 @@ class Registry:
         self.routing = routing
         self.store = store
         self.store_state = StoreState(store)
-        self.store_port = StorePort()
+        self.store_port = StorePort(self.store_state.pending)  # actors put their changes where the writer takes them
         self.decisions_dropped = 0
         events.observe(RequestAttempted, self.record_attempt)
         self.events = events
@@ -275,7 +274,8 @@ class Registry:
 
     def record_attempt(self, ev: RequestAttempted) -> None:
         """Every upstream attempt, for the store's decision trail. Called inline by the event bus on the
-        request path, so it cannot wait: a full store mailbox drops the row, counted and logged."""
+        request path, so it cannot wait: rows past the store's bound (a stalled backend) are dropped,
+        counted and logged."""
         router = self._router
         decision = router.lookup(ev.decision_id) if router is not None else None
         outcome = ev.failure.value if ev.failure is not None else "ok"
@@ -283,9 +283,10 @@ class Registry:
             ev.request_id, ev.decision_id, ev.key, ev.provider, decision.model if decision is not None else None,
             ev.client, outcome, ev.attempt, ev.latency_s, ev.at,
         )
-        try:
-            self.store_port.require().tell_nowait(Append((row,)))
-        except (MailboxFull, ActorStopped):
+        pending = self.store_port.pending
+        if not pending.full:
+            pending.put_rows((row,))
+        else:
             self.decisions_dropped += 1
             if self.decisions_dropped % 1000 == 1:
                 log.warning("store_decision_rows_dropped", dropped=self.decisions_dropped)

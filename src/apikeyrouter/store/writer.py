@@ -1,15 +1,17 @@
 """`StoreWriter`: the `store` child of the tree, the one task that talks to the backend.
 
-Actors tell it what changed (`Save`, `Append`) through their `Outbox` (port.py) and go on: its
-receive loop only notes the change — the newest value of each record replaces the one not yet
-written (coalescing), rows queue in order — and wakes the flush task. The flush task waits
-`flush_interval` seconds so one transaction carries everything that changed meanwhile, then writes
-the batch (`StateStore.write`, in a worker thread for SQLite). A failed write is logged and tried
-again with backoff; nothing is dropped.
+Actors put what changed in the port's `Pending` table through their `Outbox` (port.py) and go on:
+the newest value of each record replaces the one not yet written (coalescing), rows queue in order,
+and the flush task is woken. The flush task waits `flush_interval` seconds so one transaction carries
+everything that changed meanwhile, takes the table, then writes the batch (`StateStore.write`, in a
+worker thread for SQLite). A failed write is logged and tried again with backoff; nothing is dropped.
+The receive loop only answers asks (`Load`, `Flush`, `Query`) and takes `Save`/`Append` messages from
+tools that tell rather than put; it never pauses for the interval (a pause lost a budget's last spend
+at a stop).
 
-Backpressure, never a silent drop: when more than `max_rows` rows wait to be written (the backend is
-slow or down), the receive loop stops reading until a flush makes room; the bounded mailbox then
-fills, and senders wait in their `Outbox` (their own receive loops pause), and so on up to callers.
+Backpressure, never a silent drop: when more than `max_rows` rows wait (the backend is slow or down,
+so no batch is cut), senders wait in their `Outbox.drain()` (their own receive loops pause), and so on
+up to callers; a `Save`/`Append` told past the bound stops the receive loop until a flush makes room.
 Records need no bound: there is one pending value per record.
 
 Loads are answered from `StoreState.latest`, the newest value of every record, seeded from the
@@ -34,7 +36,7 @@ from apikeyrouter.errors import ActorStopped
 from apikeyrouter.kernel.actor import Actor, Reply
 from apikeyrouter.messages.store import Append, Flush, Load, Query, Save, StoreCommand
 from apikeyrouter.store.backend import Batch, RecordId, StateStore
-from apikeyrouter.store.port import StorePort
+from apikeyrouter.store.port import Pending, StorePort
 
 __all__ = ["StoreState", "StoreWriter", "run_store"]
 
@@ -52,6 +54,7 @@ class StoreState:
     latest: dict[RecordId, Any] = attrs.field(factory=dict)
     dirty: dict[RecordId, Any] = attrs.field(factory=dict)
     rows: list[HistoryRow] = attrs.field(factory=list)
+    pending: Pending = attrs.field(factory=Pending)  # what actors put since the last cut (port.py)
     writing: Batch | None = None  # taken for the write under way: given back if the writer crashes
     saves: int = 0  # Save messages received (each is one change of one record)
     batches: int = 0  # batches written
@@ -68,9 +71,7 @@ class StoreWriter(Actor[StoreCommand]):
         super().__init__("store", mailbox=mailbox)
         self._state = state
         self._interval = flush_interval
-        self._max_rows = max_rows
-        self._wake = trio.Event()
-        self._room = trio.Event()
+        state.pending.limit = max_rows
         self._waiters: list[Reply[None]] = []
         self._stopping = False
         self._stop = trio.Event()
@@ -88,13 +89,13 @@ class StoreWriter(Actor[StoreCommand]):
             st.rows = [*st.writing.rows, *st.rows]
             st.writing = None
         self.nursery.start_soon(self._flush_loop)
-        if st.dirty or st.rows:
-            self._wake.set()  # what a crashed instance left unwritten
+        if st.dirty or st.rows or st.pending:
+            st.pending.ready.set()  # what a crashed instance left unwritten, or did not take yet
 
     async def post_stop(self) -> None:
         self._stopping = True
         self._stop.set()
-        self._wake.set()
+        self._state.pending.ready.set()
         await self._done.wait()
         await self._state.backend.close()
 
@@ -103,8 +104,8 @@ class StoreWriter(Actor[StoreCommand]):
         return {
             "backend": st.backend.kind,
             "records": len(st.latest),
-            "pending_records": len(st.dirty),
-            "pending_rows": len(st.rows),
+            "pending_records": len(st.dirty) + len(st.pending.records),
+            "pending_rows": len(st.rows) + len(st.pending.rows),
             "saves": st.saves,
             "batches": st.batches,
             "failures": st.failures,
@@ -130,13 +131,11 @@ class StoreWriter(Actor[StoreCommand]):
         st = self._state
         match msg:
             case Save(kind=kind, id=rid, record=record, rows=rows):
-                st.latest[kind, rid] = st.dirty[kind, rid] = record
-                st.rows.extend(rows)
-                st.saves += 1
+                st.pending.put(kind, rid, record, rows)
             case Append(rows=rows):
-                st.rows.extend(rows)
+                st.pending.put_rows(rows)
             case Load(kind=kind, id=rid, reply_to=loaded):
-                loaded.send(st.latest.get((kind, rid)))
+                loaded.send(self._latest((kind, rid)))
             case Flush(reply_to=reply):
                 self._handle_flush(reply)
             case Query(query=query, reply_to=rows_reply):
@@ -146,26 +145,25 @@ class StoreWriter(Actor[StoreCommand]):
             case _:
                 assert_never(msg)
 
+    def _latest(self, rid: RecordId) -> Any:
+        """A record's newest value: not taken yet, taken but not written, or written."""
+        st = self._state
+        for newest in (st.pending.records, st.dirty, st.latest):
+            if rid in newest:
+                return newest[rid]
+        return None
+
     def _handle_flush(self, reply: Reply[None]) -> None:
         st = self._state
-        if st.dirty or st.rows or self._waiters or st.writing is not None:  # a write in flight is not done
+        if st.dirty or st.rows or st.pending or self._waiters or st.writing is not None:  # in flight: not done
             self._waiters.append(reply)
-            self._wake.set()
+            st.pending.ready.set()
         else:
             reply.send(None)
 
     def _changed(self) -> Awaitable[None] | None:
-        st = self._state
-        if st.dirty or st.rows:
-            self._wake.set()
-        if len(st.rows) < self._max_rows:
-            return None
-        return self._wait_for_room()
-
-    async def _wait_for_room(self) -> None:
-        while len(self._state.rows) >= self._max_rows:
-            self._room = trio.Event()
-            await self._room.wait()
+        pending = self._state.pending
+        return pending.wait_for_room() if pending.full else None
 
     async def _query(self, query: Any, flushed: Reply[None], reply: Reply[list[HistoryRow]]) -> None:
         try:
@@ -186,22 +184,24 @@ class StoreWriter(Actor[StoreCommand]):
     async def _flushing(self) -> None:
         st = self._state
         while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
+            await st.pending.ready.wait()
+            st.pending.ready = trio.Event()
             if not self._stopping and self._interval > 0:
                 with trio.move_on_after(self._interval):
                     await self._stop.wait()  # a stop cuts the wait short
-            batch = Batch(records=st.dirty, rows=tuple(st.rows))
+            records, rows, changes = st.pending.take()
+            st.saves += changes
+            st.latest.update(records)
+            batch = Batch(records={**st.dirty, **records}, rows=(*st.rows, *rows))
             waiters, self._waiters = self._waiters, []
             st.dirty, st.rows = {}, []
-            self._room.set()
             if len(batch):
                 st.writing = batch
                 await self._write(batch)
                 st.writing = None
             for reply in waiters:
                 reply.send(None)
-            if self._stopping and not (st.dirty or st.rows or self._waiters):
+            if self._stopping and not (st.dirty or st.rows or st.pending or self._waiters):
                 self._done.set()
                 return
 
@@ -234,9 +234,9 @@ async def run_store(
 ) -> AsyncIterator[StorePort]:
     """A writer over `backend` outside a supervision tree (actors run on their own, tools, tests):
     opens the backend, yields the port to give actors, and on exit writes everything and closes it."""
-    state = StoreState(backend, latest=await backend.open(wall_offset))
+    state = StoreState(backend, latest=await backend.open(wall_offset), pending=Pending())
     writer = StoreWriter(state, flush_interval=flush_interval, mailbox=mailbox, max_rows=max_rows)
-    port = StorePort()
+    port = StorePort(state.pending)
     async with trio.open_nursery() as nursery:
         port.bind(await nursery.start(writer.run))
         try:

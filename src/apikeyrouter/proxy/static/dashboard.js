@@ -117,7 +117,12 @@ function renderBudgets(budgets) {
     const when = b.seconds_to_exhaustion === null ? "no spend lately"
       : "in " + duration(b.seconds_to_exhaustion) + " (" + b.exhaustion_wall.slice(0, 19).replace("T", " ") +
         " UTC, confidence " + b.confidence.toFixed(2) + ")";
-    tr.append(el("td", {}, b.id), used, el("td", {}, "$" + b.remaining), el("td", {}, "$" + b.per_hour),
+    // Whose spend: every instance's on Redis, or this one's alone (and why, when Redis is away).
+    const scope = b.scope === "shared" ? "all instances (this one: $" + b.local_spent + ")"
+      : b.shared_error ? "this instance only: Redis is away (" + b.shared_error + ")" : "";
+    const name = el("td", {}, b.id);
+    if (scope) name.append(el("div", { class: b.shared_error ? "muted away" : "muted" }, scope));
+    tr.append(name, used, el("td", {}, "$" + b.remaining), el("td", {}, "$" + b.per_hour),
       el("td", { class: "reason" }, when));
     return tr;
   }));
