@@ -113,12 +113,25 @@ _cache: dict[str, Encoder] = {}
 
 def encoding_for_model(model: str) -> str | None:
     """The exact tokenizer for an OpenAI model id, or None when we only have an estimate."""
+    try:
+        return _by_model[model]
+    except KeyError:
+        pass
     name = model.rsplit("/", 1)[-1]  # tolerate "openai/gpt-4o"
+    found = None
     if name.startswith(_O200K_PREFIXES):
-        return "o200k_base"
-    if name.startswith(_CL100K_PREFIXES):
-        return "cl100k_base"
-    return None
+        found = "o200k_base"
+    elif name.startswith(_CL100K_PREFIXES):
+        found = "cl100k_base"
+    if len(_by_model) >= _MODELS_CACHED:
+        _by_model.clear()
+    _by_model[model] = found
+    return found
+
+
+# model id -> its encoding: the ids a process routes are a handful, asked about on every request.
+_MODELS_CACHED = 1024
+_by_model: dict[str, str | None] = {}
 
 
 def _read_ranks_file(name: str) -> bytes:
@@ -221,7 +234,7 @@ def count_chat(messages: Iterable[ChatMessage], model: str) -> TokenCount:
     """Input tokens a chat request will be billed for (exact for OpenAI models, an estimate otherwise)."""
     name = encoding_for_model(model)
     exact = name is not None
-    enc = get_encoding(encoding_of(model))
+    enc = get_encoding(name or "cl100k_base")
     total = REPLY_PRIMING
     for message in messages:
         total += TOKENS_PER_MESSAGE
