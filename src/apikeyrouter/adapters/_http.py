@@ -219,17 +219,27 @@ class HTTPAdapterBase:
     def max_output(self, intent: RequestIntent) -> int:
         return intent.max_tokens or self.default_max_output
 
+    # The last intent estimated and its estimate: the request path estimates before the call (the budget
+    # hold) and a stream's opening asks again for the same intent object; counting its tokens once is enough.
+    # Held by identity (an intent is immutable), one slot, so it costs nothing when requests interleave.
+    _last_estimate: tuple[RequestIntent, CostEstimate] | None = None
+
     def estimate(self, intent: RequestIntent) -> CostEstimate:
+        last = self._last_estimate
+        if last is not None and last[0] is intent:
+            return last[1]
         counted = count_request(intent)
         max_out = self.max_output(intent)
         priced = self.prices.priced(intent.model, counted.tokens, max_out)
-        return CostEstimate(
+        estimate = CostEstimate(
             input_tokens=counted.tokens,
             max_output_tokens=max_out,
             worst_case_cost=priced.amount,
             price_known=priced.known,
             exact_tokens=counted.exact,
         )
+        self._last_estimate = (intent, estimate)
+        return estimate
 
     def worst_case_usage(self, intent: RequestIntent) -> Usage:
         """The usage `estimate` prices as the worst case (what the budget holds), flagged as estimated."""
@@ -352,6 +362,24 @@ class HTTPAdapterBase:
         point (waiting for headers, reading the body, mid-stream) closes the connection: the upstream
         sees the request aborted instead of finishing it for nobody.
         """
+        response = await self.send(client, method, url, secret=secret, headers=headers, json_body=json_body)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def send(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: str,
+        *,
+        secret: Secret,
+        headers: Mapping[str, str],
+        json_body: Any = None,
+    ) -> UpstreamResponse:
+        """`exchange` without the context manager: the open 2xx response, which the caller must `aclose()`
+        (in a `finally`); an error status is read, closed and raised as a classified error here."""
         with self.guarded(secret):
             merged = {**self.extra_headers, **headers} if self.extra_headers else headers
             content = None if json_body is None else encode_json(json_body)
@@ -366,16 +394,16 @@ class HTTPAdapterBase:
             raise self.transport_error(exc, secret) from exc
         except Exception as exc:
             raise self.adapter_error(exc, secret) from None
-        try:
-            if response.status_code >= 300:
+        if response.status_code >= 300:
+            try:
                 try:
                     raw = await _read_bounded(response, _ERROR_BODY_LIMIT)
                 except httpx.HTTPError as exc:
                     raise self.transport_error(exc, secret, signal=self.signal_from(response.headers)) from exc
                 raise self.status_error(response, raw, secret)
-            yield response
-        finally:
-            await response.aclose()
+            finally:
+                await response.aclose()
+        return response
 
     @asynccontextmanager
     async def event_stream(
@@ -474,12 +502,14 @@ class JSONChatAdapter(HTTPAdapterBase):
     async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult:
         with self.guarded(secret):
             headers, body = self._auth(secret), self.body(intent, stream=False)
-        async with self.exchange(
-            client, "POST", f"{self.base_url}{self.endpoint}", secret=secret, headers=headers, json_body=body
-        ) as response:
+        url = f"{self.base_url}{self.endpoint}"
+        response = await self.send(client, "POST", url, secret=secret, headers=headers, json_body=body)
+        try:
             with self.guarded(secret):
                 signal = self.signal_from(response.headers)
             data = await self.read_json(response, secret, signal)
+        finally:
+            await response.aclose()
         with self.guarded(secret):
             return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
 
