@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-import httpx
+import attrs
 import trio
 
 from apikeyrouter.adapters import AnthropicAdapter, OpenAIAdapter
@@ -126,6 +126,9 @@ OPENAI_EVENTS = _sse(
         (None, "[DONE]"),
     ]
 )
+TEXT_BLOCK = {"type": "text", "text": ""}
+TEXT_DELTA = {"type": "text_delta", "text": "Hello."}
+OUTPUT_USAGE = {"output_tokens": 4}
 ANTHROPIC_EVENTS = _sse(
     [
         (
@@ -143,10 +146,10 @@ ANTHROPIC_EVENTS = _sse(
                 },
             },
         ),
-        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello."}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": TEXT_BLOCK}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": TEXT_DELTA}),
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 4}}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": OUTPUT_USAGE}),
         ("message_stop", {"type": "message_stop"}),
     ]
 )
@@ -209,9 +212,9 @@ class CannedPool(H11Transport):
                 (b"anthropic-ratelimit-tokens-remaining", count),
                 (b"anthropic-ratelimit-tokens-reset", next(self.instants)),
             ]
-        return head + [(b"Server", b"bench"), (b"Connection", b"keep-alive")]
+        return [*head, (b"Server", b"bench"), (b"Connection", b"keep-alive")]
 
-    async def request(self, method: str, url: str, headers: Mapping[str, str], content: Any, timeout: Any) -> Any:
+    async def request(self, method: str, url: str, headers: Mapping[str, str], content: Any, steps: Any) -> Any:
         return CannedResponse(self._headers(), self.chunks)
 
 
@@ -220,14 +223,15 @@ def make_case(name: str) -> Callable[[], Awaitable[None]]:
     stream = name.endswith("_stream")
     adapter: OpenAIAdapter | AnthropicAdapter
     if kind == "openai":
-        adapter, intent = OpenAIAdapter(base_url="http://127.0.0.1:1/v1"), OPENAI_INTENT
+        adapter, template = OpenAIAdapter(base_url="http://127.0.0.1:1/v1"), OPENAI_INTENT
         chunks = OPENAI_EVENTS if stream else [OPENAI_BODY]
     else:
-        adapter, intent = AnthropicAdapter(base_url="http://127.0.0.1:1"), ANTHROPIC_INTENT
+        adapter, template = AnthropicAdapter(base_url="http://127.0.0.1:1"), ANTHROPIC_INTENT
         chunks = ANTHROPIC_EVENTS if stream else [ANTHROPIC_BODY]
     client = PooledClient(CannedPool(kind, chunks, stream=stream), timeout=adapter.timeout)
 
     async def one() -> None:
+        intent = attrs.evolve(template)  # each request its own intent, as the proxy parses one per request
         adapter.estimate(intent)  # the budget hold, before the call
         if stream:
             usage = None

@@ -78,17 +78,33 @@ class SSEDecoder:
         return events
 
     def _whole_events(self, chunk: bytes) -> list[SSEEvent] | None:
-        """The events of a chunk that is whole `data: ...` events and nothing else (what providers send,
-        one network read per event), without the line-by-line scan; None: anything else (CR line ends,
-        comments, other fields, several data lines), for the general reader."""
+        """The events of a chunk that is whole events of one `data: ...` line each, an `event: ...` line
+        before it or not, and nothing else (what providers send, one network read per event: OpenAI without
+        names, Anthropic with), without the line-by-line scan; None: anything else (CR line ends, comments,
+        other fields, several data lines), for the general reader."""
         if b"\r" in chunk:
             return None
         blocks = chunk.split(b"\n\n")
         blocks.pop()  # the empty tail after the last blank line
+        events: list[SSEEvent] = []
         for block in blocks:
-            if block and (not block.startswith(b"data: ") or b"\n" in block or len(block) > self._limit):
+            if not block:
+                continue
+            if len(block) > self._limit:
                 return None
-        return [SSEEvent("message", block[6:].decode("utf-8", errors="replace")) for block in blocks if block]
+            if block.startswith(b"data: "):
+                if b"\n" in block:
+                    return None
+                events.append(SSEEvent("message", block[6:].decode("utf-8", errors="replace")))
+            elif block.startswith(b"event: "):
+                name, _, data = block[7:].partition(b"\n")
+                if not data.startswith(b"data: ") or b"\n" in data:
+                    return None
+                kind = name.decode("utf-8", errors="replace") or "message"
+                events.append(SSEEvent(kind, data[6:].decode("utf-8", errors="replace")))
+            else:
+                return None
+        return events
 
     def flush(self) -> list[SSEEvent]:
         """End of stream: a final line without terminator counts; an undispatched event is dropped (per spec)."""

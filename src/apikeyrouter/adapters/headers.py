@@ -47,16 +47,16 @@ class LowerHeaders(dict[str, str]):
 
     @classmethod
     def from_raw(cls, items: list[tuple[bytes, bytes]]) -> LowerHeaders:
-        view = cls()
         names = _NAMES
+        try:
+            view = cls({names.get(name) or _lower_name(name): value.decode("latin-1") for name, value in items})
+        except TypeError:  # a name as a bytearray or memoryview: not a key of the cache
+            view = None
+        if view is not None and len(view) == len(items):
+            return view
+        view = cls()  # a repeated header (or an unhashable name): joined as httpx joins them
         for raw_name, raw_value in items:
-            try:
-                name = names.get(raw_name)
-            except TypeError:  # a bytearray or memoryview: not a key, read it as it is
-                name = None
-            if name is None:
-                name = _lower_name(raw_name)
-            value = raw_value.decode("latin-1")
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
             seen = view.get(name)
             view[name] = value if seen is None else f"{seen}, {value}"
         return view
@@ -72,7 +72,7 @@ def _lower_name(raw_name: bytes) -> str:
     name = raw_name.decode("latin-1").lower()
     if len(_NAMES) >= _MAX_NAMES:
         _NAMES.clear()
-    _NAMES[bytes(raw_name)] = name
+    _NAMES[raw_name] = name
     return name
 
 
