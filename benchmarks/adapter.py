@@ -9,7 +9,7 @@ JSON answer, the normalised completion) and `cost(model, usage)` (settlement). T
 nothing of the transport: the response headers are built the way the direct transport builds them
 (`LowerHeaders.from_raw` of raw header pairs) and the body is handed over whole. Rate-limit headers vary
 per request, drawn from 997 different reset strings, as a real provider's do (no cache wins by replaying
-one string).
+one string), and every request's user message is its own (the system prompt is the same, as an app's is).
 
 Cases: `openai` (chat completion), `anthropic` (Messages API), `openai_stream` and `anthropic_stream`
 (`open_stream` read to its end: 6 events per stream, each its own network chunk; `cpu_us` per stream).
@@ -230,8 +230,14 @@ def make_case(name: str) -> Callable[[], Awaitable[None]]:
         chunks = ANTHROPIC_EVENTS if stream else [ANTHROPIC_BODY]
     client = PooledClient(CannedPool(kind, chunks, stream=stream), timeout=adapter.timeout)
 
+    numbers = itertools.count()
+
     async def one() -> None:
-        intent = attrs.evolve(template)  # each request its own intent, as the proxy parses one per request
+        # Each request its own intent, as the proxy parses one per request: the same system prompt (when the
+        # case has one), a user message of its own.
+        *head, last = template.messages
+        question = ChatMessage(last.role, f"{last.content} (request {next(numbers)})")
+        intent = attrs.evolve(template, messages=(*head, question))
         adapter.estimate(intent)  # the budget hold, before the call
         if stream:
             usage = None

@@ -105,6 +105,24 @@ def parse_duration(value: str) -> float | None:
     """`6m0s` -> 360.0, `20ms` -> 0.02, `1h2m3.5s` -> 3723.5, `2.5` (bare seconds) -> 2.5; else None.
 
     At most `MAX_RESET_S`: a longer duration is read as that."""
+    try:
+        return _durations[value]
+    except KeyError:
+        pass
+    seconds = _parse_duration(value)
+    if len(value) <= 32:
+        if len(_durations) >= _DURATIONS_CACHED:
+            _durations.clear()
+        _durations[value] = seconds
+    return seconds
+
+
+# Reset strings seen lately: a key far from its limit reports the same `1ms` or `6m0s` again and again.
+_DURATIONS_CACHED = 512
+_durations: dict[str, float | None] = {}
+
+
+def _parse_duration(value: str) -> float | None:
     text = value.strip()
     if len(text) <= 32:
         fast = _provider_duration(text)

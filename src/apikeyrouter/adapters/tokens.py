@@ -223,6 +223,29 @@ def _role_tokens(enc: Encoder, role: str) -> int:
     return n
 
 
+# Message texts counted lately (per encoding): a system prompt or the earlier turns of a conversation come
+# back on every request of an app, and looking a text up costs a hash where counting it costs a BPE pass.
+# Bounded in entries and in the length of a text kept (worst case a few MiB); cleared when full.
+_TEXTS_CACHED = 256
+_TEXT_CHARS_CACHED = 16 * 1024
+_texts: dict[tuple[str, str], int] = {}
+
+
+def _text_tokens(enc: Encoder, text: str) -> int:
+    key = (enc.name, text)
+    n = _texts.get(key)
+    if n is None:
+        n = len(enc.encode_ordinary(text))
+        if len(text) <= _TEXT_CHARS_CACHED:
+            if len(_texts) >= _TEXTS_CACHED:
+                _texts.clear()
+            _texts[key] = n
+    return n
+
+
+_ESTIMATED = f"cl100k_base*{ESTIMATE_FACTOR}"
+
+
 @attrs.frozen
 class TokenCount:
     tokens: int
@@ -239,10 +262,10 @@ def count_chat(messages: Iterable[ChatMessage], model: str) -> TokenCount:
     for message in messages:
         total += TOKENS_PER_MESSAGE
         total += _role_tokens(enc, message.role)
-        total += len(enc.encode_ordinary(message.content))
+        total += _text_tokens(enc, message.content)
     if not exact:
         total = math.ceil(total * ESTIMATE_FACTOR)
-    return TokenCount(tokens=total, exact=exact, encoding=name or f"cl100k_base*{ESTIMATE_FACTOR}")
+    return TokenCount(tokens=total, exact=exact, encoding=name or _ESTIMATED)
 
 
 def count_request(intent: RequestIntent) -> TokenCount:
