@@ -417,18 +417,31 @@ class HTTPAdapterBase:
         make: Callable[[UpstreamResponse], _S],
     ) -> AsyncIterator[_S]:
         """POST for a server-sent event stream; `make` wraps the open response (a 2xx `text/event-stream`)."""
-        async with self.exchange(
-            client, "POST", url, secret=secret, headers={**headers, "accept": "text/event-stream"}, json_body=json_body
-        ) as response:
-            ctype = response.headers.get("content-type", "")
-            if "text/event-stream" not in ctype:
+        response = await self.send_for_events(client, url, secret=secret, headers=headers, json_body=json_body)
+        try:
+            yield make(response)
+        finally:
+            await response.aclose()
+
+    async def send_for_events(
+        self, client: httpx.AsyncClient, url: str, *, secret: Secret, headers: Mapping[str, str], json_body: Any
+    ) -> UpstreamResponse:
+        """`event_stream`'s response, open, which the caller must `aclose()`: a 2xx `text/event-stream`,
+        else closed here and raised as a classified error."""
+        events_headers = {**headers, "accept": "text/event-stream"}
+        response = await self.send(client, "POST", url, secret=secret, headers=events_headers, json_body=json_body)
+        ctype = response.headers.get("content-type", "")
+        if "text/event-stream" not in ctype:
+            try:
                 raise self.malformed(
                     f"expected an event stream, got content-type {ctype!r}",
                     secret,
                     status=response.status_code,
                     signal=self.signal_from(response.headers),
                 )
-            yield make(response)
+            finally:
+                await response.aclose()
+        return response
 
     async def read_json(self, response: UpstreamResponse, secret: Secret, signal: QuotaSignal) -> Mapping[str, Any]:
         try:
@@ -522,14 +535,13 @@ class JSONChatAdapter(HTTPAdapterBase):
         with self.guarded(secret):
             headers, body = self._auth(secret), self.body(intent, stream=True)
             estimated, max_output = self.estimate(intent).input_tokens, self.max_output(intent)
-
-        def wrap(response: UpstreamResponse) -> _S:
+        url = f"{self.base_url}{self.endpoint}"
+        response = await self.send_for_events(client, url, secret=secret, headers=headers, json_body=body)
+        try:
             with self.guarded(secret):
-                return make(
+                stream = make(
                     self, response, secret, model=intent.model, estimated_input=estimated, max_output=max_output
                 )
-
-        async with self.event_stream(
-            client, f"{self.base_url}{self.endpoint}", secret=secret, headers=headers, json_body=body, make=wrap
-        ) as stream:
             yield stream
+        finally:
+            await response.aclose()
