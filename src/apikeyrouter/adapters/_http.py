@@ -23,13 +23,13 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-import attrs
 import httpx
 import orjson
 import structlog
 
 from apikeyrouter.adapters._head import build_request as _build
 from apikeyrouter.adapters._head import encode_json
+from apikeyrouter.adapters._sse import MAX_EVENT_BYTES, SSEDecoder, SSEEvent, SSETooLarge
 from apikeyrouter.adapters.base import AdapterResult
 from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInfo, classify
 from apikeyrouter.adapters.pricing import ModelPrice, PriceTable
@@ -51,10 +51,9 @@ log = structlog.get_logger("apikeyrouter.adapters")
 
 # More tokens than any one call has ever used: a count above it is a broken report, not usage.
 MAX_USAGE_TOKENS = 10**8
-# More than any one answer holds: a body or a stream event beyond these is broken or hostile, and is refused
-# before it is buffered whole (a chunk of a stream is a few hundred bytes; a completion rarely a megabyte).
+# More than any one answer holds: a body beyond this is broken or hostile, and is refused before it is
+# buffered whole (a completion is rarely a megabyte; a stream event's bound is `_sse.MAX_EVENT_BYTES`).
 MAX_BODY_BYTES = 32 * 1024 * 1024
-MAX_EVENT_BYTES = 1024 * 1024
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -136,112 +135,6 @@ def dig(data: Any, path: str) -> Any:
         if current is None:
             return None
     return current
-
-
-@attrs.frozen
-class SSEEvent:
-    event: str  # "message" when the server sent no `event:` field
-    data: str
-
-
-class SSETooLarge(ValueError):
-    """An event (or one line of it) longer than any provider sends: the stream is broken or hostile."""
-
-
-class SSEDecoder:
-    """Incremental server-sent-events decoder, indifferent to where the network split the bytes.
-
-    Lines end in LF, CRLF or CR. A trailing CR is held back until the next chunk shows whether an LF
-    follows. Lines are decoded as UTF-8 only once complete, so a multi-byte character split across
-    chunks is reassembled first (line terminators never occur inside a UTF-8 sequence).
-
-    Bytes are scanned once, however the network splits them (a line dripped one byte at a time costs
-    what it costs in one piece), and a line or an event longer than `limit` bytes raises `SSETooLarge`
-    instead of growing the buffer without end.
-    """
-
-    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
-        self._buffer = bytearray()
-        self._scanned = 0  # bytes of the buffer already known to hold no line terminator
-        self._event = ""
-        self._data: list[str] = []
-        self._data_size = 0
-        self._limit = limit
-
-    def feed(self, chunk: bytes) -> list[SSEEvent]:
-        if not self._buffer and not self._data and not self._event and chunk.endswith(b"\n\n"):
-            fast = self._whole_events(chunk)
-            if fast is not None:
-                return fast
-        self._buffer += chunk
-        events: list[SSEEvent] = []
-        buf = self._buffer
-        start = 0
-        pos = self._scanned
-        n = len(buf)
-        while pos < n:
-            lf = buf.find(b"\n", pos)
-            cr = buf.find(b"\r", pos, lf if lf >= 0 else n)
-            if cr >= 0:
-                if cr == n - 1:
-                    pos = cr  # maybe half of a CRLF: look at it again with the next chunk
-                    break
-                end, nxt = cr, cr + (2 if buf[cr + 1 : cr + 2] == b"\n" else 1)
-            elif lf >= 0:
-                end, nxt = lf, lf + 1
-            else:
-                pos = n
-                break
-            self._line(bytes(buf[start:end]), events)
-            start = pos = nxt
-        del buf[:start]
-        self._scanned = pos - start
-        if len(buf) > self._limit:
-            raise SSETooLarge(f"an event stream line longer than {self._limit} bytes")
-        return events
-
-    def _whole_events(self, chunk: bytes) -> list[SSEEvent] | None:
-        """The events of a chunk that is whole `data: ...` events and nothing else (what providers send,
-        one network read per event), without the line-by-line scan; None: anything else (CR line ends,
-        comments, other fields, several data lines), for the general reader."""
-        if b"\r" in chunk:
-            return None
-        blocks = chunk.split(b"\n\n")
-        blocks.pop()  # the empty tail after the last blank line
-        for block in blocks:
-            if block and (not block.startswith(b"data: ") or b"\n" in block or len(block) > self._limit):
-                return None
-        return [SSEEvent("message", block[6:].decode("utf-8", errors="replace")) for block in blocks if block]
-
-    def flush(self) -> list[SSEEvent]:
-        """End of stream: a final line without terminator counts; an undispatched event is dropped (per spec)."""
-        events: list[SSEEvent] = []
-        if self._buffer:
-            tail = bytes(self._buffer).rstrip(b"\r")
-            self._buffer, self._scanned = bytearray(), 0
-            self._line(tail, events)
-        self._event, self._data, self._data_size = "", [], 0
-        return events
-
-    def _line(self, raw: bytes, events: list[SSEEvent]) -> None:
-        if not raw:
-            if self._data:
-                events.append(SSEEvent(self._event or "message", "\n".join(self._data)))
-            self._event, self._data, self._data_size = "", [], 0
-            return
-        line = raw.decode("utf-8", errors="replace")
-        if line.startswith(":"):
-            return
-        field, sep, value = line.partition(":")
-        if sep and value.startswith(" "):
-            value = value[1:]
-        if field == "data":
-            self._data_size += len(raw)
-            if self._data_size > self._limit:
-                raise SSETooLarge(f"an event longer than {self._limit} bytes")
-            self._data.append(value)
-        elif field == "event":
-            self._event = value
 
 
 def parse_json(text: bytes | str) -> Any:
@@ -326,17 +219,27 @@ class HTTPAdapterBase:
     def max_output(self, intent: RequestIntent) -> int:
         return intent.max_tokens or self.default_max_output
 
+    # The last intent estimated and its estimate: the request path estimates before the call (the budget
+    # hold) and a stream's opening asks again for the same intent object; counting its tokens once is enough.
+    # Held by identity (an intent is immutable), one slot, so it costs nothing when requests interleave.
+    _last_estimate: tuple[RequestIntent, CostEstimate] | None = None
+
     def estimate(self, intent: RequestIntent) -> CostEstimate:
+        last = self._last_estimate
+        if last is not None and last[0] is intent:
+            return last[1]
         counted = count_request(intent)
         max_out = self.max_output(intent)
         priced = self.prices.priced(intent.model, counted.tokens, max_out)
-        return CostEstimate(
+        estimate = CostEstimate(
             input_tokens=counted.tokens,
             max_output_tokens=max_out,
             worst_case_cost=priced.amount,
             price_known=priced.known,
             exact_tokens=counted.exact,
         )
+        self._last_estimate = (intent, estimate)
+        return estimate
 
     def worst_case_usage(self, intent: RequestIntent) -> Usage:
         """The usage `estimate` prices as the worst case (what the budget holds), flagged as estimated."""
@@ -459,6 +362,24 @@ class HTTPAdapterBase:
         point (waiting for headers, reading the body, mid-stream) closes the connection: the upstream
         sees the request aborted instead of finishing it for nobody.
         """
+        response = await self.send(client, method, url, secret=secret, headers=headers, json_body=json_body)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def send(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: str,
+        *,
+        secret: Secret,
+        headers: Mapping[str, str],
+        json_body: Any = None,
+    ) -> UpstreamResponse:
+        """`exchange` without the context manager: the open 2xx response, which the caller must `aclose()`
+        (in a `finally`); an error status is read, closed and raised as a classified error here."""
         with self.guarded(secret):
             merged = {**self.extra_headers, **headers} if self.extra_headers else headers
             content = None if json_body is None else encode_json(json_body)
@@ -473,16 +394,16 @@ class HTTPAdapterBase:
             raise self.transport_error(exc, secret) from exc
         except Exception as exc:
             raise self.adapter_error(exc, secret) from None
-        try:
-            if response.status_code >= 300:
+        if response.status_code >= 300:
+            try:
                 try:
                     raw = await _read_bounded(response, _ERROR_BODY_LIMIT)
                 except httpx.HTTPError as exc:
                     raise self.transport_error(exc, secret, signal=self.signal_from(response.headers)) from exc
                 raise self.status_error(response, raw, secret)
-            yield response
-        finally:
-            await response.aclose()
+            finally:
+                await response.aclose()
+        return response
 
     @asynccontextmanager
     async def event_stream(
@@ -496,18 +417,31 @@ class HTTPAdapterBase:
         make: Callable[[UpstreamResponse], _S],
     ) -> AsyncIterator[_S]:
         """POST for a server-sent event stream; `make` wraps the open response (a 2xx `text/event-stream`)."""
-        async with self.exchange(
-            client, "POST", url, secret=secret, headers={**headers, "accept": "text/event-stream"}, json_body=json_body
-        ) as response:
-            ctype = response.headers.get("content-type", "")
-            if "text/event-stream" not in ctype:
+        response = await self.send_for_events(client, url, secret=secret, headers=headers, json_body=json_body)
+        try:
+            yield make(response)
+        finally:
+            await response.aclose()
+
+    async def send_for_events(
+        self, client: httpx.AsyncClient, url: str, *, secret: Secret, headers: Mapping[str, str], json_body: Any
+    ) -> UpstreamResponse:
+        """`event_stream`'s response, open, which the caller must `aclose()`: a 2xx `text/event-stream`,
+        else closed here and raised as a classified error."""
+        events_headers = {**headers, "accept": "text/event-stream"}
+        response = await self.send(client, "POST", url, secret=secret, headers=events_headers, json_body=json_body)
+        ctype = response.headers.get("content-type", "")
+        if "text/event-stream" not in ctype:
+            try:
                 raise self.malformed(
                     f"expected an event stream, got content-type {ctype!r}",
                     secret,
                     status=response.status_code,
                     signal=self.signal_from(response.headers),
                 )
-            yield make(response)
+            finally:
+                await response.aclose()
+        return response
 
     async def read_json(self, response: UpstreamResponse, secret: Secret, signal: QuotaSignal) -> Mapping[str, Any]:
         try:
@@ -581,12 +515,14 @@ class JSONChatAdapter(HTTPAdapterBase):
     async def complete(self, client: httpx.AsyncClient, intent: RequestIntent, secret: Secret) -> AdapterResult:
         with self.guarded(secret):
             headers, body = self._auth(secret), self.body(intent, stream=False)
-        async with self.exchange(
-            client, "POST", f"{self.base_url}{self.endpoint}", secret=secret, headers=headers, json_body=body
-        ) as response:
+        url = f"{self.base_url}{self.endpoint}"
+        response = await self.send(client, "POST", url, secret=secret, headers=headers, json_body=body)
+        try:
             with self.guarded(secret):
                 signal = self.signal_from(response.headers)
             data = await self.read_json(response, secret, signal)
+        finally:
+            await response.aclose()
         with self.guarded(secret):
             return AdapterResult(response=self.normalise(data, intent, secret, signal), signal=signal)
 
@@ -599,14 +535,13 @@ class JSONChatAdapter(HTTPAdapterBase):
         with self.guarded(secret):
             headers, body = self._auth(secret), self.body(intent, stream=True)
             estimated, max_output = self.estimate(intent).input_tokens, self.max_output(intent)
-
-        def wrap(response: UpstreamResponse) -> _S:
+        url = f"{self.base_url}{self.endpoint}"
+        response = await self.send_for_events(client, url, secret=secret, headers=headers, json_body=body)
+        try:
             with self.guarded(secret):
-                return make(
+                stream = make(
                     self, response, secret, model=intent.model, estimated_input=estimated, max_output=max_output
                 )
-
-        async with self.event_stream(
-            client, f"{self.base_url}{self.endpoint}", secret=secret, headers=headers, json_body=body, make=wrap
-        ) as stream:
             yield stream
+        finally:
+            await response.aclose()

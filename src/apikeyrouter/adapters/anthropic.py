@@ -176,15 +176,15 @@ class AnthropicAdapter(JSONChatAdapter):
         texts = [
             b["text"]
             for b in blocks
-            if isinstance(b, Mapping) and b.get("type") == "text" and isinstance(b.get("text"), str)
+            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
         ]
         usage_raw = data.get("usage")
-        if not isinstance(usage_raw, Mapping):
+        if not isinstance(usage_raw, dict):
             raise self.malformed("the message has no usage", secret, signal=signal)
         usage = self.reported_usage(intent, usage_raw.get("input_tokens"), usage_raw.get("output_tokens"))
         raw: dict[str, Any] = {k: data[k] for k in ("id", "type", "role", "stop_reason", "stop_sequence") if k in data}
         raw["usage"] = usage_raw
-        tool_uses = [b for b in blocks if isinstance(b, Mapping) and b.get("type") == "tool_use"]
+        tool_uses = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"]
         if tool_uses:
             raw["tool_use"] = tool_uses
         model = data.get("model")
@@ -229,7 +229,7 @@ class _AnthropicStream(SSEStream):
 
     def _block_start(self, data: Mapping[str, Any]) -> list[StreamChunk]:
         block, index = data.get("content_block"), data.get("index")
-        if not (isinstance(block, Mapping) and block.get("type") == "tool_use" and isinstance(index, int)):
+        if not (isinstance(block, dict) and block.get("type") == "tool_use" and isinstance(index, int)):
             return []
         tools = self._tools if self._tools is not None else {}
         self._tools = tools
@@ -244,7 +244,7 @@ class _AnthropicStream(SSEStream):
 
     def _block_delta(self, data: Mapping[str, Any]) -> list[StreamChunk]:
         delta = data.get("delta")
-        if not isinstance(delta, Mapping):
+        if not isinstance(delta, dict):
             return []
         kind = delta.get("type")
         if kind == "text_delta":
@@ -259,7 +259,7 @@ class _AnthropicStream(SSEStream):
 
     def on_event(self, event: SSEEvent) -> list[StreamChunk]:
         data = parse_json(event.data)
-        if not isinstance(data, Mapping):
+        if not isinstance(data, dict):
             raise self.interrupted(f"undecodable stream event {event.data[:120]!r}", FailureClass.SERVER_ERROR)
         kind = data.get("type", event.event)
         if kind == "content_block_delta":
@@ -268,21 +268,21 @@ class _AnthropicStream(SSEStream):
             return self._block_start(data)
         if kind == "message_start":
             message = data.get("message")
-            if isinstance(message, Mapping):
+            if isinstance(message, dict):
                 model = message.get("model")
                 self._model = model if isinstance(model, str) else None
                 usage = message.get("usage")
-                if isinstance(usage, Mapping):
+                if isinstance(usage, dict):
                     self.note_usage(usage.get("input_tokens"), usage.get("output_tokens"), need_input=True)
             return []
         if kind == "message_delta":
             delta = data.get("delta")
             usage = data.get("usage")
-            if isinstance(usage, Mapping):
+            if isinstance(usage, dict):
                 # Cumulative counts; input only when the provider restates it.
                 self.note_usage(usage.get("input_tokens"), usage.get("output_tokens"), need_output=True)
-            finish = _finish(delta.get("stop_reason")) if isinstance(delta, Mapping) else None
-            raw = dict(delta) if isinstance(delta, Mapping) else {}
+            finish = _finish(delta.get("stop_reason")) if isinstance(delta, dict) else None
+            raw = dict(delta) if isinstance(delta, dict) else {}
             return [StreamChunk(finish_reason=finish, usage=self.usage, model=self._model, raw=raw)]
         if kind == "message_stop":
             self.finished = True

@@ -47,12 +47,33 @@ class LowerHeaders(dict[str, str]):
 
     @classmethod
     def from_raw(cls, items: list[tuple[bytes, bytes]]) -> LowerHeaders:
-        view = cls()
+        names = _NAMES
+        try:
+            view = cls({names.get(name) or _lower_name(name): value.decode("latin-1") for name, value in items})
+        except TypeError:  # a name as a bytearray or memoryview: not a key of the cache
+            view = None
+        if view is not None and len(view) == len(items):
+            return view
+        view = cls()  # a repeated header (or an unhashable name): joined as httpx joins them
         for raw_name, raw_value in items:
             name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
             seen = view.get(name)
             view[name] = value if seen is None else f"{seen}, {value}"
         return view
+
+
+# raw header name -> its lowercase text: names recur on every response (a few dozen per provider), so each
+# is decoded and lowered once; the bound only guards against an upstream inventing names without end.
+_NAMES: dict[bytes, str] = {}
+_MAX_NAMES = 1024
+
+
+def _lower_name(raw_name: bytes) -> str:
+    name = raw_name.decode("latin-1").lower()
+    if len(_NAMES) >= _MAX_NAMES:
+        _NAMES.clear()
+    _NAMES[raw_name] = name
+    return name
 
 
 # The longest wait an upstream may impose through a header; a longer one is read as this. Quota windows are
@@ -84,7 +105,29 @@ def parse_duration(value: str) -> float | None:
     """`6m0s` -> 360.0, `20ms` -> 0.02, `1h2m3.5s` -> 3723.5, `2.5` (bare seconds) -> 2.5; else None.
 
     At most `MAX_RESET_S`: a longer duration is read as that."""
+    try:
+        return _durations[value]
+    except KeyError:
+        pass
+    seconds = _parse_duration(value)
+    if len(value) <= 32:
+        if len(_durations) >= _DURATIONS_CACHED:
+            _durations.clear()
+        _durations[value] = seconds
+    return seconds
+
+
+# Reset strings seen lately: a key far from its limit reports the same `1ms` or `6m0s` again and again.
+_DURATIONS_CACHED = 512
+_durations: dict[str, float | None] = {}
+
+
+def _parse_duration(value: str) -> float | None:
     text = value.strip()
+    if len(text) <= 32:
+        fast = _provider_duration(text)
+        if fast is not None:
+            return clamp_seconds(fast)
     if not text:
         return None
     try:
@@ -105,10 +148,43 @@ def parse_duration(value: str) -> float | None:
     return clamp_seconds(total)
 
 
+def _provider_duration(text: str) -> float | None:
+    """The shapes OpenAI sends (`20ms`, `7.66s`, `6m0s`, `1h2m3.5s`, ASCII digits), read without the regex,
+    to the same float the general reader computes (the same operations in the same order); None: any
+    other text, for the general reader to judge."""
+    if not text.isascii():
+        return None
+    if text.endswith("ms"):
+        number = text[:-2]
+        return float(number) * 1e-3 if number.isdigit() else None
+    if not text.endswith("s") or text.endswith(("us", "ns")):
+        return None
+    rest = text[:-1]
+    total = 0.0
+    if "h" in rest:
+        hours, _, rest = rest.partition("h")
+        if not hours.isdigit():
+            return None
+        total += float(hours) * 3600.0
+    if "m" in rest:
+        minutes, _, rest = rest.partition("m")
+        if not minutes.isdigit():
+            return None
+        total += float(minutes) * 60.0
+    whole, dot, fraction = rest.partition(".")
+    if not (whole.isdigit() or (dot and not whole)) or (fraction and not fraction.isdigit()):
+        return None
+    if not whole and not fraction:
+        return None
+    return total + float(rest) * 1.0
+
+
 def parse_count(value: str | None) -> int | None:
     """A request or token count from a header: an integer in `[0, MAX_COUNT]`, else None."""
     if value is None:
         return None
+    if value.isdigit() and value.isascii() and len(value) <= 15:
+        return int(value)  # what providers send: a plain count, below MAX_COUNT by its length
     text = value.strip()
     if len(text) > 32:
         return None  # int() of a long digit string is slow and its value absurd anyway
@@ -128,6 +204,18 @@ def parse_count(value: str | None) -> int | None:
 def _http_date(value: str | None) -> _dt.datetime | None:
     if not value:
         return None
+    global _last_date
+    if _last_date[0] == value:
+        return _last_date[1]  # a response's `Date` changes once a second: parsed once per second, not per call
+    parsed = _parse_http_date(value)
+    _last_date = (value, parsed)
+    return parsed
+
+
+_last_date: tuple[str, _dt.datetime | None] = ("", None)
+
+
+def _parse_http_date(value: str) -> _dt.datetime | None:
     try:
         parsed = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -92,11 +92,11 @@ class OpenAIAdapter(JSONChatAdapter):
         self, data: Mapping[str, Any], intent: RequestIntent, secret: Secret, signal: QuotaSignal
     ) -> SystemResponse:
         choices = data.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise self.malformed("no choices in the completion", secret, signal=signal)
         choice = choices[0]
         message = choice.get("message")
-        if not isinstance(message, Mapping):
+        if not isinstance(message, dict):
             raise self.malformed("choices[0].message is missing", secret, signal=signal)
         content = message.get("content")
         if content is None:
@@ -104,15 +104,14 @@ class OpenAIAdapter(JSONChatAdapter):
         if not isinstance(content, str):
             raise self.malformed("choices[0].message.content is not a string", secret, signal=signal)
         reported = data.get("usage")
-        if not isinstance(reported, Mapping):
+        if not isinstance(reported, dict):
             raise self.malformed("the completion has no usage", secret, signal=signal)
         usage = self.reported_usage(intent, reported.get("prompt_tokens"), reported.get("completion_tokens"))
         raw: dict[str, Any] = {k: data[k] for k in _RAW_FIELDS if k in data}
         for extra in ("tool_calls", "refusal", "function_call"):
             if message.get(extra) is not None:
                 raw[extra] = message[extra]
-        if isinstance(data.get("usage"), Mapping):
-            raw["usage"] = data["usage"]
+        raw["usage"] = reported
         model = data.get("model")
         finish = choice.get("finish_reason")
         return SystemResponse(
@@ -150,7 +149,7 @@ class _OpenAIStream(SSEStream):
             self.finished = True
             return []
         data = parse_json(event.data)
-        if not isinstance(data, Mapping):
+        if not isinstance(data, dict):
             raise self.interrupted(f"undecodable stream event {event.data[:120]!r}", failure=FailureClass.SERVER_ERROR)
         if "error" in data:
             etype, code, message = error_fields(data, event.data.encode())
@@ -160,10 +159,10 @@ class _OpenAIStream(SSEStream):
         chunks: list[StreamChunk] = []
         reported = data.get("usage")
         choices = data.get("choices")
-        if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             choice = choices[0]
             delta = choice.get("delta")
-            text = delta.get("content") if isinstance(delta, Mapping) else None
+            text = delta.get("content") if isinstance(delta, dict) else None
             finish = choice.get("finish_reason")
             if isinstance(text, str) and text:
                 self.note_delta()
@@ -176,7 +175,7 @@ class _OpenAIStream(SSEStream):
                         raw={"id": data.get("id")} if "id" in data else {},
                     )
                 )
-        if isinstance(reported, Mapping):
+        if isinstance(reported, dict):
             self.note_usage(
                 reported.get("prompt_tokens"), reported.get("completion_tokens"), need_input=True, need_output=True
             )

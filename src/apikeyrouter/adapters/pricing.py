@@ -19,7 +19,7 @@ from decimal import Decimal
 
 import attrs
 
-from apikeyrouter.domain.cost import ModelPrice, cost
+from apikeyrouter.domain.cost import ModelPrice, tokens_cost
 from apikeyrouter.domain.request import Usage
 
 __all__ = ["DEFAULT_PRICES", "ModelPrice", "PriceTable", "PricedCost"]
@@ -124,12 +124,18 @@ class PriceTable:
     def priced(self, model: str, input_tokens: int, output_tokens: int) -> PricedCost:
         entry = self.match(model)
         if entry is None:
-            return PricedCost(Decimal(0), known=False)
-        amount = cost(self._table[entry], Usage(input_tokens, output_tokens))
-        return PricedCost(amount, known=True, matched=entry)
+            return _UNPRICED
+        return PricedCost(tokens_cost(self._table[entry], input_tokens, output_tokens), known=True, matched=entry)
 
     def cost(self, model: str, usage: Usage) -> Decimal:
         """What `usage` costs; never negative and never raises, whatever reached it (a count below zero is
-        none: adapters replace impossible reports before this, so this guards custom adapters)."""
-        amount = self.priced(model, max(0, usage.input_tokens), max(0, usage.output_tokens)).amount
-        return max(amount, Decimal(0))
+        none: adapters replace impossible reports before this, so this guards custom adapters). Prices are
+        never negative (`ModelPrice` refuses them), so neither is the product."""
+        entry = self.match(model)
+        if entry is None:
+            return _ZERO
+        return tokens_cost(self._table[entry], max(0, usage.input_tokens), max(0, usage.output_tokens))
+
+
+_ZERO = Decimal(0)
+_UNPRICED = PricedCost(_ZERO, known=False)

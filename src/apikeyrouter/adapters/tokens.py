@@ -113,12 +113,25 @@ _cache: dict[str, Encoder] = {}
 
 def encoding_for_model(model: str) -> str | None:
     """The exact tokenizer for an OpenAI model id, or None when we only have an estimate."""
+    try:
+        return _by_model[model]
+    except KeyError:
+        pass
     name = model.rsplit("/", 1)[-1]  # tolerate "openai/gpt-4o"
+    found = None
     if name.startswith(_O200K_PREFIXES):
-        return "o200k_base"
-    if name.startswith(_CL100K_PREFIXES):
-        return "cl100k_base"
-    return None
+        found = "o200k_base"
+    elif name.startswith(_CL100K_PREFIXES):
+        found = "cl100k_base"
+    if len(_by_model) >= _MODELS_CACHED:
+        _by_model.clear()
+    _by_model[model] = found
+    return found
+
+
+# model id -> its encoding: the ids a process routes are a handful, asked about on every request.
+_MODELS_CACHED = 1024
+_by_model: dict[str, str | None] = {}
 
 
 def _read_ranks_file(name: str) -> bytes:
@@ -210,6 +223,29 @@ def _role_tokens(enc: Encoder, role: str) -> int:
     return n
 
 
+# Message texts counted lately (per encoding): a system prompt or the earlier turns of a conversation come
+# back on every request of an app, and looking a text up costs a hash where counting it costs a BPE pass.
+# Bounded in entries and in the length of a text kept (worst case a few MiB); cleared when full.
+_TEXTS_CACHED = 256
+_TEXT_CHARS_CACHED = 16 * 1024
+_texts: dict[tuple[str, str], int] = {}
+
+
+def _text_tokens(enc: Encoder, text: str) -> int:
+    key = (enc.name, text)
+    n = _texts.get(key)
+    if n is None:
+        n = len(enc.encode_ordinary(text))
+        if len(text) <= _TEXT_CHARS_CACHED:
+            if len(_texts) >= _TEXTS_CACHED:
+                _texts.clear()
+            _texts[key] = n
+    return n
+
+
+_ESTIMATED = f"cl100k_base*{ESTIMATE_FACTOR}"
+
+
 @attrs.frozen
 class TokenCount:
     tokens: int
@@ -221,15 +257,15 @@ def count_chat(messages: Iterable[ChatMessage], model: str) -> TokenCount:
     """Input tokens a chat request will be billed for (exact for OpenAI models, an estimate otherwise)."""
     name = encoding_for_model(model)
     exact = name is not None
-    enc = get_encoding(encoding_of(model))
+    enc = get_encoding(name or "cl100k_base")
     total = REPLY_PRIMING
     for message in messages:
         total += TOKENS_PER_MESSAGE
         total += _role_tokens(enc, message.role)
-        total += len(enc.encode_ordinary(message.content))
+        total += _text_tokens(enc, message.content)
     if not exact:
         total = math.ceil(total * ESTIMATE_FACTOR)
-    return TokenCount(tokens=total, exact=exact, encoding=name or f"cl100k_base*{ESTIMATE_FACTOR}")
+    return TokenCount(tokens=total, exact=exact, encoding=name or _ESTIMATED)
 
 
 def count_request(intent: RequestIntent) -> TokenCount:

@@ -19,7 +19,7 @@ import attrs
 
 from apikeyrouter.domain.request import Usage
 
-__all__ = ["PER_MILLION", "CostEstimate", "ModelPrice", "blended_per_million", "cost", "worst_case"]
+__all__ = ["PER_MILLION", "CostEstimate", "ModelPrice", "blended_per_million", "cost", "tokens_cost", "worst_case"]
 
 PER_MILLION = Decimal(1_000_000)
 _ZERO = Decimal(0)
@@ -43,9 +43,14 @@ class ModelPrice:
 
 def cost(price: ModelPrice, usage: Usage) -> Decimal:
     """The exact cost of `usage` at `price`."""
-    if usage.input_tokens < 0 or usage.output_tokens < 0:
-        raise ValueError(f"token counts must be >= 0, got {usage}")
-    return (usage.input_tokens * price.input + usage.output_tokens * price.output) / PER_MILLION
+    return tokens_cost(price, usage.input_tokens, usage.output_tokens)
+
+
+def tokens_cost(price: ModelPrice, input_tokens: int, output_tokens: int) -> Decimal:
+    """The exact cost of `input_tokens` and `output_tokens` at `price` (`cost` without a `Usage` to build)."""
+    if input_tokens < 0 or output_tokens < 0:
+        raise ValueError(f"token counts must be >= 0, got {input_tokens} in, {output_tokens} out")
+    return (input_tokens * price.input + output_tokens * price.output) / PER_MILLION
 
 
 def worst_case(
