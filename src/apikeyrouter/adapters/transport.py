@@ -53,7 +53,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _Timeouts = Mapping[str, float | None]
 
 
-
 class _NothingSent(Exception):
     """A reused connection failed before any byte of the request was written to it: safe to retry."""
 
