@@ -1,4 +1,4 @@
-"""`H11Transport`: an `httpx.AsyncBaseTransport` on `h11` and trio sockets, with a keep-alive pool per origin.
+"""`H11Transport`: an `httpx.AsyncBaseTransport` on trio sockets, with a keep-alive pool per origin.
 
 The adapters keep httpx as their API (`client.post`, `client.stream`); this replaces httpx's default
 transport (httpcore) underneath, which spends most of a request's CPU walking its pool. Here:
@@ -14,7 +14,7 @@ transport (httpcore) underneath, which spends most of a request's CPU walking it
   connection goes back to the pool; closed before its end, it is closed (unless the rest of the body is
   already in the parser's buffer);
 - deadlines: the caller's cancel scope bounds everything; httpx's `timeout` extension (connect, read,
-  write, pool) becomes `trio.move_on_after` around each step and raises httpx's timeout exceptions;
+  write, pool) becomes `trio.move_on_after` around each wait and raises httpx's timeout exceptions;
 - errors are httpx's, as httpcore raises them (ConnectError, ReadError, WriteError, RemoteProtocolError,
   ...), so the adapters classify them unchanged. A cancelled call closes its connection and its slot.
 
@@ -22,9 +22,13 @@ Besides the httpx interface the transport has a small one of its own, `H11Transp
 a `PooledResponse` (status, headers as a `LowerHeaders` dict, the body read whole or streamed), which the
 built-in adapters use through a `PooledClient` (an `httpx.AsyncClient` that carries its pool) to skip
 httpx's request and response machinery. It shares the connections, the pool, the retry rule and the error
-types above; the request head is written here (names and values checked as h11 would, the framing ours),
-h11 tracks the exchange's state and parses the response. One cancel scope bounds the send and the head
-(its deadline moved per step) instead of one per socket operation.
+types above; the request head is written here (names and values checked as h11 would, the framing ours;
+the part that depends on the headers only is kept per request line and header set).
+
+Both interfaces read responses with `_wire.ResponseReader` (h11's grammar, stricter in a few places; h11
+still checks the httpx interface's request heads). A read or write that completes at once (plain TCP)
+enters no cancel scope; a wait gets one `move_on_after` for its step timeout, and none when the caller's
+deadline comes first, so a kept-alive exchange costs at most one cancel scope (trio's cost ~10 µs each).
 """
 
 from __future__ import annotations
