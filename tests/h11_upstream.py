@@ -33,6 +33,17 @@ class Exchange:
     async def send(self, *events: h11.Event) -> None:
         await self._stream.send_all(b"".join(self._h11.send(e) or b"" for e in events))
 
+    async def send_raw(self, data: bytes) -> None:
+        """Bytes as they are, outside h11's framing (a malformed or hand-split response)."""
+        await self._stream.send_all(data)
+
+    async def send_dripped(self, *events: h11.Event, step: int = 3) -> None:
+        """`send`, but `step` bytes at a time with a pause between: the client sees every split."""
+        data = b"".join(self._h11.send(e) or b"" for e in events)
+        for i in range(0, len(data), step):
+            await self._stream.send_all(data[i : i + step])
+            await trio.sleep(0.001)
+
     async def respond(self, body: bytes = b"ok", *, status: int = 200, headers: Sequence[tuple[str, str]] = ()) -> None:
         head = [("content-length", str(len(body))), *headers]
         await self.send(h11.Response(status_code=status, headers=head), h11.Data(data=body), h11.EndOfMessage())

@@ -17,7 +17,7 @@ import h11
 import httpx
 import orjson
 
-__all__ = ["USER_AGENT", "build_request", "encode_head", "encode_json", "request_line"]
+__all__ = ["USER_AGENT", "build_request", "encode_fields", "encode_head", "encode_json", "request_line"]
 
 USER_AGENT = "apikeyrouter"
 
@@ -43,19 +43,27 @@ def _checked_name(name: str) -> str:
     return lower
 
 
-def request_line(method: str, target: bytes, netloc: bytes) -> tuple[bytes, h11.Request]:
-    """`METHOD target HTTP/1.1` and the host line, and the event h11 tracks the exchange with (validated
-    by h11 here, once per method and URL: its bytes are never sent)."""
+def request_line(method: str, target: bytes, netloc: bytes) -> bytes:
+    """`METHOD target HTTP/1.1` and the host line, validated by h11 (once per method and URL)."""
     try:
         event = h11.Request(method=method, target=target, headers=[(b"host", netloc), (b"content-length", b"0")])
     except h11.LocalProtocolError as exc:
         raise httpx.LocalProtocolError(str(exc)) from exc
-    return b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (event.method, event.target, netloc), event
+    return b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (event.method, event.target, netloc)
 
 
 def encode_head(headers: Mapping[str, str], body: bytes | None, content_type: str) -> bytes:
     """The header lines after the host line, through the blank line. `content_type` is sent when a body
     is and the caller gave none. Non-ASCII text raises `UnicodeEncodeError`, as httpx does."""
+    if body is None:
+        return encode_fields(headers, False, content_type) + b"\r\n"
+    return encode_fields(headers, True, content_type) + b"content-length: %d\r\n\r\n" % len(body)
+
+
+def encode_fields(headers: Mapping[str, str], has_body: bool, content_type: str) -> bytes:
+    """The header lines after the host line, without the framing (`content-length`) and the blank line:
+    the part of a head that depends on the headers only, so a caller may keep it for the next request
+    with the same headers."""
     parts: list[str] = []
     typed = agent = coded = False
     for name, value in headers.items():
@@ -75,11 +83,8 @@ def encode_head(headers: Mapping[str, str], body: bytes | None, content_type: st
         parts.append(f"user-agent: {USER_AGENT}\r\n")
     if not coded:  # without the header any coding is acceptable (RFC 9110); this path decodes none
         parts.append("accept-encoding: identity\r\n")
-    if body is not None:
-        if not typed:
-            parts.append(f"content-type: {content_type}\r\n")
-        parts.append(f"content-length: {len(body)}\r\n")
-    parts.append("\r\n")
+    if has_body and not typed:
+        parts.append(f"content-type: {content_type}\r\n")
     return "".join(parts).encode("ascii")
 
 

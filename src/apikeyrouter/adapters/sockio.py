@@ -60,6 +60,54 @@ class SocketIO:
                 self._eager = 0
                 await trio.lowlevel.wait_readable(fd)
 
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """Up to `max_bytes` if the kernel has them now (b"" at EOF), else None: then `receive_waiting`.
+        None also every `_YIELD_EVERY`-th read in a row, so that a reader that never waits still yields.
+        Raises OSError. What the upstream client reads with: it bounds a wait (never a read that
+        completes at once) by a read timeout, so it needs the two apart."""
+        eager = self._eager + 1
+        if eager >= _YIELD_EVERY:
+            self._eager = 0
+            return None
+        try:
+            data = os.read(self._fd, max_bytes)
+        except BlockingIOError:
+            self._eager = 0
+            return None
+        self._eager = eager
+        return data
+
+    async def receive_waiting(self, max_bytes: int) -> bytes:
+        """Up to `max_bytes`, after waiting for the socket to be readable (a checkpoint). Raises OSError."""
+        fd = self._fd
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                return os.read(fd, max_bytes)
+            except BlockingIOError:
+                continue
+
+    def send_nowait(self, data: bytes) -> int:
+        """Write what fits of `data` now; the count written (also in `sent`). Raises OSError."""
+        self.sent = 0
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        self.sent = sent
+        return sent
+
+    async def send_rest(self, data: bytes) -> None:
+        """The rest of `data` after `sent` bytes of it went out (`send_nowait`), waiting for room."""
+        fd = self._fd
+        view = memoryview(data)
+        sent = self.sent
+        while sent < len(view):
+            await trio.lowlevel.wait_writable(fd)
+            with contextlib.suppress(BlockingIOError):  # woken without room after all: wait again
+                sent += os.write(fd, view[sent:])
+            self.sent = sent
+
     async def send_all(self, data: bytes) -> None:
         """All of `data`, waiting for room only when the socket's buffer is full. Raises OSError."""
         fd = self._fd

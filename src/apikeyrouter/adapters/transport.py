@@ -1,4 +1,4 @@
-"""`H11Transport`: an `httpx.AsyncBaseTransport` on `h11` and trio sockets, with a keep-alive pool per origin.
+"""`H11Transport`: an `httpx.AsyncBaseTransport` on trio sockets, with a keep-alive pool per origin.
 
 The adapters keep httpx as their API (`client.post`, `client.stream`); this replaces httpx's default
 transport (httpcore) underneath, which spends most of a request's CPU walking its pool. Here:
@@ -14,7 +14,7 @@ transport (httpcore) underneath, which spends most of a request's CPU walking it
   connection goes back to the pool; closed before its end, it is closed (unless the rest of the body is
   already in the parser's buffer);
 - deadlines: the caller's cancel scope bounds everything; httpx's `timeout` extension (connect, read,
-  write, pool) becomes `trio.move_on_after` around each step and raises httpx's timeout exceptions;
+  write, pool) becomes `trio.move_on_after` around each wait and raises httpx's timeout exceptions;
 - errors are httpx's, as httpcore raises them (ConnectError, ReadError, WriteError, RemoteProtocolError,
   ...), so the adapters classify them unchanged. A cancelled call closes its connection and its slot.
 
@@ -22,9 +22,13 @@ Besides the httpx interface the transport has a small one of its own, `H11Transp
 a `PooledResponse` (status, headers as a `LowerHeaders` dict, the body read whole or streamed), which the
 built-in adapters use through a `PooledClient` (an `httpx.AsyncClient` that carries its pool) to skip
 httpx's request and response machinery. It shares the connections, the pool, the retry rule and the error
-types above; the request head is written here (names and values checked as h11 would, the framing ours),
-h11 tracks the exchange's state and parses the response. One cancel scope bounds the send and the head
-(its deadline moved per step) instead of one per socket operation.
+types above; the request head is written here (names and values checked as h11 would, the framing ours;
+the part that depends on the headers only is kept per request line and header set).
+
+Both interfaces read responses with `_wire.ResponseReader` (h11's grammar, stricter in a few places; h11
+still checks the httpx interface's request heads). A read or write that completes at once (plain TCP)
+enters no cancel scope; a wait gets one `move_on_after` for its step timeout, and none when the caller's
+deadline comes first, so a kept-alive exchange costs at most one cancel scope (trio's cost ~10 µs each).
 """
 
 from __future__ import annotations
@@ -32,13 +36,13 @@ from __future__ import annotations
 import select
 import ssl
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final
 
 import h11
 import httpx
 import trio
 
-from apikeyrouter.adapters._head import encode_head, request_line
+from apikeyrouter.adapters._head import encode_fields, request_line
+from apikeyrouter.adapters._wire import Head, ResponseReader
 from apikeyrouter.adapters.headers import LowerHeaders
 from apikeyrouter.adapters.pool import Origin, OriginPool, PoolStats
 from apikeyrouter.adapters.sockio import SocketIO
@@ -47,14 +51,10 @@ __all__ = ["H11Transport", "PooledClient", "PooledResponse"]
 
 _READ_SIZE = 65536
 _INF = float("inf")
-_END = h11.EndOfMessage()
 _MAX_ROUTES = 1024
+_MAX_HEADS = 4096
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _Timeouts = Mapping[str, float | None]
-
-# An upstream's status line and headers together may take this much (h11's default, 16 KiB, refuses some
-# providers' long rate-limit and tracing headers; httpcore allows 100 KiB).
-MAX_RESPONSE_HEAD = 128 * 1024
 
 
 class _NothingSent(Exception):
@@ -65,20 +65,14 @@ class _NothingSent(Exception):
         self.error = error
 
 
-_WRITE: Final = 1
-_READ: Final = 2
-
-
 class _Connection:
-    """One HTTP/1.1 connection: a trio stream, its socket and an h11 client state machine.
+    """One HTTP/1.1 connection: a trio stream, its socket and the reader of its responses (`_wire.py`).
 
-    Timeouts (httpx's read and write, None: only the caller's cancel scope bounds it) are applied per
-    socket operation, each in its own `move_on_after`; or, while `scope` is set, by moving that one
-    scope's deadline before each operation (`phase` says which one a timeout interrupted)."""
+    Timeouts (httpx's read and write, None: only the caller's cancel scope bounds it) bound a wait on the
+    socket, each in its own `move_on_after`; on plain TCP a read or write that completes at once waits
+    for nothing and needs none, so a kept-alive exchange enters one cancel scope: the wait for the head."""
 
-    __slots__ = (
-        "h11", "idle_since", "io", "phase", "poller", "read_s", "scope", "socket", "stream", "tls", "write_s",
-    )  # fmt: skip
+    __slots__ = ("idle_since", "io", "poller", "read_s", "reader", "socket", "stream", "tls", "write_s")
 
     def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType, *, tls: bool) -> None:
         self.stream = stream
@@ -86,12 +80,10 @@ class _Connection:
         self.tls = tls
         # Plain TCP: reads and writes straight on the socket, a checkpoint only when they must wait (sockio.py).
         self.io = None if tls else SocketIO(socket.fileno())
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+        self.reader = ResponseReader()
         self.idle_since = 0.0
         self.read_s: float | None = None
         self.write_s: float | None = None
-        self.scope: trio.CancelScope | None = None
-        self.phase = 0
         # One poller for the connection's life: a checkout costs one poll(2), not three calls and a setup.
         self.poller = select.poll()
         self.poller.register(socket.fileno(), select.POLLIN)
@@ -100,8 +92,7 @@ class _Connection:
 
     def stale(self) -> bool:
         # An idle HTTP/1.1 connection has nothing to say: readable means EOF, a TLS alert, or junk.
-        leftover, eof = self.h11.trailing_data
-        if leftover or eof:
+        if self.reader.buffered or self.reader.eof:
             return True
         try:
             return bool(self.poller.poll(0))
@@ -117,87 +108,75 @@ class _Connection:
     async def send(self, data: bytes, *, first: bool) -> None:
         """Write all of `data`. `first`: the request's first write on a reused connection, where a
         failure with nothing written raises `_NothingSent` (retryable)."""
-        scope, write_s = self.scope, self.write_s
-        if scope is not None:
-            self.phase = _WRITE
-            scope.deadline = _INF if write_s is None else trio.current_time() + write_s
-        elif write_s is not None:
-            with trio.move_on_after(write_s) as own:
-                await self._write(data, first)
-            if own.cancelled_caught:
-                raise httpx.WriteTimeout("timed out writing the request")
-            return
-        await self._write(data, first)
-
-    async def _write(self, data: bytes, first: bool) -> None:
         io = self.io
+        if io is None:
+            await self._send_tls(data)
+            return
         try:
-            if io is None:
-                await self.stream.send_all(data)
+            if io.send_nowait(data) == len(data):
                 return
-            await io.send_all(data)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if _caller_bounds(self.write_s):
+                await io.send_rest(data)
+                return
+            with trio.move_on_after(self.write_s) as own:  # type: ignore[arg-type]  # not None here
+                await io.send_rest(data)
+        except OSError as exc:
             error = httpx.WriteError(_describe(exc))
             # A write that failed at once wrote nothing: a request's first one on a connection the server
-            # closed while it was idle is safe to send again (`send_all` raises past its first write only
-            # after that one fitted whole or in part, and then the request is not retried).
-            if first and io is not None and io.sent == 0:
+            # closed while it was idle is safe to send again (past its first write, the request is not).
+            if first and io.sent == 0:
                 raise _NothingSent(error) from exc
             raise error from exc
+        if own.cancelled_caught:
+            raise httpx.WriteTimeout("timed out writing the request")
 
-    async def next_event(self) -> Any:
-        conn = self.h11
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise httpx.RemoteProtocolError(str(exc)) from exc
-            if event is not h11.NEED_DATA:
-                return event
-            conn.receive_data(await self._receive())  # type: ignore[arg-type]  # h11 takes any bytes-like
-
-    async def _receive(self) -> bytes | bytearray:
-        scope, read_s = self.scope, self.read_s
-        receive = self.stream.receive_some if self.io is None else self.io.receive
+    async def _send_tls(self, data: bytes) -> None:
         try:
-            if scope is not None:
-                self.phase = _READ
-                scope.deadline = _INF if read_s is None else trio.current_time() + read_s
-                return await receive(_READ_SIZE)
-            if read_s is None:
-                return await receive(_READ_SIZE)
-            with trio.move_on_after(read_s):
-                return await receive(_READ_SIZE)
+            with trio.move_on_after(_seconds(self.write_s)) as own:
+                await self.stream.send_all(data)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise httpx.WriteError(_describe(exc)) from exc
+        if own.cancelled_caught:
+            raise httpx.WriteTimeout("timed out writing the request")
+
+    async def fill(self) -> None:
+        """Feed the reader what the socket has: at once if it has bytes, else after waiting (read timeout)."""
+        io = self.io
+        if io is not None:
+            try:
+                data = io.receive_nowait(_READ_SIZE)
+            except OSError as exc:
+                raise httpx.ReadError(_describe(exc)) from exc
+            if data is not None:
+                self.reader.feed(data)
+                return
+        self.reader.feed(await self._receive_waiting())
+
+    async def _receive_waiting(self) -> bytes:
+        read_s = self.read_s
+        try:
+            if _caller_bounds(read_s):
+                return await self._wait_receive()
+            with trio.move_on_after(read_s):  # type: ignore[arg-type]  # not None here
+                return await self._wait_receive()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise httpx.ReadError(_describe(exc)) from exc
         raise httpx.ReadTimeout("timed out reading the response")
 
-    def timed_out(self) -> httpx.TimeoutException:
-        """The timeout that ended the shared `scope`, by the step it interrupted."""
-        if self.phase == _WRITE:
-            return httpx.WriteTimeout("timed out writing the request")
-        return httpx.ReadTimeout("timed out reading the response")
+    async def _wait_receive(self) -> bytes:
+        if self.io is not None:
+            return await self.io.receive_waiting(_READ_SIZE)
+        return bytes(await self.stream.receive_some(_READ_SIZE))
 
-    def finish_buffered(self) -> bool:
-        """Read what is left of the response from the parser's buffer only (no I/O): True when the
-        response ended there and the connection is ready for the next request."""
-        conn = self.h11
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError:
-                return False
-            if type(event) is h11.EndOfMessage:
-                return self.next_cycle()
-            if type(event) is not h11.Data:
-                return False  # NEED_DATA, PAUSED, ConnectionClosed
-
-    def next_cycle(self) -> bool:
-        conn = self.h11
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-            return True
-        return False  # `Connection: close`, a body read to EOF, or our request never finished
+    async def read_head(self, *, head_request: bool) -> Head:
+        """The response's head (after any 1xx), once the request is out."""
+        reader = self.reader
+        reader.start(head_request=head_request)
+        head = reader.next_head()
+        while head is None:
+            await self.fill()
+            head = reader.next_head()
+        return head
 
 
 class _Body(httpx.AsyncByteStream):
@@ -214,57 +193,49 @@ class _Body(httpx.AsyncByteStream):
         conn = self._conn
         if conn is None:
             raise StopAsyncIteration
+        reader = conn.reader
         try:
-            while True:
-                event = await conn.next_event()
-                kind = type(event)
-                if kind is h11.Data:
-                    return bytes(event.data)
-                if kind is h11.EndOfMessage:
-                    break
-                raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+            piece = reader.next_body()
+            while piece is None:
+                await conn.fill()
+                piece = reader.next_body()
         except BaseException:
             self._release(reuse=False)
             raise
-        self._release(reuse=conn.next_cycle())
+        if piece:
+            return piece
+        self._release(reuse=reader.reusable())
         raise StopAsyncIteration
 
     async def read(self, limit: int) -> bytes:
-        """What `__anext__` would give, joined, up to `limit` bytes; one cancel scope for all the reads."""
+        """What `__anext__` would give, joined, up to `limit` bytes."""
         conn = self._conn
         if conn is None:
             return b""
+        reader = conn.reader
         parts: list[bytes] = []
         size = 0
         try:
-            with trio.CancelScope() as scope:
-                conn.scope = scope
-                while size < limit:
-                    event = await conn.next_event()
-                    kind = type(event)
-                    if kind is h11.Data:
-                        parts.append(event.data)
-                        size += len(event.data)
-                    elif kind is h11.EndOfMessage:
-                        conn.scope = None
-                        self._release(reuse=conn.next_cycle())
-                        break
-                    else:
-                        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
-            conn.scope = None
-            if scope.cancelled_caught:
-                raise conn.timed_out()
+            while size < limit:
+                piece = reader.next_body()
+                if piece is None:
+                    await conn.fill()
+                elif piece:
+                    parts.append(piece)
+                    size += len(piece)
+                else:
+                    self._release(reuse=reader.reusable())
+                    break
         except BaseException:
-            conn.scope = None
             self._release(reuse=False)
             raise
-        body = b"".join(parts)
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
         return body if size <= limit else body[:limit]
 
     async def aclose(self) -> None:
         conn = self._conn
         if conn is not None:
-            self._release(reuse=conn.finish_buffered())
+            self._release(reuse=conn.reader.finish_buffered())
 
     def _release(self, *, reuse: bool) -> None:
         conn, self._conn = self._conn, None
@@ -275,6 +246,17 @@ class _Body(httpx.AsyncByteStream):
         else:
             conn.close()
         self._pool.release()
+
+
+class _Route:
+    """A (method, URL) the direct interface has sent to: its pool and its request line (with `host`)."""
+
+    __slots__ = ("head_request", "line", "pool")
+
+    def __init__(self, pool: OriginPool[_Connection], line: bytes, *, head_request: bool) -> None:
+        self.pool = pool
+        self.line = line
+        self.head_request = head_request
 
 
 class H11Transport(httpx.AsyncBaseTransport):
@@ -289,8 +271,10 @@ class H11Transport(httpx.AsyncBaseTransport):
         self._expiry = limits.keepalive_expiry
         self._ssl_context = ssl_context
         self._pools: dict[Origin, OriginPool[_Connection]] = {}
-        # (method, URL) -> its pool, request line + host line, and the event h11 tracks it with.
-        self._routes: dict[tuple[str, str], tuple[OriginPool[_Connection], bytes, h11.Request]] = {}
+        self._routes: dict[tuple[str, str], _Route] = {}
+        # (request line, headers, has a body, content type) -> the request's head up to its framing: a
+        # caller sends the same few header sets again and again (one per key and endpoint).
+        self._heads: dict[tuple[bytes, tuple[tuple[str, str], ...], bool, str], bytes] = {}
         self._closed = False
 
     def stats(self) -> dict[Origin, PoolStats]:
@@ -313,10 +297,10 @@ class H11Transport(httpx.AsyncBaseTransport):
             pool.release()
             raise
         return httpx.Response(
-            head.status_code,
-            headers=head.headers.raw_items(),
+            head.status,
+            headers=_raw(head),
             stream=_Body(pool, conn),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": bytes(head.reason)},
+            extensions={"http_version": f"HTTP/{head.version}".encode(), "reason_phrase": head.reason.encode("latin1")},
         )
 
     def _pool(self, url: httpx.URL) -> OriginPool[_Connection]:
@@ -351,30 +335,41 @@ class H11Transport(httpx.AsyncBaseTransport):
         if self._closed:
             raise RuntimeError("the transport is closed")
         route = self._routes.get((method, url)) or self._route(method, url)
-        pool, line, event = route
-        data = line + encode_head(headers, body, content_type)
-        if body:
-            data += body
+        line = route.line
+        key = (line, tuple(headers.items()), body is not None, content_type)
+        data = self._heads.get(key)
+        if data is None:
+            data = self._head(key, headers)
+        data = data + b"\r\n" if body is None else b"%scontent-length: %d\r\n\r\n%s" % (data, len(body), body)
+        pool = route.pool
         await _acquire(pool, steps.pool)
         try:
-            conn, head = await self._exchange_direct(pool, event, data, steps)
+            conn, head = await self._exchange_direct(pool, route.head_request, data, steps)
         except BaseException:
             pool.release()
             raise
         return PooledResponse(pool, conn, head)
 
-    def _route(self, method: str, url: str) -> tuple[OriginPool[_Connection], bytes, h11.Request]:
+    def _head(self, key: tuple[bytes, tuple[tuple[str, str], ...], bool, str], headers: Mapping[str, str]) -> bytes:
+        line, _, has_body, content_type = key
+        head = line + encode_fields(headers, has_body, content_type)
+        if len(self._heads) >= _MAX_HEADS:
+            self._heads.clear()
+        self._heads[key] = head
+        return head
+
+    def _route(self, method: str, url: str) -> _Route:
         parsed = httpx.URL(url)
         pool = self._pool(parsed)
-        line, event = request_line(method, parsed.raw_path, parsed.netloc)
+        line = request_line(method, parsed.raw_path, parsed.netloc)
         if len(self._routes) >= _MAX_ROUTES:
             self._routes.clear()
-        route = self._routes[(method, url)] = (pool, line, event)
+        route = self._routes[(method, url)] = _Route(pool, line, head_request=method == "HEAD")
         return route
 
     async def _exchange_direct(
-        self, pool: OriginPool[_Connection], event: h11.Request, data: bytes, steps: httpx.Timeout
-    ) -> tuple[_Connection, h11.Response]:
+        self, pool: OriginPool[_Connection], head_request: bool, data: bytes, steps: httpx.Timeout
+    ) -> tuple[_Connection, Head]:
         for attempt in (0, 1):
             conn = pool.checkout()
             reused = conn is not None
@@ -383,25 +378,13 @@ class H11Transport(httpx.AsyncBaseTransport):
                 pool.note_opened()
             conn.read_s, conn.write_s = steps.read, steps.write
             try:
-                # h11 follows the exchange (a body-less request event of the same method); the bytes are ours.
-                conn.h11.send(event)
-                conn.h11.send(_END)
-                with trio.CancelScope() as scope:
-                    conn.scope = scope
-                    await conn.send(data, first=reused)
-                    head = await self._read_head(conn)
-                conn.scope = None
-                if scope.cancelled_caught:
-                    raise conn.timed_out()
-                return conn, head
+                await conn.send(data, first=reused)
+                return conn, await conn.read_head(head_request=head_request)
             except _NothingSent as exc:
                 conn.close()
                 if attempt == 0:
                     continue
                 raise exc.error from exc.__cause__
-            except h11.LocalProtocolError as exc:
-                conn.close()
-                raise httpx.LocalProtocolError(str(exc)) from exc
             except BaseException:
                 conn.close()
                 raise
@@ -409,7 +392,7 @@ class H11Transport(httpx.AsyncBaseTransport):
 
     async def _exchange(
         self, pool: OriginPool[_Connection], request: httpx.Request, timeouts: _Timeouts
-    ) -> tuple[_Connection, h11.Response]:
+    ) -> tuple[_Connection, Head]:
         """Send the request and read the response head, on a pooled connection or a new one."""
         for attempt in (0, 1):
             conn = pool.checkout()
@@ -419,8 +402,8 @@ class H11Transport(httpx.AsyncBaseTransport):
                 pool.note_opened()
             conn.read_s, conn.write_s = timeouts.get("read"), timeouts.get("write")
             try:
-                await self._send_request(conn, request, first=reused)
-                return conn, await self._read_head(conn)
+                await _send_request(conn, request, first=reused)
+                return conn, await conn.read_head(head_request=request.method == "HEAD")
             except _NothingSent as exc:
                 conn.close()
                 if attempt == 0:
@@ -430,37 +413,6 @@ class H11Transport(httpx.AsyncBaseTransport):
                 conn.close()
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _send_request(self, conn: _Connection, request: httpx.Request, *, first: bool) -> None:
-        url = request.url
-        target = url.raw_path
-        try:
-            head = conn.h11.send(h11.Request(method=request.method, target=target, headers=request.headers.raw))
-            try:
-                body: bytes | None = request.content
-            except httpx.RequestNotRead:
-                body = None
-            if body is not None:
-                data = head + (conn.h11.send(h11.Data(data=body)) if body else b"")
-                await conn.send(data + conn.h11.send(h11.EndOfMessage()), first=first)
-                return
-            await conn.send(head, first=first)
-            async for chunk in request.stream:  # type: ignore[union-attr]
-                if chunk:
-                    await conn.send(conn.h11.send(h11.Data(data=chunk)), first=False)
-            await conn.send(conn.h11.send(h11.EndOfMessage()), first=False)
-        except h11.LocalProtocolError as exc:
-            raise httpx.LocalProtocolError(str(exc)) from exc
-
-    async def _read_head(self, conn: _Connection) -> h11.Response:
-        while True:
-            event = await conn.next_event()
-            kind = type(event)
-            if kind is h11.Response:
-                return event  # type: ignore[no-any-return]
-            if kind is h11.InformationalResponse:
-                continue  # 100 Continue and friends: the real answer follows
-            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
 
     async def _connect(self, origin: Origin, connect_s: float | None) -> _Connection:
         stream: trio.SocketStream | None = None
@@ -498,21 +450,25 @@ class PooledResponse:
     to its end, the connection goes back to the pool; `aclose()` before that closes it (unless the rest
     is already buffered). Either way the pool slot is given back exactly once."""
 
-    __slots__ = ("_body", "headers", "raw_headers", "reason_phrase", "status_code")
+    __slots__ = ("_body", "_head", "headers", "reason_phrase", "status_code")
 
-    def __init__(self, pool: OriginPool[_Connection], conn: _Connection, head: h11.Response) -> None:
-        self.status_code: int = head.status_code
-        self.reason_phrase = head.reason.decode("latin-1")
-        self.raw_headers: list[tuple[bytes, bytes]] = head.headers.raw_items()
-        self.headers = LowerHeaders.from_raw(self.raw_headers)
+    def __init__(self, pool: OriginPool[_Connection], conn: _Connection, head: Head) -> None:
+        self.status_code: int = head.status
+        self.reason_phrase = head.reason
+        self.headers: LowerHeaders = head.headers
+        self._head = head
         self._body = _Body(pool, conn)
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        return _raw(self._head)
 
     def aiter_bytes(self) -> AsyncIterator[bytes]:
         return self._body
 
     async def read(self, limit: int) -> bytes:
-        """The body, or its first `limit` bytes when it is longer (then the connection is closed), under
-        one cancel scope for all its reads."""
+        """The body, or its first `limit` bytes when it is longer (then the connection is closed on
+        `aclose`)."""
         return await self._body.read(limit)
 
     async def aclose(self) -> None:
@@ -538,6 +494,43 @@ async def _acquire(pool: OriginPool[_Connection], pool_s: float | None) -> None:
         await pool.acquire()
     if waited.cancelled_caught:
         raise httpx.PoolTimeout("timed out waiting for a connection")
+
+
+async def _send_request(conn: _Connection, request: httpx.Request, *, first: bool) -> None:
+    """The httpx interface's request: its head checked by h11 (names, values, a host), written as is;
+    the body as httpx framed it (`content-length`, or `transfer-encoding: chunked` for a stream)."""
+    try:
+        event = h11.Request(method=request.method, target=request.url.raw_path, headers=request.headers.raw)
+    except h11.LocalProtocolError as exc:
+        raise httpx.LocalProtocolError(str(exc)) from exc
+    fields = event.headers.raw_items()
+    head = b"%s %s HTTP/1.1\r\n%s\r\n" % (event.method, event.target, b"".join(b"%s: %s\r\n" % f for f in fields))
+    chunked = any(name == b"transfer-encoding" for name, _ in event.headers)
+    try:
+        body: bytes | None = request.content
+    except httpx.RequestNotRead:
+        body = None
+    if body is not None and not chunked:
+        await conn.send(head + body, first=first)
+        return
+    await conn.send(head, first=first)
+    async for chunk in request.stream:  # type: ignore[union-attr]
+        if chunk:
+            await conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk, first=False)
+    if chunked:
+        await conn.send(b"0\r\n\r\n", first=False)
+
+
+def _raw(head: Head) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in head.items]
+
+
+def _caller_bounds(step_s: float | None) -> bool:
+    """True when a wait needs no timeout scope of its own: it has no step timeout, or the caller's
+    deadline comes before the step's would (then the caller's scope ends the wait first anyway, and a
+    trio cancel scope, ~10 µs to enter and leave, is saved). Checked at every wait, so a caller that moves
+    its deadline between steps is seen."""
+    return step_s is None or trio.current_effective_deadline() < trio.current_time() + step_s
 
 
 def _seconds(timeout: float | None) -> float:
