@@ -15,8 +15,7 @@ those failures stop counting against each key's own breaker.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 from typing import Protocol, assert_never
 
 import httpx
@@ -53,6 +52,37 @@ class ClientSource(Protocol):
     capabilities: Capabilities
 
     def make_client(self) -> httpx.AsyncClient: ...
+
+
+class _Lease:
+    """One leased call: its cancel scope is the one a stopping provider cancels when its grace runs out.
+    A class rather than a `@contextmanager` generator: one per upstream call, and the generator's
+    machinery cost more than the lease itself."""
+
+    __slots__ = ("_client", "_provider", "_scope")
+
+    def __init__(self, provider: ProviderActor, client: httpx.AsyncClient) -> None:
+        self._provider = provider
+        self._client = client
+        self._scope = trio.CancelScope()
+
+    def __enter__(self) -> httpx.AsyncClient:
+        scope = self._scope
+        self._provider._leased(scope)
+        scope.__enter__()
+        return self._client
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        scope = self._scope
+        try:
+            swallowed = scope.__exit__(exc_type, exc, tb)
+        finally:
+            self._provider._returned(scope)
+        if scope.cancelled_caught:
+            raise ActorStopped(self._provider.name, "stopped during the call")
+        return bool(swallowed)
 
 
 class ProviderActor(Actor[ProviderCommand]):
@@ -127,27 +157,26 @@ class ProviderActor(Actor[ProviderCommand]):
 
     # -- leases ---------------------------------------------------------------------------------------
 
-    @contextmanager
-    def lease(self) -> Iterator[httpx.AsyncClient]:
-        """The client, for one upstream call run by the caller in its own task. Raises `ActorStopped`
-        when the actor is not running, and when it stopped during the call (its grace ran out)."""
+    def lease(self) -> _Lease:
+        """The client, for one upstream call run by the caller in its own task (`with provider.lease() as
+        client:`). Raises `ActorStopped` when the actor is not running, and when it stopped during the
+        call (its grace ran out)."""
         client = self._client
         if client is None or self.status != "running":
             raise ActorStopped(self.name, "is not accepting calls")
-        scope = trio.CancelScope()
+        return _Lease(self, client)
+
+    def _leased(self, scope: trio.CancelScope) -> None:
         leases = self._leases
         if not leases:
             self._idle = trio.Event()
         leases.add(scope)
-        try:
-            with scope:
-                yield client
-        finally:
-            leases.discard(scope)
-            if not leases:
-                self._idle.set()
-        if scope.cancelled_caught:
-            raise ActorStopped(self.name, "stopped during the call")
+
+    def _returned(self, scope: trio.CancelScope) -> None:
+        leases = self._leases
+        leases.discard(scope)
+        if not leases:
+            self._idle.set()
 
     # -- health ---------------------------------------------------------------------------------------
 
