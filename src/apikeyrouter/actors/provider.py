@@ -68,7 +68,11 @@ class _Lease:
 
     def __enter__(self) -> httpx.AsyncClient:
         scope = self._scope
-        self._provider._leased(scope)
+        provider = self._provider
+        leases = provider._leases
+        if not leases:
+            provider._idle = trio.Event()
+        leases.add(scope)
         scope.__enter__()
         return self._client
 
@@ -76,12 +80,16 @@ class _Lease:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         scope = self._scope
+        provider = self._provider
         try:
             swallowed = scope.__exit__(exc_type, exc, tb)
         finally:
-            self._provider._returned(scope)
+            leases = provider._leases
+            leases.discard(scope)
+            if not leases:
+                provider._idle.set()
         if scope.cancelled_caught:
-            raise ActorStopped(self._provider.name, "stopped during the call")
+            raise ActorStopped(provider.name, "stopped during the call")
         return bool(swallowed)
 
 
@@ -165,18 +173,6 @@ class ProviderActor(Actor[ProviderCommand]):
         if client is None or self.status != "running":
             raise ActorStopped(self.name, "is not accepting calls")
         return _Lease(self, client)
-
-    def _leased(self, scope: trio.CancelScope) -> None:
-        leases = self._leases
-        if not leases:
-            self._idle = trio.Event()
-        leases.add(scope)
-
-    def _returned(self, scope: trio.CancelScope) -> None:
-        leases = self._leases
-        leases.discard(scope)
-        if not leases:
-            self._idle.set()
 
     # -- health ---------------------------------------------------------------------------------------
 
