@@ -441,8 +441,7 @@ def release(q: Quota, res: QuotaReservation, now: float) -> Quota:
 
 def settle(q: Quota, res: QuotaReservation, actual_tokens: int, now: float, signal: QuotaSignal | None = None) -> Quota:
     """The request happened: replace the estimate by `actual_tokens` and feed the usage rate. With the
-    response's `signal`: equal to `apply_signal(settle(q, res, actual_tokens, now), signal, now)`, built
-    as one quota (a settlement with rate-limit headers is the common case)."""
+    response's `signal`: `apply_signal(settle(q, res, actual_tokens, now), signal, now)` in one quota."""
     if actual_tokens < 0:
         raise ValueError("actual_tokens must be >= 0")
     old = q.rate
