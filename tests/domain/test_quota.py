@@ -245,3 +245,40 @@ def test_a_signal_is_empty_only_when_it_says_nothing_at_all() -> None:
         assert not said.empty, field.name
         q = quota.new_quota(_cfg, now=0.0)
         assert quota.apply_signal(q, said, 1.0).epoch == 1, field.name  # each one is learned from
+
+
+_maybe = st.one_of(st.none(), st.integers(0, 500))
+_signals = st.builds(
+    QuotaSignal,
+    limit_requests=_maybe,
+    remaining_requests=_maybe,
+    limit_tokens=_maybe,
+    remaining_tokens=_maybe,
+    reset_requests_s=st.one_of(st.none(), st.floats(0.0, 90.0)),
+    reset_tokens_s=st.one_of(st.none(), st.floats(0.0, 90.0)),
+    retry_after_s=st.one_of(st.none(), st.floats(0.0, 30.0)),
+)
+
+
+@given(
+    before=st.one_of(st.none(), _signals),
+    signal=st.one_of(st.none(), _signals),
+    estimate=st.integers(0, 300),
+    actual=st.integers(0, 300),
+    held_for=st.floats(0.0, 120.0),
+)
+@settings(max_examples=300, deadline=None)
+def test_settling_with_the_headers_equals_settling_then_learning_from_them(
+    before: QuotaSignal | None, signal: QuotaSignal | None, estimate: int, actual: int, held_for: float
+) -> None:
+    q = quota.new_quota(QuotaConfig(rpm=50, tpm=4000), now=0.0)
+    if before is not None:  # learned counts of the reservation's epoch, decremented by the settlement
+        q = quota.apply_signal(q, before, 0.0)
+    q, res = quota.take(q, estimate, 1.0)
+    now = 1.0 + held_for
+    one_pass = quota.settle(q, res, actual, now, signal)
+    two_steps = quota.settle(q, res, actual, now)
+    if signal is not None:
+        two_steps = quota.apply_signal(two_steps, signal, now)
+    assert one_pass == two_steps
+    assert one_pass.fresh_until == two_steps.fresh_until

@@ -255,9 +255,7 @@ class KeyActor(Actor[KeyCommand]):
         cfg = self.config
         self._reserved_cost -= lease.cost
         tokens = outcome.usage.total_tokens if outcome.usage is not None else 0
-        q = quota.settle(rec.quota, lease.quota, tokens, now)
-        if outcome.signal is not None and not outcome.signal.empty:
-            q = quota.apply_signal(q, outcome.signal, now)
+        q = quota.settle(rec.quota, lease.quota, tokens, now, outcome.signal)  # headers learned in the same pass
         failure = outcome.failure
         action = cfg.failures[failure] if failure is not None else None
         if failure is not None and outcome.provider_degraded and action is not None and action.counts_for_breaker:

@@ -163,7 +163,8 @@ def on_call(
     if failed and len(keys) < cfg.min_keys and key_id not in keys:
         keys = keys | {key_id}
     last = HealthSlot(last.slot, last.successes + success, last.failures + failed, keys)
-    h = attrs.evolve(h, slots=(*slots, last), successes=h.successes + success, failures=h.failures + failed)
+    # Built directly (not `attrs.evolve`): once per upstream call.
+    h = ProviderHealth((*slots, last), h.successes + success, h.failures + failed, h.degraded, h.reason, h.since)
     return _judge(h, cfg, now)
 
 

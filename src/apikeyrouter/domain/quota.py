@@ -389,9 +389,18 @@ def take(q: Quota, tokens: int, now: float) -> tuple[Quota, QuotaReservation]:
     return _count(q, res, 1, tokens, now, q.rate), res
 
 
-def _count(q: Quota, res: QuotaReservation, requests: int, tokens: int, now: float, rate: _Rate) -> Quota:
+def _count(
+    q: Quota,
+    res: QuotaReservation,
+    requests: int,
+    tokens: int,
+    now: float,
+    rate: _Rate,
+    signal: QuotaSignal | None = None,
+) -> Quota:
     """Add `requests` and `tokens` where `res` was counted (in the windows it is still inside, and in the
-    learned counts of its epoch), with `rate` as the new usage rate: one new quota."""
+    learned counts of its epoch), with `rate` as the new usage rate, then learn from `signal` (as
+    `apply_signal` would, after): one new quota."""
     q = effective(q, now)
     at = res.at
     deltas = (requests, tokens)
@@ -419,6 +428,9 @@ def _count(q: Quota, res: QuotaReservation, requests: int, tokens: int, now: flo
         if tok is not None and tokens and now < tok.reset_at:
             tok = _Learned(tok.limit, tok.remaining - tokens, tok.reset_at)
         learned = (req, tok)
+    if signal is not None and not signal.empty:
+        learned, blocked = _learn(learned, q.blocked_until, signal, now)
+        return _with(q, tuple(rings), learned, blocked, q.epoch + 1, rate, same_heads=True)
     return _with(q, tuple(rings), learned, q.blocked_until, q.epoch, rate, same_heads=True)
 
 
@@ -427,8 +439,9 @@ def release(q: Quota, res: QuotaReservation, now: float) -> Quota:
     return _count(q, res, -1, -res.tokens, now, q.rate)
 
 
-def settle(q: Quota, res: QuotaReservation, actual_tokens: int, now: float) -> Quota:
-    """The request happened: replace the estimate by `actual_tokens` and feed the usage rate."""
+def settle(q: Quota, res: QuotaReservation, actual_tokens: int, now: float, signal: QuotaSignal | None = None) -> Quota:
+    """The request happened: replace the estimate by `actual_tokens` and feed the usage rate. With the
+    response's `signal`: `apply_signal(settle(q, res, actual_tokens, now), signal, now)` in one quota."""
     if actual_tokens < 0:
         raise ValueError("actual_tokens must be >= 0")
     old = q.rate
@@ -436,7 +449,7 @@ def settle(q: Quota, res: QuotaReservation, actual_tokens: int, now: float) -> Q
     rate = _Rate(
         reqs + 1.0, toks + actual_tokens, now if now > old.at else old.at, now if old.since is None else old.since
     )
-    return _count(q, res, 0, actual_tokens - res.tokens, now, rate)
+    return _count(q, res, 0, actual_tokens - res.tokens, now, rate, signal)
 
 
 def apply_signal(q: Quota, signal: QuotaSignal, now: float) -> Quota:
@@ -444,24 +457,31 @@ def apply_signal(q: Quota, signal: QuotaSignal, now: float) -> Quota:
     if signal.empty:
         return q
     q = effective(q, now)
-    learned = list(q.learned)
+    learned, blocked = _learn(q.learned, q.blocked_until, signal, now)
+    return _with(q, q.rings, learned, blocked, q.epoch + 1, q.rate, same_heads=True)
+
+
+def _learn(
+    learned: tuple[_Learned | None, _Learned | None], blocked: float | None, signal: QuotaSignal, now: float
+) -> tuple[tuple[_Learned | None, _Learned | None], float | None]:
+    """The learned counts and the Retry-After block after `signal` (a non-empty one)."""
+    out = list(learned)
     pairs = (
         (signal.limit_requests, signal.remaining_requests, signal.reset_requests_s),
         (signal.limit_tokens, signal.remaining_tokens, signal.reset_tokens_s),
     )
     for i, (limit, remaining, reset_s) in enumerate(pairs):
-        old = learned[i]
+        old = out[i]
         if remaining is not None:
             reset_at = now + (reset_s if reset_s is not None else _LEARNED_DEFAULT_RESET_S)
             known_limit = limit if limit is not None else (old.limit if old is not None else None)
-            learned[i] = _Learned(known_limit, remaining if remaining > 0 else 0, reset_at)
+            out[i] = _Learned(known_limit, remaining if remaining > 0 else 0, reset_at)
         elif limit is not None:
-            learned[i] = _Learned(limit, limit, now) if old is None else _Learned(limit, old.remaining, old.reset_at)
-    blocked = q.blocked_until
+            out[i] = _Learned(limit, limit, now) if old is None else _Learned(limit, old.remaining, old.reset_at)
     if signal.retry_after_s is not None and signal.retry_after_s > 0:
         until = now + signal.retry_after_s
         blocked = until if blocked is None else max(blocked, until)
-    return _with(q, q.rings, (learned[0], learned[1]), blocked, q.epoch + 1, q.rate, same_heads=True)
+    return (out[0], out[1]), blocked
 
 
 def earliest_reset(q: Quota, now: float) -> float | None:

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from apikeyrouter.observe.bus import EventBus
+from apikeyrouter.observe.counters import CounterFamily
 from apikeyrouter.observe.events import BudgetSoftExceededEvent, RequestAttempted
 
 __all__ = ["ClientMetrics"]
@@ -23,30 +24,26 @@ class ClientMetrics:
     def __init__(
         self, registry: CollectorRegistry, events: EventBus, budgets: Callable[[], dict[str, Any]] | None = None
     ) -> None:
-        self._attempts = Counter(
+        self._attempts = CounterFamily(
             "apikeyrouter_client_attempts",
             "Upstream attempts made for a client, by client, team and outcome (success or failure class).",
             ("client", "team", "outcome"),
-            registry=registry,
         )
+        self._attempts.register(registry)  # counted per attempt: no per-update lock (counters.py)
         self._soft = Counter(
             "apikeyrouter_budget_soft_exceeded",
             "Requests served past a soft budget's limit, by budget.",
             ("budget",),
             registry=registry,
         )
-        self._children: dict[tuple[str, str, str], Any] = {}
         events.observe(RequestAttempted, self.attempt)
         events.observe(BudgetSoftExceededEvent, self.soft_exceeded)
         if budgets is not None:
             registry.register(_BudgetCollector(budgets))
 
     def attempt(self, event: RequestAttempted) -> None:
-        labels = (event.client or "", event.team or "", "success" if event.failure is None else event.failure.value)
-        child = self._children.get(labels)
-        if child is None:
-            child = self._children[labels] = self._attempts.labels(*labels)
-        child.inc()
+        outcome = "success" if event.failure is None else event.failure.value
+        self._attempts.inc((event.client or "", event.team or "", outcome))
 
     def soft_exceeded(self, event: BudgetSoftExceededEvent) -> None:
         self._soft.labels(event.exceeded.budget).inc()

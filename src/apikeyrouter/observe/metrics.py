@@ -4,7 +4,8 @@ Failed attempts are counted from the router's `RequestAttempted` events through 
 observer (`router.events.observe(RequestAttempted, metrics.attempt)`; see `EventBus.observe` for why
 inline): every attempt, failovers included, for one dict hit and an add.
 
-Hot-path series (updated per request; label children are cached so an update is a dict hit and an add):
+Hot-path series (updated per request without prometheus_client's lock, see counters.py: an update is a
+dict hit and an add):
 
     apikeyrouter_http_requests_total{route, status}            counter
     apikeyrouter_http_request_duration_seconds{route}          histogram
@@ -31,10 +32,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from apikeyrouter.observe.counters import CounterFamily, GaugeValue, HistogramFamily
 from apikeyrouter.observe.events import RequestAttempted
 
 __all__ = ["CONTENT_TYPE_LATEST", "ProxyMetrics"]
@@ -48,6 +50,11 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class ProxyMetrics:
+    """The proxy's series. The per-request ones are `counters` families (no per-update lock, folded into
+    metric families at scrape time); anything else registers on `registry` as usual: a
+    prometheus_client `Counter`/`Gauge`/`Histogram(..., registry=metrics.registry)`, or a collector
+    with `describe()` and `collect()` (as `_StoreCollector`)."""
+
     def __init__(
         self,
         keys: Callable[[], list[dict[str, Any]]] | None = None,
@@ -56,48 +63,42 @@ class ProxyMetrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self._requests = Counter(
-            "apikeyrouter_http_requests",
-            "HTTP requests answered, by route and status.",
-            ("route", "status"),
-            registry=r,
+        self._requests = CounterFamily(
+            "apikeyrouter_http_requests", "HTTP requests answered, by route and status.", ("route", "status")
         )
-        self._duration = Histogram(
+        self._duration = HistogramFamily(
             "apikeyrouter_http_request_duration_seconds",
             "Time from request to the end of the response, by route.",
             ("route",),
             buckets=_BUCKETS,
-            registry=r,
         )
-        self.in_flight = Gauge(
-            "apikeyrouter_http_requests_in_flight", "Inference requests being served now.", registry=r
+        self.in_flight = GaugeValue("apikeyrouter_http_requests_in_flight", "Inference requests being served now.")
+        self._attempts = CounterFamily(
+            "apikeyrouter_upstream_attempts", "Upstream attempts made for answered requests."
         )
-        self._attempts = Counter(
-            "apikeyrouter_upstream_attempts", "Upstream attempts made for answered requests.", registry=r
+        self._served = CounterFamily(
+            "apikeyrouter_requests_served", "Requests answered, by the key that served them.", ("key", "provider")
         )
-        self._served = Counter(
-            "apikeyrouter_requests_served",
-            "Requests answered, by the key that served them.",
-            ("key", "provider"),
-            registry=r,
-        )
-        self._failures = Counter(
+        self._failures = CounterFamily(
             "apikeyrouter_request_failures",
             "Requests that failed upstream, by the failure class of their last attempt.",
             ("failure_class",),
-            registry=r,
         )
-        self._attempt_failures = Counter(
+        self._attempt_failures = CounterFamily(
             "apikeyrouter_attempt_failures",
             "Upstream attempts that failed (each failover counts), by failure class and key.",
             ("failure_class", "key"),
-            registry=r,
         )
-        self._request_children: dict[tuple[str, int], Any] = {}
-        self._duration_children: dict[str, Any] = {}
-        self._served_children: dict[tuple[str, str], Any] = {}
-        self._attempt_children: dict[tuple[str, str], Any] = {}
-        self._failure_children: dict[str, Any] = {}
+        for family in (
+            self._requests,
+            self._duration,
+            self.in_flight,
+            self._attempts,
+            self._served,
+            self._failures,
+            self._attempt_failures,
+        ):
+            family.register(r)
         if keys is not None:
             r.register(_KeyStateCollector(keys))
         if store is not None:
@@ -106,37 +107,20 @@ class ProxyMetrics:
             r.register(_StoreHealthCollector(store_health))
 
     def observe(self, route: str, status: int, seconds: float) -> None:
-        child = self._request_children.get((route, status))
-        if child is None:
-            child = self._request_children[(route, status)] = self._requests.labels(route, str(status))
-        child.inc()
-        hist = self._duration_children.get(route)
-        if hist is None:
-            hist = self._duration_children[route] = self._duration.labels(route)
-        hist.observe(seconds)
+        self._requests.inc((route, status))
+        self._duration.observe((route,), seconds)
 
     def served(self, key: str, provider: str, attempts: int) -> None:
-        child = self._served_children.get((key, provider))
-        if child is None:
-            child = self._served_children[(key, provider)] = self._served.labels(key, provider)
-        child.inc()
-        self._attempts.inc(attempts)
+        self._served.inc((key, provider))
+        self._attempts.inc((), attempts)
 
     def attempt(self, event: RequestAttempted) -> None:
         """The bus observer of `RequestAttempted` (called inline by the publisher): count failed attempts."""
-        if event.failure is None:
-            return
-        labels = (event.failure.value, event.key)
-        child = self._attempt_children.get(labels)
-        if child is None:
-            child = self._attempt_children[labels] = self._attempt_failures.labels(*labels)
-        child.inc()
+        if event.failure is not None:
+            self._attempt_failures.inc((event.failure.value, event.key))
 
     def failed(self, failure_class: str) -> None:
-        child = self._failure_children.get(failure_class)
-        if child is None:
-            child = self._failure_children[failure_class] = self._failures.labels(failure_class)
-        child.inc()
+        self._failures.inc((failure_class,))
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
