@@ -57,8 +57,8 @@ async def test_a_call_still_leased_when_the_grace_runs_out_ends_with_actor_stopp
     [(at, why)] = ended
     assert at == pytest.approx(3.1)
     assert "provider:openai stopped during the call" in why
-    with pytest.raises(ActorStopped, match="not accepting calls"):
-        provider.lease()
+    with pytest.raises(ActorStopped, match="not accepting calls"), provider.lease():
+        pass  # a stopped provider refuses the next lease as it is entered
 
 
 async def test_a_stop_waits_for_a_leased_call_that_finishes_and_then_closes(autojump_clock: trio.abc.Clock) -> None:
