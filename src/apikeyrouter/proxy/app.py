@@ -100,7 +100,7 @@ def _json_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
 
 
 class ProxyApp:
-    """The proxy's application. Serve it with `serve_proxy` (our h11 server on trio sockets).
+    """The proxy's application. Serve it with `serve_proxy` (our HTTP/1.1 server on trio sockets).
 
     client_tokens: bearer tokens accepted for inference; empty means inference is open (serve only on loopback).
     clients: (token, client id) of each `[[clients]]` entry with a token: its requests carry the id.
