@@ -60,7 +60,7 @@ class _Connection:
         "_paused",
         "_since",
         "_tightened",
-        "_wake",
+        "_waiter",
         "handling",
         "head_only",
         "http10",
@@ -97,7 +97,7 @@ class _Connection:
         self._since = trio.current_time()
         self._tightened = False
         self._deadline = trio.CancelScope()
-        self._wake: trio.Event | None = None  # the serving loop waits for data
+        self._waiter: trio.lowlevel.Task | None = None  # the serving loop, while it waits for data
         self._paused: trio.Event | None = None  # the reader waits for the loop to consume what it read
         self._ahead = 0  # bytes received since the serving loop last ran out of data
         self._first = b""  # body bytes that came with the head
@@ -185,8 +185,7 @@ class _Connection:
                 self._since = trio.current_time()
             self.parser.feed(data)
             self._ahead += len(data)
-            if self._wake is not None:
-                self._wake.set()
+            self._wake()
 
     def _peer_left(self) -> None:
         self.peer_closed = True
@@ -195,8 +194,7 @@ class _Connection:
             self.close("client disconnected")
             return
         self.parser.feed(b"")  # after the answer: whatever was pipelined is still read, then close
-        if self._wake is not None:
-            self._wake.set()
+        self._wake()
 
     async def _receive(self) -> bytes:
         try:
@@ -210,11 +208,19 @@ class _Connection:
         if self._paused is not None:
             self._paused.set()
             self._paused = None
-        wake = self._wake = trio.Event()
-        try:
-            await wake.wait()
-        finally:
-            self._wake = None
+        # Parked by hand rather than on a `trio.Event`: one fewer object and lot per request.
+        self._waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+
+    def _abort_wait(self, _: object) -> trio.lowlevel.Abort:
+        self._waiter = None  # cancelled while waiting: the reader must not wake it later
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _wake(self) -> None:
+        task = self._waiter
+        if task is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
 
     # -- reading requests -------------------------------------------------------------------------------
 
