@@ -179,9 +179,6 @@ class ProxyApp:
 
     # -- entry ------------------------------------------------------------------------------------------
 
-    async def __call__(self, http: http11.Request, response: http11.Response) -> None:
-        await self._http(http, response)
-
     def _resolve(self, path: str) -> tuple[str, dict[str, Handler] | None, str]:
         """(route template for metrics and logs, handlers by method, path parameter)."""
         methods = self._static.get(path)
@@ -199,7 +196,7 @@ class ProxyApp:
             return "/policies/{id}", self._policy_route, parts[2]
         return "other", None, ""
 
-    async def _http(self, http: http11.Request, response: http11.Response) -> None:
+    async def __call__(self, http: http11.Request, response: http11.Response) -> None:
         start = trio.current_time()
         request = Request(http)
         route, methods, param = self._resolve(request.path)
@@ -441,7 +438,8 @@ class ProxyApp:
     ) -> BaseException | None:
         # A client that leaves cancels this task (the server sees it): the route and its upstream call end.
         response = None
-        with trio.move_on_after(deadline) as timer:
+        # An absolute deadline: `move_on_after` is the same scope with a relative one resolved on entry.
+        with trio.CancelScope(deadline=trio.current_time() + deadline) as timer:
             response = await self.router.route(intent, objective=objective, client=ex.client, **own)
         if timer.cancelled_caught or response is None:
             return deadline_error(deadline)
