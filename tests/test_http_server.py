@@ -1,8 +1,8 @@
 """The proxy's HTTP/1.1 server (`proxy/http11.py`) on real sockets on 127.0.0.1, spoken to byte by byte.
 
-Limits and deadlines: an oversized head is a 431, a malformed one a 400 (and one a front proxy could read
-differently, a smuggling attempt, is refused before the handler sees it) (both JSON in the OpenAI error
-shape), a body over the app's limit a 413, a slow head and an idle keep-alive connection are closed at their
+Limits and deadlines: an oversized head is a 431, a malformed one a 400 (both JSON in the OpenAI error
+shape; one a front proxy could read differently, a smuggling attempt, is refused before the handler sees
+it), a body over the app's limit a 413, a slow head and an idle keep-alive connection are closed at their
 deadlines (virtual time). Protocol: keep-alive reuse, pipelined requests answered in order, `Expect:
 100-continue`, chunked bodies, an unread body drained to keep the connection. A client that leaves cancels
 its handler at once; a drain closes idle connections and lets a stream finish.
