@@ -247,24 +247,17 @@ class _NullResponse:
 async def run_app_only(n: int, level: str) -> None:
     """The app's own cost per request: no server, no sockets, a router that answers at once. At level
     "info" it includes the per-request log line (JSON, written to /dev/null)."""
-    import h11
-
     from apikeyrouter.proxy import ProxyApp
+    from apikeyrouter.proxy._parse import parse_head
     from apikeyrouter.proxy.http11 import Request
     from apikeyrouter.secret import Secret
 
     _quiet_logging(level)
     app = ProxyApp(_InstantRouter(), client_tokens=[Secret(CLIENT_TOKEN)])  # type: ignore[arg-type]
     body = CHAT_BODY.encode()
-    head = h11.Request(
-        method="POST",
-        target="/v1/chat/completions",
-        headers=[
-            (b"host", b"127.0.0.1"),
-            (b"authorization", f"Bearer {CLIENT_TOKEN}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
+    head = parse_head(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer %s\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n" % (CLIENT_TOKEN.encode(), len(body))
     )
 
     class BodyOnly:  # the part of a connection a request reads its body from

@@ -16,6 +16,10 @@ interleaved rounds:
   chunks (SSE events written by the app and the server, no upstream to read);
 - `stream_open_cpu_us`: CPU per 2-chunk stream (the cost of opening and ending one).
 
+- `parse_us` / `h11_parse_us`: in this process, CPU to read one chat request (head and 90-byte body) with
+  the server's reader (`proxy/_parse.py`) and with h11 as the server used it before (a parser per request,
+  events to the end of the message): the case for a reader of our own, measured in the same run.
+
 `--profile FILE` samples the server with py-spy under the chat load and writes `proxy.py`'s summary to FILE.
 The last line is one JSON object. Run it in two trees with `ab.py` for a same-run baseline.
 """
@@ -100,6 +104,42 @@ def _script(stream: bool, chunks: int) -> str:
     )
 
 
+_CHAT_REQUEST = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
+    b"Authorization: Bearer sk-client-0123456789\r\nContent-Length: 90\r\n\r\n" + b"x" * 90
+)
+
+
+def parse_figures(n: int = 20000) -> dict[str, float]:
+    """CPU µs per request read, ours and h11's, each the best of interleaved blocks."""
+    import h11
+
+    from apikeyrouter.proxy._parse import RequestParser
+
+    def ours() -> None:
+        parser = RequestParser(16384)
+        for _ in range(n):
+            parser.feed(_CHAT_REQUEST)
+            parser.head()
+            parser.read()
+            parser.next_request()
+
+    def theirs() -> None:
+        for _ in range(n):
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
+            conn.receive_data(_CHAT_REQUEST)
+            while type(conn.next_event()) is not h11.EndOfMessage:
+                pass
+
+    best = {"parse_us": float("inf"), "h11_parse_us": float("inf")}
+    for _ in range(3):
+        for name, run in (("parse_us", ours), ("h11_parse_us", theirs)):
+            start = time.process_time()
+            run()
+            best[name] = min(best[name], (time.process_time() - start) / n * 1e6)
+    return {k: round(v, 2) for k, v in best.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -150,6 +190,7 @@ def main() -> None:
         "stream_chunk_cpu_us": round((med["stream_long"] - med["stream_short"]) / args.chunks, 2),
         "chat_rps": round(statistics.median(rps["chat"]), 1),
         "health_rps": round(statistics.median(rps["health"]), 1),
+        **parse_figures(),
         "rounds": args.rounds,
         "connections": args.connections,
     }

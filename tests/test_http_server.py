@@ -1,7 +1,8 @@
 """The proxy's HTTP/1.1 server (`proxy/http11.py`) on real sockets on 127.0.0.1, spoken to byte by byte.
 
 Limits and deadlines: an oversized head is a 431, a malformed one a 400 (both JSON in the OpenAI error
-shape), a body over the app's limit a 413, a slow head and an idle keep-alive connection are closed at their
+shape; one a front proxy could read differently, a smuggling attempt, is refused before the handler sees
+it), a body over the app's limit a 413, a slow head and an idle keep-alive connection are closed at their
 deadlines (virtual time). Protocol: keep-alive reuse, pipelined requests answered in order, `Expect:
 100-continue`, chunked bodies, an unread body drained to keep the connection. A client that leaves cancels
 its handler at once; a drain closes idle connections and lets a stream finish.
@@ -149,6 +150,29 @@ async def test_a_malformed_request_is_a_400_in_the_openai_shape(raw: bytes) -> N
         error = openai_error(answer)
         assert error["type"] == "invalid_request_error" and error["message"].startswith("malformed HTTP request")
         assert await closed(s)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\ncontent-length: 4\r\n\r\nGET ", 400),
+        (b"GET / HTTP/1.1\r\nhost: t\r\nx-a: 1\r\n x-b: 2\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\nhost: t\n\n", 400),
+        (b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: gzip, chunked\r\n\r\n", 501),
+    ],
+    ids=["CL and TE", "two CL", "obs-fold", "bare LF", "TE not chunked"],
+)
+async def test_a_request_a_front_proxy_could_read_differently_is_refused_and_closed(raw: bytes, status: int) -> None:
+    seen = Seen()
+    async with server(handler(seen)) as (port, _), await trio.open_tcp_stream("127.0.0.1", port) as s:
+        # What follows would be a second, smuggled request if the head were taken.
+        await s.send_all(raw + b"GET /smuggled HTTP/1.1\r\nhost: t\r\n\r\n")
+        answer = await read_answer(s, bytearray())
+        assert answer.status == status
+        assert openai_error(answer)["message"].startswith("malformed HTTP request")
+        assert await closed(s)
+    assert seen.bodies == []  # the handler saw neither request
 
 
 async def test_a_body_over_the_apps_limit_is_a_413_declared_or_chunked() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-import h11
 import pytest
 import trio
 
@@ -18,6 +17,7 @@ from apikeyrouter.proxy import ProxyApp
 from apikeyrouter.proxy._anthropic import AnthropicRelay
 from apikeyrouter.proxy._http import json_bytes
 from apikeyrouter.proxy._openai import OpenAIRelay, chunk_event
+from apikeyrouter.proxy._parse import parse_head
 from apikeyrouter.proxy.http11 import Request, Response
 from apikeyrouter.secret import Secret
 from tests.proxy_fakes import CLIENT_TOKEN, FakeRouter
@@ -59,10 +59,8 @@ async def stream_through_app(router: FakeRouter) -> RecordingWire:
     app = ProxyApp(router, client_tokens=[Secret(CLIENT_TOKEN)], stream_idle_timeout=IDLE, log_requests=False)
     body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     wire = RecordingWire(body.encode())
-    head = h11.Request(
-        method="POST",
-        target="/v1/chat/completions",
-        headers=[(b"host", b"t"), (b"authorization", f"Bearer {CLIENT_TOKEN}".encode())],
+    head = parse_head(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nauthorization: Bearer %s\r\n" % CLIENT_TOKEN.encode()
     )
     await app(Request(wire, head), Response(wire))
     return wire

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP proxy and management API, served by our own HTTP/1.1 server on h11 and trio."""
+"""The OpenAI-compatible HTTP proxy and management API, served by our own HTTP/1.1 server on trio."""
 
 from apikeyrouter.observe.metrics import ProxyMetrics
 from apikeyrouter.proxy.app import ProxyApp

@@ -142,7 +142,7 @@ class Request:
         self.origin: bytes | None = None
         self.host: bytes | None = None
         for name, value in http.headers:
-            # h11 hands header names over lower-cased.
+            # `_parse` hands header names over lower-cased.
             if name == b"authorization":
                 self.authorization = value
             elif name == b"x-api-key":

@@ -100,7 +100,7 @@ def _json_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
 
 
 class ProxyApp:
-    """The proxy's application. Serve it with `serve_proxy` (our h11 server on trio sockets).
+    """The proxy's application. Serve it with `serve_proxy` (our HTTP/1.1 server on trio sockets).
 
     client_tokens: bearer tokens accepted for inference; empty means inference is open (serve only on loopback).
     clients: (token, client id) of each `[[clients]]` entry with a token: its requests carry the id.
@@ -182,9 +182,6 @@ class ProxyApp:
 
     # -- entry ------------------------------------------------------------------------------------------
 
-    async def __call__(self, http: http11.Request, response: http11.Response) -> None:
-        await self._http(http, response)
-
     def _resolve(self, path: str) -> tuple[str, dict[str, Handler] | None, str]:
         """(route template for metrics and logs, handlers by method, path parameter)."""
         methods = self._static.get(path)
@@ -202,7 +199,7 @@ class ProxyApp:
             return "/policies/{id}", self._policy_route, parts[2]
         return "other", None, ""
 
-    async def _http(self, http: http11.Request, response: http11.Response) -> None:
+    async def __call__(self, http: http11.Request, response: http11.Response) -> None:
         start = trio.current_time()
         request = Request(http)
         route, methods, param = self._resolve(request.path)
@@ -444,7 +441,8 @@ class ProxyApp:
     ) -> BaseException | None:
         # A client that leaves cancels this task (the server sees it): the route and its upstream call end.
         response = None
-        with trio.move_on_after(deadline) as timer:
+        # An absolute deadline: `move_on_after` is the same scope with a relative one resolved on entry.
+        with trio.CancelScope(deadline=trio.current_time() + deadline) as timer:
             response = await self.router.route(intent, objective=objective, client=ex.client, **own)
         if timer.cancelled_caught or response is None:
             return deadline_error(deadline)

@@ -1,4 +1,5 @@
-"""The proxy's HTTP/1.1 server: h11 on trio sockets, one request at a time per connection.
+"""The proxy's HTTP/1.1 server on trio sockets, one request at a time per connection; requests are read by
+`_parse` (a strict request reader, checked against h11), answers written here.
 
 Why our own: hypercorn-trio tops out near 2,000 hello-world requests/s on this machine and trio + h11 near
 10,000; and a server of our own lets the app see a client leave at once (hypercorn never cancels a handler
@@ -34,8 +35,9 @@ from typing import Protocol
 from urllib.parse import unquote
 
 import attrs
-import h11
 import orjson
+
+from apikeyrouter.proxy._parse import Head
 
 __all__ = [
     "BodyTooLarge",
@@ -94,7 +96,7 @@ class Wire(Protocol):
 
 
 class Request:
-    """One request's head, and its body on demand. Header names are lower-case bytes (h11 makes them so)."""
+    """One request's head, and its body on demand. Header names are lower-case bytes (`_parse` makes them so)."""
 
     __slots__ = (
         "_conn",
@@ -109,26 +111,17 @@ class Request:
         "target",
     )
 
-    def __init__(self, conn: Wire, event: h11.Request) -> None:
+    def __init__(self, conn: Wire, head: Head) -> None:
         self._conn = conn
-        self.method: str = event.method.decode("ascii", "replace")
-        self.target: bytes = event.target
-        raw, _, self.query = event.target.partition(b"?")
+        self.method: str = head.method.decode("ascii")  # a token: ASCII
+        self.target: bytes = head.target
+        raw, _, self.query = head.target.partition(b"?")
         path = raw.decode("latin-1")
         self.path: str = unquote(path) if "%" in path else path
-        # `raw_items` is one list; iterating h11's `Headers` itself goes through `Sequence.__iter__`, an index
-        # lookup per header. h11 lower-cases names the same way (`bytes.lower`).
-        self.headers: Headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
-        self.content_length: int | None = None
-        self.close_requested = False  # `Connection: close`
-        size = len(event.method) + len(event.target) + 12
-        for name, value in self.headers:
-            size += len(name) + len(value) + 4
-            if name == b"content-length":
-                self.content_length = int(value)  # h11 has checked that it is a number
-            elif name == b"connection" and b"close" in value.lower():
-                self.close_requested = True
-        self.head_bytes = size  # about the size on the wire (h11 limits only a head that came in pieces)
+        self.headers: Headers = head.headers  # names lower-case (`_parse`)
+        self.content_length: int | None = head.content_length
+        self.close_requested: bool = head.close  # `Connection: close`
+        self.head_bytes: int = head.size  # on the wire, the blank line included
         # Set by the server before it cancels the handler: the client left before the answer was out.
         self.client_gone = False
 
