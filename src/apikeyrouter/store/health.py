@@ -38,7 +38,7 @@ def store_health(state: StoreState, shared: SharedLimits | None) -> dict[str, An
         "errors": errors,
         "write_failures": write_failures,
         "dropped_rows": dropped_rows,
-        "pending_rows": len(state.rows),
+        "pending_rows": _pending_rows(state),
     }
     if shared is not None:
         if not shared.link.up:
@@ -47,3 +47,10 @@ def store_health(state: StoreState, shared: SharedLimits | None) -> dict[str, An
         out["shared_dropped"] = shared.dropped  # settlements past the retry queue, benches not shared
     out["failing"] = bool(errors)
     return out
+
+
+def _pending_rows(state: StoreState) -> int:
+    """History rows not written yet: put by actors and not taken (`Pending`), taken back from a crashed
+    instance (`rows`), and those of the batch being written (held while its write fails and is retried)."""
+    writing = len(state.writing.rows) if state.writing is not None else 0
+    return len(state.pending.rows) + len(state.rows) + writing
