@@ -7,12 +7,16 @@ so the limit must hold exactly: each instance's own window would admit the whole
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import trio
 
 from apikeyrouter import ClientRateLimited
+from apikeyrouter.domain.rates import RateLimit
+from apikeyrouter.domain.refusal import Refusal
 from apikeyrouter.runtime import ApiKeyRouter
+from apikeyrouter.store.redis_local import KeyLimits, LocalShares, SharedAsk, SharedGrant
 from tests.redis_server import RedisServer, redis_server, redis_url
 from tests.sim_helpers import start_sim
 from tests.test_redis_shared import CHAT, _config, routers
@@ -115,3 +119,41 @@ async def test_a_settled_request_stays_in_the_shared_window_with_its_actual_toke
             assert ledger.zcard("akr:cw:client:acme") == 3
             assert 0 < ledger.pttl("akr:cw:client:acme") <= 61_000  # an idle client's window leaves Redis
         nursery.cancel_scope.cancel()
+
+
+async def test_failed_attempts_leave_no_entry_in_the_clients_shared_window(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """An attempt that fails upstream frees its budget hold, and the budget actor's own client window gives
+    its entry back with it: the shared window must too, or every failover (and every 5xx) would count
+    against the client's rpm on Redis and not on one instance alone."""
+    extra = {"clients": [{"id": "acme", "rpm": 50}]}
+    async with trio.open_nursery() as nursery:
+        _, sim_url = await start_sim(nursery, {"defaults": {"rpm": 100_000, "error_rate": 1.0}})
+        async with routers([_config(sim_url, redis_url, "f0", key={}, extra=extra)]) as (router,):
+            for _ in range(3):
+                with trio.fail_after(10):
+                    try:
+                        await router.route(CHAT, client="acme")
+                    except Exception as exc:  # the simulator answers 500: the request fails upstream
+                        assert not isinstance(exc, ClientRateLimited)
+            ledger = redis_server.client()
+            with trio.fail_after(5):  # the settlements reach Redis: the estimates leave the token count
+                while int(ledger.get("akr:cwt:client:acme") or 0) != 0:
+                    await trio.sleep(0.05)
+            assert ledger.zcard("akr:cw:client:acme") == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_on_the_local_share_a_failed_attempt_gives_the_clients_entry_back() -> None:
+    """Redis away: the same rule on this instance's share of the client's window."""
+    shares = LocalShares()
+    acme = (RateLimit("client:acme", rpm=2),)
+    ask = SharedAsk("k1", "req-1", 10, KeyLimits(), 30.0, Decimal("0.01"), scopes=acme)
+    failed = shares.grant(ask, "req-1:1", 1)
+    served = shares.grant(ask, "req-1:2", 1)
+    assert isinstance(failed, SharedGrant) and isinstance(served, SharedGrant)
+    assert isinstance(shares.grant(ask, "req-2:1", 1), Refusal)  # rpm 2: the window is full
+    shares.finish(served, 25)
+    shares.finish(failed, 0, charged=False)  # failed upstream: its budget hold freed
+    assert isinstance(shares.grant(ask, "req-2:2", 1), SharedGrant)

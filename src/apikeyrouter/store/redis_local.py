@@ -135,11 +135,13 @@ class LocalShares:
             return Refusal(ask.key_id, RefusalKind.QUOTA, limited.retry_at, detail=detail)
         return admitted
 
-    def finish(self, grant: SharedGrant, tokens: int | None) -> None:
+    def finish(self, grant: SharedGrant, tokens: int | None, *, charged: bool = True) -> None:
+        """Settle (`tokens`) or release (None). `charged` False: the attempt failed upstream and its budget
+        hold was freed: its client and team entries go (as the budget actor's own windows free them)."""
         if grant.scopes:
             self.scope_share = (
                 rates.release(self.scope_share, grant.rid)
-                if tokens is None
+                if tokens is None or not charged
                 else rates.settle(self.scope_share, grant.rid, tokens)
             )
         share = self.keys.get(grant.key_id)

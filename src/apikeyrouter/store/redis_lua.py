@@ -33,7 +33,8 @@ Client and team windows (`[[clients]] rpm/tpm`, `[[teams]] rpm/tpm`) are the sam
 checked and taken in the reserve script with the key's windows and the money holds: all or nothing, on
 one clock, so every instance together admits at most `rpm` requests (and `tpm` worst-case tokens) of a
 client in any trailing 60 s of Redis's time: zero overshoot while Redis answers. A settle keeps the
-entry with its actual tokens, a release removes it; the entries of an instance that died stay for the
+entry with its actual tokens; a release, or a settle without a charge (the attempt failed upstream, its
+budget hold freed), removes it, as the budget actor's own windows do; the entries of an instance that died stay for the
 rest of their minute (their requests were most likely sent).
 
 Money is integer nano-dollars (exact in Lua's doubles below 2**53, about $9 million per budget).
@@ -308,7 +309,11 @@ elseif actual ~= est then
 end
 redis.call('ZREM', 'akr:f:' .. key, rid)
 local m = tonumber(ARGV[9 + n * 2] or '0')
-for j = 1, m do scope_settle(ARGV[9 + n * 2 + j], member, rid, est, actual) end
+-- no charge: the attempt failed upstream and its budget hold was freed, and with it the entry of the budget
+-- actor's own client and team windows; the shared ones give theirs back too (a failover counts once)
+local scoped = actual
+if tonumber(charge) < 0 then scoped = -1 end
+for j = 1, m do scope_settle(ARGV[9 + n * 2 + j], member, rid, est, scoped) end
 for i = 0, n - 1 do
   local bid, period = ARGV[8 + i * 2], tonumber(ARGV[9 + i * 2])
   unhold(bid, rid)

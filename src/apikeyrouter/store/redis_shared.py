@@ -293,7 +293,7 @@ class SharedLimits:
         """Settle (`tokens` the actual count) or release (`tokens` None: the provider never saw it).
         Queued for the writer: waits only when its queue is full (backpressure, never a silent drop)."""
         if grant.local is not None:
-            self._local.finish(grant, tokens)
+            self._local.finish(grant, tokens, charged=charge is not None)
             return
         await self._send.send(self._settle_args(grant, tokens, charge))
 
