@@ -198,6 +198,22 @@ def test_a_refused_head_says_which_status_to_answer(raw: bytes, status: int) -> 
     assert refused.value.status == status
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /v1?key=sk-live-0123456789 \x01 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer sk-live-0123456789\x00\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nsk-live-0123456789\r\n\r\n",
+    ],
+)
+def test_a_refusal_names_what_is_wrong_but_never_quotes_the_bytes(raw: bytes) -> None:
+    parser = RequestParser(BIG)
+    parser.feed(raw)
+    with pytest.raises(HeadError) as refused:
+        parser.head()
+    assert refused.value.status == 400 and "sk-live" not in str(refused.value)
+
+
 def test_a_client_that_expects_100_continue_is_waiting_until_its_body_comes() -> None:
     parser = RequestParser(BIG)
     parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n")

@@ -96,8 +96,21 @@ def assert_agree(data: bytes, cuts: list[int], *, head_request: bool = False, fo
         assert ours == REJECT, data
         return ours
     theirs = h11_reads(chunks, head_request=head_request)
+    if theirs != REJECT and _framed_both_ways(data):
+        theirs = (*theirs[:-1], False)  # ours closes after such a message (RFC 9112 6.3); h11 keeps it
     assert ours == theirs, (data, chunks)
     return ours
+
+
+def _framed_both_ways(data: bytes) -> bool:
+    """Whether the final (non-1xx) head has both Content-Length and Transfer-Encoding."""
+    for head in data.lower().replace(b"\r\n", b"\n").split(b"\n\n"):
+        lines = head.split(b"\n")
+        if lines[0][9:10] == b"1":  # `http/1.1 1xx`: an interim head, the final one follows
+            continue
+        names = {line.split(b":", 1)[0] for line in lines[1:]}
+        return b"content-length" in names and b"transfer-encoding" in names
+    return False
 
 
 # -- hypothesis: a grammar of valid and broken responses ------------------------------------------------
@@ -276,6 +289,16 @@ def test_an_obs_folded_header_is_refused() -> None:
     folded = b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\nContent-Length: 0\r\n\r\n"
     assert h11_reads([folded], head_request=False)[0] == "ok"  # h11 unfolds it
     assert ours_reads([folded], head_request=False) == REJECT
+
+
+def test_a_response_framed_both_ways_is_read_by_its_chunks_and_its_connection_not_kept() -> None:
+    both = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    reader = ResponseReader()
+    reader.start(head_request=False)
+    reader.feed(both)
+    assert reader.next_head() is not None
+    assert reader.next_body() == b"hi" and reader.next_body() == b""
+    assert not reader.reusable()  # h11 would keep it: RFC 9112 6.3 says close after
 
 
 def test_a_head_beyond_the_limits_is_refused_before_it_is_buffered_whole() -> None:

@@ -245,7 +245,9 @@ class ResponseReader:
     def _frame(self, head: Head, length: int | None, chunked: bool) -> None:
         connection = head.headers.get("connection")
         close = connection is not None and "close" in [t.strip(" \t") for t in connection.lower().split(",")]
-        self._keep_alive = not close and head.version >= "1.1"
+        # Content-Length beside chunked: the chunks frame the body (as h11 reads it), but RFC 9112 6.3 calls
+        # such a message an error to be closed after, since an intermediary may have framed it otherwise.
+        self._keep_alive = not close and head.version >= "1.1" and not (chunked and length is not None)
         if self._no_body or head.status in (204, 304):
             self._state = _DONE
         elif chunked:

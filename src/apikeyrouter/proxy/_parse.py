@@ -98,7 +98,7 @@ def parse_head(head: bytes) -> Head:
     eol = head.find(b"\r\n")
     line = _REQUEST_LINE.fullmatch(head, 0, eol)
     if line is None:
-        raise HeadError(400, f"illegal request line: {head[: min(eol, 200)]!r}")
+        raise HeadError(400, "illegal request line")  # never quoted: a target may carry a key
     method, target, version = line.groups()
     if version != b"1.1" and version != b"1.0":
         raise HeadError(505, f"HTTP/{version.decode()} is not supported (HTTP/1.1 and HTTP/1.0 are)")
@@ -156,7 +156,10 @@ def _field_problem(fields: bytes) -> str:
         if _FIELDS.fullmatch(field + b"\r\n") is None:
             if field[:1] in (b" ", b"\t"):
                 return "obsolete line folding (a header line starting with a space or tab) is not accepted"
-            return f"illegal header line: {field[:200]!r}"
+            name, colon, _ = field.partition(b":")
+            if colon and len(name) <= 64 and re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name) is not None:
+                return f"illegal header line ({name.decode()})"  # the name only: values carry credentials
+            return "illegal header line"
     return "illegal header block"  # pragma: no cover - a block whose every line matches matches
 
 
