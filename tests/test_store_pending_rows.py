@@ -58,3 +58,9 @@ async def test_rows_behind_a_failing_write_count_as_pending_until_written(autoju
         health = store_health(state, None)
         assert not health["failing"] and health["pending_rows"] == 0
         writer.stop()
+
+
+def test_decision_rows_the_request_path_dropped_count_among_the_dropped_rows() -> None:
+    health = store_health(StoreState(MemoryStore()), None, decisions_dropped=7)
+    assert health["dropped_rows"] == 7 and health["decision_rows_dropped"] == 7
+    assert not health["failing"]  # dropped history is counted, not an outage

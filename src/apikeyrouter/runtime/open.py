@@ -187,7 +187,7 @@ class ApiKeyRouter:
     def store_health(self) -> dict[str, Any]:
         """Whether the store (SQLite, Redis, memory) is failing, why, and its failure and drop counts."""
         reg = self._registry
-        return store_health(reg.store_state, reg.shared)
+        return store_health(reg.store_state, reg.shared, reg.decisions_dropped)
 
     @property
     def objective(self) -> str | Weights:

@@ -19,16 +19,18 @@ from apikeyrouter.store.writer import StoreState
 __all__ = ["store_health"]
 
 
-def store_health(state: StoreState, shared: SharedLimits | None) -> dict[str, Any]:
-    """`failing` (and why, in `errors`) plus counters that only grow while the process runs."""
+def store_health(state: StoreState, shared: SharedLimits | None, decisions_dropped: int = 0) -> dict[str, Any]:
+    """`failing` (and why, in `errors`) plus counters that only grow while the process runs.
+    `decisions_dropped`: decision rows the request path dropped because the writer's table was full
+    (counted in `dropped_rows` with the Redis store's own drops)."""
     errors: list[str] = []
     if state.last_error is not None:
         errors.append(f"writes failing: {state.last_error}")
-    write_failures, dropped_rows = state.failures, 0
+    write_failures, dropped_rows = state.failures, decisions_dropped
     backend = state.backend
     if isinstance(backend, RedisStore):
         write_failures += backend.failures
-        dropped_rows = backend.dropped_rows
+        dropped_rows += backend.dropped_rows
         if backend.last_error is not None:
             errors.append(f"records kept, not written: {backend.last_error}")
     kind = "redis" if isinstance(backend, RedisStore) else "sqlite" if isinstance(backend, SqliteStore) else "memory"
@@ -38,6 +40,7 @@ def store_health(state: StoreState, shared: SharedLimits | None) -> dict[str, An
         "errors": errors,
         "write_failures": write_failures,
         "dropped_rows": dropped_rows,
+        "decision_rows_dropped": decisions_dropped,
         "pending_rows": _pending_rows(state),
     }
     if shared is not None:
