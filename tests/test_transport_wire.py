@@ -120,6 +120,47 @@ async def test_each_key_sends_its_own_authorization_though_heads_are_kept() -> N
     await pool.aclose()
 
 
+def _holds(obj: object, needle: bytes, seen: set[int] | None = None) -> bool:
+    """Whether `needle` is in any bytes or str reachable from `obj` through attributes and containers."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return False
+    seen.add(id(obj))
+    if isinstance(obj, bytes | bytearray):
+        return needle in obj
+    if isinstance(obj, str):
+        return needle.decode() in obj
+    if isinstance(obj, dict):
+        return any(_holds(k, needle, seen) or _holds(v, needle, seen) for k, v in obj.items())
+    if isinstance(obj, list | tuple | set | frozenset):
+        return any(_holds(v, needle, seen) for v in obj)
+    fields = getattr(obj, "__dict__", None)
+    if fields is None and hasattr(obj, "__slots__"):
+        fields = {n: getattr(obj, n) for n in obj.__slots__ if hasattr(obj, n)}  # type: ignore[attr-defined]
+    return fields is not None and type(obj).__module__.startswith("apikeyrouter") and _holds(fields, needle, seen)
+
+
+async def test_a_key_sent_as_the_secret_is_not_kept_by_the_transport_after_its_request() -> None:
+    pool = H11Transport()
+    async with upstream() as up:
+        for token in ("sk-live-one", "sk-live-two"):
+            response = await pool.request(
+                "POST", up.url + "/", {"authorization": f"Bearer {token}", "accept": "x"}, b"{}", STEPS, secret=token
+            )
+            await response.read(1 << 22)
+            await response.aclose()
+        unmarked = await pool.request("POST", up.url + "/", {"authorization": "Bearer sk-live-kept"}, b"{}", STEPS)
+        await unmarked.read(1 << 22)
+        await unmarked.aclose()
+    assert [dict(r.headers)[b"authorization"] for r in up.requests] == [
+        b"Bearer sk-live-one", b"Bearer sk-live-two", b"Bearer sk-live-kept"
+    ]
+    assert all(dict(r.headers)[b"accept"] == b"x" for r in up.requests[:2])
+    assert not _holds(pool, b"sk-live-one") and not _holds(pool, b"sk-live-two")
+    assert _holds(pool, b"sk-live-kept")  # the scan can see a kept head: without `secret` it is cached
+    await pool.aclose()
+
+
 @pytest.mark.parametrize(
     ("outer_s", "raised", "after"), [(3.0, trio.TooSlowError, 3.0), (30.0, httpx.ReadTimeout, 10.0)]
 )

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import h11
 import httpx
 import orjson
 
-__all__ = ["USER_AGENT", "build_request", "encode_fields", "encode_head", "encode_json", "request_line"]
+__all__ = ["USER_AGENT", "build_request", "encode_fields", "encode_head", "encode_json", "encode_lines", "request_line"]
 
 USER_AGENT = "apikeyrouter"
 
@@ -85,6 +85,19 @@ def encode_fields(headers: Mapping[str, str], has_body: bool, content_type: str)
         parts.append("accept-encoding: identity\r\n")
     if has_body and not typed:
         parts.append(f"content-type: {content_type}\r\n")
+    return "".join(parts).encode("ascii")
+
+
+def encode_lines(items: Iterable[tuple[str, str]]) -> bytes:
+    """Header lines exactly as given (checked as `encode_fields` checks them), with no defaults added: the
+    lines a caller will not have kept (those carrying a key)."""
+    parts: list[str] = []
+    for name, value in items:
+        if _checked_name(name) in _OURS:
+            continue
+        if not isinstance(value, str) or _BAD_VALUE.search(value) is not None:
+            raise httpx.LocalProtocolError(f"Illegal header value for {name!r}")
+        parts.append(f"{name}: {value}\r\n")
     return "".join(parts).encode("ascii")
 
 

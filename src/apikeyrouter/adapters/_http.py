@@ -386,7 +386,9 @@ class HTTPAdapterBase:
             request = None if isinstance(client, PooledClient) else _build(client, method, url, merged, content)
         try:
             if isinstance(client, PooledClient):
-                response: UpstreamResponse = await client.pool.request(method, url, merged, content, client.timeout)
+                response: UpstreamResponse = await client.pool.request(
+                    method, url, merged, content, client.timeout, secret=secret.reveal()
+                )
             else:
                 assert request is not None
                 response = await client.send(request, stream=True)

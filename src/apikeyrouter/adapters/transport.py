@@ -41,7 +41,7 @@ import h11
 import httpx
 import trio
 
-from apikeyrouter.adapters._head import encode_fields, request_line
+from apikeyrouter.adapters._head import encode_fields, encode_lines, request_line
 from apikeyrouter.adapters._wire import Head, ResponseReader
 from apikeyrouter.adapters.headers import LowerHeaders
 from apikeyrouter.adapters.pool import Origin, OriginPool, PoolStats
@@ -273,7 +273,8 @@ class H11Transport(httpx.AsyncBaseTransport):
         self._pools: dict[Origin, OriginPool[_Connection]] = {}
         self._routes: dict[tuple[str, str], _Route] = {}
         # (request line, headers, has a body, content type) -> the request's head up to its framing: a
-        # caller sends the same few header sets again and again (one per key and endpoint).
+        # caller sends the same few header sets again and again (one per endpoint). Lines that carry the
+        # caller's `secret` are never part of it: they are encoded per request, so no key outlives its use.
         self._heads: dict[tuple[bytes, tuple[tuple[str, str], ...], bool, str], bytes] = {}
         self._closed = False
 
@@ -326,8 +327,10 @@ class H11Transport(httpx.AsyncBaseTransport):
         steps: httpx.Timeout,
         *,
         content_type: str = "application/json",
+        secret: str | None = None,
     ) -> PooledResponse:
         """Send one request and return its response once the head is in (the body still on the wire).
+        `secret`: the key material some header values carry; those lines are not cached (see `_heads`).
         `steps` (httpx's step timeouts: the client's `timeout`) bound the wait for a slot, the connect, each
         write and each read; the caller's cancel scope bounds the whole. Raises httpx's exceptions, as
         `handle_async_request` does; the response must be read to its end or closed (`aclose`), which
@@ -336,10 +339,19 @@ class H11Transport(httpx.AsyncBaseTransport):
             raise RuntimeError("the transport is closed")
         route = self._routes.get((method, url)) or self._route(method, url)
         line = route.line
-        key = (line, tuple(headers.items()), body is not None, content_type)
+        items = tuple(headers.items())
+        private = b""
+        if secret:
+            public = tuple(item for item in items if secret not in item[1])
+            if len(public) != len(items):
+                private = encode_lines(item for item in items if secret in item[1])
+                items = public
+        key = (line, items, body is not None, content_type)
         data = self._heads.get(key)
         if data is None:
-            data = self._head(key, headers)
+            data = self._head(key, dict(items) if private else headers)
+        if private:
+            data += private
         data = data + b"\r\n" if body is None else b"%scontent-length: %d\r\n\r\n%s" % (data, len(body), body)
         pool = route.pool
         await _acquire(pool, steps.pool)
