@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import attrs
+
 from apikeyrouter.domain import circuit, lifecycle, quota, stats
 from apikeyrouter.domain.circuit import Breaker, BreakerConfig, BreakerState
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import KeyEffect
 from apikeyrouter.domain.index import KeyIndex
+from apikeyrouter.domain.keystate import KeySnapshot
 from apikeyrouter.domain.lifecycle import KeyState, Lifecycle
 from apikeyrouter.domain.quota import CapacityState, QuotaConfig, QuotaReservation
 from apikeyrouter.domain.scoring import KeyView
 from apikeyrouter.domain.signal import QuotaSignal
-from apikeyrouter.domain.view import bench_until, key_view
+from apikeyrouter.domain.view import bench_until, key_view, snapshot_view
 
 CFG = BreakerConfig(failure_threshold=1, cooldown=10.0, probe_deadline=5.0)
 
@@ -135,3 +138,75 @@ def test_each_figure_lands_in_its_own_field_of_the_view() -> None:
         at=4.0,
     )
     assert 0.0 < n_requests < 1.0 and 0.0 < st.success_ewma < 1.0 and cap.fraction_left < 1.0
+
+
+def _snapshot(q: quota.Quota, lc: Lifecycle, b: Breaker, st: stats.Stats, at: float) -> KeySnapshot:
+    return KeySnapshot(
+        id="k7",
+        provider="prov",
+        fingerprint="fp:0",
+        models=frozenset({"m1"}),
+        metadata={},
+        lifecycle=lc,
+        breaker=b,
+        stats=st,
+        in_flight=2,
+        max_in_flight=5,
+        spend=Decimal(0),
+        reserved_cost=Decimal(0),
+        budget=None,
+        at=at,
+        quota=q,
+        breaker_config=CFG,
+        retry_after_s=12.0,
+    )
+
+
+def test_a_snapshot_view_equals_the_view_of_the_same_states() -> None:
+    """The router builds its views with `snapshot_view` (one step, the snapshot's cached assessment):
+    the result must equal `key_view` of the same states, for an exhausted, throttled, tripped key and
+    for a healthy one, with a degraded provider halving reliability only."""
+    q = quota.new_quota(QuotaConfig(rpm=2), now=0.0)
+    for t in (1.0, 2.0):
+        q, res = quota.reserve(q, 10, t)
+        assert isinstance(res, QuotaReservation)
+        q = quota.settle(q, res, 8, t + 0.5)
+    lc, _ = lifecycle.throttle(Lifecycle(), until=40.0, reason="429", now=3.0)
+    b, _ = circuit.on_result(Breaker(), CFG, failed=True, now=3.0)
+    st = stats.record(stats.Stats(), stats.StatsConfig(), success=False, latency_s=0.5, now=2.5)
+    price = {"m1": ModelPrice(Decimal("1"), Decimal("2"))}
+    for snap in (
+        _snapshot(q, lc, b, st, 4.0),
+        _snapshot(quota.new_quota(QuotaConfig(), 0.0), Lifecycle(), Breaker(), st, 4.0),
+    ):
+        expected = key_view(
+            key_id="k7",
+            provider="prov",
+            lc=snap.lifecycle,
+            q=snap.quota,
+            breaker=snap.breaker,
+            breaker_cfg=CFG,
+            stats=st,
+            now=4.0,
+            models=frozenset({"m1"}),
+            prices=price,
+            in_flight=2,
+            in_flight_limit=5,
+            retry_after_s=12.0,
+            quality=0.25,
+        )
+        assert snapshot_view(snap, price, quality=0.25) == expected
+        degraded = snapshot_view(snap, price, quality=0.25, degraded=True)
+        assert degraded == attrs.evolve(expected, success_ewma=expected.success_ewma * 0.5)
+    assert expected.capacity is CapacityState.ABUNDANT
+
+
+def test_a_snapshot_assesses_its_own_quota_once_and_a_changed_copy_its_new_one() -> None:
+    used = quota.new_quota(QuotaConfig(rpm=1), now=0.0)
+    used, _ = quota.reserve(used, 1, 1.0)
+    snap = _snapshot(quota.new_quota(QuotaConfig(rpm=1), now=0.0), Lifecycle(), Breaker(), stats.Stats(), 2.0)
+    assert snap.capacity.state is CapacityState.ABUNDANT
+    assert snap.assessed() is snap.assessed()
+    spent = attrs.evolve(snap, quota=used)
+    assert spent.capacity.state is CapacityState.EXHAUSTED
+    assert spent == attrs.evolve(snap, quota=used) and spent != snap

@@ -13,7 +13,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, assert_never
 
-import attrs
 import structlog
 import trio
 
@@ -24,7 +23,7 @@ from apikeyrouter.domain.index import KeyIndex
 from apikeyrouter.domain.keystate import KeySnapshot
 from apikeyrouter.domain.policy import EffectivePolicy
 from apikeyrouter.domain.scoring import KeyView, ScoringConfig, Weights, weights_for
-from apikeyrouter.domain.view import key_view
+from apikeyrouter.domain.view import snapshot_view
 from apikeyrouter.kernel.actor import Actor, Reply
 from apikeyrouter.messages.router import Decide, RouterCommand
 from apikeyrouter.observe import EventBus
@@ -78,25 +77,7 @@ def _quality(metadata: Mapping[str, str]) -> float:
 
 def view_of(snap: KeySnapshot, prices: Mapping[str, ModelPrice], degraded: bool) -> KeyView:
     """The scoring view of a key snapshot. A degraded provider halves its keys' reliability."""
-    view = key_view(
-        key_id=snap.id,
-        provider=snap.provider,
-        lc=snap.lifecycle,
-        q=snap.quota,
-        breaker=snap.breaker,
-        breaker_cfg=snap.breaker_config,
-        stats=snap.stats,
-        now=snap.at,
-        models=snap.models,
-        prices=prices,
-        in_flight=snap.in_flight,
-        in_flight_limit=snap.max_in_flight,
-        retry_after_s=snap.retry_after_s,
-        quality=_quality(snap.metadata),
-        capacity=snap.capacity,
-        prediction=snap.prediction,
-    )
-    return attrs.evolve(view, success_ewma=view.success_ewma * 0.5) if degraded else view
+    return snapshot_view(snap, prices, quality=_quality(snap.metadata), degraded=degraded)
 
 
 class RouterActor(Actor[RouterCommand]):

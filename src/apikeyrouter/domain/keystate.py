@@ -74,19 +74,27 @@ class KeySnapshot:
     restarts: int = 0
 
     # The quota figures are computed when first read (once per snapshot), not on every publish: a
-    # key publishes on each reservation and settlement, and most snapshots are never read whole.
+    # key publishes on each reservation and settlement, and most snapshots are never read whole. Kept
+    # in a plain slot, not a `cached_property`: on a slotted class that one's first read goes through
+    # `__getattr__` after a failed slot lookup, which cost twice the assessment's own overhead, and the
+    # router reads it once per re-indexed snapshot. `attrs.evolve` makes a snapshot with an empty slot.
+    _assessed: tuple[Capacity, Prediction] | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
-    @functools.cached_property
-    def _assessed(self) -> tuple[Capacity, Prediction]:
-        return quota.assess(self.quota, self.at)
+    def assessed(self) -> tuple[Capacity, Prediction]:
+        """`quota.assess(self.quota, self.at)`, computed on the first call."""
+        figures = self._assessed
+        if figures is None:
+            figures = quota.assess(self.quota, self.at)
+            object.__setattr__(self, "_assessed", figures)  # a cache of a pure function of frozen fields
+        return figures
 
     @property
     def capacity(self) -> Capacity:
-        return self._assessed[0]
+        return self.assessed()[0]
 
     @property
     def prediction(self) -> Prediction:
-        return self._assessed[1]
+        return self.assessed()[1]
 
     @functools.cached_property
     def usage(self) -> Mapping[str, tuple[int, int | None]]:

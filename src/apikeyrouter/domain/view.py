@@ -17,13 +17,14 @@ from apikeyrouter.domain import circuit, lifecycle, quota
 from apikeyrouter.domain.circuit import Breaker, BreakerConfig, BreakerState
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import KeyEffect
+from apikeyrouter.domain.keystate import KeySnapshot
 from apikeyrouter.domain.lifecycle import Lifecycle
 from apikeyrouter.domain.quota import CapacityState, Quota
 from apikeyrouter.domain.scoring import KeyView
 from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.domain.stats import Stats
 
-__all__ = ["bench_until", "key_view"]
+__all__ = ["bench_until", "key_view", "snapshot_view"]
 
 
 def key_view(
@@ -88,6 +89,54 @@ def key_view(
         stats.requests,  # served
         quality,  # quality
         now,  # at
+    )
+
+
+def snapshot_view(
+    snap: KeySnapshot, prices: Mapping[str, ModelPrice], *, quality: float, degraded: bool = False
+) -> KeyView:
+    """The view of a published snapshot as of its own time: `key_view` of the snapshot's states with
+    its assessed capacity and prediction, value for value (a test holds the two equal), built in one
+    step because the router makes one per re-indexed key per decision. A `degraded` provider halves
+    the key's reliability."""
+    now = snap.at
+    lc = snap.lifecycle
+    if lc.until is not None:
+        lc, _ = lifecycle.effective(lc, now)
+    b = snap.breaker
+    if b.state is not BreakerState.CLOSED:
+        b, _ = circuit.effective(b, snap.breaker_config, now)
+    q = quota.effective(snap.quota, now)
+    cap, prediction = snap.assessed()
+    stats = snap.stats
+    n_requests, _ = q.rate.decayed(q.config.rate_tau_s, now)
+    state = cap.state
+    return KeyView(  # positional, in field order, as in `key_view`
+        snap.id,
+        snap.provider,
+        snap.models,
+        prices,
+        None,  # default_price
+        lc.state,
+        lc.until,
+        lc.reason,
+        snap.retry_after_s if lc.state is lifecycle.KeyState.THROTTLED else None,
+        b.state,
+        _breaker_until(b),
+        b.probe_in_flight,
+        snap.in_flight,
+        snap.max_in_flight,
+        state,
+        cap.fraction_left,
+        cap.tightest,
+        quota.available_at(q, 1, now) if state is CapacityState.EXHAUSTED else None,
+        prediction,
+        stats.success_ewma * 0.5 if degraded else stats.success_ewma,
+        stats.latency_ewma_s,
+        n_requests,
+        stats.requests,
+        quality,
+        now,
     )
 
 
