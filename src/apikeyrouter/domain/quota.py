@@ -591,16 +591,12 @@ def assess(q: Quota, now: float) -> tuple[Capacity, Prediction]:
     decay = math.exp(-(elapsed if elapsed > 0.0 else 0.0) / tau)  # max/min by hand: same values, no calls
     n_req = r.requests * decay
     observed = 0.0 if r.since is None or now <= r.since else now - r.since
-    span = observed / tau
-    confidence = (1.0 - math.exp(-n_req / cfg.confidence_events)) * (span if span < 1.0 else 1.0)
+    confidence = (1.0 - math.exp(-n_req / cfg.confidence_events)) * (observed / tau if observed < tau else 1.0)
     if q.blocked_until is not None:
         return Capacity(CapacityState.EXHAUSTED, 0.0, "retry-after"), Prediction(0.0, True, confidence, "retry-after")
     rates = (n_req / tau, r.tokens * decay / tau)  # by position in _METRICS
     frac, tightest = 1.0, None
-    # The prediction is the least (seconds, exhausts, window) among the windows that exhaust, else
-    # among all: the least of each kind is kept as the windows go by, no list is built.
-    ex: tuple[float, bool, str] | None = None
-    other: tuple[float, bool, str] | None = None
+    candidates: list[tuple[float, bool, str]] = []
     rings = q.rings
     learned = q.learned
     for i, (_, m, name, length, limit, minute) in cfg.limitable:
@@ -618,36 +614,24 @@ def assess(q: Quota, now: float) -> tuple[Capacity, Prediction]:
             frac, tightest = f, name
         rate = rates[m]
         if rate > 0.0:
-            c = (left / rate, rate * length > limit, name)
-            if c[1]:
-                if ex is None or c < ex:
-                    ex = c
-            elif other is None or c < other:
-                other = c
+            candidates.append((left / rate, rate * length > limit, name))
     for m in (0, 1):  # the learned windows, by position in _METRICS
         lrn = learned[m]
         if lrn is None or now >= lrn.reset_at:
             continue
-        window = _PROVIDER_WINDOWS[m]
         left = lrn.remaining if lrn.remaining > 0 else 0
         if lrn.limit or lrn.remaining <= 0:
             f = left / lrn.limit if lrn.limit else 0.0
             if tightest is None or f < frac:
-                frac, tightest = f, window
-        rate = rates[m]
-        if rate > 0.0:
-            secs = left / rate
-            c = (secs, secs < lrn.reset_at - now, window)
-            if c[1]:
-                if ex is None or c < ex:
-                    ex = c
-            elif other is None or c < other:
-                other = c
-    best = ex if ex is not None else other
-    if best is None:
+                frac, tightest = f, _PROVIDER_WINDOWS[m]
+        if rates[m] > 0.0:
+            secs = left / rates[m]
+            candidates.append((secs, secs < lrn.reset_at - now, _PROVIDER_WINDOWS[m]))
+    if not candidates:
         prediction = Prediction(None, False, confidence)
-    else:
-        prediction = Prediction(best[0], best[1], confidence, best[2])
+    else:  # the soonest among the windows that exhaust, else among all
+        secs_, exhausts, window_ = min([c for c in candidates if c[1]] or candidates)
+        prediction = Prediction(secs_, exhausts, confidence, window_)
     return Capacity(_state(cfg, frac, prediction), frac, tightest), prediction
 
 
