@@ -18,6 +18,7 @@ import httpx
 import pytest
 import trio
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -60,8 +61,11 @@ async def headless_chromium() -> AsyncIterator[webdriver.Chrome]:
 
 
 def wait_until(browser: webdriver.Chrome, what: Callable[[Any], Any], seconds: float = 30.0) -> Any:
-    # Generous: Chromium on a loaded 2-core machine can take seconds to render what it got at once.
-    return WebDriverWait(browser, seconds, poll_frequency=0.05).until(what, message=f"waited {seconds:g} s")
+    # Generous: Chromium on a loaded 2-core machine can take seconds to render what it got at once. The live
+    # dashboard re-renders its rows on every update: a row replaced between finding it and reading it is not
+    # read yet (stale), and the next poll reads the new one.
+    wait = WebDriverWait(browser, seconds, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(what, message=f"waited {seconds:g} s")
 
 
 def lifecycle_of(key: str) -> Callable[[webdriver.Chrome], str | None]:

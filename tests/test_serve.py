@@ -183,6 +183,8 @@ async def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
             async with http.stream(
                 "POST", f"{served.url}/v1/chat/completions", headers=served.client_headers, json=body
             ) as response:
+                # A 504 here would leave nothing in flight: the first signal would end the process at once.
+                assert response.status_code == 200, served.stderr.decode()[-3000:]
                 lines = response.aiter_lines()
                 await lines.__anext__()  # the stream is open (kept open: not closing the iterator)
                 served.signal(signal.SIGTERM)

@@ -24,6 +24,7 @@ import attrs
 import structlog
 import trio
 
+from apikeyrouter.adapters.tokens import encoding_of, warm
 from apikeyrouter.config import RouterConfig, bind_allowed, client_identities, load_config
 from apikeyrouter.debug.server import DebugServer
 from apikeyrouter.errors import ConfigError
@@ -150,6 +151,9 @@ async def run_standalone(
         default_kind = "sqlite" if config_path is not None else "memory"
         store = store_from_config(store_cfg, default_kind=default_kind)
         async with ApiKeyRouter(config, store=store) as router:
+            # Before listening, not in the first request: tiktoken builds a table holding the GIL (~0.2 s
+            # quiet, over 1 s on a loaded machine), which freezes the event loop even from a worker thread.
+            await trio.to_thread.run_sync(warm, encodings_needed(config))
             server = config.server
             app = ProxyApp(
                 router,
@@ -201,6 +205,13 @@ async def run_standalone(
             log.info("stopping", in_flight=sum(k["in_flight"] for k in router.keys()))
         log.info("stopped")
         nursery.cancel_scope.cancel(reason="the router has stopped")
+
+
+def encodings_needed(config: RouterConfig) -> list[str]:
+    """The tokenizer encodings the configured providers' models count with (both if one takes any model)."""
+    if any(not p.models for p in config.providers):
+        return ["o200k_base", "cl100k_base"]
+    return sorted({encoding_of(model) for p in config.providers for model in p.models})
 
 
 def describe(started: Started, config: RouterConfig) -> list[str]:
