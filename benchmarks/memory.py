@@ -7,12 +7,13 @@ the way an operator starts it (supervision tree, proxy, metrics; debug channel o
 share a socket), one OpenAI-kind provider pointed at an unused address (nothing is ever sent) and N keys
 with inline secrets. Once it prints where it listens, every key is registered (startup registers them
 before listening); it then sits idle for `--settle` seconds and its VmRSS is read from /proc. No request
-is made: "idle" is what the process holds before its first request, which is when the tokenizer tables
-(adapters/tokens.py) are not loaded yet; they load when a model that needs one is first routed.
+is made: "idle" is what the process holds before its first request. With `[server] preload_tokenizers =
+true` (the default) the tokenizer table of the configured model (o200k_base, ~75 MiB) is built before it
+listens; each count is measured again with `false`, where the table is built when the model is first routed.
 
 For scale, in the same run: a bare `python -c pass` and `python -c "import apikeyrouter.cli"` (what the
 imports alone hold). Goals (issue 10): ≤ 80 MiB with 3 keys, ≤ 250 MiB with 10,000. The last line is
-one JSON object: {"rss_mib": {N: MiB}, "python_mib", "imports_mib", "per_key_kib"}.
+one JSON object: {"rss_mib": {N: MiB}, "rss_mib_lazy": {N: MiB}, "python_mib", "imports_mib", "per_key_kib"}.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UNUSED_URL = "http://127.0.0.1:9/v1"  # the discard port: never contacted
 
 
-def router_toml(keys: int) -> str:
+def router_toml(keys: int, preload: bool = True) -> str:
     entries = "".join(
         f'\n[[keys]]\nid = "k{i}"\nprovider = "openai"\nsecret = "sk-memory-bench-{i:06d}"\n' for i in range(keys)
     )
@@ -39,6 +40,7 @@ def router_toml(keys: int) -> str:
 [server]
 host = "127.0.0.1"
 port = 0
+preload_tokenizers = {"true" if preload else "false"}
 
 [[providers]]
 id = "openai"
@@ -69,10 +71,10 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def serve_rss(keys: int, work: Path, settle: float) -> tuple[float, float]:
+def serve_rss(keys: int, work: Path, settle: float, preload: bool = True) -> tuple[float, float]:
     """(RSS MiB when idle, seconds from launch to listening) of a `serve` with `keys` keys."""
-    config = work / f"router-{keys}.toml"
-    config.write_text(router_toml(keys))
+    config = work / f"router-{keys}-{preload}.toml"
+    config.write_text(router_toml(keys, preload))
     log = work / f"serve-{keys}.log"
     started = time.perf_counter()
     command = [sys.executable, "-m", "apikeyrouter", "serve", "--config", str(config)]
@@ -116,15 +118,20 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(n) for n in args.keys.split(",")]
     rss: dict[str, float] = {}
+    lazy: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="akr-memory-") as tmp:
         for n in counts:
             mib, ready = serve_rss(n, Path(tmp), args.settle)
             rss[str(n)] = round(mib, 1)
             print(f"serve, {n:>6} keys, idle: {mib:7.1f} MiB RSS (listening after {ready:.1f} s)")
+            mib, ready = serve_rss(n, Path(tmp), args.settle, preload=False)
+            lazy[str(n)] = round(mib, 1)
+            print(f"  the same with preload_tokenizers = false: {mib:7.1f} MiB RSS (listening after {ready:.1f} s)")
     bare = python_rss("pass")
     imports = python_rss("import apikeyrouter.cli")
     print(f"python -c pass: {bare:.1f} MiB; import apikeyrouter.cli: {imports:.1f} MiB")
-    result: dict[str, object] = {"rss_mib": rss, "python_mib": round(bare, 1), "imports_mib": round(imports, 1)}
+    result: dict[str, object] = {"rss_mib": rss, "rss_mib_lazy": lazy}
+    result |= {"python_mib": round(bare, 1), "imports_mib": round(imports, 1)}
     if len(counts) >= 2:
         lo, hi = min(counts), max(counts)
         result["per_key_kib"] = round((rss[str(hi)] - rss[str(lo)]) * 1024 / (hi - lo), 2)

@@ -18,7 +18,7 @@ from apikeyrouter.standalone import run_standalone
 models = {models!r}
 config = parse_config(
     {{
-        "server": {{"host": "127.0.0.1", "port": 0}},
+        "server": {{"host": "127.0.0.1", "port": 0, "preload_tokenizers": {preload!r}}},
         "providers": [{{"id": "p", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "models": models}}],
         "keys": [{{"id": "k", "provider": "p", "secret": "sk-x"}}],
         "debug": {{"enabled": False}},
@@ -42,9 +42,9 @@ trio.run(main)
 """
 
 
-def encodings_loaded_when_listening(models: list[str]) -> str:
+def encodings_loaded_when_listening(models: list[str], *, preload: bool = True) -> str:
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT.format(models=models)],
+        [sys.executable, "-c", SCRIPT.format(models=models, preload=preload)],
         capture_output=True,
         text=True,
         env={"PYTHONPATH": str(ROOT / "src")},
@@ -58,3 +58,7 @@ def test_serve_has_the_tokenizer_its_models_need_before_it_listens() -> None:
     assert encodings_loaded_when_listening(["gpt-4o-mini"]) == "['o200k_base']"  # not cl100k: 40 MiB unneeded
     assert encodings_loaded_when_listening(["gpt-4", "claude-3-5-haiku"]) == "['cl100k_base']"
     assert encodings_loaded_when_listening([]) == "['cl100k_base', 'o200k_base']"  # any model: both
+
+
+def test_without_preloading_serve_listens_with_no_tokenizer_built() -> None:
+    assert encodings_loaded_when_listening(["gpt-4o-mini"], preload=False) == "[]"  # built on first use

@@ -47,6 +47,7 @@ _READ_AT_START = (
     "max_header_bytes",
     "header_read_timeout",
     "keep_alive_timeout",
+    "preload_tokenizers",
 )
 
 
@@ -153,7 +154,8 @@ async def run_standalone(
         async with ApiKeyRouter(config, store=store) as router:
             # Before listening, not in the first request: tiktoken builds a table holding the GIL (~0.2 s
             # quiet, over 1 s on a loaded machine), which freezes the event loop even from a worker thread.
-            await trio.to_thread.run_sync(warm, encodings_needed(config))
+            if config.server.preload_tokenizers:
+                await trio.to_thread.run_sync(warm, encodings_needed(config))
             server = config.server
             app = ProxyApp(
                 router,
