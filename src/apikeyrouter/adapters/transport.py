@@ -293,7 +293,8 @@ class H11Transport(httpx.AsyncBaseTransport):
         pool = self._pool(request.url)
         await _acquire(pool, timeouts.get("pool"))
         try:
-            conn, head = await self._exchange(pool, request, timeouts)
+            steps = (timeouts.get("connect"), timeouts.get("read"), timeouts.get("write"))
+            conn, head = await self._exchange(pool, request, request.method == "HEAD", steps)
         except BaseException:
             pool.release()
             raise
@@ -356,7 +357,7 @@ class H11Transport(httpx.AsyncBaseTransport):
         pool = route.pool
         await _acquire(pool, steps.pool)
         try:
-            conn, head = await self._exchange_direct(pool, route.head_request, data, steps)
+            conn, head = await self._exchange(pool, data, route.head_request, (steps.connect, steps.read, steps.write))
         except BaseException:
             pool.release()
             raise
@@ -379,43 +380,31 @@ class H11Transport(httpx.AsyncBaseTransport):
         route = self._routes[(method, url)] = _Route(pool, line, head_request=method == "HEAD")
         return route
 
-    async def _exchange_direct(
-        self, pool: OriginPool[_Connection], head_request: bool, data: bytes, steps: httpx.Timeout
-    ) -> tuple[_Connection, Head]:
-        for attempt in (0, 1):
-            conn = pool.checkout()
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect(pool.origin, steps.connect)
-                pool.note_opened()
-            conn.read_s, conn.write_s = steps.read, steps.write
-            try:
-                await conn.send(data, first=reused)
-                return conn, await conn.read_head(head_request=head_request)
-            except _NothingSent as exc:
-                conn.close()
-                if attempt == 0:
-                    continue
-                raise exc.error from exc.__cause__
-            except BaseException:
-                conn.close()
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
     async def _exchange(
-        self, pool: OriginPool[_Connection], request: httpx.Request, timeouts: _Timeouts
+        self,
+        pool: OriginPool[_Connection],
+        payload: bytes | httpx.Request,
+        head_request: bool,
+        steps: tuple[float | None, float | None, float | None],
     ) -> tuple[_Connection, Head]:
-        """Send the request and read the response head, on a pooled connection or a new one."""
+        """Send the request (the direct path's bytes, or httpx's request) and read the response head, on a
+        pooled connection or a new one; `steps` are the (connect, read, write) timeouts. A kept connection
+        the server had closed is tried once more on a new one, only if no byte of the request was sent."""
+        connect_s, read_s, write_s = steps
         for attempt in (0, 1):
             conn = pool.checkout()
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(pool.origin, timeouts.get("connect"))
+                conn = await self._connect(pool.origin, connect_s)
                 pool.note_opened()
-            conn.read_s, conn.write_s = timeouts.get("read"), timeouts.get("write")
+            conn.read_s, conn.write_s = read_s, write_s
             try:
-                await _send_request(conn, request, first=reused)
-                return conn, await conn.read_head(head_request=request.method == "HEAD")
+                if type(payload) is bytes:
+                    await conn.send(payload, first=reused)
+                else:
+                    assert isinstance(payload, httpx.Request)
+                    await _send_request(conn, payload, first=reused)
+                return conn, await conn.read_head(head_request=head_request)
             except _NothingSent as exc:
                 conn.close()
                 if attempt == 0:
