@@ -167,7 +167,9 @@ def responses(draw: st.DrawFn) -> tuple[bytes, bool, bool]:
         elif kind == 2:
             out.append(f"Connection{sep}{pick(draw, noisy, CONNECTION)}{end}")
         else:
-            out.append(f"{pick(draw, noisy, NAMES)}{sep}{pick(draw, noisy, VALUES)}{end}")
+            line = f"{pick(draw, noisy, NAMES)}{sep}{pick(draw, noisy, VALUES)}{end}"
+            folded |= line[0] in FOLDS  # an empty name before " :": an obs-fold line, which h11 unfolds
+            out.append(line)
         if noisy and draw(st.integers(0, 12)) == 0:
             folded = True
             out.append(f"{draw(st.sampled_from(FOLDS))}folded{end}")
