@@ -243,15 +243,8 @@ class Prediction:
     window: str | None = None
 
 
-@functools.lru_cache(maxsize=64)
-def _zeros(n: int) -> tuple[int, ...]:
-    """An empty ring's counts, one shared tuple per length (immutable): every key's quota starts with
-    one per window, which was ~1.2 KiB per key at 10,000 keys."""
-    return (0,) * n
-
-
 def new_quota(config: QuotaConfig, now: float) -> Quota:
-    rings = tuple(_Ring(math.floor(now / s.width), _zeros(s.buckets + 1), 0) for s in config.windows)
+    rings = tuple(_Ring(math.floor(now / s.width), (0,) * (s.buckets + 1), 0) for s in config.windows)
     return Quota(config=config, rings=rings, rate=_Rate(at=now))
 
 
@@ -263,7 +256,7 @@ def _advance(ring: _Ring, width: float, now: float) -> _Ring:
     counts = ring.counts
     n = len(counts)
     if shift >= n:
-        return _Ring(idx, _zeros(n), 0)
+        return _Ring(idx, (0,) * n, 0)
     return _Ring(idx, counts[shift:] + (0,) * shift, ring.total - sum(counts[:shift]))
 
 
