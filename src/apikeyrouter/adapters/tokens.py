@@ -163,7 +163,7 @@ def _build(name: str) -> Encoder:
     enc: Any = tiktoken.Encoding(
         name, pat_str=spec.pat_str, mergeable_ranks=ranks, special_tokens=dict(spec.special_tokens)
     )
-    # The Rust core now holds its own copies of the ranks (~40 MiB for o200k). `Encoding` keeps the very
+    # The Rust core now holds its own copies of the ranks (~42 MiB for o200k). `Encoding` keeps the very
     # dict it was given, only to pickle itself (`__getstate__`); emptying our own dict frees the Python
     # copy (~27 MiB: 200k bytes keys, int values, the table) without touching a private attribute. What
     # it costs: such an Encoding cannot be pickled, which nothing here does.
