@@ -8,7 +8,7 @@ share a socket), one OpenAI-kind provider pointed at an unused address (nothing 
 with inline secrets. Once it prints where it listens, every key is registered (startup registers them
 before listening); it then sits idle for `--settle` seconds and its VmRSS is read from /proc. No request
 is made: "idle" is what the process holds before its first request. With `[server] preload_tokenizers =
-true` (the default) the tokenizer table of the configured model (o200k_base, ~75 MiB) is built before it
+true` (the default) the tokenizer table of the configured model (o200k_base, ~48 MiB) is built before it
 listens; each count is measured again with `false`, where the table is built when the model is first routed.
 
 For scale, in the same run: a bare `python -c pass` and `python -c "import apikeyrouter.cli"` (what the

@@ -67,3 +67,15 @@ def test_serve_without_redis_py_says_how_to_install_it_in_one_line(tmp_path: Pat
         "error: the redis store needs redis-py: pip install 'apikeyrouter[redis]' @ config.store.kind"
     )
     assert "Traceback" not in done.stderr
+
+
+def test_redis_py_is_imported_only_when_a_redis_store_is_opened() -> None:
+    # ~90 modules and ~7 MiB of RSS (issue 10's idle goal) that a process with another store never uses.
+    probe = (
+        "import sys\nfrom apikeyrouter.cli import main\nfrom apikeyrouter.store import redis_link\n"
+        "print('redis' in sys.modules)\nredis_link.redis_client('redis://127.0.0.1:1/0', 1.0)\n"
+        "print('redis' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.split() == ["False", "True"]

@@ -1,6 +1,6 @@
 """Tokenizer tables load when a model that needs them is first routed, not at startup (issue 10: idle RSS).
 
-Each encoding's rank tables hold ~40 MiB; an idle router holds none, and a router that only routes gpt-4o
+Each encoding's tables hold ~27-48 MiB; an idle router holds none, and a router that only routes gpt-4o
 models never holds cl100k's. Checked in a fresh interpreter, since the encodings are cached per process
 and other tests in this one have loaded them already.
 """

@@ -16,8 +16,10 @@ False until a call succeeds again; each flip is logged once, not per call.
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 import trio
@@ -25,35 +27,56 @@ import trio
 from apikeyrouter.errors import ConfigError
 from apikeyrouter.store.redis_lua import BUDGETS, HEARTBEAT, REPLAY, REPLAY_SCOPES, RESERVE, SETTLE, SHARE_STATE
 
-try:
+if TYPE_CHECKING:
     import redis
-except ImportError:  # an optional extra: only `[store] kind = "redis"` needs it, and says so (RedisLink)
-    redis = None  # type: ignore[assignment]
 
-__all__ = ["RedisLink", "StoreUnavailable", "redis_client"]
+__all__ = ["RedisLink", "StoreUnavailable", "redis_client", "redis_failures", "redis_module"]
 
 log = structlog.get_logger("apikeyrouter.store")
 
 T = TypeVar("T")
 
 
+_redis: list[ModuleType] = []  # redis-py, once a redis store has been opened
+
+
+def redis_module() -> ModuleType | None:
+    """redis-py (an optional extra: only `[store] kind = "redis"` needs it), imported when a redis store is
+    first opened rather than with this module: it is ~90 modules and ~7 MiB of RSS that every `serve`
+    with another store would hold for nothing. None when it is not installed."""
+    if not _redis:
+        try:
+            _redis.append(importlib.import_module("redis"))
+        except ImportError:
+            return None
+    return _redis[0]
+
+
+def redis_failures() -> tuple[type[Exception], ...]:
+    """What a redis-py call raises when Redis is away or refuses: for `except redis_failures() as exc`
+    (evaluated only once something was raised, so only once a client exists and redis-py is loaded)."""
+    module = redis_module()
+    return (OSError,) if module is None else (module.RedisError, OSError)
+
 
 def redis_client(url: str, deadline: float) -> redis.Redis:
     """redis-py's sync client for `[store] url`, each socket operation bounded by `deadline` seconds (it
     runs in a worker thread, where the caller's cancel scope cannot reach). A missing redis-py or a
     malformed URL is a ConfigError naming the field; the URL itself is never shown (it may hold a password)."""
-    if redis is None:
+    module = redis_module()
+    if module is None:
         raise ConfigError(
             "the redis store needs redis-py: pip install 'apikeyrouter[redis]' @ config.store.kind",
             path="config.store.kind",
         )
     try:
-        client: redis.Redis = redis.Redis.from_url(
+        client: redis.Redis = module.Redis.from_url(
             url, socket_timeout=deadline, socket_connect_timeout=deadline, retry_on_timeout=False
         )
     except ValueError as exc:  # redis-py's words about the URL's shape
         raise ConfigError(f"invalid redis url ({exc}) @ config.store.url", path="config.store.url") from None
     return client
+
 
 class StoreUnavailable(Exception):
     """Redis did not answer in time, refused, or failed the call. `reason` is safe to show (no URL password)."""
@@ -88,7 +111,7 @@ class RedisLink:
                 result = await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)
         except trio.TooSlowError:
             self._down(f"no answer within {self.deadline:g} s")
-        except (redis.RedisError, OSError) as exc:
+        except redis_failures() as exc:
             self._down(f"{type(exc).__name__}: {_first_line(exc)}")
         if not self.up:
             log.info("redis_up", calls=self.calls)
@@ -125,7 +148,7 @@ class RedisLink:
                 try:
                     pipe.execute()
                     return
-                except redis.exceptions.NoScriptError:
+                except _no_script():
                     if attempt == 2:
                         raise
                     self._client.script_load(SETTLE)
@@ -179,7 +202,7 @@ class RedisLink:
                     pubsub.subscribe(channel)
                     subscribed = True
                 found: dict[str, Any] | None = pubsub.get_message(timeout=wait_s)
-            except (redis.RedisError, OSError) as exc:
+            except redis_failures() as exc:
                 subscribed = False  # subscribe again on the next connection
                 pubsub.reset()
                 raise StoreUnavailable(f"{type(exc).__name__}: {_first_line(exc)}") from None
@@ -197,3 +220,11 @@ class RedisLink:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
+
+
+def _no_script() -> type[Exception]:
+    """redis-py's NoScriptError (a client exists, so redis-py is loaded)."""
+    module = redis_module()
+    assert module is not None
+    error: type[Exception] = module.exceptions.NoScriptError
+    return error

@@ -40,13 +40,8 @@ from apikeyrouter.domain.history import BudgetRow, DecisionRow, HistoryRow, Stat
 from apikeyrouter.errors import StoreError
 from apikeyrouter.store.backend import Batch, RecordId
 from apikeyrouter.store.codec import RECORD_TYPES, decode, encode, shift_row
-from apikeyrouter.store.redis_link import redis_client
+from apikeyrouter.store.redis_link import redis_client, redis_failures
 from apikeyrouter.store.redis_lua import PREFIX
-
-try:
-    import redis
-except ImportError:  # the optional extra; RedisStore says how to install it
-    redis = None  # type: ignore[assignment]
 
 __all__ = ["RedisStore", "records_key", "trail_key"]
 
@@ -95,7 +90,7 @@ class RedisStore:
         self._wall_offset = wall_offset
         try:
             stored = await self._run(lambda: self._client.hgetall(records_key(self.instance_id)))
-        except (redis.RedisError, OSError) as exc:
+        except redis_failures() as exc:
             log.warning("redis_store_not_restored", instance=self.instance_id, reason=_first_line(exc))
             return {}
         records: dict[RecordId, Any] = {}
@@ -112,7 +107,7 @@ class RedisStore:
         pending = Batch(dict(self._records), tuple(self._rows))
         try:
             await self._run(lambda: self._write_sync(pending))
-        except (redis.RedisError, OSError) as exc:
+        except redis_failures() as exc:
             self.failures += 1
             self.last_error = _first_line(exc)
             if self._retry_at == 0.0:
@@ -164,7 +159,7 @@ class RedisStore:
     async def query(self, query: StateQuery) -> list[HistoryRow]:
         try:
             return await self._run(lambda: self._query_sync(query))
-        except (redis.RedisError, OSError) as exc:  # one line, never the URL (it may hold a password)
+        except redis_failures() as exc:  # one line, never the URL (it may hold a password)
             raise StoreError(f"the redis store is unavailable: {_first_line(exc)}", path="config.store.url") from None
 
     def _query_sync(self, query: StateQuery) -> list[HistoryRow]:

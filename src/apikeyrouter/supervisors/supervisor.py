@@ -60,6 +60,21 @@ class ChildInfo:
         return f"ChildInfo(id={self.id!r}, status={self.status!r}, restarts={self.restarts})"
 
 
+class _TaskStatus:
+    """The `task_status` a child's `run()` reports its start through. One small object per child: a class
+    defined inside `_child_task` cost ~2.4 KiB per child (a type object each), ~24 MiB at 10,000 keys."""
+
+    __slots__ = ("slot", "was_started")
+
+    def __init__(self, slot: _Slot) -> None:
+        self.slot = slot
+        self.was_started = False
+
+    def started(self, value: Any = None) -> None:
+        self.was_started = True
+        self.slot.up.set()
+
+
 class _Slot:
     """What one supervisor instance knows of the child it runs at an address (dropped with the instance)."""
 
@@ -272,14 +287,7 @@ class Supervisor(Actor[SupervisorCommand]):
         return instance
 
     async def _child_task(self, slot: _Slot, instance: Child) -> None:
-        started = False
-
-        class _Status:
-            def started(self, value: Any = None) -> None:
-                nonlocal started
-                started = True
-                slot.up.set()
-
+        status = _TaskStatus(slot)
         reason: Exception | None = None
         try:
             # Shielded: outside cancellation must not reach a child; only its supervisor stops (or
@@ -287,11 +295,12 @@ class Supervisor(Actor[SupervisorCommand]):
             with trio.CancelScope(shield=True) as scope:
                 slot.scope = scope
                 try:
-                    await instance.run(task_status=_Status())
+                    await instance.run(task_status=status)
                 except Exception as exc:
                     reason = exc
         finally:
             slot.done.set()
+            started = status.was_started
             if not started:
                 slot.start_error = reason or RuntimeError(f"child {slot.spec.id} exited before it finished starting")
                 slot.up.set()
