@@ -154,10 +154,11 @@ def _framing(headers: LowerHeaders) -> tuple[int | None, bool]:
     length = headers.get("content-length")
     size = None
     if length is not None:
-        values = {v.strip(" \t") for v in length.split(",")}
-        if len(values) != 1:
-            raise _error("conflicting Content-Length headers in the response")
-        length = values.pop()
+        if "," in length:  # repeated (joined by `_fields`, each value already stripped) or a list: must agree
+            values = {v.strip(" \t") for v in length.split(",")}
+            if len(values) != 1:
+                raise _error("conflicting Content-Length headers in the response")
+            length = values.pop()
         if _LENGTH.fullmatch(length) is None:
             raise _error("a bad Content-Length in the response")
         size = int(length)
