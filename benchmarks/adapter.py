@@ -214,7 +214,9 @@ class CannedPool(H11Transport):
             ]
         return [*head, (b"Server", b"bench"), (b"Connection", b"keep-alive")]
 
-    async def request(self, method: str, url: str, headers: Mapping[str, str], content: Any, steps: Any) -> Any:
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], content: Any, steps: Any, **_: Any
+    ) -> Any:
         return CannedResponse(self._headers(), self.chunks)
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apikeyrouter.proxy._parse import BODY, DONE, HEAD, FramingError, HeadError, RequestParser
+from apikeyrouter.proxy._parse import _FIELDS, BODY, DONE, HEAD, FramingError, HeadError, RequestParser, _fields
 
 BIG = 1 << 20
 Outcome = tuple[Any, ...]
@@ -309,3 +309,15 @@ def _chunked(draw: st.DrawFn, body: bytes) -> bytes:
 def test_a_generated_request_is_read_as_h11_reads_it_at_every_split(case: tuple[bytes, bool]) -> None:
     raw, stricter = case
     check(raw, stricter)
+
+
+_FIELD_BYTES = [b"a", b"B", b"-", b":", b" ", b"\t", b"\r", b"\n", b"\r\n", b"\x00", b"\x0b", b"\x0c", b"\x80", b"("]
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_FIELD_BYTES), max_size=14), st.booleans(), st.booleans())
+def test_the_field_check_accepts_what_the_field_grammar_matches(parts: list[bytes], crlf: bool, host: bool) -> None:
+    # `_fields` checks header lines with byte counts and a name cache; `_FIELDS` is the grammar it stands for.
+    line = b"GET / HTTP/1.1\r\n"
+    head = line + (b"Host: x\r\n" if host else b"") + b"".join(parts) + (b"\r\n" if crlf else b"")
+    assert (_fields(head, len(line)) is not None) == (_FIELDS.fullmatch(head, len(line)) is not None)

@@ -44,7 +44,6 @@ MAX_HEADERS: Final = 500  # header lines of one head (or trailer section); provi
 MAX_CHUNK: Final = 64 * 1024 * 1024  # one chunk of a chunked body: beyond any answer we would read
 
 _BLANK = re.compile(rb"\n\r?\n")  # the end of a head: where h11 finds it
-_BAD = re.compile(r"[\x00\x0b\x0c]|\r(?!\n)")  # in a head: what no field, status line or reason may hold
 _STATUS = re.compile(r"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: (.*))?")
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _LENGTH = re.compile(r"[0-9]{1,20}")
@@ -69,18 +68,22 @@ def _error(message: str) -> httpx.RemoteProtocolError:
 
 class Head:
     """A final response's status line and headers: `headers` lowercase-keyed (repeats joined with ", "),
-    `items` as received (names in their case, values latin-1 text)."""
+    `items` as received (names in their case, values latin-1 text; built only when asked for: the httpx
+    interface reads them, the direct path reads `headers`)."""
 
-    __slots__ = ("headers", "items", "reason", "status", "version")
+    __slots__ = ("_lines", "headers", "reason", "status", "version")
 
-    def __init__(
-        self, status: int, reason: str, version: str, headers: LowerHeaders, items: list[tuple[str, str]]
-    ) -> None:
+    def __init__(self, status: int, reason: str, version: str, headers: LowerHeaders, lines: list[str]) -> None:
         self.status = status
         self.reason = reason
         self.version = version
         self.headers = headers
-        self.items = items
+        self._lines = lines  # the status line, then the header lines (validated by `_fields`)
+
+    @property
+    def items(self) -> list[tuple[str, str]]:
+        split = (line.partition(":") for line in self._lines[1:])
+        return [(name, value.strip(" \t")) for name, _, value in split]
 
 
 def _lower_name(name: str) -> str:
@@ -95,12 +98,12 @@ def _lower_name(name: str) -> str:
     return lower
 
 
-def _fields(lines: list[str], start: int) -> tuple[LowerHeaders, list[tuple[str, str]]]:
+def _fields(lines: list[str], start: int) -> LowerHeaders:
     """Header (or trailer) lines from `lines[start:]`, validated; obs-fold refused."""
     if len(lines) - start > MAX_HEADERS:
         raise _error(f"more than {MAX_HEADERS} header lines in the response")
     headers = LowerHeaders()
-    items: list[tuple[str, str]] = []
+    names = _NAMES
     for i in range(start, len(lines)):
         line = lines[i]
         name, colon, value = line.partition(":")
@@ -108,19 +111,27 @@ def _fields(lines: list[str], start: int) -> tuple[LowerHeaders, list[tuple[str,
             raise _error("a header line without a colon in the response")
         if line[0] in " \t":
             raise _error("an obs-folded header line in the response")
-        lower = _lower_name(name)
+        lower = names.get(name) or _lower_name(name)
         value = value.strip(" \t")
-        seen = headers.get(lower)
-        headers[lower] = value if seen is None else f"{seen}, {value}"
-        items.append((name, value))
-    return headers, items
+        if lower in headers:
+            headers[lower] = f"{headers[lower]}, {value}"
+        else:
+            headers[lower] = value
+    return headers
 
 
 def _lines(block: bytes) -> list[str]:
     """A head's lines (terminator included in `block`), checked for bytes no line may hold."""
-    text = block.decode("latin-1")
-    if _BAD.search(text) is not None:
+    # What no field, status line or reason may hold: NUL, VT, FF, a CR not before an LF. Found with byte
+    # searches (memchr speed); the one regex alternation that said the same cost 9 µs on a 12-line head.
+    crlf = block.count(b"\r\n")
+    if b"\x00" in block or b"\x0b" in block or b"\x0c" in block or block.count(b"\r") != crlf:
         raise _error("illegal bytes in the response head")
+    text = block.decode("latin-1")
+    if crlf == block.count(b"\n"):  # every line ends in CRLF, as servers send them: one split
+        lines = text.split("\r\n")
+        del lines[-2:]
+        return lines
     lines = text.split("\n")
     del lines[-2:]  # the terminator's two line ends
     return [line[:-1] if line[-1:] == "\r" else line for line in lines]
@@ -135,8 +146,7 @@ def parse_head(block: bytes) -> Head:
     if match is None:
         raise _error("illegal status line in the response")
     version, code, reason = match.groups()
-    headers, items = _fields(lines, 1)
-    return Head(int(code), reason or "", version, headers, items)
+    return Head(int(code), reason or "", version, _fields(lines, 1), lines)
 
 
 def _framing(headers: LowerHeaders) -> tuple[int | None, bool]:
@@ -144,10 +154,11 @@ def _framing(headers: LowerHeaders) -> tuple[int | None, bool]:
     length = headers.get("content-length")
     size = None
     if length is not None:
-        values = {v.strip(" \t") for v in length.split(",")}
-        if len(values) != 1:
-            raise _error("conflicting Content-Length headers in the response")
-        length = values.pop()
+        if "," in length:  # repeated (joined by `_fields`, each value already stripped) or a list: must agree
+            values = {v.strip(" \t") for v in length.split(",")}
+            if len(values) != 1:
+                raise _error("conflicting Content-Length headers in the response")
+            length = values.pop()
         if _LENGTH.fullmatch(length) is None:
             raise _error("a bad Content-Length in the response")
         size = int(length)

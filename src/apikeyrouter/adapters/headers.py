@@ -280,19 +280,19 @@ def _retry_after(h: Mapping[str, str]) -> float | None:
 
 def parse_openai_headers(headers: Headers) -> QuotaSignal:
     h = _lower(headers)
-
-    def reset(name: str) -> float | None:
-        raw = h.get(name)
-        return None if raw is None else parse_duration(raw)
-
+    get = h.get
+    reset_requests = get("x-ratelimit-reset-requests")
+    reset_tokens = get("x-ratelimit-reset-tokens")
+    # Retry-After comes with a 429, seldom with a success: looked for only when one of its names is there.
+    retry = _retry_after(h) if "retry-after" in h or "retry-after-ms" in h else None
     return QuotaSignal(
-        limit_requests=parse_count(h.get("x-ratelimit-limit-requests")),
-        remaining_requests=parse_count(h.get("x-ratelimit-remaining-requests")),
-        reset_requests_s=reset("x-ratelimit-reset-requests"),
-        limit_tokens=parse_count(h.get("x-ratelimit-limit-tokens")),
-        remaining_tokens=parse_count(h.get("x-ratelimit-remaining-tokens")),
-        reset_tokens_s=reset("x-ratelimit-reset-tokens"),
-        retry_after_s=_retry_after(h),
+        limit_requests=parse_count(get("x-ratelimit-limit-requests")),
+        remaining_requests=parse_count(get("x-ratelimit-remaining-requests")),
+        reset_requests_s=None if reset_requests is None else parse_duration(reset_requests),
+        limit_tokens=parse_count(get("x-ratelimit-limit-tokens")),
+        remaining_tokens=parse_count(get("x-ratelimit-remaining-tokens")),
+        reset_tokens_s=None if reset_tokens is None else parse_duration(reset_tokens),
+        retry_after_s=retry,
     )
 
 

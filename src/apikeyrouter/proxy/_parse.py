@@ -36,6 +36,9 @@ _VALUE = rb"[^\x00\s]+(?:[ \t]+[^\x00\s]+)*"  # \s in a bytes pattern: space, \t
 _FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[ \t]*(?:" + _VALUE + rb")?[ \t]*\r\n)*")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[\t\x20-\x7e\x80-\xff]*)?[ \t]*")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+_NAME = re.compile(_TOKEN)
+_NAMES: dict[bytes, bytes] = {}  # a header name as received -> lowercase, for each name found to be a token
+_MAX_NAMES = 1024  # names recur on every request; the bound only guards against a client inventing them
 MAX_CHUNK_LINE = 4096  # a chunk-size line and its extensions
 MAX_CONTENT_LENGTH_DIGITS = 20  # as h11
 _OWS = b" \t"
@@ -102,18 +105,12 @@ def parse_head(head: bytes) -> Head:
     method, target, version = line.groups()
     if version != b"1.1" and version != b"1.0":
         raise HeadError(505, f"HTTP/{version.decode()} is not supported (HTTP/1.1 and HTTP/1.0 are)")
-    if _FIELDS.fullmatch(head, eol + 2) is None:
+    headers = _fields(head, eol + 2)
+    if headers is None:
         raise HeadError(400, _field_problem(head[eol + 2 :]))
-    headers: list[tuple[bytes, bytes]] = []
     out = Head(method, target, version, headers)
     hosts = 0
-    for field in head[eol + 2 : -2].split(b"\r\n") if len(head) > eol + 2 else ():
-        name, _, value = field.partition(b":")
-        name = name.lower()
-        value = value.strip(_OWS)
-        if name == b"transfer-encoding":
-            value = value.lower()  # as h11 hands it over
-        headers.append((name, value))
+    for name, value in headers:
         if name == b"host":
             hosts += 1
         elif name == b"content-length":
@@ -136,6 +133,43 @@ def parse_head(head: bytes) -> Head:
     if hosts == 0 and version == b"1.1":
         raise HeadError(400, "missing the Host header (HTTP/1.1 requires it)")
     return out
+
+
+def _fields(head: bytes, start: int) -> list[tuple[bytes, bytes]] | None:
+    """The header lines of `head[start:]` as (lowercase name, value without its surrounding spaces), or
+    None when a line is not `token ":" value` with a value free of NUL, CR, LF, VT and FF: what `_FIELDS`
+    matches, checked with byte counts (every CR and every LF in a CRLF) and a cache of names already
+    found to be tokens, instead of the regex's walk over every byte (3-4 µs for four short lines)."""
+    if start >= len(head):
+        return []
+    crlf = head.count(b"\r\n", start)
+    if (
+        not head.endswith(b"\r\n")
+        or head.count(b"\r", start) != crlf
+        or head.count(b"\n", start) != crlf
+        or head.find(b"\x00", start) >= 0
+        or head.find(b"\x0b", start) >= 0
+        or head.find(b"\x0c", start) >= 0
+    ):
+        return None
+    names = _NAMES
+    headers: list[tuple[bytes, bytes]] = []
+    for field in head[start:-2].split(b"\r\n"):
+        name, colon, value = field.partition(b":")
+        if not colon:
+            return None
+        lower = names.get(name)
+        if lower is None:
+            if _NAME.fullmatch(name) is None:
+                return None
+            if len(names) >= _MAX_NAMES:
+                names.clear()
+            lower = names[name] = name.lower()
+        value = value.strip(_OWS)
+        if lower == b"transfer-encoding":
+            value = value.lower()  # as h11 hands it over
+        headers.append((lower, value))
+    return headers
 
 
 def _continue(value: bytes) -> bool:
