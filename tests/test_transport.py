@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from apikeyrouter.adapters import OpenAIAdapter
+from apikeyrouter.adapters.sockio import SocketIO
 from apikeyrouter.adapters.transport import H11Transport
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.request import ChatMessage, RequestIntent
@@ -243,6 +244,38 @@ async def test_a_stream_read_to_the_end_returns_its_connection() -> None:
         for _ in range(200):
             async with http.stream("GET", up.url) as r:
                 assert b"".join([part async for part in r.aiter_bytes()]) == b"ab"
+    assert up.accepted == 1
+
+
+async def test_a_paced_stream_waits_for_each_piece_without_a_read_that_finds_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A read that empties the socket (shorter than asked), or a request just sent, means nothing is there
+    # yet: the next read waits first instead of trying the socket and catching BlockingIOError each time.
+    empty_reads = 0
+    try_read = SocketIO.receive_nowait
+
+    def counted(io: SocketIO, max_bytes: int) -> bytes | None:
+        nonlocal empty_reads
+        data = try_read(io, max_bytes)
+        empty_reads += data is None
+        return data
+
+    monkeypatch.setattr(SocketIO, "receive_nowait", counted)
+
+    async def paced(ex: Exchange) -> None:
+        await ex.send(h11.Response(status_code=200, headers=[("transfer-encoding", "chunked")]))
+        for piece in (b"one ", b"two ", b"three"):
+            await trio.sleep(0.01)
+            await ex.send(h11.Data(data=piece))
+        await trio.sleep(0.01)
+        await ex.send(h11.EndOfMessage())
+
+    async with upstream(paced) as up, client() as http:
+        for _ in range(2):
+            async with http.stream("GET", up.url) as r:
+                assert [part async for part in r.aiter_bytes()] == [b"one ", b"two ", b"three"]
+    assert empty_reads == 0
     assert up.accepted == 1
 
 

@@ -72,7 +72,7 @@ class _Connection:
     socket, each in its own `move_on_after`; on plain TCP a read or write that completes at once waits
     for nothing and needs none, so a kept-alive exchange enters one cancel scope: the wait for the head."""
 
-    __slots__ = ("idle_since", "io", "poller", "read_s", "reader", "socket", "stream", "tls", "write_s")
+    __slots__ = ("drained", "idle_since", "io", "poller", "read_s", "reader", "socket", "stream", "tls", "write_s")
 
     def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType, *, tls: bool) -> None:
         self.stream = stream
@@ -81,6 +81,9 @@ class _Connection:
         # Plain TCP: reads and writes straight on the socket, a checkpoint only when they must wait (sockio.py).
         self.io = None if tls else SocketIO(socket.fileno())
         self.reader = ResponseReader()
+        # The last read took less than it asked for, or a request just went out: a read now would find
+        # nothing (one syscall and one BlockingIOError per wait), so the next `fill` waits first.
+        self.drained = True
         self.idle_since = 0.0
         self.read_s: float | None = None
         self.write_s: float | None = None
@@ -140,17 +143,23 @@ class _Connection:
             raise httpx.WriteTimeout("timed out writing the request")
 
     async def fill(self) -> None:
-        """Feed the reader what the socket has: at once if it has bytes, else after waiting (read timeout)."""
+        """Feed the reader what the socket has: at once if it has bytes, else after waiting (read timeout).
+        After a short read (the socket's buffer emptied) or a request sent, it waits first: a paced stream's
+        next event, or an answer, is never there yet, and the read that would find nothing costs a syscall
+        and an exception per event."""
         io = self.io
-        if io is not None:
+        if io is not None and not self.drained:
             try:
                 data = io.receive_nowait(_READ_SIZE)
             except OSError as exc:
                 raise httpx.ReadError(_describe(exc)) from exc
             if data is not None:
+                self.drained = len(data) < _READ_SIZE
                 self.reader.feed(data)
                 return
-        self.reader.feed(await self._receive_waiting())
+        data = await self._receive_waiting()
+        self.drained = len(data) < _READ_SIZE
+        self.reader.feed(data)
 
     async def _receive_waiting(self) -> bytes:
         read_s = self.read_s
@@ -403,6 +412,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                 conn = await self._connect(pool.origin, connect_s)
                 pool.note_opened()
             conn.read_s, conn.write_s = read_s, write_s
+            conn.drained = True  # idle (checked by `stale`) and about to be asked: nothing to read yet
             try:
                 if type(payload) is bytes:
                     await conn.send(payload, first=reused)
