@@ -182,12 +182,7 @@ class _Connection:
         reader = self.reader
         reader.start(head_request=head_request)
         head = reader.next_head()
-        if head is None:
-            # The request has just gone out: its answer cannot be in the socket yet, and a read tried now
-            # finds nothing (a system call and an exception for nothing). The first read waits.
-            reader.feed(await self._receive_waiting())
-            head = reader.next_head()
-        while head is None:
+        while head is None:  # the first `fill` waits: `drained` is set when the request goes out
             await self.fill()
             head = reader.next_head()
         return head
