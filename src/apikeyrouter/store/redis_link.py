@@ -97,6 +97,9 @@ class RedisLink:
         self.slow = 0  # calls that failed on their deadline without marking Redis down (of `failures`)
         self._client = redis_client(url, deadline)
         self._limiter = trio.CapacityLimiter(max_threads)
+        # The heartbeat's probe has its own thread: it decides whether Redis is down, so it must never
+        # queue behind the request path's calls (which wait for a thread without a deadline).
+        self._probe_limiter = trio.CapacityLimiter(1)
         # Script objects send EVALSHA and load the script once when the server does not know it (NOSCRIPT).
         self._reserve = self._client.register_script(RESERVE)
         self._settle = self._client.register_script(SETTLE)
@@ -111,8 +114,14 @@ class RedisLink:
         timeout marks Redis down (the heartbeat); otherwise it fails this call only."""
         self.calls += 1
         borrower = object()
-        await self._limiter.acquire_on_behalf_of(borrower)  # the queue for a thread: not Redis's time
-        held = _Held(self._limiter, borrower)
+        limiter = self._probe_limiter if slow_is_down else self._limiter
+        await limiter.acquire_on_behalf_of(borrower)  # the queue for a thread: not Redis's time
+        held = _Held(limiter, borrower)
+        if not self.up and not slow_is_down and self.last_error is not None:
+            # Redis went down while this call queued: not sent (the caller falls back at once, as if it
+            # had seen the link down), rather than each queued call waiting out its deadline in turn.
+            limiter.release_on_behalf_of(borrower)
+            raise StoreUnavailable(self.last_error, maybe_applied=False)
         try:
             with trio.fail_after(self.deadline):
                 result = await trio.to_thread.run_sync(
@@ -126,7 +135,7 @@ class RedisLink:
             self._fail(f"{type(exc).__name__}: {_first_line(exc)}", down=True, maybe_applied=_maybe_sent(exc))
         finally:
             if not held.taken:  # cancelled before trio took the token over: it is still ours
-                self._limiter.release_on_behalf_of(borrower)
+                limiter.release_on_behalf_of(borrower)
         if not self.up:
             log.info("redis_up", calls=self.calls)
         self.up, self.last_error = True, None
