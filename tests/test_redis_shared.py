@@ -392,3 +392,17 @@ async def test_each_instance_shows_what_all_of_them_spent_and_its_own_share_besi
             assert down["global"]["scope"] == "local" and "onnect" in down["global"]["shared_error"]
             assert Decimal(down["global"]["spent"]) == spent["a"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_keys_minute_window_leaves_redis_a_minute_after_its_last_entry(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    async with trio.open_nursery() as nursery:
+        _, sim_url = await start_sim(nursery)
+        async with routers([_config(sim_url, redis_url, "ttl0", key={"id": "k-ttl", "rpm": 10, "tpm": 100_000})]) as rs:
+            assert len(await hammer(rs, 2, pytest.fail)) == 2
+            ledger = redis_server.client()
+            assert ledger.zcard("akr:w:k-ttl") == 2
+            for name in ("akr:w:k-ttl", "akr:wt:k-ttl"):
+                assert 0 < ledger.pttl(name) <= 61_000, name  # a key no one uses costs Redis nothing
+        nursery.cancel_scope.cancel()

@@ -157,6 +157,7 @@ class _StoreHealthCollector:
         ("apikeyrouter_store_write_failures", "Store writes that failed (kept and tried again).", "write_failures"),
         ("apikeyrouter_store_dropped_rows", "History rows dropped while the store was away.", "dropped_rows"),
         ("apikeyrouter_store_redis_call_failures", "Shared-limit calls to Redis that failed.", "redis_call_failures"),
+        ("apikeyrouter_store_redis_slow_calls", "Of those, timeouts that left Redis counted up.", "redis_slow_calls"),
         ("apikeyrouter_store_shared_dropped", "Settlements or benches never sent to Redis.", "shared_dropped"),
     )
 

@@ -47,6 +47,7 @@ def store_health(state: StoreState, shared: SharedLimits | None, decisions_dropp
         if not shared.link.up:
             errors.append(f"redis unavailable: {shared.link.last_error or 'not connected'}")
         out["redis_call_failures"] = shared.link.failures
+        out["redis_slow_calls"] = shared.link.slow  # of those, the timeouts that did not mark Redis down
         out["shared_dropped"] = shared.dropped  # settlements past the retry queue, benches not shared
     out["failing"] = bool(errors)
     return out

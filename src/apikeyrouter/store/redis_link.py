@@ -6,11 +6,17 @@ request path with its own cancellation rules. A thread per call costs ~50 µs, r
 `CapacityLimiter` (bounded: a slow Redis cannot grow threads without limit) and is cancelled the trio way:
 every call runs under `fail_after(deadline)` with `abandon_on_cancel=True`, so the caller is never held
 past its deadline; the abandoned thread ends at the socket timeout (the same deadline), still holding its
-limiter token until then. An abandoned call may still have run on the server: callers treat a timeout
-as "maybe applied" (a reserve is followed by a release, which is idempotent).
+limiter token until then. The deadline starts when the call has its thread, not while it queues for one:
+under CPU load (or a burst of more calls than threads) the queue is this process's own delay, and
+counting it made a healthy Redis look slow. The queue is bounded by the threads' socket timeouts.
+An abandoned call may still have run on the server: callers treat a timeout as "maybe applied" (a
+reserve is followed by a release, which is idempotent).
 
-Every failure (refused connection, timeout, a script error) is one `StoreUnavailable`, and flips `up` to
-False until a call succeeds again; each flip is logged once, not per call.
+Every failure (refused connection, timeout, a script error) is one `StoreUnavailable`. Whether it flips
+`up` to False (until a call succeeds again; each flip logged once, not per call) depends on what it says
+about Redis: a connection or script error does, a timeout only for a call made with `slow_is_down` (the
+heartbeat's probe). One slow reply under load is not an outage: the request path keeps asking Redis,
+and the heartbeat decides when Redis is too slow to be counted on.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import functools
 import importlib
 from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 import trio
@@ -59,6 +65,12 @@ def redis_failures() -> tuple[type[Exception], ...]:
     return (OSError,) if module is None else (module.RedisError, OSError)
 
 
+def redis_timeouts() -> tuple[type[Exception], ...]:
+    """redis-py's socket timeout (a slow Redis, not a missing one); nothing before redis-py is loaded."""
+    module = redis_module()
+    return () if module is None else (module.TimeoutError,)
+
+
 def redis_client(url: str, deadline: float) -> redis.Redis:
     """redis-py's sync client for `[store] url`, each socket operation bounded by `deadline` seconds (it
     runs in a worker thread, where the caller's cancel scope cannot reach). A missing redis-py or a
@@ -81,9 +93,27 @@ def redis_client(url: str, deadline: float) -> redis.Redis:
 class StoreUnavailable(Exception):
     """Redis did not answer in time, refused, or failed the call. `reason` is safe to show (no URL password)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, maybe_applied: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
+        # False only when the command cannot have reached Redis (no connection could be made): True for a
+        # timeout or a connection lost mid-call, after which Redis may have run it (or may still run it).
+        self.maybe_applied = maybe_applied
+
+
+class _Held:
+    """A limiter token taken before the call's deadline started, handed to `trio.to_thread.run_sync` as its
+    limiter: trio "acquires" it at once and releases the real token when the thread ends (an abandoned
+    thread keeps it until its socket timeout, as with the limiter itself)."""
+
+    def __init__(self, limiter: trio.CapacityLimiter, borrower: object) -> None:
+        self.limiter, self.borrower, self.taken = limiter, borrower, False
+
+    async def acquire_on_behalf_of(self, _borrower: object) -> None:
+        self.taken = True  # no checkpoint: nothing can cancel between this and the thread's start
+
+    def release_on_behalf_of(self, _borrower: object) -> None:
+        self.limiter.release_on_behalf_of(self.borrower)
 
 
 class RedisLink:
@@ -93,8 +123,12 @@ class RedisLink:
         self.last_error: str | None = None
         self.calls = 0
         self.failures = 0
+        self.slow = 0  # calls that failed on their deadline without marking Redis down (of `failures`)
         self._client = redis_client(url, deadline)
         self._limiter = trio.CapacityLimiter(max_threads)
+        # The heartbeat's probe has its own thread: it decides whether Redis is down, so it must never
+        # queue behind the request path's calls (which wait for a thread without a deadline).
+        self._probe_limiter = trio.CapacityLimiter(1)
         # Script objects send EVALSHA and load the script once when the server does not know it (NOSCRIPT).
         self._reserve = self._client.register_script(RESERVE)
         self._settle = self._client.register_script(SETTLE)
@@ -104,26 +138,48 @@ class RedisLink:
         self._replay_scopes = self._client.register_script(REPLAY_SCOPES)
         self._budgets = self._client.register_script(BUDGETS)
 
-    async def _call(self, fn: Callable[[], T]) -> T:
+    async def _call(self, fn: Callable[[], T], *, slow_is_down: bool = False) -> T:
+        """`fn` in a worker thread, its answer within `deadline` of having the thread. `slow_is_down`: a
+        timeout marks Redis down (the heartbeat); otherwise it fails this call only."""
         self.calls += 1
+        borrower = object()
+        limiter = self._probe_limiter if slow_is_down else self._limiter
+        await limiter.acquire_on_behalf_of(borrower)  # the queue for a thread: not Redis's time
+        held = _Held(limiter, borrower)
+        if not self.up and not slow_is_down and self.last_error is not None:
+            # Redis went down while this call queued: not sent (the caller falls back at once, as if it
+            # had seen the link down), rather than each queued call waiting out its deadline in turn.
+            limiter.release_on_behalf_of(borrower)
+            raise StoreUnavailable(self.last_error, maybe_applied=False)
         try:
             with trio.fail_after(self.deadline):
-                result = await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)
+                result = await trio.to_thread.run_sync(
+                    fn, limiter=cast(trio.CapacityLimiter, held), abandon_on_cancel=True
+                )
         except trio.TooSlowError:
-            self._down(f"no answer within {self.deadline:g} s")
+            self._fail(f"no answer within {self.deadline:g} s", down=slow_is_down)
+        except redis_timeouts() as exc:  # the socket timeout: slow, as above
+            self._fail(f"{type(exc).__name__}: {_first_line(exc)}", down=slow_is_down)
         except redis_failures() as exc:
-            self._down(f"{type(exc).__name__}: {_first_line(exc)}")
+            self._fail(f"{type(exc).__name__}: {_first_line(exc)}", down=True, maybe_applied=_maybe_sent(exc))
+        finally:
+            if not held.taken:  # cancelled before trio took the token over: it is still ours
+                limiter.release_on_behalf_of(borrower)
         if not self.up:
             log.info("redis_up", calls=self.calls)
         self.up, self.last_error = True, None
         return result
 
-    def _down(self, reason: str) -> Any:
+    def _fail(self, reason: str, *, down: bool, maybe_applied: bool = True) -> Any:
         self.failures += 1
-        if self.up or self.last_error is None:
-            log.warning("redis_down", reason=reason)
-        self.up, self.last_error = False, reason
-        raise StoreUnavailable(reason)
+        if down:
+            if self.up or self.last_error is None:
+                log.warning("redis_down", reason=reason)
+            self.up, self.last_error = False, reason
+        else:
+            self.slow += 1  # Redis still counts as up: `last_error` says why it is down, and it is not
+            log.info("redis_slow", reason=reason)
+        raise StoreUnavailable(reason, maybe_applied=maybe_applied)
 
     async def reserve(self, args: list[str]) -> list[Any]:
         result: list[Any] = await self._call(functools.partial(self._reserve, keys=[], args=args))
@@ -182,7 +238,8 @@ class RedisLink:
 
     async def heartbeat(self, instance: str, ttl_ms: int, *, fresh: bool) -> tuple[int, int]:
         args = [instance, str(ttl_ms), "1" if fresh else "0"]
-        live, reclaimed, _ = await self._call(functools.partial(self._heartbeat, keys=[], args=args))
+        call = functools.partial(self._heartbeat, keys=[], args=args)
+        live, reclaimed, _ = await self._call(call, slow_is_down=True)
         return int(live), int(reclaimed)
 
     async def share(self, key_id: str, what: str, value: str, ttl_ms: int) -> bool:
@@ -215,6 +272,14 @@ class RedisLink:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _maybe_sent(exc: BaseException) -> bool:
+    """False when no connection could be made (refused, unreachable): the command never left this process.
+    redis-py words a failed connect "Error N connecting to host:port"; anything else may have been sent."""
+    module = redis_module()
+    connect_error = () if module is None else module.ConnectionError
+    return not (isinstance(exc, connect_error) and " connecting to " in str(exc))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -73,6 +73,34 @@ class LocalShares:
         self.scope_share = Rates()
         self.scope_admitted: collections.deque[tuple[float, str, int]] = collections.deque(maxlen=_REPLAY_MAX)
         self.grants = 0
+        # (trio time, tokens) of what this instance admitted for each key in the last minute, through Redis
+        # or on its share: a share built when Redis goes away starts with them, so the instance's own
+        # admissions of the current minute count against its share (not only those made after).
+        self.recent: dict[str, collections.deque[tuple[float, int]]] = {}
+        self._stale: set[str] = set()  # keys admitted through Redis since their share was built
+
+    def note(self, key_id: str, tokens: int, limits: KeyLimits) -> None:
+        """An admission through Redis (of a key with an rpm or tpm): remembered for a minute."""
+        if limits.rpm is None and limits.tpm is None:
+            return
+        self._remember(key_id, tokens, trio.current_time())
+        self._stale.add(key_id)
+
+    def _remember(self, key_id: str, tokens: int, now: float) -> None:
+        log = self.recent.get(key_id)
+        if log is None:
+            log = self.recent[key_id] = collections.deque(maxlen=_REPLAY_MAX)
+        while log and now - log[0][0] >= 60.0:
+            log.popleft()
+        log.append((now, tokens))
+
+    def _seeded(self, key_id: str, cfg: QuotaConfig, now: float) -> quota.Quota:
+        """A share's quota holding this instance's admissions of the last minute (at their estimates)."""
+        entries = [(at, tokens) for at, tokens in self.recent.get(key_id, ()) if now - at < 60.0]
+        q = quota.new_quota(cfg, entries[0][0] if entries else now)
+        for at, tokens in entries:
+            q, _ = quota.take(q, tokens, at)
+        return q
 
     def pending(self) -> int:
         """Admissions not yet replayed into Redis."""
@@ -90,7 +118,11 @@ class LocalShares:
         )
         share = self.keys.get(ask.key_id)
         if share is None:
-            share = self.keys[ask.key_id] = _Share(quota.new_quota(cfg, now))
+            share = self.keys[ask.key_id] = _Share(self._seeded(ask.key_id, cfg, now))
+            self._stale.discard(ask.key_id)
+        elif ask.key_id in self._stale:  # Redis went away again: this minute's admissions since count too
+            share.quota = self._seeded(ask.key_id, cfg, now)
+            self._stale.discard(ask.key_id)
         elif share.quota.config != cfg:  # the live count changed: same windows, new limits
             share.quota = attrs.evolve(share.quota, config=cfg)
         flight = _part(lim.max_in_flight, live)
@@ -106,6 +138,8 @@ class LocalShares:
         share.quota = q
         share.in_flight += 1
         share.admitted.append((now, ask.tokens))
+        if lim.rpm is not None or lim.tpm is not None:
+            self._remember(ask.key_id, ask.tokens, now)
         self.scope_share = scoped
         self.scope_admitted.extend((now, rl.scope, ask.tokens) for rl in ask.scopes)
         self.grants += 1

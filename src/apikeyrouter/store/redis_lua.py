@@ -6,8 +6,10 @@ instance sees the same time, so no clock skew between hosts can widen a window o
 Layout (all under `akr:`; `K` a key id, `B` a budget id, `I` an instance id):
 
     akr:w:K      ZSET  request log of the key's 60 s window: member "rid|tokens", score = reserved at (ms)
-    akr:wt:K     STR   the tokens of the members above (kept in step, so tpm needs no scan)
-    akr:f:K      ZSET  in-flight reservations: member rid, score = its lease end (ms)
+    akr:wt:K     STR   the tokens of the members above (kept in step, so tpm needs no scan); both expire a
+                       minute after the last entry
+    akr:f:K      ZSET  in-flight reservations: member rid, score = its lease end (ms); expires with the
+                       longest lease
     akr:d:K      HASH  the key's rpd window: hour index -> requests (25 hours kept; only while rpd is set)
     akr:m:K      HASH  its tokens/month window: day index -> tokens (31 days; only while tokens_per_month is set)
     akr:bench:K  STR   the key is benched for every instance (an open breaker, a throttle) until its PTTL ends
@@ -117,8 +119,9 @@ local function long_add(h, width, n, at, count)
   redis.call('PEXPIRE', h, s((n + 2) * width))
 end
 local HOUR, DAY = 3600000, 86400000
--- an entry in a client's or team's window; the window leaves Redis a minute after its newest entry
-local function scope_add(cw, cwt, at, member, tokens)
+-- an entry in a 60 s window log (a key's, a client's or a team's) and its tokens; both leave Redis a
+-- minute after the newest entry (by then every member is out of the window), so an unused key costs nothing
+local function window_add(cw, cwt, at, member, tokens)
   redis.call('ZADD', cw, s(at), member)
   redis.call('INCRBY', cwt, s(tokens))
   redis.call('PEXPIRE', cw, 61000)
@@ -258,12 +261,12 @@ for i = 0, n - 1 do
   end
   index = index .. ' ' .. bid
 end
-redis.call('ZADD', w, s(now), rid .. '|' .. s(tokens))
-redis.call('INCRBY', wt, s(tokens))
+window_add(w, wt, now, rid .. '|' .. s(tokens), tokens)
 redis.call('ZADD', f, s(now + lease), rid)
+if redis.call('PTTL', f) < lease then redis.call('PEXPIRE', f, s(lease + 1000)) end
 for j = 0, m - 1 do
   local scope = ARGV[sbase + 1 + j * 3]
-  scope_add('akr:cw:' .. scope, 'akr:cwt:' .. scope, now, rid .. '|' .. s(tokens), tokens)
+  window_add('akr:cw:' .. scope, 'akr:cwt:' .. scope, now, rid .. '|' .. s(tokens), tokens)
 end
 if rpd >= 0 then long_add(dh, HOUR, 24, now, 1) end
 if tmo >= 0 then long_add(mh, DAY, 30, now, tokens) end
@@ -373,17 +376,14 @@ REPLAY: Final = (
 local inst, key, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local w, wt = 'akr:w:' .. key, 'akr:wt:' .. key
-local total = 0
 for i = 0, n - 1 do
   local age, tokens = tonumber(ARGV[4 + i * 2]), tonumber(ARGV[5 + i * 2])
   if age < 60000 then
-    redis.call('ZADD', w, s(now - age), inst .. '/replay/' .. s(i) .. ':' .. s(now) .. '|' .. s(tokens))
-    total = total + tokens
+    window_add(w, wt, now - age, inst .. '/replay/' .. s(i) .. ':' .. s(now) .. '|' .. s(tokens), tokens)
   end
   if ARGV[4 + n * 2] == '1' then long_add('akr:d:' .. key, HOUR, 24, now - age, 1) end
   if ARGV[5 + n * 2] == '1' then long_add('akr:m:' .. key, DAY, 30, now - age, tokens) end
 end
-redis.call('INCRBY', wt, s(total))
 return n
 """
 )
@@ -399,7 +399,7 @@ for i = 0, n - 1 do
   local scope, age, tokens = ARGV[3 + i * 3], tonumber(ARGV[4 + i * 3]), tonumber(ARGV[5 + i * 3])
   if age < 60000 then
     local member = inst .. '/replay/' .. s(i) .. ':' .. s(now) .. '|' .. s(tokens)
-    scope_add('akr:cw:' .. scope, 'akr:cwt:' .. scope, now - age, member, tokens)
+    window_add('akr:cw:' .. scope, 'akr:cwt:' .. scope, now - age, member, tokens)
   end
 end
 return n

@@ -9,15 +9,20 @@ windows, every budget's hold and the 60 s request and token windows of the reque
 back (settle or release), batched in one pipelined round trip per burst by a writer task, off the request
 path.
 
-Redis down or slow (no answer within `redis_deadline`): the instance is degraded, not stopped.
+Redis down (a refused connection, a failed call, or a heartbeat with no answer within `redis_deadline`):
+the instance is degraded, not stopped. One reserve with no answer in time is not an outage: Redis may have
+applied it (or still will), so that attempt is refused and given back, never also admitted on the local
+share; four instances doing that under CPU load served 120 + 4 x 30 of a 120 rpm (issue 12).
 - Hard budgets fail closed: the attempt is refused (UNAVAILABLE, naming the budget), so the request
   ends in `BudgetExceeded` with the reason; money is never spent that no instance can account for.
 - Rate limits fall back to this instance's share: `limit // live instances` (the count last seen in
   Redis, heartbeats with a TTL), kept here in a quota window of the domain's own kind (domain/quota.py);
   a client's or team's rpm/tpm likewise, in windows of domain/rates.py (a share of 0 refuses).
   Bound: while the live count is right, the instances together admit at most the limit in any minute
-  of the outage; the minute in which Redis goes away can see up to twice the limit (what the shared
-  window admitted before, and the local shares, which start empty), as for the key's windows.
+  of the outage. A key's share starts with what this instance admitted for it in the last minute
+  (through Redis or an earlier share; redis_local.py), so the minute in which Redis goes away stays
+  within the limit too when instances admitted evenly; at worst (one instance took the whole shared
+  window) the others' shares add up to (live - 1) / live of it. Clients' and teams' shares start empty.
 - The heartbeat keeps probing; the first answer ends the outage and flushes the settlements that failed
   meanwhile (bounded, and counted if it overflows).
 What the local shares admitted in the last minute is written into the keys' Redis windows when Redis is
@@ -281,13 +286,20 @@ class SharedLimits:
         try:
             reply = await self.link.reserve(args)
         except BaseException as exc:
+            if isinstance(exc, StoreUnavailable) and not exc.maybe_applied:
+                return self._fallback(ask, rid, exc.reason)  # never reached Redis (no connection)
             # It may have run on the server (a timeout, or cancelled mid-call): give it back, idempotently.
             taken = SharedGrant(ask.key_id, rid, ask.tokens, ask.budgets, scopes=tuple(rl.scope for rl in ask.scopes))
             self._queue(self._settle_args(taken, None, None))
             if not isinstance(exc, StoreUnavailable):
                 raise
-            return self._fallback(ask, rid, exc.reason)
-        return _answer(ask, rid, reply)
+            # Not on the local share either: Redis may have counted it (and other instances go on with the
+            # shared window), so admitting it here too is how 4 instances served 120 + 4 x 30 of a 120 rpm.
+            return self._unanswered(ask, exc.reason)
+        answer = _answer(ask, rid, reply)
+        if isinstance(answer, SharedGrant):
+            self._local.note(ask.key_id, ask.tokens, lim)
+        return answer
 
     async def finish(self, grant: SharedGrant, *, tokens: int | None, charge: Decimal | None) -> None:
         """Settle (`tokens` the actual count) or release (`tokens` None: the provider never saw it).
@@ -319,12 +331,13 @@ class SharedLimits:
         """A soft budget is counted on the shared side but never refuses (the local ledger reports it)."""
         return _SOFT_LIMIT if spec.mode == "soft" else str(math.floor(spec.limit * _NANO))
 
+    def _unanswered(self, ask: SharedAsk, reason: str) -> Refusal:
+        """A reserve Redis may have applied: this attempt is refused (hard budgets with their reason)."""
+        error = f"redis did not answer ({reason}): not admitted on the local share, Redis may have counted it"
+        return _fail_closed(ask, reason) or Refusal(ask.key_id, RefusalKind.UNAVAILABLE, detail={"error": error})
+
     def _fallback(self, ask: SharedAsk, rid: str, reason: str) -> SharedGrant | Refusal:
-        hard = [spec.id for spec in ask.budgets if spec.mode == "hard"]
-        if hard:
-            error = f"redis unavailable ({reason}): hard budgets fail closed ({', '.join(hard)})"
-            return Refusal(ask.key_id, RefusalKind.UNAVAILABLE, budget=hard[0], detail={"error": error})
-        return self._local.grant(ask, rid, max(1, self.live))
+        return _fail_closed(ask, reason) or self._local.grant(ask, rid, max(1, self.live))
 
     # -- background ------------------------------------------------------------------------------------
 
@@ -483,6 +496,15 @@ def _remote_change(data: object, own: str) -> tuple[str, ApplyShared] | None:
             return key_id, ApplyShared("active", f"put back on instance {sender}")
         case _:
             return None
+
+
+def _fail_closed(ask: SharedAsk, reason: str) -> Refusal | None:
+    """The refusal of an attempt with a hard budget while Redis cannot account for it (None: it has none)."""
+    hard = [spec.id for spec in ask.budgets if spec.mode == "hard"]
+    if not hard:
+        return None
+    error = f"redis unavailable ({reason}): hard budgets fail closed ({', '.join(hard)})"
+    return Refusal(ask.key_id, RefusalKind.UNAVAILABLE, budget=hard[0], detail={"error": error})
 
 
 def _money(amount: Decimal) -> str:
