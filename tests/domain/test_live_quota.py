@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from apikeyrouter.domain import quota
 from apikeyrouter.domain.live_quota import LiveQuota
-from apikeyrouter.domain.quota import QuotaConfig, QuotaReservation
+from apikeyrouter.domain.quota import CapacityState, QuotaConfig, QuotaReservation
 from apikeyrouter.domain.signal import QuotaSignal
 
 _signals = st.builds(
@@ -75,6 +75,10 @@ def test_every_operation_in_place_equals_the_pure_rule(ops: list[tuple], cfg: Qu
         assert [r.total for r in frozen.rings] == [sum(r.counts) for r in frozen.rings]
         assert quota.assess(frozen, now) == quota.assess(q, now)
         assert live.freeze() is frozen  # nothing changed: the same value
+        cap, prediction = quota.assess(q, now)
+        n_requests, _ = q.rate.decayed(cfg.rate_tau_s, now)
+        retry_at = quota.available_at(q, 1, now) if cap.state is CapacityState.EXHAUSTED else None
+        assert live.figures(now) == (cap, prediction, n_requests, retry_at)
 
 
 def test_freeze_is_built_once_per_change() -> None:

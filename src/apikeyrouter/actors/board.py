@@ -13,6 +13,11 @@ only the state it owns, and builds a frozen value from it); the board runs it be
 actor's handlers (trio runs one task at a time and a key's handlers are plain `def`s that cannot
 await), and the actor publishes again at every change, so what the build sees is the state of the last
 publish: readers get the same value an eager publish would have given them, and never a live object.
+
+The router does not need the whole snapshot: it ranks and filters on a `KeyView`. A lazy publisher
+also hands over a view build, `(prices, degraded) -> KeyView`, that makes the view of the same state
+straight from the actor's working values (no frozen quota, no snapshot); `KeySnapshots.view` uses it,
+or `snapshot_view` of the snapshot for an entry published whole.
 """
 
 from __future__ import annotations
@@ -22,23 +27,29 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from apikeyrouter.domain.view import quality_of, snapshot_view
+
 if TYPE_CHECKING:
+    from apikeyrouter.domain.cost import ModelPrice
     from apikeyrouter.domain.health import ProviderSnapshot
     from apikeyrouter.domain.keystate import KeySnapshot
+    from apikeyrouter.domain.scoring import KeyView
 
-__all__ = ["KeySnapshots", "SnapshotBoard"]
+__all__ = ["KeySnapshots", "SnapshotBoard", "SnapshotBuild", "ViewBuild"]
 
 SnapshotBuild = Callable[[], "KeySnapshot"]
+ViewBuild = Callable[["Mapping[str, ModelPrice]", bool], "KeyView"]  # (prices, provider degraded) -> view
 
 
 class KeySnapshots(Mapping[str, "KeySnapshot"]):
     """The board's key entries, by key id: each built when first read after its key's last change."""
 
-    __slots__ = ("_builds", "_provider", "_snaps")
+    __slots__ = ("_builds", "_provider", "_snaps", "_views")
 
     def __init__(self) -> None:
         self._snaps: dict[str, KeySnapshot | None] = {}  # None: changed since last built
         self._builds: dict[str, SnapshotBuild] = {}
+        self._views: dict[str, ViewBuild] = {}
         self._provider: dict[str, str] = {}  # key id -> provider id, readable without a build
 
     def __getitem__(self, key_id: str) -> KeySnapshot:
@@ -62,6 +73,17 @@ class KeySnapshots(Mapping[str, "KeySnapshot"]):
     def __len__(self) -> int:
         return len(self._snaps)
 
+    def view(self, key_id: str, prices: Mapping[str, ModelPrice], degraded: bool) -> KeyView | None:
+        """The scoring view of the key's latest state (None: not on the board). Not cached: the router
+        keeps the views it builds."""
+        build = self._views.get(key_id)
+        if build is not None:  # published lazily: the publisher's state is still that of its last publish
+            return build(prices, degraded)
+        snap = self.get(key_id)
+        if snap is None:
+            return None
+        return snapshot_view(snap, prices, quality=quality_of(snap.metadata), degraded=degraded)
+
     def provider_of(self, key_id: str) -> str | None:
         return self._provider.get(key_id)
 
@@ -71,17 +93,20 @@ class KeySnapshots(Mapping[str, "KeySnapshot"]):
     def _put(self, snapshot: KeySnapshot) -> None:
         self._snaps[snapshot.id] = snapshot
         self._builds.pop(snapshot.id, None)
+        self._views.pop(snapshot.id, None)
         self._provider[snapshot.id] = snapshot.provider
 
-    def _put_lazy(self, key_id: str, provider: str, build: SnapshotBuild) -> None:
+    def _put_lazy(self, key_id: str, provider: str, build: SnapshotBuild, view: ViewBuild) -> None:
         self._snaps[key_id] = None
         if self._builds.get(key_id) is not build:
             self._builds[key_id] = build
+            self._views[key_id] = view
             self._provider[key_id] = provider
 
     def _pop(self, key_id: str) -> None:
         self._snaps.pop(key_id, None)
         self._builds.pop(key_id, None)
+        self._views.pop(key_id, None)
         self._provider.pop(key_id, None)
 
 
@@ -110,11 +135,12 @@ class SnapshotBoard:
         self._removed.discard(snapshot.id)
         self._notify()
 
-    def publish_key_lazy(self, key_id: str, provider: str, build: SnapshotBuild) -> None:
-        """A key changed: its snapshot is `build()`, called when the entry is first read (module docstring).
-        `build` must return the snapshot of the publisher's state as of this call, for as long as the
-        publisher does not publish again."""
-        self.keys._put_lazy(key_id, provider, build)
+    def publish_key_lazy(self, key_id: str, provider: str, build: SnapshotBuild, view: ViewBuild) -> None:
+        """A key changed: its snapshot is `build()`, called when the entry is first read, and its scoring
+        view `view(prices, degraded)` (module docstring). Both must describe the publisher's state as of
+        this call, for as long as the publisher does not publish again; the view equals `snapshot_view`
+        of the snapshot."""
+        self.keys._put_lazy(key_id, provider, build, view)
         self._dirty.add(key_id)
         if self._removed:
             self._removed.discard(key_id)

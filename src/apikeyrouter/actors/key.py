@@ -13,7 +13,7 @@ it happens rather than when somebody next looks.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from decimal import Decimal
 from typing import assert_never
 
@@ -24,6 +24,7 @@ import trio
 from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.domain import circuit, lifecycle, quota, stats
 from apikeyrouter.domain.circuit import Breaker, BreakerEvent, BreakerState
+from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import KeyEffect
 from apikeyrouter.domain.history import TransitionRow
 from apikeyrouter.domain.keystate import KeyRecord, KeySettings, KeySnapshot
@@ -31,9 +32,10 @@ from apikeyrouter.domain.lifecycle import KeyState, Lifecycle, LifecycleEvent, T
 from apikeyrouter.domain.live_quota import LiveQuota
 from apikeyrouter.domain.quota import Quota, QuotaReservation
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
+from apikeyrouter.domain.scoring import KeyView
 from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.domain.stats import Stats
-from apikeyrouter.domain.view import bench_until
+from apikeyrouter.domain.view import bench_until, live_view, quality_of
 from apikeyrouter.errors import ActorStopped
 from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.kernel.timer import WakeTimer
@@ -103,6 +105,7 @@ class KeyActor(Actor[KeyCommand]):
         self._quota: LiveQuota | None = None
         self._deferred = Deferred(lambda: self.record)  # the same one at every save: built when taken
         self._published_at = 0.0
+        self._quality = quality_of(config.metadata)
         self._leases: dict[int, _Lease] = {}
         self._granted = 0  # reservations granted by this instance
         self._reserved_cost = _ZERO
@@ -457,7 +460,31 @@ class KeyActor(Actor[KeyCommand]):
     def _publish(self, now: float) -> None:
         """Tell the board the key changed; its snapshot is built when first read (`_snapshot`)."""
         self._published_at = now
-        self._board.publish_key_lazy(self.key_id, self.config.provider, self._snapshot)
+        self._board.publish_key_lazy(self.key_id, self.config.provider, self._snapshot, self._view)
+
+    def _view(self, prices: Mapping[str, ModelPrice], degraded: bool) -> KeyView:
+        """The router's scoring view of the state as of the last `_publish`: `snapshot_view` of
+        `_snapshot()`, made from the working values (no frozen quota, no snapshot)."""
+        rec = self._state
+        cfg = self.config
+        lc = rec.lifecycle
+        return live_view(
+            self.key_id,
+            cfg.provider,
+            cfg.models,
+            prices,
+            lc,
+            rec.breaker,
+            cfg.breaker,
+            self._live,
+            rec.stats,
+            len(self._leases),
+            cfg.max_in_flight,
+            self._retry_after if lc.state is KeyState.THROTTLED else None,
+            self._quality,
+            degraded,
+            self._published_at,
+        )
 
     def _snapshot(self) -> KeySnapshot:
         """The snapshot of the state as of the last `_publish` (every change publishes)."""

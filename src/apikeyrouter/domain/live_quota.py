@@ -18,7 +18,15 @@ from __future__ import annotations
 import math
 
 from apikeyrouter.domain import quota
-from apikeyrouter.domain.quota import Quota, QuotaConfig, QuotaRefusal, QuotaReservation
+from apikeyrouter.domain.quota import (
+    Capacity,
+    CapacityState,
+    Prediction,
+    Quota,
+    QuotaConfig,
+    QuotaRefusal,
+    QuotaReservation,
+)
 from apikeyrouter.domain.signal import QuotaSignal
 
 __all__ = ["LiveQuota"]
@@ -68,6 +76,19 @@ class LiveQuota:
             object.__setattr__(q, "fresh_until", self.fresh_until)  # the cached_property's slot: the same value
             self._frozen = q
         return q
+
+    def figures(self, now: float) -> tuple[Capacity, Prediction, float, float | None]:
+        """What the router ranks and filters on, as of `now` (not before the last change): `quota.assess`,
+        the decayed request count and, when exhausted, `quota.available_at` for one request. Read-only:
+        from the running totals while no ring needs to slide, else from `freeze()`."""
+        blocked = self.blocked_until
+        if now < self.fresh_until and (blocked is None or now < blocked):
+            cap, prediction = quota.assess_sums(self.config, self.totals, self.learned, blocked, self.rate, now)
+        else:
+            cap, prediction = quota.assess(self.freeze(), now)
+        n_requests, _ = self.rate.decayed(self.config.rate_tau_s, now)
+        retry_at = quota.available_at(self.freeze(), 1, now) if cap.state is CapacityState.EXHAUSTED else None
+        return cap, prediction, n_requests, retry_at
 
     # -- the per-request rules, in place ----------------------------------------------------------
 
