@@ -22,7 +22,7 @@ from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.domain.view import quality_of, snapshot_view
 from apikeyrouter.kernel.actor import ActorRef
 from apikeyrouter.kernel.spec import ChildSpec
-from apikeyrouter.messages.key import Granted, InjectCrash, KeyCommand, Outcome, Release, Reserve, Settle
+from apikeyrouter.messages.key import Granted, InjectCrash, KeyCommand, Operate, Outcome, Release, Reserve, Settle
 from apikeyrouter.observe import EventBus, KeyTransitioned
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import MemoryStore
@@ -228,6 +228,9 @@ async def test_the_routers_view_of_a_key_is_the_view_of_its_snapshot(autojump_cl
     async with h.running_store(), trio.open_nursery() as nursery:
         ref = await nursery.start(h.make().run)
         check()
+        for action in ("disable", "enable"):  # changes before the windows ever changed
+            assert await ref.ask(lambda r, a=action: Operate(a, "test", r)) is None
+            check()
         grant = await reserve(ref, tokens=100)
         assert isinstance(grant, Granted)
         check()

@@ -13,7 +13,7 @@ it happens rather than when somebody next looks.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import assert_never
 
@@ -22,7 +22,7 @@ import structlog
 import trio
 
 from apikeyrouter.actors.board import SnapshotBoard
-from apikeyrouter.domain import circuit, lifecycle, quota, stats
+from apikeyrouter.domain import circuit, lifecycle, live_quota, quota, stats
 from apikeyrouter.domain.circuit import Breaker, BreakerEvent, BreakerState
 from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import KeyEffect
@@ -81,6 +81,29 @@ class _Lease:
 
 class KeyActor(Actor[KeyCommand]):
     kind = "key"
+    # Its own attributes in slots: past ~30 attributes an instance's dict stops sharing its keys with the
+    # class's other instances (CPython), which cost ~1.5 KiB per key actor.
+    __slots__ = (
+        "_board",
+        "_deferred",
+        "_events",
+        "_granted",
+        "_leases",
+        "_material",
+        "_outbox",
+        "_port",
+        "_published_at",
+        "_quality",
+        "_quota",
+        "_record",
+        "_reserved_cost",
+        "_retry_after",
+        "_snapshot_build",
+        "_timer",
+        "_view_build",
+        "_wall_offset",
+        "config",
+    )
 
     def __init__(
         self,
@@ -103,9 +126,13 @@ class KeyActor(Actor[KeyCommand]):
         self._wall_offset = wall_offset
         self._record: KeyRecord | None = None  # its `quota` is stale while `_quota` has changed since
         self._quota: LiveQuota | None = None
-        self._deferred = Deferred(lambda: self.record)  # the same one at every save: built when taken
+        self._deferred: Deferred | None = None  # made at the first change: the same one at every save
         self._published_at = 0.0
         self._quality = quality_of(config.metadata)
+        # The board's builds, bound once (the board keeps the same callables) at the first change: a key
+        # that never served publishes its first snapshot whole and holds none of this.
+        self._snapshot_build: Callable[[], KeySnapshot] | None = None
+        self._view_build: Callable[[Mapping[str, ModelPrice], bool], KeyView] | None = None
         self._leases: dict[int, _Lease] = {}
         self._granted = 0  # reservations granted by this instance
         self._reserved_cost = _ZERO
@@ -131,7 +158,6 @@ class KeyActor(Actor[KeyCommand]):
                 restored = attrs.evolve(restored, quota=attrs.evolve(restored.quota, config=self.config.quota))
             self._outbox.save("key", self.key_id, restored)
             self._record = restored
-            self._quota = LiveQuota(restored.quota)
             if self.restarts:
                 log.info("key_restored", key=self.key_id, lifecycle=restored.lifecycle.state.value)
         else:
@@ -143,9 +169,9 @@ class KeyActor(Actor[KeyCommand]):
                 spend=_ZERO,
                 fingerprint=self.secret.fingerprint,
             )
-            self._quota = LiveQuota(self._record.quota)
             self._outbox.save("key", self.key_id, self._record)
-        self._publish(now)
+        self._published_at = now
+        self._board.publish_key(self._snapshot())
         pending = self._outbox.drain()
         if pending is not None:
             await pending
@@ -166,7 +192,9 @@ class KeyActor(Actor[KeyCommand]):
     def record(self) -> KeyRecord:
         """The durable record of the current state (a frozen value, built when the quota changed)."""
         rec = self._record
-        assert rec is not None and self._quota is not None, "KeyActor used before it started"
+        assert rec is not None, "KeyActor used before it started"
+        if self._quota is None:
+            return rec  # the windows never changed: the record's are current
         q = self._quota.freeze()
         if rec.quota is not q:
             rec = self._record = KeyRecord(rec.lifecycle, q, rec.breaker, rec.stats, rec.spend, rec.fingerprint)
@@ -180,8 +208,11 @@ class KeyActor(Actor[KeyCommand]):
 
     @property
     def _live(self) -> LiveQuota:
-        assert self._quota is not None, "KeyActor used before it started"
-        return self._quota
+        """The windows to change, made from the record's at the first change."""
+        live = self._quota
+        if live is None:
+            live = self._quota = LiveQuota(self._state.quota)
+        return live
 
     # -- messages -------------------------------------------------------------------------------------
 
@@ -436,7 +467,10 @@ class KeyActor(Actor[KeyCommand]):
                 rec.spend if spend is None else spend,
                 rec.fingerprint if fingerprint is None else fingerprint,
             )
-            self._outbox.save("key", self.key_id, self._deferred, rows)
+            deferred = self._deferred
+            if deferred is None:
+                deferred = self._deferred = Deferred(lambda: self.record)
+            self._outbox.save("key", self.key_id, deferred, rows)
         for ev in lc_events or ():
             self._emit_lifecycle(ev)
         for bev in b_events or ():
@@ -460,7 +494,10 @@ class KeyActor(Actor[KeyCommand]):
     def _publish(self, now: float) -> None:
         """Tell the board the key changed; its snapshot is built when first read (`_snapshot`)."""
         self._published_at = now
-        self._board.publish_key_lazy(self.key_id, self.config.provider, self._snapshot, self._view)
+        build, view = self._snapshot_build, self._view_build
+        if build is None or view is None:
+            build, view = self._snapshot_build, self._view_build = self._snapshot, self._view
+        self._board.publish_key_lazy(self.key_id, self.config.provider, build, view)
 
     def _view(self, prices: Mapping[str, ModelPrice], degraded: bool) -> KeyView:
         """The router's scoring view of the state as of the last `_publish`: `snapshot_view` of
@@ -468,6 +505,8 @@ class KeyActor(Actor[KeyCommand]):
         rec = self._state
         cfg = self.config
         lc = rec.lifecycle
+        now = self._published_at
+        live = self._quota
         return live_view(
             self.key_id,
             cfg.provider,
@@ -476,14 +515,14 @@ class KeyActor(Actor[KeyCommand]):
             lc,
             rec.breaker,
             cfg.breaker,
-            self._live,
+            live.figures(now) if live is not None else live_quota.figures(rec.quota, now),
             rec.stats,
             len(self._leases),
             cfg.max_in_flight,
             self._retry_after if lc.state is KeyState.THROTTLED else None,
             self._quality,
             degraded,
-            self._published_at,
+            now,
         )
 
     def _snapshot(self) -> KeySnapshot:

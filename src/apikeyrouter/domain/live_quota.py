@@ -29,7 +29,19 @@ from apikeyrouter.domain.quota import (
 )
 from apikeyrouter.domain.signal import QuotaSignal
 
-__all__ = ["LiveQuota"]
+__all__ = ["Figures", "LiveQuota", "figures"]
+
+# What the router ranks and filters on: capacity, prediction, the decayed request count and, when
+# exhausted, when one request fits again.
+Figures = tuple[Capacity, Prediction, float, float | None]
+
+
+def figures(q: Quota, now: float) -> Figures:
+    """The router's figures of a frozen quota as of `now` (`LiveQuota.figures` of the same windows)."""
+    cap, prediction = quota.assess(q, now)
+    n_requests, _ = q.rate.decayed(q.config.rate_tau_s, now)
+    retry_at = quota.available_at(q, 1, now) if cap.state is CapacityState.EXHAUSTED else None
+    return cap, prediction, n_requests, retry_at
 
 
 class LiveQuota:
@@ -37,6 +49,7 @@ class LiveQuota:
 
     __slots__ = (
         "_frozen",
+        "_rings",
         "blocked_until",
         "config",
         "counts",
@@ -51,13 +64,20 @@ class LiveQuota:
     def __init__(self, q: Quota) -> None:
         self.config: QuotaConfig = q.config
         self.heads: list[int] = [r.head for r in q.rings]
-        self.counts: list[list[int]] = [list(r.counts) for r in q.rings]
+        # The buckets as lists once a count changes (`_thaw`); until then `_rings` holds them: a key that
+        # never served keeps one copy of its windows, not two.
+        self.counts: list[list[int]] = []
+        self._rings: tuple[quota._Ring, ...] | None = q.rings
         self.totals: list[int] = [r.total for r in q.rings]
         self.learned = q.learned
         self.blocked_until = q.blocked_until
         self.epoch = q.epoch
         self.rate = q.rate
-        self.fresh_until: float = q.fresh_until
+        # `q.fresh_until`, computed from the specs: reading the cached property would build the config's
+        # `plan` for a key that may never serve.
+        self.fresh_until: float = min(
+            [(r.head + 1) * spec.width for r, spec in zip(q.rings, q.config.windows, strict=True)]
+        )
         self._frozen: Quota | None = q
 
     @classmethod
@@ -68,7 +88,7 @@ class LiveQuota:
         """The frozen quota as of the last change (built once per change, when first asked for)."""
         q = self._frozen
         if q is None:
-            rings = tuple(
+            rings = self._rings or tuple(
                 quota._Ring(head, tuple(counts), total)
                 for head, counts, total in zip(self.heads, self.counts, self.totals, strict=True)
             )
@@ -77,18 +97,23 @@ class LiveQuota:
             self._frozen = q
         return q
 
-    def figures(self, now: float) -> tuple[Capacity, Prediction, float, float | None]:
-        """What the router ranks and filters on, as of `now` (not before the last change): `quota.assess`,
-        the decayed request count and, when exhausted, `quota.available_at` for one request. Read-only:
-        from the running totals while no ring needs to slide, else from `freeze()`."""
+    def figures(self, now: float) -> Figures:
+        """`figures(self.freeze(), now)` for a `now` not before the last change. Read-only: from the
+        running totals while no ring needs to slide, else from `freeze()`."""
         blocked = self.blocked_until
-        if now < self.fresh_until and (blocked is None or now < blocked):
-            cap, prediction = quota.assess_sums(self.config, self.totals, self.learned, blocked, self.rate, now)
-        else:
-            cap, prediction = quota.assess(self.freeze(), now)
+        if not (now < self.fresh_until and (blocked is None or now < blocked)):
+            return figures(self.freeze(), now)
+        cap, prediction = quota.assess_sums(self.config, self.totals, self.learned, blocked, self.rate, now)
         n_requests, _ = self.rate.decayed(self.config.rate_tau_s, now)
         retry_at = quota.available_at(self.freeze(), 1, now) if cap.state is CapacityState.EXHAUSTED else None
         return cap, prediction, n_requests, retry_at
+
+    def _thaw(self) -> list[list[int]]:
+        """The buckets as lists, made on the first change of a count."""
+        if self._rings is not None:
+            self.counts = [list(r.counts) for r in self._rings]
+            self._rings = None
+        return self.counts
 
     # -- the per-request rules, in place ----------------------------------------------------------
 
@@ -106,7 +131,7 @@ class LiveQuota:
             shift = idx - head
             if shift > 0:
                 changed = True
-                counts = self.counts[i]
+                counts = (self.counts or self._thaw())[i]
                 n = len(counts)
                 if shift >= n:
                     self.counts[i] = [0] * n
@@ -196,11 +221,12 @@ class LiveQuota:
         self._frozen = None
         at = res.at
         deltas = (requests, tokens)
+        rings = self.counts or self._thaw()
         for i, p in enumerate(self.config.plan):
             delta = deltas[p[1]]
             if not delta:
                 continue
-            counts = self.counts[i]
+            counts = rings[i]
             n = len(counts)
             pos = n - 1 - (self.heads[i] - math.floor(at / p[0]))
             if 0 <= pos < n:  # else: slid out of the window (nothing to undo)

@@ -19,7 +19,7 @@ from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import KeyEffect
 from apikeyrouter.domain.keystate import KeySnapshot
 from apikeyrouter.domain.lifecycle import Lifecycle
-from apikeyrouter.domain.live_quota import LiveQuota
+from apikeyrouter.domain.live_quota import Figures
 from apikeyrouter.domain.quota import CapacityState, Quota
 from apikeyrouter.domain.scoring import KeyView
 from apikeyrouter.domain.signal import QuotaSignal
@@ -164,7 +164,7 @@ def live_view(
     lc: Lifecycle,
     b: Breaker,
     breaker_cfg: BreakerConfig,
-    q: LiveQuota,
+    quota_figures: Figures,
     stats: Stats,
     in_flight: int,
     in_flight_limit: int | None,
@@ -173,14 +173,15 @@ def live_view(
     degraded: bool,
     now: float,
 ) -> KeyView:
-    """`snapshot_view` of the snapshot these states would make at `now`, from a key's live windows (no
-    frozen quota, no snapshot built): the key actor's index view, built when the router reads it. A test
-    holds the two equal. Positional: it runs once per re-indexed key per decision."""
+    """`snapshot_view` of the snapshot these states would make at `now`, with the quota's figures as
+    `live_quota.figures` gives them (from a key's live windows: no frozen quota, no snapshot built): the
+    key actor's index view, built when the router reads it. A test holds the two equal. Positional: it
+    runs once per re-indexed key per decision."""
     if lc.until is not None:
         lc, _ = lifecycle.effective(lc, now)
     if b.state is not BreakerState.CLOSED:
         b, _ = circuit.effective(b, breaker_cfg, now)
-    cap, prediction, n_requests, retry_at = q.figures(now)
+    cap, prediction, n_requests, retry_at = quota_figures
     return KeyView(  # positional, in field order, as in `key_view`
         key_id,
         provider,
