@@ -1,7 +1,8 @@
 """`RouterActor`: decisions only. It never awaits upstream I/O; its receive loop is plain `def`.
 
-It keeps a `KeyIndex` (domain/index.py) fed from the snapshots key actors publish on the board: each
-decision first re-indexes only the keys changed since the last one, then takes the top candidates, so
+It keeps a `KeyIndex` (domain/index.py) fed from the views key actors publish on the board (each
+built by its key when the router reads it, from the state of the key's last change): each decision
+first re-indexes only the keys changed since the last one, then takes the top candidates, so
 a decision costs the same with 10 keys or 10,000. Each `RoutingDecision` carries the ranked candidates
 with their score breakdowns and, for keys left out, why (bounded: counts by kind plus examples).
 """
