@@ -12,14 +12,17 @@ import trio.testing
 from apikeyrouter.actors.board import SnapshotBoard
 from apikeyrouter.actors.key import KeyActor
 from apikeyrouter.domain.circuit import BreakerConfig
+from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import FailureClass
 from apikeyrouter.domain.keystate import KeySettings
 from apikeyrouter.domain.lifecycle import KeyState
 from apikeyrouter.domain.quota import QuotaConfig
 from apikeyrouter.domain.refusal import Refusal, RefusalKind, explain
+from apikeyrouter.domain.signal import QuotaSignal
+from apikeyrouter.domain.view import quality_of, snapshot_view
 from apikeyrouter.kernel.actor import ActorRef
 from apikeyrouter.kernel.spec import ChildSpec
-from apikeyrouter.messages.key import Granted, InjectCrash, KeyCommand, Outcome, Release, Reserve, Settle
+from apikeyrouter.messages.key import Granted, InjectCrash, KeyCommand, Operate, Outcome, Release, Reserve, Settle
 from apikeyrouter.observe import EventBus, KeyTransitioned
 from apikeyrouter.secret import Secret
 from apikeyrouter.store.memory import MemoryStore
@@ -203,4 +206,55 @@ async def test_the_published_snapshot_carries_each_figure_in_its_own_field(
         assert (snap.in_flight, snap.max_in_flight) == (1, 5)
         assert (snap.spend, snap.reserved_cost, snap.budget) == (D("0.5"), D("0.25"), D("42"))
         assert (snap.at, snap.breaker_config, snap.retry_after_s, snap.restarts) == (3.5, config.breaker, None, 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_routers_view_of_a_key_is_the_view_of_its_snapshot(autojump_clock: trio.testing.MockClock) -> None:
+    """The key publishes lazily: the board's view build (from the actor's working values) gives what
+    `snapshot_view` of the snapshot gives, after every kind of change, degraded or not; a snapshot read
+    earlier is a frozen value that later changes do not touch."""
+    config = KeySettings(
+        id="k", provider="p", metadata={"quality": "premium"}, quota=QuotaConfig(rpm=3, tpm=500), max_in_flight=2
+    )
+    h = Harness(config)
+    prices = {"m": ModelPrice(D("1"), D("2"))}
+
+    def check() -> None:
+        snap = h.board.keys["k"]
+        for degraded in (False, True):
+            expected = snapshot_view(snap, prices, quality=quality_of(snap.metadata), degraded=degraded)
+            assert h.board.keys.view("k", prices, degraded) == expected
+
+    async with h.running_store(), trio.open_nursery() as nursery:
+        ref = await nursery.start(h.make().run)
+        check()
+        for action in ("disable", "enable"):  # changes before the windows ever changed
+            assert await ref.ask(lambda r, a=action: Operate(a, "test", r)) is None
+            check()
+        grant = await reserve(ref, tokens=100)
+        assert isinstance(grant, Granted)
+        check()
+        before = h.board.keys["k"]
+        headers = QuotaSignal(limit_requests=10, remaining_requests=2, limit_tokens=400, remaining_tokens=150)
+        await ref.tell(Settle(grant.reservation_id, Outcome(None, signal=headers, latency_s=0.2)))
+        check()
+        assert before.in_flight == 1 and h.board.keys["k"].in_flight == 0
+        assert before.quota != h.board.keys["k"].quota  # the earlier snapshot kept its own windows
+        for _ in range(3):  # up to the rpm limit: the key turns exhausted
+            g = await reserve(ref, tokens=10)
+            if isinstance(g, Granted):
+                await ref.tell(Settle(g.reservation_id, Outcome(None)))
+            check()
+        g = await reserve(ref)
+        assert isinstance(g, Refusal)
+        check()
+        await trio.sleep(70)  # the windows slide: the view is of the last publish, as the snapshot is
+        check()
+        g = await reserve(ref)
+        assert isinstance(g, Granted)
+        await ref.tell(Settle(g.reservation_id, Outcome(FailureClass.RATE_LIMITED, retry_after=20)))
+        check()
+        assert h.board.keys["k"].lifecycle.state is KeyState.THROTTLED
+        await trio.sleep(21)
+        check()
         nursery.cancel_scope.cancel()

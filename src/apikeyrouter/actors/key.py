@@ -2,13 +2,18 @@
 
 Every handler is a plain `def` (an atomic transition): it calls the pure rules in `domain/`, stores the
 new durable record (so a restart restores it), publishes a frozen `KeySnapshot` to the board, and emits
-events. The only background work is one timer that wakes the actor when a bench or breaker cooldown
-ends, so that transition is published when it happens rather than when somebody next looks.
+events. The quota windows, which change twice per request, are a `LiveQuota` private to the actor (the
+same rules applied in place); the record and the snapshot are built from the actor's state when they
+are read (the store writer takes the record once per flush, the router reads the snapshot once per
+decision), not at every change: the actor hands the store a `Deferred` and the board a build function,
+both returning frozen values of its state as of its latest change. The only background work is one
+timer that wakes the actor when a bench or breaker cooldown ends, so that transition is published when
+it happens rather than when somebody next looks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import assert_never
 
@@ -17,17 +22,20 @@ import structlog
 import trio
 
 from apikeyrouter.actors.board import SnapshotBoard
-from apikeyrouter.domain import circuit, lifecycle, quota, stats
+from apikeyrouter.domain import circuit, lifecycle, live_quota, quota, stats
 from apikeyrouter.domain.circuit import Breaker, BreakerEvent, BreakerState
+from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import KeyEffect
 from apikeyrouter.domain.history import TransitionRow
 from apikeyrouter.domain.keystate import KeyRecord, KeySettings, KeySnapshot
 from apikeyrouter.domain.lifecycle import KeyState, Lifecycle, LifecycleEvent, Transition, TransitionRefused
+from apikeyrouter.domain.live_quota import LiveQuota
 from apikeyrouter.domain.quota import Quota, QuotaReservation
 from apikeyrouter.domain.refusal import Refusal, RefusalKind
+from apikeyrouter.domain.scoring import KeyView
 from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.domain.stats import Stats
-from apikeyrouter.domain.view import bench_until
+from apikeyrouter.domain.view import bench_until, live_view, quality_of
 from apikeyrouter.errors import ActorStopped
 from apikeyrouter.kernel.actor import Actor
 from apikeyrouter.kernel.timer import WakeTimer
@@ -45,7 +53,7 @@ from apikeyrouter.messages.key import (
 )
 from apikeyrouter.observe import EventBus, KeyBreakerChanged, KeyTransitioned, event_json, render_wall
 from apikeyrouter.secret import Secret, redact
-from apikeyrouter.store.port import StorePort
+from apikeyrouter.store.port import Deferred, StorePort
 
 __all__ = ["KeyActor", "KeyMaterial"]
 
@@ -73,6 +81,29 @@ class _Lease:
 
 class KeyActor(Actor[KeyCommand]):
     kind = "key"
+    # Its own attributes in slots: past ~30 attributes an instance's dict stops sharing its keys with the
+    # class's other instances (CPython), which cost ~1.5 KiB per key actor.
+    __slots__ = (
+        "_board",
+        "_deferred",
+        "_events",
+        "_granted",
+        "_leases",
+        "_material",
+        "_outbox",
+        "_port",
+        "_published_at",
+        "_quality",
+        "_quota",
+        "_record",
+        "_reserved_cost",
+        "_retry_after",
+        "_snapshot_build",
+        "_timer",
+        "_view_build",
+        "_wall_offset",
+        "config",
+    )
 
     def __init__(
         self,
@@ -93,7 +124,15 @@ class KeyActor(Actor[KeyCommand]):
         self._board = board
         self._events = events
         self._wall_offset = wall_offset
-        self._record: KeyRecord | None = None
+        self._record: KeyRecord | None = None  # its `quota` is stale while `_quota` has changed since
+        self._quota: LiveQuota | None = None
+        self._deferred: Deferred | None = None  # made at the first change: the same one at every save
+        self._published_at = 0.0
+        self._quality = quality_of(config.metadata)
+        # The board's builds, bound once (the board keeps the same callables) at the first change: a key
+        # that never served publishes its first snapshot whole and holds none of this.
+        self._snapshot_build: Callable[[], KeySnapshot] | None = None
+        self._view_build: Callable[[Mapping[str, ModelPrice], bool], KeyView] | None = None
         self._leases: dict[int, _Lease] = {}
         self._granted = 0  # reservations granted by this instance
         self._reserved_cost = _ZERO
@@ -131,7 +170,8 @@ class KeyActor(Actor[KeyCommand]):
                 fingerprint=self.secret.fingerprint,
             )
             self._outbox.save("key", self.key_id, self._record)
-        self._publish(now)
+        self._published_at = now
+        self._board.publish_key(self._snapshot())
         pending = self._outbox.drain()
         if pending is not None:
             await pending
@@ -150,8 +190,29 @@ class KeyActor(Actor[KeyCommand]):
 
     @property
     def record(self) -> KeyRecord:
+        """The durable record of the current state (a frozen value, built when the quota changed)."""
+        rec = self._record
+        assert rec is not None, "KeyActor used before it started"
+        if self._quota is None:
+            return rec  # the windows never changed: the record's are current
+        q = self._quota.freeze()
+        if rec.quota is not q:
+            rec = self._record = KeyRecord(rec.lifecycle, q, rec.breaker, rec.stats, rec.spend, rec.fingerprint)
+        return rec
+
+    @property
+    def _state(self) -> KeyRecord:
+        """The record as the handlers read it: current but for its `quota` (read `_live` for that)."""
         assert self._record is not None, "KeyActor used before it started"
         return self._record
+
+    @property
+    def _live(self) -> LiveQuota:
+        """The windows to change, made from the record's at the first change."""
+        live = self._quota
+        if live is None:
+            live = self._quota = LiveQuota(self._state.quota)
+        return live
 
     # -- messages -------------------------------------------------------------------------------------
 
@@ -196,12 +257,12 @@ class KeyActor(Actor[KeyCommand]):
 
     def _reserve(self, req: Reserve) -> Granted | Refusal:
         now = trio.current_time()
-        rec = self.record
+        rec = self._state
         self._expire_leases(now)
         lc, lc_events = lifecycle.effective(rec.lifecycle, now)
         if lc_events:
             self._commit(now, lifecycle_=lc, lc_events=lc_events)
-            rec = self.record
+            rec = self._state
         refusal = self._refusal(req, lc, now)
         if refusal is not None:
             return refusal
@@ -213,12 +274,12 @@ class KeyActor(Actor[KeyCommand]):
             retry = breaker.open_until if is_open else breaker.probe_deadline
             state = "open" if is_open else "half_open"
             return Refusal(self.key_id, RefusalKind.BREAKER, retry, detail={"state": state})
-        q, reservation = quota.take(rec.quota, req.tokens, now)  # `_refusal` saw can_reserve admit it
+        reservation = self._live.take(req.tokens, now)  # `_refusal` saw it fit
         probe = breaker.probe_id if breaker.state is BreakerState.HALF_OPEN else None
         rid = self._next_reservation_id()
         self._leases[rid] = _Lease(reservation, probe, req.worst_case_cost, req.lease_until, req.request_id)
         self._reserved_cost += req.worst_case_cost
-        self._commit(now, quota_=q, breaker=breaker, b_events=b_events)
+        self._commit(now, quota_=True, breaker=breaker, b_events=b_events)
         return Granted(self.key_id, rid, self.secret, probe, confirm_settle=cfg.max_in_flight is not None)
 
     def _refusal(self, req: Reserve, lc: Lifecycle, now: float) -> Refusal | None:
@@ -231,7 +292,7 @@ class KeyActor(Actor[KeyCommand]):
             return Refusal(self.key_id, RefusalKind.MODEL, detail={"model": req.model})
         if cfg.max_in_flight is not None and len(self._leases) >= cfg.max_in_flight:
             return Refusal(self.key_id, RefusalKind.IN_FLIGHT, busy=True, detail={"limit": cfg.max_in_flight})
-        refused = quota.can_reserve(self.record.quota, req.tokens, now)
+        refused = self._live.refusal(req.tokens, now)
         return self._quota_refusal(refused) if refused is not None else None
 
     def _quota_refusal(self, refused: quota.QuotaRefusal) -> Refusal:
@@ -251,11 +312,12 @@ class KeyActor(Actor[KeyCommand]):
         if lease is None:
             return  # released already, expired, or from before a restart: nothing is held
         now = trio.current_time()
-        rec = self.record
+        rec = self._state
         cfg = self.config
         self._reserved_cost -= lease.cost
         tokens = outcome.usage.total_tokens if outcome.usage is not None else 0
-        q = quota.settle(rec.quota, lease.quota, tokens, now, outcome.signal)  # headers learned in the same pass
+        live = self._live
+        live.settle(lease.quota, tokens, now, outcome.signal)  # headers learned in the same pass
         failure = outcome.failure
         action = cfg.failures[failure] if failure is not None else None
         if failure is not None and outcome.provider_degraded and action is not None and action.counts_for_breaker:
@@ -270,7 +332,7 @@ class KeyActor(Actor[KeyCommand]):
         lc: Lifecycle = rec.lifecycle
         lc_events: list[LifecycleEvent] = []
         if failure is not None and action is not None and action.key_effect is not KeyEffect.NONE:
-            until = self._bench_until(action.key_effect, outcome, q, now)
+            until = self._bench_until(action.key_effect, outcome, live.freeze(), now)
             message = redact(outcome.message, self.secret)  # adapters scrub too; custom ones may not
             detail = message if len(message) <= 100 else message[:99] + "…"
             reason = f"{failure.value}" + (f": {detail}" if detail else "")
@@ -280,7 +342,7 @@ class KeyActor(Actor[KeyCommand]):
             )
         self._commit(
             now,
-            quota_=q,
+            quota_=True,
             breaker=breaker,
             b_events=b_events,
             stats_=st,
@@ -302,11 +364,11 @@ class KeyActor(Actor[KeyCommand]):
         if lease is None:
             return
         now = trio.current_time()
-        rec = self.record
+        rec = self._state
         self._reserved_cost -= lease.cost
-        q = quota.release(rec.quota, lease.quota, now)
+        self._live.release(lease.quota, now)
         breaker, b_events = circuit.release(rec.breaker, self.config.breaker, now=now, probe=lease.probe)
-        self._commit(now, quota_=q, breaker=breaker, b_events=b_events)
+        self._commit(now, quota_=True, breaker=breaker, b_events=b_events)
 
     def _expire_leases(self, now: float) -> None:
         """A safety net: a reservation whose caller vanished without settling is released at its lease end."""
@@ -317,7 +379,7 @@ class KeyActor(Actor[KeyCommand]):
 
     def _operate(self, msg: Operate) -> str | None:
         now = trio.current_time()
-        rec = self.record
+        rec = self._state
         lc = rec.lifecycle
         secret = self.secret
         match msg.action:
@@ -341,7 +403,7 @@ class KeyActor(Actor[KeyCommand]):
 
     def _apply_shared(self, msg: ApplyShared) -> None:
         now = trio.current_time()
-        lc = self.record.lifecycle
+        lc = self._state.lifecycle
         match msg.state:
             case "throttled":
                 lc, events = lifecycle.throttle(lc, until=msg.until or now, reason=msg.reason, now=now)
@@ -365,14 +427,14 @@ class KeyActor(Actor[KeyCommand]):
         *,
         lifecycle_: Lifecycle | None = None,
         lc_events: list[LifecycleEvent] | None = None,
-        quota_: Quota | None = None,
+        quota_: bool = False,
         breaker: Breaker | None = None,
         b_events: list[BreakerEvent] | None = None,
         stats_: Stats | None = None,
         spend: Decimal | None = None,
         fingerprint: str | None = None,
     ) -> None:
-        rec = self.record
+        rec = self._state
         rows = (
             tuple(
                 TransitionRow(
@@ -388,23 +450,27 @@ class KeyActor(Actor[KeyCommand]):
             fingerprint = None
         changed = (
             lifecycle_ is not None
-            or quota_ is not None
+            or quota_
             or breaker is not None
             or stats_ is not None
             or spend is not None
             or fingerprint is not None
         )
         if changed or rows:
-            # Built directly (not `attrs.evolve`): this runs twice per request.
+            # Built directly (not `attrs.evolve`): this runs twice per request. Its quota is the one of
+            # the last freeze (the record read through `record` brings it up to date).
             self._record = KeyRecord(
                 rec.lifecycle if lifecycle_ is None else lifecycle_,
-                rec.quota if quota_ is None else quota_,
+                rec.quota,
                 rec.breaker if breaker is None else breaker,
                 rec.stats if stats_ is None else stats_,
                 rec.spend if spend is None else spend,
                 rec.fingerprint if fingerprint is None else fingerprint,
             )
-            self._outbox.save("key", self.key_id, self._record, rows)
+            deferred = self._deferred
+            if deferred is None:
+                deferred = self._deferred = Deferred(lambda: self.record)
+            self._outbox.save("key", self.key_id, deferred, rows)
         for ev in lc_events or ():
             self._emit_lifecycle(ev)
         for bev in b_events or ():
@@ -426,11 +492,46 @@ class KeyActor(Actor[KeyCommand]):
         log.info("key_breaker", **event_json(event, self._wall_offset))
 
     def _publish(self, now: float) -> None:
+        """Tell the board the key changed; its snapshot is built when first read (`_snapshot`)."""
+        self._published_at = now
+        build, view = self._snapshot_build, self._view_build
+        if build is None or view is None:
+            build, view = self._snapshot_build, self._view_build = self._snapshot, self._view
+        self._board.publish_key_lazy(self.key_id, self.config.provider, build, view)
+
+    def _view(self, prices: Mapping[str, ModelPrice], degraded: bool) -> KeyView:
+        """The router's scoring view of the state as of the last `_publish`: `snapshot_view` of
+        `_snapshot()`, made from the working values (no frozen quota, no snapshot)."""
+        rec = self._state
+        cfg = self.config
+        lc = rec.lifecycle
+        now = self._published_at
+        live = self._quota
+        return live_view(
+            self.key_id,
+            cfg.provider,
+            cfg.models,
+            prices,
+            lc,
+            rec.breaker,
+            cfg.breaker,
+            live.figures(now) if live is not None else live_quota.figures(rec.quota, now),
+            rec.stats,
+            len(self._leases),
+            cfg.max_in_flight,
+            self._retry_after if lc.state is KeyState.THROTTLED else None,
+            self._quality,
+            degraded,
+            now,
+        )
+
+    def _snapshot(self) -> KeySnapshot:
+        """The snapshot of the state as of the last `_publish` (every change publishes)."""
         rec = self.record
         q = rec.quota
-        self._board.publish_key(
-            # Positional, in field order (a test checks every field): twice per request, and binding 18
-            # keywords cost more than building the value.
+        now = self._published_at
+        return (
+            # Positional, in field order (a test checks every field).
             KeySnapshot(
                 self.key_id,  # id
                 self.config.provider,  # provider
@@ -455,7 +556,7 @@ class KeyActor(Actor[KeyCommand]):
 
     def _arm_timer(self, now: float) -> None:
         """Wake up when a bench or a breaker cooldown ends, so the transition is published on time."""
-        rec = self.record
+        rec = self._state
         at: float | None = None
         for t in (rec.lifecycle.until, rec.breaker.open_until, rec.breaker.probe_deadline):
             if t and t > now and (at is None or t < at):
@@ -469,7 +570,7 @@ class KeyActor(Actor[KeyCommand]):
     def _wake(self) -> None:
         now = trio.current_time()
         self._expire_leases(now)  # a key at its in-flight limit gets no Reserve to expire them otherwise
-        rec = self.record
+        rec = self._state
         lc, lc_events = lifecycle.effective(rec.lifecycle, now)
         breaker, b_events = circuit.effective(rec.breaker, self.config.breaker, now)
         self._commit(now, lifecycle_=lc, lc_events=lc_events, breaker=breaker, b_events=b_events)

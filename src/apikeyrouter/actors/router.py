@@ -1,7 +1,8 @@
 """`RouterActor`: decisions only. It never awaits upstream I/O; its receive loop is plain `def`.
 
-It keeps a `KeyIndex` (domain/index.py) fed from the snapshots key actors publish on the board: each
-decision first re-indexes only the keys changed since the last one, then takes the top candidates, so
+It keeps a `KeyIndex` (domain/index.py) fed from the views key actors publish on the board (each
+built by its key when the router reads it, from the state of the key's last change): each decision
+first re-indexes only the keys changed since the last one, then takes the top candidates, so
 a decision costs the same with 10 keys or 10,000. Each `RoutingDecision` carries the ranked candidates
 with their score breakdowns and, for keys left out, why (bounded: counts by kind plus examples).
 """
@@ -23,7 +24,7 @@ from apikeyrouter.domain.index import KeyIndex
 from apikeyrouter.domain.keystate import KeySnapshot
 from apikeyrouter.domain.policy import EffectivePolicy
 from apikeyrouter.domain.scoring import KeyView, ScoringConfig, Weights, weights_for
-from apikeyrouter.domain.view import snapshot_view
+from apikeyrouter.domain.view import quality_of, snapshot_view
 from apikeyrouter.kernel.actor import Actor, Reply
 from apikeyrouter.messages.router import Decide, RouterCommand
 from apikeyrouter.observe import EventBus
@@ -34,7 +35,6 @@ log = structlog.get_logger("apikeyrouter.router")
 
 PriceLookup = Callable[[str, str], ModelPrice | None]  # (provider, model) -> price
 
-QUALITY_TIERS = {"low": 0.25, "basic": 0.25, "standard": 0.5, "high": 0.75, "premium": 1.0}
 
 
 class _Prices(Mapping[str, ModelPrice]):
@@ -63,21 +63,9 @@ class _Prices(Mapping[str, ModelPrice]):
         return 0
 
 
-def _quality(metadata: Mapping[str, str]) -> float:
-    raw = metadata.get("quality")
-    if raw is None:
-        return 0.5
-    if raw in QUALITY_TIERS:
-        return QUALITY_TIERS[raw]
-    try:
-        return min(1.0, max(0.0, float(raw)))
-    except ValueError:
-        return 0.5
-
-
 def view_of(snap: KeySnapshot, prices: Mapping[str, ModelPrice], degraded: bool) -> KeyView:
     """The scoring view of a key snapshot. A degraded provider halves its keys' reliability."""
-    return snapshot_view(snap, prices, quality=_quality(snap.metadata), degraded=degraded)
+    return snapshot_view(snap, prices, quality=quality_of(snap.metadata), degraded=degraded)
 
 
 class RouterActor(Actor[RouterCommand]):
@@ -110,8 +98,8 @@ class RouterActor(Actor[RouterCommand]):
     async def pre_start(self) -> None:
         # A restarted router rebuilds its index from every published snapshot.
         self._board.drain()
-        for snap in list(self._board.keys.values()):
-            self._index_key(snap)
+        for key_id in list(self._board.keys):
+            self._index_key(key_id)
 
     def state_summary(self) -> dict[str, int]:
         return {"keys_indexed": len(self._index), "decisions": self.decided, "retained": len(self._decisions)}
@@ -136,22 +124,26 @@ class RouterActor(Actor[RouterCommand]):
 
     # -- deciding -------------------------------------------------------------------------------------
 
-    def _index_key(self, snap: KeySnapshot) -> None:
-        prices = self._prices.get(snap.provider)
+    def _index_key(self, key_id: str) -> None:
+        """(Re)index one key from its view on the board (built from the key's latest state)."""
+        keys = self._board.keys
+        name = keys.provider_of(key_id)
+        if name is None:
+            return  # removed meanwhile
+        prices = self._prices.get(name)
         if prices is None:
-            prices = self._prices[snap.provider] = _Prices(snap.provider, self._price_lookup)
-        provider = self._board.providers.get(snap.provider)
-        self._index.update(view_of(snap, prices, provider is not None and provider.degraded))
+            prices = self._prices[name] = _Prices(name, self._price_lookup)
+        provider = self._board.providers.get(name)
+        view = keys.view(key_id, prices, provider is not None and provider.degraded)
+        if view is not None:
+            self._index.update(view)
 
     def _refresh(self) -> None:
         dirty, removed = self._board.drain()
         for key_id in removed:
             self._index.remove(key_id)
-        keys = self._board.keys
         for key_id in dirty:
-            snap = keys.get(key_id)
-            if snap is not None:
-                self._index_key(snap)
+            self._index_key(key_id)
 
     def preview(
         self, model: str, objective: str | Weights, policy: EffectivePolicy | None, client: str | None

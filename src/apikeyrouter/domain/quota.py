@@ -46,6 +46,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
+from collections.abc import Sequence
 
 import attrs
 
@@ -63,6 +64,7 @@ __all__ = [
     "WindowSpec",
     "apply_signal",
     "assess",
+    "assess_sums",
     "available_at",
     "can_reserve",
     "capacity",
@@ -292,10 +294,6 @@ def effective(q: Quota, now: float) -> Quota:
     return _with(q, rings, q.learned, blocked, q.epoch, q.rate)
 
 
-def _limit(q: Quota, i: int, now: float) -> int | None:
-    return _plan_limit(q, q.config.plan[i])
-
-
 def _plan_limit(q: Quota, p: _Plan) -> int | None:
     """A window's effective limit: the configured one, tightened by a learned per-minute limit."""
     limit = p[4]
@@ -352,13 +350,8 @@ def can_reserve(q: Quota, tokens: int, now: float) -> QuotaRefusal | None:
     for metric, learned, need in zip(_METRICS, q.learned, needs, strict=True):
         if learned is not None and learned.remaining < need and now < learned.reset_at:
             refusals = refusals if refusals is not None else []
-            refusals.append(
-                QuotaRefusal(
-                    f"provider {metric.value}",
-                    f"provider reports {learned.remaining} {metric.value} remaining",
-                    learned.reset_at,
-                )
-            )
+            what = f"provider reports {learned.remaining} {metric.value} remaining"
+            refusals.append(QuotaRefusal(f"provider {metric.value}", what, learned.reset_at))
     if refusals is None:
         return None
     never = [r for r in refusals if r.retry_at is None]
@@ -584,21 +577,28 @@ def assess(q: Quota, now: float) -> tuple[Capacity, Prediction]:
     """`(capacity(q, now), predict(q, now))` in one pass over the windows: what a key's snapshot shows
     and the router ranks by, computed once per snapshot read. Equal to the two calls, value for value."""
     q = effective(q, now)
-    cfg = q.config
+    return assess_sums(q.config, [ring.total for ring in q.rings], q.learned, q.blocked_until, q.rate, now)
+
+
+def assess_sums(
+    cfg: QuotaConfig,
+    totals: Sequence[int],
+    learned: tuple[_Learned | None, _Learned | None],
+    blocked_until: float | None,
+    r: _Rate,
+    now: float,
+) -> tuple[Capacity, Prediction]:
+    """`assess` from a quota's parts (each window's running total), already effective at `now`."""
     tau = cfg.rate_tau_s
-    r = q.rate
     elapsed = now - r.at
     decay = math.exp(-(elapsed if elapsed > 0.0 else 0.0) / tau)  # max/min by hand: same values, no calls
     n_req = r.requests * decay
     observed = 0.0 if r.since is None or now <= r.since else now - r.since
     confidence = (1.0 - math.exp(-n_req / cfg.confidence_events)) * (observed / tau if observed < tau else 1.0)
-    if q.blocked_until is not None:
+    if blocked_until is not None:
         return Capacity(CapacityState.EXHAUSTED, 0.0, "retry-after"), Prediction(0.0, True, confidence, "retry-after")
     rates = (n_req / tau, r.tokens * decay / tau)  # by position in _METRICS
-    frac, tightest = 1.0, None
-    candidates: list[tuple[float, bool, str]] = []
-    rings = q.rings
-    learned = q.learned
+    frac, tightest, candidates = 1.0, None, []  # candidates: (seconds to exhaustion, exhausts, window)
     for i, (_, m, name, length, limit, minute) in cfg.limitable:
         if minute:
             lrn = learned[m]
@@ -606,7 +606,7 @@ def assess(q: Quota, now: float) -> tuple[Capacity, Prediction]:
                 limit = lrn.limit if limit is None or lrn.limit < limit else limit
         if limit is None:
             continue
-        left = limit - rings[i].total
+        left = limit - totals[i]
         if left < 0:
             left = 0
         f = left / limit if limit else 0.0

@@ -59,11 +59,12 @@ def record(stats: Stats, cfg: StatsConfig, *, success: bool, latency_s: float | 
         if latency_s < 0:
             raise ValueError(f"latency must be >= 0, got {latency_s}")
         latency = latency_s if latency is None else latency + alpha * (latency_s - latency)
-    return Stats(
-        success_ewma=success_ewma,
-        latency_ewma_s=latency,
-        requests=stats.requests + 1,
-        successes=stats.successes + (1 if success else 0),
-        failures=stats.failures + (0 if success else 1),
-        last_at=now if stats.last_at is None else max(stats.last_at, now),
+    last = stats.last_at
+    return Stats(  # positional, in field order: once per settled request
+        success_ewma,  # success_ewma
+        latency,  # latency_ewma_s
+        stats.requests + 1,  # requests
+        stats.successes + (1 if success else 0),  # successes
+        stats.failures + (0 if success else 1),  # failures
+        now if last is None or now > last else last,  # last_at: max(last, now)
     )

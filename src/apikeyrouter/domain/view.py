@@ -19,12 +19,28 @@ from apikeyrouter.domain.cost import ModelPrice
 from apikeyrouter.domain.failures import KeyEffect
 from apikeyrouter.domain.keystate import KeySnapshot
 from apikeyrouter.domain.lifecycle import Lifecycle
+from apikeyrouter.domain.live_quota import Figures
 from apikeyrouter.domain.quota import CapacityState, Quota
 from apikeyrouter.domain.scoring import KeyView
 from apikeyrouter.domain.signal import QuotaSignal
 from apikeyrouter.domain.stats import Stats
 
-__all__ = ["bench_until", "key_view", "snapshot_view"]
+__all__ = ["QUALITY_TIERS", "bench_until", "key_view", "live_view", "quality_of", "snapshot_view"]
+
+QUALITY_TIERS = {"low": 0.25, "basic": 0.25, "standard": 0.5, "high": 0.75, "premium": 1.0}
+
+
+def quality_of(metadata: Mapping[str, str]) -> float:
+    """A key's quality score from its `quality` metadata: a tier name or a number in [0, 1] (else 0.5)."""
+    raw = metadata.get("quality")
+    if raw is None:
+        return 0.5
+    if raw in QUALITY_TIERS:
+        return QUALITY_TIERS[raw]
+    try:
+        return min(1.0, max(0.0, float(raw)))
+    except ValueError:
+        return 0.5
 
 
 def key_view(
@@ -130,6 +146,61 @@ def snapshot_view(
         cap.fraction_left,
         cap.tightest,
         quota.available_at(q, 1, now) if state is CapacityState.EXHAUSTED else None,
+        prediction,
+        stats.success_ewma * 0.5 if degraded else stats.success_ewma,
+        stats.latency_ewma_s,
+        n_requests,
+        stats.requests,
+        quality,
+        now,
+    )
+
+
+def live_view(
+    key_id: str,
+    provider: str,
+    models: frozenset[str],
+    prices: Mapping[str, ModelPrice],
+    lc: Lifecycle,
+    b: Breaker,
+    breaker_cfg: BreakerConfig,
+    quota_figures: Figures,
+    stats: Stats,
+    in_flight: int,
+    in_flight_limit: int | None,
+    retry_after_s: float | None,
+    quality: float,
+    degraded: bool,
+    now: float,
+) -> KeyView:
+    """`snapshot_view` of the snapshot these states would make at `now`, with the quota's figures as
+    `live_quota.figures` gives them (from a key's live windows: no frozen quota, no snapshot built): the
+    key actor's index view, built when the router reads it. A test holds the two equal. Positional: it
+    runs once per re-indexed key per decision."""
+    if lc.until is not None:
+        lc, _ = lifecycle.effective(lc, now)
+    if b.state is not BreakerState.CLOSED:
+        b, _ = circuit.effective(b, breaker_cfg, now)
+    cap, prediction, n_requests, retry_at = quota_figures
+    return KeyView(  # positional, in field order, as in `key_view`
+        key_id,
+        provider,
+        models,
+        prices,
+        None,  # default_price
+        lc.state,
+        lc.until,
+        lc.reason,
+        retry_after_s if lc.state is lifecycle.KeyState.THROTTLED else None,
+        b.state,
+        _breaker_until(b),
+        b.probe_in_flight,
+        in_flight,
+        in_flight_limit,
+        cap.state,
+        cap.fraction_left,
+        cap.tightest,
+        retry_at,
         prediction,
         stats.success_ewma * 0.5 if degraded else stats.success_ewma,
         stats.latency_ewma_s,

@@ -20,7 +20,7 @@ turn.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -33,13 +33,33 @@ from apikeyrouter.store.backend import RecordId
 
 Rows = tuple[HistoryRow, ...] | list[HistoryRow]
 
-__all__ = ["Outbox", "Pending", "StorePort"]
+__all__ = ["Deferred", "Outbox", "Pending", "StorePort"]
 
 _RETRY_S = 0.01  # while the writer restarts
 
 
+class Deferred:
+    """A record built when the writer takes it, not when it changes: `build()` returns the sender's
+    record as of its latest change. A key changes twice per request and the writer takes its record
+    once per flush, so the sender puts the same `Deferred` at every change and the record is built once
+    per batch (in the trio thread, when the batch is cut, between two of the sender's handlers)."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self.build = build
+
+
+def _resolved(records: dict[RecordId, Any]) -> dict[RecordId, Any]:
+    for rid, record in records.items():
+        if type(record) is Deferred:
+            records[rid] = record.build()
+    return records
+
+
 class Pending:
-    """What changed since the writer last cut a batch (module docstring). Only the writer takes from it."""
+    """What changed since the writer last cut a batch (module docstring). Only the writer takes from it.
+    A record put as a `Deferred` is built when it is taken or read."""
 
     __slots__ = ("changes", "limit", "ready", "records", "room", "rows")
 
@@ -71,9 +91,16 @@ class Pending:
     def full(self) -> bool:
         return len(self.rows) >= self.limit
 
+    def get(self, rid: RecordId) -> Any:
+        """The newest value of a record not taken yet (None: nothing waits for it)."""
+        record = self.records.get(rid)
+        if type(record) is Deferred:
+            record = self.records[rid] = record.build()
+        return record
+
     def take(self) -> tuple[dict[RecordId, Any], list[HistoryRow], int]:
         """Everything waiting (the writer's, when it cuts a batch); wakes senders waiting for room."""
-        taken = (self.records, self.rows, self.changes)
+        taken = (_resolved(self.records), self.rows, self.changes)
         self.records, self.rows, self.changes = {}, [], 0
         room, self.room = self.room, trio.Event()
         room.set()

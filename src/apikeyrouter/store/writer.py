@@ -148,7 +148,9 @@ class StoreWriter(Actor[StoreCommand]):
     def _latest(self, rid: RecordId) -> Any:
         """A record's newest value: not taken yet, taken but not written, or written."""
         st = self._state
-        for newest in (st.pending.records, st.dirty, st.latest):
+        if rid in st.pending.records:
+            return st.pending.get(rid)
+        for newest in (st.dirty, st.latest):
             if rid in newest:
                 return newest[rid]
         return None
