@@ -14,7 +14,7 @@ from apikeyrouter.adapters.classify import DEFAULT_RULES, ClassifyRule, ErrorInf
 from apikeyrouter.adapters.headers import parse_openai_headers
 from apikeyrouter.adapters.pricing import ModelPrice
 from apikeyrouter.domain.failures import FailureClass
-from apikeyrouter.domain.request import RequestIntent, StreamChunk, SystemResponse
+from apikeyrouter.domain.request import RequestIntent, StreamChunk, SystemResponse, ToolCall
 from apikeyrouter.domain.signal import Capabilities, QuotaSignal
 from apikeyrouter.errors import InvalidRequest
 from apikeyrouter.secret import Secret
@@ -120,6 +120,7 @@ class OpenAIAdapter(JSONChatAdapter):
             usage=usage,
             finish_reason=finish if isinstance(finish, str) else None,
             raw=raw,
+            tool_calls=_tool_calls(message.get("tool_calls")),
         )
 
     def open_stream(
@@ -137,6 +138,27 @@ class OpenAIAdapter(JSONChatAdapter):
         if not isinstance(items, list):
             raise self.malformed("models list has no data array", secret, signal=signal)
         return [m["id"] for m in items if isinstance(m, Mapping) and isinstance(m.get("id"), str)]
+
+
+def _tool_calls(raw: Any) -> tuple[ToolCall, ...]:
+    """`message.tool_calls` (`[{id, type: "function", function: {name, arguments}}]`) as `ToolCall`s; entries
+    of another shape are skipped (they stay in `raw`)."""
+    if not isinstance(raw, list):
+        return ()
+    calls: list[ToolCall] = []
+    for entry in raw:
+        function = entry.get("function") if isinstance(entry, dict) else None
+        if not isinstance(function, dict):
+            continue
+        call_id, name, arguments = entry.get("id"), function.get("name"), function.get("arguments")
+        calls.append(
+            ToolCall(
+                id=call_id if isinstance(call_id, str) else "",
+                name=name if isinstance(name, str) else "",
+                arguments=arguments if isinstance(arguments, str) else "",
+            )
+        )
+    return tuple(calls)
 
 
 class _OpenAIStream(SSEStream):

@@ -32,6 +32,18 @@ def usage_json(usage: Usage) -> dict[str, int]:
 
 def completion_json(response: SystemResponse, completion_id: str, created: int) -> dict[str, Any]:
     raw = response.raw
+    message: dict[str, Any] = {"role": "assistant", "content": response.content}
+    refusal = raw.get("refusal")
+    if response.tool_calls or isinstance(refusal, str):
+        # OpenAI's shape for an answer that is only tool calls (or a refusal): content null, not "".
+        message["content"] = response.content or None
+    if isinstance(refusal, str):
+        message["refusal"] = refusal
+    if response.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in response.tool_calls
+        ]
     body: dict[str, Any] = {
         "id": raw.get("id") or completion_id,
         "object": "chat.completion",
@@ -40,7 +52,7 @@ def completion_json(response: SystemResponse, completion_id: str, created: int) 
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": response.content},
+                "message": message,
                 "finish_reason": response.finish_reason,
             }
         ],
