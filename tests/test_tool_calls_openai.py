@@ -41,3 +41,20 @@ def test_a_refusal_passes_through_and_a_plain_answer_keeps_its_shape() -> None:
     }
     plain = SystemResponse("hello", "m", Usage(1, 1), "stop")
     assert completion_json(plain, "c", 0)["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
+
+
+def test_a_tool_loops_follow_up_reaches_an_openai_upstream_as_the_client_wrote_it() -> None:
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 18}'},
+    ]
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    intent = RequestIntent.from_openai({"model": "gpt-4o-mini", "messages": messages, "tools": tools})
+    body = OpenAIAdapter().body(intent, stream=False)
+    assert body["messages"] == messages and body["tools"] == tools
+    # The text is still what estimates count, and equal texts are equal messages whatever their shape.
+    assert [m.content for m in intent.messages] == ["Weather in Paris?", "", '{"temp_c": 18}']
+    assert intent.messages[2] == RequestIntent.from_openai(
+        {"model": "m", "messages": [{"role": "tool", "content": '{"temp_c": 18}'}]}
+    ).messages[0]

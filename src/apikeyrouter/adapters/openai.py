@@ -69,7 +69,10 @@ class OpenAIAdapter(JSONChatAdapter):
     def body(self, intent: RequestIntent, *, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = dict(intent.extra)
         body["model"] = intent.model
-        body["messages"] = [{"role": m.role, "content": m.content} for m in intent.messages]
+        # As the client wrote them where it did (a tool loop's `tool_calls` and `tool_call_id`, content parts).
+        body["messages"] = [
+            m.wire if m.wire is not None else {"role": m.role, "content": m.content} for m in intent.messages
+        ]
         if intent.max_tokens is not None:
             body["max_tokens"] = intent.max_tokens
         if intent.temperature is not None:

@@ -35,8 +35,14 @@ _ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 
 @attrs.frozen
 class ChatMessage:
+    """`content` is the message's text (what estimates count and what translations carry). `wire` is the
+    OpenAI-shaped message exactly as the client sent it (assistant `tool_calls`, a tool result's
+    `tool_call_id`, content parts), for an OpenAI-kind upstream to receive unchanged; None when the message
+    was not written in that shape. It takes no part in equality (the token counts' cache keys on the text)."""
+
     role: str
     content: str
+    wire: Mapping[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -206,7 +212,7 @@ def _messages(raw: Any) -> list[ChatMessage]:
             raise InvalidRequest(
                 f"messages[{i}].content must be a string or an array of text parts", param=f"messages[{i}].content"
             )
-        messages.append(ChatMessage(role=str(role), content=content))
+        messages.append(ChatMessage(role=str(role), content=content, wire=m))
     return messages
 
 
