@@ -175,7 +175,8 @@ def live_view(
 ) -> KeyView:
     """`snapshot_view` of the snapshot these states would make at `now`, with the quota's figures as
     `live_quota.figures` gives them (from a key's live windows: no frozen quota, no snapshot built): the
-    key actor's index view, built when the router reads it. A test holds the two equal. Positional: it
+    key actor's index view, built when the router reads it (no test yet holds the two equal field by field:
+    the routing and key tests exercise it end to end). Positional: it
     runs once per re-indexed key per decision."""
     if lc.until is not None:
         lc, _ = lifecycle.effective(lc, now)
